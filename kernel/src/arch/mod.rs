@@ -1,0 +1,105 @@
+//! The architecture layer: the only place that selects code by
+//! `target_arch`. Each architecture module presents the same set of names,
+//! listed here; the rest of the kernel calls them as `crate::arch::NAME`.
+//!
+//! # Contract every architecture implements
+//! Boot:
+//! - An entry point (named by its `linker.ld`) that brings the CPU to a
+//!   64-bit higher-half kernel with a stack, FP/SIMD enabled, the trap vector
+//!   installed and the console usable, parses the boot information into
+//!   [`crate::bootinfo::BootInfo`] and calls [`crate::boot::kernel_main`].
+//!
+//! Items (all `pub` in the arch module):
+//! - `NAME: &str` — "x86_64", "aarch64" or "riscv64".
+//! - `fn console_write(bytes: &[u8])` — polled serial output.
+//! - `fn exit(status: i32) -> !` — power off with `status` as QEMU's exit
+//!   status (see `keel_abi::harness`); halts forever where no exit device is.
+//! - `fn halt() -> !` — masks interrupts and stops this CPU forever.
+//! - `fn cycle_counter() -> u64` — a cheap monotonic counter that advances
+//!   once per guest instruction under QEMU `-icount shift=0` (TSC, PMCCNTR_EL0,
+//!   `instret`).
+//! - `fn breakpoint()` — executes the architecture's breakpoint instruction
+//!   at [`breakpoint_site`]; the trap handler records a
+//!   [`crate::trap::TrapCause::Breakpoint`] with `crate::trap::record` and
+//!   resumes after it.
+//! - `fn breakpoint_site() -> usize` — the address of that instruction.
+//! - `fn probe_read(addr: usize) -> Result<u8, crate::trap::TrapRecord>` —
+//!   reads one byte; if that faults, the trap handler finds the faulting PC in
+//!   the exception-fixup table, records the fault and resumes at the fixup,
+//!   and this returns the record instead of crashing.
+//! - `fn print_backtrace()` — prints the current call chain, one
+//!   `frame #<i> <addr>` line per frame (frame-pointer walk, bounded).
+//! - Unexpected traps print the cause, the faulting address, a register dump
+//!   and a backtrace, then `exit(EXIT_CRASH)` (via [`crate::trap::fatal`]).
+
+#[cfg(target_arch = "aarch64")]
+mod aarch64;
+#[cfg(target_arch = "aarch64")]
+pub use self::aarch64::*;
+
+#[cfg(target_arch = "riscv64")]
+mod riscv64;
+#[cfg(target_arch = "riscv64")]
+pub use self::riscv64::*;
+
+#[cfg(target_arch = "x86_64")]
+mod x86_64;
+#[cfg(target_arch = "x86_64")]
+pub use self::x86_64::*;
+
+use crate::bench::KBench;
+use crate::ktest::KTest;
+
+unsafe extern "C" {
+    // Defined by every architecture's linker.ld around `.ktests` and
+    // `.kbenches` (both KEEP, 8-byte aligned).
+    static __ktests_start: KTest;
+    static __ktests_end: KTest;
+    static __kbenches_start: KBench;
+    static __kbenches_end: KBench;
+}
+
+/// All tests registered in the `.ktests` section by [`crate::ktest!`].
+pub fn registered_tests() -> &'static [KTest] {
+    // SAFETY: the linker script places every `KTest` static emitted by
+    // `ktest!` contiguously between these two symbols, so the range is a
+    // valid, immutable array of `KTest`s that lives for the whole run.
+    unsafe { linker_array(&raw const __ktests_start, &raw const __ktests_end) }
+}
+
+/// All benchmarks registered in the `.kbenches` section by
+/// [`crate::kbench!`].
+pub fn registered_benches() -> &'static [KBench] {
+    // SAFETY: as for `registered_tests`, for the `.kbenches` section.
+    unsafe { linker_array(&raw const __kbenches_start, &raw const __kbenches_end) }
+}
+
+/// # Safety
+/// `start..end` must bound an array of initialised, immutable `T`s that
+/// lives for the rest of the run.
+unsafe fn linker_array<T>(start: *const T, end: *const T) -> &'static [T] {
+    let len = (end as usize - start as usize) / core::mem::size_of::<T>();
+    // SAFETY: guaranteed by the caller.
+    unsafe { core::slice::from_raw_parts(start, len) }
+}
+
+/// Walks a frame-pointer chain starting at `fp`, calling `f` with each return
+/// address. `next(fp)` returns `(caller_fp, return_address)` read from the
+/// frame record, or `None` when the record is not readable; the walk stops
+/// after 32 frames, on a null or non-increasing frame pointer.
+pub fn walk_frames(mut fp: usize, next: impl Fn(usize) -> Option<(usize, usize)>, mut f: impl FnMut(usize)) {
+    for _ in 0..32 {
+        if fp == 0 || fp % core::mem::align_of::<usize>() != 0 {
+            return;
+        }
+        let Some((caller_fp, ret)) = next(fp) else { return };
+        if ret == 0 {
+            return;
+        }
+        f(ret);
+        if caller_fp <= fp {
+            return;
+        }
+        fp = caller_fp;
+    }
+}

@@ -1,0 +1,94 @@
+//! The in-kernel benchmark harness.
+//!
+//! Benchmarks are declared with [`kbench!`] next to the code they measure and
+//! land in the `.kbenches` linker section. A kernel built with the `bench`
+//! feature runs each one in [`BATCHES`] batches of `iters` operations, reads
+//! the cycle counter around each batch and prints
+//! `bench <name> median=<n> min=<n> iters=<n> batches=<n>` (ticks per
+//! operation, to one decimal). Under QEMU `-icount shift=0` the counter
+//! advances once per guest instruction, so the figures are instructions per
+//! operation and are deterministic.
+//!
+//! The loop overhead of the harness is measured by the `bench::empty`
+//! benchmark and reported, not subtracted.
+
+/// Batches per benchmark; the median and minimum are taken over these.
+pub const BATCHES: usize = 15;
+
+/// One registered benchmark.
+#[repr(C)]
+pub struct KBench {
+    /// Module path and name.
+    pub name: &'static str,
+    /// Operations per batch.
+    pub iters: u64,
+    /// Runs the operation `iters` times.
+    pub func: fn(u64),
+}
+
+/// Declares an in-kernel benchmark. Compiled only in the `bench` build.
+#[macro_export]
+macro_rules! kbench {
+    (fn $name:ident($iters:ident: u64) $body:block, iters = $n:expr) => {
+        #[cfg(feature = "bench")]
+        fn $name($iters: u64) $body
+        #[cfg(feature = "bench")]
+        const _: () = {
+            #[used]
+            #[unsafe(link_section = ".kbenches")]
+            static BENCH: $crate::bench::KBench = $crate::bench::KBench {
+                name: concat!(module_path!(), "::", stringify!($name)),
+                iters: $n,
+                func: $name,
+            };
+        };
+    };
+}
+
+/// Runs every registered benchmark and prints one line per benchmark.
+pub fn run_all() {
+    for b in crate::arch::registered_benches() {
+        let iters = b.iters.max(1);
+        // Warm caches and lazily initialised state once.
+        (b.func)(iters);
+        let mut tenths = [0u64; BATCHES];
+        for slot in tenths.iter_mut() {
+            let t0 = crate::arch::cycle_counter();
+            (b.func)(iters);
+            let t1 = crate::arch::cycle_counter();
+            *slot = t1.wrapping_sub(t0).saturating_mul(10) / iters;
+        }
+        tenths.sort_unstable();
+        let median = tenths[BATCHES / 2];
+        let min = tenths[0];
+        kprintln!(
+            "{}{} median={}.{} min={}.{} iters={} batches={}",
+            keel_abi::harness::BENCH_PREFIX,
+            b.name,
+            median / 10,
+            median % 10,
+            min / 10,
+            min % 10,
+            iters,
+            BATCHES
+        );
+    }
+}
+
+kbench!(fn empty(iters: u64) {
+    for i in 0..iters {
+        core::hint::black_box(i);
+    }
+}, iters = 1000);
+
+kbench!(fn cycle_counter_read(iters: u64) {
+    for _ in 0..iters {
+        core::hint::black_box(crate::arch::cycle_counter());
+    }
+}, iters = 1000);
+
+kbench!(fn breakpoint_trap_round_trip(iters: u64) {
+    for _ in 0..iters {
+        crate::arch::breakpoint();
+    }
+}, iters = 200);

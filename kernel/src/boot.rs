@@ -1,0 +1,70 @@
+//! The portable half of boot: everything after the architecture has parsed
+//! the boot information. Prints the banner, then runs the tests (`ktest`
+//! build), the benchmarks (`bench` build), or the kernel proper.
+
+use crate::bootinfo::{BootInfo, BootInfoError};
+use crate::cmdline::Cmdline;
+use keel_abi::harness::{EXIT_BOOT_ERROR, EXIT_FAIL, EXIT_PASS};
+
+/// Called once by the architecture's boot code on the boot CPU.
+pub fn kernel_main(info: Result<BootInfo<'_>, BootInfoError>) -> ! {
+    kprintln!();
+    kprintln!(
+        "Keel {} ({}) booting",
+        env!("CARGO_PKG_VERSION"),
+        crate::arch::NAME
+    );
+    let info = match info {
+        Ok(info) => info,
+        Err(e) => boot_error(format_args!("{e}")),
+    };
+    let cmdline = match Cmdline::parse(info.cmdline) {
+        Ok(c) => c,
+        Err(e) => boot_error(format_args!("bad kernel command line: {e}")),
+    };
+    crate::console::init_logger(cmdline.log_level);
+    print_banner(&info);
+
+    if cfg!(feature = "ktest") {
+        let (passed, failed) = crate::ktest::run_all(cmdline.test_filter);
+        kprintln!("{passed} passed, {failed} failed");
+        crate::arch::exit(if failed == 0 { EXIT_PASS } else { EXIT_FAIL });
+    }
+    if cfg!(feature = "bench") {
+        crate::bench::run_all();
+        kprintln!("benchmarks done");
+        crate::arch::exit(EXIT_PASS);
+    }
+    log::info!("boot complete; nothing to run yet, halting (Ctrl-A X leaves QEMU)");
+    crate::arch::halt()
+}
+
+fn boot_error(msg: core::fmt::Arguments<'_>) -> ! {
+    kprintln!("BOOT ERROR: {msg}");
+    kprintln!("Keel cannot start; check the boot loader configuration.");
+    crate::arch::exit(EXIT_BOOT_ERROR)
+}
+
+fn print_banner(info: &BootInfo<'_>) {
+    kprintln!(
+        "boot protocol: {}; command line: \"{}\"",
+        info.protocol,
+        info.cmdline
+    );
+    kprintln!("physical memory map:");
+    for r in info.memory.regions() {
+        kprintln!(
+            "  {:#014x}-{:#014x} {:>10} KiB {}",
+            r.start,
+            r.end,
+            r.len() / 1024,
+            r.kind.name()
+        );
+    }
+    kprintln!(
+        "RAM: {} MiB total, {} MiB usable; CPUs: {}",
+        info.memory.ram_bytes() >> 20,
+        info.memory.usable_bytes() >> 20,
+        info.cpu_count
+    );
+}

@@ -1,0 +1,359 @@
+//! Boot information: what the firmware or boot loader tells the kernel, in
+//! one typed form whatever the boot protocol (Multiboot on x86, a device tree
+//! on AArch64 and RISC-V).
+//!
+//! Invariants of a [`MemoryMap`]: regions are sorted by start address, never
+//! overlap, are never empty, and adjacent regions of the same kind are merged.
+//! Usable regions are page-aligned (shrunk inwards); everything the kernel
+//! must not hand out (its own image, the boot-information blobs, boot modules,
+//! firmware reservations) is carved out of the usable regions.
+//!
+//! All parsing here treats its input as untrusted: malformed input yields a
+//! [`BootInfoError`], never a panic.
+
+pub mod dtb;
+
+use arrayvec::ArrayVec;
+
+/// Size of the smallest page on every supported architecture.
+pub const PAGE_SIZE: u64 = 4096;
+/// Most regions a memory map holds. Real firmware reports a few dozen.
+pub const MAX_REGIONS: usize = 128;
+
+/// What a physical region holds. Ordered by precedence: when two input
+/// regions overlap, the output takes the kind that compares greater, so any
+/// reservation wins over `Usable`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum RegionKind {
+    /// Free RAM the kernel may allocate.
+    Usable,
+    /// ACPI tables the OS may reclaim once it has read them.
+    AcpiReclaimable,
+    /// ACPI non-volatile storage.
+    AcpiNvs,
+    /// Reserved by firmware or hardware (including device-tree
+    /// `/memreserve/` entries and `/reserved-memory` nodes).
+    Reserved,
+    /// RAM reported defective.
+    Bad,
+    /// The boot-information blob itself (device tree, Multiboot structures).
+    BootInfo,
+    /// A module or initial RAM disk loaded by the boot loader.
+    BootModule,
+    /// The kernel image.
+    Kernel,
+}
+
+impl RegionKind {
+    /// A short lower-case name for the boot banner.
+    pub const fn name(self) -> &'static str {
+        match self {
+            RegionKind::Usable => "usable",
+            RegionKind::AcpiReclaimable => "acpi-reclaim",
+            RegionKind::AcpiNvs => "acpi-nvs",
+            RegionKind::Reserved => "reserved",
+            RegionKind::Bad => "bad",
+            RegionKind::BootInfo => "boot-info",
+            RegionKind::BootModule => "boot-module",
+            RegionKind::Kernel => "kernel",
+        }
+    }
+}
+
+/// A physical address range `[start, end)` of one kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemoryRegion {
+    pub start: u64,
+    pub end: u64,
+    pub kind: RegionKind,
+}
+
+impl MemoryRegion {
+    /// A region from a start address and a length; `None` if it wraps.
+    pub fn from_len(start: u64, len: u64, kind: RegionKind) -> Option<MemoryRegion> {
+        Some(MemoryRegion {
+            start,
+            end: start.checked_add(len)?,
+            kind,
+        })
+    }
+
+    /// Length in bytes.
+    pub const fn len(&self) -> u64 {
+        self.end - self.start
+    }
+
+    /// Whether the region is empty.
+    pub const fn is_empty(&self) -> bool {
+        self.end <= self.start
+    }
+}
+
+/// Why boot information could not be used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BootInfoError {
+    /// No boot-information pointer, or the boot loader's magic value is wrong.
+    Missing(&'static str),
+    /// The blob is shorter than its own header says, or a structure in it
+    /// runs past its end.
+    Truncated(&'static str),
+    /// A structure has an impossible value.
+    Malformed(&'static str),
+    /// The firmware reported no usable RAM at all.
+    NoMemoryMap,
+    /// More regions than [`MAX_REGIONS`].
+    TooManyRegions,
+    /// The command line is not valid UTF-8.
+    CmdlineNotUtf8,
+}
+
+impl core::fmt::Display for BootInfoError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            BootInfoError::Missing(what) => write!(f, "boot information missing: {what}"),
+            BootInfoError::Truncated(what) => write!(f, "boot information truncated: {what}"),
+            BootInfoError::Malformed(what) => write!(f, "boot information malformed: {what}"),
+            BootInfoError::NoMemoryMap => write!(f, "no usable memory reported by the firmware"),
+            BootInfoError::TooManyRegions => {
+                write!(f, "memory map has more than {MAX_REGIONS} regions")
+            }
+            BootInfoError::CmdlineNotUtf8 => write!(f, "kernel command line is not UTF-8"),
+        }
+    }
+}
+
+/// The normalised physical memory map (see the module invariants).
+#[derive(Clone, Debug, Default)]
+pub struct MemoryMap {
+    regions: ArrayVec<MemoryRegion, MAX_REGIONS>,
+}
+
+impl MemoryMap {
+    /// Builds the map from raw firmware regions plus the kernel's own
+    /// reservations. Input regions may overlap and come in any order; empty
+    /// ones are ignored. Where regions overlap, the greater [`RegionKind`]
+    /// wins. Fails with [`BootInfoError::NoMemoryMap`] when no usable page
+    /// remains and [`BootInfoError::TooManyRegions`] when the result or the
+    /// input does not fit.
+    pub fn build(
+        raw: impl IntoIterator<Item = MemoryRegion>,
+    ) -> Result<MemoryMap, BootInfoError> {
+        let mut input: ArrayVec<MemoryRegion, { 2 * MAX_REGIONS }> = ArrayVec::new();
+        for r in raw.into_iter().filter(|r| !r.is_empty()) {
+            input.try_push(r).map_err(|_| BootInfoError::TooManyRegions)?;
+        }
+        // Elementary intervals: between consecutive distinct boundaries the
+        // set of covering input regions is constant.
+        let mut bounds: ArrayVec<u64, { 4 * MAX_REGIONS }> = ArrayVec::new();
+        for r in &input {
+            bounds.push(r.start);
+            bounds.push(r.end);
+        }
+        bounds.sort_unstable();
+        let mut map = MemoryMap::default();
+        for pair in bounds.windows(2) {
+            let (lo, hi) = (pair[0], pair[1]);
+            if lo == hi {
+                continue;
+            }
+            let kind = input
+                .iter()
+                .filter(|r| r.start <= lo && hi <= r.end)
+                .map(|r| r.kind)
+                .max();
+            if let Some(kind) = kind {
+                map.push_merged(MemoryRegion { start: lo, end: hi, kind })?;
+            }
+        }
+        map.align_usable();
+        if map.usable_bytes() == 0 {
+            return Err(BootInfoError::NoMemoryMap);
+        }
+        Ok(map)
+    }
+
+    fn push_merged(&mut self, r: MemoryRegion) -> Result<(), BootInfoError> {
+        if let Some(last) = self.regions.last_mut() {
+            if last.end == r.start && last.kind == r.kind {
+                last.end = r.end;
+                return Ok(());
+            }
+        }
+        self.regions
+            .try_push(r)
+            .map_err(|_| BootInfoError::TooManyRegions)
+    }
+
+    /// Shrinks usable regions to whole pages; a usable region with no whole
+    /// page left is dropped (its bytes are simply not reported).
+    fn align_usable(&mut self) {
+        for r in self.regions.iter_mut().filter(|r| r.kind == RegionKind::Usable) {
+            r.start = r.start.checked_next_multiple_of(PAGE_SIZE).unwrap_or(u64::MAX);
+            r.end = r.end / PAGE_SIZE * PAGE_SIZE;
+        }
+        self.regions.retain(|r| r.start < r.end);
+    }
+
+    /// The regions, sorted by address.
+    pub fn regions(&self) -> &[MemoryRegion] {
+        &self.regions
+    }
+
+    /// Usable regions only.
+    pub fn usable(&self) -> impl Iterator<Item = &MemoryRegion> {
+        self.regions.iter().filter(|r| r.kind == RegionKind::Usable)
+    }
+
+    /// Total usable bytes.
+    pub fn usable_bytes(&self) -> u64 {
+        self.usable().map(MemoryRegion::len).sum()
+    }
+
+    /// Total RAM: usable plus every kind that occupies RAM (kernel, modules,
+    /// boot info, reclaimable ACPI), excluding firmware/device reservations.
+    pub fn ram_bytes(&self) -> u64 {
+        self.regions
+            .iter()
+            .filter(|r| {
+                matches!(
+                    r.kind,
+                    RegionKind::Usable
+                        | RegionKind::AcpiReclaimable
+                        | RegionKind::BootInfo
+                        | RegionKind::BootModule
+                        | RegionKind::Kernel
+                )
+            })
+            .map(MemoryRegion::len)
+            .sum()
+    }
+}
+
+/// Everything the portable kernel needs to know from the boot path.
+#[derive(Clone, Debug)]
+pub struct BootInfo<'a> {
+    /// Which protocol delivered this information, e.g. "multiboot1".
+    pub protocol: &'static str,
+    /// The normalised physical memory map.
+    pub memory: MemoryMap,
+    /// The raw kernel command line (parsed by [`crate::cmdline`]).
+    pub cmdline: &'a str,
+    /// Number of CPUs the firmware describes (at least 1).
+    pub cpu_count: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn reg(start: u64, end: u64, kind: RegionKind) -> MemoryRegion {
+        MemoryRegion { start, end, kind }
+    }
+
+    #[test]
+    fn carves_reservations_out_of_usable() {
+        let map = MemoryMap::build([
+            reg(0, 0x9f000, RegionKind::Usable),
+            reg(0x100000, 0x8000000, RegionKind::Usable),
+            reg(0x200000, 0x300123, RegionKind::Kernel),
+            reg(0x7fe0000, 0x8000000, RegionKind::Reserved),
+        ])
+        .unwrap();
+        assert_eq!(
+            map.regions(),
+            &[
+                reg(0, 0x9f000, RegionKind::Usable),
+                reg(0x100000, 0x200000, RegionKind::Usable),
+                reg(0x200000, 0x300123, RegionKind::Kernel),
+                reg(0x301000, 0x7fe0000, RegionKind::Usable),
+                reg(0x7fe0000, 0x8000000, RegionKind::Reserved),
+            ]
+        );
+        assert_eq!(map.usable_bytes(), 0x9f000 + 0x100000 + (0x7fe0000 - 0x301000));
+    }
+
+    #[test]
+    fn no_usable_memory_is_an_error() {
+        assert_eq!(
+            MemoryMap::build([reg(0, 0x1000, RegionKind::Reserved)]).unwrap_err(),
+            BootInfoError::NoMemoryMap
+        );
+        assert_eq!(MemoryMap::build([]).unwrap_err(), BootInfoError::NoMemoryMap);
+        // Usable, but less than one whole page.
+        assert_eq!(
+            MemoryMap::build([reg(0x10, 0xff0, RegionKind::Usable)]).unwrap_err(),
+            BootInfoError::NoMemoryMap
+        );
+    }
+
+    #[test]
+    fn too_many_regions_is_an_error() {
+        let many = (0..300u64).map(|i| reg(i * 0x2000, i * 0x2000 + 0x1000, RegionKind::Usable));
+        assert_eq!(
+            MemoryMap::build(many).unwrap_err(),
+            BootInfoError::TooManyRegions
+        );
+    }
+
+    #[test]
+    fn region_at_top_of_address_space() {
+        let map = MemoryMap::build([reg(u64::MAX - 0x2fff, u64::MAX, RegionKind::Usable)]).unwrap();
+        assert_eq!(map.usable_bytes(), 0x2000);
+        assert!(MemoryRegion::from_len(u64::MAX, 2, RegionKind::Usable).is_none());
+    }
+
+    fn kind_strategy() -> impl Strategy<Value = RegionKind> {
+        prop_oneof![
+            4 => Just(RegionKind::Usable),
+            1 => Just(RegionKind::Reserved),
+            1 => Just(RegionKind::Kernel),
+            1 => Just(RegionKind::AcpiNvs),
+        ]
+    }
+
+    proptest! {
+        /// Output is sorted, disjoint, merged, page-aligned where usable, and
+        /// every address gets the greatest kind of the inputs covering it.
+        #[test]
+        fn normalisation_matches_model(
+            raw in prop::collection::vec(
+                (0u64..0x40, 1u64..0x10, kind_strategy())
+                    .prop_map(|(s, l, k)| reg(s * 0x800, (s + l) * 0x800, k)),
+                1..20)
+        ) {
+            let Ok(map) = MemoryMap::build(raw.iter().copied()) else {
+                // Only legitimate failure: no whole usable page.
+                let model_usable = (0..0x50 * 2u64).any(|p| (0..2).all(|h| {
+                    let a = p * 0x1000 + h * 0x800;
+                    raw.iter().filter(|r| r.start <= a && a < r.end).map(|r| r.kind).max()
+                        == Some(RegionKind::Usable)
+                }));
+                prop_assert!(!model_usable);
+                return Ok(());
+            };
+            let rs = map.regions();
+            for w in rs.windows(2) {
+                prop_assert!(w[0].end <= w[1].start);
+                prop_assert!(!(w[0].end == w[1].start && w[0].kind == w[1].kind));
+            }
+            for r in map.usable() {
+                prop_assert_eq!(r.start % PAGE_SIZE, 0);
+                prop_assert_eq!(r.end % PAGE_SIZE, 0);
+            }
+            // Check every half-page granule against the model.
+            for g in 0..0x50u64 {
+                let a = g * 0x800;
+                let model = raw.iter().filter(|r| r.start <= a && a < r.end).map(|r| r.kind).max();
+                let got = rs.iter().find(|r| r.start <= a && a < r.end).map(|r| r.kind);
+                match model {
+                    Some(RegionKind::Usable) => {
+                        // Either kept, or dropped by page alignment.
+                        prop_assert!(got == Some(RegionKind::Usable) || got.is_none());
+                    }
+                    other => prop_assert_eq!(got, other),
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,88 @@
+//! The kernel console: formatted output to the architecture's serial port,
+//! the `kprint!`/`kprintln!` macros, and the `log` facade's backend.
+//!
+//! Output is serialised by one spin lock so lines from different CPUs do not
+//! interleave. The fatal paths (panic, unexpected trap) call
+//! [`enter_fatal`] first; from then on output bypasses the lock, so a fault
+//! taken while printing cannot deadlock the report.
+
+use core::fmt::{self, Write};
+use core::sync::atomic::{AtomicBool, Ordering};
+use spin::Mutex;
+
+struct Serial;
+
+impl Write for Serial {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        crate::arch::console_write(s.as_bytes());
+        Ok(())
+    }
+}
+
+static CONSOLE: Mutex<Serial> = Mutex::new(Serial);
+static FATAL: AtomicBool = AtomicBool::new(false);
+
+#[doc(hidden)]
+pub fn _print(args: fmt::Arguments<'_>) {
+    // Writing to the serial port cannot fail.
+    if FATAL.load(Ordering::Relaxed) {
+        let _ = Serial.write_fmt(args);
+    } else {
+        let _ = CONSOLE.lock().write_fmt(args);
+    }
+}
+
+/// Switches the console to lock-free output for a report that ends the
+/// kernel. Returns `true` if the kernel was already on a fatal path (a fault
+/// inside the fault report), in which case the caller should stop at once.
+pub fn enter_fatal() -> bool {
+    FATAL.swap(true, Ordering::Relaxed)
+}
+
+/// Prints to the kernel console.
+#[macro_export]
+macro_rules! kprint {
+    ($($arg:tt)*) => { $crate::console::_print(format_args!($($arg)*)) };
+}
+
+/// Prints a line to the kernel console.
+#[macro_export]
+macro_rules! kprintln {
+    () => { $crate::console::_print(format_args!("\n")) };
+    ($($arg:tt)*) => {
+        $crate::console::_print(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+struct Logger;
+
+impl log::Log for Logger {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        metadata.level() <= log::max_level()
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if self.enabled(record.metadata()) {
+            kprintln!("[{:5}] {}", record.level(), record.args());
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+static LOGGER: Logger = Logger;
+
+/// Installs the console as the `log` backend with the given level.
+pub fn init_logger(level: crate::cmdline::LogLevel) {
+    use crate::cmdline::LogLevel;
+    // Fails only if a logger is already set, which is harmless.
+    let _ = log::set_logger(&LOGGER);
+    log::set_max_level(match level {
+        LogLevel::Trace => log::LevelFilter::Trace,
+        LogLevel::Debug => log::LevelFilter::Debug,
+        LogLevel::Info => log::LevelFilter::Info,
+        LogLevel::Warn => log::LevelFilter::Warn,
+        LogLevel::Error => log::LevelFilter::Error,
+        LogLevel::Off => log::LevelFilter::Off,
+    });
+}

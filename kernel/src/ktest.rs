@@ -1,0 +1,113 @@
+//! The in-kernel test harness.
+//!
+//! Tests sit next to the code they test, declared with [`ktest!`]; each
+//! becomes a [`KTest`] in the `.ktests` linker section. A kernel built with
+//! the `ktest` feature runs them all at boot (see [`crate::boot`]), printing
+//! `test <path> ... ok|FAILED` per test and `N passed, N failed` at the end,
+//! then exits QEMU with `EXIT_PASS` or `EXIT_FAIL`. A test that crashes the
+//! kernel ends the run with `EXIT_CRASH`.
+//!
+//! Tests return [`TestResult`]; the `kassert*` macros print what failed and
+//! return an error, so one failing test does not stop the others.
+
+/// The outcome of one test.
+pub type TestResult = Result<(), TestFailed>;
+
+/// A test failed; the details were already printed.
+#[derive(Debug, Clone, Copy)]
+pub struct TestFailed;
+
+/// One registered test.
+#[repr(C)]
+pub struct KTest {
+    /// Module path and function name.
+    pub name: &'static str,
+    /// The test body.
+    pub func: fn() -> TestResult,
+}
+
+/// Declares an in-kernel test. Compiled only in the `ktest` build.
+///
+/// ```ignore
+/// ktest!(fn breakpoint_is_recorded() {
+///     kassert!(1 + 1 == 2);
+///     Ok(())
+/// });
+/// ```
+#[macro_export]
+macro_rules! ktest {
+    (fn $name:ident() $body:block) => {
+        #[cfg(feature = "ktest")]
+        fn $name() -> $crate::ktest::TestResult $body
+        #[cfg(feature = "ktest")]
+        const _: () = {
+            #[used]
+            #[unsafe(link_section = ".ktests")]
+            static TEST: $crate::ktest::KTest = $crate::ktest::KTest {
+                name: concat!(module_path!(), "::", stringify!($name)),
+                func: $name,
+            };
+        };
+    };
+}
+
+/// Fails the current test unless `cond` holds.
+#[macro_export]
+macro_rules! kassert {
+    ($cond:expr $(,)?) => {
+        if !$cond {
+            $crate::kprintln!("\n    assertion failed at {}:{}: {}", file!(), line!(), stringify!($cond));
+            return Err($crate::ktest::TestFailed);
+        }
+    };
+    ($cond:expr, $($msg:tt)+) => {
+        if !$cond {
+            $crate::kprintln!("\n    assertion failed at {}:{}: {}: {}", file!(), line!(),
+                stringify!($cond), format_args!($($msg)+));
+            return Err($crate::ktest::TestFailed);
+        }
+    };
+}
+
+/// Fails the current test unless `left == right`, printing both.
+#[macro_export]
+macro_rules! kassert_eq {
+    ($left:expr, $right:expr $(,)?) => {
+        match (&$left, &$right) {
+            (l, r) => {
+                if l != r {
+                    $crate::kprintln!(
+                        "\n    assertion failed at {}:{}: {} == {}\n      left: {:?}\n     right: {:?}",
+                        file!(), line!(), stringify!($left), stringify!($right), l, r
+                    );
+                    return Err($crate::ktest::TestFailed);
+                }
+            }
+        }
+    };
+}
+
+/// Runs every registered test whose path contains `filter` and returns
+/// `(passed, failed)`.
+pub fn run_all(filter: Option<&str>) -> (usize, usize) {
+    let (mut passed, mut failed) = (0, 0);
+    for test in crate::arch::registered_tests() {
+        if filter.is_some_and(|f| !test.name.contains(f)) {
+            continue;
+        }
+        kprint!("{}{} ... ", keel_abi::harness::TEST_PREFIX, test.name);
+        match (test.func)() {
+            Ok(()) => {
+                kprintln!("ok");
+                passed += 1;
+            }
+            Err(TestFailed) => {
+                // The assertion broke the line; repeat the name so the
+                // result line is whole.
+                kprintln!("{}{} ... FAILED", keel_abi::harness::TEST_PREFIX, test.name);
+                failed += 1;
+            }
+        }
+    }
+    (passed, failed)
+}
