@@ -75,10 +75,7 @@ mod tests {
     #[test]
     fn return_values_round_trip() {
         for e in Error::ALL {
-            assert_eq!(
-                Error::from_return_value(e.to_return_value()),
-                Some(Err(e))
-            );
+            assert_eq!(Error::from_return_value(e.to_return_value()), Some(Err(e)));
         }
         assert_eq!(Error::from_return_value(0), Some(Ok(0)));
         assert_eq!(Error::from_return_value(42), Some(Ok(42)));

@@ -52,9 +52,6 @@ mod tests {
         for s in Syscall::ALL {
             assert_eq!(Syscall::try_from(s as usize), Ok(s));
         }
-        assert_eq!(
-            Syscall::try_from(0xffff),
-            Err(crate::Error::NoSuchSyscall)
-        );
+        assert_eq!(Syscall::try_from(0xffff), Err(crate::Error::NoSuchSyscall));
     }
 }

@@ -75,20 +75,29 @@ pub fn run_all() {
     }
 }
 
-kbench!(fn empty(iters: u64) {
-    for i in 0..iters {
-        core::hint::black_box(i);
-    }
-}, iters = 1000);
+kbench!(
+    fn empty(iters: u64) {
+        for i in 0..iters {
+            core::hint::black_box(i);
+        }
+    },
+    iters = 1000
+);
 
-kbench!(fn cycle_counter_read(iters: u64) {
-    for _ in 0..iters {
-        core::hint::black_box(crate::arch::cycle_counter());
-    }
-}, iters = 1000);
+kbench!(
+    fn cycle_counter_read(iters: u64) {
+        for _ in 0..iters {
+            core::hint::black_box(crate::arch::cycle_counter());
+        }
+    },
+    iters = 1000
+);
 
-kbench!(fn breakpoint_trap_round_trip(iters: u64) {
-    for _ in 0..iters {
-        crate::arch::breakpoint();
-    }
-}, iters = 200);
+kbench!(
+    fn breakpoint_trap_round_trip(iters: u64) {
+        for _ in 0..iters {
+            crate::arch::breakpoint();
+        }
+    },
+    iters = 200
+);

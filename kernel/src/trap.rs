@@ -14,7 +14,11 @@ pub enum TrapCause {
     /// A breakpoint instruction (int3, brk, ebreak).
     Breakpoint,
     /// A memory access to an unmapped or protected address.
-    PageFault { addr: usize, write: bool, exec: bool },
+    PageFault {
+        addr: usize,
+        write: bool,
+        exec: bool,
+    },
     /// An undefined or illegal instruction.
     IllegalInstruction,
     /// Integer division by zero (x86 only; other arches do not trap on it).
@@ -52,7 +56,11 @@ pub fn last() -> (Option<TrapRecord>, usize) {
 /// `backtrace` prints the frames of the interrupted code.
 pub fn fatal(trap: TrapRecord, dump_registers: impl FnOnce(), backtrace: impl FnOnce()) -> ! {
     if crate::console::enter_fatal() {
-        kprintln!("\nKERNEL FAULT while reporting a fault: {:?} at pc {:#x}", trap.cause, trap.pc);
+        kprintln!(
+            "\nKERNEL FAULT while reporting a fault: {:?} at pc {:#x}",
+            trap.cause,
+            trap.pc
+        );
         crate::arch::exit(keel_abi::harness::EXIT_CRASH);
     }
     kprintln!();
@@ -70,45 +78,67 @@ pub fn fatal(trap: TrapRecord, dump_registers: impl FnOnce(), backtrace: impl Fn
 /// An address in the kernel half that no architecture maps.
 pub const UNMAPPED_KERNEL_ADDR: usize = 0xffff_a000_0000_1000;
 
-crate::ktest!(fn breakpoint_is_caught_and_resumed() {
-    let (_, before) = last();
-    crate::arch::breakpoint();
-    let (rec, after) = last();
-    kassert_eq!(after, before + 1);
-    kassert_eq!(
-        rec,
-        Some(TrapRecord { cause: TrapCause::Breakpoint, pc: crate::arch::breakpoint_site() })
-    );
-    Ok(())
-});
-
-crate::ktest!(fn page_fault_on_unmapped_address_is_reported() {
-    let rec = crate::arch::probe_read(UNMAPPED_KERNEL_ADDR);
-    let Err(rec) = rec else {
-        kassert!(false, "read of unmapped {:#x} succeeded", UNMAPPED_KERNEL_ADDR);
-        return Ok(());
-    };
-    kassert_eq!(
-        rec.cause,
-        TrapCause::PageFault { addr: UNMAPPED_KERNEL_ADDR, write: false, exec: false }
-    );
-    kassert_eq!(last().0, Some(rec));
-    Ok(())
-});
-
-crate::ktest!(fn probe_of_mapped_memory_reads_the_byte() {
-    static BYTES: [u8; 2] = [0x5a, 0xa5];
-    kassert_eq!(crate::arch::probe_read(core::ptr::addr_of!(BYTES[1]) as usize), Ok(0xa5));
-    Ok(())
-});
-
-crate::ktest!(fn cycle_counter_advances() {
-    let a = crate::arch::cycle_counter();
-    let mut x = 0u64;
-    for i in 0..1000 {
-        x = core::hint::black_box(x + i);
+crate::ktest!(
+    fn breakpoint_is_caught_and_resumed() {
+        let (_, before) = last();
+        crate::arch::breakpoint();
+        let (rec, after) = last();
+        kassert_eq!(after, before + 1);
+        kassert_eq!(
+            rec,
+            Some(TrapRecord {
+                cause: TrapCause::Breakpoint,
+                pc: crate::arch::breakpoint_site()
+            })
+        );
+        Ok(())
     }
-    let b = crate::arch::cycle_counter();
-    kassert!(b > a, "counter went from {} to {}", a, b);
-    Ok(())
-});
+);
+
+crate::ktest!(
+    fn page_fault_on_unmapped_address_is_reported() {
+        let rec = crate::arch::probe_read(UNMAPPED_KERNEL_ADDR);
+        let Err(rec) = rec else {
+            kassert!(
+                false,
+                "read of unmapped {:#x} succeeded",
+                UNMAPPED_KERNEL_ADDR
+            );
+            return Ok(());
+        };
+        kassert_eq!(
+            rec.cause,
+            TrapCause::PageFault {
+                addr: UNMAPPED_KERNEL_ADDR,
+                write: false,
+                exec: false
+            }
+        );
+        kassert_eq!(last().0, Some(rec));
+        Ok(())
+    }
+);
+
+crate::ktest!(
+    fn probe_of_mapped_memory_reads_the_byte() {
+        static BYTES: [u8; 2] = [0x5a, 0xa5];
+        kassert_eq!(
+            crate::arch::probe_read(core::ptr::addr_of!(BYTES[1]) as usize),
+            Ok(0xa5)
+        );
+        Ok(())
+    }
+);
+
+crate::ktest!(
+    fn cycle_counter_advances() {
+        let a = crate::arch::cycle_counter();
+        let mut x = 0u64;
+        for i in 0..1000 {
+            x = core::hint::black_box(x + i);
+        }
+        let b = crate::arch::cycle_counter();
+        kassert!(b > a, "counter went from {} to {}", a, b);
+        Ok(())
+    }
+);

@@ -1,1 +1,126 @@
-fn main() {}
+//! `cargo xtask`: builds, runs, tests and benchmarks Keel.
+//!
+//! Every subcommand first checks the machine (`setup`) and installs what is
+//! missing, so each works on a fresh Debian machine. Kernel images are built
+//! with Debian's Rust toolchain and build-std (see `toolchain`), host crates
+//! with the toolchain that runs this program.
+
+mod arch;
+mod bench;
+mod qemu;
+mod setup;
+mod symbolize;
+mod test;
+mod toolchain;
+
+use anyhow::Result;
+use arch::Arch;
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Build, run, test and benchmark Keel")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// How QEMU executes guest code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Accel {
+    /// Software emulation (the default; deterministic with -icount).
+    Tcg,
+    /// Hardware virtualisation (only where /dev/kvm is real KVM).
+    Kvm,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install what the build needs (Debian packages), if missing.
+    Setup,
+    /// Build the kernel image.
+    Build {
+        #[arg(long, value_enum, default_value = "x86_64")]
+        arch: Arch,
+        #[arg(long)]
+        release: bool,
+    },
+    /// Boot Keel in QEMU with its console on this terminal.
+    Run {
+        #[arg(long, value_enum, default_value = "x86_64")]
+        arch: Arch,
+        #[arg(long)]
+        release: bool,
+        /// Number of CPUs.
+        #[arg(long, default_value_t = 1)]
+        smp: u32,
+        /// Guest RAM, in QEMU's syntax (e.g. 256M, 2G).
+        #[arg(long, default_value = "256M")]
+        mem: String,
+        /// Start QEMU halted, waiting for GDB on localhost:1234.
+        #[arg(long)]
+        gdb: bool,
+        #[arg(long, value_enum, default_value = "tcg")]
+        accel: Accel,
+        /// Extra kernel command-line words (after `--`).
+        #[arg(last = true)]
+        cmdline: Vec<String>,
+    },
+    /// Check formatting and lints, run host tests, and boot every
+    /// architecture's test kernel; prints `N passed, N failed` last.
+    Test {
+        /// `all` or one architecture.
+        #[arg(long, default_value = "all")]
+        arch: String,
+    },
+    /// Run the in-kernel benchmarks under QEMU -icount (instructions/op).
+    Bench {
+        /// `all` or one architecture.
+        #[arg(long, default_value = "all")]
+        arch: String,
+    },
+}
+
+fn main() {
+    if let Err(e) = real_main() {
+        eprintln!("xtask: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn real_main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Setup => setup::ensure(true),
+        Command::Build { arch, release } => {
+            setup::ensure(false)?;
+            let image = toolchain::build_kernel(arch, toolchain::Flavor::Run, release)?;
+            println!("{}", image.display());
+            Ok(())
+        }
+        Command::Run {
+            arch,
+            release,
+            smp,
+            mem,
+            gdb,
+            accel,
+            cmdline,
+        } => {
+            setup::ensure(false)?;
+            let image = toolchain::build_kernel(arch, toolchain::Flavor::Run, release)?;
+            qemu::run_interactive(arch, &image, smp, &mem, gdb, accel, &cmdline.join(" "))
+        }
+        Command::Test { arch } => {
+            setup::ensure(false)?;
+            let ok = test::run(&Arch::parse_list(&arch)?)?;
+            if !ok {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        Command::Bench { arch } => {
+            setup::ensure(false)?;
+            bench::run(&Arch::parse_list(&arch)?)
+        }
+    }
+}

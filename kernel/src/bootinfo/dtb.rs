@@ -1,0 +1,500 @@
+//! A validating reader for flattened device trees (DTB), hand-written
+//! because it parses untrusted firmware input at boot: every offset, length
+//! and string is bounds-checked, and malformed input gives a
+//! [`BootInfoError`], never a panic. (The `fdt` crate panics on several
+//! malformed inputs, which the kernel must not.)
+//!
+//! Extracted: memory nodes (`/memory*`, or any top-level node with
+//! `device_type = "memory"`), `/memreserve/` entries, `/reserved-memory`
+//! children, `/chosen` `bootargs` and `linux,initrd-start/end`, and the CPU
+//! count (`/cpus/cpu*` whose `status` is absent or "okay").
+
+use super::{BootInfo, BootInfoError, MAX_REGIONS, MemoryMap, MemoryRegion, RegionKind};
+use arrayvec::ArrayVec;
+
+const MAGIC: u32 = 0xd00d_feed;
+const HEADER_LEN: usize = 40;
+const TOKEN_BEGIN_NODE: u32 = 1;
+const TOKEN_END_NODE: u32 = 2;
+const TOKEN_PROP: u32 = 3;
+const TOKEN_NOP: u32 = 4;
+const TOKEN_END: u32 = 9;
+/// Deepest node nesting accepted; real trees are a handful of levels deep.
+const MAX_DEPTH: usize = 16;
+
+fn be32(data: &[u8], off: usize) -> Option<u32> {
+    let b = data.get(off..off.checked_add(4)?)?;
+    Some(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+fn be64(data: &[u8], off: usize) -> Option<u64> {
+    Some(u64::from(be32(data, off)?) << 32 | u64::from(be32(data, off + 4)?))
+}
+
+/// Validates the header at the start of `header` (at least 40 bytes) and
+/// returns the blob's total size, so the caller knows how much memory to
+/// hand to [`parse`].
+pub fn total_size(header: &[u8]) -> Result<usize, BootInfoError> {
+    if header.len() < HEADER_LEN {
+        return Err(BootInfoError::Truncated("device tree header"));
+    }
+    if be32(header, 0) != Some(MAGIC) {
+        return Err(BootInfoError::Missing("device tree (bad magic)"));
+    }
+    let size = be32(header, 4).ok_or(BootInfoError::Truncated("device tree header"))? as usize;
+    if size < HEADER_LEN {
+        return Err(BootInfoError::Malformed(
+            "device tree totalsize smaller than its header",
+        ));
+    }
+    Ok(size)
+}
+
+/// A checked view of the blob's blocks.
+struct Blob<'a> {
+    structs: &'a [u8],
+    strings: &'a [u8],
+    rsvmap: &'a [u8],
+}
+
+impl<'a> Blob<'a> {
+    fn new(blob: &'a [u8]) -> Result<Blob<'a>, BootInfoError> {
+        let size = total_size(blob)?;
+        let blob = blob.get(..size).ok_or(BootInfoError::Truncated(
+            "device tree shorter than its totalsize",
+        ))?;
+        let field = |i: usize| be32(blob, 4 * i).map(|v| v as usize).unwrap_or(usize::MAX);
+        let (off_struct, off_strings, off_rsvmap, version) =
+            (field(2), field(3), field(4), field(5));
+        if version < 17 {
+            return Err(BootInfoError::Malformed(
+                "device tree version older than 17",
+            ));
+        }
+        let (size_strings, size_struct) = (field(8), field(9));
+        let block = |off: usize, len: usize, what| {
+            off.checked_add(len)
+                .and_then(|end| blob.get(off..end))
+                .ok_or(BootInfoError::Truncated(what))
+        };
+        Ok(Blob {
+            structs: block(off_struct, size_struct, "device tree structure block")?,
+            strings: block(off_strings, size_strings, "device tree strings block")?,
+            rsvmap: blob
+                .get(off_rsvmap..)
+                .ok_or(BootInfoError::Truncated("device tree reservation map"))?,
+        })
+    }
+
+    fn string(&self, off: usize) -> Result<&'a str, BootInfoError> {
+        let s = self
+            .strings
+            .get(off..)
+            .ok_or(BootInfoError::Malformed("property name offset"))?;
+        cstr(s).ok_or(BootInfoError::Malformed("property name"))
+    }
+}
+
+/// The NUL-terminated UTF-8 string at the start of `data`.
+fn cstr(data: &[u8]) -> Option<&str> {
+    let end = data.iter().position(|&b| b == 0)?;
+    core::str::from_utf8(data.get(..end)?).ok()
+}
+
+const fn align4(n: usize) -> Option<usize> {
+    match n.checked_add(3) {
+        Some(v) => Some(v & !3),
+        None => None,
+    }
+}
+
+/// What a node is, for the few nodes the kernel cares about.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Other,
+    Root,
+    /// A top-level node that may be memory (decided at its end).
+    TopLevel,
+    Chosen,
+    Cpus,
+    Cpu,
+    ReservedMemory,
+    ReservedChild,
+}
+
+#[derive(Clone, Copy)]
+struct Node<'a> {
+    role: Role,
+    /// `#address-cells` / `#size-cells` for this node's children.
+    child_cells: (u32, u32),
+    is_memory_type: bool,
+    enabled: bool,
+    reg: Option<&'a [u8]>,
+}
+
+impl Node<'_> {
+    const fn new(role: Role, name: &str) -> Self {
+        let memory_name = matches!(name.as_bytes(), [b'm', b'e', b'm', b'o', b'r', b'y', ..]);
+        Node {
+            role,
+            child_cells: (2, 1),
+            is_memory_type: matches!(role, Role::TopLevel) && memory_name,
+            enabled: true,
+            reg: None,
+        }
+    }
+}
+
+/// Decodes a `reg` property into `(address, size)` pairs.
+fn push_reg(
+    reg: &[u8],
+    cells: (u32, u32),
+    kind: RegionKind,
+    out: &mut ArrayVec<MemoryRegion, { 2 * MAX_REGIONS }>,
+) -> Result<(), BootInfoError> {
+    let (ac, sc) = cells;
+    if !(1..=2).contains(&ac) || sc > 2 {
+        return Err(BootInfoError::Malformed(
+            "unsupported #address-cells/#size-cells",
+        ));
+    }
+    let entry = 4 * (ac + sc) as usize;
+    if !reg.len().is_multiple_of(entry) {
+        return Err(BootInfoError::Malformed(
+            "reg length is not a whole number of entries",
+        ));
+    }
+    let read = |off: usize, cells: u32| match cells {
+        0 => Some(0),
+        1 => be32(reg, off).map(u64::from),
+        _ => be64(reg, off),
+    };
+    for chunk_start in (0..reg.len()).step_by(entry) {
+        let addr = read(chunk_start, ac).ok_or(BootInfoError::Truncated("reg"))?;
+        let size =
+            read(chunk_start + 4 * ac as usize, sc).ok_or(BootInfoError::Truncated("reg"))?;
+        let region = MemoryRegion::from_len(addr, size, kind)
+            .ok_or(BootInfoError::Malformed("reg range wraps around"))?;
+        out.try_push(region)
+            .map_err(|_| BootInfoError::TooManyRegions)?;
+    }
+    Ok(())
+}
+
+fn prop_u32_or_u64(value: &[u8]) -> Option<u64> {
+    match value.len() {
+        4 => be32(value, 0).map(u64::from),
+        8 => be64(value, 0),
+        _ => None,
+    }
+}
+
+/// Parses a device tree. `reserved` lists regions the caller must keep
+/// (kernel image, the blob itself) and is merged into the memory map.
+pub fn parse<'a>(
+    blob: &'a [u8],
+    protocol: &'static str,
+    reserved: &[MemoryRegion],
+) -> Result<BootInfo<'a>, BootInfoError> {
+    let dt = Blob::new(blob)?;
+    let mut regions: ArrayVec<MemoryRegion, { 2 * MAX_REGIONS }> = ArrayVec::new();
+    for r in reserved {
+        regions
+            .try_push(*r)
+            .map_err(|_| BootInfoError::TooManyRegions)?;
+    }
+
+    // Memory reservation block: (address, size) pairs ending in (0, 0).
+    let mut off = 0;
+    loop {
+        let addr = be64(dt.rsvmap, off).ok_or(BootInfoError::Truncated("reservation map"))?;
+        let size = be64(dt.rsvmap, off + 8).ok_or(BootInfoError::Truncated("reservation map"))?;
+        if addr == 0 && size == 0 {
+            break;
+        }
+        let r = MemoryRegion::from_len(addr, size, RegionKind::Reserved)
+            .ok_or(BootInfoError::Malformed("reservation wraps around"))?;
+        regions
+            .try_push(r)
+            .map_err(|_| BootInfoError::TooManyRegions)?;
+        off += 16;
+    }
+
+    let mut stack: ArrayVec<Node<'a>, MAX_DEPTH> = ArrayVec::new();
+    let mut cmdline = "";
+    let (mut initrd_start, mut initrd_end) = (None, None);
+    let mut cpus = 0usize;
+    let mut pos = 0;
+    let s = dt.structs;
+    loop {
+        let token = be32(s, pos).ok_or(BootInfoError::Truncated(
+            "structure block ends without FDT_END",
+        ))?;
+        pos += 4;
+        match token {
+            TOKEN_BEGIN_NODE => {
+                let name = s
+                    .get(pos..)
+                    .and_then(cstr)
+                    .ok_or(BootInfoError::Malformed("node name"))?;
+                pos = align4(pos + name.len() + 1).ok_or(BootInfoError::Malformed("node name"))?;
+                let parent = stack.last().map(|n| n.role);
+                let base = name.split('@').next().unwrap_or(name);
+                let role = match (parent, base) {
+                    (None, _) => Role::Root,
+                    (Some(Role::Root), "chosen") => Role::Chosen,
+                    (Some(Role::Root), "cpus") => Role::Cpus,
+                    (Some(Role::Root), "reserved-memory") => Role::ReservedMemory,
+                    (Some(Role::Root), _) => Role::TopLevel,
+                    (Some(Role::Cpus), "cpu") => Role::Cpu,
+                    (Some(Role::ReservedMemory), _) => Role::ReservedChild,
+                    _ => Role::Other,
+                };
+                stack
+                    .try_push(Node::new(role, base))
+                    .map_err(|_| BootInfoError::Malformed("device tree nested too deeply"))?;
+            }
+            TOKEN_END_NODE => {
+                let node = stack
+                    .pop()
+                    .ok_or(BootInfoError::Malformed("unbalanced end of node"))?;
+                let parent_cells = stack.last().map_or((2, 1), |p| p.child_cells);
+                let kind = match node.role {
+                    Role::TopLevel if node.is_memory_type => Some(RegionKind::Usable),
+                    Role::ReservedChild => Some(RegionKind::Reserved),
+                    _ => None,
+                };
+                if let (Some(kind), Some(reg), true) = (kind, node.reg, node.enabled) {
+                    push_reg(reg, parent_cells, kind, &mut regions)?;
+                }
+                if node.role == Role::Cpu && node.enabled {
+                    cpus += 1;
+                }
+                if stack.is_empty() {
+                    // The root closed; FDT_END must follow (NOPs allowed).
+                    continue;
+                }
+            }
+            TOKEN_PROP => {
+                let len = be32(s, pos).ok_or(BootInfoError::Truncated("property"))? as usize;
+                let name_off =
+                    be32(s, pos + 4).ok_or(BootInfoError::Truncated("property"))? as usize;
+                let start = pos + 8;
+                let value = start
+                    .checked_add(len)
+                    .and_then(|end| s.get(start..end))
+                    .ok_or(BootInfoError::Truncated("property value"))?;
+                pos = align4(start + len).ok_or(BootInfoError::Malformed("property length"))?;
+                let name = dt.string(name_off)?;
+                let node = stack
+                    .last_mut()
+                    .ok_or(BootInfoError::Malformed("property outside a node"))?;
+                match name {
+                    "#address-cells" => {
+                        node.child_cells.0 =
+                            be32(value, 0).ok_or(BootInfoError::Malformed("#address-cells"))?
+                    }
+                    "#size-cells" => {
+                        node.child_cells.1 =
+                            be32(value, 0).ok_or(BootInfoError::Malformed("#size-cells"))?
+                    }
+                    "reg" => node.reg = Some(value),
+                    "device_type" => {
+                        node.is_memory_type |=
+                            node.role == Role::TopLevel && cstr(value) == Some("memory")
+                    }
+                    "status" => node.enabled = matches!(cstr(value), Some("okay" | "ok")),
+                    "bootargs" if node.role == Role::Chosen => {
+                        let text = value.split(|&b| b == 0).next().unwrap_or(&[]);
+                        cmdline = core::str::from_utf8(text)
+                            .map_err(|_| BootInfoError::CmdlineNotUtf8)?;
+                    }
+                    "linux,initrd-start" if node.role == Role::Chosen => {
+                        initrd_start = prop_u32_or_u64(value)
+                    }
+                    "linux,initrd-end" if node.role == Role::Chosen => {
+                        initrd_end = prop_u32_or_u64(value)
+                    }
+                    _ => {}
+                }
+            }
+            TOKEN_NOP => {}
+            TOKEN_END => {
+                if !stack.is_empty() {
+                    return Err(BootInfoError::Malformed("FDT_END inside a node"));
+                }
+                break;
+            }
+            _ => return Err(BootInfoError::Malformed("unknown structure token")),
+        }
+    }
+    if let (Some(start), Some(end)) = (initrd_start, initrd_end)
+        && start < end
+    {
+        let r = MemoryRegion {
+            start,
+            end,
+            kind: RegionKind::BootModule,
+        };
+        regions
+            .try_push(r)
+            .map_err(|_| BootInfoError::TooManyRegions)?;
+    }
+    Ok(BootInfo {
+        protocol,
+        memory: MemoryMap::build(regions)?,
+        cmdline,
+        cpu_count: cpus.max(1),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use vm_fdt::{FdtReserveEntry, FdtWriter};
+
+    const KERNEL: MemoryRegion = MemoryRegion {
+        start: 0x4020_0000,
+        end: 0x4030_0000,
+        kind: RegionKind::Kernel,
+    };
+
+    /// A tree shaped like QEMU's `virt` machine: 2 CPUs, 256 MiB at 1 GiB,
+    /// a reserved-memory child, a /memreserve/ entry and bootargs.
+    fn virt_like(cpus: u32, with_memory: bool) -> Vec<u8> {
+        let mut w =
+            FdtWriter::new_with_mem_reserv(&[FdtReserveEntry::new(0x4800_0000, 0x1000).unwrap()])
+                .unwrap();
+        let root = w.begin_node("").unwrap();
+        w.property_u32("#address-cells", 2).unwrap();
+        w.property_u32("#size-cells", 2).unwrap();
+        let chosen = w.begin_node("chosen").unwrap();
+        w.property_string("bootargs", "log=debug").unwrap();
+        w.property_u64("linux,initrd-start", 0x4400_0000).unwrap();
+        w.property_u64("linux,initrd-end", 0x4410_0000).unwrap();
+        w.end_node(chosen).unwrap();
+        if with_memory {
+            let mem = w.begin_node("memory@40000000").unwrap();
+            w.property_string("device_type", "memory").unwrap();
+            w.property_array_u64("reg", &[0x4000_0000, 0x1000_0000])
+                .unwrap();
+            w.end_node(mem).unwrap();
+        }
+        let resv = w.begin_node("reserved-memory").unwrap();
+        w.property_u32("#address-cells", 2).unwrap();
+        w.property_u32("#size-cells", 2).unwrap();
+        let fw = w.begin_node("mmode_resv0@4f000000").unwrap();
+        w.property_array_u64("reg", &[0x4f00_0000, 0x20_0000])
+            .unwrap();
+        w.end_node(fw).unwrap();
+        w.end_node(resv).unwrap();
+        let cpus_node = w.begin_node("cpus").unwrap();
+        w.property_u32("#address-cells", 1).unwrap();
+        w.property_u32("#size-cells", 0).unwrap();
+        for i in 0..cpus {
+            let cpu = w.begin_node(&format!("cpu@{i}")).unwrap();
+            w.property_string("device_type", "cpu").unwrap();
+            w.property_u32("reg", i).unwrap();
+            w.end_node(cpu).unwrap();
+        }
+        // A disabled CPU is not counted.
+        let off = w.begin_node("cpu@99").unwrap();
+        w.property_string("status", "disabled").unwrap();
+        w.end_node(off).unwrap();
+        w.end_node(cpus_node).unwrap();
+        let uart = w.begin_node("pl011@9000000").unwrap();
+        w.property_array_u64("reg", &[0x900_0000, 0x1000]).unwrap();
+        w.end_node(uart).unwrap();
+        w.end_node(root).unwrap();
+        w.finish().unwrap()
+    }
+
+    fn kinds_at(info: &BootInfo<'_>, addr: u64) -> Option<RegionKind> {
+        info.memory
+            .regions()
+            .iter()
+            .find(|r| r.start <= addr && addr < r.end)
+            .map(|r| r.kind)
+    }
+
+    #[test]
+    fn parses_virt_like_tree() {
+        let blob = virt_like(2, true);
+        assert_eq!(total_size(&blob).unwrap(), blob.len());
+        let info = parse(&blob, "devicetree", &[KERNEL]).unwrap();
+        assert_eq!(info.cmdline, "log=debug");
+        assert_eq!(info.cpu_count, 2);
+        assert_eq!(kinds_at(&info, 0x4000_0000), Some(RegionKind::Usable));
+        assert_eq!(kinds_at(&info, 0x4020_0000), Some(RegionKind::Kernel));
+        assert_eq!(kinds_at(&info, 0x4400_0000), Some(RegionKind::BootModule));
+        assert_eq!(kinds_at(&info, 0x4800_0000), Some(RegionKind::Reserved));
+        assert_eq!(kinds_at(&info, 0x4f10_0000), Some(RegionKind::Reserved));
+        assert_eq!(kinds_at(&info, 0x4f20_0000), Some(RegionKind::Usable));
+        // The UART's reg is not memory.
+        assert_eq!(kinds_at(&info, 0x900_0000), None);
+        assert_eq!(info.memory.ram_bytes(), 0x1000_0000 - 0x1000 - 0x20_0000);
+    }
+
+    #[test]
+    fn no_memory_node_is_an_error() {
+        let blob = virt_like(1, false);
+        assert_eq!(
+            parse(&blob, "devicetree", &[]).unwrap_err(),
+            BootInfoError::NoMemoryMap
+        );
+    }
+
+    #[test]
+    fn bad_magic_and_short_header_are_errors() {
+        let mut blob = virt_like(1, true);
+        assert!(matches!(
+            total_size(&blob[..10]),
+            Err(BootInfoError::Truncated(_))
+        ));
+        blob[0] = 0;
+        assert!(matches!(total_size(&blob), Err(BootInfoError::Missing(_))));
+        assert!(matches!(
+            parse(&blob, "devicetree", &[]),
+            Err(BootInfoError::Missing(_))
+        ));
+    }
+
+    #[test]
+    fn every_truncation_is_an_error() {
+        let blob = virt_like(2, true);
+        for len in 0..blob.len() {
+            assert!(parse(&blob[..len], "devicetree", &[]).is_err(), "len {len}");
+        }
+    }
+
+    #[test]
+    fn non_utf8_bootargs_is_an_error() {
+        let mut w = FdtWriter::new().unwrap();
+        let root = w.begin_node("").unwrap();
+        let chosen = w.begin_node("chosen").unwrap();
+        w.property("bootargs", &[0xff, 0xfe, 0]).unwrap();
+        w.end_node(chosen).unwrap();
+        w.end_node(root).unwrap();
+        let blob = w.finish().unwrap();
+        assert_eq!(
+            parse(&blob, "devicetree", &[]).unwrap_err(),
+            BootInfoError::CmdlineNotUtf8
+        );
+    }
+
+    proptest! {
+        /// Corrupting any bytes of a valid tree never panics the parser.
+        #[test]
+        fn corrupted_trees_never_panic(
+            edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8)
+        ) {
+            let mut blob = virt_like(2, true);
+            for (i, b) in edits {
+                let at = i.index(blob.len());
+                blob[at] = b;
+            }
+            let _ = parse(&blob, "devicetree", &[KERNEL]);
+        }
+    }
+}

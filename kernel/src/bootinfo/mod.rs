@@ -135,12 +135,12 @@ impl MemoryMap {
     /// wins. Fails with [`BootInfoError::NoMemoryMap`] when no usable page
     /// remains and [`BootInfoError::TooManyRegions`] when the result or the
     /// input does not fit.
-    pub fn build(
-        raw: impl IntoIterator<Item = MemoryRegion>,
-    ) -> Result<MemoryMap, BootInfoError> {
+    pub fn build(raw: impl IntoIterator<Item = MemoryRegion>) -> Result<MemoryMap, BootInfoError> {
         let mut input: ArrayVec<MemoryRegion, { 2 * MAX_REGIONS }> = ArrayVec::new();
         for r in raw.into_iter().filter(|r| !r.is_empty()) {
-            input.try_push(r).map_err(|_| BootInfoError::TooManyRegions)?;
+            input
+                .try_push(r)
+                .map_err(|_| BootInfoError::TooManyRegions)?;
         }
         // Elementary intervals: between consecutive distinct boundaries the
         // set of covering input regions is constant.
@@ -162,7 +162,11 @@ impl MemoryMap {
                 .map(|r| r.kind)
                 .max();
             if let Some(kind) = kind {
-                map.push_merged(MemoryRegion { start: lo, end: hi, kind })?;
+                map.push_merged(MemoryRegion {
+                    start: lo,
+                    end: hi,
+                    kind,
+                })?;
             }
         }
         map.align_usable();
@@ -173,11 +177,12 @@ impl MemoryMap {
     }
 
     fn push_merged(&mut self, r: MemoryRegion) -> Result<(), BootInfoError> {
-        if let Some(last) = self.regions.last_mut() {
-            if last.end == r.start && last.kind == r.kind {
-                last.end = r.end;
-                return Ok(());
-            }
+        if let Some(last) = self.regions.last_mut()
+            && last.end == r.start
+            && last.kind == r.kind
+        {
+            last.end = r.end;
+            return Ok(());
         }
         self.regions
             .try_push(r)
@@ -187,8 +192,15 @@ impl MemoryMap {
     /// Shrinks usable regions to whole pages; a usable region with no whole
     /// page left is dropped (its bytes are simply not reported).
     fn align_usable(&mut self) {
-        for r in self.regions.iter_mut().filter(|r| r.kind == RegionKind::Usable) {
-            r.start = r.start.checked_next_multiple_of(PAGE_SIZE).unwrap_or(u64::MAX);
+        for r in self
+            .regions
+            .iter_mut()
+            .filter(|r| r.kind == RegionKind::Usable)
+        {
+            r.start = r
+                .start
+                .checked_next_multiple_of(PAGE_SIZE)
+                .unwrap_or(u64::MAX);
             r.end = r.end / PAGE_SIZE * PAGE_SIZE;
         }
         self.regions.retain(|r| r.start < r.end);
@@ -270,7 +282,10 @@ mod tests {
                 reg(0x7fe0000, 0x8000000, RegionKind::Reserved),
             ]
         );
-        assert_eq!(map.usable_bytes(), 0x9f000 + 0x100000 + (0x7fe0000 - 0x301000));
+        assert_eq!(
+            map.usable_bytes(),
+            0x9f000 + 0x100000 + (0x7fe0000 - 0x301000)
+        );
     }
 
     #[test]
@@ -279,7 +294,10 @@ mod tests {
             MemoryMap::build([reg(0, 0x1000, RegionKind::Reserved)]).unwrap_err(),
             BootInfoError::NoMemoryMap
         );
-        assert_eq!(MemoryMap::build([]).unwrap_err(), BootInfoError::NoMemoryMap);
+        assert_eq!(
+            MemoryMap::build([]).unwrap_err(),
+            BootInfoError::NoMemoryMap
+        );
         // Usable, but less than one whole page.
         assert_eq!(
             MemoryMap::build([reg(0x10, 0xff0, RegionKind::Usable)]).unwrap_err(),

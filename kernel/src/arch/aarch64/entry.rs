@@ -1,0 +1,419 @@
+//! AArch64 boot: from the loader's hand-off to [`crate::boot::kernel_main`].
+//!
+//! `_start` is entered on the boot CPU with the MMU and caches off, at EL2
+//! (`-M virt,virtualization=on`) or EL1, with `x0` = the device tree's
+//! physical address for a raw-Image boot or 0 for an ELF boot. It runs at the
+//! physical load address, so until it has jumped to the higher half it uses
+//! only PC-relative addressing (`adr`/`adrp`) and touches no stack. In order:
+//! 1. mask DAIF; at EL2, configure EL1 as AArch64 with untrapped timers,
+//!    FP/SIMD and PMU, and `eret` to EL1h;
+//! 2. make SCTLR_EL1 known (MMU, caches and alignment checks off) and enable
+//!    FP/SIMD (CPACR_EL1.FPEN) — Rust code uses NEON registers;
+//! 3. zero `.bss` (which holds the boot stack and the boot page tables);
+//! 4. build the boot page tables (4 KiB granule, 48-bit VAs, 1 GiB blocks):
+//!    TTBR1: the first 4 GiB of physical space at [`DIRECT_MAP_BASE`]
+//!    (GiB 0 Device-nGnRE, GiB 1–3 Normal write-back, never executable) and
+//!    the GiB holding the image at `KERNEL_VIRT_BASE` (executable);
+//!    TTBR0: a temporary identity map of the GiB holding the image;
+//! 5. program MAIR/TCR/TTBRs, turn on the MMU and caches and jump to the
+//!    image's virtual address;
+//! 6. in the higher half: set the boot stack and VBAR_EL1, disable TTBR0
+//!    walks (TCR_EL1.EPD0) and invalidate the TLB, so no low mapping remains;
+//! 7. call [`keel_aarch64_main`] with the saved `x0`, which enables the cycle
+//!    counter, parses the device tree and never returns.
+//!
+//! Only the boot CPU runs this code: QEMU `virt` holds the other CPUs in
+//! PSCI's powered-off state until they are started with CPU_ON.
+//!
+//! QEMU does not model caches, but the sequence is also correct for real
+//! hardware only as far as the loader leaves no dirty lines over `.bss`
+//! (Linux's boot protocol guarantees that for the image).
+
+use super::{DIRECT_MAP_BASE, DIRECT_MAP_SIZE, phys_to_virt};
+use crate::bootinfo::{BootInfo, BootInfoError, MemoryRegion, RegionKind, dtb};
+
+/// Physical address the virtual address `KERNEL_VIRT_BASE` maps to; the image
+/// is linked for, and must be loaded within, the 1 GiB block starting here.
+pub const KERNEL_PHYS_BASE: u64 = 0x4000_0000;
+/// Virtual address of `KERNEL_PHYS_BASE` in the kernel-image mapping.
+pub const KERNEL_VIRT_BASE: usize = 0xFFFF_FFFF_8000_0000;
+
+/// Where QEMU `virt` puts the device tree for an ELF boot (the RAM base).
+const DTB_DEFAULT_PHYS: u64 = 0x4000_0000;
+/// A device tree larger than this is rejected as implausible.
+const DTB_MAX_SIZE: usize = 2 << 20;
+/// The flattened-device-tree magic, big-endian.
+const FDT_MAGIC: [u8; 4] = [0xd0, 0x0d, 0xfe, 0xed];
+/// Bytes of the FDT header `dtb::total_size` reads.
+const FDT_HEADER_LEN: usize = 40;
+
+const GIB: u64 = 1 << 30;
+
+// Memory attribute indices (MAIR_EL1 fields).
+const MAIR_DEVICE_NGNRE: u64 = 0x04;
+const MAIR_NORMAL_WB: u64 = 0xff;
+const MAIR_NORMAL_NC: u64 = 0x44;
+const ATTR_DEVICE: u64 = 0;
+const ATTR_NORMAL: u64 = 1;
+/// MAIR_EL1: index 0 Device-nGnRE, 1 Normal WB RA/WA, 2 Normal non-cacheable.
+const MAIR: u64 = MAIR_DEVICE_NGNRE | (MAIR_NORMAL_WB << 8) | (MAIR_NORMAL_NC << 16);
+
+// Stage-1 descriptor bits (4 KiB granule).
+const DESC_BLOCK: u64 = 0b01;
+const DESC_TABLE: u64 = 0b11;
+const DESC_SH_INNER: u64 = 0b11 << 8;
+const DESC_AF: u64 = 1 << 10;
+const DESC_PXN: u64 = 1 << 53;
+const DESC_UXN: u64 = 1 << 54;
+/// AP[2:1] = 00: read/write at EL1, no access at EL0.
+const DESC_AP_KERNEL_RW: u64 = 0;
+
+/// A 1 GiB Device-nGnRE block, never executable.
+const BLOCK_DEVICE: u64 =
+    DESC_BLOCK | (ATTR_DEVICE << 2) | DESC_AP_KERNEL_RW | DESC_AF | DESC_PXN | DESC_UXN;
+/// A 1 GiB Normal write-back inner-shareable block, never executable.
+const BLOCK_RAM: u64 = DESC_BLOCK
+    | (ATTR_NORMAL << 2)
+    | DESC_AP_KERNEL_RW
+    | DESC_SH_INNER
+    | DESC_AF
+    | DESC_PXN
+    | DESC_UXN;
+/// A 1 GiB Normal block executable at EL1 (the kernel image).
+const BLOCK_KERNEL: u64 = BLOCK_RAM & !DESC_PXN;
+
+// TCR_EL1 fields. IPS (bits 34:32) is filled in from ID_AA64MMFR0_EL1.
+const TCR_T0SZ: u64 = 16;
+const TCR_EPD0: u64 = 1 << 7;
+const TCR_IRGN0_WBWA: u64 = 0b01 << 8;
+const TCR_ORGN0_WBWA: u64 = 0b01 << 10;
+const TCR_SH0_INNER: u64 = 0b11 << 12;
+const TCR_TG0_4K: u64 = 0b00 << 14;
+const TCR_T1SZ: u64 = 16 << 16;
+const TCR_IRGN1_WBWA: u64 = 0b01 << 24;
+const TCR_ORGN1_WBWA: u64 = 0b01 << 26;
+const TCR_SH1_INNER: u64 = 0b11 << 28;
+const TCR_TG1_4K: u64 = 0b10 << 30;
+const TCR: u64 = TCR_T0SZ
+    | TCR_IRGN0_WBWA
+    | TCR_ORGN0_WBWA
+    | TCR_SH0_INNER
+    | TCR_TG0_4K
+    | TCR_T1SZ
+    | TCR_IRGN1_WBWA
+    | TCR_ORGN1_WBWA
+    | TCR_SH1_INNER
+    | TCR_TG1_4K;
+
+/// SCTLR_EL1 bits that are RES1 in ARMv8.0 (11, 20, 22, 23, 28, 29); with
+/// everything else clear: MMU, caches and alignment checks off, little-endian.
+const SCTLR_RES1: u64 = 0x30d0_0800;
+const SCTLR_M: u64 = 1 << 0;
+const SCTLR_C: u64 = 1 << 2;
+const SCTLR_I: u64 = 1 << 12;
+/// MMU and both caches on; alignment checking (A) and WXN stay off.
+const SCTLR_MMU_ON: u64 = SCTLR_RES1 | SCTLR_M | SCTLR_C | SCTLR_I;
+
+/// CPACR_EL1.FPEN = 0b11: FP/SIMD not trapped at EL0 or EL1.
+const CPACR_FPEN: u64 = 0b11 << 20;
+
+/// HCR_EL2: RW (EL1 is AArch64), APK|API (pointer-auth keys and
+/// instructions not trapped); no stage 2, no traps.
+const HCR_EL2: u64 = (1 << 31) | (1 << 41) | (1 << 40);
+/// CNTHCTL_EL2: EL1PCTEN|EL1PCEN (physical counter and timer usable at EL1).
+const CNTHCTL_EL2: u64 = 0b11;
+/// CPTR_EL2 with its RES1 bits (13:12, 9:0) and TFP clear: no FP traps.
+const CPTR_EL2: u64 = 0x33ff;
+/// SPSR for the `eret` into EL1: EL1h with D, A, I and F masked.
+const SPSR_EL1H_MASKED: u64 = 0x3c5;
+
+/// L0/L1 indices of the mappings built at boot.
+const L0_DIRECT_MAP: usize = (DIRECT_MAP_BASE >> 39) & 0x1ff;
+const L0_KERNEL: usize = (KERNEL_VIRT_BASE >> 39) & 0x1ff;
+const L1_KERNEL: usize = (KERNEL_VIRT_BASE >> 30) & 0x1ff;
+
+core::arch::global_asm!(
+    r#"
+    .section .text.boot, "ax"
+    .global _start
+    .type _start, %function
+_start:
+    mov     x19, x0
+    msr     daifset, #0xf
+
+    mrs     x9, CurrentEL
+    ubfx    x9, x9, #2, #2
+    cmp     x9, #1
+    b.eq    3f
+    cmp     x9, #2
+    b.eq    2f
+1:  wfe                             // EL3/EL0 entry is not supported
+    b       1b
+
+2:  // EL2 -> EL1.
+    ldr     x9, ={hcr}
+    msr     hcr_el2, x9
+    mov     x9, #{cnthctl}
+    msr     cnthctl_el2, x9
+    msr     cntvoff_el2, xzr
+    mov     x9, #{cptr}
+    msr     cptr_el2, x9
+    msr     hstr_el2, xzr
+    mrs     x9, pmcr_el0            // MDCR_EL2.HPMN = all counters to EL1,
+    ubfx    x9, x9, #11, #5         // no PMU or debug traps
+    msr     mdcr_el2, x9
+    mrs     x9, midr_el1
+    msr     vpidr_el2, x9
+    mrs     x9, mpidr_el1
+    msr     vmpidr_el2, x9
+    msr     vttbr_el2, xzr
+    ldr     x9, ={sctlr_res1}
+    msr     sctlr_el1, x9
+    mov     x9, #{spsr}
+    msr     spsr_el2, x9
+    adr     x9, 3f
+    msr     elr_el2, x9
+    isb
+    eret
+
+3:  // EL1, MMU off.
+    ldr     x9, ={sctlr_res1}
+    msr     sctlr_el1, x9
+    ldr     x9, ={cpacr}
+    msr     cpacr_el1, x9
+    isb
+
+    // Zero .bss (16-byte aligned at both ends; plain stores, the MMU is
+    // off so memory is Device-nGnRnE and DC ZVA would fault).
+    adrp    x9, __bss_start
+    add     x9, x9, :lo12:__bss_start
+    adrp    x10, __bss_end
+    add     x10, x10, :lo12:__bss_end
+4:  cmp     x9, x10
+    b.hs    5f
+    stp     xzr, xzr, [x9], #16
+    b       4b
+5:
+    // TTBR1: L0 -> direct-map L1 and kernel L1.
+    adrp    x0, keel_boot_l0_high
+    adrp    x1, keel_boot_l1_direct
+    orr     x2, x1, #{table}
+    str     x2, [x0, #{l0_direct} * 8]
+    adrp    x3, keel_boot_l1_kernel
+    orr     x2, x3, #{table}
+    str     x2, [x0, #{l0_kernel} * 8]
+
+    // Direct map: GiB 0 device, GiB 1-3 normal RAM.
+    ldr     x2, ={block_device}
+    str     x2, [x1]
+    ldr     x2, ={block_ram}
+    mov     x4, #{gib}
+    add     x2, x2, x4
+    str     x2, [x1, #8]
+    add     x2, x2, x4
+    str     x2, [x1, #16]
+    add     x2, x2, x4
+    str     x2, [x1, #24]
+
+    // Kernel image: KERNEL_VIRT_BASE -> KERNEL_PHYS_BASE.
+    ldr     x2, ={block_kernel}
+    str     x2, [x3, #{l1_kernel} * 8]
+
+    // TTBR0: identity map of the GiB holding _start.
+    adrp    x0, keel_boot_l0_low
+    adrp    x1, keel_boot_l1_ident
+    orr     x2, x1, #{table}
+    adr     x3, _start
+    lsr     x4, x3, #39             // L0 index (0 unless loaded above 512 GiB)
+    str     x2, [x0, x4, lsl #3]
+    lsr     x5, x3, #30             // GiB number
+    and     x6, x5, #0x1ff          // L1 index
+    ldr     x2, ={block_ident}
+    orr     x2, x2, x5, lsl #30
+    str     x2, [x1, x6, lsl #3]
+
+    // Translation regime.
+    ldr     x9, ={mair}
+    msr     mair_el1, x9
+    mrs     x10, id_aa64mmfr0_el1   // IPS = PARange, at most 48 bits
+    and     x10, x10, #0xf
+    mov     x11, #5
+    cmp     x10, x11
+    csel    x10, x10, x11, ls
+    ldr     x9, ={tcr}
+    orr     x9, x9, x10, lsl #32
+    msr     tcr_el1, x9
+    msr     ttbr0_el1, x0
+    adrp    x9, keel_boot_l0_high
+    msr     ttbr1_el1, x9
+    dsb     ish
+    isb
+    tlbi    vmalle1
+    dsb     nsh
+    isb
+    ldr     x9, ={sctlr_on}
+    msr     sctlr_el1, x9
+    isb
+
+    ldr     x9, =keel_boot_high
+    br      x9
+    .ltorg
+    .size _start, . - _start
+
+    .section .text.keel_boot_high, "ax"
+    .type keel_boot_high, %function
+keel_boot_high:
+    adrp    x9, keel_boot_stack_top
+    add     x9, x9, :lo12:keel_boot_stack_top
+    mov     sp, x9
+    adrp    x9, keel_vectors
+    add     x9, x9, :lo12:keel_vectors
+    msr     vbar_el1, x9
+    // Drop the identity map: no more TTBR0 walks, then flush its entries.
+    mrs     x9, tcr_el1
+    orr     x9, x9, #{epd0}
+    msr     tcr_el1, x9
+    msr     ttbr0_el1, xzr
+    isb
+    tlbi    vmalle1
+    dsb     nsh
+    isb
+    mov     x29, xzr
+    mov     x30, xzr
+    mov     x0, x19
+    bl      keel_aarch64_main
+6:  wfe
+    b       6b
+    .size keel_boot_high, . - keel_boot_high
+
+    .section .bss.keel_boot_page_tables, "aw", %nobits
+    .balign 4096
+    .global keel_boot_l0_high
+keel_boot_l0_high:   .space 4096
+keel_boot_l1_direct: .space 4096
+keel_boot_l1_kernel: .space 4096
+keel_boot_l0_low:    .space 4096
+keel_boot_l1_ident:  .space 4096
+
+    .section .bss.keel_boot_stack, "aw", %nobits
+    .balign 16
+    .global keel_boot_stack_bottom
+keel_boot_stack_bottom:
+    .space {stack_size}
+    .global keel_boot_stack_top
+keel_boot_stack_top:
+"#,
+    hcr = const HCR_EL2,
+    cnthctl = const CNTHCTL_EL2,
+    cptr = const CPTR_EL2,
+    sctlr_res1 = const SCTLR_RES1,
+    spsr = const SPSR_EL1H_MASKED,
+    cpacr = const CPACR_FPEN,
+    table = const DESC_TABLE,
+    l0_direct = const L0_DIRECT_MAP,
+    l0_kernel = const L0_KERNEL,
+    l1_kernel = const L1_KERNEL,
+    block_device = const BLOCK_DEVICE,
+    block_ram = const BLOCK_RAM,
+    block_kernel = const BLOCK_KERNEL | KERNEL_PHYS_BASE,
+    block_ident = const BLOCK_KERNEL,
+    gib = const GIB,
+    mair = const MAIR,
+    tcr = const TCR,
+    sctlr_on = const SCTLR_MMU_ON,
+    epd0 = const TCR_EPD0,
+    stack_size = const BOOT_STACK_SIZE,
+);
+
+/// Size of the boot CPU's kernel stack.
+pub const BOOT_STACK_SIZE: usize = 64 * 1024;
+
+unsafe extern "C" {
+    static __kernel_start: u8;
+    static __kernel_end: u8;
+    static keel_boot_stack_bottom: u8;
+    static keel_boot_stack_top: u8;
+}
+
+/// The kernel image's virtual range `[start, end)`, including `.bss`, the
+/// boot stack and the boot page tables.
+pub fn kernel_image_range() -> (usize, usize) {
+    (
+        (&raw const __kernel_start) as usize,
+        (&raw const __kernel_end) as usize,
+    )
+}
+
+/// The boot stack's virtual range `[bottom, top)`.
+pub fn boot_stack_range() -> (usize, usize) {
+    (
+        (&raw const keel_boot_stack_bottom) as usize,
+        (&raw const keel_boot_stack_top) as usize,
+    )
+}
+
+/// The physical address of a kernel-image virtual address.
+fn image_virt_to_phys(v: usize) -> u64 {
+    (v - KERNEL_VIRT_BASE) as u64 + KERNEL_PHYS_BASE
+}
+
+/// First Rust code on the boot CPU, called by `keel_boot_high` on the boot
+/// stack with the MMU on and the trap vector installed. `x0` is the value
+/// the loader left in `x0`.
+#[unsafe(no_mangle)]
+extern "C" fn keel_aarch64_main(x0: u64) -> ! {
+    super::enable_cycle_counter();
+    crate::boot::kernel_main(boot_info(x0))
+}
+
+/// Finds, validates and parses the device tree. Every read of the blob's
+/// header and pages goes through `probe_read`, so a bogus pointer gives an
+/// error rather than a fault.
+fn boot_info(x0: u64) -> Result<BootInfo<'static>, BootInfoError> {
+    const MISSING: BootInfoError = BootInfoError::Missing("device tree");
+    let phys = if x0 != 0 { x0 } else { DTB_DEFAULT_PHYS };
+    if phys % 8 != 0 || phys >= DIRECT_MAP_SIZE - FDT_HEADER_LEN as u64 {
+        return Err(MISSING);
+    }
+    let virt = phys_to_virt(phys);
+    let mut header = [0u8; FDT_HEADER_LEN];
+    for (i, byte) in header.iter_mut().enumerate() {
+        *byte = super::probe_read(virt + i).map_err(|_| MISSING)?;
+    }
+    if header[..4] != FDT_MAGIC {
+        return Err(MISSING);
+    }
+    let size = dtb::total_size(&header)?;
+    if size > DTB_MAX_SIZE {
+        return Err(BootInfoError::Malformed("device tree larger than 2 MiB"));
+    }
+    if size < FDT_HEADER_LEN || phys + size as u64 > DIRECT_MAP_SIZE {
+        return Err(BootInfoError::Truncated("device tree"));
+    }
+    // Every page of the blob must be readable memory.
+    let pages = (0..size).step_by(4096).chain(core::iter::once(size - 1));
+    for offset in pages {
+        super::probe_read(virt + offset)
+            .map_err(|_| BootInfoError::Truncated("device tree"))?;
+    }
+    // SAFETY: `virt..virt + size` lies in the direct map (checked against
+    // DIRECT_MAP_SIZE above), every page of it was just read successfully,
+    // and the memory map handed to the kernel reserves it as `BootInfo`, so
+    // nothing writes to it for the rest of the run.
+    let blob = unsafe { core::slice::from_raw_parts(virt as *const u8, size) };
+
+    let (start, end) = kernel_image_range();
+    let reserved = [
+        MemoryRegion {
+            start: image_virt_to_phys(start),
+            end: image_virt_to_phys(end),
+            kind: RegionKind::Kernel,
+        },
+        MemoryRegion {
+            start: phys,
+            end: phys + size as u64,
+            kind: RegionKind::BootInfo,
+        },
+    ];
+    dtb::parse(blob, "devicetree", &reserved)
+}

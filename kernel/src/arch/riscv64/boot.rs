@@ -1,0 +1,316 @@
+//! RISC-V boot: the `_start` entry OpenSBI jumps to, the boot page tables,
+//! the switch to the higher half, and the device-tree hand-off to
+//! [`crate::boot::kernel_main`].
+//!
+//! Entry state (OpenSBI 1.1 `fw_dynamic`/`fw_jump` on QEMU virt): S-mode,
+//! MMU off (`satp` = 0), `a0` = hart id, `a1` = physical address of the
+//! device tree, interrupts off. Until the jump to the higher half `_start`
+//! runs at its physical address and uses only PC-relative addressing
+//! (`lla`), so every symbol it names resolves to its physical address.
+//!
+//! Invariants established before any Rust code runs:
+//! - exactly one hart (the first to claim `BOOT_HART_CLAIMED`) continues;
+//!   any other hart that enters parks in a `wfi` loop with interrupts off;
+//! - `sstatus.FS` = Initial (the target's ABI uses the FP registers);
+//! - `.bss` is zero;
+//! - `satp` is Sv48 over the boot tables: the first 4 GiB of physical space
+//!   at [`super::DIRECT_MAP_BASE`] (RW, global), the 1 GiB holding the
+//!   kernel at `0xFFFF_FFFF_8000_0000` (RWX, global), and nothing in the
+//!   lower half (the identity map used for the switch is removed and the
+//!   TLB flushed before `keel_riscv_main` runs);
+//! - `sp` is the top of the 64 KiB boot stack (virtual), `s0` = `ra` = 0 so
+//!   frame-pointer walks stop there, `stvec` points at the trap entry and
+//!   `sscratch` = 0 (the "trapped from kernel" convention of the trap entry).
+//!
+//! A CPU without Sv48 (the `satp` write does not stick) gets a clear
+//! message on the UART and QEMU exits with `EXIT_BOOT_ERROR`; an Sv39
+//! fallback is left to the memory-management work.
+
+use super::{DIRECT_MAP_SIZE, KERNEL_VIRT_OFFSET, phys_to_virt, probe_read};
+use crate::bootinfo::{BootInfo, BootInfoError, MemoryRegion, RegionKind, dtb};
+use keel_abi::harness::EXIT_BOOT_ERROR;
+
+/// Size of the boot hart's stack.
+pub const BOOT_STACK_SIZE: usize = 64 * 1024;
+/// Largest device tree the kernel accepts.
+const DTB_MAX_SIZE: u64 = 2 << 20;
+/// Length of the flattened-device-tree header.
+const DTB_HEADER_LEN: usize = 40;
+
+// Page-table entry bits (privileged spec, Sv39/48/57).
+const PTE_V: u64 = 1 << 0;
+const PTE_R: u64 = 1 << 1;
+const PTE_W: u64 = 1 << 2;
+const PTE_X: u64 = 1 << 3;
+const PTE_G: u64 = 1 << 5;
+const PTE_A: u64 = 1 << 6;
+const PTE_D: u64 = 1 << 7;
+/// Direct-map gigapages: data only.
+const PTE_DIRECT: u64 = PTE_V | PTE_R | PTE_W | PTE_A | PTE_D | PTE_G;
+/// The kernel image's gigapage (W^X per section is later work).
+const PTE_KERNEL: u64 = PTE_V | PTE_R | PTE_W | PTE_X | PTE_A | PTE_D | PTE_G;
+/// The temporary identity gigapage (not global: it is torn down).
+const PTE_IDENTITY: u64 = PTE_V | PTE_R | PTE_W | PTE_X | PTE_A | PTE_D;
+
+/// Physical base of the gigapage that holds the kernel image.
+const KERNEL_PHYS_BASE: u64 = 0x8000_0000;
+const GIB: u64 = 1 << 30;
+
+core::arch::global_asm!(
+    r#"
+    .section .text.boot, "ax"
+    .balign 4
+    .globl _start
+_start:
+    .option push
+    .option norelax
+    csrw    sie, zero
+    csrci   sstatus, 2              /* SIE = 0 */
+    li      t0, {sstatus_fs_initial}
+    csrs    sstatus, t0
+
+    /* The first hart to arrive boots; any other parks. */
+    lla     t0, keel_boot_hart_claimed
+    li      t1, 1
+    amoswap.w.aq t1, t1, (t0)
+    bnez    t1, .Lpark
+
+    mv      s1, a0                  /* hart id */
+    mv      s2, a1                  /* device tree (physical) */
+
+    /* Zero .bss (8-byte aligned bounds, see linker.ld). */
+    lla     t0, __bss_start
+    lla     t1, __bss_end
+1:  bgeu    t0, t1, 2f
+    sd      zero, 0(t0)
+    addi    t0, t0, 8
+    j       1b
+2:
+    /* Root table: [0] identity L1, [256] direct-map L1, [511] kernel L1. */
+    lla     t0, keel_boot_l0
+    lla     t1, keel_boot_identity_l1
+    srli    t1, t1, 12
+    slli    t1, t1, 10
+    ori     t1, t1, {pte_v}
+    sd      t1, 0(t0)
+    lla     t1, keel_boot_direct_l1
+    srli    t1, t1, 12
+    slli    t1, t1, 10
+    ori     t1, t1, {pte_v}
+    li      t2, 256 * 8
+    add     t2, t2, t0
+    sd      t1, 0(t2)
+    lla     t1, keel_boot_kernel_l1
+    srli    t1, t1, 12
+    slli    t1, t1, 10
+    ori     t1, t1, {pte_v}
+    li      t2, 511 * 8
+    add     t2, t2, t0
+    sd      t1, 0(t2)
+
+    /* Direct map: physical [0, 4 GiB) as four RW gigapages. */
+    lla     t0, keel_boot_direct_l1
+    li      t1, {pte_direct}
+    li      t2, {gib_pte_step}
+    li      t3, 4
+3:  sd      t1, 0(t0)
+    add     t1, t1, t2
+    addi    t0, t0, 8
+    addi    t3, t3, -1
+    bnez    t3, 3b
+
+    /* Kernel gigapage at 0xFFFF_FFFF_8000_0000 (L1 index 510) and the
+       identity gigapage at the same physical address (L1 index 2). */
+    lla     t0, keel_boot_kernel_l1
+    li      t1, 510 * 8
+    add     t0, t0, t1
+    li      t1, {pte_kernel}
+    sd      t1, 0(t0)
+    lla     t0, keel_boot_identity_l1
+    li      t1, {pte_identity}
+    sd      t1, {id_index} * 8(t0)
+
+    /* Order the table stores before the walks, then enable Sv48. */
+    sfence.vma
+    lla     t0, keel_boot_l0
+    srli    t0, t0, 12
+    li      t1, 9 << 60
+    or      t0, t0, t1
+    csrw    satp, t0
+    sfence.vma
+    csrr    t1, satp
+    srli    t1, t1, 60
+    li      t2, 9
+    bne     t1, t2, .Lno_sv48
+
+    /* Jump to the higher-half alias of .Lhigh. */
+    li      t0, {virt_offset}
+    lla     t1, .Lhigh
+    add     t1, t1, t0
+    jr      t1
+
+.Lhigh:
+    lla     sp, __boot_stack_top
+    /* Drop the identity map. */
+    lla     t0, keel_boot_l0
+    sd      zero, 0(t0)
+    sfence.vma
+    lla     t0, {trap_entry}
+    csrw    stvec, t0
+    csrw    sscratch, zero
+    li      s0, 0
+    li      ra, 0
+    mv      a0, s1
+    mv      a1, s2
+    call    {main}
+    j       .Lpark
+
+.Lno_sv48:
+    /* Still running physical with satp = Bare: UART and test device are
+       reachable at their physical addresses. */
+    lla     a0, .Lno_sv48_msg
+    li      t0, {uart_phys}
+4:  lbu     t1, 0(a0)
+    beqz    t1, 6f
+5:  lbu     t2, 5(t0)               /* LSR */
+    andi    t2, t2, 0x20            /* THR empty */
+    beqz    t2, 5b
+    sb      t1, 0(t0)
+    addi    a0, a0, 1
+    j       4b
+6:  li      t0, {test_phys}
+    li      t1, ({boot_error} << 16) | 0x3333
+    sw      t1, 0(t0)
+
+.Lpark:
+    csrci   sstatus, 2
+    wfi
+    j       .Lpark
+    .option pop
+
+    .section .rodata.boot_msg, "a"
+.Lno_sv48_msg:
+    .asciz "\r\nBOOT ERROR: this CPU does not support Sv48 paging (satp mode 9); the Sv39 fallback is not implemented yet.\r\n"
+
+    .section .data.boot_hart, "aw"
+    .balign 4
+keel_boot_hart_claimed:
+    .word 0
+
+    .section .bss.boot_stack, "aw", @nobits
+    .balign 16
+    .globl __boot_stack_bottom
+__boot_stack_bottom:
+    .space {stack_size}
+    .globl __boot_stack_top
+__boot_stack_top:
+
+    .section .bss.boot_page_tables, "aw", @nobits
+    .balign 4096
+keel_boot_l0:
+    .space 4096
+keel_boot_direct_l1:
+    .space 4096
+keel_boot_kernel_l1:
+    .space 4096
+keel_boot_identity_l1:
+    .space 4096
+    "#,
+    trap_entry = sym super::traps::keel_trap_entry,
+    main = sym keel_riscv_main,
+    sstatus_fs_initial = const 1u64 << 13,
+    pte_v = const PTE_V,
+    pte_direct = const PTE_DIRECT,
+    pte_kernel = const PTE_KERNEL | ((KERNEL_PHYS_BASE >> 12) << 10),
+    pte_identity = const PTE_IDENTITY | ((KERNEL_PHYS_BASE >> 12) << 10),
+    id_index = const KERNEL_PHYS_BASE / GIB,
+    gib_pte_step = const (GIB >> 12) << 10,
+    virt_offset = const KERNEL_VIRT_OFFSET as i64,
+    uart_phys = const super::UART_PHYS,
+    test_phys = const super::SIFIVE_TEST_PHYS,
+    boot_error = const EXIT_BOOT_ERROR,
+    stack_size = const BOOT_STACK_SIZE,
+);
+
+unsafe extern "C" {
+    // Defined by linker.ld (virtual addresses of the image bounds).
+    static __kernel_start: u8;
+    static __kernel_end: u8;
+}
+
+/// The first Rust code: runs on the boot hart, in the higher half, with the
+/// invariants listed in the module documentation.
+extern "C" fn keel_riscv_main(_hart_id: usize, dtb_phys: usize) -> ! {
+    crate::boot::kernel_main(boot_info(dtb_phys as u64))
+}
+
+/// Physical range of the kernel image.
+fn kernel_image() -> MemoryRegion {
+    let start = &raw const __kernel_start as u64;
+    let end = &raw const __kernel_end as u64;
+    MemoryRegion {
+        start: start.wrapping_sub(KERNEL_VIRT_OFFSET),
+        end: end.wrapping_sub(KERNEL_VIRT_OFFSET),
+        kind: RegionKind::Kernel,
+    }
+}
+
+/// Parses the device tree OpenSBI passed in `a1`.
+fn boot_info(dtb_phys: u64) -> Result<BootInfo<'static>, BootInfoError> {
+    let blob = device_tree(dtb_phys)?;
+    let reserved = [
+        kernel_image(),
+        MemoryRegion {
+            start: dtb_phys,
+            end: dtb_phys + blob.len() as u64,
+            kind: RegionKind::BootInfo,
+        },
+    ];
+    dtb::parse(blob, "devicetree", &reserved)
+}
+
+/// Reads byte `i` of physical memory at `phys + i` through the direct map,
+/// reporting an absent device tree if the read faults (the address is not
+/// backed by RAM).
+fn probe_phys(phys: u64) -> Result<u8, BootInfoError> {
+    probe_read(phys_to_virt(phys)).map_err(|_| BootInfoError::Missing("device tree"))
+}
+
+/// The device tree blob at physical `dtb_phys`, after checking that it lies
+/// inside the direct map, is readable, has the FDT magic and is at most
+/// [`DTB_MAX_SIZE`] bytes long.
+fn device_tree(dtb_phys: u64) -> Result<&'static [u8], BootInfoError> {
+    let missing = BootInfoError::Missing("device tree");
+    if dtb_phys == 0 || dtb_phys >= DIRECT_MAP_SIZE - DTB_HEADER_LEN as u64 {
+        return Err(missing);
+    }
+    let mut header = [0u8; DTB_HEADER_LEN];
+    for (b, phys) in header.iter_mut().zip(dtb_phys..) {
+        *b = probe_phys(phys)?;
+    }
+    let size = dtb::total_size(&header)? as u64;
+    if size < DTB_HEADER_LEN as u64 {
+        return Err(BootInfoError::Malformed("device tree total size below header size"));
+    }
+    if size > DTB_MAX_SIZE {
+        return Err(BootInfoError::Malformed("device tree larger than 2 MiB"));
+    }
+    let end = dtb_phys + size;
+    if end > DIRECT_MAP_SIZE {
+        return Err(BootInfoError::Malformed("device tree beyond the first 4 GiB"));
+    }
+    // Every page of the blob must be backed: probe one byte per page and
+    // the last byte.
+    let mut page = dtb_phys & !0xfff;
+    while page < end {
+        probe_phys(page.max(dtb_phys))?;
+        page += 0x1000;
+    }
+    probe_phys(end - 1)?;
+    // SAFETY: `[dtb_phys, end)` lies inside the first 4 GiB, which the boot
+    // page tables map at the direct map for the kernel's whole life; every
+    // page of it was just read successfully, so it is backed by memory.
+    // Nothing writes the device tree (it is reserved as `BootInfo` in the
+    // memory map), so a shared `'static` slice is sound.
+    Ok(unsafe { core::slice::from_raw_parts(phys_to_virt(dtb_phys) as *const u8, size as usize) })
+}

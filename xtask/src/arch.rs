@@ -1,0 +1,78 @@
+//! The architectures Keel supports and how QEMU boots each.
+
+use anyhow::{Result, bail};
+use clap::ValueEnum;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Arch {
+    #[value(name = "x86_64")]
+    X86_64,
+    #[value(name = "aarch64")]
+    Aarch64,
+    #[value(name = "riscv64")]
+    Riscv64,
+}
+
+impl Arch {
+    pub const ALL: [Arch; 3] = [Arch::X86_64, Arch::Aarch64, Arch::Riscv64];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "x86_64",
+            Arch::Aarch64 => "aarch64",
+            Arch::Riscv64 => "riscv64",
+        }
+    }
+
+    /// `all` or a single architecture name.
+    pub fn parse_list(s: &str) -> Result<Vec<Arch>> {
+        if s == "all" {
+            return Ok(Arch::ALL.to_vec());
+        }
+        match Arch::ALL.iter().find(|a| a.name() == s) {
+            Some(a) => Ok(vec![*a]),
+            None => bail!("unknown architecture `{s}` (expected all, x86_64, aarch64 or riscv64)"),
+        }
+    }
+
+    pub fn target(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "x86_64-unknown-none",
+            Arch::Aarch64 => "aarch64-unknown-none",
+            Arch::Riscv64 => "riscv64gc-unknown-none-elf",
+        }
+    }
+
+    pub fn qemu_binary(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "qemu-system-x86_64",
+            Arch::Aarch64 => "qemu-system-aarch64",
+            Arch::Riscv64 => "qemu-system-riscv64",
+        }
+    }
+
+    /// Machine, CPU and exit-device arguments (without memory, CPUs, the
+    /// image or the command line).
+    pub fn qemu_machine_args(self) -> &'static [&'static str] {
+        match self {
+            Arch::X86_64 => &[
+                "-machine",
+                "q35",
+                "-cpu",
+                "qemu64",
+                "-device",
+                "isa-debug-exit,iobase=0xf4,iosize=0x04",
+            ],
+            Arch::Aarch64 => &["-machine", "virt", "-cpu", "cortex-a72", "-semihosting"],
+            Arch::Riscv64 => &["-machine", "virt", "-bios", "default"],
+        }
+    }
+
+    /// The GDB that understands this architecture.
+    pub fn gdb(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "gdb",
+            _ => "gdb-multiarch",
+        }
+    }
+}

@@ -1,0 +1,191 @@
+//! Starting QEMU: interactively (`run`) or as a bounded, captured run whose
+//! exit status and output the test and bench drivers inspect.
+
+use crate::Accel;
+use crate::arch::Arch;
+use crate::symbolize::Symbolizer;
+use anyhow::{Context, Result, bail};
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+use wait_timeout::ChildExt;
+
+/// Options for one QEMU boot.
+pub struct Boot<'a> {
+    pub arch: Arch,
+    pub image: &'a Path,
+    pub smp: u32,
+    pub mem: &'a str,
+    pub cmdline: &'a str,
+    pub accel: Accel,
+    /// `-icount shift=0,sleep=off` and a fixed virtual RTC.
+    pub icount: bool,
+    pub gdb: bool,
+}
+
+impl Boot<'_> {
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new(self.arch.qemu_binary());
+        cmd.args(self.arch.qemu_machine_args());
+        cmd.args(["-m", self.mem, "-smp", &self.smp.to_string()]);
+        cmd.args(["-nographic", "-no-reboot"]);
+        match self.accel {
+            Accel::Tcg => cmd.args(["-accel", "tcg"]),
+            Accel::Kvm => cmd.args(["-accel", "kvm"]),
+        };
+        if self.icount {
+            cmd.args([
+                "-icount",
+                "shift=0,sleep=off",
+                "-rtc",
+                "base=2024-01-01T00:00:00,clock=vm",
+            ]);
+        }
+        if self.gdb {
+            cmd.args(["-s", "-S"]);
+        }
+        cmd.arg("-kernel").arg(self.image);
+        // Always pass -append so QEMU's command line (and so the kernel's)
+        // is exactly what we say.
+        cmd.args(["-append", self.cmdline]);
+        cmd
+    }
+}
+
+/// What a bounded boot produced.
+pub struct Outcome {
+    /// QEMU's exit status; `None` if it was killed at the time limit.
+    pub status: Option<i32>,
+    pub lines: Vec<String>,
+}
+
+/// Boots and waits at most `limit`, echoing symbolized output when `echo`.
+pub fn run_captured(boot: &Boot<'_>, limit: Duration, echo: bool) -> Result<Outcome> {
+    let symbols = Symbolizer::new(boot.image);
+    let mut child = boot
+        .command()
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {}", boot.arch.qemu_binary()))?;
+    let stdout = child.stdout.take().context("QEMU stdout")?;
+    let stderr = child.stderr.take().context("QEMU stderr")?;
+    let reader = std::thread::spawn(move || {
+        let mut lines = Vec::new();
+        for line in BufReader::new(stdout).split(b'\n').map_while(|l| l.ok()) {
+            let text = String::from_utf8_lossy(&line)
+                .trim_end_matches('\r')
+                .to_string();
+            let shown = symbols.annotate(&text);
+            if echo {
+                println!("{shown}");
+            }
+            lines.push(shown);
+        }
+        lines
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut BufReader::new(stderr), &mut s);
+        s
+    });
+    let status = match child.wait_timeout(limit)? {
+        Some(s) => s.code(),
+        None => {
+            let _ = child.kill();
+            let _ = child.wait();
+            None
+        }
+    };
+    let mut lines = reader.join().unwrap_or_default();
+    let errors = err_reader.join().unwrap_or_default();
+    for l in errors.lines().filter(|l| !l.trim().is_empty()) {
+        if echo {
+            println!("qemu: {l}");
+        }
+        lines.push(format!("qemu: {l}"));
+    }
+    Ok(Outcome { status, lines })
+}
+
+/// `cargo xtask run`: QEMU owns the terminal's input; its output passes
+/// through the symbolizer.
+pub fn run_interactive(
+    arch: Arch,
+    image: &Path,
+    smp: u32,
+    mem: &str,
+    gdb: bool,
+    accel: Accel,
+    cmdline: &str,
+) -> Result<()> {
+    let boot = Boot {
+        arch,
+        image,
+        smp,
+        mem,
+        cmdline,
+        accel,
+        icount: false,
+        gdb,
+    };
+    if gdb {
+        println!("QEMU is waiting for GDB on localhost:1234. In another terminal run:");
+        println!(
+            "  {} -ex 'set architecture {}' -ex 'file {}' -ex 'target remote localhost:1234'",
+            arch.gdb(),
+            match arch {
+                Arch::X86_64 => "i386:x86-64",
+                Arch::Aarch64 => "aarch64",
+                Arch::Riscv64 => "riscv:rv64",
+            },
+            image.display()
+        );
+    }
+    println!("Booting Keel ({}); leave QEMU with Ctrl-A X.", arch.name());
+    let symbols = Symbolizer::new(image);
+    let mut child = boot
+        .command()
+        .stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {}", arch.qemu_binary()))?;
+    let stdout = child.stdout.take().context("QEMU stdout")?;
+    let mut out = std::io::stdout();
+    let mut reader = BufReader::new(stdout);
+    let mut line = Vec::new();
+    // Pass bytes through as they come (a prompt has no newline); after a
+    // whole line that carries a code address, print where that code is.
+    loop {
+        let chunk = reader.fill_buf()?;
+        if chunk.is_empty() {
+            break;
+        }
+        out.write_all(chunk)?;
+        for &b in chunk {
+            if b == b'\n' {
+                let text = String::from_utf8_lossy(&line);
+                if let Some(desc) = symbols.describe_line(text.trim_end_matches('\r')) {
+                    write!(out, "      <- {desc}\r\n")?;
+                }
+                line.clear();
+            } else {
+                line.push(b);
+            }
+        }
+        let n = chunk.len();
+        reader.consume(n);
+        out.flush()?;
+    }
+    let status = child.wait()?;
+    let code = status.code().unwrap_or(-1);
+    println!(
+        "QEMU exited with status {code} ({})",
+        keel_abi::harness::describe_exit(code)
+    );
+    if code != 0 && code != keel_abi::harness::EXIT_PASS {
+        bail!("kernel exited with status {code}");
+    }
+    Ok(())
+}

@@ -1,0 +1,259 @@
+//! `cargo xtask test`: every check Keel has, one tally.
+//!
+//! In order: rustfmt, host clippy, host unit tests, and for each
+//! architecture: clippy on the kernel target, the in-kernel test suite booted
+//! in QEMU, and a boot with a bad command line that must be refused. Each
+//! check and each individual test counts once; the last line printed is
+//! `N passed, N failed`.
+
+use crate::Accel;
+use crate::arch::Arch;
+use crate::qemu::{self, Boot};
+use crate::toolchain::{self, Flavor};
+use anyhow::Result;
+use keel_abi::harness::{EXIT_BOOT_ERROR, EXIT_PASS, TEST_PREFIX, describe_exit};
+use std::process::Command;
+use std::time::Duration;
+
+/// How long one test boot may take before it counts as hung.
+const BOOT_LIMIT: Duration = Duration::from_secs(180);
+
+#[derive(Default)]
+struct Tally {
+    passed: usize,
+    failed: usize,
+    failures: Vec<String>,
+}
+
+impl Tally {
+    fn record(&mut self, name: &str, ok: bool) {
+        println!("check {name} ... {}", if ok { "ok" } else { "FAILED" });
+        if ok {
+            self.passed += 1;
+        } else {
+            self.failed += 1;
+            self.failures.push(name.to_string());
+        }
+    }
+}
+
+/// Runs everything for `arches`; returns whether all passed.
+pub fn run(arches: &[Arch]) -> Result<bool> {
+    let mut tally = Tally::default();
+    let root = toolchain::workspace_root();
+
+    section("formatting");
+    let ok = run_status(
+        Command::new("cargo")
+            .args(["fmt", "--all", "--check"])
+            .current_dir(&root),
+    );
+    tally.record("rustfmt", ok);
+
+    section("host clippy");
+    let ok = run_status(
+        Command::new("cargo")
+            .args([
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--quiet",
+                "--",
+                "-D",
+                "warnings",
+            ])
+            .current_dir(&root),
+    );
+    tally.record("clippy (host)", ok);
+
+    section("host tests");
+    host_tests(&mut tally, &root);
+
+    for &arch in arches {
+        section(&format!("{} kernel", arch.name()));
+        let mut clippy = toolchain::debian_cargo("clippy");
+        clippy.args(toolchain::kernel_build_args(arch)).args([
+            "--features",
+            "ktest,bench",
+            "--quiet",
+            "--",
+            "-D",
+            "warnings",
+        ]);
+        tally.record(
+            &format!("clippy ({})", arch.name()),
+            run_status(&mut clippy),
+        );
+
+        match toolchain::build_kernel(arch, Flavor::Test, false) {
+            Ok(image) => {
+                kernel_tests(&mut tally, arch, &image)?;
+                bad_cmdline_refused(&mut tally, arch, &image)?;
+            }
+            Err(e) => {
+                println!("{e:#}");
+                tally.record(&format!("build test kernel ({})", arch.name()), false);
+            }
+        }
+    }
+
+    section("summary");
+    for f in &tally.failures {
+        println!("FAILED: {f}");
+    }
+    println!("{} passed, {} failed", tally.passed, tally.failed);
+    Ok(tally.failed == 0)
+}
+
+fn section(name: &str) {
+    println!("\n==== {name} ====");
+}
+
+fn run_status(cmd: &mut Command) -> bool {
+    match cmd.status() {
+        Ok(s) => s.success(),
+        Err(e) => {
+            println!("cannot start {cmd:?}: {e}");
+            false
+        }
+    }
+}
+
+/// `cargo test --workspace` on the host; counts each test.
+fn host_tests(tally: &mut Tally, root: &std::path::Path) {
+    let out = Command::new("cargo")
+        .args(["test", "--workspace"])
+        .current_dir(root)
+        .output();
+    let out = match out {
+        Ok(o) => o,
+        Err(e) => {
+            println!("cannot start cargo test: {e}");
+            tally.record("host tests", false);
+            return;
+        }
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut counted = 0;
+    for line in text.lines() {
+        if line.starts_with("test ") && (line.ends_with(" ... ok") || line.ends_with(" ... FAILED"))
+        {
+            println!("{line}");
+        }
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            let num = |word: &str| {
+                rest.split(';')
+                    .find_map(|p| {
+                        p.trim()
+                            .strip_suffix(word)
+                            .and_then(|n| n.trim().split(' ').next_back()?.parse::<usize>().ok())
+                    })
+                    .unwrap_or(0)
+            };
+            let (p, f) = (num("passed"), num("failed"));
+            tally.passed += p;
+            tally.failed += f;
+            counted += p + f;
+        }
+    }
+    for line in text.lines().filter(|l| l.ends_with(" ... FAILED")) {
+        tally.failures.push(format!("host {line}"));
+    }
+    if !out.status.success() {
+        // Compilation errors or a test binary that crashed: show why.
+        println!("{}", String::from_utf8_lossy(&out.stderr));
+        tally.record("host tests ran to completion", false);
+    } else {
+        println!("host tests: {counted} run");
+    }
+}
+
+/// Boots the test kernel and counts each in-kernel test.
+fn kernel_tests(tally: &mut Tally, arch: Arch, image: &std::path::Path) -> Result<()> {
+    let boot = Boot {
+        arch,
+        image,
+        smp: 2,
+        mem: "256M",
+        cmdline: "",
+        accel: Accel::Tcg,
+        icount: false,
+        gdb: false,
+    };
+    let outcome = qemu::run_captured(&boot, BOOT_LIMIT, true)?;
+    let (mut passed, mut failed) = (0, 0);
+    for line in &outcome.lines {
+        let Some(rest) = line.strip_prefix(TEST_PREFIX) else {
+            continue;
+        };
+        if let Some(name) = rest.strip_suffix(" ... ok") {
+            passed += 1;
+            let _ = name;
+        } else if let Some(name) = rest.strip_suffix(" ... FAILED") {
+            failed += 1;
+            tally
+                .failures
+                .push(format!("{} kernel test {name}", arch.name()));
+        }
+    }
+    tally.passed += passed;
+    tally.failed += failed;
+    let summary = format!("{passed} passed, {failed} failed");
+    let saw_summary = outcome.lines.iter().any(|l| l.trim() == summary);
+    let banner = outcome.lines.iter().any(|l| l.starts_with("RAM: "));
+    tally.record(
+        &format!("{} boot banner with memory map", arch.name()),
+        banner,
+    );
+    let clean = match outcome.status {
+        Some(s) if s == EXIT_PASS => failed == 0,
+        Some(s) => {
+            println!(
+                "{}: QEMU exited with status {s} ({})",
+                arch.name(),
+                describe_exit(s)
+            );
+            false
+        }
+        None => {
+            println!("{}: no exit within {BOOT_LIMIT:?} (hung)", arch.name());
+            false
+        }
+    };
+    tally.record(
+        &format!(
+            "{} kernel test run completed ({summary}, exit status matches)",
+            arch.name()
+        ),
+        clean && saw_summary && passed > 0,
+    );
+    Ok(())
+}
+
+/// A malformed command line must stop the boot with a clear message and
+/// the boot-error status.
+fn bad_cmdline_refused(tally: &mut Tally, arch: Arch, image: &std::path::Path) -> Result<()> {
+    let boot = Boot {
+        arch,
+        image,
+        smp: 1,
+        mem: "128M",
+        cmdline: "log=bogus",
+        accel: Accel::Tcg,
+        icount: false,
+        gdb: false,
+    };
+    let outcome = qemu::run_captured(&boot, BOOT_LIMIT, false)?;
+    let message = outcome
+        .lines
+        .iter()
+        .any(|l| l.starts_with("BOOT ERROR: bad kernel command line"));
+    tally.record(
+        &format!(
+            "{} refuses a bad command line (BOOT ERROR, exit {EXIT_BOOT_ERROR})",
+            arch.name()
+        ),
+        message && outcome.status == Some(EXIT_BOOT_ERROR),
+    );
+    Ok(())
+}

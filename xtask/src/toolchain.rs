@@ -1,0 +1,122 @@
+//! Runs Debian's Rust toolchain for bare-metal kernel builds.
+//!
+//! `cargo xtask` itself runs under rustup's toolchain, which has no library
+//! source for bare-metal targets. Kernel builds therefore call `/usr/bin/cargo`
+//! with build-std, and must not inherit rustup's choice of `rustc`: the
+//! environment is scrubbed of `RUSTUP_TOOLCHAIN` and cargo's own variables,
+//! `/usr/bin` goes first on PATH, and `RUSTC`/`RUSTDOC` point at Debian's.
+
+use crate::arch::Arch;
+use anyhow::{Context, Result, bail};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Which kernel to build.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flavor {
+    /// The kernel proper.
+    Run,
+    /// Runs the in-kernel tests at boot and exits.
+    Test,
+    /// Runs the in-kernel benchmarks at boot and exits.
+    Bench,
+}
+
+impl Flavor {
+    fn feature(self) -> Option<&'static str> {
+        match self {
+            Flavor::Run => None,
+            Flavor::Test => Some("ktest"),
+            Flavor::Bench => Some("bench"),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Flavor::Run => "run",
+            Flavor::Test => "test",
+            Flavor::Bench => "bench",
+        }
+    }
+}
+
+/// The workspace root (the parent of `xtask/`).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// `/usr/bin/cargo SUBCOMMAND` with an environment fit for build-std.
+pub fn debian_cargo(subcommand: &str) -> Command {
+    let mut cmd = Command::new("/usr/bin/cargo");
+    cmd.arg(subcommand).current_dir(workspace_root());
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy().to_string();
+        if key.starts_with("RUSTUP_") && key != "RUSTUP_HOME"
+            || key.starts_with("CARGO_") && key != "CARGO_HOME"
+            || key == "CARGO"
+            || key.starts_with("RUSTC")
+            || key == "RUSTDOC"
+            || key == "RUSTFLAGS"
+        {
+            cmd.env_remove(&key);
+        }
+    }
+    let path = std::env::var("PATH").unwrap_or_default();
+    cmd.env("PATH", format!("/usr/bin:/bin:{path}"))
+        .env("RUSTC", "/usr/bin/rustc")
+        .env("RUSTDOC", "/usr/bin/rustdoc")
+        .env("RUSTC_BOOTSTRAP", "1");
+    cmd
+}
+
+/// The arguments that select a bare-metal kernel build.
+pub fn kernel_build_args(arch: Arch) -> Vec<String> {
+    [
+        "-p",
+        "keel-kernel",
+        "--bin",
+        "keel",
+        "--target",
+        arch.target(),
+        "--target-dir",
+        "target/kernel",
+        "-Zbuild-std=core,alloc,compiler_builtins",
+        "-Zbuild-std-features=compiler-builtins-mem",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// Builds a kernel image and returns the path of a copy named for its
+/// architecture and flavour (`target/keel/<arch>-<flavor>.elf`), so test,
+/// bench and run images can coexist.
+pub fn build_kernel(arch: Arch, flavor: Flavor, release: bool) -> Result<PathBuf> {
+    let mut cmd = debian_cargo("build");
+    cmd.args(kernel_build_args(arch));
+    if release {
+        cmd.arg("--release");
+    }
+    if let Some(f) = flavor.feature() {
+        cmd.args(["--features", f]);
+    }
+    let status = cmd.status().context("starting /usr/bin/cargo")?;
+    if !status.success() {
+        bail!("kernel build for {} failed ({status})", arch.name());
+    }
+    let root = workspace_root();
+    let profile = if release { "release" } else { "debug" };
+    let built = root
+        .join("target/kernel")
+        .join(arch.target())
+        .join(profile)
+        .join("keel");
+    let out_dir = root.join("target/keel");
+    std::fs::create_dir_all(&out_dir)?;
+    let out = out_dir.join(format!("{}-{}.elf", arch.name(), flavor.name()));
+    std::fs::copy(&built, &out).with_context(|| format!("copying {}", built.display()))?;
+    Ok(out)
+}
