@@ -24,6 +24,10 @@ pub fn kernel_main(info: Result<BootInfo<'_>, BootInfoError>) -> ! {
     };
     crate::console::init_logger(cmdline.log_level);
     print_banner(&info);
+    if let Err(e) = crate::mm::init(&info.memory) {
+        boot_error(format_args!("cannot set up the frame allocator: {e:?}"));
+    }
+    crate::mm::print_stats();
 
     if cfg!(feature = "ktest") {
         let (passed, failed) = crate::ktest::run_all(cmdline.test_filter);

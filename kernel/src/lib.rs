@@ -1,7 +1,7 @@
 //! Keel: a capability-based microkernel.
 //!
 //! The crate is split in two. Portable logic (boot-information parsing, the
-//! command line, and later allocators, capability spaces, run queues) builds
+//! command line, allocators, and later capability spaces, run queues) builds
 //! for the host too and is unit-tested there with `cargo test`. Everything
 //! that touches hardware (`arch`, the console, the boot path, the test and
 //! benchmark runners) builds only for bare-metal targets (`target_os =
@@ -9,8 +9,19 @@
 #![cfg_attr(not(test), no_std)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+extern crate alloc;
+
+// First, so its macros are visible in every module below.
+#[cfg(target_os = "none")]
+#[macro_use]
+pub mod console;
+#[cfg(target_os = "none")]
+#[macro_use]
+pub mod ktest;
+
 pub mod bootinfo;
 pub mod cmdline;
+pub mod mm;
 
 #[cfg(target_os = "none")]
 pub mod arch;
@@ -18,11 +29,6 @@ pub mod arch;
 pub mod bench;
 #[cfg(target_os = "none")]
 pub mod boot;
-#[cfg(target_os = "none")]
-#[macro_use]
-pub mod console;
-#[cfg(target_os = "none")]
-pub mod ktest;
 #[cfg(target_os = "none")]
 mod panic;
 #[cfg(target_os = "none")]

@@ -53,10 +53,11 @@ use crate::ktest::KTest;
 unsafe extern "C" {
     // Defined by every architecture's linker.ld around `.ktests` and
     // `.kbenches` (both KEEP, 8-byte aligned).
-    static __ktests_start: KTest;
-    static __ktests_end: KTest;
-    static __kbenches_start: KBench;
-    static __kbenches_end: KBench;
+    // Declared as bytes: only their addresses are used.
+    static __ktests_start: u8;
+    static __ktests_end: u8;
+    static __kbenches_start: u8;
+    static __kbenches_end: u8;
 }
 
 /// All tests registered in the `.ktests` section by [`crate::ktest!`].
@@ -64,14 +65,16 @@ pub fn registered_tests() -> &'static [KTest] {
     // SAFETY: the linker script places every `KTest` static emitted by
     // `ktest!` contiguously between these two symbols, so the range is a
     // valid, immutable array of `KTest`s that lives for the whole run.
-    unsafe { linker_array(&raw const __ktests_start, &raw const __ktests_end) }
+    unsafe { linker_array((&raw const __ktests_start).cast(), (&raw const __ktests_end).cast()) }
 }
 
 /// All benchmarks registered in the `.kbenches` section by
 /// [`crate::kbench!`].
 pub fn registered_benches() -> &'static [KBench] {
     // SAFETY: as for `registered_tests`, for the `.kbenches` section.
-    unsafe { linker_array(&raw const __kbenches_start, &raw const __kbenches_end) }
+    unsafe {
+        linker_array((&raw const __kbenches_start).cast(), (&raw const __kbenches_end).cast())
+    }
 }
 
 /// # Safety

@@ -12,6 +12,7 @@
 //! [`BootInfoError`], never a panic.
 
 pub mod dtb;
+pub mod multiboot;
 
 use arrayvec::ArrayVec;
 

@@ -10,24 +10,28 @@
 //! 2. make SCTLR_EL1 known (MMU, caches and alignment checks off) and enable
 //!    FP/SIMD (CPACR_EL1.FPEN) — Rust code uses NEON registers;
 //! 3. zero `.bss` (which holds the boot stack and the boot page tables);
-//! 4. build the boot page tables (4 KiB granule, 48-bit VAs, 1 GiB blocks):
-//!    TTBR1: the first 4 GiB of physical space at [`DIRECT_MAP_BASE`]
-//!    (GiB 0 Device-nGnRE, GiB 1–3 Normal write-back, never executable) and
-//!    the GiB holding the image at `KERNEL_VIRT_BASE` (executable);
+//! 4. build the boot page tables (4 KiB granule, 48-bit VAs):
+//!    TTBR1, 1 GiB blocks: the first 4 GiB of physical space at
+//!    [`DIRECT_MAP_BASE`] (GiB 0 Device-nGnRE, GiB 1–3 Normal write-back,
+//!    never executable) and the GiB holding the image at [`KERNEL_VIRT_BASE`]
+//!    (Normal, executable); plus, with 4 KiB pages, the boot stack's pages
+//!    again at [`BOOT_STACK_BOTTOM`] below an unmapped guard (see
+//!    [`BOOT_STACK_SIZE`]);
 //!    TTBR0: a temporary identity map of the GiB holding the image;
 //! 5. program MAIR/TCR/TTBRs, turn on the MMU and caches and jump to the
 //!    image's virtual address;
-//! 6. in the higher half: set the boot stack and VBAR_EL1, disable TTBR0
-//!    walks (TCR_EL1.EPD0) and invalidate the TLB, so no low mapping remains;
+//! 6. in the higher half: set SP to [`BOOT_STACK_TOP`] and VBAR_EL1, disable
+//!    TTBR0 walks (TCR_EL1.EPD0) and invalidate the TLB, so no low mapping
+//!    remains;
 //! 7. call [`keel_aarch64_main`] with the saved `x0`, which enables the cycle
 //!    counter, parses the device tree and never returns.
 //!
 //! Only the boot CPU runs this code: QEMU `virt` holds the other CPUs in
 //! PSCI's powered-off state until they are started with CPU_ON.
 //!
-//! QEMU does not model caches, but the sequence is also correct for real
-//! hardware only as far as the loader leaves no dirty lines over `.bss`
-//! (Linux's boot protocol guarantees that for the image).
+//! The page tables are written with the data cache off. QEMU does not model
+//! caches; on hardware this relies on the loader leaving no dirty cache lines
+//! over the image (as the Linux arm64 boot protocol requires).
 
 use super::{DIRECT_MAP_BASE, DIRECT_MAP_SIZE, phys_to_virt};
 use crate::bootinfo::{BootInfo, BootInfoError, MemoryRegion, RegionKind, dtb};
@@ -61,6 +65,7 @@ const MAIR: u64 = MAIR_DEVICE_NGNRE | (MAIR_NORMAL_WB << 8) | (MAIR_NORMAL_NC <<
 // Stage-1 descriptor bits (4 KiB granule).
 const DESC_BLOCK: u64 = 0b01;
 const DESC_TABLE: u64 = 0b11;
+const DESC_PAGE: u64 = 0b11;
 const DESC_SH_INNER: u64 = 0b11 << 8;
 const DESC_AF: u64 = 1 << 10;
 const DESC_PXN: u64 = 1 << 53;
@@ -81,6 +86,8 @@ const BLOCK_RAM: u64 = DESC_BLOCK
     | DESC_UXN;
 /// A 1 GiB Normal block executable at EL1 (the kernel image).
 const BLOCK_KERNEL: u64 = BLOCK_RAM & !DESC_PXN;
+/// A 4 KiB Normal write-back page, never executable (L3 descriptor).
+const PAGE_STACK: u64 = (BLOCK_RAM & !DESC_BLOCK) | DESC_PAGE;
 
 // TCR_EL1 fields. IPS (bits 34:32) is filled in from ID_AA64MMFR0_EL1.
 const TCR_T0SZ: u64 = 16;
@@ -131,6 +138,14 @@ const SPSR_EL1H_MASKED: u64 = 0x3c5;
 const L0_DIRECT_MAP: usize = (DIRECT_MAP_BASE >> 39) & 0x1ff;
 const L0_KERNEL: usize = (KERNEL_VIRT_BASE >> 39) & 0x1ff;
 const L1_KERNEL: usize = (KERNEL_VIRT_BASE >> 30) & 0x1ff;
+const L1_STACK: usize = (KERNEL_STACK_VIRT >> 30) & 0x1ff;
+const L2_STACK: usize = (BOOT_STACK_BOTTOM >> 21) & 0x1ff;
+const L3_STACK: usize = (BOOT_STACK_BOTTOM >> 12) & 0x1ff;
+// The boot stack's mapping fits one L3 table, in the kernel image's L0 slot.
+const _: () = assert!((KERNEL_STACK_VIRT >> 39) & 0x1ff == L0_KERNEL);
+const _: () = assert!(L1_STACK != L1_KERNEL);
+const _: () = assert!(L3_STACK + BOOT_STACK_SIZE / 4096 <= 512);
+const _: () = assert!(L2_STACK == ((BOOT_STACK_TOP - 1) >> 21) & 0x1ff);
 
 core::arch::global_asm!(
     r#"
@@ -219,6 +234,24 @@ _start:
     ldr     x2, ={block_kernel}
     str     x2, [x3, #{l1_kernel} * 8]
 
+    // Boot stack: its pages in .bss, mapped again with 4 KiB pages at
+    // KERNEL_STACK_VIRT (L1 -> L2 -> L3), the 64 KiB below left unmapped.
+    adrp    x4, keel_boot_l2_stack
+    orr     x2, x4, #{table}
+    str     x2, [x3, #{l1_stack} * 8]
+    adrp    x5, keel_boot_l3_stack
+    orr     x2, x5, #{table}
+    str     x2, [x4, #{l2_stack} * 8]
+    adrp    x6, keel_boot_stack_bottom
+    ldr     x2, ={page_stack}
+    orr     x2, x2, x6
+    add     x6, x5, #{l3_stack} * 8
+    mov     x7, #{stack_pages}
+7:  str     x2, [x6], #8
+    add     x2, x2, #4096
+    subs    x7, x7, #1
+    b.ne    7b
+
     // TTBR0: identity map of the GiB holding _start.
     adrp    x0, keel_boot_l0_low
     adrp    x1, keel_boot_l1_ident
@@ -263,8 +296,7 @@ _start:
     .section .text.keel_boot_high, "ax"
     .type keel_boot_high, %function
 keel_boot_high:
-    adrp    x9, keel_boot_stack_top
-    add     x9, x9, :lo12:keel_boot_stack_top
+    ldr     x9, ={stack_top}
     mov     sp, x9
     adrp    x9, keel_vectors
     add     x9, x9, :lo12:keel_vectors
@@ -294,9 +326,11 @@ keel_boot_l1_direct: .space 4096
 keel_boot_l1_kernel: .space 4096
 keel_boot_l0_low:    .space 4096
 keel_boot_l1_ident:  .space 4096
+keel_boot_l2_stack:  .space 4096
+keel_boot_l3_stack:  .space 4096
 
     .section .bss.keel_boot_stack, "aw", %nobits
-    .balign 16
+    .balign 4096
     .global keel_boot_stack_bottom
 keel_boot_stack_bottom:
     .space {stack_size}
@@ -322,17 +356,40 @@ keel_boot_stack_top:
     tcr = const TCR,
     sctlr_on = const SCTLR_MMU_ON,
     epd0 = const TCR_EPD0,
+    l1_stack = const L1_STACK,
+    l2_stack = const L2_STACK,
+    l3_stack = const L3_STACK,
+    page_stack = const PAGE_STACK,
+    stack_pages = const BOOT_STACK_SIZE / 4096,
+    stack_top = const BOOT_STACK_TOP,
     stack_size = const BOOT_STACK_SIZE,
 );
 
-/// Size of the boot CPU's kernel stack.
-pub const BOOT_STACK_SIZE: usize = 64 * 1024;
+/// Size of a kernel stack.
+///
+/// Kernel stacks live in the top GiB, from [`KERNEL_STACK_VIRT`], mapped
+/// with 4 KiB pages. Each stack starts at an even multiple of its size and
+/// the size below it is never mapped, so every stack address has bit
+/// [`KERNEL_STACK_SHIFT`] clear and every guard address has it set. The
+/// vector entry tests that bit to detect a trap frame that would not fit on
+/// the stack (it cannot push anything to find out).
+pub const BOOT_STACK_SIZE: usize = 1 << KERNEL_STACK_SHIFT;
+/// log2 of [`BOOT_STACK_SIZE`].
+pub const KERNEL_STACK_SHIFT: u32 = 16;
+/// Start of the kernel-stack area: the top GiB of the address space.
+pub const KERNEL_STACK_VIRT: usize = 0xFFFF_FFFF_C000_0000;
+/// The boot CPU's stack is `[BOOT_STACK_BOTTOM, BOOT_STACK_TOP)`; its guard
+/// is the 64 KiB below, and nothing else in the area is mapped. (The area's
+/// first 64 KiB, whose guard bit is clear, is left unused.)
+pub const BOOT_STACK_BOTTOM: usize = KERNEL_STACK_VIRT + 2 * BOOT_STACK_SIZE;
+const _: () = assert!(BOOT_STACK_BOTTOM & BOOT_STACK_SIZE == 0);
+const _: () = assert!((BOOT_STACK_BOTTOM - 1) & BOOT_STACK_SIZE != 0);
+/// The initial SP of the boot CPU.
+pub const BOOT_STACK_TOP: usize = BOOT_STACK_BOTTOM + BOOT_STACK_SIZE;
 
 unsafe extern "C" {
     static __kernel_start: u8;
     static __kernel_end: u8;
-    static keel_boot_stack_bottom: u8;
-    static keel_boot_stack_top: u8;
 }
 
 /// The kernel image's virtual range `[start, end)`, including `.bss`, the
@@ -341,14 +398,6 @@ pub fn kernel_image_range() -> (usize, usize) {
     (
         (&raw const __kernel_start) as usize,
         (&raw const __kernel_end) as usize,
-    )
-}
-
-/// The boot stack's virtual range `[bottom, top)`.
-pub fn boot_stack_range() -> (usize, usize) {
-    (
-        (&raw const keel_boot_stack_bottom) as usize,
-        (&raw const keel_boot_stack_top) as usize,
     )
 }
 
@@ -366,13 +415,15 @@ extern "C" fn keel_aarch64_main(x0: u64) -> ! {
     crate::boot::kernel_main(boot_info(x0))
 }
 
-/// Finds, validates and parses the device tree. Every read of the blob's
-/// header and pages goes through `probe_read`, so a bogus pointer gives an
-/// error rather than a fault.
+/// Finds, validates and parses the device tree: at `x0` if non-zero, else
+/// at the RAM base. Every read of the blob's header and pages goes through
+/// `probe_read`, so a bogus pointer gives an error rather than a fault.
 fn boot_info(x0: u64) -> Result<BootInfo<'static>, BootInfoError> {
     const MISSING: BootInfoError = BootInfoError::Missing("device tree");
     let phys = if x0 != 0 { x0 } else { DTB_DEFAULT_PHYS };
-    if phys % 8 != 0 || phys >= DIRECT_MAP_SIZE - FDT_HEADER_LEN as u64 {
+    // The blob must sit in the RAM part of the direct map: probing device
+    // registers in GiB 0 could have side effects.
+    if !phys.is_multiple_of(8) || !(GIB..DIRECT_MAP_SIZE - FDT_HEADER_LEN as u64).contains(&phys) {
         return Err(MISSING);
     }
     let virt = phys_to_virt(phys);
@@ -393,8 +444,7 @@ fn boot_info(x0: u64) -> Result<BootInfo<'static>, BootInfoError> {
     // Every page of the blob must be readable memory.
     let pages = (0..size).step_by(4096).chain(core::iter::once(size - 1));
     for offset in pages {
-        super::probe_read(virt + offset)
-            .map_err(|_| BootInfoError::Truncated("device tree"))?;
+        super::probe_read(virt + offset).map_err(|_| BootInfoError::Truncated("device tree"))?;
     }
     // SAFETY: `virt..virt + size` lies in the direct map (checked against
     // DIRECT_MAP_SIZE above), every page of it was just read successfully,

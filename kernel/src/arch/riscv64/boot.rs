@@ -26,7 +26,9 @@
 //! message on the UART and QEMU exits with `EXIT_BOOT_ERROR`; an Sv39
 //! fallback is left to the memory-management work.
 
-use super::{DIRECT_MAP_SIZE, KERNEL_VIRT_OFFSET, phys_to_virt, probe_read};
+use super::{
+    __kernel_end, __kernel_start, DIRECT_MAP_SIZE, KERNEL_VIRT_OFFSET, phys_to_virt, probe_read,
+};
 use crate::bootinfo::{BootInfo, BootInfoError, MemoryRegion, RegionKind, dtb};
 use keel_abi::harness::EXIT_BOOT_ERROR;
 
@@ -64,21 +66,22 @@ core::arch::global_asm!(
 _start:
     .option push
     .option norelax
+    .option arch, +a
     csrw    sie, zero
-    csrci   sstatus, 2              /* SIE = 0 */
+    csrci   sstatus, 2              # SIE = 0
     li      t0, {sstatus_fs_initial}
     csrs    sstatus, t0
 
-    /* The first hart to arrive boots; any other parks. */
+    # The first hart to arrive boots; any other parks.
     lla     t0, keel_boot_hart_claimed
     li      t1, 1
     amoswap.w.aq t1, t1, (t0)
     bnez    t1, .Lpark
 
-    mv      s1, a0                  /* hart id */
-    mv      s2, a1                  /* device tree (physical) */
+    mv      s1, a0                  # hart id
+    mv      s2, a1                  # device tree (physical)
 
-    /* Zero .bss (8-byte aligned bounds, see linker.ld). */
+    # Zero .bss (8-byte aligned bounds, see linker.ld).
     lla     t0, __bss_start
     lla     t1, __bss_end
 1:  bgeu    t0, t1, 2f
@@ -86,7 +89,7 @@ _start:
     addi    t0, t0, 8
     j       1b
 2:
-    /* Root table: [0] identity L1, [256] direct-map L1, [511] kernel L1. */
+    # Root table: [0] identity L1, [256] direct-map L1, [511] kernel L1.
     lla     t0, keel_boot_l0
     lla     t1, keel_boot_identity_l1
     srli    t1, t1, 12
@@ -108,7 +111,7 @@ _start:
     add     t2, t2, t0
     sd      t1, 0(t2)
 
-    /* Direct map: physical [0, 4 GiB) as four RW gigapages. */
+    # Direct map: physical [0, 4 GiB) as four RW gigapages.
     lla     t0, keel_boot_direct_l1
     li      t1, {pte_direct}
     li      t2, {gib_pte_step}
@@ -119,8 +122,8 @@ _start:
     addi    t3, t3, -1
     bnez    t3, 3b
 
-    /* Kernel gigapage at 0xFFFF_FFFF_8000_0000 (L1 index 510) and the
-       identity gigapage at the same physical address (L1 index 2). */
+    # Kernel gigapage at 0xFFFF_FFFF_8000_0000 (L1 index 510) and the
+    # identity gigapage at the same physical address (L1 index 2).
     lla     t0, keel_boot_kernel_l1
     li      t1, 510 * 8
     add     t0, t0, t1
@@ -130,7 +133,7 @@ _start:
     li      t1, {pte_identity}
     sd      t1, {id_index} * 8(t0)
 
-    /* Order the table stores before the walks, then enable Sv48. */
+    # Order the table stores before the walks, then enable Sv48.
     sfence.vma
     lla     t0, keel_boot_l0
     srli    t0, t0, 12
@@ -143,7 +146,7 @@ _start:
     li      t2, 9
     bne     t1, t2, .Lno_sv48
 
-    /* Jump to the higher-half alias of .Lhigh. */
+    # Jump to the higher-half alias of .Lhigh.
     li      t0, {virt_offset}
     lla     t1, .Lhigh
     add     t1, t1, t0
@@ -151,7 +154,7 @@ _start:
 
 .Lhigh:
     lla     sp, __boot_stack_top
-    /* Drop the identity map. */
+    # Drop the identity map.
     lla     t0, keel_boot_l0
     sd      zero, 0(t0)
     sfence.vma
@@ -166,14 +169,14 @@ _start:
     j       .Lpark
 
 .Lno_sv48:
-    /* Still running physical with satp = Bare: UART and test device are
-       reachable at their physical addresses. */
+    # Still running physical with satp = Bare: UART and test device are
+    # reachable at their physical addresses.
     lla     a0, .Lno_sv48_msg
     li      t0, {uart_phys}
 4:  lbu     t1, 0(a0)
     beqz    t1, 6f
-5:  lbu     t2, 5(t0)               /* LSR */
-    andi    t2, t2, 0x20            /* THR empty */
+5:  lbu     t2, 5(t0)               # LSR
+    andi    t2, t2, 0x20            # THR empty
     beqz    t2, 5b
     sb      t1, 0(t0)
     addi    a0, a0, 1
@@ -232,12 +235,6 @@ keel_boot_identity_l1:
     stack_size = const BOOT_STACK_SIZE,
 );
 
-unsafe extern "C" {
-    // Defined by linker.ld (virtual addresses of the image bounds).
-    static __kernel_start: u8;
-    static __kernel_end: u8;
-}
-
 /// The first Rust code: runs on the boot hart, in the higher half, with the
 /// invariants listed in the module documentation.
 extern "C" fn keel_riscv_main(_hart_id: usize, dtb_phys: usize) -> ! {
@@ -269,9 +266,8 @@ fn boot_info(dtb_phys: u64) -> Result<BootInfo<'static>, BootInfoError> {
     dtb::parse(blob, "devicetree", &reserved)
 }
 
-/// Reads byte `i` of physical memory at `phys + i` through the direct map,
-/// reporting an absent device tree if the read faults (the address is not
-/// backed by RAM).
+/// Reads the byte at physical `phys` through the direct map, reporting an
+/// absent device tree if the read faults (the address is not backed).
 fn probe_phys(phys: u64) -> Result<u8, BootInfoError> {
     probe_read(phys_to_virt(phys)).map_err(|_| BootInfoError::Missing("device tree"))
 }
@@ -289,15 +285,14 @@ fn device_tree(dtb_phys: u64) -> Result<&'static [u8], BootInfoError> {
         *b = probe_phys(phys)?;
     }
     let size = dtb::total_size(&header)? as u64;
-    if size < DTB_HEADER_LEN as u64 {
-        return Err(BootInfoError::Malformed("device tree total size below header size"));
-    }
     if size > DTB_MAX_SIZE {
         return Err(BootInfoError::Malformed("device tree larger than 2 MiB"));
     }
     let end = dtb_phys + size;
     if end > DIRECT_MAP_SIZE {
-        return Err(BootInfoError::Malformed("device tree beyond the first 4 GiB"));
+        return Err(BootInfoError::Malformed(
+            "device tree beyond the first 4 GiB",
+        ));
     }
     // Every page of the blob must be backed: probe one byte per page and
     // the last byte.

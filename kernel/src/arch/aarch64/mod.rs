@@ -1,0 +1,191 @@
+//! The AArch64 architecture layer (QEMU `virt`, Cortex-A72 or `max`).
+//!
+//! Submodules: `entry` (boot from EL2/EL1 to the higher half, device-tree
+//! discovery), `exception` (vector table, trap frame, dispatcher, fixup
+//! table), `pl011` (console UART). This file holds the items of the
+//! [`crate::arch`] contract.
+//!
+//! Address-space invariants after boot (see `entry`): TTBR0 walks are
+//! disabled, so the whole lower half faults; TTBR1 maps the first
+//! [`DIRECT_MAP_SIZE`] bytes of physical space at [`DIRECT_MAP_BASE`] (the
+//! first GiB as device memory) and the kernel image at
+//! `0xFFFF_FFFF_8000_0000 + (phys - 0x4000_0000)`; nothing else is mapped.
+
+mod entry;
+mod exception;
+mod pl011;
+
+pub use self::entry::{KERNEL_PHYS_BASE, KERNEL_VIRT_BASE};
+pub use self::exception::{breakpoint, breakpoint_site, probe_read};
+
+use core::arch::asm;
+use core::sync::atomic::{AtomicBool, Ordering};
+
+/// Architecture name printed in the boot banner.
+pub const NAME: &str = "aarch64";
+
+/// Virtual address of physical address 0 in the direct map.
+pub const DIRECT_MAP_BASE: usize = 0xFFFF_8000_0000_0000;
+/// Bytes of physical address space the boot page tables direct-map.
+pub const DIRECT_MAP_SIZE: u64 = 4 << 30;
+
+/// The direct-map virtual address of physical address `p`. Only addresses
+/// below [`DIRECT_MAP_SIZE`] are mapped.
+pub fn phys_to_virt(p: u64) -> usize {
+    DIRECT_MAP_BASE.wrapping_add(p as usize)
+}
+
+/// Polled output on the PL011 UART.
+pub fn console_write(bytes: &[u8]) {
+    pl011::write_bytes(bytes);
+}
+
+/// Semihosting operation SYS_EXIT_EXTENDED.
+const SYS_EXIT_EXTENDED: u64 = 0x20;
+/// Semihosting exit reason ADP_Stopped_ApplicationExit.
+const ADP_STOPPED_APPLICATION_EXIT: u64 = 0x2_0026;
+
+/// Ends the QEMU run with `status` as its exit status, through semihosting
+/// (QEMU needs `-semihosting`); without it, halts.
+pub fn exit(status: i32) -> ! {
+    let block: [u64; 2] = [ADP_STOPPED_APPLICATION_EXIT, status as u32 as u64];
+    // SAFETY: SYS_EXIT_EXTENDED takes the address of a two-word block
+    // {reason, status}, which `block` is and which outlives the call.
+    unsafe { exception::semihost(SYS_EXIT_EXTENDED, block.as_ptr() as usize) };
+    halt()
+}
+
+/// Masks all interrupts and stops this CPU forever.
+pub fn halt() -> ! {
+    // SAFETY: masking DAIF only affects this CPU's interrupt delivery.
+    unsafe { asm!("msr daifset, #0xf", options(nomem, nostack)) };
+    loop {
+        // SAFETY: `wfi` waits for an interrupt and has no other effect.
+        unsafe { asm!("wfi", options(nomem, nostack, preserves_flags)) };
+    }
+}
+
+/// Whether PMCCNTR_EL0 counts (the CPU has PMUv3 and it was enabled).
+static PMU_CYCLES: AtomicBool = AtomicBool::new(false);
+
+/// Enables the PMU cycle counter for EL0 and EL1 (not EL2), from zero. On a
+/// CPU without PMUv3, [`cycle_counter`] falls back to the generic timer.
+fn enable_cycle_counter() {
+    let dfr0: u64;
+    // SAFETY: reading an ID register has no side effects.
+    unsafe { asm!("mrs {}, id_aa64dfr0_el1", out(reg) dfr0, options(nomem, nostack)) };
+    let pmu_version = (dfr0 >> 8) & 0xf;
+    if pmu_version == 0 || pmu_version == 0xf {
+        return;
+    }
+    // PMCR_EL0: E (enable), C (reset the cycle counter), LC (64-bit
+    // overflow). PMCCFILTR_EL0 = 0: count at EL0 and EL1, not at EL2.
+    // PMCNTENSET_EL0 bit 31: enable the cycle counter.
+    // SAFETY: PMUv3 is implemented (checked above) and EL1 owns it (the boot
+    // code gave EL1 all counters when it came from EL2); these writes only
+    // configure performance counting.
+    unsafe {
+        asm!(
+            "mrs {t}, pmcr_el0",
+            "mov {u}, #((1 << 0) | (1 << 2) | (1 << 6))",
+            "orr {t}, {t}, {u}",
+            "msr pmcr_el0, {t}",
+            "msr pmccfiltr_el0, xzr",
+            "mov {t}, #(1 << 31)",
+            "msr pmcntenset_el0, {t}",
+            "isb",
+            t = out(reg) _,
+            u = out(reg) _,
+            options(nomem, nostack),
+        );
+    }
+    PMU_CYCLES.store(true, Ordering::Relaxed);
+}
+
+/// The PMU cycle counter (PMCCNTR_EL0), which QEMU advances once per guest
+/// instruction under `-icount shift=0`; the generic-timer count on CPUs
+/// without a PMU.
+#[inline]
+pub fn cycle_counter() -> u64 {
+    let v: u64;
+    if PMU_CYCLES.load(Ordering::Relaxed) {
+        // SAFETY: the cycle counter was enabled at boot; reading it has no
+        // side effects.
+        unsafe { asm!("mrs {}, pmccntr_el0", out(reg) v, options(nostack, preserves_flags)) };
+    } else {
+        // SAFETY: CNTVCT_EL0 is readable at EL1 (CNTHCTL_EL2 set at boot).
+        unsafe { asm!("mrs {}, cntvct_el0", out(reg) v, options(nostack, preserves_flags)) };
+    }
+    v
+}
+
+/// Reads the frame record `{caller x29, return address}` at `fp`, if it lies
+/// inside the boot stack or the kernel image.
+fn read_frame_record(fp: usize) -> Option<(usize, usize)> {
+    let end = fp.checked_add(16)?;
+    let (image_start, image_end) = entry::kernel_image_range();
+    let in_stack = entry::BOOT_STACK_BOTTOM <= fp && end <= entry::BOOT_STACK_TOP;
+    let in_image = image_start <= fp && end <= image_end;
+    if !(in_stack || in_image) || !fp.is_multiple_of(8) {
+        return None;
+    }
+    let p = fp as *const usize;
+    // SAFETY: `fp..fp + 16` is 8-aligned and inside the boot stack or the
+    // kernel image, both mapped readable for the whole run.
+    Some(unsafe { (p.read_volatile(), p.add(1).read_volatile()) })
+}
+
+/// Prints the frame chain starting at frame pointer `fp`, numbering the
+/// lines from `first`.
+fn walk_frames_from(fp: usize, first: usize) {
+    let mut i = first;
+    super::walk_frames(fp, read_frame_record, |ret| {
+        exception::print_frame(i, ret);
+        i += 1;
+    });
+}
+
+/// Prints the current call chain (frame-pointer walk).
+#[inline(never)]
+pub fn print_backtrace() {
+    let fp: usize;
+    // SAFETY: reads x29, the frame pointer (kept by `force-frame-pointers`).
+    unsafe { asm!("mov {}, x29", out(reg) fp, options(nomem, nostack, preserves_flags)) };
+    walk_frames_from(fp, 0);
+}
+
+crate::ktest!(
+    fn identity_map_is_gone_after_boot() {
+        let low = entry::KERNEL_PHYS_BASE as usize + 0x20_0000;
+        let rec = probe_read(low);
+        crate::kassert!(
+            matches!(rec, Err(crate::trap::TrapRecord {
+                cause: crate::trap::TrapCause::PageFault { addr, write: false, exec: false },
+                ..
+            }) if addr == low),
+            "probe of {:#x} gave {:?}",
+            low,
+            rec
+        );
+        Ok(())
+    }
+);
+
+crate::ktest!(
+    fn direct_map_aliases_the_kernel_image() {
+        static MARKER: [u8; 4] = [0x4b, 0x65, 0x65, 0x6c];
+        let virt = core::ptr::addr_of!(MARKER[2]) as usize;
+        let phys = (virt - entry::KERNEL_VIRT_BASE) as u64 + entry::KERNEL_PHYS_BASE;
+        crate::kassert_eq!(probe_read(phys_to_virt(phys)), Ok(0x65));
+        Ok(())
+    }
+);
+
+crate::ktest!(
+    fn boot_stack_guard_is_unmapped() {
+        let guard = entry::BOOT_STACK_BOTTOM - 8;
+        crate::kassert!(probe_read(guard).is_err());
+        crate::kassert!(probe_read(entry::BOOT_STACK_BOTTOM).is_ok());
+        Ok(())
+    }
+);

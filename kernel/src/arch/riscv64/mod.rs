@@ -1,0 +1,237 @@
+//! The RISC-V (RV64GC, S-mode under OpenSBI, QEMU `virt`) architecture
+//! layer: the items listed in `arch/mod.rs`, implemented with the 16550
+//! UART, the `sifive_test` exit device, `instret`, `ebreak` and a
+//! frame-pointer walker.
+//!
+//! Invariants: everything here runs after `boot::_start` switched to the
+//! higher half, so devices are reached through the direct map (the first
+//! 4 GiB of physical space at [`DIRECT_MAP_BASE`]); the kernel runs with
+//! interrupts masked.
+
+mod boot;
+mod traps;
+
+use crate::trap::TrapRecord;
+use core::arch::asm;
+
+/// Architecture name printed in the boot banner.
+pub const NAME: &str = "riscv64";
+
+/// Start of the direct map: physical `p` is at `DIRECT_MAP_BASE + p`.
+pub const DIRECT_MAP_BASE: usize = 0xFFFF_8000_0000_0000;
+/// Bytes of physical address space the boot page tables direct-map.
+pub const DIRECT_MAP_SIZE: u64 = 4 << 30;
+/// Virtual minus physical address of every byte of the kernel image
+/// (linked at `0xFFFF_FFFF_8000_0000 + (phys - 0x8000_0000)`).
+pub const KERNEL_VIRT_OFFSET: u64 = 0xFFFF_FFFF_8000_0000 - 0x8000_0000;
+
+/// Physical address of the 16550 UART on QEMU `virt`.
+const UART_PHYS: u64 = 0x1000_0000;
+/// Physical address of QEMU's `sifive_test` exit device.
+const SIFIVE_TEST_PHYS: u64 = 0x10_0000;
+
+/// The direct-map virtual address of physical address `p` (only meaningful
+/// for `p` below [`DIRECT_MAP_SIZE`] until the memory manager maps more).
+pub fn phys_to_virt(p: u64) -> usize {
+    DIRECT_MAP_BASE + p as usize
+}
+
+// 16550 registers (byte offsets) and line-status bits.
+const UART_THR: usize = 0;
+const UART_LSR: usize = 5;
+const UART_LSR_THR_EMPTY: u8 = 1 << 5;
+
+/// Writes `bytes` to the UART, polling for room before each byte. OpenSBI
+/// has already programmed the line settings.
+pub fn console_write(bytes: &[u8]) {
+    let base = phys_to_virt(UART_PHYS) as *mut u8;
+    for &b in bytes {
+        // SAFETY: the UART's registers lie in the first GiB of physical
+        // space, which the boot page tables direct-map for the kernel's
+        // whole life; byte-wide volatile accesses are what a 16550 expects.
+        unsafe {
+            while base.add(UART_LSR).read_volatile() & UART_LSR_THR_EMPTY == 0 {
+                core::hint::spin_loop();
+            }
+            base.add(UART_THR).write_volatile(b);
+        }
+    }
+}
+
+/// Makes QEMU exit with `status` through the `sifive_test` device
+/// (`(status << 16) | 0x3333` = FAIL with code; 0x5555 = PASS, exit 0).
+pub fn exit(status: i32) -> ! {
+    let value: u32 = if status == 0 {
+        0x5555
+    } else {
+        ((status as u32) << 16) | 0x3333
+    };
+    // SAFETY: the test device lies in the direct-mapped first GiB; a 32-bit
+    // store to its only register is its documented interface.
+    unsafe { (phys_to_virt(SIFIVE_TEST_PHYS) as *mut u32).write_volatile(value) };
+    halt()
+}
+
+/// Masks interrupts and waits forever.
+pub fn halt() -> ! {
+    loop {
+        // SAFETY: clearing `sstatus.SIE` and waiting touch no memory.
+        unsafe { asm!("csrci sstatus, 2", "wfi", options(nomem, nostack)) };
+    }
+}
+
+/// The `instret` counter: retired instructions, which under QEMU
+/// `-icount shift=0` is also the virtual clock. OpenSBI enables S-mode
+/// access in `mcounteren`.
+pub fn cycle_counter() -> u64 {
+    riscv::register::instret::read() as u64
+}
+
+core::arch::global_asm!(
+    r#"
+    .section .text.keel_breakpoint, "ax"
+    .balign 4
+    .globl keel_breakpoint
+keel_breakpoint:
+    .option push
+    .option norvc
+    .globl keel_breakpoint_site
+keel_breakpoint_site:
+    ebreak
+    .option pop
+    ret
+    "#
+);
+
+unsafe extern "C" {
+    /// `ebreak; ret` (uncompressed, so the site is a fixed 4-byte
+    /// instruction). Only its address is used, and it is only called from
+    /// [`breakpoint`]'s `asm!`.
+    fn keel_breakpoint_site();
+}
+
+/// Executes `ebreak` at [`breakpoint_site`]; the trap handler records it and
+/// resumes after it.
+pub fn breakpoint() {
+    // SAFETY: `keel_breakpoint` only traps (the handler resumes after the
+    // `ebreak`) and returns. The handler may use the caller-saved FP
+    // registers, hence `clobber_abi("C")`; it restores every GPR.
+    unsafe { asm!("call keel_breakpoint", clobber_abi("C")) };
+}
+
+/// Address of the `ebreak` that [`breakpoint`] executes.
+pub fn breakpoint_site() -> usize {
+    keel_breakpoint_site as *const () as usize
+}
+
+/// Reads the byte at `addr`. A page or access fault is caught through the
+/// exception-fixup table and returned as its [`TrapRecord`].
+pub fn probe_read(addr: usize) -> Result<u8, TrapRecord> {
+    let value: usize;
+    let scause: usize;
+    let pc: usize;
+    // SAFETY: the load at label 1 is listed in `__ex_table`: if it faults,
+    // the trap handler resumes at label 2 with a0 = stval, a1 = scause,
+    // a2 = faulting PC (see `traps`); otherwise a1 stays 0. The handler may
+    // use the caller-saved FP registers (`clobber_abi("C")`). A successful
+    // load reads memory that is mapped, and a byte read has no side effect
+    // the kernel relies on.
+    unsafe {
+        asm!(
+            "li a1, 0",
+            "1: lbu a0, 0(a0)",
+            "2:",
+            ".pushsection __ex_table, \"a\"",
+            ".balign 8",
+            ".dword 1b, 2b",
+            ".popsection",
+            inlateout("a0") addr => value,
+            lateout("a1") scause,
+            lateout("a2") pc,
+            // No `nostack`: a fault pushes a trap frame below `sp`.
+            clobber_abi("C"),
+        )
+    };
+    if scause == 0 {
+        Ok(value as u8)
+    } else {
+        Err(TrapRecord {
+            cause: traps::classify(scause, value),
+            pc,
+        })
+    }
+}
+
+unsafe extern "C" {
+    // The whole image (linker.ld); the boot stack lies inside it, in .bss.
+    static __kernel_start: u8;
+    static __kernel_end: u8;
+}
+
+/// Reads the frame record `(caller_fp, return_address)` below frame
+/// pointer `fp`, if it lies inside the kernel image (which holds the boot
+/// stack). The RISC-V frame layout keeps `ra` at `fp - 8` and the caller's
+/// `fp` at `fp - 16`.
+fn frame_record(fp: usize) -> Option<(usize, usize)> {
+    let lo = &raw const __kernel_start as usize;
+    let hi = &raw const __kernel_end as usize;
+    let record = fp.checked_sub(16)?;
+    if record < lo || fp > hi {
+        return None;
+    }
+    // SAFETY: `[fp - 16, fp)` lies inside the kernel image, which is mapped
+    // and readable for the kernel's whole life; `walk_frames` only passes
+    // 8-byte-aligned values.
+    unsafe {
+        let caller_fp = (record as *const usize).read_volatile();
+        let ret = ((fp - 8) as *const usize).read_volatile();
+        Some((caller_fp, ret))
+    }
+}
+
+/// Prints the frames of the chain starting at frame pointer `fp`, numbering
+/// them from `first`.
+fn backtrace_from(fp: usize, first: usize) {
+    let mut i = first;
+    super::walk_frames(fp, frame_record, |ret| {
+        kprintln!("  {}{} {:#x}", keel_abi::harness::FRAME_PREFIX, i, ret);
+        i += 1;
+    });
+}
+
+/// Prints the current call chain.
+pub fn print_backtrace() {
+    let fp: usize;
+    // SAFETY: reads the frame-pointer register only.
+    unsafe { asm!("mv {}, s0", out(reg) fp, options(nomem, nostack, preserves_flags)) };
+    backtrace_from(fp, 0);
+}
+
+crate::ktest!(
+    fn probe_of_unbacked_physical_memory_reports_an_access_fault() {
+        // Nothing backs physical 0x80_0000 on QEMU virt (a hole between the RTC
+        // and the CLINT); OpenSBI redirects the undelegated load access fault
+        // to S-mode.
+        let addr = phys_to_virt(0x80_0000);
+        let rec = probe_read(addr);
+        crate::kassert_eq!(
+            rec.map_err(|r| r.cause),
+            Err(crate::trap::TrapCause::PageFault {
+                addr,
+                write: false,
+                exec: false
+            })
+        );
+        // Firmware memory is PMP-protected from S-mode.
+        let addr = phys_to_virt(0x8000_0000);
+        crate::kassert_eq!(
+            probe_read(addr).map_err(|r| r.cause),
+            Err(crate::trap::TrapCause::PageFault {
+                addr,
+                write: false,
+                exec: false
+            })
+        );
+        Ok(())
+    }
+);

@@ -1,0 +1,241 @@
+//! RISC-V trap entry (`stvec`, direct mode) and the Rust trap dispatcher.
+//!
+//! `keel_trap_entry` saves every general-purpose register plus `sepc`,
+//! `sstatus`, `scause` and `stval` into a [`TrapFrame`] on the kernel stack,
+//! calls [`trap_dispatch`] with it, restores the (possibly modified) frame and
+//! returns with `sret`.
+//!
+//! `sscratch` convention (the shape user-mode traps will need):
+//! - while the CPU runs kernel code, `sscratch` = 0;
+//! - while it runs user code, `sscratch` = top of this CPU's kernel stack.
+//!
+//! The entry swaps `sp` with `sscratch`; a zero result means the trap came
+//! from the kernel and the kernel `sp` is taken back. Either way the
+//! interrupted `sp` is saved in the frame and `sscratch` is 0 while the
+//! dispatcher runs. On the way out, a return to user mode (`SPP` = 0) sets
+//! `sscratch` to the kernel stack top again. No user mode exists yet.
+//!
+//! Floating-point registers are not saved: the kernel takes only
+//! synchronous traps (interrupts stay masked in the kernel), at sites that
+//! declare the caller-saved FP registers clobbered (`clobber_abi("C")`), and
+//! the dispatcher, an `extern "C"` function, preserves the callee-saved ones.
+//!
+//! Exception-fixup table (`__ex_table`, see linker.ld): pairs of
+//! `(fault_pc, fixup_pc)` u64s. A page or access fault taken in S-mode at a
+//! listed `fault_pc` is recorded with [`crate::trap::record`] and resumed at
+//! `fixup_pc` with `a0` = `stval`, `a1` = `scause` (never 0 for a fault) and
+//! `a2` = the faulting PC; every other register is as it was.
+
+use crate::trap::{TrapCause, TrapRecord};
+
+/// Register state saved by `keel_trap_entry`. `x[0]` is unused (x0 is
+/// hard-wired to zero); `x[2]` is the interrupted `sp`.
+#[repr(C)]
+pub struct TrapFrame {
+    pub x: [usize; 32],
+    pub sepc: usize,
+    pub sstatus: usize,
+    pub scause: usize,
+    pub stval: usize,
+}
+
+const FRAME_SIZE: usize = core::mem::size_of::<TrapFrame>();
+const _: () = assert!(
+    FRAME_SIZE.is_multiple_of(16),
+    "the trap frame keeps sp 16-byte aligned"
+);
+
+/// `sstatus.SPP`: the trap came from S-mode.
+const SSTATUS_SPP: usize = 1 << 8;
+/// `scause` interrupt bit.
+const SCAUSE_INTERRUPT: usize = 1 << 63;
+
+// Exception codes (privileged spec, table "Supervisor cause register").
+const INSTRUCTION_ACCESS_FAULT: usize = 1;
+const ILLEGAL_INSTRUCTION: usize = 2;
+const BREAKPOINT: usize = 3;
+const LOAD_ACCESS_FAULT: usize = 5;
+const STORE_ACCESS_FAULT: usize = 7;
+const INSTRUCTION_PAGE_FAULT: usize = 12;
+const LOAD_PAGE_FAULT: usize = 13;
+const STORE_PAGE_FAULT: usize = 15;
+
+core::arch::global_asm!(
+    r#"
+    .section .text.trap, "ax"
+    .balign 4
+    .globl keel_trap_entry
+keel_trap_entry:
+    csrrw   sp, sscratch, sp
+    bnez    sp, 1f                  # from user: sp = kernel stack top
+    csrr    sp, sscratch            # from kernel: take the kernel sp back
+1:  addi    sp, sp, -{frame_size}
+    sd      x1, 1 * 8(sp)
+    .irp n, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31
+    sd      x\n, \n * 8(sp)
+    .endr
+    csrrw   t0, sscratch, zero      # interrupted sp, and sscratch = 0
+    sd      t0, 2 * 8(sp)
+    csrr    t0, sepc
+    sd      t0, {sepc}(sp)
+    csrr    t0, sstatus
+    sd      t0, {sstatus}(sp)
+    csrr    t0, scause
+    sd      t0, {scause}(sp)
+    csrr    t0, stval
+    sd      t0, {stval}(sp)
+
+    mv      a0, sp
+    call    {dispatch}
+
+    ld      t0, {sepc}(sp)
+    csrw    sepc, t0
+    ld      t0, {sstatus}(sp)
+    csrw    sstatus, t0
+    andi    t0, t0, {spp}
+    bnez    t0, 2f
+    addi    t0, sp, {frame_size}    # back to user: arm sscratch
+    csrw    sscratch, t0
+2:  ld      x1, 1 * 8(sp)
+    .irp n, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31
+    ld      x\n, \n * 8(sp)
+    .endr
+    ld      sp, 2 * 8(sp)
+    sret
+    "#,
+    frame_size = const FRAME_SIZE,
+    sepc = const core::mem::offset_of!(TrapFrame, sepc),
+    sstatus = const core::mem::offset_of!(TrapFrame, sstatus),
+    scause = const core::mem::offset_of!(TrapFrame, scause),
+    stval = const core::mem::offset_of!(TrapFrame, stval),
+    spp = const SSTATUS_SPP,
+    dispatch = sym trap_dispatch,
+);
+
+unsafe extern "C" {
+    /// The trap vector (only its address is used, for `stvec`).
+    pub fn keel_trap_entry();
+    // Bounds of the exception-fixup table (linker.ld).
+    static __ex_table_start: FixupEntry;
+    static __ex_table_end: FixupEntry;
+}
+
+/// One exception-fixup table entry.
+#[repr(C)]
+struct FixupEntry {
+    fault_pc: usize,
+    fixup_pc: usize,
+}
+
+fn fixup_table() -> &'static [FixupEntry] {
+    // SAFETY: linker.ld collects every `__ex_table` contribution (each a
+    // pair of 8-byte-aligned u64s emitted by `asm!` blocks) between these
+    // two symbols in read-only memory that lives for the whole run.
+    unsafe { crate::arch::linker_array(&raw const __ex_table_start, &raw const __ex_table_end) }
+}
+
+/// The fixup address registered for a faulting `pc`, if any.
+fn find_fixup(pc: usize) -> Option<usize> {
+    fixup_table()
+        .iter()
+        .find(|e| e.fault_pc == pc)
+        .map(|e| e.fixup_pc)
+}
+
+/// Translates an exception code and `stval` into a portable cause.
+pub fn classify(scause: usize, stval: usize) -> TrapCause {
+    if scause & SCAUSE_INTERRUPT != 0 {
+        return TrapCause::Other(scause as u64);
+    }
+    match scause {
+        INSTRUCTION_ACCESS_FAULT | INSTRUCTION_PAGE_FAULT => TrapCause::PageFault {
+            addr: stval,
+            write: false,
+            exec: true,
+        },
+        LOAD_ACCESS_FAULT | LOAD_PAGE_FAULT => TrapCause::PageFault {
+            addr: stval,
+            write: false,
+            exec: false,
+        },
+        STORE_ACCESS_FAULT | STORE_PAGE_FAULT => TrapCause::PageFault {
+            addr: stval,
+            write: true,
+            exec: false,
+        },
+        ILLEGAL_INSTRUCTION => TrapCause::IllegalInstruction,
+        BREAKPOINT => TrapCause::Breakpoint,
+        other => TrapCause::Other(other as u64),
+    }
+}
+
+/// Length in bytes of the instruction whose low half-word is `low`: 4 when
+/// its two low bits are `11`, else 2 (compressed). Longer encodings are
+/// not used by RV64GC.
+const fn instruction_len(low: u16) -> usize {
+    if low & 0b11 == 0b11 { 4 } else { 2 }
+}
+
+/// The one Rust trap handler, called by `keel_trap_entry`.
+extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
+    let from_kernel = frame.sstatus & SSTATUS_SPP != 0;
+    let cause = classify(frame.scause, frame.stval);
+    let record = TrapRecord {
+        cause,
+        pc: frame.sepc,
+    };
+    match cause {
+        TrapCause::Breakpoint if from_kernel => {
+            // SAFETY: the CPU just fetched and executed the instruction at
+            // `sepc` in S-mode, so its (2-byte-aligned) first half-word is
+            // mapped and readable kernel text.
+            let low = unsafe { (frame.sepc as *const u16).read_volatile() };
+            crate::trap::record(record);
+            frame.sepc += instruction_len(low);
+            return;
+        }
+        TrapCause::PageFault { .. } if from_kernel => {
+            if let Some(fixup) = find_fixup(frame.sepc) {
+                crate::trap::record(record);
+                frame.x[10] = frame.stval;
+                frame.x[11] = frame.scause;
+                frame.x[12] = frame.sepc;
+                frame.sepc = fixup;
+                return;
+            }
+        }
+        _ => {}
+    }
+    crate::trap::fatal(
+        record,
+        || dump_registers(frame),
+        || super::backtrace_from(frame.x[8], 1),
+    )
+}
+
+/// ABI names of x0..x31.
+const REG_NAMES: [&str; 32] = [
+    "zero", "ra", "sp", "gp", "tp", "t0", "t1", "t2", "s0", "s1", "a0", "a1", "a2", "a3", "a4",
+    "a5", "a6", "a7", "s2", "s3", "s4", "s5", "s6", "s7", "s8", "s9", "s10", "s11", "t3", "t4",
+    "t5", "t6",
+];
+
+fn dump_registers(frame: &TrapFrame) {
+    kprintln!(
+        "  sepc    {:#018x}  sstatus {:#018x}  scause  {:#018x}",
+        frame.sepc,
+        frame.sstatus,
+        frame.scause
+    );
+    kprintln!(
+        "  stval   {:#018x}  satp    {:#018x}",
+        frame.stval,
+        riscv::register::satp::read().bits()
+    );
+    for (i, (name, value)) in REG_NAMES.iter().zip(&frame.x).enumerate().skip(1) {
+        kprint!("  {name:>4}/x{i:<2} {value:#018x}");
+        if i.is_multiple_of(4) || i == 31 {
+            kprintln!();
+        }
+    }
+}

@@ -1,0 +1,235 @@
+//! The CPU count from ACPI: find the RSDP (from the boot loader, or by
+//! scanning the EBDA and the BIOS area 0xE0000–0xFFFFF), follow the XSDT or
+//! RSDT to the MADT and count the enabled processor Local APIC / x2APIC
+//! entries.
+//!
+//! The tables are firmware input and are treated as untrusted: every table
+//! is checksummed and length-checked, every read goes through a
+//! [`PhysReader`] that refuses ranges it does not cover, and loops are
+//! bounded by table lengths that only ever shrink the remaining work. A
+//! problem yields an `Err` describing it (the caller then assumes one CPU).
+
+use crate::bootinfo::multiboot::PhysReader;
+
+/// Largest system description table accepted.
+const MAX_TABLE_LEN: u32 = 1 << 20;
+const SDT_HEADER_LEN: usize = 36;
+/// MADT: header, then local APIC address and flags, then entries.
+const MADT_ENTRIES_OFFSET: usize = 44;
+
+fn u32_at(b: &[u8], off: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(b.get(off..off.checked_add(4)?)?.try_into().ok()?))
+}
+
+fn u64_at(b: &[u8], off: usize) -> Option<u64> {
+    Some(u64::from_le_bytes(b.get(off..off.checked_add(8)?)?.try_into().ok()?))
+}
+
+fn checksum_ok(b: &[u8]) -> bool {
+    b.iter().fold(0u8, |sum, &x| sum.wrapping_add(x)) == 0
+}
+
+/// Counts the enabled CPUs the MADT describes. `rsdp` is the address of an
+/// RSDP the boot loader handed over, if any.
+pub fn cpu_count<'a>(mem: &impl PhysReader<'a>, rsdp: Option<u64>) -> Result<usize, &'static str> {
+    let rsdp = match rsdp {
+        Some(addr) => valid_rsdp(mem, addr).ok_or("boot loader's RSDP copy is invalid")?,
+        None => find_rsdp(mem).ok_or("no RSDP found in the BIOS areas")?,
+    };
+    let madt = find_madt(mem, rsdp)?;
+    match count_enabled_cpus(madt)? {
+        0 => Err("MADT lists no enabled CPU"),
+        n => Ok(n),
+    }
+}
+
+/// The RSDP at `addr` if its signature and checksums are right.
+fn valid_rsdp<'a>(mem: &impl PhysReader<'a>, addr: u64) -> Option<&'a [u8]> {
+    let v1 = mem.bytes(addr, 20)?;
+    if v1.get(..8)? != b"RSD PTR " || !checksum_ok(v1) {
+        return None;
+    }
+    if *v1.get(15)? < 2 {
+        return Some(v1);
+    }
+    // ACPI 2.0+: 36 bytes with an extended checksum over all of them.
+    let v2 = mem.bytes(addr, 36)?;
+    checksum_ok(v2).then_some(v2)
+}
+
+/// Scans the first KiB of the EBDA, then 0xE0000–0xFFFFF, on 16-byte
+/// boundaries.
+fn find_rsdp<'a>(mem: &impl PhysReader<'a>) -> Option<&'a [u8]> {
+    // The BIOS data area holds the EBDA's real-mode segment at 0x40e.
+    let ebda = mem
+        .bytes(0x40e, 2)
+        .and_then(|b| b.try_into().ok())
+        .map(|b: [u8; 2]| u64::from(u16::from_le_bytes(b)) << 4);
+    let ebda_range = ebda
+        .filter(|e| (0x8_0000..0xa_0000).contains(e))
+        .map(|e| (e, e + 1024));
+    ebda_range
+        .into_iter()
+        .chain([(0xe_0000, 0x10_0000)])
+        .flat_map(|(lo, hi)| (lo..hi).step_by(16))
+        .find_map(|addr| valid_rsdp(mem, addr))
+}
+
+/// A checksummed system description table at `addr`.
+fn table<'a>(mem: &impl PhysReader<'a>, addr: u64) -> Option<&'a [u8]> {
+    let header = mem.bytes(addr, SDT_HEADER_LEN as u64)?;
+    let len = u32_at(header, 4)?;
+    if (len as usize) < SDT_HEADER_LEN || len > MAX_TABLE_LEN {
+        return None;
+    }
+    let t = mem.bytes(addr, len.into())?;
+    checksum_ok(t).then_some(t)
+}
+
+fn find_madt<'a>(mem: &impl PhysReader<'a>, rsdp: &[u8]) -> Result<&'a [u8], &'static str> {
+    let xsdt = u64_at(rsdp, 24).filter(|&a| a != 0);
+    let (root, entry_len, signature) = match xsdt {
+        Some(addr) => (addr, 8, b"XSDT"),
+        None => (u32_at(rsdp, 16).map(u64::from).ok_or("RSDP too short")?, 4, b"RSDT"),
+    };
+    let root = table(mem, root).ok_or("root table (RSDT/XSDT) invalid")?;
+    if root.get(..4) != Some(&signature[..]) {
+        return Err("root table has the wrong signature");
+    }
+    let entries = root.get(SDT_HEADER_LEN..).unwrap_or_default();
+    entries
+        .chunks_exact(entry_len)
+        .filter_map(|e| match entry_len {
+            8 => u64_at(e, 0),
+            _ => u32_at(e, 0).map(u64::from),
+        })
+        .filter(|&addr| mem.bytes(addr, 4) == Some(&b"APIC"[..]))
+        .find_map(|addr| table(mem, addr))
+        .ok_or("no valid MADT")
+}
+
+/// Counts enabled Processor Local APIC (type 0) and Local x2APIC (type 9)
+/// entries.
+fn count_enabled_cpus(madt: &[u8]) -> Result<usize, &'static str> {
+    let mut count = 0;
+    let mut off = MADT_ENTRIES_OFFSET;
+    while off < madt.len() {
+        let (Some(&ty), Some(&len)) = (madt.get(off), madt.get(off + 1)) else {
+            return Err("MADT entry header runs past the table");
+        };
+        let len = usize::from(len);
+        let Some(entry) = madt.get(off..off + len).filter(|_| len >= 2) else {
+            return Err("MADT entry length invalid");
+        };
+        let flags = match ty {
+            0 if len >= 8 => u32_at(entry, 4),
+            9 if len >= 16 => u32_at(entry, 8),
+            _ => None,
+        };
+        if flags.is_some_and(|f| f & 1 != 0) {
+            count += 1;
+        }
+        off += len;
+    }
+    Ok(count)
+}
+
+/// Physical memory made of one byte buffer, for the tests below.
+#[cfg(feature = "ktest")]
+struct Buf<'a> {
+    base: u64,
+    data: &'a [u8],
+}
+
+#[cfg(feature = "ktest")]
+impl<'a> PhysReader<'a> for Buf<'a> {
+    fn bytes(&self, addr: u64, len: u64) -> Option<&'a [u8]> {
+        let start = usize::try_from(addr.checked_sub(self.base)?).ok()?;
+        let end = start.checked_add(usize::try_from(len).ok()?)?;
+        self.data.get(start..end)
+    }
+}
+
+/// Builds RSDP (at 0x1000) → RSDT (0x1100) → MADT (0x1200) with `entries`.
+#[cfg(feature = "ktest")]
+fn fake_tables(buf: &mut [u8; 0x800], entries: &[&[u8]]) {
+    fn fix_checksum(b: &mut [u8], at: usize) {
+        b[at] = 0;
+        let sum = b.iter().fold(0u8, |s, &x| s.wrapping_add(x));
+        b[at] = 0u8.wrapping_sub(sum);
+    }
+    buf.fill(0);
+    let rsdp = &mut buf[0..20];
+    rsdp[..8].copy_from_slice(b"RSD PTR ");
+    rsdp[16..20].copy_from_slice(&0x1100u32.to_le_bytes());
+    fix_checksum(rsdp, 8);
+    let rsdt = &mut buf[0x100..0x100 + 40];
+    rsdt[..4].copy_from_slice(b"RSDT");
+    rsdt[4..8].copy_from_slice(&40u32.to_le_bytes());
+    rsdt[36..40].copy_from_slice(&0x1200u32.to_le_bytes());
+    fix_checksum(rsdt, 9);
+    let mut len = MADT_ENTRIES_OFFSET;
+    for e in entries {
+        buf[0x200 + len..0x200 + len + e.len()].copy_from_slice(e);
+        len += e.len();
+    }
+    let madt = &mut buf[0x200..0x200 + len];
+    madt[..4].copy_from_slice(b"APIC");
+    madt[4..8].copy_from_slice(&(len as u32).to_le_bytes());
+    fix_checksum(madt, 9);
+}
+
+#[cfg(feature = "ktest")]
+const LAPIC_ON: [u8; 8] = [0, 8, 0, 0, 1, 0, 0, 0];
+#[cfg(feature = "ktest")]
+const LAPIC_OFF: [u8; 8] = [0, 8, 1, 1, 0, 0, 0, 0];
+#[cfg(feature = "ktest")]
+const X2APIC_ON: [u8; 16] = [9, 16, 0, 0, 0, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0];
+#[cfg(feature = "ktest")]
+const IOAPIC: [u8; 12] = [1, 12, 0, 0, 0, 0, 0xc0, 0xfe, 0, 0, 0, 0];
+
+crate::ktest!(fn madt_counts_enabled_cpus() {
+    let mut buf = [0u8; 0x800];
+    fake_tables(&mut buf, &[&LAPIC_ON, &IOAPIC, &LAPIC_OFF, &X2APIC_ON, &LAPIC_ON]);
+    let mem = Buf { base: 0x1000, data: &buf };
+    kassert_eq!(cpu_count(&mem, Some(0x1000)), Ok(3));
+    Ok(())
+});
+
+crate::ktest!(fn madt_malformed_is_an_error() {
+    let mut buf = [0u8; 0x800];
+    let mem_of = |buf: &[u8; 0x800]| -> Result<usize, &'static str> {
+        cpu_count(&Buf { base: 0x1000, data: buf }, Some(0x1000))
+    };
+    // An entry of length 0 (would loop forever if trusted) and 1.
+    for bad in [[0u8, 0], [0, 1]] {
+        fake_tables(&mut buf, &[&LAPIC_ON, &bad]);
+        kassert!(mem_of(&buf).is_err());
+    }
+    // An entry running past the table.
+    fake_tables(&mut buf, &[&LAPIC_ON, &[0, 40, 0, 0, 1, 0, 0, 0]]);
+    kassert!(mem_of(&buf).is_err());
+    // No enabled CPU.
+    fake_tables(&mut buf, &[&LAPIC_OFF]);
+    kassert!(mem_of(&buf).is_err());
+    // Bad checksums, bad signature, absurd length.
+    fake_tables(&mut buf, &[&LAPIC_ON]);
+    buf[0x200 + 9] ^= 1;
+    kassert!(mem_of(&buf).is_err());
+    fake_tables(&mut buf, &[&LAPIC_ON]);
+    buf[0] = b'X';
+    kassert!(mem_of(&buf).is_err());
+    fake_tables(&mut buf, &[&LAPIC_ON]);
+    buf[0x100 + 4..0x100 + 8].copy_from_slice(&u32::MAX.to_le_bytes());
+    kassert!(mem_of(&buf).is_err());
+    // Pointer outside the readable range.
+    fake_tables(&mut buf, &[&LAPIC_ON]);
+    kassert!(cpu_count(&Buf { base: 0x1000, data: &buf }, Some(0x5000)).is_err());
+    Ok(())
+});
+
+crate::ktest!(fn machine_reports_at_least_one_cpu() {
+    let n = cpu_count(&super::boot::DirectMap, None);
+    kassert!(matches!(n, Ok(1..)), "{:?}", n);
+    Ok(())
+});

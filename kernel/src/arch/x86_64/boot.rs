@@ -1,0 +1,364 @@
+//! Boot: the Multiboot 1 and 2 headers, the 32-bit entry, the trampoline to
+//! 64-bit long mode in the higher half, and the Rust entry that sets up the
+//! CPU and hands the parsed boot information to [`crate::boot::kernel_main`].
+//!
+//! The loader (QEMU `-kernel`: Multiboot 1 with the a.out kludge; GRUB:
+//! Multiboot 2 with the address and entry tags) copies the image to physical
+//! [`KERNEL_LOAD_PHYS`], zeroes `.bss` and jumps to `keel_entry32` in 32-bit
+//! protected mode with paging off, `eax` = the loader's magic and `ebx` =
+//! the physical address of its information. The 32-bit code:
+//! 1. checks for long mode and NX (else prints a message and exits with
+//!    `EXIT_BOOT_ERROR`);
+//! 2. zeroes `.bss` again (a loader may not have);
+//! 3. builds the boot page tables (all in `.bss.keel_boot`):
+//!    - PML4[256] → the direct map: physical 0..4 GiB in 2 MiB pages,
+//!      read/write, no-execute (the `qemu64` CPU has no 1 GiB pages);
+//!    - PML4[511] → PDPT[510] → one PD → four page tables mapping the
+//!      kernel image (4 KiB pages, per-section permissions, the page under
+//!      the boot stack left unmapped as a guard);
+//!    - PML4[0] → the same PD: the image identity-mapped, only to survive
+//!      turning paging on;
+//! 4. enables PAE, LME, NXE, paging and write protection, loads a minimal
+//!    64-bit GDT and far-returns into 64-bit code.
+//!
+//! The 64-bit code jumps to the higher half, switches to the boot stack,
+//! reloads the GDT through its higher-half address, removes the identity
+//! mapping (PML4[0]) and calls [`keel_boot64`].
+
+use super::{KERNEL_LOAD_PHYS, KERNEL_VMA_OFFSET};
+use crate::bootinfo::multiboot::{self, PhysReader};
+use crate::bootinfo::{BootInfo, BootInfoError, MemoryRegion, RegionKind};
+use keel_abi::harness::EXIT_BOOT_ERROR;
+
+/// Size of the boot CPU's kernel stack.
+pub const BOOT_STACK_SIZE: usize = 64 * 1024;
+
+core::arch::global_asm!(
+    // ---------------------------------------------------------------
+    // Multiboot headers (first in the image: within the first 8 KiB).
+    // ---------------------------------------------------------------
+    ".section .multiboot, \"a\"",
+    ".balign 8",
+    "keel_mb1_header:",
+    ".long 0x1BADB002",                         // magic
+    ".long 0x00010003",                         // page-align modules, memory info, a.out kludge
+    ".long -(0x1BADB002 + 0x00010003)",         // checksum
+    ".long keel_mb1_header - {koff}",           // header_addr
+    ".long __kernel_start_phys",                // load_addr
+    ".long __load_end_phys",                    // load_end_addr
+    ".long __kernel_end_phys",                  // bss_end_addr
+    ".long keel_entry32 - {koff}",              // entry_addr
+    ".balign 8",
+    "keel_mb2_header:",
+    ".long 0xE85250D6",                         // magic
+    ".long 0",                                  // architecture: i386 protected mode
+    ".long keel_mb2_header_end - keel_mb2_header",
+    ".long -(0xE85250D6 + (keel_mb2_header_end - keel_mb2_header))",
+    // Address tag: load the file like the a.out kludge above.
+    ".short 2, 0",
+    ".long 24",
+    ".long keel_mb2_header - {koff}",
+    ".long __kernel_start_phys",
+    ".long __load_end_phys",
+    ".long __kernel_end_phys",
+    // Entry address tag.
+    ".short 3, 0",
+    ".long 12",
+    ".long keel_entry32 - {koff}",
+    ".long 0",                                  // pad to 8 bytes
+    // Module alignment tag: page-align modules.
+    ".short 6, 0",
+    ".long 8",
+    // End tag.
+    ".short 0, 0",
+    ".long 8",
+    "keel_mb2_header_end:",
+    //
+    // ---------------------------------------------------------------
+    // Boot-time data: the trampoline GDT (accessed bits preset, so the
+    // CPU never writes to this read-only page) and the messages.
+    // ---------------------------------------------------------------
+    ".section .rodata.keel_boot, \"a\"",
+    ".balign 16",
+    "keel_boot_gdt:",
+    ".quad 0",
+    ".quad 0x00AF9B000000FFFF",                 // 0x08: 64-bit code, ring 0
+    ".quad 0x00CF93000000FFFF",                 // 0x10: data, ring 0
+    "keel_boot_gdt_end:",
+    ".balign 8",
+    ".short 0",
+    "keel_boot_gdt_ptr32:",
+    ".short keel_boot_gdt_end - keel_boot_gdt - 1",
+    ".long keel_boot_gdt - {koff}",
+    ".balign 8",
+    ".short 0, 0, 0",
+    "keel_boot_gdt_ptr64:",
+    ".short keel_boot_gdt_end - keel_boot_gdt - 1",
+    ".quad keel_boot_gdt",
+    "keel_boot_no_long_mode:",
+    ".asciz \"\\r\\nKeel: this CPU lacks 64-bit long mode or NX; cannot start.\\r\\n\"",
+    //
+    // ---------------------------------------------------------------
+    // Boot page tables and the boot stack (zeroed; page-aligned).
+    // ---------------------------------------------------------------
+    ".section .bss.keel_boot, \"aw\", @nobits",
+    ".balign 4096",
+    ".global keel_boot_pml4",
+    "keel_boot_pml4: .skip 4096",
+    "keel_boot_pdpt_ident: .skip 4096",
+    "keel_boot_pdpt_direct: .skip 4096",
+    "keel_boot_pdpt_kernel: .skip 4096",
+    "keel_boot_pd_direct: .skip 4 * 4096",
+    "keel_boot_pd_kernel: .skip 4096",
+    "keel_boot_pt_kernel: .skip 4 * 4096",
+    ".global keel_boot_stack_guard",
+    "keel_boot_stack_guard: .skip 4096",
+    ".global keel_boot_stack_bottom",
+    "keel_boot_stack_bottom: .skip {stack_size}",
+    ".global keel_boot_stack_top",
+    "keel_boot_stack_top:",
+    //
+    // ---------------------------------------------------------------
+    // 32-bit entry (protected mode, paging off, physical addresses).
+    // ebp = loader magic, esi = information address until the Rust call.
+    // ---------------------------------------------------------------
+    ".section .text.keel_boot32, \"ax\"",
+    ".code32",
+    ".global keel_entry32",
+    "keel_entry32:",
+    "cli",
+    "cld",
+    "mov ebp, eax",
+    "mov esi, ebx",
+    // Long mode and NX are required.
+    "mov eax, 0x80000000",
+    "cpuid",
+    "cmp eax, 0x80000001",
+    "jb 90f",
+    "mov eax, 0x80000001",
+    "cpuid",
+    "test edx, 1 << 29",
+    "jz 90f",
+    "test edx, 1 << 20",
+    "jz 90f",
+    // Zero .bss (page tables and stack included).
+    "mov edi, offset __bss_start_phys",
+    "mov ecx, offset __kernel_end_phys",
+    "sub ecx, edi",
+    "shr ecx, 2",
+    "xor eax, eax",
+    "rep stosd",
+    // PML4: [0] identity (temporary), [256] direct map, [511] kernel.
+    "mov eax, offset keel_boot_pdpt_ident - {koff} + 3",
+    "mov dword ptr [keel_boot_pml4 - {koff}], eax",
+    "mov eax, offset keel_boot_pdpt_direct - {koff} + 3",
+    "mov dword ptr [keel_boot_pml4 - {koff} + 256 * 8], eax",
+    "mov eax, offset keel_boot_pdpt_kernel - {koff} + 3",
+    "mov dword ptr [keel_boot_pml4 - {koff} + 511 * 8], eax",
+    // The kernel PD serves both the identity map (PDPT_ident[0]) and the
+    // higher half (PDPT_kernel[510]): both are physical + constant.
+    "mov eax, offset keel_boot_pd_kernel - {koff} + 3",
+    "mov dword ptr [keel_boot_pdpt_ident - {koff}], eax",
+    "mov dword ptr [keel_boot_pdpt_kernel - {koff} + 510 * 8], eax",
+    // Direct map: PDPT_direct[0..4] → four PDs of 2 MiB pages, RW, NX.
+    "mov eax, offset keel_boot_pd_direct - {koff} + 3",
+    "mov edi, offset keel_boot_pdpt_direct - {koff}",
+    "mov ecx, 4",
+    "2:",
+    "mov dword ptr [edi], eax",
+    "add eax, 4096",
+    "add edi, 8",
+    "dec ecx",
+    "jnz 2b",
+    "mov eax, 0x83",                            // present, writable, 2 MiB page
+    "mov edi, offset keel_boot_pd_direct - {koff}",
+    "mov ecx, 4 * 512",
+    "2:",
+    "mov dword ptr [edi], eax",
+    "mov dword ptr [edi + 4], 0x80000000",      // NX
+    "add eax, 0x200000",
+    "add edi, 8",
+    "dec ecx",
+    "jnz 2b",
+    // Kernel PD[0..4] → the four page tables.
+    "mov eax, offset keel_boot_pt_kernel - {koff} + 3",
+    "mov edi, offset keel_boot_pd_kernel - {koff}",
+    "mov ecx, 4",
+    "2:",
+    "mov dword ptr [edi], eax",
+    "add eax, 4096",
+    "add edi, 8",
+    "dec ecx",
+    "jnz 2b",
+    // Kernel image pages: eax = physical page, edi = its PTE.
+    "mov eax, offset __kernel_start_phys",
+    "mov edi, eax",
+    "shr edi, 9",
+    "add edi, offset keel_boot_pt_kernel - {koff}",
+    "2:",
+    "cmp eax, offset __kernel_end_phys",
+    "jae 5f",
+    "cmp eax, offset keel_boot_stack_guard - {koff}",
+    "je 4f",                                    // the guard page stays unmapped
+    "mov edx, eax",
+    "or edx, 1",                                // present
+    "xor ebx, ebx",
+    "cmp eax, offset __text_end_phys",
+    "jb 3f",                                    // .text: read + execute
+    "mov ebx, 0x80000000",                      // NX
+    "cmp eax, offset __rodata_end_phys",
+    "jb 3f",                                    // .rodata: read-only
+    "or edx, 2",                                // .data, .bss: writable
+    "3:",
+    "mov dword ptr [edi], edx",
+    "mov dword ptr [edi + 4], ebx",
+    "4:",
+    "add eax, 4096",
+    "add edi, 8",
+    "jmp 2b",
+    "5:",
+    // Paging on: CR3, CR4.PAE|OSFXSR|OSXMMEXCPT, EFER.LME|NXE,
+    // CR0.PG|WP|NE|MP|PE with EM clear.
+    "mov eax, offset keel_boot_pml4 - {koff}",
+    "mov cr3, eax",
+    "mov eax, cr4",
+    "or eax, (1 << 5) | (1 << 9) | (1 << 10)",
+    "mov cr4, eax",
+    "mov ecx, 0xC0000080",
+    "rdmsr",
+    "or eax, (1 << 8) | (1 << 11)",
+    "wrmsr",
+    "mov eax, cr0",
+    "and eax, ~(1 << 2)",
+    "or eax, (1 << 31) | (1 << 16) | (1 << 5) | (1 << 1) | 1",
+    "mov cr0, eax",
+    // Now in compatibility mode, running on the identity map.
+    "lgdt [keel_boot_gdt_ptr32 - {koff}]",
+    "mov esp, offset keel_boot_stack_top - {koff}",
+    "mov eax, offset keel_entry64_low - {koff}",
+    "push 0x08",
+    "push eax",
+    "retf",
+    // No long mode: say so on COM1 and exit QEMU with EXIT_BOOT_ERROR.
+    "90:",
+    "mov esi, offset keel_boot_no_long_mode - {koff}",
+    "mov dx, 0x3f8",
+    "91:",
+    "lodsb",
+    "test al, al",
+    "jz 92f",
+    "out dx, al",
+    "jmp 91b",
+    "92:",
+    "mov dx, 0xf4",
+    "mov eax, {boot_error_exit}",
+    "out dx, eax",
+    "93:",
+    "hlt",
+    "jmp 93b",
+    //
+    // ---------------------------------------------------------------
+    // 64-bit code, first on the identity map, then in the higher half.
+    // ---------------------------------------------------------------
+    ".code64",
+    "keel_entry64_low:",
+    "mov ax, 0x10",
+    "mov ds, ax",
+    "mov es, ax",
+    "mov ss, ax",
+    "xor eax, eax",
+    "mov fs, ax",
+    "mov gs, ax",
+    "movabs rax, offset keel_entry64_high",
+    "jmp rax",
+    "keel_entry64_high:",
+    "lea rsp, [rip + keel_boot_stack_top]",
+    "lgdt [rip + keel_boot_gdt_ptr64]",
+    // Drop the identity map and flush it from the TLB.
+    "mov qword ptr [rip + keel_boot_pml4], 0",
+    "mov rax, cr3",
+    "mov cr3, rax",
+    "mov edi, ebp",                             // magic (zero-extended)
+    "mov esi, esi",                             // information address
+    "xor ebp, ebp",                             // ends the frame-pointer chain
+    "call {entry}",
+    "ud2",
+    koff = const KERNEL_VMA_OFFSET,
+    stack_size = const BOOT_STACK_SIZE,
+    boot_error_exit = const (EXIT_BOOT_ERROR - 1) / 2,
+    entry = sym keel_boot64,
+);
+
+unsafe extern "C" {
+    static __kernel_start: u8;
+    static __kernel_end: u8;
+    static keel_boot_stack_guard: u8;
+    static keel_boot_stack_bottom: u8;
+    static keel_boot_stack_top: u8;
+}
+
+/// The boot stack, `[bottom, top)`.
+pub fn boot_stack() -> (usize, usize) {
+    (
+        (&raw const keel_boot_stack_bottom) as usize,
+        (&raw const keel_boot_stack_top) as usize,
+    )
+}
+
+/// The unmapped page under the boot stack.
+pub fn boot_stack_guard() -> usize {
+    (&raw const keel_boot_stack_guard) as usize
+}
+
+/// The kernel image (code, data and `.bss`), virtual `[start, end)`.
+pub fn kernel_image() -> (usize, usize) {
+    ((&raw const __kernel_start) as usize, (&raw const __kernel_end) as usize)
+}
+
+/// Physical memory read through the boot direct map.
+pub struct DirectMap;
+
+impl PhysReader<'static> for DirectMap {
+    fn bytes(&self, addr: u64, len: u64) -> Option<&'static [u8]> {
+        let end = addr.checked_add(len)?;
+        if end > super::BOOT_DIRECT_MAP_SIZE {
+            return None;
+        }
+        // SAFETY: the boot page tables map all of [0, BOOT_DIRECT_MAP_SIZE)
+        // readable at DIRECT_MAP_BASE + physical, so the whole range is
+        // mapped. The slices are only used for the firmware and boot-loader
+        // structures, which nothing writes to while the kernel reads them
+        // (their memory is reserved as boot information in the memory map).
+        Some(unsafe { core::slice::from_raw_parts(super::phys_to_virt(addr) as *const u8, len as usize) })
+    }
+}
+
+/// The Rust entry, called once by the trampoline on the boot stack with
+/// the loader's `magic` and the physical address of its information.
+extern "C" fn keel_boot64(magic: u32, info: u32) -> ! {
+    super::serial::init();
+    super::cpu::init();
+    // Early warnings (e.g. from the ACPI scan) are printed at the default
+    // level; `kernel_main` applies the command line's `log=` later.
+    crate::console::init_logger(crate::cmdline::LogLevel::Info);
+    crate::boot::kernel_main(boot_info(magic, info))
+}
+
+fn boot_info(magic: u32, info: u32) -> Result<BootInfo<'static>, BootInfoError> {
+    let (start, end) = kernel_image();
+    let kernel = MemoryRegion {
+        start: (start - KERNEL_VMA_OFFSET) as u64,
+        end: (end - KERNEL_VMA_OFFSET) as u64,
+        kind: RegionKind::Kernel,
+    };
+    debug_assert_eq!(kernel.start, KERNEL_LOAD_PHYS);
+    let mb = multiboot::parse(magic, info.into(), &DirectMap, kernel)?;
+    let cpu_count = match super::acpi::cpu_count(&DirectMap, mb.rsdp) {
+        Ok(n) => n,
+        Err(why) => {
+            log::warn!("ACPI: {why}; assuming 1 CPU");
+            1
+        }
+    };
+    Ok(BootInfo { protocol: mb.protocol, memory: mb.memory, cmdline: mb.cmdline, cpu_count })
+}

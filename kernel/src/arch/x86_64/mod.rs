@@ -1,0 +1,118 @@
+//! The x86_64 architecture layer: Multiboot entry and the 32→64-bit
+//! trampoline (`boot`), GDT/TSS (`cpu`), IDT and trap dispatch (`trap`),
+//! the COM1 console (`serial`) and the ACPI CPU count (`acpi`).
+//!
+//! Memory layout kept by this module (48-bit virtual addresses):
+//! - physical `P` in the first [`BOOT_DIRECT_MAP_SIZE`] bytes is mapped
+//!   read/write, no-execute at [`DIRECT_MAP_BASE`]` + P`;
+//! - the kernel image, loaded at physical 1 MiB, runs at
+//!   [`KERNEL_VMA_OFFSET`]` + P` with `.text` read/execute, `.rodata`
+//!   read-only and `.data`/`.bss` read/write no-execute;
+//! - nothing else is mapped: the lower half (user space later) is empty
+//!   once the boot trampoline has left its identity mapping.
+//!
+//! Interrupts stay masked (the kernel is not preemptible); only exceptions
+//! arrive, through the IDT set up before any Rust code beyond the entry runs.
+
+mod acpi;
+mod boot;
+mod cpu;
+mod serial;
+mod trap;
+
+pub use trap::print_backtrace;
+
+/// Architecture name printed in the boot banner.
+pub const NAME: &str = "x86_64";
+
+/// Virtual address of physical address 0 in the direct map.
+pub const DIRECT_MAP_BASE: usize = 0xffff_8000_0000_0000;
+/// How much physical address space the boot page tables direct-map.
+pub const BOOT_DIRECT_MAP_SIZE: u64 = 4 << 30;
+/// Virtual minus physical address of the kernel image.
+pub const KERNEL_VMA_OFFSET: usize = 0xffff_ffff_8000_0000;
+/// Physical address the kernel image is linked to be loaded at.
+pub const KERNEL_LOAD_PHYS: u64 = 0x10_0000;
+
+/// The direct-map address of physical address `p` (meaningful for
+/// `p < BOOT_DIRECT_MAP_SIZE` until the memory manager maps more).
+pub const fn phys_to_virt(p: u64) -> usize {
+    DIRECT_MAP_BASE + p as usize
+}
+
+/// Writes bytes to the serial console (polled).
+pub fn console_write(bytes: &[u8]) {
+    serial::write(bytes);
+}
+
+/// I/O port of QEMU's `isa-debug-exit` device
+/// (`-device isa-debug-exit,iobase=0xf4,iosize=0x04`).
+const DEBUG_EXIT_PORT: u16 = 0xf4;
+
+/// Makes QEMU exit with `status` (odd: the device exits with
+/// `(value << 1) | 1`); halts if the device is absent.
+pub fn exit(status: i32) -> ! {
+    let value = (status as u32).wrapping_sub(1) / 2;
+    let mut port = x86_64::instructions::port::Port::<u32>::new(DEBUG_EXIT_PORT);
+    // SAFETY: port 0xf4 is QEMU's debug-exit device, or unused on other
+    // machines; a write has no effect on memory.
+    unsafe { port.write(value) };
+    halt()
+}
+
+/// Masks interrupts and stops this CPU forever.
+pub fn halt() -> ! {
+    loop {
+        // SAFETY: `cli; hlt` only stops the CPU; nothing wakes it but an
+        // NMI, after which the loop halts again.
+        unsafe { core::arch::asm!("cli", "hlt", options(nomem, nostack)) };
+    }
+}
+
+/// The time-stamp counter: once per guest instruction under QEMU
+/// `-icount shift=0`.
+#[inline]
+pub fn cycle_counter() -> u64 {
+    let (lo, hi): (u32, u32);
+    // SAFETY: rdtsc only reads the TSC (CR4.TSD is clear, and we are at
+    // CPL 0 anyway).
+    unsafe { core::arch::asm!("rdtsc", out("eax") lo, out("edx") hi, options(nomem, nostack)) };
+    (u64::from(hi) << 32) | u64::from(lo)
+}
+
+unsafe extern "C" {
+    /// `int3; ret` (in `trap.rs`'s assembly).
+    fn keel_breakpoint();
+    /// The `int3` instruction inside `keel_breakpoint`.
+    static keel_breakpoint_site: u8;
+    /// Returns the byte at `addr` zero-extended, or `u64::MAX` if reading
+    /// it faulted (the load is listed in the exception-fixup table).
+    fn keel_probe_read(addr: usize) -> u64;
+}
+
+/// Executes `int3` at [`breakpoint_site`]; the trap handler records it and
+/// resumes after it.
+pub fn breakpoint() {
+    // SAFETY: `keel_breakpoint` clobbers nothing (it is `int3; ret`, and
+    // the #BP handler preserves every register) and follows the C ABI.
+    unsafe { keel_breakpoint() }
+}
+
+/// The address of the `int3` that [`breakpoint`] executes.
+pub fn breakpoint_site() -> usize {
+    (&raw const keel_breakpoint_site) as usize
+}
+
+/// Reads the byte at `addr`; a fault is recorded and returned instead of
+/// crashing the kernel.
+pub fn probe_read(addr: usize) -> Result<u8, crate::trap::TrapRecord> {
+    // SAFETY: the routine's only load is listed in the exception-fixup
+    // table, so any fault on it resumes at the fixup, which returns
+    // u64::MAX; it follows the C ABI.
+    let value = unsafe { keel_probe_read(addr) };
+    match u8::try_from(value) {
+        Ok(byte) => Ok(byte),
+        // The trap handler recorded the fault before resuming at the fixup.
+        Err(_) => Err(trap::last_fixup()),
+    }
+}

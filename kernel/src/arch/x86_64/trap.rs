@@ -1,0 +1,385 @@
+//! Traps: the IDT, the assembly entry stubs, the trap frame, and the one
+//! Rust dispatcher every vector goes through. Also the exception-fixup
+//! table, the breakpoint and probe routines, and frame-pointer backtraces.
+//!
+//! Every one of the 256 vectors has a 16-byte stub that pushes a zero
+//! error code where the CPU pushes none, then the vector number, and jumps
+//! to `keel_trap_common`, which saves all general-purpose registers into a
+//! [`TrapFrame`] on the stack and calls [`keel_trap_dispatch`]. Whatever the
+//! dispatcher leaves in the frame is restored by `iretq`, so a handler
+//! resumes elsewhere by editing `frame.rip` (the fixup table) and the
+//! syscall / user-mode work can reuse the same frame.
+//!
+//! Invariants: all gates are ring-0 interrupt gates (interrupts stay
+//! masked in handlers); double faults run on IST1 and NMIs on IST2 (see
+//! `cpu.rs`); the backtrace reads a frame record only after checking that it
+//! lies inside a known kernel stack, so a corrupt chain cannot fault.
+
+use super::cpu::{DOUBLE_FAULT_STACK, IST_DOUBLE_FAULT, IST_NMI, KERNEL_CS, NMI_STACK};
+use crate::trap::{TrapCause, TrapRecord};
+use spin::{Mutex, Once};
+use x86_64::VirtAddr;
+use x86_64::instructions::tables::lidt;
+use x86_64::structures::DescriptorTablePointer;
+
+/// The registers saved on every trap, lowest address first.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct TrapFrame {
+    pub r15: u64,
+    pub r14: u64,
+    pub r13: u64,
+    pub r12: u64,
+    pub r11: u64,
+    pub r10: u64,
+    pub r9: u64,
+    pub r8: u64,
+    pub rbp: u64,
+    pub rdi: u64,
+    pub rsi: u64,
+    pub rdx: u64,
+    pub rcx: u64,
+    pub rbx: u64,
+    pub rax: u64,
+    /// Pushed by the stub.
+    pub vector: u64,
+    /// Pushed by the CPU, or 0 by the stub.
+    pub error_code: u64,
+    /// The interrupt frame the CPU pushed.
+    pub rip: u64,
+    pub cs: u64,
+    pub rflags: u64,
+    pub rsp: u64,
+    pub ss: u64,
+}
+
+core::arch::global_asm!(
+    ".section .text.keel_trap, \"ax\"",
+    ".balign 16",
+    ".global keel_trap_stubs",
+    "keel_trap_stubs:",
+    ".set keel_vec, 0",
+    ".rept 256",
+    ".balign 16",
+    // Push a zero unless the CPU pushes an error code for this vector.
+    ".if !(keel_vec == 8 || (keel_vec >= 10 && keel_vec <= 14) || keel_vec == 17 || keel_vec == 21 || keel_vec == 29 || keel_vec == 30)",
+    "pushq $0",
+    ".endif",
+    "pushq $keel_vec",
+    "jmp keel_trap_common",
+    ".set keel_vec, keel_vec + 1",
+    ".endr",
+    // Fails to assemble (.org cannot move backwards) if a stub outgrew its
+    // 16 bytes; the IDT relies on stub N being at keel_trap_stubs + 16 * N.
+    ".balign 16",
+    ".org keel_trap_stubs + 256 * 16",
+    //
+    "keel_trap_common:",
+    "pushq %rax",
+    "pushq %rbx",
+    "pushq %rcx",
+    "pushq %rdx",
+    "pushq %rsi",
+    "pushq %rdi",
+    "pushq %rbp",
+    "pushq %r8",
+    "pushq %r9",
+    "pushq %r10",
+    "pushq %r11",
+    "pushq %r12",
+    "pushq %r13",
+    "pushq %r14",
+    "pushq %r15",
+    "cld",
+    // The CPU aligned the stack to 16 before pushing its 5-word frame;
+    // with the 2 stub words and 15 registers rsp is 16-byte aligned again.
+    "movq %rsp, %rdi",
+    "call {dispatch}",
+    "popq %r15",
+    "popq %r14",
+    "popq %r13",
+    "popq %r12",
+    "popq %r11",
+    "popq %r10",
+    "popq %r9",
+    "popq %r8",
+    "popq %rbp",
+    "popq %rdi",
+    "popq %rsi",
+    "popq %rdx",
+    "popq %rcx",
+    "popq %rbx",
+    "popq %rax",
+    "addq $16, %rsp",
+    "iretq",
+    //
+    // `int3; ret`: the in-kernel breakpoint (see `arch::breakpoint`).
+    ".global keel_breakpoint",
+    ".global keel_breakpoint_site",
+    "keel_breakpoint:",
+    "keel_breakpoint_site:",
+    "int3",
+    "ret",
+    //
+    // u64 keel_probe_read(addr): the byte at addr, or u64::MAX on a fault.
+    ".global keel_probe_read",
+    "keel_probe_read:",
+    "1:",
+    "movzbl (%rdi), %eax",
+    "ret",
+    "2:",
+    "movq $-1, %rax",
+    "ret",
+    ".pushsection __ex_table, \"a\"",
+    ".balign 8",
+    ".quad 1b, 2b",
+    ".popsection",
+    dispatch = sym keel_trap_dispatch,
+    options(att_syntax),
+);
+
+unsafe extern "C" {
+    static keel_trap_stubs: u8;
+    static __ex_table_start: FixupEntry;
+    static __ex_table_end: FixupEntry;
+}
+
+/// One exception-fixup table entry: a fault at `fault_pc` in kernel mode
+/// resumes at `fixup_pc`.
+#[repr(C)]
+struct FixupEntry {
+    fault_pc: usize,
+    fixup_pc: usize,
+}
+
+fn fixup_table() -> &'static [FixupEntry] {
+    let start = &raw const __ex_table_start;
+    let end = &raw const __ex_table_end;
+    let len = (end as usize - start as usize) / core::mem::size_of::<FixupEntry>();
+    // SAFETY: the linker script gathers every `__ex_table` entry (pairs of
+    // 8-byte-aligned code addresses emitted by the assembly above) between
+    // these symbols, in read-only memory that lives for the whole run.
+    unsafe { core::slice::from_raw_parts(start, len) }
+}
+
+fn find_fixup(pc: u64) -> Option<u64> {
+    fixup_table().iter().find(|e| e.fault_pc as u64 == pc).map(|e| e.fixup_pc as u64)
+}
+
+/// One IDT gate descriptor.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Gate {
+    offset_low: u16,
+    selector: u16,
+    ist: u8,
+    type_attr: u8,
+    offset_mid: u16,
+    offset_high: u32,
+    reserved: u32,
+}
+
+/// Present, DPL 0, 64-bit interrupt gate (clears IF on entry).
+const INTERRUPT_GATE: u8 = 0x8e;
+
+impl Gate {
+    fn new(handler: u64, ist: u8) -> Gate {
+        Gate {
+            offset_low: handler as u16,
+            selector: KERNEL_CS,
+            ist,
+            type_attr: INTERRUPT_GATE,
+            offset_mid: (handler >> 16) as u16,
+            offset_high: (handler >> 32) as u32,
+            reserved: 0,
+        }
+    }
+}
+
+#[repr(C, align(16))]
+struct Idt([Gate; 256]);
+
+static IDT: Once<Idt> = Once::new();
+
+/// Builds and loads the IDT: every vector goes to its stub.
+pub fn init() {
+    let idt = IDT.call_once(|| {
+        let stubs = (&raw const keel_trap_stubs) as u64;
+        Idt(core::array::from_fn(|vector| {
+            let ist = match vector {
+                2 => IST_NMI,
+                8 => IST_DOUBLE_FAULT,
+                _ => 0,
+            };
+            Gate::new(stubs + 16 * vector as u64, ist)
+        }))
+    });
+    let ptr = DescriptorTablePointer {
+        limit: (core::mem::size_of::<Idt>() - 1) as u16,
+        base: VirtAddr::from_ptr(idt),
+    };
+    // SAFETY: the IDT lives in a static for the rest of the run and each
+    // gate points at a stub in the kernel's code segment.
+    unsafe { lidt(&ptr) };
+}
+
+/// The last fault resumed through the fixup table (what `probe_read`
+/// returns as its error).
+static LAST_FIXUP: Mutex<TrapRecord> = Mutex::new(TrapRecord { cause: TrapCause::Other(0), pc: 0 });
+
+pub fn last_fixup() -> TrapRecord {
+    *LAST_FIXUP.lock()
+}
+
+const VEC_DIVIDE: u64 = 0;
+const VEC_NMI: u64 = 2;
+const VEC_BREAKPOINT: u64 = 3;
+const VEC_INVALID_OPCODE: u64 = 6;
+const VEC_DOUBLE_FAULT: u64 = 8;
+const VEC_GENERAL_PROTECTION: u64 = 13;
+const VEC_PAGE_FAULT: u64 = 14;
+const VEC_MACHINE_CHECK: u64 = 18;
+
+/// Page-fault error code bits.
+const PF_WRITE: u64 = 1 << 1;
+const PF_INSTRUCTION: u64 = 1 << 4;
+
+/// Called by `keel_trap_common` for every trap, with the saved registers.
+extern "C" fn keel_trap_dispatch(frame: &mut TrapFrame) {
+    // Read CR2 first: nothing below may fault, but be certain.
+    let cr2 = x86_64::registers::control::Cr2::read_raw();
+    let pc = frame.rip as usize;
+    let cause = match frame.vector {
+        VEC_BREAKPOINT => {
+            // #BP is a trap: rip is after the one-byte int3.
+            let pc = pc.wrapping_sub(1);
+            crate::trap::record(TrapRecord { cause: TrapCause::Breakpoint, pc });
+            return;
+        }
+        VEC_PAGE_FAULT => TrapCause::PageFault {
+            addr: cr2 as usize,
+            write: frame.error_code & PF_WRITE != 0,
+            exec: frame.error_code & PF_INSTRUCTION != 0,
+        },
+        VEC_DIVIDE => TrapCause::DivideError,
+        VEC_INVALID_OPCODE => TrapCause::IllegalInstruction,
+        VEC_NMI => TrapCause::Machine("NMI"),
+        VEC_DOUBLE_FAULT => TrapCause::Machine("double fault"),
+        VEC_MACHINE_CHECK => TrapCause::Machine("machine check"),
+        v => TrapCause::Other(v),
+    };
+    let record = TrapRecord { cause, pc };
+    // Faults at a listed kernel PC (a #PF, or a #GP from a non-canonical
+    // address) resume at the fixup.
+    let kernel_mode = frame.cs & 3 == 0;
+    if kernel_mode && matches!(frame.vector, VEC_PAGE_FAULT | VEC_GENERAL_PROTECTION) {
+        if let Some(fixup) = find_fixup(frame.rip) {
+            *LAST_FIXUP.lock() = record;
+            crate::trap::record(record);
+            frame.rip = fixup;
+            return;
+        }
+    }
+    let frame = &*frame;
+    crate::trap::fatal(record, || dump_registers(frame, cr2), || backtrace_from(frame.rbp as usize, 1))
+}
+
+fn dump_registers(f: &TrapFrame, cr2: u64) {
+    let (cr0, cr3, cr4): (u64, u64, u64);
+    // SAFETY: reading control registers at CPL 0 has no side effects.
+    unsafe {
+        core::arch::asm!("mov {}, cr0", out(reg) cr0, options(nomem, nostack));
+        core::arch::asm!("mov {}, cr3", out(reg) cr3, options(nomem, nostack));
+        core::arch::asm!("mov {}, cr4", out(reg) cr4, options(nomem, nostack));
+    }
+    let efer = x86_64::registers::model_specific::Efer::read_raw();
+    kprintln!("vector {} error code {:#x}", f.vector, f.error_code);
+    kprintln!("rax {:#018x} rbx {:#018x} rcx {:#018x} rdx {:#018x}", f.rax, f.rbx, f.rcx, f.rdx);
+    kprintln!("rsi {:#018x} rdi {:#018x} rbp {:#018x} rsp {:#018x}", f.rsi, f.rdi, f.rbp, f.rsp);
+    kprintln!("r8  {:#018x} r9  {:#018x} r10 {:#018x} r11 {:#018x}", f.r8, f.r9, f.r10, f.r11);
+    kprintln!("r12 {:#018x} r13 {:#018x} r14 {:#018x} r15 {:#018x}", f.r12, f.r13, f.r14, f.r15);
+    kprintln!("rip {:#018x} rflags {:#010x} cs {:#06x} ss {:#06x}", f.rip, f.rflags, f.cs, f.ss);
+    kprintln!("cr0 {cr0:#010x} cr2 {cr2:#018x} cr3 {cr3:#010x} cr4 {cr4:#010x} efer {efer:#x}");
+    let guard = super::boot::boot_stack_guard() as u64;
+    if (guard..guard + 4096).contains(&cr2) || (guard..guard + 4096).contains(&f.rsp) {
+        kprintln!("kernel stack overflow: the fault hit the boot stack's guard page");
+    }
+}
+
+/// Whether `[addr, addr + 16)` lies inside one of the kernel's stacks.
+fn on_kernel_stack(addr: usize) -> bool {
+    let Some(end) = addr.checked_add(16) else { return false };
+    [super::boot::boot_stack(), DOUBLE_FAULT_STACK.range(), NMI_STACK.range()]
+        .iter()
+        .any(|&(lo, hi)| lo <= addr && end <= hi)
+}
+
+/// Prints the frame-pointer chain starting at `fp`, numbering from `first`.
+fn backtrace_from(fp: usize, first: usize) {
+    let mut i = first;
+    super::super::walk_frames(
+        fp,
+        |fp| {
+            if !on_kernel_stack(fp) {
+                return None;
+            }
+            let record = fp as *const usize;
+            // SAFETY: `fp..fp + 16` is inside a kernel stack (checked just
+            // above), which is always mapped and readable; the values read
+            // are only printed, never trusted as pointers without the same
+            // check.
+            Some(unsafe { (record.read(), record.add(1).read()) })
+        },
+        |ret| {
+            kprintln!("  {}{} {:#x}", keel_abi::harness::FRAME_PREFIX, i, ret);
+            i += 1;
+        },
+    );
+}
+
+/// Prints the current call chain (used by the panic handler).
+pub fn print_backtrace() {
+    let fp: usize;
+    // SAFETY: copying rbp into a register has no side effects.
+    unsafe { core::arch::asm!("mov {}, rbp", out(reg) fp, options(nomem, nostack, preserves_flags)) };
+    backtrace_from(fp, 0);
+}
+
+crate::ktest!(fn fixup_table_lists_probe_read() {
+    kassert!(!fixup_table().is_empty());
+    Ok(())
+});
+
+crate::ktest!(fn probe_of_non_canonical_address_is_reported() {
+    let rec = crate::arch::probe_read(0x8000_0000_0000_0000);
+    kassert!(matches!(rec, Err(TrapRecord { cause: TrapCause::Other(13), .. })), "{:?}", rec);
+    Ok(())
+});
+
+crate::ktest!(fn unlisted_pc_has_no_fixup() {
+    kassert_eq!(find_fixup(print_backtrace as usize as u64), None);
+    Ok(())
+});
+
+crate::ktest!(fn identity_map_is_gone_and_direct_map_works() {
+    // The image's physical address was identity-mapped during boot only.
+    kassert!(crate::arch::probe_read(super::KERNEL_LOAD_PHYS as usize).is_err());
+    let (start, _) = super::boot::kernel_image();
+    let phys = (start - super::KERNEL_VMA_OFFSET) as u64;
+    kassert_eq!(crate::arch::probe_read(super::phys_to_virt(phys)), crate::arch::probe_read(start));
+    Ok(())
+});
+
+crate::ktest!(fn boot_stack_has_guard_below_it() {
+    let guard = super::boot::boot_stack_guard();
+    let (bottom, top) = super::boot::boot_stack();
+    kassert_eq!(guard + 4096, bottom);
+    kassert!(top - bottom >= 64 * 1024);
+    let rec = crate::arch::probe_read(guard);
+    kassert!(
+        matches!(rec, Err(TrapRecord { cause: TrapCause::PageFault { addr, write: false, exec: false }, .. }) if addr == guard),
+        "{:?}",
+        rec
+    );
+    Ok(())
+});

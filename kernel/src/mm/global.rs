@@ -1,0 +1,165 @@
+//! The kernel's global frame allocator, built at boot from the memory map.
+//!
+//! Invariant: after [`init`], `FRAMES` holds an allocator whose metadata
+//! lives in physical memory that the allocator itself never hands out.
+
+use super::frame::{FRAME_SIZE, FrameAllocator, FrameMeta, Pfn, ZoneRequest};
+use crate::bootinfo::MemoryMap;
+use spin::Mutex;
+
+/// The boot page tables map this much physical memory in the direct map;
+/// RAM above it is left unused until the kernel builds its own tables.
+pub const DIRECT_MAP_BOOT_LIMIT: u64 = 4 << 30;
+
+static FRAMES: Mutex<Option<FrameAllocator<'static>>> = Mutex::new(None);
+
+/// Why the frame allocator could not be set up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MmInitError {
+    /// No usable region is large enough for the allocator's metadata.
+    NoRoomForMetadata,
+    /// The allocator rejected the memory map.
+    Allocator(super::frame::InitError),
+}
+
+/// Builds the global frame allocator from `map`. Called once, at boot.
+pub fn init(map: &MemoryMap) -> Result<(), MmInitError> {
+    let usable = || {
+        map.usable()
+            .filter(|r| r.start < DIRECT_MAP_BOOT_LIMIT)
+            .map(|r| (r.start, r.end.min(DIRECT_MAP_BOOT_LIMIT)))
+    };
+    let lo = usable().map(|(s, _)| s).min().unwrap_or(0) / FRAME_SIZE;
+    let hi = usable().map(|(_, e)| e).max().unwrap_or(0) / FRAME_SIZE;
+    let frames = hi.saturating_sub(lo);
+    let (meta_len, bitmap_len) = FrameAllocator::metadata_len(frames);
+    let meta_bytes = (meta_len * FrameMeta::SIZE).next_multiple_of(8);
+    let need = (meta_bytes + bitmap_len * 8) as u64;
+    let need = need.next_multiple_of(FRAME_SIZE);
+    let (carve_start, _) = usable()
+        .find(|(s, e)| e - s >= need)
+        .ok_or(MmInitError::NoRoomForMetadata)?;
+    let base = crate::arch::phys_to_virt(carve_start);
+    // SAFETY: `[carve_start, carve_start + need)` is usable RAM from the
+    // firmware memory map, below the boot direct-map limit, so it is mapped
+    // read-write at `base`. Nothing else uses it: it is excluded from the
+    // allocator below, and `init` runs once at boot before any other
+    // allocation. `base` is page-aligned, so both slices are aligned for
+    // their element types (FrameMeta needs 4, u64 needs 8, and `meta_bytes`
+    // is a multiple of 8).
+    let (meta, bitmap) = unsafe {
+        (
+            core::slice::from_raw_parts_mut(base as *mut FrameMeta, meta_len),
+            core::slice::from_raw_parts_mut((base + meta_bytes) as *mut u64, bitmap_len),
+        )
+    };
+    let mut alloc = FrameAllocator::new(lo, meta, bitmap).map_err(MmInitError::Allocator)?;
+    for (s, e) in usable() {
+        // Skip the metadata carve-out.
+        let (s, e) = if s == carve_start { (s + need, e) } else { (s, e) };
+        alloc.add_free(s, e, 0).map_err(MmInitError::Allocator)?;
+    }
+    *FRAMES.lock() = Some(alloc);
+    Ok(())
+}
+
+/// Allocates `2^order` contiguous frames; returns the first frame's
+/// physical address.
+pub fn alloc_frames(order: usize, zone: ZoneRequest) -> Option<u64> {
+    FRAMES
+        .lock()
+        .as_mut()?
+        .alloc(order, zone, None)
+        .map(|pfn| pfn * FRAME_SIZE)
+}
+
+/// Frees a block from [`alloc_frames`].
+pub fn free_frames(phys: u64, order: usize) -> Result<(), super::frame::FreeError> {
+    let pfn: Pfn = phys / FRAME_SIZE;
+    match FRAMES.lock().as_mut() {
+        Some(a) => a.free(pfn, order),
+        None => Err(super::frame::FreeError::OutOfRange),
+    }
+}
+
+/// `(total, free, peak used)` frames, or `None` before [`init`].
+pub fn frame_stats() -> Option<(u64, u64, u64)> {
+    let guard = FRAMES.lock();
+    let a = guard.as_ref()?;
+    Some((a.total_frames(), a.free_frames(), a.peak_used_frames()))
+}
+
+/// Prints the allocator's statistics: totals, per zone, per order.
+pub fn print_stats() {
+    let guard = FRAMES.lock();
+    let Some(a) = guard.as_ref() else { return };
+    kprintln!(
+        "frames: {} total ({} MiB), {} free, peak used {}",
+        a.total_frames(),
+        a.total_frames() * FRAME_SIZE >> 20,
+        a.free_frames(),
+        a.peak_used_frames()
+    );
+    for z in a.zone_stats() {
+        kprint!(
+            "  zone {:?} node {}: {} frames, {} free; free blocks by order:",
+            z.kind, z.node, z.total_frames, z.free_frames
+        );
+        for n in z.free_blocks {
+            kprint!(" {n}");
+        }
+        kprintln!();
+    }
+}
+
+crate::ktest!(fn freed_frame_is_reusable() {
+    let Some((_, free_before, _)) = frame_stats() else {
+        kassert!(false, "frame allocator not initialised");
+        return Ok(());
+    };
+    let a = alloc_frames(0, ZoneRequest::Any);
+    kassert!(a.is_some());
+    let a = a.unwrap_or(0);
+    kassert_eq!(frame_stats().map(|s| s.1), Some(free_before - 1));
+    // The frame is real memory: write and read it through the direct map.
+    let va = crate::arch::phys_to_virt(a) as *mut u64;
+    // SAFETY: `a` is a frame we own, mapped read-write by the direct map.
+    unsafe {
+        va.write_volatile(0x1234_5678_9abc_def0);
+        kassert_eq!(va.read_volatile(), 0x1234_5678_9abc_def0);
+    }
+    kassert_eq!(free_frames(a, 0), Ok(()));
+    kassert_eq!(free_frames(a, 0), Err(super::frame::FreeError::NotAllocated));
+    kassert_eq!(frame_stats().map(|s| s.1), Some(free_before));
+    kassert_eq!(alloc_frames(0, ZoneRequest::Any), Some(a));
+    kassert_eq!(free_frames(a, 0), Ok(()));
+    Ok(())
+});
+
+crate::ktest!(fn dma_zone_and_large_blocks() {
+    let d = alloc_frames(2, ZoneRequest::Dma);
+    kassert!(d.is_some_and(|p| p + 4 * FRAME_SIZE <= super::frame::DMA_LIMIT) || d.is_none());
+    if let Some(d) = d {
+        kassert_eq!(free_frames(d, 2), Ok(()));
+    }
+    let big = alloc_frames(super::frame::MAX_ORDER, ZoneRequest::Any);
+    kassert!(big.is_some_and(|p| p % (FRAME_SIZE << super::frame::MAX_ORDER) == 0));
+    kassert_eq!(free_frames(big.unwrap_or(0), super::frame::MAX_ORDER), Ok(()));
+    Ok(())
+});
+
+crate::kbench!(fn frame_alloc_free_order0(iters: u64) {
+    for _ in 0..iters {
+        if let Some(p) = alloc_frames(0, ZoneRequest::Any) {
+            let _ = free_frames(core::hint::black_box(p), 0);
+        }
+    }
+}, iters = 500);
+
+crate::kbench!(fn frame_alloc_free_order4(iters: u64) {
+    for _ in 0..iters {
+        if let Some(p) = alloc_frames(4, ZoneRequest::Any) {
+            let _ = free_frames(core::hint::black_box(p), 4);
+        }
+    }
+}, iters = 500);
