@@ -92,7 +92,7 @@ unsafe fn linker_array<T>(start: *const T, end: *const T) -> &'static [T] {
 /// after 32 frames, on a null or non-increasing frame pointer.
 pub fn walk_frames(mut fp: usize, next: impl Fn(usize) -> Option<(usize, usize)>, mut f: impl FnMut(usize)) {
     for _ in 0..32 {
-        if fp == 0 || fp % core::mem::align_of::<usize>() != 0 {
+        if fp == 0 || !fp.is_multiple_of(core::mem::align_of::<usize>()) {
             return;
         }
         let Some((caller_fp, ret)) = next(fp) else { return };

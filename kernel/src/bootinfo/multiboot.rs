@@ -62,7 +62,9 @@ pub fn parse<'a>(
     kernel: MemoryRegion,
 ) -> Result<Multiboot<'a>, BootInfoError> {
     if info == 0 && (magic == MB1_BOOTLOADER_MAGIC || magic == MB2_BOOTLOADER_MAGIC) {
-        return Err(BootInfoError::Missing("Multiboot information pointer is null"));
+        return Err(BootInfoError::Missing(
+            "Multiboot information pointer is null",
+        ));
     }
     let mut raw = RawRegions::new();
     push(&mut raw, kernel)?;
@@ -122,9 +124,9 @@ fn region_kind(ty: u32) -> RegionKind {
 /// at most [`MAX_STRING`] bytes far.
 fn c_string<'a>(mem: &impl PhysReader<'a>, addr: u64) -> Result<&'a [u8], BootInfoError> {
     for len in 0..MAX_STRING as u64 {
-        let at = addr
-            .checked_add(len)
-            .ok_or(BootInfoError::Truncated("string runs off the address space"))?;
+        let at = addr.checked_add(len).ok_or(BootInfoError::Truncated(
+            "string runs off the address space",
+        ))?;
         let byte = mem
             .bytes(at, 1)
             .ok_or(BootInfoError::Truncated("string runs off readable memory"))?;
@@ -147,7 +149,9 @@ fn c_string_in(b: &[u8]) -> Result<&[u8], BootInfoError> {
 }
 
 /// Drops the first word (the kernel image path) of a Multiboot 1 command
-/// line: QEMU and GRUB both pass "<image> <arguments>".
+/// line. QEMU's `-kernel` (and GRUB Legacy, SYSLINUX) pass
+/// "<image> <arguments>"; GRUB 2's `multiboot` command passes only the
+/// arguments, so the caller skips this for it.
 fn strip_image_path(cmdline: &[u8]) -> &[u8] {
     let rest = match cmdline.iter().position(|&c| c == b' ') {
         Some(i) => cmdline.get(i..).unwrap_or_default(),
@@ -162,6 +166,7 @@ const MB1_MEM: u32 = 1 << 0;
 const MB1_CMDLINE: u32 = 1 << 2;
 const MB1_MODS: u32 = 1 << 3;
 const MB1_MMAP: u32 = 1 << 6;
+const MB1_LOADER_NAME: u32 = 1 << 9;
 /// For each flag bit, the end offset of the fields it makes valid.
 const MB1_FIELD_END: [u64; 13] = [12, 16, 20, 28, 44, 44, 52, 60, 64, 68, 72, 88, 116];
 
@@ -185,7 +190,11 @@ fn parse_mb1<'a>(
         .bytes(info, len)
         .ok_or(BootInfoError::Truncated("Multiboot information structure"))?;
     reserve(raw, info, len)?;
-    let field = |off| u32_at(mbi, off).map(u64::from).ok_or(BootInfoError::Truncated("field"));
+    let field = |off| {
+        u32_at(mbi, off)
+            .map(u64::from)
+            .ok_or(BootInfoError::Truncated("field"))
+    };
 
     if flags & MB1_MMAP != 0 {
         let (length, addr) = (field(44)?, field(48)?);
@@ -195,7 +204,9 @@ fn parse_mb1<'a>(
         push_usable(raw, 0, lower_kib * 1024)?;
         push_usable(raw, 1 << 20, upper_kib * 1024)?;
     } else {
-        return Err(BootInfoError::Missing("Multiboot 1 memory map (flags bits 0 and 6 clear)"));
+        return Err(BootInfoError::Missing(
+            "Multiboot 1 memory map (flags bits 0 and 6 clear)",
+        ));
     }
 
     if flags & MB1_MODS != 0 {
@@ -221,13 +232,23 @@ fn parse_mb1<'a>(
         }
     }
 
+    let mut loader: &[u8] = &[];
+    if flags & MB1_LOADER_NAME != 0 {
+        let addr = field(64)?;
+        loader = c_string(mem, addr)?;
+        reserve(raw, addr, loader.len() as u64 + 1)?;
+    }
     if flags & MB1_CMDLINE == 0 {
         return Ok(&[]);
     }
     let addr = field(16)?;
     let cmdline = c_string(mem, addr)?;
     reserve(raw, addr, cmdline.len() as u64 + 1)?;
-    Ok(strip_image_path(cmdline))
+    if loader.starts_with(b"GRUB 2") {
+        Ok(cmdline)
+    } else {
+        Ok(strip_image_path(cmdline))
+    }
 }
 
 fn push_usable(raw: &mut RawRegions, start: u64, len: u64) -> Result<(), BootInfoError> {
@@ -240,7 +261,14 @@ fn push_module(raw: &mut RawRegions, start: u64, end: u64) -> Result<(), BootInf
     if end < start {
         return Err(BootInfoError::Malformed("module ends before it starts"));
     }
-    push(raw, MemoryRegion { start, end, kind: RegionKind::BootModule })
+    push(
+        raw,
+        MemoryRegion {
+            start,
+            end,
+            kind: RegionKind::BootModule,
+        },
+    )
 }
 
 /// Multiboot 1 memory map: entries of `size: u32` (not counting itself),
@@ -251,17 +279,19 @@ fn mb1_mmap<'a>(
     length: u64,
     raw: &mut RawRegions,
 ) -> Result<(), BootInfoError> {
-    let map = mem
-        .bytes(addr, length)
-        .ok_or(BootInfoError::Truncated("Multiboot 1 memory map runs off readable memory"))?;
+    let map = mem.bytes(addr, length).ok_or(BootInfoError::Truncated(
+        "Multiboot 1 memory map runs off readable memory",
+    ))?;
     reserve(raw, addr, length)?;
     let mut off = 0usize;
     while off < map.len() {
-        let size = u32_at(map, off)
-            .ok_or(BootInfoError::Truncated("Multiboot 1 memory-map entry header"))?
-            as usize;
+        let size = u32_at(map, off).ok_or(BootInfoError::Truncated(
+            "Multiboot 1 memory-map entry header",
+        ))? as usize;
         if size < 20 {
-            return Err(BootInfoError::Malformed("Multiboot 1 memory-map entry size"));
+            return Err(BootInfoError::Malformed(
+                "Multiboot 1 memory-map entry size",
+            ));
         }
         let entry = off
             .checked_add(4)
@@ -281,7 +311,14 @@ fn mb1_mmap<'a>(
 fn push_firmware(raw: &mut RawRegions, base: u64, len: u64, ty: u32) -> Result<(), BootInfoError> {
     // A region running past the top of the address space is clipped there.
     let end = base.saturating_add(len);
-    push(raw, MemoryRegion { start: base, end, kind: region_kind(ty) })
+    push(
+        raw,
+        MemoryRegion {
+            start: base,
+            end,
+            kind: region_kind(ty),
+        },
+    )
 }
 
 // Multiboot 2 tag types.
@@ -300,20 +337,26 @@ fn parse_mb2<'a>(
     mem: &impl PhysReader<'a>,
     raw: &mut RawRegions,
 ) -> Result<Mb2Parsed<'a>, BootInfoError> {
-    if info % 8 != 0 {
-        return Err(BootInfoError::Malformed("Multiboot 2 information not 8-byte aligned"));
+    if !info.is_multiple_of(8) {
+        return Err(BootInfoError::Malformed(
+            "Multiboot 2 information not 8-byte aligned",
+        ));
     }
     let total = mem
         .bytes(info, 8)
         .and_then(|b| u32_at(b, 0))
-        .ok_or(BootInfoError::Truncated("Multiboot 2 information unreadable"))?;
+        .ok_or(BootInfoError::Truncated(
+            "Multiboot 2 information unreadable",
+        ))?;
     let total = u64::from(total);
     if !(16..=MAX_MB2_INFO).contains(&total) {
-        return Err(BootInfoError::Malformed("Multiboot 2 information total size"));
+        return Err(BootInfoError::Malformed(
+            "Multiboot 2 information total size",
+        ));
     }
-    let blob = mem
-        .bytes(info, total)
-        .ok_or(BootInfoError::Truncated("Multiboot 2 information runs off readable memory"))?;
+    let blob = mem.bytes(info, total).ok_or(BootInfoError::Truncated(
+        "Multiboot 2 information runs off readable memory",
+    ))?;
     reserve(raw, info, total)?;
 
     let (mut cmdline, mut rsdp, mut have_mmap) = (&[][..], None, false);
@@ -323,7 +366,11 @@ fn parse_mb2<'a>(
     loop {
         let (ty, size) = match (u32_at(blob, off), u32_at(blob, off + 4)) {
             (Some(ty), Some(size)) => (ty, size as usize),
-            _ => return Err(BootInfoError::Malformed("Multiboot 2 information has no end tag")),
+            _ => {
+                return Err(BootInfoError::Malformed(
+                    "Multiboot 2 information has no end tag",
+                ));
+            }
         };
         let tag = (size >= 8)
             .then(|| blob.get(off..off.checked_add(size)?))
@@ -349,11 +396,11 @@ fn parse_mb2<'a>(
                 mb2_mmap(tag, raw)?;
                 have_mmap = true;
             }
-            MB2_TAG_ACPI_OLD | MB2_TAG_ACPI_NEW if size >= 8 + 20 => {
-                // The tag holds a copy of the RSDP; keep the newer one.
-                if rsdp.is_none() || ty == MB2_TAG_ACPI_NEW {
-                    rsdp = Some(info + off as u64 + 8);
-                }
+            // The tag holds a copy of the RSDP; prefer the ACPI 2.0+ one.
+            MB2_TAG_ACPI_OLD | MB2_TAG_ACPI_NEW
+                if size >= 8 + 20 && (rsdp.is_none() || ty == MB2_TAG_ACPI_NEW) =>
+            {
+                rsdp = Some(info + off as u64 + 8);
             }
             _ => {}
         }
@@ -362,8 +409,9 @@ fn parse_mb2<'a>(
             .ok_or(BootInfoError::Malformed("Multiboot 2 tag size"))?;
     }
     if !have_mmap {
-        let (lower_kib, upper_kib) =
-            meminfo.ok_or(BootInfoError::Missing("Multiboot 2 memory map (tags 4 and 6)"))?;
+        let (lower_kib, upper_kib) = meminfo.ok_or(BootInfoError::Missing(
+            "Multiboot 2 memory map (tags 4 and 6)",
+        ))?;
         push_usable(raw, 0, u64::from(lower_kib) * 1024)?;
         push_usable(raw, 1 << 20, u64::from(upper_kib) * 1024)?;
     }
@@ -374,11 +422,13 @@ fn parse_mb2<'a>(
 /// offset 8, then entries of `base: u64`, `length: u64`, `type: u32`,
 /// `reserved: u32` (at least 24 bytes each).
 fn mb2_mmap(tag: &[u8], raw: &mut RawRegions) -> Result<(), BootInfoError> {
-    let entry_size = u32_at(tag, 8)
-        .ok_or(BootInfoError::Malformed("Multiboot 2 memory-map tag too short"))?
-        as usize;
+    let entry_size = u32_at(tag, 8).ok_or(BootInfoError::Malformed(
+        "Multiboot 2 memory-map tag too short",
+    ))? as usize;
     if entry_size < 24 {
-        return Err(BootInfoError::Malformed("Multiboot 2 memory-map entry size"));
+        return Err(BootInfoError::Malformed(
+            "Multiboot 2 memory-map entry size",
+        ));
     }
     for e in tag.get(16..).unwrap_or_default().chunks_exact(entry_size) {
         let (base, len, ty) = (
@@ -410,12 +460,18 @@ mod tests {
     }
 
     const BASE: u64 = 0x9000;
-    const KERNEL: MemoryRegion =
-        MemoryRegion { start: 0x10_0000, end: 0x18_0000, kind: RegionKind::Kernel };
+    const KERNEL: MemoryRegion = MemoryRegion {
+        start: 0x10_0000,
+        end: 0x18_0000,
+        kind: RegionKind::Kernel,
+    };
 
     impl Buf {
         fn new() -> Buf {
-            Buf { base: BASE, data: vec![0; 0x1000] }
+            Buf {
+                base: BASE,
+                data: vec![0; 0x1000],
+            }
         }
         fn put(&mut self, addr: u64, bytes: &[u8]) {
             let at = (addr - self.base) as usize;
@@ -470,7 +526,11 @@ mod tests {
     }
 
     fn kind_at(mb: &Multiboot<'_>, addr: u64) -> Option<RegionKind> {
-        mb.memory.regions().iter().find(|r| r.start <= addr && addr < r.end).map(|r| r.kind)
+        mb.memory
+            .regions()
+            .iter()
+            .find(|r| r.start <= addr && addr < r.end)
+            .map(|r| r.kind)
     }
 
     #[test]
@@ -505,6 +565,20 @@ mod tests {
             b.put(BASE + 0x200, raw);
             assert_eq!(parse_buf(MB1_BOOTLOADER_MAGIC, &b).unwrap().cmdline, want);
         }
+        // GRUB 2 passes the arguments without the image path; QEMU with it.
+        for (loader, want) in [
+            (&b"GRUB 2.06-13+deb12u1\0"[..], "/k log=off"),
+            (b"qemu\0", "log=off"),
+        ] {
+            let mut b = mb1_good();
+            b.put32(BASE, MB1_MEM | MB1_CMDLINE | MB1_MMAP | MB1_LOADER_NAME);
+            b.put32(BASE + 64, (BASE + 0x380) as u32);
+            b.put(BASE + 0x380, loader);
+            b.put(BASE + 0x200, b"/k log=off\0");
+            let mb = parse_buf(MB1_BOOTLOADER_MAGIC, &b).unwrap();
+            assert_eq!(mb.cmdline, want);
+            assert_eq!(kind_at(&mb, BASE + 0x380), Some(RegionKind::BootInfo));
+        }
         // No cmdline flag: empty command line.
         let mut b = mb1_good();
         b.put32(BASE, MB1_MEM | MB1_MODS | MB1_MMAP);
@@ -521,7 +595,10 @@ mod tests {
     #[test]
     fn bad_magic_or_null_pointer() {
         let b = mb1_good();
-        assert!(matches!(parse_buf(0x1234_5678, &b), Err(BootInfoError::Missing(_))));
+        assert!(matches!(
+            parse_buf(0x1234_5678, &b),
+            Err(BootInfoError::Missing(_))
+        ));
         assert!(matches!(
             parse(MB1_BOOTLOADER_MAGIC, 0, &&b, KERNEL),
             Err(BootInfoError::Missing(_))
@@ -548,20 +625,32 @@ mod tests {
         assert_eq!(kind_at(&mb, 0x100_0000), Some(RegionKind::Usable));
         // Neither mmap nor mem fields.
         b.put32(BASE, MB1_CMDLINE);
-        assert!(matches!(parse_buf(MB1_BOOTLOADER_MAGIC, &b), Err(BootInfoError::Missing(_))));
+        assert!(matches!(
+            parse_buf(MB1_BOOTLOADER_MAGIC, &b),
+            Err(BootInfoError::Missing(_))
+        ));
     }
 
     #[test]
     fn mb1_mmap_running_off_the_end() {
         let mut b = mb1_good();
         b.put32(BASE + 44, 0x1000);
-        assert!(matches!(parse_buf(MB1_BOOTLOADER_MAGIC, &b), Err(BootInfoError::Truncated(_))));
+        assert!(matches!(
+            parse_buf(MB1_BOOTLOADER_MAGIC, &b),
+            Err(BootInfoError::Truncated(_))
+        ));
         b.put32(BASE + 44, u32::MAX);
-        assert!(matches!(parse_buf(MB1_BOOTLOADER_MAGIC, &b), Err(BootInfoError::Truncated(_))));
+        assert!(matches!(
+            parse_buf(MB1_BOOTLOADER_MAGIC, &b),
+            Err(BootInfoError::Truncated(_))
+        ));
         // Length cutting the last entry in half.
         let mut b = mb1_good();
         b.put32(BASE + 44, 6 * 24 - 10);
-        assert!(matches!(parse_buf(MB1_BOOTLOADER_MAGIC, &b), Err(BootInfoError::Truncated(_))));
+        assert!(matches!(
+            parse_buf(MB1_BOOTLOADER_MAGIC, &b),
+            Err(BootInfoError::Truncated(_))
+        ));
     }
 
     #[test]
@@ -570,7 +659,10 @@ mod tests {
             let mut b = mb1_good();
             b.put32(BASE + 0x100 + 24, size);
             assert!(
-                matches!(parse_buf(MB1_BOOTLOADER_MAGIC, &b), Err(BootInfoError::Malformed(_))),
+                matches!(
+                    parse_buf(MB1_BOOTLOADER_MAGIC, &b),
+                    Err(BootInfoError::Malformed(_))
+                ),
                 "size {size}"
             );
         }
@@ -589,18 +681,30 @@ mod tests {
         let end = BASE + b.data.len() as u64;
         b.put32(BASE + 16, (end - 4) as u32);
         b.put(end - 4, b"abcd");
-        assert!(matches!(parse_buf(MB1_BOOTLOADER_MAGIC, &b), Err(BootInfoError::Truncated(_))));
+        assert!(matches!(
+            parse_buf(MB1_BOOTLOADER_MAGIC, &b),
+            Err(BootInfoError::Truncated(_))
+        ));
         // Unterminated within MAX_STRING.
-        let mut b = Buf { base: BASE, data: vec![b'x'; 2 * MAX_STRING] };
+        let mut b = Buf {
+            base: BASE,
+            data: vec![b'x'; 2 * MAX_STRING],
+        };
         let good = mb1_good();
         b.data[..0x400].copy_from_slice(&good.data[..0x400]);
         b.put32(BASE + 16, (BASE + 0x1000) as u32);
-        assert!(matches!(parse_buf(MB1_BOOTLOADER_MAGIC, &b), Err(BootInfoError::Malformed(_))));
+        assert!(matches!(
+            parse_buf(MB1_BOOTLOADER_MAGIC, &b),
+            Err(BootInfoError::Malformed(_))
+        ));
     }
 
     #[test]
     fn mb1_too_many_regions() {
-        let mut b = Buf { base: BASE, data: vec![0; 0x4000] };
+        let mut b = Buf {
+            base: BASE,
+            data: vec![0; 0x4000],
+        };
         let good = mb1_good();
         b.data[..0x400].copy_from_slice(&good.data[..0x400]);
         let mut e = BASE + 0x400;
@@ -626,10 +730,16 @@ mod tests {
     fn mb1_bad_modules() {
         let mut b = mb1_good();
         b.put32(BASE + 0x304, 0x1f_0000);
-        assert!(matches!(parse_buf(MB1_BOOTLOADER_MAGIC, &b), Err(BootInfoError::Malformed(_))));
+        assert!(matches!(
+            parse_buf(MB1_BOOTLOADER_MAGIC, &b),
+            Err(BootInfoError::Malformed(_))
+        ));
         let mut b = mb1_good();
         b.put32(BASE + 24, (BASE + 0xff8) as u32);
-        assert!(matches!(parse_buf(MB1_BOOTLOADER_MAGIC, &b), Err(BootInfoError::Truncated(_))));
+        assert!(matches!(
+            parse_buf(MB1_BOOTLOADER_MAGIC, &b),
+            Err(BootInfoError::Truncated(_))
+        ));
     }
 
     #[test]
@@ -639,7 +749,10 @@ mod tests {
         // but only 60 are readable.
         b.put32(BASE, MB1_MMAP | (1 << 12));
         b.data.truncate(60);
-        assert!(matches!(parse_buf(MB1_BOOTLOADER_MAGIC, &b), Err(BootInfoError::Truncated(_))));
+        assert!(matches!(
+            parse_buf(MB1_BOOTLOADER_MAGIC, &b),
+            Err(BootInfoError::Truncated(_))
+        ));
     }
 
     /// Builds a Multiboot 2 blob at BASE from (type, payload) tags.
@@ -686,9 +799,19 @@ mod tests {
         vec![
             (MB2_TAG_CMDLINE, b"log=debug\0".to_vec()),
             (2, b"GRUB 2.06\0".to_vec()),
-            (MB2_TAG_BASIC_MEMINFO, [639u32.to_le_bytes(), 129920u32.to_le_bytes()].concat()),
+            (
+                MB2_TAG_BASIC_MEMINFO,
+                [639u32.to_le_bytes(), 129920u32.to_le_bytes()].concat(),
+            ),
             module_tag(0x20_0000, 0x20_1234),
-            mmap_tag(24, &[(0, 0x9fc00, 1), (0x9fc00, 0x400, 2), (0x10_0000, 0x7ee_0000, 1)]),
+            mmap_tag(
+                24,
+                &[
+                    (0, 0x9fc00, 1),
+                    (0x9fc00, 0x400, 2),
+                    (0x10_0000, 0x7ee_0000, 1),
+                ],
+            ),
             (MB2_TAG_ACPI_OLD, vec![0xaa; 20]),
         ]
     }
@@ -718,7 +841,10 @@ mod tests {
         let mb = parse_buf(MB2_BOOTLOADER_MAGIC, &b).unwrap();
         assert_eq!(mb.cmdline, "");
         assert_eq!(kind_at(&mb, 0x300_0000), Some(RegionKind::Usable));
-        let tags: Vec<_> = tags.into_iter().filter(|(t, _)| *t != MB2_TAG_BASIC_MEMINFO).collect();
+        let tags: Vec<_> = tags
+            .into_iter()
+            .filter(|(t, _)| *t != MB2_TAG_BASIC_MEMINFO)
+            .collect();
         assert!(matches!(
             parse_buf(MB2_BOOTLOADER_MAGIC, &mb2(&tags)),
             Err(BootInfoError::Missing(_))
@@ -731,7 +857,10 @@ mod tests {
         for total in [0u32, 8, 0x2000, u32::MAX] {
             let mut b = mb2(&mb2_good_tags());
             b.put32(BASE, total);
-            assert!(parse_buf(MB2_BOOTLOADER_MAGIC, &b).is_err(), "total {total}");
+            assert!(
+                parse_buf(MB2_BOOTLOADER_MAGIC, &b).is_err(),
+                "total {total}"
+            );
         }
         // Misaligned pointer.
         let b = mb2(&mb2_good_tags());
@@ -745,7 +874,10 @@ mod tests {
             let mut b = mb2(&mb2_good_tags());
             b.put32(BASE + 12, size);
             assert!(
-                matches!(parse_buf(MB2_BOOTLOADER_MAGIC, &b), Err(BootInfoError::Malformed(_))),
+                matches!(
+                    parse_buf(MB2_BOOTLOADER_MAGIC, &b),
+                    Err(BootInfoError::Malformed(_))
+                ),
                 "size {size}"
             );
         }
@@ -753,7 +885,10 @@ mod tests {
         let mut b = mb2(&mb2_good_tags());
         let total = u32_at(&b.data, 0).unwrap();
         b.put32(BASE, total - 8);
-        assert!(matches!(parse_buf(MB2_BOOTLOADER_MAGIC, &b), Err(BootInfoError::Malformed(_))));
+        assert!(matches!(
+            parse_buf(MB2_BOOTLOADER_MAGIC, &b),
+            Err(BootInfoError::Malformed(_))
+        ));
         // Unterminated command line.
         let mut tags = mb2_good_tags();
         tags[0].1 = b"log=debug".to_vec();

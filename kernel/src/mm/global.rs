@@ -96,7 +96,7 @@ pub fn print_stats() {
     kprintln!(
         "frames: {} total ({} MiB), {} free, peak used {}",
         a.total_frames(),
-        a.total_frames() * FRAME_SIZE >> 20,
+        (a.total_frames() * FRAME_SIZE) >> 20,
         a.free_frames(),
         a.peak_used_frames()
     );

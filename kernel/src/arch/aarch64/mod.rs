@@ -8,8 +8,9 @@
 //! Address-space invariants after boot (see `entry`): TTBR0 walks are
 //! disabled, so the whole lower half faults; TTBR1 maps the first
 //! [`DIRECT_MAP_SIZE`] bytes of physical space at [`DIRECT_MAP_BASE`] (the
-//! first GiB as device memory) and the kernel image at
-//! `0xFFFF_FFFF_8000_0000 + (phys - 0x4000_0000)`; nothing else is mapped.
+//! first GiB as device memory), the GiB holding the kernel image at
+//! [`KERNEL_VIRT_BASE`] + (phys - [`KERNEL_PHYS_BASE`]), and the boot stack
+//! below an unmapped guard in the top GiB; nothing else is mapped.
 
 mod entry;
 mod exception;

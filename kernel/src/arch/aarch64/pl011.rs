@@ -4,6 +4,7 @@
 //!
 //! The UART is used as the firmware (or QEMU) left it: enabled, 8N1; the
 //! kernel only waits for room in the transmit FIFO and writes bytes.
+//! Writes from several CPUs are serialised by the console lock above.
 
 use super::phys_to_virt;
 
@@ -16,18 +17,27 @@ const UARTFR: usize = 0x18;
 /// UARTFR.TXFF: the transmit FIFO is full.
 const FR_TXFF: u32 = 1 << 5;
 
-/// Writes `bytes` to the UART, waiting for FIFO space as needed.
+/// Writes `bytes` to the UART, translating `\n` to `\r\n` (QEMU's
+/// `-nographic` puts the terminal in raw mode).
 pub fn write_bytes(bytes: &[u8]) {
-    let base = phys_to_virt(PL011_PHYS);
     for &b in bytes {
-        // SAFETY: the direct map covers GiB 0 as Device-nGnRE memory, where
-        // the PL011's registers sit; reading UARTFR and writing UARTDR have
-        // no effect besides transmitting.
-        unsafe {
-            while core::ptr::read_volatile((base + UARTFR) as *const u32) & FR_TXFF != 0 {
-                core::hint::spin_loop();
-            }
-            core::ptr::write_volatile((base + UARTDR) as *mut u32, u32::from(b));
+        if b == b'\n' {
+            put(b'\r');
         }
+        put(b);
+    }
+}
+
+/// Sends one byte, waiting for room in the transmit FIFO.
+fn put(byte: u8) {
+    let base = phys_to_virt(PL011_PHYS);
+    // SAFETY: the direct map covers GiB 0 as Device-nGnRE memory, where the
+    // PL011's registers sit; reading UARTFR and writing UARTDR have no
+    // effect besides transmitting.
+    unsafe {
+        while core::ptr::read_volatile((base + UARTFR) as *const u32) & FR_TXFF != 0 {
+            core::hint::spin_loop();
+        }
+        core::ptr::write_volatile((base + UARTDR) as *mut u32, u32::from(byte));
     }
 }

@@ -18,11 +18,15 @@ const SDT_HEADER_LEN: usize = 36;
 const MADT_ENTRIES_OFFSET: usize = 44;
 
 fn u32_at(b: &[u8], off: usize) -> Option<u32> {
-    Some(u32::from_le_bytes(b.get(off..off.checked_add(4)?)?.try_into().ok()?))
+    Some(u32::from_le_bytes(
+        b.get(off..off.checked_add(4)?)?.try_into().ok()?,
+    ))
 }
 
 fn u64_at(b: &[u8], off: usize) -> Option<u64> {
-    Some(u64::from_le_bytes(b.get(off..off.checked_add(8)?)?.try_into().ok()?))
+    Some(u64::from_le_bytes(
+        b.get(off..off.checked_add(8)?)?.try_into().ok()?,
+    ))
 }
 
 fn checksum_ok(b: &[u8]) -> bool {
@@ -30,12 +34,13 @@ fn checksum_ok(b: &[u8]) -> bool {
 }
 
 /// Counts the enabled CPUs the MADT describes. `rsdp` is the address of an
-/// RSDP the boot loader handed over, if any.
+/// RSDP copy the boot loader handed over, if any; if it is absent or
+/// invalid the BIOS areas are scanned.
 pub fn cpu_count<'a>(mem: &impl PhysReader<'a>, rsdp: Option<u64>) -> Result<usize, &'static str> {
-    let rsdp = match rsdp {
-        Some(addr) => valid_rsdp(mem, addr).ok_or("boot loader's RSDP copy is invalid")?,
-        None => find_rsdp(mem).ok_or("no RSDP found in the BIOS areas")?,
-    };
+    let rsdp = rsdp
+        .and_then(|addr| valid_rsdp(mem, addr))
+        .or_else(|| find_rsdp(mem))
+        .ok_or("no valid RSDP from the boot loader or in the BIOS areas")?;
     let madt = find_madt(mem, rsdp)?;
     match count_enabled_cpus(madt)? {
         0 => Err("MADT lists no enabled CPU"),
@@ -90,7 +95,11 @@ fn find_madt<'a>(mem: &impl PhysReader<'a>, rsdp: &[u8]) -> Result<&'a [u8], &'s
     let xsdt = u64_at(rsdp, 24).filter(|&a| a != 0);
     let (root, entry_len, signature) = match xsdt {
         Some(addr) => (addr, 8, b"XSDT"),
-        None => (u32_at(rsdp, 16).map(u64::from).ok_or("RSDP too short")?, 4, b"RSDT"),
+        None => (
+            u32_at(rsdp, 16).map(u64::from).ok_or("RSDP too short")?,
+            4,
+            b"RSDT",
+        ),
     };
     let root = table(mem, root).ok_or("root table (RSDT/XSDT) invalid")?;
     if root.get(..4) != Some(&signature[..]) {
@@ -188,48 +197,75 @@ const X2APIC_ON: [u8; 16] = [9, 16, 0, 0, 0, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0];
 #[cfg(feature = "ktest")]
 const IOAPIC: [u8; 12] = [1, 12, 0, 0, 0, 0, 0xc0, 0xfe, 0, 0, 0, 0];
 
-crate::ktest!(fn madt_counts_enabled_cpus() {
-    let mut buf = [0u8; 0x800];
-    fake_tables(&mut buf, &[&LAPIC_ON, &IOAPIC, &LAPIC_OFF, &X2APIC_ON, &LAPIC_ON]);
-    let mem = Buf { base: 0x1000, data: &buf };
-    kassert_eq!(cpu_count(&mem, Some(0x1000)), Ok(3));
-    Ok(())
-});
-
-crate::ktest!(fn madt_malformed_is_an_error() {
-    let mut buf = [0u8; 0x800];
-    let mem_of = |buf: &[u8; 0x800]| -> Result<usize, &'static str> {
-        cpu_count(&Buf { base: 0x1000, data: buf }, Some(0x1000))
-    };
-    // An entry of length 0 (would loop forever if trusted) and 1.
-    for bad in [[0u8, 0], [0, 1]] {
-        fake_tables(&mut buf, &[&LAPIC_ON, &bad]);
-        kassert!(mem_of(&buf).is_err());
+crate::ktest!(
+    fn madt_counts_enabled_cpus() {
+        let mut buf = [0u8; 0x800];
+        fake_tables(
+            &mut buf,
+            &[&LAPIC_ON, &IOAPIC, &LAPIC_OFF, &X2APIC_ON, &LAPIC_ON],
+        );
+        let mem = Buf {
+            base: 0x1000,
+            data: &buf,
+        };
+        kassert_eq!(cpu_count(&mem, Some(0x1000)), Ok(3));
+        Ok(())
     }
-    // An entry running past the table.
-    fake_tables(&mut buf, &[&LAPIC_ON, &[0, 40, 0, 0, 1, 0, 0, 0]]);
-    kassert!(mem_of(&buf).is_err());
-    // No enabled CPU.
-    fake_tables(&mut buf, &[&LAPIC_OFF]);
-    kassert!(mem_of(&buf).is_err());
-    // Bad checksums, bad signature, absurd length.
-    fake_tables(&mut buf, &[&LAPIC_ON]);
-    buf[0x200 + 9] ^= 1;
-    kassert!(mem_of(&buf).is_err());
-    fake_tables(&mut buf, &[&LAPIC_ON]);
-    buf[0] = b'X';
-    kassert!(mem_of(&buf).is_err());
-    fake_tables(&mut buf, &[&LAPIC_ON]);
-    buf[0x100 + 4..0x100 + 8].copy_from_slice(&u32::MAX.to_le_bytes());
-    kassert!(mem_of(&buf).is_err());
-    // Pointer outside the readable range.
-    fake_tables(&mut buf, &[&LAPIC_ON]);
-    kassert!(cpu_count(&Buf { base: 0x1000, data: &buf }, Some(0x5000)).is_err());
-    Ok(())
-});
+);
 
-crate::ktest!(fn machine_reports_at_least_one_cpu() {
-    let n = cpu_count(&super::boot::DirectMap, None);
-    kassert!(matches!(n, Ok(1..)), "{:?}", n);
-    Ok(())
-});
+crate::ktest!(
+    fn madt_malformed_is_an_error() {
+        let mut buf = [0u8; 0x800];
+        let mem_of = |buf: &[u8; 0x800]| -> Result<usize, &'static str> {
+            cpu_count(
+                &Buf {
+                    base: 0x1000,
+                    data: buf,
+                },
+                Some(0x1000),
+            )
+        };
+        // An entry of length 0 (would loop forever if trusted) and 1.
+        for bad in [[0u8, 0], [0, 1]] {
+            fake_tables(&mut buf, &[&LAPIC_ON, &bad]);
+            kassert!(mem_of(&buf).is_err());
+        }
+        // An entry running past the table.
+        fake_tables(&mut buf, &[&LAPIC_ON, &[0, 40, 0, 0, 1, 0, 0, 0]]);
+        kassert!(mem_of(&buf).is_err());
+        // No enabled CPU.
+        fake_tables(&mut buf, &[&LAPIC_OFF]);
+        kassert!(mem_of(&buf).is_err());
+        // Bad checksums, bad signature, absurd length.
+        fake_tables(&mut buf, &[&LAPIC_ON]);
+        buf[0x200 + 9] ^= 1;
+        kassert!(mem_of(&buf).is_err());
+        fake_tables(&mut buf, &[&LAPIC_ON]);
+        buf[0] = b'X';
+        kassert!(mem_of(&buf).is_err());
+        fake_tables(&mut buf, &[&LAPIC_ON]);
+        buf[0x100 + 4..0x100 + 8].copy_from_slice(&u32::MAX.to_le_bytes());
+        kassert!(mem_of(&buf).is_err());
+        // Pointer outside the readable range.
+        fake_tables(&mut buf, &[&LAPIC_ON]);
+        kassert!(
+            cpu_count(
+                &Buf {
+                    base: 0x1000,
+                    data: &buf
+                },
+                Some(0x5000)
+            )
+            .is_err()
+        );
+        Ok(())
+    }
+);
+
+crate::ktest!(
+    fn machine_reports_at_least_one_cpu() {
+        let n = cpu_count(&super::boot::DirectMap, None);
+        kassert!(matches!(n, Ok(1..)), "{:?}", n);
+        Ok(())
+    }
+);

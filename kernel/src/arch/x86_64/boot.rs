@@ -312,7 +312,10 @@ pub fn boot_stack_guard() -> usize {
 
 /// The kernel image (code, data and `.bss`), virtual `[start, end)`.
 pub fn kernel_image() -> (usize, usize) {
-    ((&raw const __kernel_start) as usize, (&raw const __kernel_end) as usize)
+    (
+        (&raw const __kernel_start) as usize,
+        (&raw const __kernel_end) as usize,
+    )
 }
 
 /// Physical memory read through the boot direct map.
@@ -329,7 +332,9 @@ impl PhysReader<'static> for DirectMap {
         // mapped. The slices are only used for the firmware and boot-loader
         // structures, which nothing writes to while the kernel reads them
         // (their memory is reserved as boot information in the memory map).
-        Some(unsafe { core::slice::from_raw_parts(super::phys_to_virt(addr) as *const u8, len as usize) })
+        Some(unsafe {
+            core::slice::from_raw_parts(super::phys_to_virt(addr) as *const u8, len as usize)
+        })
     }
 }
 
@@ -360,5 +365,10 @@ fn boot_info(magic: u32, info: u32) -> Result<BootInfo<'static>, BootInfoError> 
             1
         }
     };
-    Ok(BootInfo { protocol: mb.protocol, memory: mb.memory, cmdline: mb.cmdline, cpu_count })
+    Ok(BootInfo {
+        protocol: mb.protocol,
+        memory: mb.memory,
+        cmdline: mb.cmdline,
+        cpu_count,
+    })
 }
