@@ -65,7 +65,12 @@ pub fn registered_tests() -> &'static [KTest] {
     // SAFETY: the linker script places every `KTest` static emitted by
     // `ktest!` contiguously between these two symbols, so the range is a
     // valid, immutable array of `KTest`s that lives for the whole run.
-    unsafe { linker_array((&raw const __ktests_start).cast(), (&raw const __ktests_end).cast()) }
+    unsafe {
+        linker_array(
+            (&raw const __ktests_start).cast(),
+            (&raw const __ktests_end).cast(),
+        )
+    }
 }
 
 /// All benchmarks registered in the `.kbenches` section by
@@ -73,7 +78,10 @@ pub fn registered_tests() -> &'static [KTest] {
 pub fn registered_benches() -> &'static [KBench] {
     // SAFETY: as for `registered_tests`, for the `.kbenches` section.
     unsafe {
-        linker_array((&raw const __kbenches_start).cast(), (&raw const __kbenches_end).cast())
+        linker_array(
+            (&raw const __kbenches_start).cast(),
+            (&raw const __kbenches_end).cast(),
+        )
     }
 }
 
@@ -90,12 +98,18 @@ unsafe fn linker_array<T>(start: *const T, end: *const T) -> &'static [T] {
 /// address. `next(fp)` returns `(caller_fp, return_address)` read from the
 /// frame record, or `None` when the record is not readable; the walk stops
 /// after 32 frames, on a null or non-increasing frame pointer.
-pub fn walk_frames(mut fp: usize, next: impl Fn(usize) -> Option<(usize, usize)>, mut f: impl FnMut(usize)) {
+pub fn walk_frames(
+    mut fp: usize,
+    next: impl Fn(usize) -> Option<(usize, usize)>,
+    mut f: impl FnMut(usize),
+) {
     for _ in 0..32 {
         if fp == 0 || !fp.is_multiple_of(core::mem::align_of::<usize>()) {
             return;
         }
-        let Some((caller_fp, ret)) = next(fp) else { return };
+        let Some((caller_fp, ret)) = next(fp) else {
+            return;
+        };
         if ret == 0 {
             return;
         }

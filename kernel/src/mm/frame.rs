@@ -140,14 +140,22 @@ impl<'m> FrameAllocator<'m> {
 
     /// An allocator for frames `[base, base + meta.len())`, all initially
     /// allocated (unavailable); hand free memory over with [`Self::add_free`].
-    pub fn new(base: Pfn, meta: &'m mut [FrameMeta], bitmap: &'m mut [u64]) -> Result<Self, InitError> {
+    pub fn new(
+        base: Pfn,
+        meta: &'m mut [FrameMeta],
+        bitmap: &'m mut [u64],
+    ) -> Result<Self, InitError> {
         if meta.len() >= NONE as usize {
             return Err(InitError::SpanTooLarge);
         }
         if bitmap.len() < meta.len().div_ceil(64) {
             return Err(InitError::MetadataTooSmall);
         }
-        meta.fill(FrameMeta { next: NONE, prev: NONE, info: 0 });
+        meta.fill(FrameMeta {
+            next: NONE,
+            prev: NONE,
+            info: 0,
+        });
         bitmap.fill(u64::MAX);
         Ok(FrameAllocator {
             base,
@@ -184,7 +192,10 @@ impl<'m> FrameAllocator<'m> {
             let mut i = a;
             while i < b {
                 let mut order = MAX_ORDER;
-                while order > 0 && (!(u64::from(i) + self.base).is_multiple_of(1 << order) || i + (1 << order) > b) {
+                while order > 0
+                    && (!(u64::from(i) + self.base).is_multiple_of(1 << order)
+                        || i + (1 << order) > b)
+                {
                     order -= 1;
                 }
                 for f in i..i + (1 << order) {
@@ -201,7 +212,11 @@ impl<'m> FrameAllocator<'m> {
     }
 
     fn zone_for(&mut self, kind: ZoneKind, node: u8, lo: Pfn, hi: Pfn) -> Result<usize, InitError> {
-        if let Some(i) = self.zones.iter().position(|z| z.kind == kind && z.node == node) {
+        if let Some(i) = self
+            .zones
+            .iter()
+            .position(|z| z.kind == kind && z.node == node)
+        {
             return Ok(i);
         }
         let (a, b) = ((lo - self.base) as u32, (hi - self.base) as u32);
@@ -237,7 +252,8 @@ impl<'m> FrameAllocator<'m> {
             if !allowed || !(order..ORDERS).any(|o| z.heads[o] != NONE) {
                 continue;
             }
-            let rank = u8::from(node.is_some_and(|n| n != z.node)) * 2 + u8::from(z.kind == ZoneKind::Dma && zone == ZoneRequest::Any);
+            let rank = u8::from(node.is_some_and(|n| n != z.node)) * 2
+                + u8::from(z.kind == ZoneKind::Dma && zone == ZoneRequest::Any);
             if best.is_none_or(|(r, _)| rank < r) {
                 best = Some((rank, i));
             }
@@ -291,9 +307,14 @@ impl<'m> FrameAllocator<'m> {
         let (mut block, mut o) = (idx, order);
         while o < MAX_ORDER {
             let buddy_pfn = (self.base + u64::from(block)) ^ (1 << o);
-            let Some(buddy) = buddy_pfn.checked_sub(self.base).map(|b| b as u32) else { break };
+            let Some(buddy) = buddy_pfn.checked_sub(self.base).map(|b| b as u32) else {
+                break;
+            };
             let zone = &self.zones[z];
-            if buddy < zone.start || buddy >= zone.end || self.meta[buddy as usize].info != FREE_HEAD | o as u8 {
+            if buddy < zone.start
+                || buddy >= zone.end
+                || self.meta[buddy as usize].info != FREE_HEAD | o as u8
+            {
                 break;
             }
             self.unlink(z, buddy, o);
@@ -340,7 +361,11 @@ impl<'m> FrameAllocator<'m> {
 
     fn push(&mut self, z: usize, block: u32, order: usize) {
         let head = self.zones[z].heads[order];
-        self.meta[block as usize] = FrameMeta { next: head, prev: NONE, info: FREE_HEAD | order as u8 };
+        self.meta[block as usize] = FrameMeta {
+            next: head,
+            prev: NONE,
+            info: FREE_HEAD | order as u8,
+        };
         if head != NONE {
             self.meta[head as usize].prev = block;
         }
@@ -358,7 +383,11 @@ impl<'m> FrameAllocator<'m> {
         if next != NONE {
             self.meta[next as usize].prev = prev;
         }
-        self.meta[block as usize] = FrameMeta { next: NONE, prev: NONE, info: 0 };
+        self.meta[block as usize] = FrameMeta {
+            next: NONE,
+            prev: NONE,
+            info: 0,
+        };
         self.zones[z].free_blocks[order] -= 1;
     }
 
@@ -389,7 +418,10 @@ mod tests {
     impl Fixture {
         fn new(frames: u64) -> Fixture {
             let (m, b) = FrameAllocator::metadata_len(frames);
-            Fixture { meta: vec![FrameMeta::default(); m], bitmap: vec![0; b] }
+            Fixture {
+                meta: vec![FrameMeta::default(); m],
+                bitmap: vec![0; b],
+            }
         }
 
         /// 64 MiB at physical 0 with a hole and a reserved kernel: DMA and
@@ -417,7 +449,10 @@ mod tests {
         assert_eq!(zones.len(), 2);
         assert_eq!(zones[0].kind, ZoneKind::Dma);
         assert_eq!(zones[1].kind, ZoneKind::Normal);
-        assert_eq!(zones[0].total_frames + zones[1].total_frames, initial_free());
+        assert_eq!(
+            zones[0].total_frames + zones[1].total_frames,
+            initial_free()
+        );
         assert!(a.is_allocated(0));
         assert!(a.is_allocated(0xa0));
         assert!(!a.is_allocated(1));
@@ -435,7 +470,11 @@ mod tests {
         // splits it off the same block again).
         let q = a.alloc(0, ZoneRequest::Any, None).unwrap();
         assert_eq!(q, p);
-        assert_eq!(a.free(0, 0), Err(FreeError::WrongBlock), "reserved frame was never allocated");
+        assert_eq!(
+            a.free(0, 0),
+            Err(FreeError::WrongBlock),
+            "reserved frame was never allocated"
+        );
         assert_eq!(a.free(1 << 40, 0), Err(FreeError::OutOfRange));
         let big = a.alloc(4, ZoneRequest::Any, None).unwrap();
         assert_eq!(big % 16, 0);

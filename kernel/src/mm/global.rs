@@ -56,7 +56,11 @@ pub fn init(map: &MemoryMap) -> Result<(), MmInitError> {
     let mut alloc = FrameAllocator::new(lo, meta, bitmap).map_err(MmInitError::Allocator)?;
     for (s, e) in usable() {
         // Skip the metadata carve-out.
-        let (s, e) = if s == carve_start { (s + need, e) } else { (s, e) };
+        let (s, e) = if s == carve_start {
+            (s + need, e)
+        } else {
+            (s, e)
+        };
         alloc.add_free(s, e, 0).map_err(MmInitError::Allocator)?;
     }
     *FRAMES.lock() = Some(alloc);
@@ -103,7 +107,10 @@ pub fn print_stats() {
     for z in a.zone_stats() {
         kprint!(
             "  zone {:?} node {}: {} frames, {} free; free blocks by order:",
-            z.kind, z.node, z.total_frames, z.free_frames
+            z.kind,
+            z.node,
+            z.total_frames,
+            z.free_frames
         );
         for n in z.free_blocks {
             kprint!(" {n}");
@@ -112,54 +119,70 @@ pub fn print_stats() {
     }
 }
 
-crate::ktest!(fn freed_frame_is_reusable() {
-    let Some((_, free_before, _)) = frame_stats() else {
-        kassert!(false, "frame allocator not initialised");
-        return Ok(());
-    };
-    let a = alloc_frames(0, ZoneRequest::Any);
-    kassert!(a.is_some());
-    let a = a.unwrap_or(0);
-    kassert_eq!(frame_stats().map(|s| s.1), Some(free_before - 1));
-    // The frame is real memory: write and read it through the direct map.
-    let va = crate::arch::phys_to_virt(a) as *mut u64;
-    // SAFETY: `a` is a frame we own, mapped read-write by the direct map.
-    unsafe {
-        va.write_volatile(0x1234_5678_9abc_def0);
-        kassert_eq!(va.read_volatile(), 0x1234_5678_9abc_def0);
-    }
-    kassert_eq!(free_frames(a, 0), Ok(()));
-    kassert_eq!(free_frames(a, 0), Err(super::frame::FreeError::NotAllocated));
-    kassert_eq!(frame_stats().map(|s| s.1), Some(free_before));
-    kassert_eq!(alloc_frames(0, ZoneRequest::Any), Some(a));
-    kassert_eq!(free_frames(a, 0), Ok(()));
-    Ok(())
-});
-
-crate::ktest!(fn dma_zone_and_large_blocks() {
-    let d = alloc_frames(2, ZoneRequest::Dma);
-    kassert!(d.is_some_and(|p| p + 4 * FRAME_SIZE <= super::frame::DMA_LIMIT) || d.is_none());
-    if let Some(d) = d {
-        kassert_eq!(free_frames(d, 2), Ok(()));
-    }
-    let big = alloc_frames(super::frame::MAX_ORDER, ZoneRequest::Any);
-    kassert!(big.is_some_and(|p| p % (FRAME_SIZE << super::frame::MAX_ORDER) == 0));
-    kassert_eq!(free_frames(big.unwrap_or(0), super::frame::MAX_ORDER), Ok(()));
-    Ok(())
-});
-
-crate::kbench!(fn frame_alloc_free_order0(iters: u64) {
-    for _ in 0..iters {
-        if let Some(p) = alloc_frames(0, ZoneRequest::Any) {
-            let _ = free_frames(core::hint::black_box(p), 0);
+crate::ktest!(
+    fn freed_frame_is_reusable() {
+        let Some((_, free_before, _)) = frame_stats() else {
+            kassert!(false, "frame allocator not initialised");
+            return Ok(());
+        };
+        let a = alloc_frames(0, ZoneRequest::Any);
+        kassert!(a.is_some());
+        let a = a.unwrap_or(0);
+        kassert_eq!(frame_stats().map(|s| s.1), Some(free_before - 1));
+        // The frame is real memory: write and read it through the direct map.
+        let va = crate::arch::phys_to_virt(a) as *mut u64;
+        // SAFETY: `a` is a frame we own, mapped read-write by the direct map.
+        unsafe {
+            va.write_volatile(0x1234_5678_9abc_def0);
+            kassert_eq!(va.read_volatile(), 0x1234_5678_9abc_def0);
         }
+        kassert_eq!(free_frames(a, 0), Ok(()));
+        kassert_eq!(
+            free_frames(a, 0),
+            Err(super::frame::FreeError::NotAllocated)
+        );
+        kassert_eq!(frame_stats().map(|s| s.1), Some(free_before));
+        kassert_eq!(alloc_frames(0, ZoneRequest::Any), Some(a));
+        kassert_eq!(free_frames(a, 0), Ok(()));
+        Ok(())
     }
-}, iters = 500);
+);
 
-crate::kbench!(fn frame_alloc_free_order4(iters: u64) {
-    for _ in 0..iters {
-        if let Some(p) = alloc_frames(4, ZoneRequest::Any) {
-            let _ = free_frames(core::hint::black_box(p), 4);
+crate::ktest!(
+    fn dma_zone_and_large_blocks() {
+        let d = alloc_frames(2, ZoneRequest::Dma);
+        kassert!(d.is_some_and(|p| p + 4 * FRAME_SIZE <= super::frame::DMA_LIMIT) || d.is_none());
+        if let Some(d) = d {
+            kassert_eq!(free_frames(d, 2), Ok(()));
         }
+        let big = alloc_frames(super::frame::MAX_ORDER, ZoneRequest::Any);
+        kassert!(big.is_some_and(|p| p % (FRAME_SIZE << super::frame::MAX_ORDER) == 0));
+        kassert_eq!(
+            free_frames(big.unwrap_or(0), super::frame::MAX_ORDER),
+            Ok(())
+        );
+        Ok(())
     }
-}, iters = 500);
+);
+
+crate::kbench!(
+    fn frame_alloc_free_order0(iters: u64) {
+        for _ in 0..iters {
+            if let Some(p) = alloc_frames(0, ZoneRequest::Any) {
+                let _ = free_frames(core::hint::black_box(p), 0);
+            }
+        }
+    },
+    iters = 500
+);
+
+crate::kbench!(
+    fn frame_alloc_free_order4(iters: u64) {
+        for _ in 0..iters {
+            if let Some(p) = alloc_frames(4, ZoneRequest::Any) {
+                let _ = free_frames(core::hint::black_box(p), 4);
+            }
+        }
+    },
+    iters = 500
+);

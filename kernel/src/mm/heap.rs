@@ -60,58 +60,77 @@ unsafe impl GlobalAlloc for KernelHeap {
 /// Prints per-class heap statistics.
 pub fn print_heap_stats() {
     let heap = HEAP.0.lock();
-    for ClassStats { object_size, slabs, objects_in_use, allocs, frees } in heap.class_stats() {
+    for ClassStats {
+        object_size,
+        slabs,
+        objects_in_use,
+        allocs,
+        frees,
+    } in heap.class_stats()
+    {
         if allocs > 0 {
-            kprintln!("  slab {object_size:>4} B: {slabs} slabs, {objects_in_use} in use, {allocs} allocs, {frees} frees");
+            kprintln!(
+                "  slab {object_size:>4} B: {slabs} slabs, {objects_in_use} in use, {allocs} allocs, {frees} frees"
+            );
         }
     }
     kprintln!("  large: {} pages", heap.large_pages());
 }
 
-crate::ktest!(fn heap_box_and_vec_round_trip() {
-    use alloc::boxed::Box;
-    use alloc::vec::Vec;
-    let before = super::frame_stats().map(|s| s.1);
-    let b = Box::new(0x55aa_u64);
-    kassert_eq!(*b, 0x55aa);
-    let mut v: Vec<u32> = Vec::new();
-    kassert!(v.try_reserve(10_000).is_ok(), "40 KB vector");
-    v.extend(0..10_000);
-    kassert_eq!(v.iter().map(|&x| u64::from(x)).sum::<u64>(), 49_995_000);
-    drop(v);
-    drop(b);
-    // Large blocks went back to the frame allocator (at most one cached
-    // empty slab per class may stay).
-    let after = super::frame_stats().map(|s| s.1);
-    kassert!(after >= before.map(|b| b.saturating_sub(super::slab::CLASSES.len() as u64)));
-    Ok(())
-});
-
-crate::ktest!(fn heap_reports_exhaustion_instead_of_panicking() {
-    let mut v: alloc::vec::Vec<u8> = alloc::vec::Vec::new();
-    // Far more than the machine has: must fail cleanly.
-    kassert!(v.try_reserve(1 << 40).is_err());
-    Ok(())
-});
-
-crate::kbench!(fn slab_alloc_free_64(iters: u64) {
-    let layout = Layout::from_size_align(64, 8).unwrap_or(Layout::new::<u64>());
-    for _ in 0..iters {
-        // SAFETY: non-zero size; freed with the same layout.
-        unsafe {
-            let p = HEAP.alloc(layout);
-            HEAP.dealloc(core::hint::black_box(p), layout);
-        }
+crate::ktest!(
+    fn heap_box_and_vec_round_trip() {
+        use alloc::boxed::Box;
+        use alloc::vec::Vec;
+        let before = super::frame_stats().map(|s| s.1);
+        let b = Box::new(0x55aa_u64);
+        kassert_eq!(*b, 0x55aa);
+        let mut v: Vec<u32> = Vec::new();
+        kassert!(v.try_reserve(10_000).is_ok(), "40 KB vector");
+        v.extend(0..10_000);
+        kassert_eq!(v.iter().map(|&x| u64::from(x)).sum::<u64>(), 49_995_000);
+        drop(v);
+        drop(b);
+        // Large blocks went back to the frame allocator (at most one cached
+        // empty slab per class may stay).
+        let after = super::frame_stats().map(|s| s.1);
+        kassert!(after >= before.map(|b| b.saturating_sub(super::slab::CLASSES.len() as u64)));
+        Ok(())
     }
-}, iters = 1000);
+);
 
-crate::kbench!(fn slab_alloc_free_1k(iters: u64) {
-    let layout = Layout::from_size_align(1024, 8).unwrap_or(Layout::new::<u64>());
-    for _ in 0..iters {
-        // SAFETY: as above.
-        unsafe {
-            let p = HEAP.alloc(layout);
-            HEAP.dealloc(core::hint::black_box(p), layout);
-        }
+crate::ktest!(
+    fn heap_reports_exhaustion_instead_of_panicking() {
+        let mut v: alloc::vec::Vec<u8> = alloc::vec::Vec::new();
+        // Far more than the machine has: must fail cleanly.
+        kassert!(v.try_reserve(1 << 40).is_err());
+        Ok(())
     }
-}, iters = 1000);
+);
+
+crate::kbench!(
+    fn slab_alloc_free_64(iters: u64) {
+        let layout = Layout::from_size_align(64, 8).unwrap_or(Layout::new::<u64>());
+        for _ in 0..iters {
+            // SAFETY: non-zero size; freed with the same layout.
+            unsafe {
+                let p = HEAP.alloc(layout);
+                HEAP.dealloc(core::hint::black_box(p), layout);
+            }
+        }
+    },
+    iters = 1000
+);
+
+crate::kbench!(
+    fn slab_alloc_free_1k(iters: u64) {
+        let layout = Layout::from_size_align(1024, 8).unwrap_or(Layout::new::<u64>());
+        for _ in 0..iters {
+            // SAFETY: as above.
+            unsafe {
+                let p = HEAP.alloc(layout);
+                HEAP.dealloc(core::hint::black_box(p), layout);
+            }
+        }
+    },
+    iters = 1000
+);

@@ -106,7 +106,13 @@ impl<S: PageSource> SlabAllocator<S> {
     pub const fn new(source: S) -> Self {
         const EMPTY: Class = Class {
             partial: ptr::null_mut(),
-            stats: ClassStats { object_size: 0, slabs: 0, objects_in_use: 0, allocs: 0, frees: 0 },
+            stats: ClassStats {
+                object_size: 0,
+                slabs: 0,
+                objects_in_use: 0,
+                allocs: 0,
+                frees: 0,
+            },
         };
         let mut classes = [EMPTY; CLASSES.len()];
         let mut i = 0;
@@ -114,7 +120,11 @@ impl<S: PageSource> SlabAllocator<S> {
             classes[i].stats.object_size = CLASSES[i];
             i += 1;
         }
-        SlabAllocator { source, classes, large_pages: 0 }
+        SlabAllocator {
+            source,
+            classes,
+            large_pages: 0,
+        }
     }
 
     /// Allocates `size` bytes aligned to `align` (a power of two).
@@ -191,7 +201,8 @@ impl<S: PageSource> SlabAllocator<S> {
                 // Empty and not the only partial slab: give the page back.
                 self.unlink(c, slab);
                 self.classes[c].stats.slabs -= 1;
-                self.source.free_pages(NonNull::new_unchecked(slab.cast()), 0);
+                self.source
+                    .free_pages(NonNull::new_unchecked(slab.cast()), 0);
             }
         }
     }
@@ -211,7 +222,13 @@ impl<S: PageSource> SlabAllocator<S> {
                 free = obj;
             }
             let slab = page.cast::<SlabHeader>();
-            slab.write(SlabHeader { class: c, in_use: 0, free, prev: ptr::null_mut(), next: ptr::null_mut() });
+            slab.write(SlabHeader {
+                class: c,
+                in_use: 0,
+                free,
+                prev: ptr::null_mut(),
+                next: ptr::null_mut(),
+            });
             self.push(c, slab);
         }
         self.classes[c].stats.slabs += 1;
