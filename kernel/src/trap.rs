@@ -29,6 +29,26 @@ pub enum TrapCause {
     Other(u64),
 }
 
+impl core::fmt::Display for TrapCause {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            TrapCause::PageFault { addr, write, exec } => {
+                let access = match (write, exec) {
+                    (_, true) => "execute",
+                    (true, _) => "write",
+                    _ => "read",
+                };
+                write!(f, "page fault ({access}) at address {addr:#x}")
+            }
+            TrapCause::Breakpoint => f.write_str("breakpoint"),
+            TrapCause::IllegalInstruction => f.write_str("illegal instruction"),
+            TrapCause::DivideError => f.write_str("divide error"),
+            TrapCause::Machine(what) => f.write_str(what),
+            TrapCause::Other(code) => write!(f, "trap with cause code {code:#x}"),
+        }
+    }
+}
+
 /// A trap as seen by its handler.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TrapRecord {
@@ -57,17 +77,14 @@ pub fn last() -> (Option<TrapRecord>, usize) {
 pub fn fatal(trap: TrapRecord, dump_registers: impl FnOnce(), backtrace: impl FnOnce()) -> ! {
     if crate::console::enter_fatal() {
         kprintln!(
-            "\nKERNEL FAULT while reporting a fault: {:?} at pc {:#x}",
+            "\nKERNEL FAULT while reporting a fault: {} at pc {:#x}",
             trap.cause,
             trap.pc
         );
         crate::arch::exit(keel_abi::harness::EXIT_CRASH);
     }
     kprintln!();
-    kprintln!("KERNEL FAULT: {:?} at pc {:#x}", trap.cause, trap.pc);
-    if let TrapCause::Machine("kernel stack overflow") = trap.cause {
-        kprintln!("kernel stack overflow");
-    }
+    kprintln!("KERNEL FAULT: {} at pc {:#x}", trap.cause, trap.pc);
     dump_registers();
     kprintln!("backtrace:");
     kprintln!("  {}0 {:#x}", keel_abi::harness::FRAME_PREFIX, trap.pc);

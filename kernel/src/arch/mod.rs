@@ -58,6 +58,39 @@ unsafe extern "C" {
     static __ktests_end: u8;
     static __kbenches_start: u8;
     static __kbenches_end: u8;
+    // Bounds of the exception-fixup table, `__ex_table` (8-byte aligned).
+    static __ex_table_start: u8;
+    static __ex_table_end: u8;
+}
+
+/// One exception-fixup table entry, emitted by assembly into the
+/// `__ex_table` section next to an instruction that may fault: a kernel-mode
+/// fault at `fault_pc` resumes at `fixup_pc`.
+#[repr(C)]
+pub struct FixupEntry {
+    pub fault_pc: usize,
+    pub fixup_pc: usize,
+}
+
+/// All exception-fixup entries.
+pub fn fixup_table() -> &'static [FixupEntry] {
+    // SAFETY: every architecture's linker script gathers all `__ex_table`
+    // contributions (pairs of 8-byte code addresses) between these symbols,
+    // in read-only memory that lives for the whole run.
+    unsafe {
+        linker_array(
+            (&raw const __ex_table_start).cast(),
+            (&raw const __ex_table_end).cast(),
+        )
+    }
+}
+
+/// The resume address registered for a kernel fault at `pc`, if any.
+pub fn fixup_for(pc: usize) -> Option<usize> {
+    fixup_table()
+        .iter()
+        .find(|e| e.fault_pc == pc)
+        .map(|e| e.fixup_pc)
 }
 
 /// All tests registered in the `.ktests` section by [`crate::ktest!`].

@@ -22,7 +22,7 @@
 //! and the dispatcher reports `Machine("kernel stack overflow")`.
 //!
 //! The fixup table (`__ex_table`, bounded by `__ex_table_start/_end`) holds
-//! [`ExTableEntry`] pairs of (faulting PC, resume PC); only kernel code that
+//! [`crate::arch::FixupEntry`] pairs of (faulting PC, resume PC); only kernel code that
 //! is expected to fault (`keel_probe_read`, later the user-copy routines)
 //! adds entries, from assembly.
 
@@ -263,43 +263,12 @@ struct ProbeResult {
     faulted: u64,
 }
 
-/// One exception-fixup table entry.
-#[repr(C)]
-#[derive(Clone, Copy, Debug)]
-pub struct ExTableEntry {
-    /// Address of an instruction that may fault.
-    pub fault_pc: u64,
-    /// Where to resume if it does.
-    pub fixup_pc: u64,
-}
-
 unsafe extern "C" {
     static keel_breakpoint_site: u8;
     static keel_semihost_site: u8;
-    static __ex_table_start: ExTableEntry;
-    static __ex_table_end: ExTableEntry;
     fn keel_probe_read(addr: usize) -> ProbeResult;
     fn keel_breakpoint();
     fn keel_semihost(op: u64, param: usize) -> u64;
-}
-
-/// The exception-fixup table.
-fn ex_table() -> &'static [ExTableEntry] {
-    let start = &raw const __ex_table_start;
-    let end = &raw const __ex_table_end;
-    let len = (end as usize - start as usize) / core::mem::size_of::<ExTableEntry>();
-    // SAFETY: the linker script places every `__ex_table` entry (emitted by
-    // assembly as pairs of 8-byte addresses, 8-byte aligned) contiguously
-    // between these two symbols in read-only memory.
-    unsafe { core::slice::from_raw_parts(start, len) }
-}
-
-/// The resume address for a fault at `pc`, if `pc` is listed.
-fn fixup_for(pc: u64) -> Option<u64> {
-    ex_table()
-        .iter()
-        .find(|e| e.fault_pc == pc)
-        .map(|e| e.fixup_pc)
 }
 
 /// See [`crate::arch`]: reads one byte, or reports the fault it caused.
@@ -377,7 +346,7 @@ extern "C" fn keel_trap_dispatch(frame: &mut TrapFrame) {
     let record = TrapRecord { cause, pc };
     if group == VectorKind::CurrentSpx
         && frame.kind.is_multiple_of(4)
-        && let Some(fixup) = fixup_for(frame.elr)
+        && let Some(fixup) = crate::arch::fixup_for(frame.elr as usize).map(|f| f as u64)
     {
         crate::trap::record(record);
         frame.elr = fixup;

@@ -115,31 +115,6 @@ keel_trap_entry:
 unsafe extern "C" {
     /// The trap vector (only its address is used, for `stvec`).
     pub fn keel_trap_entry();
-    // Bounds of the exception-fixup table (linker.ld).
-    static __ex_table_start: FixupEntry;
-    static __ex_table_end: FixupEntry;
-}
-
-/// One exception-fixup table entry.
-#[repr(C)]
-struct FixupEntry {
-    fault_pc: usize,
-    fixup_pc: usize,
-}
-
-fn fixup_table() -> &'static [FixupEntry] {
-    // SAFETY: linker.ld collects every `__ex_table` contribution (each a
-    // pair of 8-byte-aligned u64s emitted by `asm!` blocks) between these
-    // two symbols in read-only memory that lives for the whole run.
-    unsafe { crate::arch::linker_array(&raw const __ex_table_start, &raw const __ex_table_end) }
-}
-
-/// The fixup address registered for a faulting `pc`, if any.
-fn find_fixup(pc: usize) -> Option<usize> {
-    fixup_table()
-        .iter()
-        .find(|e| e.fault_pc == pc)
-        .map(|e| e.fixup_pc)
 }
 
 /// Translates an exception code and `stval` into a portable cause.
@@ -195,7 +170,7 @@ extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
             return;
         }
         TrapCause::PageFault { .. } if from_kernel => {
-            if let Some(fixup) = find_fixup(frame.sepc) {
+            if let Some(fixup) = crate::arch::fixup_for(frame.sepc) {
                 crate::trap::record(record);
                 frame.x[10] = frame.stval;
                 frame.x[11] = frame.scause;

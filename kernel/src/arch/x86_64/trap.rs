@@ -140,33 +140,6 @@ core::arch::global_asm!(
 
 unsafe extern "C" {
     static keel_trap_stubs: u8;
-    static __ex_table_start: FixupEntry;
-    static __ex_table_end: FixupEntry;
-}
-
-/// One exception-fixup table entry: a fault at `fault_pc` in kernel mode
-/// resumes at `fixup_pc`.
-#[repr(C)]
-struct FixupEntry {
-    fault_pc: usize,
-    fixup_pc: usize,
-}
-
-fn fixup_table() -> &'static [FixupEntry] {
-    let start = &raw const __ex_table_start;
-    let end = &raw const __ex_table_end;
-    let len = (end as usize - start as usize) / core::mem::size_of::<FixupEntry>();
-    // SAFETY: the linker script gathers every `__ex_table` entry (pairs of
-    // 8-byte-aligned code addresses emitted by the assembly above) between
-    // these symbols, in read-only memory that lives for the whole run.
-    unsafe { core::slice::from_raw_parts(start, len) }
-}
-
-fn find_fixup(pc: u64) -> Option<u64> {
-    fixup_table()
-        .iter()
-        .find(|e| e.fault_pc as u64 == pc)
-        .map(|e| e.fixup_pc as u64)
 }
 
 /// One IDT gate descriptor.
@@ -283,7 +256,7 @@ extern "C" fn keel_trap_dispatch(frame: &mut TrapFrame) {
     let kernel_mode = frame.cs & 3 == 0;
     if kernel_mode
         && matches!(frame.vector, VEC_PAGE_FAULT | VEC_GENERAL_PROTECTION)
-        && let Some(fixup) = find_fixup(frame.rip)
+        && let Some(fixup) = crate::arch::fixup_for(frame.rip as usize).map(|f| f as u64)
     {
         *LAST_FIXUP.lock() = record;
         crate::trap::record(record);
@@ -399,7 +372,7 @@ pub fn print_backtrace() {
 
 crate::ktest!(
     fn fixup_table_lists_probe_read() {
-        kassert!(!fixup_table().is_empty());
+        kassert!(!crate::arch::fixup_table().is_empty());
         Ok(())
     }
 );
@@ -415,7 +388,10 @@ crate::ktest!(
 
 crate::ktest!(
     fn unlisted_pc_has_no_fixup() {
-        kassert_eq!(find_fixup(print_backtrace as *const () as u64), None);
+        kassert_eq!(
+            crate::arch::fixup_for(print_backtrace as *const () as usize),
+            None
+        );
         Ok(())
     }
 );
