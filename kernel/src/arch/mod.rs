@@ -48,6 +48,7 @@ mod x86_64;
 pub use self::x86_64::*;
 
 use crate::bench::KBench;
+use crate::bootinfo::PhysReader;
 use crate::ktest::KTest;
 
 unsafe extern "C" {
@@ -151,5 +152,39 @@ pub fn walk_frames(
             return;
         }
         fp = caller_fp;
+    }
+}
+
+/// Physical memory read through the boot direct map, each page of a range
+/// first probed with `probe_read`, so an address that is not backed yields
+/// `None` rather than a fault. For boot information whose address comes from
+/// the loader (the device tree).
+pub struct ProbedDirectMap {
+    /// Lowest physical address read: below it lie device registers, where
+    /// even a read may have side effects.
+    pub floor: u64,
+}
+
+impl PhysReader<'static> for ProbedDirectMap {
+    fn bytes(&self, addr: u64, len: u64) -> Option<&'static [u8]> {
+        let end = addr.checked_add(len)?;
+        if addr < self.floor || end > crate::mm::DIRECT_MAP_BOOT_LIMIT {
+            return None;
+        }
+        // One byte per page, and the last byte.
+        let mut at = addr;
+        while at < end {
+            probe_read(phys_to_virt(at)).ok()?;
+            at = (at | 0xfff) + 1;
+        }
+        if len > 0 {
+            probe_read(phys_to_virt(end - 1)).ok()?;
+        }
+        // SAFETY: `[addr, end)` lies below the boot direct-map limit, which
+        // every architecture's boot page tables map readable at
+        // `phys_to_virt` for the kernel's whole run, and every page of it was
+        // just read without a fault, so it is backed. Boot information is
+        // reserved in the memory map, so nothing writes it while shared.
+        Some(unsafe { core::slice::from_raw_parts(phys_to_virt(addr) as *const u8, len as usize) })
     }
 }

@@ -9,7 +9,9 @@
 //! children, `/chosen` `bootargs` and `linux,initrd-start/end`, and the CPU
 //! count (`/cpus/cpu*` whose `status` is absent or "okay").
 
-use super::{BootInfo, BootInfoError, MAX_REGIONS, MemoryMap, MemoryRegion, RegionKind};
+use super::{
+    BootInfo, BootInfoError, MAX_REGIONS, MemoryMap, MemoryRegion, PhysReader, RegionKind,
+};
 use arrayvec::ArrayVec;
 
 const MAGIC: u32 = 0xd00d_feed;
@@ -19,6 +21,8 @@ const TOKEN_END_NODE: u32 = 2;
 const TOKEN_PROP: u32 = 3;
 const TOKEN_NOP: u32 = 4;
 const TOKEN_END: u32 = 9;
+/// Largest device tree accepted (QEMU's are 1 MiB, padding included).
+pub const MAX_SIZE: u64 = 2 << 20;
 /// Deepest node nesting accepted; real trees are a handful of levels deep.
 const MAX_DEPTH: usize = 16;
 
@@ -187,6 +191,39 @@ fn prop_u32_or_u64(value: &[u8]) -> Option<u64> {
         8 => be64(value, 0),
         _ => None,
     }
+}
+
+/// Finds the device tree a boot loader left at physical `phys`, checks it,
+/// and parses it, reserving the `kernel` image and the blob itself. `mem`
+/// decides which addresses may be read; an unreadable header means there is
+/// no device tree there, an unreadable body that it is truncated.
+pub fn parse_at<'a>(
+    phys: u64,
+    mem: &impl PhysReader<'a>,
+    kernel: MemoryRegion,
+) -> Result<BootInfo<'a>, BootInfoError> {
+    const MISSING: BootInfoError = BootInfoError::Missing("device tree");
+    // The specification requires 8-byte alignment.
+    if phys == 0 || !phys.is_multiple_of(8) {
+        return Err(MISSING);
+    }
+    let header = mem.bytes(phys, HEADER_LEN as u64).ok_or(MISSING)?;
+    let size = total_size(header)? as u64;
+    if size > MAX_SIZE {
+        return Err(BootInfoError::Malformed("device tree larger than 2 MiB"));
+    }
+    let blob = mem.bytes(phys, size).ok_or(BootInfoError::Truncated(
+        "device tree runs into unreadable memory",
+    ))?;
+    let reserved = [
+        kernel,
+        MemoryRegion {
+            start: phys,
+            end: phys + size,
+            kind: RegionKind::BootInfo,
+        },
+    ];
+    parse(blob, "devicetree", &reserved)
 }
 
 /// Parses a device tree. `reserved` lists regions the caller must keep
@@ -481,6 +518,57 @@ mod tests {
             parse(&blob, "devicetree", &[]).unwrap_err(),
             BootInfoError::CmdlineNotUtf8
         );
+    }
+
+    /// Physical memory holding `data` at `base`, readable nowhere else.
+    struct Ram {
+        base: u64,
+        data: Vec<u8>,
+    }
+
+    impl<'a> PhysReader<'a> for &'a Ram {
+        fn bytes(&self, addr: u64, len: u64) -> Option<&'a [u8]> {
+            let start = usize::try_from(addr.checked_sub(self.base)?).ok()?;
+            self.data
+                .get(start..start.checked_add(usize::try_from(len).ok()?)?)
+        }
+    }
+
+    #[test]
+    fn parse_at_finds_checks_and_reserves_the_blob() {
+        let blob = virt_like(2, true);
+        let ram = Ram {
+            base: 0x4000_0000,
+            data: blob.clone(),
+        };
+        let info = parse_at(0x4000_0000, &&ram, KERNEL).unwrap();
+        assert_eq!(info.cpu_count, 2);
+        assert_eq!(kinds_at(&info, 0x4000_0000), Some(RegionKind::BootInfo));
+        assert_eq!(kinds_at(&info, 0x4020_0000), Some(RegionKind::Kernel));
+        let missing = Err(BootInfoError::Missing("device tree"));
+        assert_eq!(parse_at(0, &&ram, KERNEL).map(|_| ()), missing);
+        assert_eq!(parse_at(0x4000_0004, &&ram, KERNEL).map(|_| ()), missing);
+        assert_eq!(parse_at(0x3000_0000, &&ram, KERNEL).map(|_| ()), missing);
+        // Header readable, body not.
+        let short = Ram {
+            base: 0x4000_0000,
+            data: blob[..blob.len() / 2].to_vec(),
+        };
+        assert!(matches!(
+            parse_at(0x4000_0000, &&short, KERNEL),
+            Err(BootInfoError::Truncated(_))
+        ));
+        // A header claiming more than MAX_SIZE.
+        let mut big = blob.clone();
+        big[4..8].copy_from_slice(&(3u32 << 20).to_be_bytes());
+        let big = Ram {
+            base: 0x4000_0000,
+            data: big,
+        };
+        assert!(matches!(
+            parse_at(0x4000_0000, &&big, KERNEL),
+            Err(BootInfoError::Malformed(_))
+        ));
     }
 
     proptest! {

@@ -21,6 +21,14 @@ pub const PAGE_SIZE: u64 = 4096;
 /// Most regions a memory map holds. Real firmware reports a few dozen.
 pub const MAX_REGIONS: usize = 128;
 
+/// Read access to physical memory holding boot information. The kernel
+/// reads through its direct map; host tests feed byte buffers.
+pub trait PhysReader<'a> {
+    /// The `len` bytes at physical address `addr`, or `None` if any of them
+    /// cannot be read (outside RAM the reader covers, or the range wraps).
+    fn bytes(&self, addr: u64, len: u64) -> Option<&'a [u8]>;
+}
+
 /// What a physical region holds. Ordered by precedence: when two input
 /// regions overlap, the output takes the kind that compares greater, so any
 /// reservation wins over `Usable`.

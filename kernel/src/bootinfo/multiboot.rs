@@ -12,7 +12,7 @@
 //! memory-map array, command-line strings, the module list) are reserved as
 //! [`RegionKind::BootInfo`]; modules as [`RegionKind::BootModule`].
 
-use super::{BootInfoError, MAX_REGIONS, MemoryMap, MemoryRegion, RegionKind};
+use super::{BootInfoError, MAX_REGIONS, MemoryMap, MemoryRegion, PhysReader, RegionKind};
 use arrayvec::ArrayVec;
 
 /// `eax` at entry from a Multiboot 1 loader.
@@ -26,13 +26,6 @@ pub const MAX_STRING: usize = 4096;
 pub const MAX_MODULES: usize = 32;
 /// Largest Multiboot 2 information blob accepted.
 pub const MAX_MB2_INFO: u64 = 1 << 20;
-
-/// Read access to physical memory holding the boot information.
-pub trait PhysReader<'a> {
-    /// The `len` bytes at physical address `addr`, or `None` if any of them
-    /// cannot be read (outside RAM the reader covers, or the range wraps).
-    fn bytes(&self, addr: u64, len: u64) -> Option<&'a [u8]>;
-}
 
 /// What the Multiboot information says, in portable terms.
 #[derive(Clone, Debug)]

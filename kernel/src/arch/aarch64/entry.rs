@@ -33,7 +33,7 @@
 //! caches; on hardware this relies on the loader leaving no dirty cache lines
 //! over the image (as the Linux arm64 boot protocol requires).
 
-use super::{DIRECT_MAP_BASE, DIRECT_MAP_SIZE, phys_to_virt};
+use super::DIRECT_MAP_BASE;
 use crate::bootinfo::{BootInfo, BootInfoError, MemoryRegion, RegionKind, dtb};
 
 /// Physical address the virtual address `KERNEL_VIRT_BASE` maps to; the image
@@ -44,12 +44,6 @@ pub const KERNEL_VIRT_BASE: usize = 0xFFFF_FFFF_8000_0000;
 
 /// Where QEMU `virt` puts the device tree for an ELF boot (the RAM base).
 const DTB_DEFAULT_PHYS: u64 = 0x4000_0000;
-/// A device tree larger than this is rejected as implausible.
-const DTB_MAX_SIZE: usize = 2 << 20;
-/// The flattened-device-tree magic, big-endian.
-const FDT_MAGIC: [u8; 4] = [0xd0, 0x0d, 0xfe, 0xed];
-/// Bytes of the FDT header `dtb::total_size` reads.
-const FDT_HEADER_LEN: usize = 40;
 
 const GIB: u64 = 1 << 30;
 
@@ -416,54 +410,16 @@ extern "C" fn keel_aarch64_main(x0: u64) -> ! {
 }
 
 /// Finds, validates and parses the device tree: at `x0` if non-zero, else
-/// at the RAM base. Every read of the blob's header and pages goes through
-/// `probe_read`, so a bogus pointer gives an error rather than a fault.
+/// at the RAM base. The blob must lie in RAM (above GiB 0, where probing
+/// device registers could have side effects) and every page of it must be
+/// readable, so a bogus pointer gives an error rather than a fault.
 fn boot_info(x0: u64) -> Result<BootInfo<'static>, BootInfoError> {
-    const MISSING: BootInfoError = BootInfoError::Missing("device tree");
     let phys = if x0 != 0 { x0 } else { DTB_DEFAULT_PHYS };
-    // The blob must sit in the RAM part of the direct map: probing device
-    // registers in GiB 0 could have side effects.
-    if !phys.is_multiple_of(8) || !(GIB..DIRECT_MAP_SIZE - FDT_HEADER_LEN as u64).contains(&phys) {
-        return Err(MISSING);
-    }
-    let virt = phys_to_virt(phys);
-    let mut header = [0u8; FDT_HEADER_LEN];
-    for (i, byte) in header.iter_mut().enumerate() {
-        *byte = super::probe_read(virt + i).map_err(|_| MISSING)?;
-    }
-    if header[..4] != FDT_MAGIC {
-        return Err(MISSING);
-    }
-    let size = dtb::total_size(&header)?;
-    if size > DTB_MAX_SIZE {
-        return Err(BootInfoError::Malformed("device tree larger than 2 MiB"));
-    }
-    if size < FDT_HEADER_LEN || phys + size as u64 > DIRECT_MAP_SIZE {
-        return Err(BootInfoError::Truncated("device tree"));
-    }
-    // Every page of the blob must be readable memory.
-    let pages = (0..size).step_by(4096).chain(core::iter::once(size - 1));
-    for offset in pages {
-        super::probe_read(virt + offset).map_err(|_| BootInfoError::Truncated("device tree"))?;
-    }
-    // SAFETY: `virt..virt + size` lies in the direct map (checked against
-    // DIRECT_MAP_SIZE above), every page of it was just read successfully,
-    // and the memory map handed to the kernel reserves it as `BootInfo`, so
-    // nothing writes to it for the rest of the run.
-    let blob = unsafe { core::slice::from_raw_parts(virt as *const u8, size) };
-
     let (start, end) = kernel_image_range();
-    let reserved = [
-        MemoryRegion {
-            start: image_virt_to_phys(start),
-            end: image_virt_to_phys(end),
-            kind: RegionKind::Kernel,
-        },
-        MemoryRegion {
-            start: phys,
-            end: phys + size as u64,
-            kind: RegionKind::BootInfo,
-        },
-    ];
-    dtb::parse(blob, "devicetree", &reserved)
+    let kernel = MemoryRegion {
+        start: image_virt_to_phys(start),
+        end: image_virt_to_phys(end),
+        kind: RegionKind::Kernel,
+    };
+    dtb::parse_at(phys, &crate::arch::ProbedDirectMap { floor: GIB }, kernel)
 }

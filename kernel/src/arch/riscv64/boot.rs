@@ -26,18 +26,12 @@
 //! message on the UART and QEMU exits with `EXIT_BOOT_ERROR`; an Sv39
 //! fallback is left to the memory-management work.
 
-use super::{
-    __kernel_end, __kernel_start, DIRECT_MAP_SIZE, KERNEL_VIRT_OFFSET, phys_to_virt, probe_read,
-};
+use super::{__kernel_end, __kernel_start, KERNEL_VIRT_OFFSET};
 use crate::bootinfo::{BootInfo, BootInfoError, MemoryRegion, RegionKind, dtb};
 use keel_abi::harness::EXIT_BOOT_ERROR;
 
 /// Size of the boot hart's stack.
 pub const BOOT_STACK_SIZE: usize = 64 * 1024;
-/// Largest device tree the kernel accepts.
-const DTB_MAX_SIZE: u64 = 2 << 20;
-/// Length of the flattened-device-tree header.
-const DTB_HEADER_LEN: usize = 40;
 
 // Page-table entry bits (privileged spec, Sv39/48/57).
 const PTE_V: u64 = 1 << 0;
@@ -252,60 +246,12 @@ fn kernel_image() -> MemoryRegion {
     }
 }
 
-/// Parses the device tree OpenSBI passed in `a1`.
+/// Parses the device tree OpenSBI passed in `a1`. It must lie in RAM (at or
+/// above the RAM base; below it are device registers) and every page of it
+/// must be readable, so a bogus pointer gives an error rather than a fault.
 fn boot_info(dtb_phys: u64) -> Result<BootInfo<'static>, BootInfoError> {
-    let blob = device_tree(dtb_phys)?;
-    let reserved = [
-        kernel_image(),
-        MemoryRegion {
-            start: dtb_phys,
-            end: dtb_phys + blob.len() as u64,
-            kind: RegionKind::BootInfo,
-        },
-    ];
-    dtb::parse(blob, "devicetree", &reserved)
-}
-
-/// Reads the byte at physical `phys` through the direct map, reporting an
-/// absent device tree if the read faults (the address is not backed).
-fn probe_phys(phys: u64) -> Result<u8, BootInfoError> {
-    probe_read(phys_to_virt(phys)).map_err(|_| BootInfoError::Missing("device tree"))
-}
-
-/// The device tree blob at physical `dtb_phys`, after checking that it lies
-/// inside the direct map, is readable, has the FDT magic and is at most
-/// [`DTB_MAX_SIZE`] bytes long.
-fn device_tree(dtb_phys: u64) -> Result<&'static [u8], BootInfoError> {
-    let missing = BootInfoError::Missing("device tree");
-    if dtb_phys == 0 || dtb_phys >= DIRECT_MAP_SIZE - DTB_HEADER_LEN as u64 {
-        return Err(missing);
-    }
-    let mut header = [0u8; DTB_HEADER_LEN];
-    for (b, phys) in header.iter_mut().zip(dtb_phys..) {
-        *b = probe_phys(phys)?;
-    }
-    let size = dtb::total_size(&header)? as u64;
-    if size > DTB_MAX_SIZE {
-        return Err(BootInfoError::Malformed("device tree larger than 2 MiB"));
-    }
-    let end = dtb_phys + size;
-    if end > DIRECT_MAP_SIZE {
-        return Err(BootInfoError::Malformed(
-            "device tree beyond the first 4 GiB",
-        ));
-    }
-    // Every page of the blob must be backed: probe one byte per page and
-    // the last byte.
-    let mut page = dtb_phys & !0xfff;
-    while page < end {
-        probe_phys(page.max(dtb_phys))?;
-        page += 0x1000;
-    }
-    probe_phys(end - 1)?;
-    // SAFETY: `[dtb_phys, end)` lies inside the first 4 GiB, which the boot
-    // page tables map at the direct map for the kernel's whole life; every
-    // page of it was just read successfully, so it is backed by memory.
-    // Nothing writes the device tree (it is reserved as `BootInfo` in the
-    // memory map), so a shared `'static` slice is sound.
-    Ok(unsafe { core::slice::from_raw_parts(phys_to_virt(dtb_phys) as *const u8, size as usize) })
+    let ram = crate::arch::ProbedDirectMap {
+        floor: KERNEL_PHYS_BASE,
+    };
+    dtb::parse_at(dtb_phys, &ram, kernel_image())
 }

@@ -9,7 +9,7 @@
 //! bounded by table lengths that only ever shrink the remaining work. A
 //! problem yields an `Err` describing it (the caller then assumes one CPU).
 
-use crate::bootinfo::multiboot::PhysReader;
+use crate::bootinfo::PhysReader;
 
 /// Largest system description table accepted.
 const MAX_TABLE_LEN: u32 = 1 << 20;

@@ -26,7 +26,8 @@
 //! mapping (PML4[0]) and calls [`keel_boot64`].
 
 use super::{KERNEL_LOAD_PHYS, KERNEL_VMA_OFFSET};
-use crate::bootinfo::multiboot::{self, PhysReader};
+use crate::bootinfo::PhysReader;
+use crate::bootinfo::multiboot;
 use crate::bootinfo::{BootInfo, BootInfoError, MemoryRegion, RegionKind};
 use keel_abi::harness::EXIT_BOOT_ERROR;
 
