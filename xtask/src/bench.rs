@@ -3,7 +3,6 @@
 //! per guest instruction, and reports instructions per operation as a table
 //! and as `target/bench/<arch>.json`.
 
-use crate::Accel;
 use crate::arch::Arch;
 use crate::qemu::{self, Boot};
 use crate::toolchain::{self, Flavor};
@@ -52,14 +51,8 @@ pub fn run(arches: &[Arch]) -> Result<()> {
     for &arch in arches {
         let image = toolchain::build_kernel(arch, Flavor::Bench, true)?;
         let boot = Boot {
-            arch,
-            image: &image,
-            smp: 1,
-            mem: "256M",
-            cmdline: "",
-            accel: Accel::Tcg,
             icount: true,
-            gdb: false,
+            ..Boot::headless(arch, &image, 1, "256M", "")
         };
         let start = std::time::Instant::now();
         let outcome = qemu::run_captured(&boot, Duration::from_secs(600), false)?;

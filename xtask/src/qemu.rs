@@ -24,7 +24,21 @@ pub struct Boot<'a> {
     pub gdb: bool,
 }
 
-impl Boot<'_> {
+impl<'a> Boot<'a> {
+    /// A non-interactive TCG boot: no GDB stub, no -icount.
+    pub fn headless(arch: Arch, image: &'a Path, smp: u32, mem: &'a str, cmdline: &'a str) -> Self {
+        Boot {
+            arch,
+            image,
+            smp,
+            mem,
+            cmdline,
+            accel: Accel::Tcg,
+            icount: false,
+            gdb: false,
+        }
+    }
+
     pub fn command(&self) -> Command {
         let mut cmd = Command::new(self.arch.qemu_binary());
         cmd.args(self.arch.qemu_machine_args());

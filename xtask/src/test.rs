@@ -6,7 +6,6 @@
 //! check and each individual test counts once; the last line printed is
 //! `N passed, N failed`.
 
-use crate::Accel;
 use crate::arch::Arch;
 use crate::qemu::{self, Boot};
 use crate::toolchain::{self, Flavor};
@@ -170,25 +169,15 @@ fn host_tests(tally: &mut Tally, root: &std::path::Path) {
 
 /// Boots the test kernel and counts each in-kernel test.
 fn kernel_tests(tally: &mut Tally, arch: Arch, image: &std::path::Path) -> Result<()> {
-    let boot = Boot {
-        arch,
-        image,
-        smp: 2,
-        mem: "256M",
-        cmdline: "",
-        accel: Accel::Tcg,
-        icount: false,
-        gdb: false,
-    };
+    let boot = Boot::headless(arch, image, 2, "256M", "");
     let outcome = qemu::run_captured(&boot, BOOT_LIMIT, true)?;
     let (mut passed, mut failed) = (0, 0);
     for line in &outcome.lines {
         let Some(rest) = line.strip_prefix(TEST_PREFIX) else {
             continue;
         };
-        if let Some(name) = rest.strip_suffix(" ... ok") {
+        if rest.ends_with(" ... ok") {
             passed += 1;
-            let _ = name;
         } else if let Some(name) = rest.strip_suffix(" ... FAILED") {
             failed += 1;
             tally
@@ -233,16 +222,7 @@ fn kernel_tests(tally: &mut Tally, arch: Arch, image: &std::path::Path) -> Resul
 /// A malformed command line must stop the boot with a clear message and
 /// the boot-error status.
 fn bad_cmdline_refused(tally: &mut Tally, arch: Arch, image: &std::path::Path) -> Result<()> {
-    let boot = Boot {
-        arch,
-        image,
-        smp: 1,
-        mem: "128M",
-        cmdline: "log=bogus",
-        accel: Accel::Tcg,
-        icount: false,
-        gdb: false,
-    };
+    let boot = Boot::headless(arch, image, 1, "128M", "log=bogus");
     let outcome = qemu::run_captured(&boot, BOOT_LIMIT, false)?;
     let message = outcome
         .lines
