@@ -6,9 +6,11 @@
 //! (`TryFrom`), never transmuted.
 #![no_std]
 
+pub mod cap;
 pub mod error;
 pub mod harness;
 pub mod syscall;
 
+pub use cap::{CapToken, ObjectType, Rights};
 pub use error::Error;
 pub use syscall::Syscall;

@@ -22,16 +22,36 @@ pub struct KBench {
     pub name: &'static str,
     /// Operations per batch.
     pub iters: u64,
-    /// Runs the operation `iters` times.
-    pub func: fn(u64),
+    /// Runs the operation `iters` times; returns the ticks it measured
+    /// itself, for benchmarks that need set-up outside the timed part.
+    pub func: fn(u64) -> Option<u64>,
 }
 
 /// Declares an in-kernel benchmark. Compiled only in the `bench` build.
+/// The `-> ticks` form returns the cycle-counter ticks of the measured
+/// part of its `iters` operations, excluding per-operation set-up.
 #[macro_export]
 macro_rules! kbench {
+    (fn $name:ident($iters:ident: u64) -> ticks $body:block, iters = $n:expr) => {
+        $crate::kbench!(@register $name, $n, {
+            fn $name($iters: u64) -> Option<u64> {
+                fn body($iters: u64) -> u64 $body
+                Some(body($iters))
+            }
+        });
+    };
     (fn $name:ident($iters:ident: u64) $body:block, iters = $n:expr) => {
+        $crate::kbench!(@register $name, $n, {
+            fn $name($iters: u64) -> Option<u64> {
+                fn body($iters: u64) $body
+                body($iters);
+                None
+            }
+        });
+    };
+    (@register $name:ident, $n:expr, { $func:item }) => {
         #[cfg(feature = "bench")]
-        fn $name($iters: u64) $body
+        $func
         #[cfg(feature = "bench")]
         const _: () = {
             #[used]
@@ -50,13 +70,13 @@ pub fn run_all() {
     for b in crate::arch::registered_benches() {
         let iters = b.iters.max(1);
         // Warm caches and lazily initialised state once.
-        (b.func)(iters);
+        let _ = (b.func)(iters);
         let mut tenths = [0u64; BATCHES];
         for slot in tenths.iter_mut() {
             let t0 = crate::arch::cycle_counter();
-            (b.func)(iters);
-            let t1 = crate::arch::cycle_counter();
-            *slot = t1.wrapping_sub(t0).saturating_mul(10) / iters;
+            let own = (b.func)(iters);
+            let ticks = own.unwrap_or(crate::arch::cycle_counter().wrapping_sub(t0));
+            *slot = ticks.saturating_mul(10) / iters;
         }
         tenths.sort_unstable();
         let median = tenths[BATCHES / 2];

@@ -27,8 +27,27 @@ pub fn kernel_main(info: Result<BootInfo<'_>, BootInfoError>) -> ! {
     if let Err(e) = crate::mm::init(&info.memory) {
         boot_error(format_args!("cannot set up the frame allocator: {e:?}"));
     }
+    match crate::mm::kmap::init(&info.memory) {
+        Ok(s) => kprintln!(
+            "kernel page tables: direct map {} MiB in {} 1G + {} 2M + {} 4K pages, image {} pages (W^X)",
+            s.direct_bytes >> 20,
+            s.direct[2],
+            s.direct[1],
+            s.direct[0],
+            s.image_pages
+        ),
+        Err(e) => boot_error(format_args!("cannot build the kernel page tables: {e:?}")),
+    }
+    if let Err(e) = crate::mm::add_memory_above_boot_limit(&info.memory) {
+        boot_error(format_args!("cannot add memory above 4 GiB: {e:?}"));
+    }
+    crate::mm::user::init();
     crate::mm::print_stats();
 
+    if cfg!(feature = "ktest") && cmdline.crash_stack {
+        kprintln!("overflowing the kernel stack on purpose (crash=stack)");
+        overflow_stack(0);
+    }
     if cfg!(feature = "ktest") {
         let (passed, failed) = crate::ktest::run_all(cmdline.test_filter);
         kprintln!("{passed} passed, {failed} failed");
@@ -41,6 +60,15 @@ pub fn kernel_main(info: Result<BootInfo<'_>, BootInfoError>) -> ! {
     }
     log::info!("boot complete; nothing to run yet, halting (Ctrl-A X leaves QEMU)");
     crate::arch::halt()
+}
+
+/// Recurses until the stack runs into its guard page.
+fn overflow_stack(depth: u64) -> u64 {
+    let frame = core::hint::black_box([depth; 64]);
+    if core::hint::black_box(depth) == u64::MAX {
+        return 0;
+    }
+    overflow_stack(depth + 1) + frame[depth as usize % 64]
 }
 
 fn boot_error(msg: core::fmt::Arguments<'_>) -> ! {

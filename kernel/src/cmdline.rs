@@ -21,6 +21,10 @@ pub struct Cmdline<'a> {
     pub log_level: LogLevel,
     /// `ktest=SUBSTRING`: run only in-kernel tests whose path contains it.
     pub test_filter: Option<&'a str>,
+    /// `crash=stack`: overflow the kernel stack after boot, to check the
+    /// guard page and the "kernel stack overflow" report (used by
+    /// `cargo xtask test`; honoured only in test builds).
+    pub crash_stack: bool,
 }
 
 /// What is wrong with a command line.
@@ -37,7 +41,7 @@ impl core::fmt::Display for CmdlineError<'_> {
         match self {
             CmdlineError::UnknownOption(w) => write!(
                 f,
-                "unknown option `{w}` (known: log=trace|debug|info|warn|error|off, ktest=FILTER)"
+                "unknown option `{w}` (known: log=trace|debug|info|warn|error|off, ktest=FILTER, crash=stack)"
             ),
             CmdlineError::BadValue { key, value } => {
                 write!(f, "bad value `{value}` for option `{key}`")
@@ -51,6 +55,7 @@ impl<'a> Cmdline<'a> {
     pub const DEFAULT: Cmdline<'static> = Cmdline {
         log_level: LogLevel::Info,
         test_filter: None,
+        crash_stack: false,
     };
 
     /// Parses `text`; every word must be a known `key=value` option.
@@ -74,6 +79,8 @@ impl<'a> Cmdline<'a> {
                 }
                 "ktest" if !value.is_empty() => out.test_filter = Some(value),
                 "ktest" => return Err(CmdlineError::BadValue { key, value }),
+                "crash" if value == "stack" => out.crash_stack = true,
+                "crash" => return Err(CmdlineError::BadValue { key, value }),
                 _ => return Err(CmdlineError::UnknownOption(word)),
             }
         }
@@ -116,5 +123,7 @@ mod tests {
             })
         );
         assert!(Cmdline::parse("ktest=").is_err());
+        assert!(Cmdline::parse("crash=heap").is_err());
+        assert!(Cmdline::parse("crash=stack").unwrap().crash_stack);
     }
 }

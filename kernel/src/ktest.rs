@@ -69,22 +69,56 @@ macro_rules! kassert {
     };
 }
 
-/// Fails the current test unless `left == right`, printing both.
+/// Fails the current test unless `left == right`, printing both (and the
+/// optional message, a string literal).
 #[macro_export]
 macro_rules! kassert_eq {
-    ($left:expr, $right:expr $(,)?) => {
+    ($left:expr, $right:expr $(, $msg:expr)? $(,)?) => {
         match (&$left, &$right) {
             (l, r) => {
                 if l != r {
                     $crate::kprintln!(
-                        "\n    assertion failed at {}:{}: {} == {}\n      left: {:?}\n     right: {:?}",
-                        file!(), line!(), stringify!($left), stringify!($right), l, r
+                        "\n    assertion failed at {}:{}: {} == {}{}\n      left: {:?}\n     right: {:?}",
+                        file!(), line!(), stringify!($left), stringify!($right),
+                        concat!($(": ", $msg)?), l, r
                     );
                     return Err($crate::ktest::TestFailed);
                 }
             }
         }
     };
+}
+
+/// Unwraps an `Option` or `Result`, or fails the current test saying what
+/// could not be done: `let s = kexpect!(UserSpace::new(0), "creating a space");`
+#[macro_export]
+macro_rules! kexpect {
+    ($value:expr, $what:expr $(,)?) => {
+        match $crate::ktest::Expect::expect_value($value) {
+            Ok(v) => v,
+            Err(e) => {
+                $crate::kprintln!("\n    {} failed at {}:{}: {}", $what, file!(), line!(), e);
+                return Err($crate::ktest::TestFailed);
+            }
+        }
+    };
+}
+
+/// What [`kexpect!`] accepts.
+pub trait Expect<T> {
+    fn expect_value(self) -> Result<T, alloc::string::String>;
+}
+
+impl<T> Expect<T> for Option<T> {
+    fn expect_value(self) -> Result<T, alloc::string::String> {
+        self.ok_or_else(|| alloc::string::String::from("None"))
+    }
+}
+
+impl<T, E: core::fmt::Debug> Expect<T> for Result<T, E> {
+    fn expect_value(self) -> Result<T, alloc::string::String> {
+        self.map_err(|e| alloc::format!("{e:?}"))
+    }
 }
 
 /// Runs every registered test whose path contains `filter` and returns

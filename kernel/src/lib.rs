@@ -20,6 +20,7 @@ pub mod console;
 pub mod ktest;
 
 pub mod bootinfo;
+pub mod cap;
 pub mod cmdline;
 pub mod mm;
 

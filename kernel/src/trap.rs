@@ -84,6 +84,11 @@ pub fn fatal(trap: TrapRecord, dump_registers: impl FnOnce(), backtrace: impl Fn
         crate::arch::exit(keel_abi::harness::EXIT_CRASH);
     }
     kprintln!();
+    if let TrapCause::PageFault { addr, .. } = trap.cause
+        && crate::arch::in_stack_guard(addr)
+    {
+        kprintln!("KERNEL FAULT: kernel stack overflow (guard page {addr:#x} touched)");
+    }
     kprintln!("KERNEL FAULT: {} at pc {:#x}", trap.cause, trap.pc);
     dump_registers();
     kprintln!("backtrace:");

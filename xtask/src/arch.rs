@@ -59,11 +59,11 @@ impl Arch {
                 "-machine",
                 "q35",
                 "-cpu",
-                "qemu64",
+                "qemu64,+smep,+smap",
                 "-device",
                 "isa-debug-exit,iobase=0xf4,iosize=0x04",
             ],
-            Arch::Aarch64 => &["-machine", "virt", "-cpu", "cortex-a72", "-semihosting"],
+            Arch::Aarch64 => &["-machine", "virt", "-cpu", "cortex-a76", "-semihosting"],
             Arch::Riscv64 => &["-machine", "virt", "-bios", "default"],
         }
     }

@@ -10,7 +10,7 @@ use crate::arch::Arch;
 use crate::qemu::{self, Boot};
 use crate::toolchain::{self, Flavor};
 use anyhow::Result;
-use keel_abi::harness::{EXIT_BOOT_ERROR, EXIT_PASS, TEST_PREFIX, describe_exit};
+use keel_abi::harness::{EXIT_BOOT_ERROR, EXIT_CRASH, EXIT_PASS, TEST_PREFIX, describe_exit};
 use std::process::Command;
 use std::time::Duration;
 
@@ -88,6 +88,8 @@ pub fn run(arches: &[Arch]) -> Result<bool> {
             Ok(image) => {
                 kernel_tests(&mut tally, arch, &image)?;
                 bad_cmdline_refused(&mut tally, arch, &image)?;
+                stack_overflow_reported(&mut tally, arch, &image)?;
+                memory_above_4g_used(&mut tally, arch, &image)?;
             }
             Err(e) => {
                 println!("{e:#}");
@@ -234,6 +236,64 @@ fn bad_cmdline_refused(tally: &mut Tally, arch: Arch, image: &std::path::Path) -
             arch.name()
         ),
         message && outcome.status == Some(EXIT_BOOT_ERROR),
+    );
+    Ok(())
+}
+
+/// Overflowing the kernel stack (`crash=stack`) must hit the guard page and
+/// give a "kernel stack overflow" report and the crash status, not a hang
+/// or a reset.
+fn stack_overflow_reported(tally: &mut Tally, arch: Arch, image: &std::path::Path) -> Result<()> {
+    let boot = Boot::headless(arch, image, 1, "128M", "crash=stack");
+    let outcome = qemu::run_captured(&boot, BOOT_LIMIT, false)?;
+    let report = outcome
+        .lines
+        .iter()
+        .any(|l| l.contains("kernel stack overflow"));
+    let frames = outcome.lines.iter().any(|l| l.contains("frame #1"));
+    tally.record(
+        &format!(
+            "{} reports a kernel stack overflow (guard page, backtrace, exit {EXIT_CRASH})",
+            arch.name()
+        ),
+        report && frames && outcome.status == Some(EXIT_CRASH),
+    );
+    Ok(())
+}
+
+/// With 5 GiB of RAM, memory above the boot direct map's 4 GiB must be
+/// mapped and handed out, and the memory tests must still pass.
+fn memory_above_4g_used(tally: &mut Tally, arch: Arch, image: &std::path::Path) -> Result<()> {
+    let boot = Boot::headless(arch, image, 1, "5G", "ktest=mm::");
+    let outcome = qemu::run_captured(&boot, BOOT_LIMIT, false)?;
+    // "RAM: 5119 MiB total, ..." and "frames: N total (M MiB), ...".
+    let number_after = |prefix: &str, marker: &str| {
+        outcome.lines.iter().find_map(|l| {
+            let rest = l.strip_prefix(prefix)?;
+            let at = rest.find(marker)? + marker.len();
+            rest[at..]
+                .split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+    };
+    let ram = number_after("RAM: ", "").unwrap_or(0);
+    let managed = number_after("frames: ", "(").unwrap_or(0);
+    let ok = outcome.status == Some(EXIT_PASS) && ram >= 5000 && managed + 64 >= ram;
+    if !ok {
+        println!(
+            "{}: 5 GiB boot: RAM {ram} MiB, frame allocator {managed} MiB, status {:?}",
+            arch.name(),
+            outcome.status
+        );
+    }
+    tally.record(
+        &format!(
+            "{} maps and uses RAM above 4 GiB (5 GiB boot, memory tests pass)",
+            arch.name()
+        ),
+        ok,
     );
     Ok(())
 }

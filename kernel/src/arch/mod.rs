@@ -29,6 +29,44 @@
 //!   and this returns the record instead of crashing.
 //! - `fn print_backtrace()` — prints the current call chain, one
 //!   `frame #<i> <addr>` line per frame (frame-pointer walk, bounded).
+//! - `fn in_stack_guard(addr: usize) -> bool` — whether `addr` lies in the
+//!   unmapped guard page under a kernel stack (boot stack, exception and
+//!   emergency stacks). A fault there is reported as a kernel stack overflow;
+//!   the architecture makes sure the fault handler still has a stack to run on
+//!   (x86 #DF on an IST stack, a separate stack on AArch64 and RISC-V).
+//!
+//! Memory management (see `crate::mm::paging`):
+//! - `type PageFormat` — the architecture's [`crate::mm::paging::PteFormat`].
+//! - `const KERNEL_ROOT_ENTRIES: Range<usize>` — root-table entries owned by
+//!   the kernel and shared into every user tree (`256..512` where one root
+//!   serves both halves; empty on AArch64, whose kernel half has its own root
+//!   in TTBR1).
+//! - `const FLUSH_NEW_ENTRIES: bool` — whether the TLB may cache invalid
+//!   entries, so that a new mapping must be flushed too (RISC-V).
+//! - `fn max_page_size() -> PageSize` — the largest leaf this CPU supports.
+//! - `fn kernel_image_layout() -> ArrayVec<(Range<usize>, Attr), 8>` — the kernel
+//!   image's sections with their attributes (text RX, rodata R, data/bss RW),
+//!   excluding stack guard pages, from linker-script symbols.
+//! - `fn kernel_virt_to_phys(va: usize) -> u64` — for addresses in the image.
+//! - `fn device_windows() -> &'static [(u64, u64)]` — physical `(start,
+//!   len)` ranges of device registers the kernel reaches through the direct map.
+//! - `unsafe fn load_kernel_root(root: u64)` / `fn kernel_root() -> u64` —
+//!   install / read the kernel's page-table root (CR3, TTBR1_EL1, satp) and
+//!   flush the TLB.
+//! - `unsafe fn load_user_root(root: u64, asid: u16, flush: bool)` — make the
+//!   user tree `root` current with address-space id `asid` (PCID, ASID in
+//!   TTBR0_EL1, ASID in satp); `flush` drops the TLB entries tagged `asid`
+//!   first. `fn unload_user_root()` returns to no user mappings.
+//! - `fn asid_count() -> usize` — usable address-space ids (1 when the CPU has
+//!   none, which means every switch flushes).
+//! - `fn flush_page(asid: u16, va: usize)` (a page of the current user
+//!   tree), `fn flush_kernel_page(va: usize)`, `fn flush_all()` — local TLB
+//!   invalidation (shootdowns to other CPUs are `crate::mm::tlb`'s job).
+//! - `unsafe fn user_copy(dst: *mut u8, src: *const u8, len: usize) ->
+//!   Result<(), usize>` — copies with user-memory access opened (SMAP `stac`/
+//!   `clac`, PAN, SUM) for the duration; every load and store is in the
+//!   exception-fixup table, so a fault returns `Err(fault address)`.
+//!
 //! - Unexpected traps print the cause, the faulting address, a register dump
 //!   and a backtrace, then `exit(EXIT_CRASH)` (via [`crate::trap::fatal`]).
 

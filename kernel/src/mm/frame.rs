@@ -20,6 +20,12 @@
 //!   state left untouched.
 //! - Two free buddies of the same order in the same zone never coexist (they
 //!   are merged on free).
+//! - Single frames are cached per CPU on hot lists ([`FrameAllocator::alloc_hot`],
+//!   [`FrameAllocator::free_hot`]), refilled from and drained to the buddy
+//!   lists in batches, so the common alloc/free pair does not split and
+//!   merge a large block each time. A hot frame's bitmap bit stays set (the
+//!   buddy lists cannot see it) and its `info` is `HOT`; it counts as free in
+//!   [`FrameAllocator::free_frames`] but not in the zone statistics.
 
 use arrayvec::ArrayVec;
 
@@ -34,21 +40,31 @@ pub const DMA_LIMIT: u64 = 16 << 20;
 /// Most zones (node × kind) supported.
 pub const MAX_ZONES: usize = 8;
 
+/// CPUs with a hot list of their own.
+pub const MAX_CPUS: usize = 16;
+/// Frames a hot list holds at most, and moves to or from the buddy lists
+/// at once.
+const HOT_MAX: usize = 64;
+const HOT_BATCH: usize = 32;
+
 const NONE: u32 = u32::MAX;
 const FREE_HEAD: u8 = 0x80;
 const ALLOC_HEAD: u8 = 0x40;
+const HOT: u8 = 0x20;
 
 /// A physical frame number (physical address / 4 KiB).
 pub type Pfn = u64;
 
-/// Per-frame metadata: free-list links (valid only for free block heads)
-/// and head flags.
+/// Per-frame metadata: free-list links (valid only for free block heads),
+/// head flags, and for an allocated single frame the number of extra
+/// references to it (copy-on-write sharing).
 #[derive(Clone, Copy, Debug, Default)]
 #[repr(C)]
 pub struct FrameMeta {
     next: u32,
     prev: u32,
     info: u8,
+    extra_refs: u16,
 }
 
 impl FrameMeta {
@@ -130,6 +146,8 @@ pub struct FrameAllocator<'m> {
     total_frames: u64,
     free_frames: u64,
     peak_used: u64,
+    hot: [ArrayVec<u32, HOT_MAX>; MAX_CPUS],
+    hot_frames: u64,
 }
 
 impl<'m> FrameAllocator<'m> {
@@ -155,6 +173,7 @@ impl<'m> FrameAllocator<'m> {
             next: NONE,
             prev: NONE,
             info: 0,
+            extra_refs: 0,
         });
         bitmap.fill(u64::MAX);
         Ok(FrameAllocator {
@@ -165,6 +184,8 @@ impl<'m> FrameAllocator<'m> {
             total_frames: 0,
             free_frames: 0,
             peak_used: 0,
+            hot: core::array::from_fn(|_| ArrayVec::new()),
+            hot_frames: 0,
         })
     }
 
@@ -286,7 +307,7 @@ impl<'m> FrameAllocator<'m> {
             .checked_sub(self.base)
             .filter(|i| *i < self.meta.len() as u64)
             .ok_or(FreeError::OutOfRange)? as u32;
-        if !self.bit(idx) {
+        if !self.bit(idx) || self.meta[idx as usize].info == HOT {
             return Err(FreeError::NotAllocated);
         }
         if order > MAX_ORDER || self.meta[idx as usize].info != ALLOC_HEAD | order as u8 {
@@ -325,10 +346,131 @@ impl<'m> FrameAllocator<'m> {
         Ok(())
     }
 
+    /// The metadata of the allocated single frame `pfn`.
+    fn single(&mut self, pfn: Pfn) -> Result<&mut FrameMeta, FreeError> {
+        let idx = pfn
+            .checked_sub(self.base)
+            .filter(|i| *i < self.meta.len() as u64)
+            .ok_or(FreeError::OutOfRange)? as usize;
+        if !self.bit(idx as u32) || self.meta[idx].info == HOT {
+            return Err(FreeError::NotAllocated);
+        }
+        let m = &mut self.meta[idx];
+        if m.info == ALLOC_HEAD {
+            Ok(m)
+        } else {
+            Err(FreeError::WrongBlock)
+        }
+    }
+
+    /// Adds a reference to the allocated single frame `pfn` (it is shared
+    /// copy-on-write); returns the new reference count.
+    pub fn share(&mut self, pfn: Pfn) -> Result<u32, FreeError> {
+        let m = self.single(pfn)?;
+        m.extra_refs = m.extra_refs.checked_add(1).ok_or(FreeError::WrongBlock)?;
+        Ok(u32::from(m.extra_refs) + 1)
+    }
+
+    /// Drops a reference to the single frame `pfn`, freeing it to `cpu`'s
+    /// hot list with the last one; returns whether it was freed.
+    pub fn release(&mut self, cpu: usize, pfn: Pfn) -> Result<bool, FreeError> {
+        let m = self.single(pfn)?;
+        if m.extra_refs > 0 {
+            m.extra_refs -= 1;
+            return Ok(false);
+        }
+        self.free_hot(cpu, pfn).map(|()| true)
+    }
+
+    /// Allocates a single frame from `cpu`'s hot list, refilling it from
+    /// the buddy lists (normal zones first) when empty.
+    pub fn alloc_hot(&mut self, cpu: usize) -> Option<Pfn> {
+        let cpu = cpu % MAX_CPUS;
+        if self.hot[cpu].is_empty() {
+            let peak = self.peak_used;
+            for _ in 0..HOT_BATCH {
+                let Some(pfn) = self.alloc(0, ZoneRequest::Any, None) else {
+                    break;
+                };
+                let idx = (pfn - self.base) as u32;
+                self.meta[idx as usize].info = HOT;
+                self.hot[cpu].push(idx);
+                self.free_frames += 1;
+                self.hot_frames += 1;
+            }
+            self.peak_used = peak;
+        }
+        let idx = self.hot[cpu].pop()?;
+        self.meta[idx as usize].info = ALLOC_HEAD;
+        self.meta[idx as usize].extra_refs = 0;
+        self.free_frames -= 1;
+        self.hot_frames -= 1;
+        self.peak_used = self.peak_used.max(self.total_frames - self.free_frames);
+        Some(self.base + u64::from(idx))
+    }
+
+    /// Frees a single frame onto `cpu`'s hot list, first draining a batch
+    /// to the buddy lists if the list is full. Errors as [`Self::free`].
+    pub fn free_hot(&mut self, cpu: usize, pfn: Pfn) -> Result<(), FreeError> {
+        let cpu = cpu % MAX_CPUS;
+        let idx = pfn
+            .checked_sub(self.base)
+            .filter(|i| *i < self.meta.len() as u64)
+            .ok_or(FreeError::OutOfRange)? as u32;
+        let info = self.meta[idx as usize].info;
+        if !self.bit(idx) || info == HOT {
+            return Err(FreeError::NotAllocated);
+        }
+        if info != ALLOC_HEAD {
+            return Err(FreeError::WrongBlock);
+        }
+        if self.hot[cpu].is_full() {
+            self.drain(cpu, HOT_BATCH);
+        }
+        self.meta[idx as usize].info = HOT;
+        self.hot[cpu].push(idx);
+        self.free_frames += 1;
+        self.hot_frames += 1;
+        Ok(())
+    }
+
+    /// Returns up to `n` frames of `cpu`'s hot list to the buddy lists.
+    fn drain(&mut self, cpu: usize, n: usize) {
+        for _ in 0..n {
+            let Some(idx) = self.hot[cpu].pop() else {
+                return;
+            };
+            self.meta[idx as usize].info = ALLOC_HEAD;
+            self.free_frames -= 1;
+            self.hot_frames -= 1;
+            // Cannot fail: the frame is an allocated single frame.
+            let _ = self.free(self.base + u64::from(idx), 0);
+        }
+    }
+
+    /// Returns every hot-list frame to the buddy lists.
+    pub fn drain_hot(&mut self) {
+        for cpu in 0..MAX_CPUS {
+            self.drain(cpu, HOT_MAX);
+        }
+    }
+
+    /// Frames on hot lists.
+    pub fn hot_frames(&self) -> u64 {
+        self.hot_frames
+    }
+
+    /// References to the allocated single frame `pfn` (0 if it is not one).
+    pub fn refs(&mut self, pfn: Pfn) -> u32 {
+        self.single(pfn).map_or(0, |m| u32::from(m.extra_refs) + 1)
+    }
+
     /// Whether the frame is allocated (or never was free).
     pub fn is_allocated(&self, pfn: Pfn) -> bool {
         match pfn.checked_sub(self.base) {
-            Some(i) if i < self.meta.len() as u64 => self.bit(i as u32),
+            Some(i) if i < self.meta.len() as u64 => {
+                self.bit(i as u32) && self.meta[i as usize].info != HOT
+            }
             _ => true,
         }
     }
@@ -365,6 +507,7 @@ impl<'m> FrameAllocator<'m> {
             next: head,
             prev: NONE,
             info: FREE_HEAD | order as u8,
+            extra_refs: 0,
         };
         if head != NONE {
             self.meta[head as usize].prev = block;
@@ -387,6 +530,7 @@ impl<'m> FrameAllocator<'m> {
             next: NONE,
             prev: NONE,
             info: 0,
+            extra_refs: 0,
         };
         self.zones[z].free_blocks[order] -= 1;
     }
@@ -456,6 +600,38 @@ mod tests {
         assert!(a.is_allocated(0));
         assert!(a.is_allocated(0xa0));
         assert!(!a.is_allocated(1));
+    }
+
+    #[test]
+    fn shared_frames_are_freed_with_the_last_reference() {
+        let mut f = Fixture::new(0x4000);
+        let mut a = f.allocator();
+        let p = a.alloc(0, ZoneRequest::Any, None).unwrap();
+        assert_eq!(a.refs(p), 1);
+        assert_eq!(a.share(p), Ok(2));
+        assert_eq!(a.share(p), Ok(3));
+        assert_eq!(a.release(0, p), Ok(false));
+        assert_eq!(a.release(0, p), Ok(false));
+        assert!(a.is_allocated(p));
+        assert_eq!(a.release(0, p), Ok(true));
+        assert!(!a.is_allocated(p));
+        assert_eq!(a.release(0, p), Err(FreeError::NotAllocated));
+        assert_eq!(a.share(p), Err(FreeError::NotAllocated));
+        assert_eq!(a.refs(p), 0);
+        let big = a.alloc(2, ZoneRequest::Any, None).unwrap();
+        assert_eq!(
+            a.share(big),
+            Err(FreeError::WrongBlock),
+            "only single frames"
+        );
+        assert_eq!(a.share(big + 1), Err(FreeError::WrongBlock));
+        assert_eq!(a.share(0), Err(FreeError::WrongBlock), "reserved");
+        assert_eq!(a.free(big, 2), Ok(()));
+        // A reused frame starts with one reference again.
+        let q = a.alloc(0, ZoneRequest::Any, None).unwrap();
+        assert_eq!(a.refs(q), 1);
+        assert_eq!(a.release(0, q), Ok(true));
+        assert_eq!(a.free_frames(), initial_free());
     }
 
     #[test]
@@ -530,12 +706,17 @@ mod tests {
     enum Op {
         Alloc(usize, bool),
         Free(usize),
+        /// A single frame through CPU `n`'s hot list.
+        AllocHot(usize),
+        FreeHot(usize, usize),
     }
 
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
             3 => (0usize..=MAX_ORDER, any::<bool>()).prop_map(|(o, d)| Op::Alloc(o % 5 + if o == MAX_ORDER { 5 } else { 0 }, d)),
             2 => any::<usize>().prop_map(Op::Free),
+            2 => (0usize..3).prop_map(Op::AllocHot),
+            2 => (0usize..3, any::<usize>()).prop_map(|(c, i)| Op::FreeHot(c, i)),
         ]
     }
 
@@ -576,6 +757,26 @@ mod tests {
                         freed.push((p, o));
                     }
                     Op::Free(_) => {}
+                    Op::AllocHot(cpu) => {
+                        if let Some(p) = a.alloc_hot(cpu) {
+                            prop_assert!(!live.contains_key(&p), "hot frame handed out twice");
+                            if let Some((&q, &qo)) = live.range(..p + 1).next_back() {
+                                prop_assert!(q + (1 << qo) <= p, "overlap");
+                            }
+                            live.insert(p, 0);
+                        }
+                    }
+                    Op::FreeHot(cpu, i) => {
+                        let single: Vec<u64> = live.iter().filter(|e| *e.1 == 0).map(|e| *e.0).collect();
+                        if !single.is_empty() {
+                            let p = single[i % single.len()];
+                            prop_assert_eq!(a.free_hot(cpu, p), Ok(()));
+                            prop_assert_eq!(a.free_hot(cpu, p), Err(FreeError::NotAllocated), "double free");
+                            prop_assert_eq!(a.free(p, 0), Err(FreeError::NotAllocated), "double free");
+                            prop_assert!(!a.is_allocated(p));
+                            live.remove(&p);
+                        }
+                    }
                 }
                 let used: u64 = live.values().map(|o| 1u64 << o).sum();
                 prop_assert_eq!(a.free_frames(), initial_free() - used);
@@ -589,6 +790,8 @@ mod tests {
             for (p, o) in std::mem::take(&mut live) {
                 prop_assert_eq!(a.free(p, o), Ok(()));
             }
+            a.drain_hot();
+            prop_assert_eq!(a.hot_frames(), 0);
             let end: Vec<ZoneStats> = a.zone_stats().collect();
             prop_assert_eq!(end, initial, "fully coalesced back to the initial state");
         }

@@ -23,20 +23,24 @@ pub enum MmInitError {
 }
 
 /// Builds the global frame allocator from `map`. Called once, at boot.
+/// Only RAM below [`DIRECT_MAP_BOOT_LIMIT`] is handed out until
+/// [`add_memory_above_boot_limit`], after the kernel's own page tables map
+/// all of it.
 pub fn init(map: &MemoryMap) -> Result<(), MmInitError> {
-    let usable = || {
-        map.usable()
-            .filter(|r| r.start < DIRECT_MAP_BOOT_LIMIT)
-            .map(|r| (r.start, r.end.min(DIRECT_MAP_BOOT_LIMIT)))
+    let all = || map.usable().map(|r| (r.start, r.end));
+    let low = || {
+        all()
+            .filter(|(s, _)| *s < DIRECT_MAP_BOOT_LIMIT)
+            .map(|(s, e)| (s, e.min(DIRECT_MAP_BOOT_LIMIT)))
     };
-    let lo = usable().map(|(s, _)| s).min().unwrap_or(0) / FRAME_SIZE;
-    let hi = usable().map(|(_, e)| e).max().unwrap_or(0) / FRAME_SIZE;
+    let lo = all().map(|(s, _)| s).min().unwrap_or(0) / FRAME_SIZE;
+    let hi = all().map(|(_, e)| e).max().unwrap_or(0) / FRAME_SIZE;
     let frames = hi.saturating_sub(lo);
     let (meta_len, bitmap_len) = FrameAllocator::metadata_len(frames);
     let meta_bytes = (meta_len * FrameMeta::SIZE).next_multiple_of(8);
     let need = (meta_bytes + bitmap_len * 8) as u64;
     let need = need.next_multiple_of(FRAME_SIZE);
-    let (carve_start, _) = usable()
+    let (carve_start, _) = low()
         .find(|(s, e)| e - s >= need)
         .ok_or(MmInitError::NoRoomForMetadata)?;
     let base = crate::arch::phys_to_virt(carve_start);
@@ -54,7 +58,7 @@ pub fn init(map: &MemoryMap) -> Result<(), MmInitError> {
         )
     };
     let mut alloc = FrameAllocator::new(lo, meta, bitmap).map_err(MmInitError::Allocator)?;
-    for (s, e) in usable() {
+    for (s, e) in low() {
         // Skip the metadata carve-out.
         let (s, e) = if s == carve_start {
             (s + need, e)
@@ -67,22 +71,96 @@ pub fn init(map: &MemoryMap) -> Result<(), MmInitError> {
     Ok(())
 }
 
+/// Hands RAM above [`DIRECT_MAP_BOOT_LIMIT`] to the allocator, once the
+/// kernel's page tables map it (`mm::kmap`).
+pub fn add_memory_above_boot_limit(map: &MemoryMap) -> Result<(), MmInitError> {
+    let mut guard = FRAMES.lock();
+    let Some(alloc) = guard.as_mut() else {
+        return Ok(());
+    };
+    for r in map.usable().filter(|r| r.end > DIRECT_MAP_BOOT_LIMIT) {
+        alloc
+            .add_free(r.start.max(DIRECT_MAP_BOOT_LIMIT), r.end, 0)
+            .map_err(MmInitError::Allocator)?;
+    }
+    Ok(())
+}
+
+/// The hot list this CPU uses. One CPU runs the kernel until SMP lands;
+/// then this becomes the current CPU's index.
+const CPU: usize = 0;
+
 /// Allocates `2^order` contiguous frames; returns the first frame's
-/// physical address.
+/// physical address. Single frames come from this CPU's hot list.
 pub fn alloc_frames(order: usize, zone: ZoneRequest) -> Option<u64> {
-    FRAMES
-        .lock()
-        .as_mut()?
-        .alloc(order, zone, None)
-        .map(|pfn| pfn * FRAME_SIZE)
+    let mut guard = FRAMES.lock();
+    let a = guard.as_mut()?;
+    let pfn = if order == 0 && zone == ZoneRequest::Any {
+        a.alloc_hot(CPU)
+    } else {
+        a.alloc(order, zone, None)
+    };
+    pfn.map(|pfn| pfn * FRAME_SIZE)
 }
 
 /// Frees a block from [`alloc_frames`].
 pub fn free_frames(phys: u64, order: usize) -> Result<(), super::frame::FreeError> {
     let pfn: Pfn = phys / FRAME_SIZE;
     match FRAMES.lock().as_mut() {
+        Some(a) if order == 0 => a.free_hot(CPU, pfn),
         Some(a) => a.free(pfn, order),
         None => Err(super::frame::FreeError::OutOfRange),
+    }
+}
+
+/// Adds a copy-on-write reference to the allocated single frame at `phys`.
+pub fn share_frame(phys: u64) -> Result<u32, super::frame::FreeError> {
+    match FRAMES.lock().as_mut() {
+        Some(a) => a.share(phys / FRAME_SIZE),
+        None => Err(super::frame::FreeError::OutOfRange),
+    }
+}
+
+/// Drops a reference to the single frame at `phys`; the last one frees it.
+pub fn release_frame(phys: u64) -> Result<bool, super::frame::FreeError> {
+    match FRAMES.lock().as_mut() {
+        Some(a) => a.release(CPU, phys / FRAME_SIZE),
+        None => Err(super::frame::FreeError::OutOfRange),
+    }
+}
+
+/// References to the single frame at `phys` (0 if it is not allocated).
+pub fn frame_refs(phys: u64) -> u32 {
+    FRAMES
+        .lock()
+        .as_mut()
+        .map_or(0, |a| a.refs(phys / FRAME_SIZE))
+}
+
+/// Page tables in frames from the global allocator, reached through the
+/// direct map.
+pub struct KernelTables;
+
+// SAFETY: tables are whole frames from the global allocator, zeroed here,
+// owned by the tree that allocated them until `free_table`; the direct map
+// maps all allocatable RAM read-write at `phys_to_virt`.
+unsafe impl super::paging::TableMemory for KernelTables {
+    fn alloc_table(&mut self) -> Option<u64> {
+        let pa = alloc_frames(0, ZoneRequest::Any)?;
+        let table = self.table(pa);
+        // SAFETY: `pa` is a frame we now own, mapped by the direct map.
+        unsafe { table.write([0; super::paging::ENTRIES]) };
+        Some(pa)
+    }
+
+    fn free_table(&mut self, pa: u64) {
+        if let Err(e) = free_frames(pa, 0) {
+            log::error!("page table {pa:#x} freed twice: {e:?}");
+        }
+    }
+
+    fn table(&self, pa: u64) -> *mut [u64; super::paging::ENTRIES] {
+        crate::arch::phys_to_virt(pa) as *mut _
     }
 }
 
@@ -98,10 +176,11 @@ pub fn print_stats() {
     let guard = FRAMES.lock();
     let Some(a) = guard.as_ref() else { return };
     kprintln!(
-        "frames: {} total ({} MiB), {} free, peak used {}",
+        "frames: {} total ({} MiB), {} free ({} on per-CPU hot lists), peak used {}",
         a.total_frames(),
         (a.total_frames() * FRAME_SIZE) >> 20,
         a.free_frames(),
+        a.hot_frames(),
         a.peak_used_frames()
     );
     for z in a.zone_stats() {

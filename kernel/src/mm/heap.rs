@@ -2,14 +2,18 @@
 //! pages come from the frame allocator through the direct map.
 //!
 //! Allocation failure returns null (so `try_reserve`-style callers get an
-//! error); nothing here panics on exhaustion. Per-CPU object caches arrive
-//! with SMP; until then one lock serialises the heap.
+//! error); nothing here panics on exhaustion. The slab allocator keeps
+//! per-CPU object caches; one lock still serialises the heap (one CPU runs
+//! the kernel until SMP, which makes `CPU` the current CPU's index).
 
 use super::frame::ZoneRequest;
 use super::slab::{ClassStats, PageSource, SlabAllocator};
 use core::alloc::{GlobalAlloc, Layout};
 use core::ptr::NonNull;
 use spin::Mutex;
+
+/// The CPU whose object caches this CPU uses (see the module docs).
+const CPU: usize = 0;
 
 /// Pages for the slab allocator: frames, addressed through the direct map.
 pub struct FramePages;
@@ -44,7 +48,7 @@ unsafe impl GlobalAlloc for KernelHeap {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         self.0
             .lock()
-            .alloc(layout.size(), layout.align())
+            .alloc(CPU, layout.size(), layout.align())
             .map_or(core::ptr::null_mut(), NonNull::as_ptr)
     }
 
@@ -52,7 +56,7 @@ unsafe impl GlobalAlloc for KernelHeap {
         if let Some(p) = NonNull::new(ptr) {
             // SAFETY: GlobalAlloc's contract: `ptr` came from `alloc` with
             // this layout.
-            unsafe { self.0.lock().free(p, layout.size(), layout.align()) }
+            unsafe { self.0.lock().free(CPU, p, layout.size(), layout.align()) }
         }
     }
 }
@@ -64,13 +68,14 @@ pub fn print_heap_stats() {
         object_size,
         slabs,
         objects_in_use,
+        cached,
         allocs,
         frees,
     } in heap.class_stats()
     {
         if allocs > 0 {
             kprintln!(
-                "  slab {object_size:>4} B: {slabs} slabs, {objects_in_use} in use, {allocs} allocs, {frees} frees"
+                "  slab {object_size:>4} B: {slabs} slabs, {objects_in_use} in use, {cached} cached, {allocs} allocs, {frees} frees"
             );
         }
     }

@@ -1,17 +1,35 @@
-//! Memory management: the physical frame allocator (and, as the
-//! memory-management work lands, page tables, the kernel heap and user
-//! address spaces).
+//! Memory management.
 //!
-//! [`init`] builds the global frame allocator from the boot memory map. Its
-//! metadata (about 13 bytes per frame) is carved out of the first usable
-//! region large enough, and reached through the direct map.
+//! Portable, host-tested: the frame allocator ([`frame`]), the slab
+//! allocator ([`slab`]), page tables behind one interface ([`paging`]),
+//! address-space ids ([`asid`]), memory objects ([`object`]) and user
+//! address spaces ([`aspace`]) over a [`machine::Machine`].
+//! On the machine: the global frame allocator (`global`), the kernel heap
+//! (`heap`), the kernel's page tables (`kmap`), and user memory with the
+//! checked copy helpers (`user`).
+//!
+//! Boot order: [`init`] builds the global frame allocator from the boot
+//! memory map (its metadata, 12 bytes per frame, is carved out of the
+//! first usable region large enough and reached through the direct map);
+//! `kmap::init` then replaces the boot page tables, after which RAM above
+//! the boot direct map's 4 GiB is added and user spaces can be made.
 
+pub mod asid;
+pub mod aspace;
 pub mod frame;
+pub mod kref;
+pub mod machine;
+pub mod object;
+pub mod paging;
 pub mod slab;
 
 #[cfg(target_os = "none")]
 mod global;
 #[cfg(target_os = "none")]
 pub mod heap;
+#[cfg(target_os = "none")]
+pub mod kmap;
+#[cfg(target_os = "none")]
+pub mod user;
 #[cfg(target_os = "none")]
 pub use global::*;

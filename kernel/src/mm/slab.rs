@@ -11,8 +11,14 @@
 //! empty is returned to the page source unless it is the class's only
 //! partial slab (one empty slab is kept to avoid thrashing).
 //!
+//! In front of the slabs, each CPU has a small cache (a magazine) of free
+//! objects per class: alloc pops from it and free pushes to it, refilled
+//! from and flushed to the slabs half a magazine at a time, so the common
+//! alloc/free pair touches no slab list.
+//!
 //! Invariants: a slab header's `class` never changes while the page is a
-//! slab; `in_use` equals the number of objects handed out from it; an
+//! slab; `in_use` equals the number of objects handed out from it
+//! (including those sitting in CPU caches); an
 //! object is either on its slab's free list or handed out, never both.
 //! Freeing a pointer that is not the start of an in-use object of this
 //! allocator is undefined behaviour, as for any `GlobalAlloc`; the kernel
@@ -24,8 +30,20 @@ use core::ptr::{self, NonNull};
 pub const PAGE: usize = 4096;
 /// Bytes reserved at the start of each slab for its header.
 pub const HEADER: usize = 64;
-/// Object sizes served from slabs; larger requests take whole pages.
+/// Object sizes served from slabs; larger requests take whole pages (a
+/// 4 KiB request is one frame from the frame allocator's per-CPU hot list).
 pub const CLASSES: [usize; 7] = [32, 64, 128, 256, 512, 1024, 2048];
+/// CPUs with object caches of their own.
+pub const MAX_CPUS: usize = super::frame::MAX_CPUS;
+/// Objects one CPU caches per class.
+const MAGAZINE: usize = 16;
+
+/// One CPU's cache of free objects of one class.
+#[derive(Clone, Copy)]
+struct Magazine {
+    len: usize,
+    objects: [*mut u8; MAGAZINE],
+}
 
 /// Where slabs' pages come from.
 pub trait PageSource {
@@ -57,7 +75,10 @@ struct FreeObject {
 pub struct ClassStats {
     pub object_size: usize,
     pub slabs: usize,
+    /// Handed out to callers.
     pub objects_in_use: usize,
+    /// Free, in CPU caches.
+    pub cached: usize,
     pub allocs: u64,
     pub frees: u64,
 }
@@ -73,6 +94,7 @@ struct Class {
 pub struct SlabAllocator<S: PageSource> {
     source: S,
     classes: [Class; CLASSES.len()],
+    caches: [[Magazine; CLASSES.len()]; MAX_CPUS],
     large_pages: usize,
 }
 
@@ -110,6 +132,7 @@ impl<S: PageSource> SlabAllocator<S> {
                 object_size: 0,
                 slabs: 0,
                 objects_in_use: 0,
+                cached: 0,
                 allocs: 0,
                 frees: 0,
             },
@@ -120,17 +143,35 @@ impl<S: PageSource> SlabAllocator<S> {
             classes[i].stats.object_size = CLASSES[i];
             i += 1;
         }
+        const MAG: Magazine = Magazine {
+            len: 0,
+            objects: [ptr::null_mut(); MAGAZINE],
+        };
         SlabAllocator {
             source,
             classes,
+            caches: [[MAG; CLASSES.len()]; MAX_CPUS],
             large_pages: 0,
         }
     }
 
-    /// Allocates `size` bytes aligned to `align` (a power of two).
-    pub fn alloc(&mut self, size: usize, align: usize) -> Option<NonNull<u8>> {
+    /// Allocates `size` bytes aligned to `align` (a power of two) on CPU
+    /// `cpu`.
+    pub fn alloc(&mut self, cpu: usize, size: usize, align: usize) -> Option<NonNull<u8>> {
         match class_of(size, align) {
-            Some(c) => self.alloc_object(c),
+            Some(c) => {
+                let cpu = cpu % MAX_CPUS;
+                if self.caches[cpu][c].len == 0 {
+                    self.refill(cpu, c);
+                }
+                let m = &mut self.caches[cpu][c];
+                m.len = m.len.checked_sub(1)?;
+                let st = &mut self.classes[c].stats;
+                st.cached -= 1;
+                st.objects_in_use += 1;
+                st.allocs += 1;
+                NonNull::new(m.objects[m.len])
+            }
             None if align <= PAGE => {
                 let order = pages_order(size);
                 let p = self.source.alloc_pages(order)?;
@@ -141,14 +182,28 @@ impl<S: PageSource> SlabAllocator<S> {
         }
     }
 
-    /// Frees memory from [`Self::alloc`] with the same size and alignment.
+    /// Frees memory from [`Self::alloc`] with the same size and alignment,
+    /// on any CPU.
     ///
     /// # Safety
-    /// `ptr` must come from `self.alloc(size, align)` and not be freed yet.
-    pub unsafe fn free(&mut self, ptr: NonNull<u8>, size: usize, align: usize) {
+    /// `ptr` must come from `self.alloc(_, size, align)` and not be freed
+    /// yet.
+    pub unsafe fn free(&mut self, cpu: usize, ptr: NonNull<u8>, size: usize, align: usize) {
         match class_of(size, align) {
-            // SAFETY: forwarded caller contract.
-            Some(c) => unsafe { self.free_object(c, ptr) },
+            Some(c) => {
+                let cpu = cpu % MAX_CPUS;
+                if self.caches[cpu][c].len == MAGAZINE {
+                    // SAFETY: the magazine holds in-use objects of class `c`.
+                    unsafe { self.flush(cpu, c, MAGAZINE / 2) };
+                }
+                let m = &mut self.caches[cpu][c];
+                m.objects[m.len] = ptr.as_ptr();
+                m.len += 1;
+                let st = &mut self.classes[c].stats;
+                st.cached += 1;
+                st.objects_in_use -= 1;
+                st.frees += 1;
+            }
             None => {
                 let order = pages_order(size);
                 self.large_pages -= 1 << order;
@@ -159,9 +214,59 @@ impl<S: PageSource> SlabAllocator<S> {
         }
     }
 
+    /// Moves up to half a magazine of objects from the slabs into `cpu`'s
+    /// cache of class `c`.
+    fn refill(&mut self, cpu: usize, c: usize) {
+        for _ in 0..MAGAZINE / 2 {
+            let Some(obj) = self.alloc_object(c) else {
+                return;
+            };
+            let m = &mut self.caches[cpu][c];
+            m.objects[m.len] = obj.as_ptr();
+            m.len += 1;
+            self.classes[c].stats.cached += 1;
+        }
+    }
+
+    /// Returns `n` objects of `cpu`'s cache of class `c` to their slabs.
+    ///
+    /// # Safety
+    /// The cache must hold only in-use objects of class `c` (it does: only
+    /// `free` and `refill` fill it).
+    unsafe fn flush(&mut self, cpu: usize, c: usize, n: usize) {
+        for _ in 0..n {
+            let m = &mut self.caches[cpu][c];
+            let Some(len) = m.len.checked_sub(1) else {
+                return;
+            };
+            m.len = len;
+            let obj = m.objects[len];
+            self.classes[c].stats.cached -= 1;
+            if let Some(obj) = NonNull::new(obj) {
+                // SAFETY: by the function's contract.
+                unsafe { self.free_object(c, obj) };
+            }
+        }
+    }
+
+    /// Returns every cached object to its slab (so empty slabs go back
+    /// to the page source).
+    pub fn flush_caches(&mut self) {
+        for cpu in 0..MAX_CPUS {
+            for c in 0..CLASSES.len() {
+                // SAFETY: caches hold only in-use objects of their class.
+                unsafe { self.flush(cpu, c, MAGAZINE) };
+            }
+        }
+    }
+
     fn alloc_object(&mut self, c: usize) -> Option<NonNull<u8>> {
-        if self.classes[c].partial.is_null() {
-            self.new_slab(c)?;
+        if self.classes[c].partial.is_null() && self.new_slab(c).is_none() {
+            // Out of pages: give back what CPU caches hold, then retry.
+            self.flush_caches();
+            if self.classes[c].partial.is_null() {
+                self.new_slab(c)?;
+            }
         }
         let slab = self.classes[c].partial;
         // SAFETY: `slab` is a live slab header on this class's partial list,
@@ -173,8 +278,6 @@ impl<S: PageSource> SlabAllocator<S> {
             if (*slab).free.is_null() {
                 self.unlink(c, slab);
             }
-            self.classes[c].stats.objects_in_use += 1;
-            self.classes[c].stats.allocs += 1;
             NonNull::new(obj.cast())
         }
     }
@@ -192,8 +295,6 @@ impl<S: PageSource> SlabAllocator<S> {
             (*obj).next = (*slab).free;
             (*slab).free = obj;
             (*slab).in_use -= 1;
-            self.classes[c].stats.objects_in_use -= 1;
-            self.classes[c].stats.frees += 1;
             if was_full {
                 self.push(c, slab);
             }
@@ -322,26 +423,43 @@ mod tests {
     #[test]
     fn empty_slabs_return_to_the_source() {
         let mut s = SlabAllocator::new(HostPages::default());
-        let ptrs: Vec<_> = (0..500).map(|_| s.alloc(64, 8).unwrap()).collect();
+        let ptrs: Vec<_> = (0..500).map(|_| s.alloc(0, 64, 8).unwrap()).collect();
         assert!(s.source.live >= 500 * 64 / PAGE);
         for p in ptrs {
             // SAFETY: allocated above with the same layout.
-            unsafe { s.free(p, 64, 8) };
+            unsafe { s.free(1, p, 64, 8) };
         }
+        let st = s.class_stats().nth(1).unwrap();
+        assert_eq!(
+            (st.objects_in_use, st.cached, st.allocs, st.frees),
+            (0, MAGAZINE, 500, 500)
+        );
+        s.flush_caches();
         // At most one empty slab is kept per class.
         assert!(s.source.live <= 1);
-        let st = s.class_stats().nth(1).unwrap();
-        assert_eq!((st.objects_in_use, st.allocs, st.frees), (0, 500, 500));
+        assert_eq!(s.class_stats().nth(1).unwrap().cached, 0);
+    }
+
+    #[test]
+    fn cpu_caches_serve_the_common_pair() {
+        let mut s = SlabAllocator::new(HostPages::default());
+        let a = s.alloc(0, 64, 8).unwrap();
+        // SAFETY: allocated above.
+        unsafe { s.free(0, a, 64, 8) };
+        let b = s.alloc(0, 64, 8).unwrap();
+        assert_eq!(a, b, "the object just freed comes back first");
+        let c = s.alloc(1, 64, 8).unwrap();
+        assert_ne!(b, c, "another CPU's cache is separate");
     }
 
     proptest! {
         /// Random sequences never hand out overlapping memory, respect
         /// alignment, keep data intact, and give every page back.
         #[test]
-        fn no_overlap_and_no_leak(ops in prop::collection::vec((0usize..6000, 0u32..4, any::<bool>()), 1..400)) {
+        fn no_overlap_and_no_leak(ops in prop::collection::vec((0usize..6000, 0u32..4, any::<bool>(), 0usize..3), 1..400)) {
             let mut s = SlabAllocator::new(HostPages::default());
             let mut live: BTreeMap<usize, (usize, usize, u8)> = BTreeMap::new();
-            for (i, (size, align_log, free)) in ops.into_iter().enumerate() {
+            for (i, (size, align_log, free, cpu)) in ops.into_iter().enumerate() {
                 if free && !live.is_empty() {
                     let key = *live.keys().nth(i % live.len()).unwrap();
                     let (size, align, tag) = live.remove(&key).unwrap();
@@ -349,12 +467,12 @@ mod tests {
                     let ok = unsafe { std::slice::from_raw_parts(key as *const u8, size) }.iter().all(|&b| b == tag);
                     prop_assert!(ok, "contents clobbered");
                     // SAFETY: allocated with this size and alignment.
-                    unsafe { s.free(NonNull::new(key as *mut u8).unwrap(), size, align) };
+                    unsafe { s.free(cpu, NonNull::new(key as *mut u8).unwrap(), size, align) };
                     continue;
                 }
                 let size = size.max(1);
                 let align = 8usize << align_log;
-                let p = s.alloc(size, align).unwrap().as_ptr() as usize;
+                let p = s.alloc(cpu, size, align).unwrap().as_ptr() as usize;
                 prop_assert_eq!(p % align, 0);
                 if let Some((&q, &(qs, _, _))) = live.range(..p + size).next_back() {
                     prop_assert!(q + qs <= p, "overlap");
@@ -366,8 +484,9 @@ mod tests {
             }
             for (p, (size, align, _)) in std::mem::take(&mut live) {
                 // SAFETY: as above.
-                unsafe { s.free(NonNull::new(p as *mut u8).unwrap(), size, align) };
+                unsafe { s.free(0, NonNull::new(p as *mut u8).unwrap(), size, align) };
             }
+            s.flush_caches();
             prop_assert!(s.source.live <= CLASSES.len(), "{} pages leaked", s.source.live);
             prop_assert_eq!(s.large_pages(), 0);
         }

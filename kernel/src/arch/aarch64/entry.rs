@@ -11,20 +11,23 @@
 //!    FP/SIMD (CPACR_EL1.FPEN) — Rust code uses NEON registers;
 //! 3. zero `.bss` (which holds the boot stack and the boot page tables);
 //! 4. build the boot page tables (4 KiB granule, 48-bit VAs):
-//!    TTBR1, 1 GiB blocks: the first 4 GiB of physical space at
-//!    [`DIRECT_MAP_BASE`] (GiB 0 Device-nGnRE, GiB 1–3 Normal write-back,
-//!    never executable) and the GiB holding the image at [`KERNEL_VIRT_BASE`]
-//!    (Normal, executable); plus, with 4 KiB pages, the boot stack's pages
-//!    again at [`BOOT_STACK_BOTTOM`] below an unmapped guard (see
-//!    [`BOOT_STACK_SIZE`]);
+//!    TTBR1: the first 4 GiB of physical space at [`DIRECT_MAP_BASE`] in
+//!    1 GiB blocks (GiB 0 Device-nGnRE, GiB 1–3 Normal write-back, never
+//!    executable), and the kernel image at [`KERNEL_VIRT_BASE`] + (phys -
+//!    [`KERNEL_PHYS_BASE`]) with 4 KiB pages, section by section (see
+//!    [`image_sections`]): text read-only executable, rodata read-only,
+//!    data/bss and the two stacks read-write, never executable; the stack
+//!    guards and the rest of `.stacks` stay unmapped;
 //!    TTBR0: a temporary identity map of the GiB holding the image;
 //! 5. program MAIR/TCR/TTBRs, turn on the MMU and caches and jump to the
 //!    image's virtual address;
-//! 6. in the higher half: set SP to [`BOOT_STACK_TOP`] and VBAR_EL1, disable
-//!    TTBR0 walks (TCR_EL1.EPD0) and invalidate the TLB, so no low mapping
-//!    remains;
-//! 7. call [`keel_aarch64_main`] with the saved `x0`, which enables the cycle
-//!    counter, parses the device tree and never returns.
+//! 6. in the higher half: set SP to the top of the boot stack and VBAR_EL1,
+//!    disable TTBR0 walks (TCR_EL1.EPD0) and invalidate the TLB, so no low
+//!    mapping remains;
+//! 7. call [`keel_aarch64_main`] with the saved `x0`, which sets up the
+//!    memory-management hardware (`super::mm::init`: TTBR0 on an empty table,
+//!    ASID size, PAN), enables the cycle counter, parses the device tree and
+//!    never returns.
 //!
 //! Only the boot CPU runs this code: QEMU `virt` holds the other CPUs in
 //! PSCI's powered-off state until they are started with CPU_ON.
@@ -35,6 +38,8 @@
 
 use super::DIRECT_MAP_BASE;
 use crate::bootinfo::{BootInfo, BootInfoError, MemoryRegion, RegionKind, dtb};
+use crate::mm::paging::Attr;
+use core::ops::Range;
 
 /// Physical address the virtual address `KERNEL_VIRT_BASE` maps to; the image
 /// is linked for, and must be loaded within, the 1 GiB block starting here.
@@ -66,6 +71,8 @@ const DESC_PXN: u64 = 1 << 53;
 const DESC_UXN: u64 = 1 << 54;
 /// AP[2:1] = 00: read/write at EL1, no access at EL0.
 const DESC_AP_KERNEL_RW: u64 = 0;
+/// AP[2:1] = 10: read-only at EL1, no access at EL0.
+const DESC_AP_KERNEL_RO: u64 = 0b10 << 6;
 
 /// A 1 GiB Device-nGnRE block, never executable.
 const BLOCK_DEVICE: u64 =
@@ -78,10 +85,15 @@ const BLOCK_RAM: u64 = DESC_BLOCK
     | DESC_AF
     | DESC_PXN
     | DESC_UXN;
-/// A 1 GiB Normal block executable at EL1 (the kernel image).
-const BLOCK_KERNEL: u64 = BLOCK_RAM & !DESC_PXN;
-/// A 4 KiB Normal write-back page, never executable (L3 descriptor).
-const PAGE_STACK: u64 = (BLOCK_RAM & !DESC_BLOCK) | DESC_PAGE;
+/// A 1 GiB Normal block executable at EL1 (the temporary identity map).
+const BLOCK_IDENT: u64 = BLOCK_RAM & !DESC_PXN;
+/// A 4 KiB Normal write-back page, read-write, never executable (L3
+/// descriptor): data, bss, stacks.
+const PAGE_RW: u64 = (BLOCK_RAM & !DESC_BLOCK) | DESC_PAGE;
+/// A read-only, never executable page: rodata.
+const PAGE_RO: u64 = PAGE_RW | DESC_AP_KERNEL_RO;
+/// A read-only page executable at EL1: text.
+const PAGE_TEXT: u64 = PAGE_RO & !DESC_PXN;
 
 // TCR_EL1 fields. IPS (bits 34:32) is filled in from ID_AA64MMFR0_EL1.
 const TCR_T0SZ: u64 = 16;
@@ -132,14 +144,10 @@ const SPSR_EL1H_MASKED: u64 = 0x3c5;
 const L0_DIRECT_MAP: usize = (DIRECT_MAP_BASE >> 39) & 0x1ff;
 const L0_KERNEL: usize = (KERNEL_VIRT_BASE >> 39) & 0x1ff;
 const L1_KERNEL: usize = (KERNEL_VIRT_BASE >> 30) & 0x1ff;
-const L1_STACK: usize = (KERNEL_STACK_VIRT >> 30) & 0x1ff;
-const L2_STACK: usize = (BOOT_STACK_BOTTOM >> 21) & 0x1ff;
-const L3_STACK: usize = (BOOT_STACK_BOTTOM >> 12) & 0x1ff;
-// The boot stack's mapping fits one L3 table, in the kernel image's L0 slot.
-const _: () = assert!((KERNEL_STACK_VIRT >> 39) & 0x1ff == L0_KERNEL);
-const _: () = assert!(L1_STACK != L1_KERNEL);
-const _: () = assert!(L3_STACK + BOOT_STACK_SIZE / 4096 <= 512);
-const _: () = assert!(L2_STACK == ((BOOT_STACK_TOP - 1) >> 21) & 0x1ff);
+/// L3 tables for the kernel image, contiguous in `.bss`, each mapping
+/// 2 MiB from the 2 MiB boundary at or below `__kernel_start` (so
+/// `16 MiB - (load address % 2 MiB)` of image; linker.ld checks the fit).
+const IMAGE_L3_TABLES: usize = 8;
 
 core::arch::global_asm!(
     r#"
@@ -224,27 +232,45 @@ _start:
     add     x2, x2, x4
     str     x2, [x1, #24]
 
-    // Kernel image: KERNEL_VIRT_BASE -> KERNEL_PHYS_BASE.
-    ldr     x2, ={block_kernel}
-    str     x2, [x3, #{l1_kernel} * 8]
-
-    // Boot stack: its pages in .bss, mapped again with 4 KiB pages at
-    // KERNEL_STACK_VIRT (L1 -> L2 -> L3), the 64 KiB below left unmapped.
-    adrp    x4, keel_boot_l2_stack
+    // Kernel image: L1 -> L2 -> the contiguous L3 tables, which map
+    // 2 MiB each from x20 = the 2 MiB boundary at or below the image's
+    // physical start (virtual and physical addresses agree modulo 1 GiB).
+    adrp    x4, keel_boot_l2_kernel
     orr     x2, x4, #{table}
-    str     x2, [x3, #{l1_stack} * 8]
-    adrp    x5, keel_boot_l3_stack
-    orr     x2, x5, #{table}
-    str     x2, [x4, #{l2_stack} * 8]
-    adrp    x6, keel_boot_stack_bottom
-    ldr     x2, ={page_stack}
-    orr     x2, x2, x6
-    add     x6, x5, #{l3_stack} * 8
-    mov     x7, #{stack_pages}
-7:  str     x2, [x6], #8
+    str     x2, [x3, #{l1_kernel} * 8]
+    adrp    x20, __kernel_start
+    and     x20, x20, #0xffffffffffe00000
+    ubfx    x6, x20, #21, #9        // L2 index of the first L3 table
+    add     x5, x4, x6, lsl #3
+    adrp    x21, keel_boot_l3_kernel
+    orr     x2, x21, #{table}
+    mov     x7, #{image_l3_tables}
+7:  str     x2, [x5], #8
     add     x2, x2, #4096
     subs    x7, x7, #1
     b.ne    7b
+
+    // map_pages start, end, attrs: L3 entries for the physical pages
+    // [start, end) (page-aligned symbols, physical under `adrp` here).
+    .macro map_pages start, end, attrs
+    adrp    x9, \start
+    adrp    x10, \end
+    ldr     x11, =\attrs
+    sub     x12, x9, x20
+    add     x12, x21, x12, lsr #9   // &L3[(pa - x20) / 4 KiB]
+71: cmp     x9, x10
+    b.hs    72f
+    orr     x13, x11, x9
+    str     x13, [x12], #8
+    add     x9, x9, #4096
+    b       71b
+72:
+    .endm
+    map_pages __kernel_start, __text_end, {page_text}
+    map_pages __text_end, __rodata_end, {page_ro}
+    map_pages __rodata_end, __data_end, {page_rw}
+    map_pages __overflow_stack_bottom, __overflow_stack_top, {page_rw}
+    map_pages __boot_stack_bottom, __boot_stack_top, {page_rw}
 
     // TTBR0: identity map of the GiB holding _start.
     adrp    x0, keel_boot_l0_low
@@ -290,7 +316,7 @@ _start:
     .section .text.keel_boot_high, "ax"
     .type keel_boot_high, %function
 keel_boot_high:
-    ldr     x9, ={stack_top}
+    ldr     x9, =__boot_stack_top
     mov     sp, x9
     adrp    x9, keel_vectors
     add     x9, x9, :lo12:keel_vectors
@@ -320,16 +346,11 @@ keel_boot_l1_direct: .space 4096
 keel_boot_l1_kernel: .space 4096
 keel_boot_l0_low:    .space 4096
 keel_boot_l1_ident:  .space 4096
-keel_boot_l2_stack:  .space 4096
-keel_boot_l3_stack:  .space 4096
-
-    .section .bss.keel_boot_stack, "aw", %nobits
-    .balign 4096
-    .global keel_boot_stack_bottom
-keel_boot_stack_bottom:
-    .space {stack_size}
-    .global keel_boot_stack_top
-keel_boot_stack_top:
+keel_boot_l2_kernel: .space 4096
+    .global keel_boot_l3_kernel
+    .global keel_boot_l3_kernel_end
+keel_boot_l3_kernel: .space 4096 * {image_l3_tables}
+keel_boot_l3_kernel_end:
 "#,
     hcr = const HCR_EL2,
     cnthctl = const CNTHCTL_EL2,
@@ -343,51 +364,47 @@ keel_boot_stack_top:
     l1_kernel = const L1_KERNEL,
     block_device = const BLOCK_DEVICE,
     block_ram = const BLOCK_RAM,
-    block_kernel = const BLOCK_KERNEL | KERNEL_PHYS_BASE,
-    block_ident = const BLOCK_KERNEL,
+    block_ident = const BLOCK_IDENT,
+    image_l3_tables = const IMAGE_L3_TABLES,
+    page_text = const PAGE_TEXT,
+    page_ro = const PAGE_RO,
+    page_rw = const PAGE_RW,
     gib = const GIB,
     mair = const MAIR,
     tcr = const TCR,
     sctlr_on = const SCTLR_MMU_ON,
     epd0 = const TCR_EPD0,
-    l1_stack = const L1_STACK,
-    l2_stack = const L2_STACK,
-    l3_stack = const L3_STACK,
-    page_stack = const PAGE_STACK,
-    stack_pages = const BOOT_STACK_SIZE / 4096,
-    stack_top = const BOOT_STACK_TOP,
-    stack_size = const BOOT_STACK_SIZE,
 );
 
-/// Size of a kernel stack.
+/// log2 of the size of a kernel stack (the boot stack: 64 KiB, linker.ld's
+/// `BOOT_STACK_SIZE`).
 ///
-/// Kernel stacks live in the top GiB, from [`KERNEL_STACK_VIRT`], mapped
-/// with 4 KiB pages. Each stack starts at an even multiple of its size and
-/// the size below it is never mapped, so every stack address has bit
-/// [`KERNEL_STACK_SHIFT`] clear and every guard address has it set. The
-/// vector entry tests that bit to detect a trap frame that would not fit on
-/// the stack (it cannot push anything to find out).
-pub const BOOT_STACK_SIZE: usize = 1 << KERNEL_STACK_SHIFT;
-/// log2 of [`BOOT_STACK_SIZE`].
+/// Kernel stacks are mapped with 4 KiB pages. Each starts at an even
+/// multiple of 64 KiB, so every stack address has bit `KERNEL_STACK_SHIFT`
+/// clear, and the 64 KiB below it (its guard) is never mapped and has that
+/// bit set. The vector entry tests the bit to detect a trap frame that would
+/// not fit on the stack (it cannot push anything to find out). Any future
+/// kernel stack must keep this shape.
 pub const KERNEL_STACK_SHIFT: u32 = 16;
-/// Start of the kernel-stack area: the top GiB of the address space.
-pub const KERNEL_STACK_VIRT: usize = 0xFFFF_FFFF_C000_0000;
-/// The boot CPU's stack is `[BOOT_STACK_BOTTOM, BOOT_STACK_TOP)`; its guard
-/// is the 64 KiB below, and nothing else in the area is mapped. (The area's
-/// first 64 KiB, whose guard bit is clear, is left unused.)
-pub const BOOT_STACK_BOTTOM: usize = KERNEL_STACK_VIRT + 2 * BOOT_STACK_SIZE;
-const _: () = assert!(BOOT_STACK_BOTTOM & BOOT_STACK_SIZE == 0);
-const _: () = assert!((BOOT_STACK_BOTTOM - 1) & BOOT_STACK_SIZE != 0);
-/// The initial SP of the boot CPU.
-pub const BOOT_STACK_TOP: usize = BOOT_STACK_BOTTOM + BOOT_STACK_SIZE;
 
 unsafe extern "C" {
+    // Linker-script symbols (virtual, page-aligned); only their addresses
+    // are used.
     static __kernel_start: u8;
     static __kernel_end: u8;
+    static __text_end: u8;
+    static __rodata_end: u8;
+    static __data_end: u8;
+    static __overflow_stack_guard: u8;
+    static __overflow_stack_bottom: u8;
+    static __overflow_stack_top: u8;
+    static __boot_stack_guard: u8;
+    static __boot_stack_bottom: u8;
+    static __boot_stack_top: u8;
 }
 
 /// The kernel image's virtual range `[start, end)`, including `.bss`, the
-/// boot stack and the boot page tables.
+/// stacks and their guards, and the boot page tables.
 pub fn kernel_image_range() -> (usize, usize) {
     (
         (&raw const __kernel_start) as usize,
@@ -395,9 +412,45 @@ pub fn kernel_image_range() -> (usize, usize) {
     )
 }
 
+/// The boot CPU's stack.
+pub fn boot_stack() -> Range<usize> {
+    (&raw const __boot_stack_bottom) as usize..(&raw const __boot_stack_top) as usize
+}
+
+/// The stack the vector entry switches to when a trap frame would not fit
+/// on the interrupted stack.
+pub fn overflow_stack() -> Range<usize> {
+    (&raw const __overflow_stack_bottom) as usize..(&raw const __overflow_stack_top) as usize
+}
+
+/// The unmapped guards below [`boot_stack`] and [`overflow_stack`].
+pub fn stack_guards() -> [Range<usize>; 2] {
+    [
+        (&raw const __boot_stack_guard) as usize..(&raw const __boot_stack_bottom) as usize,
+        (&raw const __overflow_stack_guard) as usize..(&raw const __overflow_stack_bottom) as usize,
+    ]
+}
+
+/// The mapped parts of the kernel image with their attributes, exactly as
+/// the boot code maps them (`map_pages` above): every page of the image
+/// except the stack guards and the unused rest of `.stacks`.
+pub fn image_sections() -> [(Range<usize>, Attr); 5] {
+    let start = (&raw const __kernel_start) as usize;
+    let text_end = (&raw const __text_end) as usize;
+    let rodata_end = (&raw const __rodata_end) as usize;
+    let data_end = (&raw const __data_end) as usize;
+    [
+        (start..text_end, Attr::EXEC | Attr::GLOBAL),
+        (text_end..rodata_end, Attr::GLOBAL),
+        (rodata_end..data_end, Attr::WRITE | Attr::GLOBAL),
+        (overflow_stack(), Attr::WRITE | Attr::GLOBAL),
+        (boot_stack(), Attr::WRITE | Attr::GLOBAL),
+    ]
+}
+
 /// The physical address of a kernel-image virtual address.
-fn image_virt_to_phys(v: usize) -> u64 {
-    (v - KERNEL_VIRT_BASE) as u64 + KERNEL_PHYS_BASE
+pub fn image_virt_to_phys(v: usize) -> u64 {
+    (v.wrapping_sub(KERNEL_VIRT_BASE) as u64).wrapping_add(KERNEL_PHYS_BASE)
 }
 
 /// First Rust code on the boot CPU, called by `keel_boot_high` on the boot
@@ -405,6 +458,7 @@ fn image_virt_to_phys(v: usize) -> u64 {
 /// the loader left in `x0`.
 #[unsafe(no_mangle)]
 extern "C" fn keel_aarch64_main(x0: u64) -> ! {
+    super::mm::init();
     super::enable_cycle_counter();
     crate::boot::kernel_main(boot_info(x0))
 }

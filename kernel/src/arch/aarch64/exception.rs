@@ -15,16 +15,19 @@
 //!
 //! Before storing anything, each vector checks (without a free register, by
 //! folding x0 into SP and back) that the new frame lies on the stack and not
-//! in the guard below it (see `entry::BOOT_STACK_SIZE`). If not — a kernel
+//! in the guard below it (see `entry::KERNEL_STACK_SHIFT`). If not — a kernel
 //! stack overflow, or a trap taken with the stack nearly full — it switches
-//! to a small overflow stack, builds the frame there (kind
-//! [`OVERFLOW_KIND`]; the EL0 thread-ID registers are clobbered as scratch)
-//! and the dispatcher reports `Machine("kernel stack overflow")`.
+//! to the overflow stack (`entry::overflow_stack`, itself above an unmapped
+//! guard), builds the frame there (kind [`OVERFLOW_KIND`]; the EL0
+//! thread-ID registers are clobbered as scratch) and the dispatcher reports
+//! a kernel stack overflow through [`crate::trap::fatal`]: as the page fault
+//! in the guard when that is what trapped (so `fatal` names the guard page),
+//! else as `Machine("kernel stack overflow")`.
 //!
 //! The fixup table (`__ex_table`, bounded by `__ex_table_start/_end`) holds
-//! [`crate::arch::FixupEntry`] pairs of (faulting PC, resume PC); only kernel code that
-//! is expected to fault (`keel_probe_read`, later the user-copy routines)
-//! adds entries, from assembly.
+//! [`crate::arch::FixupEntry`] pairs of (faulting PC, resume PC); only kernel
+//! code that is expected to fault (`keel_probe_read`, `keel_user_copy` in
+//! `mm`) adds entries, from assembly.
 
 use crate::trap::{TrapCause, TrapRecord};
 use keel_abi::harness::FRAME_PREFIX;
@@ -115,8 +118,8 @@ keel_stack_overflow:
     msr     tpidrro_el0, x0
     sub     x0, sp, x0
     msr     tpidr_el0, x0
-    adrp    x0, keel_overflow_stack_top
-    add     x0, x0, :lo12:keel_overflow_stack_top
+    adrp    x0, __overflow_stack_top
+    add     x0, x0, :lo12:__overflow_stack_top
     mov     sp, x0
     sub     sp, sp, #{frame_size}
     mrs     x0, tpidr_el0
@@ -224,12 +227,6 @@ keel_breakpoint_site:
     // Semihosting call: w0 = operation, x1 = parameter; returns x0. Without
     // `-semihosting` HLT is undefined; the dispatcher then skips it and x0
     // comes back unchanged.
-    .section .bss.keel_overflow_stack, "aw", %nobits
-    .balign 16
-keel_overflow_stack:
-    .space {overflow_stack_size}
-keel_overflow_stack_top:
-
     .section .text.keel_semihost, "ax"
     .global keel_semihost
     .global keel_semihost_site
@@ -247,14 +244,12 @@ keel_semihost_site:
     off_record = const OFF_RECORD,
     stack_shift = const super::entry::KERNEL_STACK_SHIFT,
     overflow_kind = const OVERFLOW_KIND,
-    overflow_stack_size = const OVERFLOW_STACK_SIZE,
 );
 
 /// The `kind` of a trap frame built on the overflow stack because the
-/// interrupted stack had no room for it.
+/// interrupted stack had no room for it. (The overflow stack serves one CPU
+/// at a time: the report ends the kernel.)
 const OVERFLOW_KIND: u64 = 16;
-/// Stack for reporting a kernel stack overflow (one CPU at a time).
-const OVERFLOW_STACK_SIZE: usize = 16 * 1024;
 
 /// The value pair `keel_probe_read` returns in x0/x1.
 #[repr(C)]
@@ -317,13 +312,25 @@ pub unsafe fn semihost(op: u64, param: usize) -> u64 {
 extern "C" fn keel_trap_dispatch(frame: &mut TrapFrame) {
     if frame.kind == OVERFLOW_KIND {
         let frame = &*frame;
+        let far = frame.far as usize;
+        let cause =
+            if (frame.esr >> 26) & 0x3f == EC_DATA_ABORT_SAME_EL && super::in_stack_guard(far) {
+                // `trap::fatal` adds the "kernel stack overflow" line.
+                TrapCause::PageFault {
+                    addr: far,
+                    write: frame.esr & ESR_WNR != 0,
+                    exec: false,
+                }
+            } else {
+                TrapCause::Machine("kernel stack overflow")
+            };
         crate::trap::fatal(
             TrapRecord {
-                cause: TrapCause::Machine("kernel stack overflow"),
+                cause,
                 pc: frame.elr as usize,
             },
             || dump_registers(frame, VectorKind::CurrentSpx),
-            || trap_backtrace(frame, TrapCause::Machine("kernel stack overflow")),
+            || trap_backtrace(frame, cause),
         )
     }
     let group = match frame.kind / 4 {

@@ -1,23 +1,33 @@
-//! The AArch64 architecture layer (QEMU `virt`, Cortex-A72 or `max`).
+//! The AArch64 architecture layer (QEMU `virt`; `-cpu cortex-a76` for
+//! FEAT_PAN, also runs on Cortex-A72 without it, and on `max`).
 //!
 //! Submodules: `entry` (boot from EL2/EL1 to the higher half, device-tree
 //! discovery), `exception` (vector table, trap frame, dispatcher, fixup
-//! table), `pl011` (console UART). This file holds the items of the
-//! [`crate::arch`] contract.
+//! table), `mm` (page-table format, TLB and translation-register operations,
+//! user copies, the kernel image layout), `pl011` (console UART). This file
+//! holds the remaining items of the [`crate::arch`] contract.
 //!
-//! Address-space invariants after boot (see `entry`): TTBR0 walks are
-//! disabled, so the whole lower half faults; TTBR1 maps the first
-//! [`DIRECT_MAP_SIZE`] bytes of physical space at [`DIRECT_MAP_BASE`] (the
-//! first GiB as device memory), the GiB holding the kernel image at
-//! [`KERNEL_VIRT_BASE`] + (phys - [`KERNEL_PHYS_BASE`]), and the boot stack
-//! below an unmapped guard in the top GiB; nothing else is mapped.
+//! Address-space invariants after boot (see `entry` and `mm`): TTBR0 holds
+//! an empty table with the reserved ASID 0 until a user tree is loaded, so
+//! the whole lower half faults; TTBR1 maps the first [`DIRECT_MAP_SIZE`]
+//! bytes of physical space at [`DIRECT_MAP_BASE`] (the first GiB as device
+//! memory) and the kernel image at [`KERNEL_VIRT_BASE`] + (phys -
+//! [`KERNEL_PHYS_BASE`]) section by section with 4 KiB pages (text RX,
+//! rodata R, data/bss and stacks RW), leaving the guards below the boot and
+//! overflow stacks unmapped; nothing else is mapped.
 
 mod entry;
 mod exception;
+mod mm;
 mod pl011;
 
 pub use self::entry::{KERNEL_PHYS_BASE, KERNEL_VIRT_BASE};
 pub use self::exception::{breakpoint, breakpoint_site, probe_read};
+pub use self::mm::{
+    FLUSH_NEW_ENTRIES, KERNEL_ROOT_ENTRIES, PageFormat, asid_count, device_windows, flush_all,
+    flush_kernel_page, flush_page, kernel_image_layout, kernel_root, kernel_virt_to_phys,
+    load_kernel_root, load_user_root, max_page_size, unload_user_root, user_copy,
+};
 
 use core::arch::asm;
 use core::sync::atomic::{AtomicBool, Ordering};
@@ -120,19 +130,25 @@ pub fn cycle_counter() -> u64 {
     v
 }
 
+/// Whether `addr` lies in the unmapped guard below the boot stack or the
+/// overflow stack.
+pub fn in_stack_guard(addr: usize) -> bool {
+    entry::stack_guards().iter().any(|g| g.contains(&addr))
+}
+
 /// Reads the frame record `{caller x29, return address}` at `fp`, if it lies
-/// inside the boot stack or the kernel image.
+/// inside one mapped part of the kernel image (the stacks, or data).
 fn read_frame_record(fp: usize) -> Option<(usize, usize)> {
     let end = fp.checked_add(16)?;
-    let (image_start, image_end) = entry::kernel_image_range();
-    let in_stack = entry::BOOT_STACK_BOTTOM <= fp && end <= entry::BOOT_STACK_TOP;
-    let in_image = image_start <= fp && end <= image_end;
-    if !(in_stack || in_image) || !fp.is_multiple_of(8) {
+    let mapped = entry::image_sections()
+        .iter()
+        .any(|(r, _)| r.start <= fp && end <= r.end);
+    if !mapped || !fp.is_multiple_of(8) {
         return None;
     }
     let p = fp as *const usize;
-    // SAFETY: `fp..fp + 16` is 8-aligned and inside the boot stack or the
-    // kernel image, both mapped readable for the whole run.
+    // SAFETY: `fp..fp + 16` is 8-aligned and inside one part of the kernel
+    // image that the kernel page tables map readable for the whole run.
     Some(unsafe { (p.read_volatile(), p.add(1).read_volatile()) })
 }
 
@@ -183,10 +199,40 @@ crate::ktest!(
 );
 
 crate::ktest!(
-    fn boot_stack_guard_is_unmapped() {
-        let guard = entry::BOOT_STACK_BOTTOM - 8;
-        crate::kassert!(probe_read(guard).is_err());
-        crate::kassert!(probe_read(entry::BOOT_STACK_BOTTOM).is_ok());
+    fn stack_guards_are_unmapped() {
+        const STACK_SIZE: usize = 1 << entry::KERNEL_STACK_SHIFT;
+        let boot = entry::boot_stack();
+        crate::kassert_eq!(boot.len(), STACK_SIZE);
+        let sp: usize;
+        // SAFETY: reads SP; no side effects.
+        unsafe { asm!("mov {}, sp", out(reg) sp, options(nomem, nostack, preserves_flags)) };
+        crate::kassert!(boot.contains(&sp), "sp {:#x} not in {:#x?}", sp, boot);
+        for stack in [boot, entry::overflow_stack()] {
+            let guard = stack.start - 8;
+            let rec = probe_read(guard);
+            crate::kassert!(
+                matches!(rec, Err(crate::trap::TrapRecord {
+                    cause: crate::trap::TrapCause::PageFault { addr, write: false, exec: false },
+                    ..
+                }) if addr == guard),
+                "probe of guard {:#x} gave {:?}",
+                guard,
+                rec
+            );
+            crate::kassert!(in_stack_guard(guard));
+            crate::kassert!(!in_stack_guard(stack.start));
+            crate::kassert!(probe_read(stack.start).is_ok());
+            crate::kassert!(probe_read(stack.end - 1).is_ok());
+        }
+        // The whole 64 KiB below the boot stack is unmapped, and the vector
+        // entry's guard bit is set there and clear on both stacks.
+        let guard = entry::boot_stack().start - STACK_SIZE;
+        crate::kassert!(probe_read(guard).is_err() && in_stack_guard(guard));
+        crate::kassert!(guard & STACK_SIZE != 0);
+        crate::kassert!(entry::boot_stack().start & STACK_SIZE == 0);
+        crate::kassert!((entry::boot_stack().end - 1) & STACK_SIZE == 0);
+        crate::kassert!(entry::overflow_stack().start & STACK_SIZE == 0);
+        crate::kassert!((entry::overflow_stack().end - 1) & STACK_SIZE == 0);
         Ok(())
     }
 );

@@ -9,7 +9,7 @@
 use super::phys_to_virt;
 
 /// Physical base of the PL011 on QEMU `virt`.
-const PL011_PHYS: u64 = 0x0900_0000;
+pub(super) const PL011_PHYS: u64 = 0x0900_0000;
 /// Data register.
 const UARTDR: usize = 0x00;
 /// Flag register.

@@ -13,14 +13,20 @@
 //!   any other hart that enters parks in a `wfi` loop with interrupts off;
 //! - `sstatus.FS` = Initial (the target's ABI uses the FP registers);
 //! - `.bss` is zero;
-//! - `satp` is Sv48 over the boot tables: the first 4 GiB of physical space
-//!   at [`super::DIRECT_MAP_BASE`] (RW, global), the 1 GiB holding the
+//! - `satp` is Sv48 over the first boot tables: the first 4 GiB of physical
+//!   space at [`super::DIRECT_MAP_BASE`] (RW, global), the 1 GiB holding the
 //!   kernel at `0xFFFF_FFFF_8000_0000` (RWX, global), and nothing in the
 //!   lower half (the identity map used for the switch is removed and the
 //!   TLB flushed before `keel_riscv_main` runs);
-//! - `sp` is the top of the 64 KiB boot stack (virtual), `s0` = `ra` = 0 so
-//!   frame-pointer walks stop there, `stvec` points at the trap entry and
-//!   `sscratch` = 0 (the "trapped from kernel" convention of the trap entry).
+//! - `sp` is the top of the 64 KiB boot stack (virtual; see linker.ld),
+//!   `s0` = `ra` = 0 so frame-pointer walks stop there, `stvec` points at
+//!   the trap entry, `sscratch` = 0 (the "trapped from kernel" convention of
+//!   the trap entry) and `sstatus.SUM` = 0 (no kernel access to user pages
+//!   outside `user_copy`).
+//!
+//! `keel_riscv_main` then replaces the gigapage over the image with
+//! per-section 4 KiB mappings ([`super::mm::remap_kernel_image`]): text RX,
+//! read-only data R, data RW, and the stack guard pages unmapped.
 //!
 //! A CPU without Sv48 (the `satp` write does not stick) gets a clear
 //! message on the UART and QEMU exits with `EXIT_BOOT_ERROR`; an Sv39
@@ -29,9 +35,6 @@
 use super::{__kernel_end, __kernel_start, KERNEL_VIRT_OFFSET};
 use crate::bootinfo::{BootInfo, BootInfoError, MemoryRegion, RegionKind, dtb};
 use keel_abi::harness::EXIT_BOOT_ERROR;
-
-/// Size of the boot hart's stack.
-pub const BOOT_STACK_SIZE: usize = 64 * 1024;
 
 // Page-table entry bits (privileged spec, Sv39/48/57).
 const PTE_V: u64 = 1 << 0;
@@ -43,7 +46,8 @@ const PTE_A: u64 = 1 << 6;
 const PTE_D: u64 = 1 << 7;
 /// Direct-map gigapages: data only.
 const PTE_DIRECT: u64 = PTE_V | PTE_R | PTE_W | PTE_A | PTE_D | PTE_G;
-/// The kernel image's gigapage (W^X per section is later work).
+/// The kernel image's gigapage, used only until `keel_riscv_main` maps the
+/// image per section (W^X, guard pages left out).
 const PTE_KERNEL: u64 = PTE_V | PTE_R | PTE_W | PTE_X | PTE_A | PTE_D | PTE_G;
 /// The temporary identity gigapage (not global: it is torn down).
 const PTE_IDENTITY: u64 = PTE_V | PTE_R | PTE_W | PTE_X | PTE_A | PTE_D;
@@ -65,6 +69,8 @@ _start:
     csrci   sstatus, 2              # SIE = 0
     li      t0, {sstatus_fs_initial}
     csrs    sstatus, t0
+    li      t0, {sstatus_sum}
+    csrc    sstatus, t0
 
     # The first hart to arrive boots; any other parks.
     lla     t0, keel_boot_hart_claimed
@@ -194,14 +200,6 @@ _start:
 keel_boot_hart_claimed:
     .word 0
 
-    .section .bss.boot_stack, "aw", @nobits
-    .balign 16
-    .globl __boot_stack_bottom
-__boot_stack_bottom:
-    .space {stack_size}
-    .globl __boot_stack_top
-__boot_stack_top:
-
     .section .bss.boot_page_tables, "aw", @nobits
     .balign 4096
 keel_boot_l0:
@@ -216,6 +214,7 @@ keel_boot_identity_l1:
     trap_entry = sym super::traps::keel_trap_entry,
     main = sym keel_riscv_main,
     sstatus_fs_initial = const 1u64 << 13,
+    sstatus_sum = const super::mm::SSTATUS_SUM,
     pte_v = const PTE_V,
     pte_direct = const PTE_DIRECT,
     pte_kernel = const PTE_KERNEL | ((KERNEL_PHYS_BASE >> 12) << 10),
@@ -226,12 +225,12 @@ keel_boot_identity_l1:
     uart_phys = const super::UART_PHYS,
     test_phys = const super::SIFIVE_TEST_PHYS,
     boot_error = const EXIT_BOOT_ERROR,
-    stack_size = const BOOT_STACK_SIZE,
 );
 
 /// The first Rust code: runs on the boot hart, in the higher half, with the
 /// invariants listed in the module documentation.
 extern "C" fn keel_riscv_main(_hart_id: usize, dtb_phys: usize) -> ! {
+    super::mm::init();
     crate::boot::kernel_main(boot_info(dtb_phys as u64))
 }
 

@@ -1,7 +1,8 @@
 //! The RISC-V (RV64GC, S-mode under OpenSBI, QEMU `virt`) architecture
 //! layer: the items listed in `arch/mod.rs`, implemented with the 16550
 //! UART, the `sifive_test` exit device, `instret`, `ebreak` and a
-//! frame-pointer walker.
+//! frame-pointer walker; the memory-management items (Sv48, ASIDs,
+//! `sfence.vma`, `user_copy`) are in `mm`.
 //!
 //! Invariants: everything here runs after `boot::_start` switched to the
 //! higher half, so devices are reached through the direct map (the first
@@ -9,7 +10,15 @@
 //! interrupts masked.
 
 mod boot;
+mod mm;
 mod traps;
+
+pub use self::mm::{
+    FLUSH_NEW_ENTRIES, KERNEL_ROOT_ENTRIES, PageFormat, asid_count, device_windows, flush_all,
+    flush_kernel_page, flush_page, in_stack_guard, kernel_image_layout, kernel_root,
+    kernel_virt_to_phys, load_kernel_root, load_user_root, max_page_size, unload_user_root,
+    user_copy,
+};
 
 use crate::trap::TrapRecord;
 use core::arch::asm;
@@ -169,19 +178,19 @@ unsafe extern "C" {
 }
 
 /// Reads the frame record `(caller_fp, return_address)` below frame
-/// pointer `fp`, if it lies inside the kernel image (which holds the boot
-/// stack). The RISC-V frame layout keeps `ra` at `fp - 8` and the caller's
-/// `fp` at `fp - 16`.
+/// pointer `fp`, if it lies inside the kernel image (which holds the
+/// kernel stacks) and outside the stack guard pages. The RISC-V frame
+/// layout keeps `ra` at `fp - 8` and the caller's `fp` at `fp - 16`.
 fn frame_record(fp: usize) -> Option<(usize, usize)> {
     let lo = &raw const __kernel_start as usize;
     let hi = &raw const __kernel_end as usize;
     let record = fp.checked_sub(16)?;
-    if record < lo || fp > hi {
+    if record < lo || fp > hi || in_stack_guard(record) || in_stack_guard(fp - 8) {
         return None;
     }
-    // SAFETY: `[fp - 16, fp)` lies inside the kernel image, which is mapped
-    // and readable for the kernel's whole life; `walk_frames` only passes
-    // 8-byte-aligned values.
+    // SAFETY: `[fp - 16, fp)` lies inside the kernel image and outside its
+    // unmapped guard pages, so it is mapped and readable for the kernel's
+    // whole life; `walk_frames` only passes 8-byte-aligned values.
     unsafe {
         let caller_fp = (record as *const usize).read_volatile();
         let ret = ((fp - 8) as *const usize).read_volatile();

@@ -15,6 +15,22 @@
 //! dispatcher runs. On the way out, a return to user mode (`SPP` = 0) sets
 //! `sscratch` to the kernel stack top again. No user mode exists yet.
 //!
+//! Kernel stack overflow: every kernel stack is at most
+//! [`KERNEL_STACK_ALIGN`]` / 2` bytes with its bottom aligned to
+//! [`KERNEL_STACK_ALIGN`] and an unmapped guard page below it (linker.ld), so
+//! bit [`STACK_CHECK_BIT`] of an address in a stack is 0 and of an address
+//! up to half an alignment below it is 1. On a trap from the kernel the
+//! entry checks that bit of `sp - STACK_RESERVE` using `sp` alone (the
+//! interrupted `sp` is kept in `sscratch` meanwhile); if it is set, saving
+//! the frame would run into the guard page (or already has), so the entry
+//! switches to the emergency stack and the handler runs there: a fault in a
+//! guard page is reported as a stack overflow by [`crate::trap::fatal`], a
+//! fault with a fixup resumes as usual. (One emergency stack: per-CPU ones
+//! come with SMP.)
+//!
+//! `sstatus.SUM` is cleared while the handler runs and restored by `sret`
+//! from the saved `sstatus`.
+//!
 //! Floating-point registers are not saved: the kernel takes only
 //! synchronous traps (interrupts stay masked in the kernel), at sites that
 //! declare the caller-saved FP registers clobbered (`clobber_abi("C")`), and
@@ -47,6 +63,17 @@ const _: () = assert!(
 
 /// `sstatus.SPP`: the trap came from S-mode.
 const SSTATUS_SPP: usize = 1 << 8;
+
+/// Alignment of every kernel stack's bottom, twice the largest kernel stack
+/// (`KERNEL_STACK_ALIGN` in linker.ld).
+pub const KERNEL_STACK_ALIGN: usize = 128 * 1024;
+/// The address bit that is 0 inside a kernel stack and 1 just below it.
+const STACK_CHECK_BIT: u32 = KERNEL_STACK_ALIGN.trailing_zeros() - 1;
+/// Stack the entry wants to find below the interrupted `sp`: the trap frame
+/// plus room for the dispatcher (the largest `addi` immediate).
+const STACK_RESERVE: usize = 2048;
+const _: () = assert!(STACK_RESERVE >= FRAME_SIZE + 1024);
+
 /// `scause` interrupt bit.
 const SCAUSE_INTERRUPT: usize = 1 << 63;
 
@@ -68,7 +95,12 @@ core::arch::global_asm!(
 keel_trap_entry:
     csrrw   sp, sscratch, sp
     bnez    sp, 1f                  # from user: sp = kernel stack top
-    csrr    sp, sscratch            # from kernel: take the kernel sp back
+    csrr    sp, sscratch            # from kernel: the kernel sp (sscratch keeps it)
+    addi    sp, sp, -{stack_reserve}
+    srli    sp, sp, {stack_check_bit}
+    andi    sp, sp, 1
+    bnez    sp, 3f                  # would reach the guard page
+    csrr    sp, sscratch
 1:  addi    sp, sp, -{frame_size}
     sd      x1, 1 * 8(sp)
     .irp n, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31
@@ -84,6 +116,8 @@ keel_trap_entry:
     sd      t0, {scause}(sp)
     csrr    t0, stval
     sd      t0, {stval}(sp)
+    li      t0, {sstatus_sum}
+    csrc    sstatus, t0
 
     mv      a0, sp
     call    {dispatch}
@@ -102,6 +136,9 @@ keel_trap_entry:
     .endr
     ld      sp, 2 * 8(sp)
     sret
+
+3:  lla     sp, __emergency_stack_top
+    j       1b
     "#,
     frame_size = const FRAME_SIZE,
     sepc = const core::mem::offset_of!(TrapFrame, sepc),
@@ -109,6 +146,9 @@ keel_trap_entry:
     scause = const core::mem::offset_of!(TrapFrame, scause),
     stval = const core::mem::offset_of!(TrapFrame, stval),
     spp = const SSTATUS_SPP,
+    stack_reserve = const STACK_RESERVE,
+    stack_check_bit = const STACK_CHECK_BIT,
+    sstatus_sum = const super::mm::SSTATUS_SUM,
     dispatch = sym trap_dispatch,
 );
 

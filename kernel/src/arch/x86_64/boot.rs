@@ -12,10 +12,13 @@
 //! 2. zeroes `.bss` again (a loader may not have);
 //! 3. builds the boot page tables (all in `.bss.keel_boot`):
 //!    - PML4[256] → the direct map: physical 0..4 GiB in 2 MiB pages,
-//!      read/write, no-execute (the `qemu64` CPU has no 1 GiB pages);
+//!      read/write, no-execute, global (the `qemu64` CPU has no 1 GiB
+//!      pages);
 //!    - PML4[511] → PDPT[510] → one PD → four page tables mapping the
-//!      kernel image (4 KiB pages, per-section permissions, the page under
-//!      the boot stack left unmapped as a guard);
+//!      kernel image (4 KiB pages, global, per-section permissions, the
+//!      page under each kernel stack — boot, double-fault and NMI — left
+//!      unmapped as a guard: exactly the ranges of
+//!      `super::mm::kernel_image_layout`);
 //!    - PML4[0] → the same PD: the image identity-mapped, only to survive
 //!      turning paging on;
 //! 4. enables PAE, LME, NXE, paging and write protection, loads a minimal
@@ -33,6 +36,10 @@ use keel_abi::harness::EXIT_BOOT_ERROR;
 
 /// Size of the boot CPU's kernel stack.
 pub const BOOT_STACK_SIZE: usize = 64 * 1024;
+/// Size of each interrupt stack (double faults, NMIs).
+pub const IST_STACK_SIZE: usize = 16 * 1024;
+/// Size of the unmapped guard under each kernel stack.
+pub const GUARD_SIZE: usize = 4096;
 
 core::arch::global_asm!(
     // ---------------------------------------------------------------
@@ -112,12 +119,19 @@ core::arch::global_asm!(
     "keel_boot_pd_direct: .skip 4 * 4096",
     "keel_boot_pd_kernel: .skip 4096",
     "keel_boot_pt_kernel: .skip 4 * 4096",
-    ".global keel_boot_stack_guard",
-    "keel_boot_stack_guard: .skip 4096",
-    ".global keel_boot_stack_bottom",
+    // Each stack sits on an unmapped guard page (sizes are page multiples).
+    ".global keel_boot_stack_guard, keel_boot_stack_bottom, keel_boot_stack_top",
+    ".global keel_df_stack_guard, keel_df_stack_bottom, keel_df_stack_top",
+    ".global keel_nmi_stack_guard, keel_nmi_stack_bottom, keel_nmi_stack_top",
+    "keel_boot_stack_guard: .skip {guard_size}",
     "keel_boot_stack_bottom: .skip {stack_size}",
-    ".global keel_boot_stack_top",
     "keel_boot_stack_top:",
+    "keel_df_stack_guard: .skip {guard_size}",
+    "keel_df_stack_bottom: .skip {ist_size}",
+    "keel_df_stack_top:",
+    "keel_nmi_stack_guard: .skip {guard_size}",
+    "keel_nmi_stack_bottom: .skip {ist_size}",
+    "keel_nmi_stack_top:",
     //
     // ---------------------------------------------------------------
     // 32-bit entry (protected mode, paging off, physical addresses).
@@ -171,7 +185,7 @@ core::arch::global_asm!(
     "add edi, 8",
     "dec ecx",
     "jnz 2b",
-    "mov eax, 0x83",                            // present, writable, 2 MiB page
+    "mov eax, 0x183",                           // present, writable, 2 MiB page, global
     "mov edi, offset keel_boot_pd_direct - {koff}",
     "mov ecx, 4 * 512",
     "2:",
@@ -199,10 +213,15 @@ core::arch::global_asm!(
     "2:",
     "cmp eax, offset __kernel_end_phys",
     "jae 5f",
+    // The guard pages stay unmapped.
     "cmp eax, offset keel_boot_stack_guard - {koff}",
-    "je 4f",                                    // the guard page stays unmapped
+    "je 4f",
+    "cmp eax, offset keel_df_stack_guard - {koff}",
+    "je 4f",
+    "cmp eax, offset keel_nmi_stack_guard - {koff}",
+    "je 4f",
     "mov edx, eax",
-    "or edx, 1",                                // present
+    "or edx, 0x101",                            // present, global
     "xor ebx, ebx",
     "cmp eax, offset __text_end_phys",
     "jb 3f",                                    // .text: read + execute
@@ -286,6 +305,8 @@ core::arch::global_asm!(
     "ud2",
     koff = const KERNEL_VMA_OFFSET,
     stack_size = const BOOT_STACK_SIZE,
+    ist_size = const IST_STACK_SIZE,
+    guard_size = const GUARD_SIZE,
     boot_error_exit = const (EXIT_BOOT_ERROR - 1) / 2,
     entry = sym keel_boot64,
 );
@@ -293,22 +314,57 @@ core::arch::global_asm!(
 unsafe extern "C" {
     static __kernel_start: u8;
     static __kernel_end: u8;
+    static keel_boot_pml4: u8;
     static keel_boot_stack_guard: u8;
     static keel_boot_stack_bottom: u8;
     static keel_boot_stack_top: u8;
+    static keel_df_stack_guard: u8;
+    static keel_df_stack_bottom: u8;
+    static keel_df_stack_top: u8;
+    static keel_nmi_stack_guard: u8;
+    static keel_nmi_stack_bottom: u8;
+    static keel_nmi_stack_top: u8;
 }
 
-/// The boot stack, `[bottom, top)`.
-pub fn boot_stack() -> (usize, usize) {
-    (
-        (&raw const keel_boot_stack_bottom) as usize,
-        (&raw const keel_boot_stack_top) as usize,
-    )
+/// A kernel stack in `.bss.keel_boot`: `[bottom, top)`, with the unmapped
+/// page `[guard, bottom)` under it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelStack {
+    pub guard: usize,
+    pub bottom: usize,
+    pub top: usize,
 }
 
-/// The unmapped page under the boot stack.
-pub fn boot_stack_guard() -> usize {
-    (&raw const keel_boot_stack_guard) as usize
+/// The boot CPU's kernel stack.
+pub fn boot_stack() -> KernelStack {
+    KernelStack {
+        guard: (&raw const keel_boot_stack_guard) as usize,
+        bottom: (&raw const keel_boot_stack_bottom) as usize,
+        top: (&raw const keel_boot_stack_top) as usize,
+    }
+}
+
+/// The double-fault stack (IST1).
+pub fn double_fault_stack() -> KernelStack {
+    KernelStack {
+        guard: (&raw const keel_df_stack_guard) as usize,
+        bottom: (&raw const keel_df_stack_bottom) as usize,
+        top: (&raw const keel_df_stack_top) as usize,
+    }
+}
+
+/// The NMI stack (IST2).
+pub fn nmi_stack() -> KernelStack {
+    KernelStack {
+        guard: (&raw const keel_nmi_stack_guard) as usize,
+        bottom: (&raw const keel_nmi_stack_bottom) as usize,
+        top: (&raw const keel_nmi_stack_top) as usize,
+    }
+}
+
+/// Every kernel stack, in address order.
+pub fn kernel_stacks() -> [KernelStack; 3] {
+    [boot_stack(), double_fault_stack(), nmi_stack()]
 }
 
 /// The kernel image (code, data and `.bss`), virtual `[start, end)`.
@@ -319,18 +375,22 @@ pub fn kernel_image() -> (usize, usize) {
     )
 }
 
-/// Physical memory read through the boot direct map.
+/// Physical memory read through the boot direct map, for the boot
+/// information and the firmware tables. Reads nothing once the boot page
+/// tables are replaced (the kernel's own direct map leaves out reserved
+/// memory, where firmware tables live).
 pub struct DirectMap;
 
 impl PhysReader<'static> for DirectMap {
     fn bytes(&self, addr: u64, len: u64) -> Option<&'static [u8]> {
         let end = addr.checked_add(len)?;
-        if end > super::BOOT_DIRECT_MAP_SIZE {
+        let boot_pml4 = (&raw const keel_boot_pml4) as usize - KERNEL_VMA_OFFSET;
+        if end > super::BOOT_DIRECT_MAP_SIZE || super::mm::kernel_root() != boot_pml4 as u64 {
             return None;
         }
-        // SAFETY: the boot page tables map all of [0, BOOT_DIRECT_MAP_SIZE)
-        // readable at DIRECT_MAP_BASE + physical, so the whole range is
-        // mapped. The slices are only used for the firmware and boot-loader
+        // SAFETY: the boot page tables are the kernel's (checked above) and
+        // map all of [0, BOOT_DIRECT_MAP_SIZE) readable at DIRECT_MAP_BASE +
+        // physical, so the whole range is mapped. The slices are only used for the firmware and boot-loader
         // structures, which nothing writes to while the kernel reads them
         // (their memory is reserved as boot information in the memory map).
         Some(unsafe {
@@ -344,9 +404,11 @@ impl PhysReader<'static> for DirectMap {
 extern "C" fn keel_boot64(magic: u32, info: u32) -> ! {
     super::serial::init();
     super::cpu::init();
+    super::mm::init();
     // Early warnings (e.g. from the ACPI scan) are printed at the default
     // level; `kernel_main` applies the command line's `log=` later.
     crate::console::init_logger(crate::cmdline::LogLevel::Info);
+    super::mm::log_features();
     crate::boot::kernel_main(boot_info(magic, info))
 }
 
@@ -359,7 +421,9 @@ fn boot_info(magic: u32, info: u32) -> Result<BootInfo<'static>, BootInfoError> 
     };
     debug_assert_eq!(kernel.start, KERNEL_LOAD_PHYS);
     let mb = multiboot::parse(magic, info.into(), &DirectMap, kernel)?;
-    let cpu_count = match super::acpi::cpu_count(&DirectMap, mb.rsdp) {
+    let acpi =
+        super::acpi::BOOT_CPU_COUNT.call_once(|| super::acpi::cpu_count(&DirectMap, mb.rsdp));
+    let cpu_count = match *acpi {
         Ok(n) => n,
         Err(why) => {
             log::warn!("ACPI: {why}; assuming 1 CPU");

@@ -4,8 +4,9 @@
 //! GDT layout (fixed; the `syscall`/`sysret` MSR setup will rely on it):
 //! 0x08 kernel code, 0x10 kernel data, 0x18 user 32-bit code (unused, placed
 //! for `sysret`), 0x20 user data, 0x28 user 64-bit code, 0x30 the TSS.
-//! The TSS gives double faults (IST1) and NMIs (IST2) stacks of their own,
-//! so they are reported even when the kernel stack is exhausted.
+//! The TSS gives double faults (IST1) and NMIs (IST2) stacks of their own
+//! (defined in `boot.rs`, each over an unmapped guard page), so they are
+//! reported even when the kernel stack is exhausted.
 
 use spin::Once;
 use x86_64::VirtAddr;
@@ -22,31 +23,6 @@ pub const IST_NMI: u8 = 2;
 /// Kernel code segment selector.
 pub const KERNEL_CS: u16 = 0x08;
 
-const IST_STACK_SIZE: usize = 16 * 1024;
-
-/// A stack the CPU switches to; only the CPU writes to it.
-#[repr(C, align(16))]
-pub struct IstStack(core::cell::UnsafeCell<[u8; IST_STACK_SIZE]>);
-
-// SAFETY: Rust code never reads or writes the stack's bytes through this
-// static; only the CPU uses the memory, as a stack.
-unsafe impl Sync for IstStack {}
-
-impl IstStack {
-    const fn new() -> IstStack {
-        IstStack(core::cell::UnsafeCell::new([0; IST_STACK_SIZE]))
-    }
-
-    /// The stack's `[bottom, top)` addresses.
-    pub fn range(&self) -> (usize, usize) {
-        let bottom = self.0.get() as usize;
-        (bottom, bottom + IST_STACK_SIZE)
-    }
-}
-
-pub static DOUBLE_FAULT_STACK: IstStack = IstStack::new();
-pub static NMI_STACK: IstStack = IstStack::new();
-
 static TSS: Once<TaskStateSegment> = Once::new();
 static GDT: Once<(GlobalDescriptorTable, SegmentSelector)> = Once::new();
 
@@ -55,9 +31,10 @@ static GDT: Once<(GlobalDescriptorTable, SegmentSelector)> = Once::new();
 pub fn init() {
     let tss = TSS.call_once(|| {
         let mut tss = TaskStateSegment::new();
-        let top = |s: &IstStack| VirtAddr::new(s.range().1 as u64);
-        tss.interrupt_stack_table[usize::from(IST_DOUBLE_FAULT - 1)] = top(&DOUBLE_FAULT_STACK);
-        tss.interrupt_stack_table[usize::from(IST_NMI - 1)] = top(&NMI_STACK);
+        let top = |s: super::boot::KernelStack| VirtAddr::new(s.top as u64);
+        tss.interrupt_stack_table[usize::from(IST_DOUBLE_FAULT - 1)] =
+            top(super::boot::double_fault_stack());
+        tss.interrupt_stack_table[usize::from(IST_NMI - 1)] = top(super::boot::nmi_stack());
         tss
     });
     let (gdt, tss_sel) = GDT.call_once(|| {

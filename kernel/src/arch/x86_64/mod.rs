@@ -1,13 +1,17 @@
 //! The x86_64 architecture layer: Multiboot entry and the 32→64-bit
 //! trampoline (`boot`), GDT/TSS (`cpu`), IDT and trap dispatch (`trap`),
-//! the COM1 console (`serial`) and the ACPI CPU count (`acpi`).
+//! paging hardware and TLB control (`mm`), user-memory copies
+//! (`usercopy`), the COM1 console (`serial`) and the ACPI CPU count
+//! (`acpi`).
 //!
 //! Memory layout kept by this module (48-bit virtual addresses):
 //! - physical `P` in the first [`BOOT_DIRECT_MAP_SIZE`] bytes is mapped
 //!   read/write, no-execute at [`DIRECT_MAP_BASE`]` + P`;
 //! - the kernel image, loaded at physical 1 MiB, runs at
 //!   [`KERNEL_VMA_OFFSET`]` + P` with `.text` read/execute, `.rodata`
-//!   read-only and `.data`/`.bss` read/write no-execute;
+//!   read-only and `.data`/`.bss` read/write no-execute, except the guard
+//!   page under each kernel stack (boot, double-fault, NMI), which stays
+//!   unmapped;
 //! - nothing else is mapped: the lower half (user space later) is empty
 //!   once the boot trampoline has left its identity mapping.
 //!
@@ -17,10 +21,18 @@
 mod acpi;
 mod boot;
 mod cpu;
+mod mm;
 mod serial;
 mod trap;
+mod usercopy;
 
+pub use mm::{
+    FLUSH_NEW_ENTRIES, KERNEL_ROOT_ENTRIES, PageFormat, asid_count, device_windows, flush_all,
+    flush_kernel_page, flush_page, kernel_image_layout, kernel_root, kernel_virt_to_phys,
+    load_kernel_root, load_user_root, max_page_size, unload_user_root,
+};
 pub use trap::print_backtrace;
+pub use usercopy::user_copy;
 
 /// Architecture name printed in the boot banner.
 pub const NAME: &str = "x86_64";
@@ -101,6 +113,14 @@ pub fn breakpoint() {
 /// The address of the `int3` that [`breakpoint`] executes.
 pub fn breakpoint_site() -> usize {
     (&raw const keel_breakpoint_site) as usize
+}
+
+/// Whether `addr` is in the unmapped guard page under one of the kernel
+/// stacks (boot, double-fault, NMI).
+pub fn in_stack_guard(addr: usize) -> bool {
+    boot::kernel_stacks()
+        .iter()
+        .any(|s| (s.guard..s.bottom).contains(&addr))
 }
 
 /// Reads the byte at `addr`; a fault is recorded and returned instead of

@@ -12,10 +12,17 @@
 //!
 //! Invariants: all gates are ring-0 interrupt gates (interrupts stay
 //! masked in handlers); double faults run on IST1 and NMIs on IST2 (see
-//! `cpu.rs`); the backtrace reads a frame record only after checking that it
-//! lies inside a known kernel stack, so a corrupt chain cannot fault.
+//! `cpu.rs`); every handler runs with user-memory access closed (`clac`
+//! on entry when SMAP is on; `iretq` restores the interrupted code's AC);
+//! the backtrace reads a frame record only after checking that it lies
+//! inside a known kernel stack, so a corrupt chain cannot fault.
+//!
+//! A kernel stack overflow touches the guard page under the stack; the CPU
+//! cannot push the page fault's frame there either, so the fault becomes a
+//! double fault on IST1, which the dispatcher reports as the page fault on
+//! the guard address (CR2) that it is.
 
-use super::cpu::{DOUBLE_FAULT_STACK, IST_DOUBLE_FAULT, IST_NMI, KERNEL_CS, NMI_STACK};
+use super::cpu::{IST_DOUBLE_FAULT, IST_NMI, KERNEL_CS};
 use crate::trap::{TrapCause, TrapRecord};
 use spin::{Mutex, Once};
 use x86_64::VirtAddr;
@@ -75,6 +82,11 @@ core::arch::global_asm!(
     ".org keel_trap_stubs + 256 * 16",
     //
     "keel_trap_common:",
+    // Close user-memory access (the CPU saved RFLAGS.AC in the frame).
+    "cmpb $0, {smap}(%rip)",
+    "je 1f",
+    "clac",
+    "1:",
     "pushq %rax",
     "pushq %rbx",
     "pushq %rcx",
@@ -135,6 +147,7 @@ core::arch::global_asm!(
     ".quad 1b, 2b",
     ".popsection",
     dispatch = sym keel_trap_dispatch,
+    smap = sym super::mm::SMAP_ENABLED,
     options(att_syntax),
 );
 
@@ -243,6 +256,18 @@ extern "C" fn keel_trap_dispatch(frame: &mut TrapFrame) {
             write: frame.error_code & PF_WRITE != 0,
             exec: frame.error_code & PF_INSTRUCTION != 0,
         },
+        // A page fault whose frame could not be pushed because the stack
+        // pointer was in a guard page: CR2 is the guard address the push
+        // hit, next to the interrupted stack pointer. The push is a write.
+        VEC_DOUBLE_FAULT
+            if super::in_stack_guard(cr2 as usize) && cr2.abs_diff(frame.rsp) <= 4096 =>
+        {
+            TrapCause::PageFault {
+                addr: cr2 as usize,
+                write: true,
+                exec: false,
+            }
+        }
         VEC_DIVIDE => TrapCause::DivideError,
         VEC_INVALID_OPCODE => TrapCause::IllegalInstruction,
         VEC_NMI => TrapCause::Machine("NMI"),
@@ -317,10 +342,6 @@ fn dump_registers(f: &TrapFrame, cr2: u64) {
         f.ss
     );
     kprintln!("cr0 {cr0:#010x} cr2 {cr2:#018x} cr3 {cr3:#010x} cr4 {cr4:#010x} efer {efer:#x}");
-    let guard = super::boot::boot_stack_guard() as u64;
-    if (guard..guard + 4096).contains(&cr2) || (guard..guard + 4096).contains(&f.rsp) {
-        kprintln!("kernel stack overflow: the fault hit the boot stack's guard page");
-    }
 }
 
 /// Whether `[addr, addr + 16)` lies inside one of the kernel's stacks.
@@ -328,13 +349,9 @@ fn on_kernel_stack(addr: usize) -> bool {
     let Some(end) = addr.checked_add(16) else {
         return false;
     };
-    [
-        super::boot::boot_stack(),
-        DOUBLE_FAULT_STACK.range(),
-        NMI_STACK.range(),
-    ]
-    .iter()
-    .any(|&(lo, hi)| lo <= addr && end <= hi)
+    super::boot::kernel_stacks()
+        .iter()
+        .any(|s| s.bottom <= addr && end <= s.top)
 }
 
 /// Prints the frame-pointer chain starting at `fp`, numbering from `first`.
@@ -411,20 +428,26 @@ crate::ktest!(
 );
 
 crate::ktest!(
-    fn boot_stack_has_guard_below_it() {
-        let guard = super::boot::boot_stack_guard();
-        let (bottom, top) = super::boot::boot_stack();
-        kassert_eq!(guard + 4096, bottom);
-        kassert!(top - bottom >= 64 * 1024);
-        let want = TrapCause::PageFault {
-            addr: guard,
-            write: false,
-            exec: false,
-        };
-        kassert_eq!(
-            crate::arch::probe_read(guard).map_err(|r| r.cause),
-            Err(want)
-        );
+    fn kernel_stacks_have_guards_below_them() {
+        kassert!(super::boot::boot_stack().top - super::boot::boot_stack().bottom >= 64 * 1024);
+        for s in super::boot::kernel_stacks() {
+            kassert_eq!(s.guard + super::boot::GUARD_SIZE, s.bottom);
+            for addr in [s.guard, s.bottom - 8] {
+                let want = TrapCause::PageFault {
+                    addr,
+                    write: false,
+                    exec: false,
+                };
+                kassert_eq!(
+                    crate::arch::probe_read(addr).map_err(|r| r.cause),
+                    Err(want)
+                );
+                kassert!(crate::arch::in_stack_guard(addr));
+            }
+            kassert!(!crate::arch::in_stack_guard(s.bottom));
+            kassert!(!crate::arch::in_stack_guard(s.guard - 1));
+            kassert!(crate::arch::probe_read(s.bottom).is_ok());
+        }
         Ok(())
     }
 );

@@ -1,0 +1,645 @@
+//! The x86_64 memory-management hardware: CPU paging features (SMEP, SMAP,
+//! PCID, global pages, 1 GiB pages), the kernel image's layout for the page
+//! tables, loading page-table roots into CR3, and TLB invalidation.
+//!
+//! Invariants:
+//! - [`init`] runs once on the boot CPU before anything here is used. It
+//!   enables CR4.PGE (kernel mappings are global), CR4.SMEP and CR4.SMAP
+//!   when the CPU has them (then [`SMAP_ENABLED`] is set, and user memory
+//!   is reachable only inside `user_copy`'s `stac`/`clac` window), and
+//!   CR4.PCIDE when the CPU has PCIDs. CR0.WP is set, so the kernel honours
+//!   read-only pages, user pages included.
+//! - The kernel runs with PCID 0; user trees get their address-space id as
+//!   the PCID. Every kernel mapping is global, so TLB entries for the
+//!   kernel half are shared by all PCIDs and `invlpg` drops them whatever
+//!   PCID is current.
+//! - [`kernel_root`] is the tree whose kernel half every user tree shares
+//!   (root entries [`KERNEL_ROOT_ENTRIES`]); it is what CR3 holds whenever
+//!   no user tree is loaded.
+
+use super::boot::kernel_stacks;
+use crate::mm::paging::{Attr, PageSize};
+use core::arch::x86_64::{__cpuid, __cpuid_count};
+use core::ops::Range;
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+/// The page-table entry layout.
+pub type PageFormat = crate::mm::paging::X86;
+
+/// PML4 entries of the kernel half, shared into every user tree.
+pub const KERNEL_ROOT_ENTRIES: Range<usize> = 256..512;
+
+/// Whether a page that becomes mapped must be flushed from the TLB too.
+/// Non-present entries are never cached (SDM vol. 3 §4.10.2.3).
+pub const FLUSH_NEW_ENTRIES: bool = false;
+
+/// Whether CR4.SMAP is on; the assembly in `usercopy.rs` and `trap.rs`
+/// executes `stac`/`clac` only when it is (they are #UD without SMAP).
+pub static SMAP_ENABLED: AtomicBool = AtomicBool::new(false);
+static SMEP_ENABLED: AtomicBool = AtomicBool::new(false);
+static PCID_ENABLED: AtomicBool = AtomicBool::new(false);
+static PGE_ENABLED: AtomicBool = AtomicBool::new(false);
+static PAGES_1G: AtomicBool = AtomicBool::new(false);
+/// Physical address of the kernel's PML4.
+static KERNEL_ROOT: AtomicU64 = AtomicU64::new(0);
+
+const CR0_WP: u64 = 1 << 16;
+const CR4_PGE: u64 = 1 << 7;
+const CR4_PCIDE: u64 = 1 << 17;
+const CR4_SMEP: u64 = 1 << 20;
+const CR4_SMAP: u64 = 1 << 21;
+/// CR3 bit 63 (with CR4.PCIDE): keep the new PCID's TLB entries.
+const CR3_NO_FLUSH: u64 = 1 << 63;
+const CR3_PCID_MASK: u64 = 0xfff;
+const CR3_ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
+
+/// Number of PCIDs (12 bits).
+const PCID_COUNT: usize = 4096;
+
+fn read_cr0() -> u64 {
+    let v;
+    // SAFETY: reading CR0 at CPL 0 has no side effects.
+    unsafe {
+        core::arch::asm!("mov {}, cr0", out(reg) v, options(nomem, nostack, preserves_flags))
+    };
+    v
+}
+
+fn read_cr3() -> u64 {
+    let v;
+    // SAFETY: reading CR3 at CPL 0 has no side effects.
+    unsafe {
+        core::arch::asm!("mov {}, cr3", out(reg) v, options(nomem, nostack, preserves_flags))
+    };
+    v
+}
+
+fn read_cr4() -> u64 {
+    let v;
+    // SAFETY: reading CR4 at CPL 0 has no side effects.
+    unsafe {
+        core::arch::asm!("mov {}, cr4", out(reg) v, options(nomem, nostack, preserves_flags))
+    };
+    v
+}
+
+/// # Safety
+/// `v` must be a valid CR3 value: the physical address of a PML4 whose
+/// kernel half maps the running kernel (code, stack, data) as it is mapped
+/// now; PCID bits only with CR4.PCIDE set.
+unsafe fn write_cr3(v: u64) {
+    // SAFETY: guaranteed by the caller; a CR3 write is a memory barrier
+    // for the page tables, so it is not `nomem`.
+    unsafe { core::arch::asm!("mov cr3, {}", in(reg) v, options(nostack, preserves_flags)) };
+}
+
+/// # Safety
+/// `v` must be a CR4 value valid for this CPU that keeps paging as the
+/// kernel relies on it (PAE on; SMAP only with `SMAP_ENABLED` in step).
+unsafe fn write_cr4(v: u64) {
+    // SAFETY: guaranteed by the caller.
+    unsafe { core::arch::asm!("mov cr4, {}", in(reg) v, options(nostack, preserves_flags)) };
+}
+
+/// Detects and enables the paging features of the boot CPU and records the
+/// kernel root. Called once, early in the Rust entry.
+pub fn init() {
+    let max_leaf = __cpuid(0).eax;
+    let leaf1 = __cpuid(1);
+    let leaf7_ebx = if max_leaf >= 7 {
+        __cpuid_count(7, 0).ebx
+    } else {
+        0
+    };
+    let ext1_edx = if __cpuid(0x8000_0000).eax >= 0x8000_0001 {
+        __cpuid(0x8000_0001).edx
+    } else {
+        0
+    };
+    let pge = leaf1.edx & (1 << 13) != 0;
+    let pcid = leaf1.ecx & (1 << 17) != 0;
+    let smep = leaf7_ebx & (1 << 7) != 0;
+    let smap = leaf7_ebx & (1 << 20) != 0;
+    PAGES_1G.store(ext1_edx & (1 << 26) != 0, Ordering::Relaxed);
+
+    let cr3 = read_cr3();
+    KERNEL_ROOT.store(cr3 & CR3_ADDR_MASK, Ordering::Relaxed);
+    let mut cr4 = read_cr4();
+    for (has, bit) in [
+        (pge, CR4_PGE),
+        (smep, CR4_SMEP),
+        (smap, CR4_SMAP),
+        // PCIDE may only be set while CR3's PCID is 0; the boot CR3 is the
+        // page-aligned PML4 with no flags.
+        (pcid && cr3 & CR3_PCID_MASK == 0, CR4_PCIDE),
+    ] {
+        if has {
+            cr4 |= bit;
+        }
+    }
+    // SAFETY: every bit set is supported (CPUID said so) and compatible
+    // with the boot page tables: kernel pages are supervisor-only (SMEP,
+    // SMAP), their global bits are meant, CR3's PCID is 0 (PCIDE). No user
+    // memory is accessed before `SMAP_ENABLED` is set just below, and
+    // nothing runs concurrently (one CPU, interrupts masked).
+    unsafe { write_cr4(cr4) };
+    let cr4 = read_cr4();
+    PGE_ENABLED.store(cr4 & CR4_PGE != 0, Ordering::Relaxed);
+    SMEP_ENABLED.store(cr4 & CR4_SMEP != 0, Ordering::Relaxed);
+    SMAP_ENABLED.store(cr4 & CR4_SMAP != 0, Ordering::Relaxed);
+    PCID_ENABLED.store(cr4 & CR4_PCIDE != 0, Ordering::Relaxed);
+    // The trampoline sets WP; the kernel depends on it for read-only user
+    // pages (copy-on-write), so check rather than assume.
+    let cr0 = read_cr0();
+    if cr0 & CR0_WP == 0 {
+        // SAFETY: setting CR0.WP only makes the CPU honour read-only
+        // pages for the kernel too; every page the kernel writes is
+        // mapped writable.
+        unsafe {
+            core::arch::asm!("mov cr0, {}", in(reg) cr0 | CR0_WP, options(nostack, preserves_flags))
+        };
+    }
+}
+
+/// Prints which paging features are on (after the console logger is up).
+pub fn log_features() {
+    let on = |b: &AtomicBool| {
+        if b.load(Ordering::Relaxed) {
+            "on"
+        } else {
+            "off"
+        }
+    };
+    log::info!(
+        "x86_64 paging: SMEP {}, SMAP {}, PCID {}, global pages {}, 1 GiB pages {}",
+        on(&SMEP_ENABLED),
+        on(&SMAP_ENABLED),
+        on(&PCID_ENABLED),
+        on(&PGE_ENABLED),
+        on(&PAGES_1G)
+    );
+}
+
+/// The largest leaf this CPU supports: 1 GiB pages if CPUID says
+/// `pdpe1gb`, else 2 MiB.
+pub fn max_page_size() -> PageSize {
+    if PAGES_1G.load(Ordering::Relaxed) {
+        PageSize::Size1G
+    } else {
+        PageSize::Size2M
+    }
+}
+
+unsafe extern "C" {
+    // linker.ld: page-aligned section boundaries of the image (virtual).
+    static __kernel_start: u8;
+    static __text_end: u8;
+    static __rodata_end: u8;
+    static __kernel_end: u8;
+}
+
+/// The kernel image's sections as virtual ranges with their attributes:
+/// `.text` executable, `.rodata` (with `.ktests`, `.kbenches` and
+/// `__ex_table`) read-only, `.data` and `.bss` writable, all global; the
+/// guard page under each kernel stack (all in `.bss`) is left out. The
+/// ranges are page-aligned, in address order, and with the guard pages
+/// they cover the image exactly.
+pub fn kernel_image_layout() -> arrayvec::ArrayVec<(Range<usize>, Attr), 8> {
+    let start = (&raw const __kernel_start) as usize;
+    let text_end = (&raw const __text_end) as usize;
+    let rodata_end = (&raw const __rodata_end) as usize;
+    let end = (&raw const __kernel_end) as usize;
+    let mut out = arrayvec::ArrayVec::new();
+    // At most 2 + 3 + 1 = 6 entries: `push` cannot overflow the 8.
+    out.push((start..text_end, Attr::EXEC | Attr::GLOBAL));
+    out.push((text_end..rodata_end, Attr::GLOBAL));
+    let mut from = rodata_end;
+    for stack in kernel_stacks() {
+        if from < stack.guard {
+            out.push((from..stack.guard, Attr::WRITE | Attr::GLOBAL));
+        }
+        from = stack.bottom;
+    }
+    if from < end {
+        out.push((from..end, Attr::WRITE | Attr::GLOBAL));
+    }
+    out
+}
+
+/// The physical address of `va`, an address in the kernel image.
+pub fn kernel_virt_to_phys(va: usize) -> u64 {
+    va.wrapping_sub(super::KERNEL_VMA_OFFSET) as u64
+}
+
+/// Device registers the kernel reaches through the direct map: none yet
+/// (the console is port I/O).
+pub fn device_windows() -> &'static [(u64, u64)] {
+    &[]
+}
+
+/// Physical address of the kernel's PML4 (the boot tables until
+/// [`load_kernel_root`] installs others).
+pub fn kernel_root() -> u64 {
+    KERNEL_ROOT.load(Ordering::Relaxed)
+}
+
+/// Installs `root` as the kernel's PML4 (PCID 0) and flushes the whole TLB,
+/// global entries included.
+///
+/// # Safety
+/// `root` must be the physical address of a PML4 that maps the kernel
+/// image (at least as [`kernel_image_layout`] describes it), the kernel
+/// stacks and the direct map where the running kernel uses them, and that
+/// stays valid while it is the kernel root.
+pub unsafe fn load_kernel_root(root: u64) {
+    let root = root & CR3_ADDR_MASK;
+    KERNEL_ROOT.store(root, Ordering::Relaxed);
+    // SAFETY: by the caller's guarantee the kernel keeps running on the
+    // new tree; PCID 0 with bit 63 clear is valid with or without PCIDE.
+    unsafe { write_cr3(root) };
+    flush_all();
+}
+
+/// Makes the user tree `root` current with address-space id `asid` (the
+/// PCID; the kernel itself uses PCID 0). With `flush`, the TLB entries
+/// tagged `asid` are dropped first; without, they are kept, which is only
+/// right if they still describe `root`. Without PCIDs every load flushes.
+///
+/// # Safety
+/// `root` must be the physical address of a PML4 whose kernel half (root
+/// entries [`KERNEL_ROOT_ENTRIES`]) is shared with [`kernel_root`]'s, that
+/// stays valid while loaded; `asid < asid_count()`.
+pub unsafe fn load_user_root(root: u64, asid: u16, flush: bool) {
+    let mut cr3 = root & CR3_ADDR_MASK;
+    if PCID_ENABLED.load(Ordering::Relaxed) {
+        cr3 |= u64::from(asid) & CR3_PCID_MASK;
+        if !flush {
+            cr3 |= CR3_NO_FLUSH;
+        }
+    }
+    // SAFETY: the kernel half of `root` is the kernel's (caller), so the
+    // kernel keeps running; the PCID bits are set only with CR4.PCIDE.
+    unsafe { write_cr3(cr3) };
+}
+
+/// Returns to the kernel root: no user mappings (flushing PCID 0's
+/// non-global entries, of which there are none unless a user tree ran with
+/// address-space id 0).
+pub fn unload_user_root() {
+    // SAFETY: the kernel root maps the kernel (the invariant of
+    // `KERNEL_ROOT`); PCID 0, bit 63 clear.
+    unsafe { write_cr3(kernel_root()) };
+}
+
+/// Address-space ids usable with [`load_user_root`]: the 4096 PCIDs, or 1
+/// without PCIDs (every switch flushes).
+pub fn asid_count() -> usize {
+    if PCID_ENABLED.load(Ordering::Relaxed) {
+        PCID_COUNT
+    } else {
+        1
+    }
+}
+
+fn invlpg(va: usize) {
+    // SAFETY: invlpg only drops TLB entries; it faults on nothing.
+    unsafe { core::arch::asm!("invlpg [{}]", in(reg) va, options(nostack, preserves_flags)) };
+}
+
+/// Drops the TLB entry for `va` of the current user tree, whose
+/// address-space id is `asid` (`invlpg` acts on the current PCID only;
+/// entries of trees that are not loaded are dropped by loading them with
+/// `flush`).
+pub fn flush_page(asid: u16, va: usize) {
+    let _ = asid;
+    invlpg(va);
+}
+
+/// Drops the TLB entry for the kernel page `va` (global: `invlpg` drops it
+/// for every PCID).
+pub fn flush_kernel_page(va: usize) {
+    invlpg(va);
+}
+
+/// Drops every TLB entry on this CPU: global ones and those of every PCID
+/// (toggling CR4.PGE does all of that).
+pub fn flush_all() {
+    let cr4 = read_cr4();
+    if cr4 & CR4_PGE != 0 {
+        // SAFETY: clearing and restoring PGE changes no mapping; the CPU
+        // flushes all TLB entries of all PCIDs on each write.
+        unsafe {
+            write_cr4(cr4 & !CR4_PGE);
+            write_cr4(cr4);
+        }
+    } else {
+        // SAFETY: reloading the current CR3 (with bit 63 clear) keeps the
+        // same tree; without PGE there are no global entries to keep.
+        unsafe { write_cr3(read_cr3() & !CR3_NO_FLUSH) };
+    }
+}
+
+/// A user address for the tests and benchmarks: nothing else maps the
+/// user half.
+#[cfg(any(feature = "ktest", feature = "bench"))]
+const TEST_USER_VA: usize = 0x40_0000;
+
+/// A fresh user tree sharing the kernel half, for tests and benchmarks.
+#[cfg(any(feature = "ktest", feature = "bench"))]
+fn test_user_tree(
+    mem: &mut crate::mm::KernelTables,
+) -> Option<crate::mm::paging::PageTable<PageFormat>> {
+    use crate::mm::paging::PageTable;
+    let mut tree = PageTable::<PageFormat>::new(mem).ok()?;
+    // SAFETY: the kernel root and its tables are frames reached through the
+    // direct map (the boot tables lie in the image, which the direct map
+    // covers); this only reads it.
+    let kernel = unsafe { PageTable::<PageFormat>::from_root(kernel_root()) };
+    tree.share_root_entries(mem, &kernel, KERNEL_ROOT_ENTRIES);
+    Some(tree)
+}
+
+#[cfg(feature = "ktest")]
+mod tests {
+    use super::*;
+    use crate::mm::KernelTables;
+    use crate::mm::frame::ZoneRequest;
+    use crate::mm::paging::{Mapping, PageTable};
+    use crate::trap::TrapCause;
+
+    const USER_VA: usize = TEST_USER_VA;
+
+    /// The kernel root's tree, for reading.
+    fn current_kernel_tree() -> PageTable<PageFormat> {
+        // SAFETY: as in `test_user_tree`: valid tables, only read here.
+        unsafe { PageTable::<PageFormat>::from_root(kernel_root()) }
+    }
+
+    crate::ktest!(
+        fn user_copy_honours_user_page_permissions() {
+            let free_before = crate::mm::frame_stats().map(|s| s.1);
+            let mut mem = KernelTables;
+            let Some(mut tree) = test_user_tree(&mut mem) else {
+                kassert!(false, "no frame for a user root");
+                return Ok(());
+            };
+            let frame = crate::mm::alloc_frames(0, ZoneRequest::Any);
+            let result = match frame {
+                Some(frame) => exercise_user_copy(&mut tree, &mut mem, frame),
+                None => Ok(()),
+            };
+            // Clean up whatever the exercise left, even after a failure.
+            unload_user_root();
+            let _ = tree.unmap(&mut mem, USER_VA);
+            tree.destroy(&mut mem, 0..KERNEL_ROOT_ENTRIES.start);
+            if let Some(frame) = frame {
+                kassert_eq!(crate::mm::free_frames(frame, 0), Ok(()));
+            }
+            result?;
+            kassert!(frame.is_some(), "no frame for the user page");
+            kassert_eq!(crate::mm::frame_stats().map(|s| s.1), free_before);
+            Ok(())
+        }
+    );
+
+    fn exercise_user_copy(
+        tree: &mut PageTable<PageFormat>,
+        mem: &mut KernelTables,
+        frame: u64,
+    ) -> crate::ktest::TestResult {
+        kassert_eq!(
+            tree.map(
+                mem,
+                USER_VA,
+                frame,
+                PageSize::Size4K,
+                Attr::USER | Attr::WRITE
+            ),
+            Ok(())
+        );
+        // SAFETY: `tree` shares the kernel half of the kernel root and lives
+        // until after `unload_user_root` in the caller; 1 < asid_count() or
+        // is ignored without PCIDs.
+        unsafe { load_user_root(tree.root(), 1, true) };
+
+        // Round trip, unaligned, longer than a word.
+        let pattern: [u8; 100] = core::array::from_fn(|i| (i as u8) ^ 0x5a);
+        let mut back = [0u8; 100];
+        let user = (USER_VA + 3) as *mut u8;
+        // SAFETY: `user` is a user address (a fault would be returned);
+        // `pattern` and `back` are kernel buffers of 100 bytes.
+        unsafe {
+            kassert_eq!(user_copy_to(user, &pattern), Ok(()));
+            kassert_eq!(user_copy_from(&mut back, user), Ok(()));
+        }
+        kassert_eq!(back, pattern);
+        // The bytes really are in the frame.
+        let direct = super::super::phys_to_virt(frame) + 3;
+        // SAFETY: `frame` is ours and mapped by the direct map.
+        kassert_eq!(unsafe { *(direct as *const [u8; 100]) }, pattern);
+
+        // A copy running off the end of the page stops at its first
+        // unmapped byte (after a word access there faulted).
+        let mut sixteen = [0u8; 16];
+        let end = USER_VA + 4096;
+        // SAFETY: user addresses; a kernel buffer of 16 bytes.
+        let r = unsafe { user_copy_from(&mut sixteen, (end - 8) as *const u8) };
+        kassert_eq!(r, Err(end));
+        // Its first word was copied: the page's last 8 bytes.
+        let mut tail = [0u8; 8];
+        // SAFETY: `frame` is ours and mapped by the direct map.
+        unsafe {
+            core::ptr::copy_nonoverlapping(
+                (super::super::phys_to_virt(frame) + 4088) as *const u8,
+                tail.as_mut_ptr(),
+                8,
+            )
+        };
+        kassert_eq!(sixteen[..8], tail);
+        // Unmapped and non-canonical sources.
+        // SAFETY: as above.
+        unsafe {
+            kassert_eq!(
+                user_copy_from(&mut sixteen, 0x80_0000 as *const u8),
+                Err(0x80_0000)
+            );
+            kassert_eq!(
+                user_copy_from(&mut sixteen, 0x8000_0000_0000_0000 as *const u8),
+                Err(0x8000_0000_0000_0000)
+            );
+        }
+
+        // SMAP: a plain kernel read of the user page faults.
+        let probe = crate::arch::probe_read(USER_VA + 3).map_err(|r| r.cause);
+        if SMAP_ENABLED.load(Ordering::Relaxed) {
+            kassert_eq!(
+                probe,
+                Err(TrapCause::PageFault {
+                    addr: USER_VA + 3,
+                    write: false,
+                    exec: false
+                })
+            );
+        } else {
+            kprint!("(no SMAP on this CPU: kernel reads of user pages not checked) ");
+            kassert_eq!(probe, Ok(pattern[0]));
+        }
+
+        // Read-only user pages stay read-only for the kernel (CR0.WP).
+        kassert_eq!(tree.protect(mem, USER_VA, Attr::USER), Ok(PageSize::Size4K));
+        flush_page(1, USER_VA);
+        // SAFETY: as above.
+        unsafe {
+            kassert_eq!(user_copy_to(user, &pattern), Err(USER_VA + 3));
+            kassert_eq!(user_copy_from(&mut back, user), Ok(()));
+        }
+
+        // Unmapped: copies fault.
+        kassert_eq!(tree.unmap(mem, USER_VA), Ok((frame, PageSize::Size4K)));
+        flush_page(1, USER_VA);
+        // SAFETY: as above.
+        unsafe {
+            kassert_eq!(user_copy_from(&mut back, user), Err(USER_VA + 3));
+        }
+        Ok(())
+    }
+
+    /// # Safety
+    /// As for `user_copy`, with `src` a kernel buffer.
+    unsafe fn user_copy_to(dst: *mut u8, src: &[u8]) -> Result<(), usize> {
+        // SAFETY: the caller's guarantee; `src` is valid for its length.
+        unsafe { super::super::user_copy(dst, src.as_ptr(), src.len()) }
+    }
+
+    /// # Safety
+    /// As for `user_copy`, with `dst` a kernel buffer.
+    unsafe fn user_copy_from(dst: &mut [u8], src: *const u8) -> Result<(), usize> {
+        // SAFETY: the caller's guarantee; `dst` is valid for its length.
+        unsafe { super::super::user_copy(dst.as_mut_ptr(), src, dst.len()) }
+    }
+
+    crate::ktest!(
+        fn kernel_image_layout_matches_the_current_tables() {
+            let layout = kernel_image_layout();
+            let tree = current_kernel_tree();
+            let mem = KernelTables;
+            let start = (&raw const __kernel_start) as usize;
+            let end = (&raw const __kernel_end) as usize;
+            // In order, page-aligned, and covering the image except for
+            // exactly the guard pages.
+            let mut at = start;
+            let mut guards = kernel_stacks().map(|s| s.guard).into_iter();
+            for (range, attr) in &layout {
+                kassert!(range.start.is_multiple_of(4096) && range.end.is_multiple_of(4096));
+                kassert!(range.start < range.end);
+                if range.start != at {
+                    kassert_eq!(Some(at), guards.next());
+                    kassert_eq!(range.start, at + super::super::boot::GUARD_SIZE);
+                }
+                kassert!(!attr.contains(Attr::WRITE | Attr::EXEC));
+                // Every page is mapped as described.
+                for va in range.clone().step_by(4096) {
+                    let want = Mapping {
+                        pa: kernel_virt_to_phys(va),
+                        size: PageSize::Size4K,
+                        attr: *attr,
+                    };
+                    let got = tree.translate(&mem, va);
+                    kassert!(got == Some(want), "{:#x} is mapped as {:?}", va, got);
+                }
+                at = range.end;
+            }
+            kassert_eq!(at, end);
+            kassert_eq!(guards.next(), None);
+            for s in kernel_stacks() {
+                kassert_eq!(tree.translate(&mem, s.guard), None);
+            }
+            Ok(())
+        }
+    );
+
+    crate::ktest!(
+        fn kernel_text_is_not_writable_and_data_not_executable() {
+            static DATA: AtomicU64 = AtomicU64::new(1);
+            static RODATA: [u8; 4] = [1, 2, 3, 4];
+            let tree = current_kernel_tree();
+            let mem = KernelTables;
+            let text = kernel_image_layout as *const () as usize;
+            let attr = |va: usize| tree.translate(&mem, va).map(|m| m.attr);
+            kassert_eq!(attr(text), Some(Attr::EXEC | Attr::GLOBAL));
+            kassert_eq!(
+                attr((&raw const DATA) as usize),
+                Some(Attr::WRITE | Attr::GLOBAL)
+            );
+            kassert_eq!(attr((&raw const RODATA) as usize), Some(Attr::GLOBAL));
+            let stack_var = 0u8;
+            kassert_eq!(
+                attr(core::ptr::addr_of!(stack_var) as usize),
+                Some(Attr::WRITE | Attr::GLOBAL)
+            );
+            // The direct map is writable, never executable.
+            let direct = attr(super::super::phys_to_virt(0x1000));
+            kassert!(direct.is_some_and(|a| a.contains(Attr::WRITE) && !a.contains(Attr::EXEC)));
+            Ok(())
+        }
+    );
+
+    crate::ktest!(
+        fn paging_features_are_consistent() {
+            let pcid = PCID_ENABLED.load(Ordering::Relaxed);
+            kassert_eq!(asid_count(), if pcid { 4096 } else { 1 });
+            kassert!(read_cr0() & CR0_WP != 0);
+            kassert!(max_page_size() >= PageSize::Size2M);
+            kassert!(device_windows().is_empty());
+            // Reloading the kernel root (with a full flush) keeps the
+            // kernel running.
+            let root = kernel_root();
+            // SAFETY: the current kernel root maps the kernel.
+            unsafe { load_kernel_root(root) };
+            kassert_eq!(kernel_root(), root);
+            kassert_eq!(read_cr3() & CR3_ADDR_MASK, root);
+            flush_kernel_page(super::super::phys_to_virt(0x1000));
+            flush_all();
+            kassert!(crate::arch::probe_read(super::super::phys_to_virt(0x1000)).is_ok());
+            Ok(())
+        }
+    );
+}
+
+#[cfg(feature = "bench")]
+mod benches {
+    use super::*;
+    use crate::mm::KernelTables;
+    use crate::mm::frame::ZoneRequest;
+
+    crate::kbench!(
+        fn user_map_unmap_4k(iters: u64) {
+            // Includes making and destroying the tree (4 tables) once per
+            // batch of `iters`.
+            let mut mem = KernelTables;
+            let Some(mut tree) = test_user_tree(&mut mem) else {
+                return;
+            };
+            if let Some(frame) = crate::mm::alloc_frames(0, ZoneRequest::Any) {
+                // SAFETY: `tree` shares the kernel half of the kernel root
+                // and is unloaded below before it is destroyed.
+                unsafe { load_user_root(tree.root(), 1, true) };
+                for _ in 0..iters {
+                    let _ = tree.map(
+                        &mut mem,
+                        TEST_USER_VA,
+                        frame,
+                        PageSize::Size4K,
+                        Attr::USER | Attr::WRITE,
+                    );
+                    let _ = tree.unmap(&mut mem, TEST_USER_VA);
+                    flush_page(1, TEST_USER_VA);
+                }
+                unload_user_root();
+                let _ = crate::mm::free_frames(frame, 0);
+            }
+            tree.destroy(&mut mem, 0..KERNEL_ROOT_ENTRIES.start);
+        },
+        iters = 1000
+    );
+}

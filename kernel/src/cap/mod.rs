@@ -1,0 +1,512 @@
+//! The capability system: every capability space in the machine and the
+//! derivation tree between their capabilities. Hand-written, as core
+//! competence of the kernel; portable, and tested on the host.
+//!
+//! One [`CapSystem`] holds an arena of [`CapSpace`]s named by [`SpaceId`]
+//! (index + generation, so a destroyed space's id is never confused with a
+//! new one). The kernel wraps it in its lock. It is generic over the object
+//! payload `O` each capability carries (the kernel's enum of refcounted
+//! object pointers); it never looks inside `O`. Copying a capability
+//! clones `O`; every capability that goes away hands its `O` back to the
+//! caller (returned, or passed to a `dropped` callback), never dropped here,
+//! so the kernel can destroy an object outside this module when `O`'s
+//! reference count says the last capability (or other reference) is gone.
+//!
+//! Operations and their rules:
+//! - **insert**: the original capability of a new object (a tree root).
+//! - **derive**: a child in the same space with a subset of the rights and,
+//!   on an unbadged capability only, a badge.
+//! - **grant**: a child in another (or the same) space with a subset of the
+//!   rights; needs [`Rights::GRANT`].
+//! - **delegate**: moves a capability to another slot or space, keeping its
+//!   place in the tree; crossing spaces needs [`Rights::GRANT`].
+//! - **delete**: removes one capability. Its children survive, re-parented
+//!   to its parent (seL4-style): deleting your copy never destroys what
+//!   others hold; revoke does.
+//! - **revoke**: removes every descendant, across spaces, at most `budget`
+//!   per call ([`Progress::More`] until done). Needs [`Rights::REVOKE`].
+//!   Each step removes the revoked capability's first child and splices the
+//!   grandchildren into its place, so after every step the tree is
+//!   well-formed and every remaining capability valid. While a revoke is
+//!   unfinished the capability is marked: deriving, granting or delegating
+//!   from it fails with `InvalidState`; a call that finishes clears the mark
+//!   (an abandoned revoke leaves it until someone finishes it). If the
+//!   capability itself is deleted meanwhile, the next call fails with
+//!   `InvalidCapability` and its remaining children survive, as for delete.
+//!   Convergence: between two calls, other CPUs can still derive from
+//!   descendants, but each such call takes the kernel lock and adds at most
+//!   a few capabilities, while each revoke call removes `budget`; with a
+//!   fair lock and a budget larger than that, the subtree shrinks every
+//!   round, so the revoke terminates.
+//! - **destroy_space**: deletes every capability of a space (bounded, like
+//!   revoke), then frees it. A dying space accepts no new capabilities.
+//!
+//! Invariants: each live capability sits in exactly one slot and has
+//! exactly one `O`, cloned when it was derived or granted and handed back
+//! exactly once when it goes; tree links name live slots only (see `tree`);
+//! a space's arena entry changes generation when the space is destroyed and
+//! is then on the free list (unless its generation is exhausted).
+//!
+//! Every operation validates everything before changing anything, and
+//! every allocation (L1 growth, L2 pages, the space arena) is fallible:
+//! errors, never panics. Tokens, rights and object types are defined in
+//! `keel_abi::cap`.
+
+mod space;
+mod tree;
+
+#[cfg(test)]
+mod tests;
+
+use alloc::vec::Vec;
+use keel_abi::Error;
+use keel_abi::cap::{CapToken, NO_BADGE, ObjectType, Rights};
+pub use space::CapSpace;
+use space::Slot;
+use tree::{Links, NIL, slot_ref};
+
+/// Names a capability space; stale once the space is destroyed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SpaceId {
+    index: u32,
+    generation: u32,
+}
+
+/// Where a new capability goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dest {
+    /// The lowest free slot.
+    Any,
+    /// This slot, which must be free and below the space's quota.
+    At(u32),
+}
+
+/// What a bounded operation achieved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Progress {
+    /// Finished.
+    Done,
+    /// Budget used up; call again to continue.
+    More,
+}
+
+/// A capability: an object reference with a type, rights and a badge.
+#[derive(Debug)]
+pub struct Cap<O> {
+    object: O,
+    ty: ObjectType,
+    rights: Rights,
+    badge: u64,
+    /// A revoke of this capability's descendants is unfinished.
+    revoking: bool,
+}
+
+impl<O> Cap<O> {
+    /// The object.
+    pub fn object(&self) -> &O {
+        &self.object
+    }
+
+    /// The object's type.
+    pub fn object_type(&self) -> ObjectType {
+        self.ty
+    }
+
+    /// The rights.
+    pub fn rights(&self) -> Rights {
+        self.rights
+    }
+
+    /// The badge ([`NO_BADGE`] if none).
+    pub fn badge(&self) -> u64 {
+        self.badge
+    }
+}
+
+struct SpaceEntry<O> {
+    generation: u32,
+    space: Option<CapSpace<O>>,
+    /// Next entry on the free list while `space` is `None`.
+    next_free: u32,
+}
+
+/// All capability spaces and the derivation tree. See the module docs.
+pub struct CapSystem<O> {
+    spaces: Vec<SpaceEntry<O>>,
+    free_head: u32,
+}
+
+const NO_ENTRY: u32 = u32::MAX;
+
+impl<O> Default for CapSystem<O> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<O> CapSystem<O> {
+    /// No spaces yet.
+    pub const fn new() -> Self {
+        CapSystem {
+            spaces: Vec::new(),
+            free_head: NO_ENTRY,
+        }
+    }
+
+    /// Creates an empty space that can hold up to `max_slots` capabilities
+    /// (1..=[`CapSpace::MAX_SLOTS`]).
+    pub fn create_space(&mut self, max_slots: u32) -> Result<SpaceId, Error> {
+        let space = CapSpace::new(max_slots)?;
+        let index = if self.free_head != NO_ENTRY {
+            self.free_head
+        } else {
+            // Index NO_ENTRY (u32::MAX) is never used: links reserve it.
+            if self.spaces.len() >= NO_ENTRY as usize {
+                return Err(Error::OutOfMemory);
+            }
+            self.spaces.try_reserve(1).map_err(|_| Error::OutOfMemory)?;
+            self.spaces.push(SpaceEntry {
+                generation: 0,
+                space: None,
+                next_free: NO_ENTRY,
+            });
+            (self.spaces.len() - 1) as u32
+        };
+        let entry = self
+            .spaces
+            .get_mut(index as usize)
+            .ok_or(Error::OutOfMemory)?;
+        if index == self.free_head {
+            self.free_head = entry.next_free;
+        }
+        entry.space = Some(space);
+        Ok(SpaceId {
+            index,
+            generation: entry.generation,
+        })
+    }
+
+    /// The space `id` names, for lookups ([`CapSpace::lookup`]).
+    pub fn space(&self, id: SpaceId) -> Result<&CapSpace<O>, Error> {
+        match self.spaces.get(id.index as usize) {
+            Some(SpaceEntry {
+                generation,
+                space: Some(space),
+                ..
+            }) if *generation == id.generation => Ok(space),
+            _ => Err(Error::InvalidArgument),
+        }
+    }
+
+    fn space_mut(&mut self, index: u32) -> Result<&mut CapSpace<O>, Error> {
+        self.spaces
+            .get_mut(index as usize)
+            .and_then(|e| e.space.as_mut())
+            .ok_or(Error::InvalidArgument)
+    }
+
+    /// The capability `token` names in space `id`.
+    pub fn lookup(&self, id: SpaceId, token: CapToken) -> Result<&Cap<O>, Error> {
+        self.space(id)?.lookup(token)
+    }
+
+    /// Like [`Self::lookup`], for a call that needs an object of type `ty`
+    /// and the rights `needed`.
+    pub fn lookup_as(
+        &self,
+        id: SpaceId,
+        token: CapToken,
+        ty: ObjectType,
+        needed: Rights,
+    ) -> Result<&Cap<O>, Error> {
+        if token.type_code() != ty as u8 {
+            return Err(Error::WrongObjectType);
+        }
+        let cap = self.lookup(id, token)?;
+        if !cap.rights.contains(needed) {
+            return Err(Error::AccessDenied);
+        }
+        Ok(cap)
+    }
+
+    /// Inserts the original capability to a new object.
+    pub fn insert(
+        &mut self,
+        id: SpaceId,
+        dest: Dest,
+        object: O,
+        ty: ObjectType,
+        rights: Rights,
+        badge: u64,
+    ) -> Result<CapToken, Error> {
+        self.space(id)?;
+        let cap = Cap {
+            object,
+            ty,
+            rights,
+            badge,
+            revoking: false,
+        };
+        self.place(id.index, dest, cap, NIL)
+    }
+
+    /// Mints a child of `src` in the same space with `rights` (a subset of
+    /// `src`'s) and, if `badge != NO_BADGE`, that badge (only on an
+    /// unbadged `src`; otherwise the child keeps `src`'s badge).
+    pub fn derive(
+        &mut self,
+        id: SpaceId,
+        src: CapToken,
+        dest: Dest,
+        rights: Rights,
+        badge: u64,
+    ) -> Result<CapToken, Error>
+    where
+        O: Clone,
+    {
+        self.copy(id, src, id, dest, rights, badge, Rights::NONE)
+    }
+
+    /// Copies `src` into space `to` as its child with `rights` (a subset of
+    /// `src`'s). `src` must have [`Rights::GRANT`].
+    pub fn grant(
+        &mut self,
+        from: SpaceId,
+        src: CapToken,
+        to: SpaceId,
+        dest: Dest,
+        rights: Rights,
+    ) -> Result<CapToken, Error>
+    where
+        O: Clone,
+    {
+        self.copy(from, src, to, dest, rights, NO_BADGE, Rights::GRANT)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn copy(
+        &mut self,
+        from: SpaceId,
+        src: CapToken,
+        to: SpaceId,
+        dest: Dest,
+        rights: Rights,
+        badge: u64,
+        needed: Rights,
+    ) -> Result<CapToken, Error>
+    where
+        O: Clone,
+    {
+        let parent = self.lookup(from, src)?;
+        if !parent.rights.contains(rights) || !parent.rights.contains(needed) {
+            return Err(Error::AccessDenied);
+        }
+        if parent.revoking || (badge != NO_BADGE && parent.badge != NO_BADGE) {
+            return Err(Error::InvalidState);
+        }
+        let child = Cap {
+            object: parent.object.clone(),
+            ty: parent.ty,
+            rights,
+            badge: if badge == NO_BADGE {
+                parent.badge
+            } else {
+                badge
+            },
+            revoking: false,
+        };
+        self.space(to)?;
+        self.place(to.index, dest, child, slot_ref(from.index, src.index()))
+    }
+
+    /// Takes a slot in space `space` and puts `cap` there as a child of
+    /// `parent` (or a root if `NIL`). Nothing changes on error.
+    fn place(
+        &mut self,
+        space: u32,
+        dest: Dest,
+        cap: Cap<O>,
+        parent: u64,
+    ) -> Result<CapToken, Error> {
+        let sp = self.space_mut(space)?;
+        let index = sp.take(dest)?;
+        let token = sp.fill(index, cap, Links::NONE);
+        if parent != NIL {
+            self.attach(parent, slot_ref(space, index));
+        }
+        Ok(token)
+    }
+
+    /// Moves `src` to space `to` (or another slot of its own space); its
+    /// place in the derivation tree moves with it. Returns the new token;
+    /// the old one is stale.
+    pub fn delegate(
+        &mut self,
+        from: SpaceId,
+        src: CapToken,
+        to: SpaceId,
+        dest: Dest,
+    ) -> Result<CapToken, Error> {
+        let cap = self.lookup(from, src)?;
+        if from != to && !cap.rights.contains(Rights::GRANT) {
+            return Err(Error::AccessDenied);
+        }
+        if cap.revoking {
+            return Err(Error::InvalidState);
+        }
+        self.space(to)?;
+        let index = self.space_mut(to.index)?.take(dest)?;
+        let old = slot_ref(from.index, src.index());
+        let links = self.links(old);
+        let Some(cap) = self.space_mut(from.index)?.release(src.index()) else {
+            return Err(Error::InvalidCapability); // unreachable: looked up above
+        };
+        let token = self.space_mut(to.index)?.fill(index, cap, links);
+        self.relocate(links, slot_ref(to.index, index));
+        Ok(token)
+    }
+
+    /// Deletes one capability and returns its object. Its children survive,
+    /// re-parented to its parent.
+    pub fn delete(&mut self, id: SpaceId, token: CapToken) -> Result<O, Error> {
+        self.lookup(id, token)?;
+        self.remove(slot_ref(id.index, token.index()))
+            .ok_or(Error::InvalidCapability)
+    }
+
+    /// Removes the capability in slot `r` from the tree and its space.
+    fn remove(&mut self, r: u64) -> Option<O> {
+        self.detach(r);
+        let cap = self.space_mut((r >> 32) as u32).ok()?.release(r as u32)?;
+        Some(cap.object)
+    }
+
+    /// Removes up to `budget` descendants of `token` (in any space), passing
+    /// each one's object to `dropped`. [`Progress::Done`] once it has no
+    /// descendants left; otherwise call again (the capability stays marked
+    /// as being revoked until then).
+    pub fn revoke(
+        &mut self,
+        id: SpaceId,
+        token: CapToken,
+        budget: usize,
+        dropped: &mut impl FnMut(O),
+    ) -> Result<Progress, Error> {
+        if budget == 0 {
+            return Err(Error::InvalidArgument);
+        }
+        if !self.lookup(id, token)?.rights.contains(Rights::REVOKE) {
+            return Err(Error::AccessDenied);
+        }
+        let root = slot_ref(id.index, token.index());
+        for _ in 0..budget {
+            let child = self.links(root).first;
+            if child == NIL {
+                break;
+            }
+            if let Some(object) = self.remove(child) {
+                dropped(object);
+            }
+        }
+        let more = self.links(root).first != NIL;
+        if let Some(cap) = self.slot_at_mut(root).and_then(|s| s.cap.as_mut()) {
+            cap.revoking = more;
+        }
+        Ok(if more { Progress::More } else { Progress::Done })
+    }
+
+    /// Destroys space `id`: deletes its capabilities (children elsewhere
+    /// survive, as for [`Self::delete`]), passing each object to `dropped`;
+    /// when none are left, frees the space and returns [`Progress::Done`],
+    /// after which `id` is stale. Each capability removed and each L2 page
+    /// scanned costs one unit of `budget`. From the first call on, the space
+    /// accepts no new capabilities.
+    pub fn destroy_space(
+        &mut self,
+        id: SpaceId,
+        budget: usize,
+        dropped: &mut impl FnMut(O),
+    ) -> Result<Progress, Error> {
+        if budget == 0 {
+            return Err(Error::InvalidArgument);
+        }
+        self.space(id)?;
+        let mut work = budget;
+        loop {
+            let sp = self.space_mut(id.index)?;
+            let page = sp.dying.unwrap_or(0);
+            sp.dying = Some(page);
+            if page >= sp.pages() {
+                break;
+            }
+            if work == 0 {
+                return Ok(Progress::More);
+            }
+            work -= 1;
+            match sp.first_used_in(page) {
+                Some(index) => {
+                    if let Some(object) = self.remove(slot_ref(id.index, index)) {
+                        dropped(object);
+                    }
+                }
+                None => sp.dying = Some(page + 1),
+            }
+        }
+        let entry = self
+            .spaces
+            .get_mut(id.index as usize)
+            .ok_or(Error::InvalidArgument)?;
+        entry.space = None;
+        // A space index whose generation would wrap is never reused.
+        if let Some(generation) = entry.generation.checked_add(1) {
+            entry.generation = generation;
+            entry.next_free = self.free_head;
+            self.free_head = id.index;
+        }
+        Ok(Progress::Done)
+    }
+
+    fn slot_at(&self, r: u64) -> Option<&Slot<O>> {
+        let entry = self.spaces.get((r >> 32) as usize)?;
+        entry.space.as_ref()?.slot(r as u32)
+    }
+
+    fn slot_at_mut(&mut self, r: u64) -> Option<&mut Slot<O>> {
+        let entry = self.spaces.get_mut((r >> 32) as usize)?;
+        entry.space.as_mut()?.slot_mut(r as u32)
+    }
+
+    /// Every occupied slot in the system (tests only).
+    #[cfg(test)]
+    fn all_refs(&self) -> impl Iterator<Item = u64> + '_ {
+        self.spaces.iter().enumerate().flat_map(|(i, e)| {
+            e.space
+                .iter()
+                .flat_map(move |s| s.tokens().map(move |t| slot_ref(i as u32, t.index())))
+        })
+    }
+
+    /// The parent of a capability as (space, token) (tests only).
+    #[cfg(test)]
+    fn parent_of(&self, id: SpaceId, token: CapToken) -> Option<(SpaceId, CapToken)> {
+        let p = self.parent_ref(slot_ref(id.index, token.index()));
+        let entry = self.spaces.get((p >> 32) as usize)?;
+        let slot = self.slot_at(p)?;
+        let id = SpaceId {
+            index: (p >> 32) as u32,
+            generation: entry.generation,
+        };
+        Some((id, CapToken::from_raw(slot.tag)))
+    }
+
+    /// Checks every invariant of every space and of the tree (tests only).
+    #[cfg(test)]
+    fn check(&self) {
+        for e in &self.spaces {
+            if let Some(s) = &e.space {
+                s.check();
+            }
+        }
+        self.check_tree();
+    }
+}

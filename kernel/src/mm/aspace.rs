@@ -1,0 +1,477 @@
+//! User address spaces: ranges of memory objects mapped with permissions,
+//! filled in on demand, with copy-on-write cloning for fork. Written by
+//! hand: core competence.
+//!
+//! An address space is a page-table tree (sharing the kernel half where the
+//! architecture has one root for both halves) plus a sorted list of
+//! regions. Page-table entries are a cache of the regions: any user page
+//! may be unmapped from the tree at any time and is rebuilt by [`fault`]
+//! from its region and object.
+//!
+//! Invariants:
+//! - Regions are page-aligned, non-empty, sorted, non-overlapping and lie
+//!   in `[USER_BASE, USER_END)`; their attributes are a subset of
+//!   `WRITE | EXEC` and never both (W^X), and a mapped page's attributes
+//!   are its region's, less `WRITE` while its frame is shared
+//!   copy-on-write.
+//! - Every mapped page maps the current frame of its object's page.
+//! - Dropping an address space frees its page tables and its references to
+//!   objects; objects free their frames when the last reference goes.
+//! - After a page's entry changes, no TLB holds the old one: the page is
+//!   flushed if the space is loaded; if not, the space drops its
+//!   address-space id, so it gets a fresh one (with no TLB entries) when
+//!   next loaded.
+//!
+//! [`fault`]: AddressSpace::fault
+
+use super::kref::KArc;
+use super::machine::Machine;
+use super::object::{Backing, MemObject, PAGE};
+use super::paging::{Attr, ENTRIES, MapError, Mapping, PageSize, PageTable};
+use alloc::vec::Vec;
+use keel_abi::Error;
+
+/// Lowest user address that can be mapped: page 0 stays unmapped so null
+/// pointers fault.
+pub const USER_BASE: usize = PAGE;
+/// End of the user half (47-bit user addresses on every architecture).
+pub const USER_END: usize = 1 << 47;
+
+/// The kind of access that faulted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    Read,
+    Write,
+    Exec,
+}
+
+struct Region<M: Machine> {
+    start: usize,
+    end: usize,
+    object: KArc<MemObject<M>>,
+    /// Object page mapped at `start`.
+    offset: usize,
+    attr: Attr,
+}
+
+impl<M: Machine> Region<M> {
+    fn object_page(&self, va: usize) -> usize {
+        self.offset + (va - self.start) / PAGE
+    }
+
+    fn leaf_attr(&self, shared: bool) -> Attr {
+        let mut a = self.attr | Attr::USER;
+        if shared {
+            a.remove(Attr::WRITE);
+        }
+        if let Backing::Physical { device: true, .. } = self.object.backing() {
+            a |= Attr::DEVICE;
+        }
+        a
+    }
+}
+
+/// A user address space.
+pub struct AddressSpace<M: Machine> {
+    table: PageTable<M::Format>,
+    regions: Vec<Region<M>>,
+    /// Address-space id in the low 16 bits, its `mm::asid` generation above.
+    tag: u64,
+}
+
+fn map_err(e: MapError) -> Error {
+    match e {
+        MapError::OutOfMemory => Error::OutOfMemory,
+        MapError::AlreadyMapped => Error::AlreadyExists,
+        _ => Error::InvalidArgument,
+    }
+}
+
+fn check_attr(attr: Attr) -> Result<(), Error> {
+    if !(Attr::WRITE | Attr::EXEC).contains(attr) || attr.contains(Attr::WRITE | Attr::EXEC) {
+        return Err(Error::InvalidArgument);
+    }
+    Ok(())
+}
+
+/// The end of `[va, va + pages * PAGE)` if it is a page-aligned, non-empty
+/// user range.
+fn check_range(va: usize, pages: usize) -> Result<usize, Error> {
+    let end = pages
+        .checked_mul(PAGE)
+        .and_then(|len| va.checked_add(len))
+        .ok_or(Error::InvalidArgument)?;
+    if pages == 0 || !va.is_multiple_of(PAGE) || va < USER_BASE || end > USER_END {
+        return Err(Error::InvalidArgument);
+    }
+    Ok(end)
+}
+
+impl<M: Machine> AddressSpace<M> {
+    /// An empty address space tagged `asid`.
+    pub fn new(asid: u16) -> Result<Self, Error> {
+        let mut t = M::tables();
+        let mut table = PageTable::new(&mut t).map_err(map_err)?;
+        // SAFETY: the kernel root is a live tree in the same table memory;
+        // only its root entries are read.
+        let kernel = unsafe { PageTable::from_root(M::kernel_root()) };
+        table.share_root_entries(&mut t, &kernel, M::KERNEL_ENTRIES);
+        Ok(AddressSpace {
+            table,
+            regions: Vec::new(),
+            tag: u64::from(asid),
+        })
+    }
+
+    /// Physical address of the root table.
+    pub fn root(&self) -> u64 {
+        self.table.root()
+    }
+
+    /// The address-space id the TLB tags this space's entries with.
+    pub fn asid(&self) -> u16 {
+        self.tag as u16
+    }
+
+    /// The id and its generation (see `mm::asid`).
+    pub fn tag(&self) -> u64 {
+        self.tag
+    }
+
+    /// Re-tags the space (the caller flushes the new id before use).
+    pub fn set_tag(&mut self, tag: u64) {
+        self.tag = tag;
+    }
+
+    /// Makes sure no TLB keeps the old translation of `va` (see the module
+    /// invariants). A free function over the two fields it needs, so callers
+    /// can hold borrows of the regions.
+    fn flush(tag: &mut u64, root: u64, va: usize) {
+        if M::is_loaded(root) {
+            M::flush_page(*tag as u16, va);
+        } else {
+            *tag = 0;
+        }
+    }
+
+    /// How `va` is mapped in the page tables right now.
+    pub fn translate(&self, va: usize) -> Option<Mapping> {
+        self.table.translate(&M::tables(), va)
+    }
+
+    /// Index of the region containing `va`.
+    fn find(&self, va: usize) -> Option<usize> {
+        let i = self
+            .regions
+            .partition_point(|r| r.start <= va)
+            .checked_sub(1)?;
+        (self.regions.get(i)?.end > va).then_some(i)
+    }
+
+    fn maps_object(&self, object: &KArc<MemObject<M>>) -> bool {
+        self.regions.iter().any(|r| KArc::ptr_eq(&r.object, object))
+    }
+
+    /// Maps `pages` pages of `object`, starting at its page `offset`, at
+    /// `va` with `attr` (a subset of `WRITE | EXEC`, not both).
+    pub fn map(
+        &mut self,
+        va: usize,
+        object: KArc<MemObject<M>>,
+        offset: usize,
+        pages: usize,
+        attr: Attr,
+    ) -> Result<(), Error> {
+        check_attr(attr)?;
+        let end = check_range(va, pages)?;
+        if offset.checked_add(pages).is_none_or(|e| e > object.pages()) {
+            return Err(Error::InvalidArgument);
+        }
+        let at = self.regions.partition_point(|r| r.start < end);
+        if at > 0 && self.regions.get(at - 1).is_some_and(|r| r.end > va) {
+            return Err(Error::AlreadyExists);
+        }
+        self.regions
+            .try_reserve(1)
+            .map_err(|_| Error::OutOfMemory)?;
+        if !self.maps_object(&object) {
+            object.add_space()?;
+        }
+        let region = Region {
+            start: va,
+            end,
+            object,
+            offset,
+            attr,
+        };
+        // Map what already has frames, so device and eager memory need no
+        // faults.
+        let mut result = Ok(());
+        for page in 0..pages {
+            let i = offset + page;
+            if let Some(pa) = region.object.present(i) {
+                let a = region.leaf_attr(region.object.is_shared(i));
+                if let Err(e) = self.install(va + page * PAGE, pa, a) {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        self.regions.insert(at, region);
+        if result.is_err() {
+            let _ = self.unmap(va, pages);
+        }
+        result
+    }
+
+    /// Points the page at `va` to `pa` with `attr`, replacing any mapping.
+    fn install(&mut self, va: usize, pa: u64, attr: Attr) -> Result<(), Error> {
+        let mut t = M::tables();
+        let replaced = self.table.unmap(&mut t, va).is_ok();
+        if replaced {
+            Self::flush(&mut self.tag, self.table.root(), va);
+        }
+        self.table
+            .map(&mut t, va, pa, PageSize::Size4K, attr)
+            .map_err(map_err)?;
+        if M::FLUSH_NEW_ENTRIES && !replaced {
+            Self::flush(&mut self.tag, self.table.root(), va);
+        }
+        Ok(())
+    }
+
+    fn unmap_page(&mut self, va: usize) {
+        if self.table.unmap(&mut M::tables(), va).is_ok() {
+            Self::flush(&mut self.tag, self.table.root(), va);
+        }
+    }
+
+    /// Splits the region containing `at` so that a region starts there.
+    fn split_at(&mut self, at: usize) -> Result<(), Error> {
+        let Some(i) = self.find(at) else {
+            return Ok(());
+        };
+        let Some(r) = self.regions.get_mut(i) else {
+            return Ok(());
+        };
+        if r.start == at {
+            return Ok(());
+        }
+        let upper = Region {
+            start: at,
+            end: r.end,
+            object: r.object.clone(),
+            offset: r.object_page(at),
+            attr: r.attr,
+        };
+        // Reserve before shortening `r`, so a failure changes nothing.
+        self.regions
+            .try_reserve(1)
+            .map_err(|_| Error::OutOfMemory)?;
+        if let Some(r) = self.regions.get_mut(i) {
+            r.end = at;
+        }
+        self.regions.insert(i + 1, upper);
+        Ok(())
+    }
+
+    /// Removes every mapping in `[va, va + pages * PAGE)`. Parts of the
+    /// range that are not mapped are ignored.
+    pub fn unmap(&mut self, va: usize, pages: usize) -> Result<(), Error> {
+        let end = check_range(va, pages)?;
+        self.split_at(va)?;
+        self.split_at(end)?;
+        let lo = self.regions.partition_point(|r| r.start < va);
+        let hi = self.regions.partition_point(|r| r.start < end);
+        for _ in lo..hi {
+            let r = self.regions.remove(lo);
+            for page in (r.start..r.end).step_by(PAGE) {
+                self.unmap_page(page);
+            }
+            if !self.maps_object(&r.object) {
+                r.object.remove_space();
+            }
+        }
+        Ok(())
+    }
+
+    /// Changes the permissions of `[va, va + pages * PAGE)`, which must be
+    /// entirely mapped.
+    pub fn protect(&mut self, va: usize, pages: usize, attr: Attr) -> Result<(), Error> {
+        check_attr(attr)?;
+        let end = check_range(va, pages)?;
+        let mut at = va;
+        while at < end {
+            let i = self.find(at).ok_or(Error::BadAddress)?;
+            at = self.regions.get(i).map_or(end, |r| r.end);
+        }
+        self.split_at(va)?;
+        self.split_at(end)?;
+        let lo = self.regions.partition_point(|r| r.start < va);
+        let hi = self.regions.partition_point(|r| r.start < end);
+        let mut t = M::tables();
+        for i in lo..hi {
+            let Some(r) = self.regions.get_mut(i) else {
+                break;
+            };
+            r.attr = attr;
+            let r = &self.regions[i];
+            for page in (r.start..r.end).step_by(PAGE) {
+                if self.table.translate(&t, page).is_some() {
+                    let a = r.leaf_attr(r.object.is_shared(r.object_page(page)));
+                    if self.table.protect(&mut t, page, a).is_ok() {
+                        Self::flush(&mut self.tag, self.table.root(), page);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Handles a user fault at `va`: allocates a demand-zero page, breaks
+    /// copy-on-write sharing on a write, and maps the page. `BadAddress` if
+    /// no region allows the access. Returns the frame now mapped.
+    pub fn fault(&mut self, va: usize, access: Access) -> Result<u64, Error> {
+        let i = self.find(va).ok_or(Error::BadAddress)?;
+        let r = self.regions.get(i).ok_or(Error::BadAddress)?;
+        let allowed = match access {
+            Access::Read => true,
+            Access::Write => r.attr.contains(Attr::WRITE),
+            Access::Exec => r.attr.contains(Attr::EXEC),
+        };
+        if !allowed {
+            return Err(Error::BadAddress);
+        }
+        let page_va = va & !(PAGE - 1);
+        let page = r.object_page(page_va);
+        let object = r.object.clone();
+        let (pa, shared) = if access == Access::Write {
+            let (pa, changed) = object.unshare(page)?;
+            if changed {
+                self.drop_other_views(&object, page, page_va);
+            }
+            (pa, false)
+        } else {
+            (object.frame(page)?, object.is_shared(page))
+        };
+        let attr = self
+            .regions
+            .get(i)
+            .ok_or(Error::BadAddress)?
+            .leaf_attr(shared);
+        self.install(page_va, pa, attr)?;
+        Ok(pa)
+    }
+
+    /// Unmaps every other address in this space that shows page `page` of
+    /// `object` (it has just been given a new frame).
+    fn drop_other_views(&mut self, object: &KArc<MemObject<M>>, page: usize, except: usize) {
+        let views: Vec<usize> = self
+            .regions
+            .iter()
+            .filter(|r| KArc::ptr_eq(&r.object, object))
+            .filter_map(|r| {
+                let first = r.offset;
+                let last = r.offset + (r.end - r.start) / PAGE;
+                (first..last)
+                    .contains(&page)
+                    .then(|| r.start + (page - first) * PAGE)
+            })
+            .filter(|&va| va != except)
+            .collect();
+        for va in views {
+            self.unmap_page(va);
+        }
+    }
+
+    /// The frame behind `va` for a kernel access on the user's behalf,
+    /// faulting it in (demand-zero, copy-on-write) as a user access would.
+    pub fn resolve(&mut self, va: usize, access: Access) -> Result<u64, Error> {
+        if let Some(m) = self.translate(va)
+            && m.attr.contains(Attr::USER)
+            && (access != Access::Write || m.attr.contains(Attr::WRITE))
+            && (access != Access::Exec || m.attr.contains(Attr::EXEC))
+        {
+            return Ok(m.pa);
+        }
+        if va >= USER_END {
+            return Err(Error::BadAddress);
+        }
+        self.fault(va, access).map(|pa| pa + (va % PAGE) as u64)
+    }
+
+    /// A copy of this space for fork: private anonymous memory becomes
+    /// copy-on-write in both (this space's writable pages are
+    /// write-protected), shared memory stays shared.
+    pub fn clone_cow(&mut self, asid: u16) -> Result<AddressSpace<M>, Error> {
+        let mut child = AddressSpace::new(asid)?;
+        child
+            .regions
+            .try_reserve(self.regions.len())
+            .map_err(|_| Error::OutOfMemory)?;
+        // Objects already cloned: (original, copy).
+        let mut cloned: Vec<[KArc<MemObject<M>>; 2]> = Vec::new();
+        for i in 0..self.regions.len() {
+            let Some(r) = self.regions.get(i) else { break };
+            let private = r.object.backing() == Backing::Anonymous && r.object.spaces() == 1;
+            let object = if !private {
+                r.object.clone()
+            } else if let Some([_, copy]) = cloned.iter().find(|[o, _]| KArc::ptr_eq(o, &r.object))
+            {
+                copy.clone()
+            } else {
+                let copy = r.object.cow_clone()?;
+                cloned.try_reserve(1).map_err(|_| Error::OutOfMemory)?;
+                cloned.push([r.object.clone(), copy.clone()]);
+                copy
+            };
+            if !child.maps_object(&object) {
+                object.add_space()?;
+            }
+            let (start, end, offset, attr) = (r.start, r.end, r.offset, r.attr);
+            child.regions.push(Region {
+                start,
+                end,
+                object,
+                offset,
+                attr,
+            });
+            if private && attr.contains(Attr::WRITE) {
+                let mut t = M::tables();
+                for page in (start..end).step_by(PAGE) {
+                    if self.table.translate(&t, page).is_some()
+                        && self
+                            .table
+                            .protect(&mut t, page, (attr - Attr::WRITE) | Attr::USER)
+                            .is_ok()
+                    {
+                        Self::flush(&mut self.tag, self.table.root(), page);
+                    }
+                }
+            }
+        }
+        Ok(child)
+    }
+}
+
+impl<M: Machine> Drop for AddressSpace<M> {
+    fn drop(&mut self) {
+        while let Some(r) = self.regions.pop() {
+            if !self.maps_object(&r.object) {
+                r.object.remove_space();
+            }
+        }
+        let owned = if M::KERNEL_ENTRIES.is_empty() {
+            0..ENTRIES
+        } else {
+            0..M::KERNEL_ENTRIES.start
+        };
+        M::release_root(self.table.root());
+        // SAFETY: `self.table` is being dropped; the copy is its last user.
+        let table = unsafe { PageTable::<M::Format>::from_root(self.table.root()) };
+        table.destroy(&mut M::tables(), owned);
+    }
+}
+
+#[cfg(test)]
+mod tests;

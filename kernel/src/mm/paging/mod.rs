@@ -1,0 +1,369 @@
+//! Page tables behind one architecture-neutral interface. Written by hand:
+//! it is the kernel's core competence.
+//!
+//! All three architectures use the same shape: a radix tree of 4 KiB tables
+//! of 512 eight-byte entries, four levels deep for 48-bit virtual addresses
+//! (x86_64 4-level paging, AArch64 4 KiB granule, RISC-V Sv48). What differs
+//! is only the bit layout of an entry, so the walker here is generic over a
+//! [`PteFormat`], and the three formats ([`X86`], [`Arm`], [`RiscV`]) are pure
+//! functions, host-tested. The architecture layer picks one as
+//! `arch::PageFormat` and provides the hardware operations (loading a root,
+//! TLB invalidation) that the walker does not need.
+//!
+//! Levels are numbered from the leaf: level 0 maps 4 KiB pages, level 1
+//! 2 MiB blocks, level 2 1 GiB blocks, level 3 is the root.
+//!
+//! Invariants:
+//! - The walker never creates a mapping that is both writable and
+//!   executable (W^X), for the kernel or for user space.
+//! - Every table reachable from a root was allocated from the
+//!   [`TableMemory`] the tree is used with, and is freed only by
+//!   [`PageTable::destroy`] (tables are kept when they become empty; they are
+//!   few, and freeing them would need a TLB flush of the walk caches).
+//! - The walker never invalidates TLBs: the caller does, after `unmap` and
+//!   `protect`, through `mm::tlb`.
+
+mod formats;
+pub use formats::{Arm, RiscV, X86};
+
+/// Entries per table.
+pub const ENTRIES: usize = 512;
+/// Levels in a 48-bit tree.
+pub const LEVELS: usize = 4;
+
+bitflags::bitflags! {
+    /// Architecture-neutral mapping attributes. Every mapping is readable.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct Attr: u8 {
+        /// Writable.
+        const WRITE = 1 << 0;
+        /// Executable.
+        const EXEC = 1 << 1;
+        /// Accessible from user mode.
+        const USER = 1 << 2;
+        /// The same in every address space (kernel mappings): survives
+        /// address-space switches in the TLB.
+        const GLOBAL = 1 << 3;
+        /// Device memory (uncached, no speculation) rather than normal
+        /// write-back memory.
+        const DEVICE = 1 << 4;
+    }
+}
+
+/// A page or block size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum PageSize {
+    Size4K = 0,
+    Size2M = 1,
+    Size1G = 2,
+}
+
+impl PageSize {
+    /// The level whose entries map pages of this size.
+    pub const fn level(self) -> usize {
+        self as usize
+    }
+
+    /// Bytes in one page of this size.
+    pub const fn bytes(self) -> u64 {
+        1 << (12 + 9 * self as u32)
+    }
+
+    fn at_level(level: usize) -> Option<PageSize> {
+        [PageSize::Size4K, PageSize::Size2M, PageSize::Size1G]
+            .get(level)
+            .copied()
+    }
+}
+
+/// A decoded page-table entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Entry {
+    Empty,
+    /// Points to the next-level table at this physical address.
+    Table(u64),
+    /// Maps a page or block.
+    Leaf {
+        pa: u64,
+        attr: Attr,
+    },
+}
+
+/// The bit layout of one architecture's page-table entries.
+pub trait PteFormat {
+    /// Entries at levels above this one cannot be leaves.
+    const MAX_LEAF_LEVEL: usize;
+    /// An entry pointing to the table at `pa`; `user` if the subtree maps
+    /// user pages.
+    fn table(pa: u64, user: bool) -> u64;
+    /// A leaf entry at `level` mapping `pa` with `attr`.
+    fn leaf(pa: u64, attr: Attr, level: usize) -> u64;
+    /// Decodes an entry found at `level`.
+    fn decode(pte: u64, level: usize) -> Entry;
+}
+
+/// Where page tables live: allocation of zeroed table frames and access to
+/// them by physical address.
+///
+/// # Safety
+/// `table` must return a pointer to a valid, exclusively usable 4 KiB table
+/// for every `pa` returned by `alloc_table` and not yet passed to
+/// `free_table` (and for the root a [`PageTable`] is built over with
+/// [`PageTable::from_root`]). `alloc_table` must return zeroed frames.
+pub unsafe trait TableMemory {
+    fn alloc_table(&mut self) -> Option<u64>;
+    fn free_table(&mut self, pa: u64);
+    fn table(&self, pa: u64) -> *mut [u64; ENTRIES];
+}
+
+/// Why a page-table operation failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MapError {
+    /// An address is not aligned to the page size, or the size is not
+    /// available on this architecture.
+    Misaligned,
+    /// The attributes ask for writable and executable at once.
+    WriteExec,
+    /// Something is mapped there already.
+    AlreadyMapped,
+    /// Nothing is mapped there.
+    NotMapped,
+    /// The address is covered by a larger page than the one asked for.
+    LargePage,
+    /// No frame for a new table.
+    OutOfMemory,
+}
+
+/// A successful translation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Mapping {
+    /// Physical address of `va` itself (not of the page).
+    pub pa: u64,
+    pub size: PageSize,
+    pub attr: Attr,
+}
+
+/// One page-table tree, identified by the physical address of its root.
+pub struct PageTable<F: PteFormat> {
+    root: u64,
+    _format: core::marker::PhantomData<F>,
+}
+
+fn index(va: usize, level: usize) -> usize {
+    (va >> (12 + 9 * level)) % ENTRIES
+}
+
+impl<F: PteFormat> PageTable<F> {
+    /// A new, empty tree.
+    pub fn new(mem: &mut impl TableMemory) -> Result<Self, MapError> {
+        let root = mem.alloc_table().ok_or(MapError::OutOfMemory)?;
+        Ok(PageTable {
+            root,
+            _format: core::marker::PhantomData,
+        })
+    }
+
+    /// The tree whose root table is at `root`.
+    ///
+    /// # Safety
+    /// `root` and every table reachable from it must be valid tables
+    /// reachable through the [`TableMemory`] this tree is used with, and no
+    /// other `PageTable` may modify the same tree concurrently.
+    pub unsafe fn from_root(root: u64) -> Self {
+        PageTable {
+            root,
+            _format: core::marker::PhantomData,
+        }
+    }
+
+    /// Physical address of the root table.
+    pub fn root(&self) -> u64 {
+        self.root
+    }
+
+    fn get(mem: &impl TableMemory, table: u64, i: usize) -> u64 {
+        // SAFETY: `table` is the root or was decoded from a table entry this
+        // walker wrote, so by `TableMemory`'s contract it is a valid table
+        // that only this tree uses, and `i % ENTRIES` is in bounds.
+        unsafe { (*mem.table(table))[i % ENTRIES] }
+    }
+
+    fn set(mem: &impl TableMemory, table: u64, i: usize, value: u64) {
+        // SAFETY: as for `get`; callers hold `&mut` to the tree, so no other
+        // access to the table is in progress.
+        unsafe { (*mem.table(table))[i % ENTRIES] = value }
+    }
+
+    /// The table at `level` covering `va`, creating missing tables on the
+    /// way down when `create`.
+    fn walk(
+        &mut self,
+        mem: &mut impl TableMemory,
+        va: usize,
+        level: usize,
+        create: bool,
+        user: bool,
+    ) -> Result<u64, MapError> {
+        let mut table = self.root;
+        for l in (level + 1..LEVELS).rev() {
+            table = match F::decode(Self::get(mem, table, index(va, l)), l) {
+                Entry::Table(pa) => pa,
+                Entry::Leaf { .. } => return Err(MapError::LargePage),
+                Entry::Empty if create => {
+                    let pa = mem.alloc_table().ok_or(MapError::OutOfMemory)?;
+                    Self::set(mem, table, index(va, l), F::table(pa, user));
+                    pa
+                }
+                Entry::Empty => return Err(MapError::NotMapped),
+            };
+        }
+        Ok(table)
+    }
+
+    /// Maps the page of `size` at `va` to `pa`.
+    pub fn map(
+        &mut self,
+        mem: &mut impl TableMemory,
+        va: usize,
+        pa: u64,
+        size: PageSize,
+        attr: Attr,
+    ) -> Result<(), MapError> {
+        if attr.contains(Attr::WRITE | Attr::EXEC) {
+            return Err(MapError::WriteExec);
+        }
+        let align = size.bytes();
+        if size.level() > F::MAX_LEAF_LEVEL
+            || !(va as u64).is_multiple_of(align)
+            || !pa.is_multiple_of(align)
+        {
+            return Err(MapError::Misaligned);
+        }
+        let table = self.walk(mem, va, size.level(), true, attr.contains(Attr::USER))?;
+        let i = index(va, size.level());
+        match F::decode(Self::get(mem, table, i), size.level()) {
+            Entry::Empty => {
+                Self::set(mem, table, i, F::leaf(pa, attr, size.level()));
+                Ok(())
+            }
+            Entry::Table(_) => Err(MapError::LargePage),
+            Entry::Leaf { .. } => Err(MapError::AlreadyMapped),
+        }
+    }
+
+    /// The leaf entry mapping `va`, with its level.
+    fn leaf_slot(&self, mem: &impl TableMemory, va: usize) -> Result<(u64, usize), MapError> {
+        let mut table = self.root;
+        for l in (0..LEVELS).rev() {
+            match F::decode(Self::get(mem, table, index(va, l)), l) {
+                Entry::Table(pa) => table = pa,
+                Entry::Leaf { .. } => return Ok((table, l)),
+                Entry::Empty => break,
+            }
+        }
+        Err(MapError::NotMapped)
+    }
+
+    /// Removes the mapping of the page at `va` (4 KiB-aligned, or aligned
+    /// to the large page that maps it); returns its physical address and
+    /// size. The caller invalidates the TLB.
+    pub fn unmap(
+        &mut self,
+        mem: &mut impl TableMemory,
+        va: usize,
+    ) -> Result<(u64, PageSize), MapError> {
+        let (table, level) = self.leaf_slot(mem, va)?;
+        let size = PageSize::at_level(level).ok_or(MapError::LargePage)?;
+        if !(va as u64).is_multiple_of(size.bytes()) {
+            return Err(MapError::LargePage);
+        }
+        let i = index(va, level);
+        let Entry::Leaf { pa, .. } = F::decode(Self::get(mem, table, i), level) else {
+            return Err(MapError::NotMapped);
+        };
+        Self::set(mem, table, i, 0);
+        Ok((pa, size))
+    }
+
+    /// Changes the attributes of the page mapping `va`; returns its size.
+    /// The caller invalidates the TLB.
+    pub fn protect(
+        &mut self,
+        mem: &mut impl TableMemory,
+        va: usize,
+        attr: Attr,
+    ) -> Result<PageSize, MapError> {
+        if attr.contains(Attr::WRITE | Attr::EXEC) {
+            return Err(MapError::WriteExec);
+        }
+        let (table, level) = self.leaf_slot(mem, va)?;
+        let size = PageSize::at_level(level).ok_or(MapError::LargePage)?;
+        let i = index(va, level);
+        let Entry::Leaf { pa, .. } = F::decode(Self::get(mem, table, i), level) else {
+            return Err(MapError::NotMapped);
+        };
+        Self::set(mem, table, i, F::leaf(pa, attr, level));
+        Ok(size)
+    }
+
+    /// How `va` is mapped, if it is.
+    pub fn translate(&self, mem: &impl TableMemory, va: usize) -> Option<Mapping> {
+        let mut table = self.root;
+        for l in (0..LEVELS).rev() {
+            match F::decode(Self::get(mem, table, index(va, l)), l) {
+                Entry::Table(pa) => table = pa,
+                Entry::Leaf { pa, attr } => {
+                    let size = PageSize::at_level(l)?;
+                    let offset = va as u64 & (size.bytes() - 1);
+                    return Some(Mapping {
+                        pa: pa + offset,
+                        size,
+                        attr,
+                    });
+                }
+                Entry::Empty => return None,
+            }
+        }
+        None
+    }
+
+    /// Copies root entries `range` from `other`, so both trees share those
+    /// subtrees (the kernel half, on architectures with one root for both
+    /// halves). Shared subtrees are never freed through this tree.
+    pub fn share_root_entries(
+        &mut self,
+        mem: &mut impl TableMemory,
+        other: &PageTable<F>,
+        range: core::ops::Range<usize>,
+    ) {
+        for i in range {
+            Self::set(mem, self.root, i, Self::get(mem, other.root, i));
+        }
+    }
+
+    /// Frees every table of the tree reachable through root entries
+    /// `owned` and the root itself. Leaves are not touched: the frames
+    /// they map belong to their memory objects.
+    pub fn destroy(self, mem: &mut impl TableMemory, owned: core::ops::Range<usize>) {
+        for i in owned {
+            if let Entry::Table(pa) = F::decode(Self::get(mem, self.root, i), LEVELS - 1) {
+                Self::free_subtree(mem, pa, LEVELS - 2);
+            }
+        }
+        mem.free_table(self.root);
+    }
+
+    fn free_subtree(mem: &mut impl TableMemory, table: u64, level: usize) {
+        if level > 0 {
+            for i in 0..ENTRIES {
+                if let Entry::Table(pa) = F::decode(Self::get(mem, table, i), level) {
+                    Self::free_subtree(mem, pa, level - 1);
+                }
+            }
+        }
+        mem.free_table(table);
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,246 @@
+//! Host tests of the walker against each real entry format, over tables
+//! kept in host memory.
+
+use super::*;
+use proptest::prelude::*;
+use std::collections::HashMap;
+
+/// Tables in boxes, named by fake physical addresses.
+#[derive(Default)]
+struct HostTables {
+    tables: HashMap<u64, Box<[u64; ENTRIES]>>,
+    next: u64,
+    limit: Option<usize>,
+}
+
+// SAFETY: every address handed out names a live boxed table until freed;
+// freeing an unknown or already freed address panics (a test failure).
+unsafe impl TableMemory for HostTables {
+    fn alloc_table(&mut self) -> Option<u64> {
+        if self.limit.is_some_and(|l| self.tables.len() >= l) {
+            return None;
+        }
+        self.next += 4096;
+        self.tables.insert(self.next, Box::new([0; ENTRIES]));
+        Some(self.next)
+    }
+
+    fn free_table(&mut self, pa: u64) {
+        assert!(self.tables.remove(&pa).is_some(), "freed {pa:#x} twice");
+    }
+
+    fn table(&self, pa: u64) -> *mut [u64; ENTRIES] {
+        let t: &[u64; ENTRIES] = &self.tables[&pa];
+        (t as *const [u64; ENTRIES]).cast_mut()
+    }
+}
+
+const RW: Attr = Attr::WRITE;
+const USER_RW: Attr = Attr::WRITE.union(Attr::USER);
+
+fn basic<F: PteFormat>() {
+    let mut mem = HostTables::default();
+    let mut pt = PageTable::<F>::new(&mut mem).unwrap();
+    let va = 0x4000_1000;
+    assert_eq!(pt.translate(&mem, va), None);
+    pt.map(&mut mem, va, 0x8_0000, PageSize::Size4K, USER_RW)
+        .unwrap();
+    // Root, and one table per lower level.
+    assert_eq!(mem.tables.len(), 4);
+    let m = pt.translate(&mem, va + 0x123).unwrap();
+    assert_eq!(m.pa, 0x8_0123);
+    assert_eq!(m.size, PageSize::Size4K);
+    assert_eq!(m.attr, USER_RW);
+    assert_eq!(
+        pt.map(&mut mem, va, 0x9_0000, PageSize::Size4K, RW),
+        Err(MapError::AlreadyMapped)
+    );
+    assert_eq!(
+        pt.map(
+            &mut mem,
+            va + 0x1000,
+            0x9_0000,
+            PageSize::Size4K,
+            RW | Attr::EXEC
+        ),
+        Err(MapError::WriteExec)
+    );
+    assert_eq!(
+        pt.map(&mut mem, va + 0x10, 0x9_0000, PageSize::Size4K, RW),
+        Err(MapError::Misaligned)
+    );
+    assert_eq!(
+        pt.map(&mut mem, 0x20_0000, 0x9_0000, PageSize::Size2M, RW),
+        Err(MapError::Misaligned)
+    );
+    // Protect to read-only + exec.
+    let rx = Attr::USER | Attr::EXEC;
+    assert_eq!(pt.protect(&mut mem, va, rx), Ok(PageSize::Size4K));
+    assert_eq!(pt.translate(&mem, va).unwrap().attr, rx);
+    assert_eq!(
+        pt.protect(&mut mem, va, RW | Attr::EXEC),
+        Err(MapError::WriteExec)
+    );
+    assert_eq!(pt.unmap(&mut mem, va), Ok((0x8_0000, PageSize::Size4K)));
+    assert_eq!(pt.unmap(&mut mem, va), Err(MapError::NotMapped));
+    assert_eq!(pt.protect(&mut mem, va, RW), Err(MapError::NotMapped));
+    assert_eq!(pt.translate(&mem, va), None);
+    // Large pages: a 2 MiB block, then a 1 GiB one.
+    pt.map(&mut mem, 0x20_0000, 0x40_0000, PageSize::Size2M, RW)
+        .unwrap();
+    let m = pt.translate(&mem, 0x20_0000 + 0x1234).unwrap();
+    assert_eq!((m.pa, m.size), (0x40_1234, PageSize::Size2M));
+    assert_eq!(
+        pt.map(&mut mem, 0x20_1000, 0x1000, PageSize::Size4K, RW),
+        Err(MapError::LargePage)
+    );
+    assert_eq!(pt.unmap(&mut mem, 0x20_1000), Err(MapError::LargePage));
+    pt.map(&mut mem, 1 << 39, 1 << 30, PageSize::Size1G, Attr::GLOBAL)
+        .unwrap();
+    let m = pt.translate(&mem, (1 << 39) + 5).unwrap();
+    assert_eq!(
+        (m.pa, m.size, m.attr),
+        ((1 << 30) + 5, PageSize::Size1G, Attr::GLOBAL)
+    );
+    assert_eq!(pt.unmap(&mut mem, 1 << 39), Ok((1 << 30, PageSize::Size1G)));
+    // Kernel-half address (sign-extended).
+    let kva = 0xffff_8000_0000_0000usize + 0x1000;
+    pt.map(&mut mem, kva, 0x1000, PageSize::Size4K, RW | Attr::GLOBAL)
+        .unwrap();
+    assert_eq!(pt.translate(&mem, kva).unwrap().pa, 0x1000);
+    pt.destroy(&mut mem, 0..ENTRIES);
+    assert!(mem.tables.is_empty(), "every table freed");
+}
+
+#[test]
+fn x86_basic() {
+    basic::<X86>();
+}
+
+#[test]
+fn arm_basic() {
+    basic::<Arm>();
+}
+
+#[test]
+fn riscv_basic() {
+    basic::<RiscV>();
+}
+
+fn out_of_memory<F: PteFormat>() {
+    let mut mem = HostTables {
+        limit: Some(2),
+        ..Default::default()
+    };
+    let mut pt = PageTable::<F>::new(&mut mem).unwrap();
+    assert_eq!(
+        pt.map(&mut mem, 0x1000, 0x1000, PageSize::Size4K, RW),
+        Err(MapError::OutOfMemory)
+    );
+    // The half-built path stays consistent: freeing finds one table.
+    pt.destroy(&mut mem, 0..ENTRIES);
+    assert!(mem.tables.is_empty());
+}
+
+#[test]
+fn out_of_memory_is_an_error() {
+    out_of_memory::<X86>();
+    out_of_memory::<Arm>();
+    out_of_memory::<RiscV>();
+}
+
+#[test]
+fn shared_root_entries_are_not_freed() {
+    let mut mem = HostTables::default();
+    let mut kernel = PageTable::<X86>::new(&mut mem).unwrap();
+    kernel
+        .map(
+            &mut mem,
+            0xffff_8000_0000_0000,
+            0,
+            PageSize::Size2M,
+            RW | Attr::GLOBAL,
+        )
+        .unwrap();
+    let mut user = PageTable::<X86>::new(&mut mem).unwrap();
+    user.share_root_entries(&mut mem, &kernel, 256..512);
+    assert_eq!(
+        user.translate(&mem, 0xffff_8000_0000_0042).unwrap().pa,
+        0x42
+    );
+    user.map(&mut mem, 0x1000, 0x5000, PageSize::Size4K, USER_RW)
+        .unwrap();
+    let before = mem.tables.len();
+    user.destroy(&mut mem, 0..256);
+    // The user root and its three lower tables went; the kernel's stay.
+    assert_eq!(mem.tables.len(), before - 4);
+    assert_eq!(
+        kernel.translate(&mem, 0xffff_8000_0000_0042).unwrap().pa,
+        0x42
+    );
+}
+
+fn attrs() -> impl Strategy<Value = Attr> {
+    (0u8..32).prop_map(Attr::from_bits_truncate)
+}
+
+fn roundtrip<F: PteFormat>(pa: u64, attr: Attr, level: usize, ignore: Attr) {
+    let pa = pa & !((1u64 << (12 + 9 * level)) - 1);
+    let e = F::leaf(pa, attr, level);
+    assert_eq!(
+        F::decode(e, level),
+        Entry::Leaf {
+            pa,
+            attr: attr - ignore
+        }
+    );
+    let t = F::table(pa & !0xfff, attr.contains(Attr::USER));
+    if level > 0 {
+        assert_eq!(F::decode(t, level), Entry::Table(pa & !0xfff));
+    }
+    assert_eq!(F::decode(0, level), Entry::Empty);
+}
+
+proptest! {
+    #[test]
+    fn entries_round_trip(pa in 0u64..(1 << 48), attr in attrs(), level in 0usize..3) {
+        roundtrip::<X86>(pa, attr, level, Attr::empty());
+        roundtrip::<Arm>(pa, attr, level, Attr::empty());
+        roundtrip::<RiscV>(pa, attr, level, Attr::DEVICE);
+    }
+
+    /// Random map/unmap sequences agree with a model map.
+    #[test]
+    fn walker_matches_model(ops in prop::collection::vec((0usize..64, any::<bool>(), attrs()), 1..200)) {
+        let mut mem = HostTables::default();
+        let mut pt = PageTable::<RiscV>::new(&mut mem).unwrap();
+        let mut model = HashMap::new();
+        for (page, map, attr) in ops {
+            // Spread pages over several tables.
+            let va = page * 0x1000 + (page % 4) * (1 << 30);
+            let attr = attr - Attr::DEVICE;
+            if map {
+                let r = pt.map(&mut mem, va, page as u64 * 0x1000, PageSize::Size4K, attr);
+                if attr.contains(Attr::WRITE | Attr::EXEC) {
+                    prop_assert_eq!(r, Err(MapError::WriteExec));
+                } else if let std::collections::hash_map::Entry::Vacant(e) = model.entry(va) {
+                    prop_assert_eq!(r, Ok(()));
+                    e.insert(attr);
+                } else {
+                    prop_assert_eq!(r, Err(MapError::AlreadyMapped));
+                }
+            } else {
+                let r = pt.unmap(&mut mem, va);
+                match model.remove(&va) {
+                    Some(_) => prop_assert_eq!(r, Ok((page as u64 * 0x1000, PageSize::Size4K))),
+                    None => prop_assert_eq!(r, Err(MapError::NotMapped)),
+                }
+            }
+            for (&va, &attr) in &model {
+                prop_assert_eq!(pt.translate(&mem, va).map(|m| m.attr), Some(attr));
+            }
+        }
+        pt.destroy(&mut mem, 0..ENTRIES);
+        prop_assert!(mem.tables.is_empty());
+    }
+}

@@ -1,0 +1,418 @@
+//! User memory on the real machine: the kernel's [`Machine`] (global frame
+//! allocator, direct map, architecture TLB operations), loading a user
+//! address space with its address-space id, and the checked copy helpers
+//! through which alone the kernel touches user memory.
+//!
+//! Copy helpers first resolve every page of the user range in the address
+//! space (checking the region allows the access, faulting in demand-zero
+//! pages and breaking copy-on-write sharing), then copy. When the space is
+//! the loaded one they copy through the user addresses with
+//! `arch::user_copy`, which opens user access (SMAP, PAN, SUM) only for the
+//! copy and turns a fault into an error through the exception-fixup table;
+//! otherwise they copy through the direct map.
+
+use super::asid::{Asids, Flush};
+use super::aspace::{Access, AddressSpace, USER_BASE, USER_END};
+use super::frame::ZoneRequest;
+use super::machine::Machine;
+use super::object::{MemObject, PAGE};
+use super::{KernelTables, alloc_frames, frame_refs, release_frame, share_frame};
+use crate::arch;
+use core::sync::atomic::{AtomicU64, Ordering};
+use keel_abi::Error;
+use spin::Mutex;
+
+/// The machine under the kernel.
+pub struct KernelMachine;
+
+impl Machine for KernelMachine {
+    type Format = arch::PageFormat;
+    type Tables = KernelTables;
+    const KERNEL_ENTRIES: core::ops::Range<usize> = arch::KERNEL_ROOT_ENTRIES;
+    const FLUSH_NEW_ENTRIES: bool = arch::FLUSH_NEW_ENTRIES;
+
+    fn tables() -> KernelTables {
+        KernelTables
+    }
+
+    fn kernel_root() -> u64 {
+        arch::kernel_root()
+    }
+
+    fn alloc_frame() -> Option<u64> {
+        alloc_frames(0, ZoneRequest::Any)
+    }
+
+    fn zero_frame(pa: u64) {
+        // SAFETY: `pa` is a frame the caller owns, mapped read-write by
+        // the direct map.
+        unsafe { core::ptr::write_bytes(arch::phys_to_virt(pa) as *mut u8, 0, PAGE) };
+    }
+
+    fn copy_frame(dst: u64, src: u64) {
+        // SAFETY: both are whole frames in the direct map; `dst` is owned
+        // by the caller and distinct from `src`.
+        unsafe {
+            core::ptr::copy_nonoverlapping(
+                arch::phys_to_virt(src) as *const u8,
+                arch::phys_to_virt(dst) as *mut u8,
+                PAGE,
+            )
+        };
+    }
+
+    fn share_frame(pa: u64) {
+        if let Err(e) = share_frame(pa) {
+            log::error!("sharing frame {pa:#x}: {e:?}");
+        }
+    }
+
+    fn release_frame(pa: u64) {
+        if let Err(e) = release_frame(pa) {
+            log::error!("releasing frame {pa:#x}: {e:?}");
+        }
+    }
+
+    fn frame_refs(pa: u64) -> u32 {
+        frame_refs(pa)
+    }
+
+    fn is_loaded(root: u64) -> bool {
+        LOADED.load(Ordering::Relaxed) == root
+    }
+
+    fn flush_page(asid: u16, va: usize) {
+        // One CPU runs the kernel for now; SMP adds the shootdown of other
+        // CPUs that have this space loaded here.
+        arch::flush_page(asid, va);
+    }
+
+    fn release_root(root: u64) {
+        if LOADED.load(Ordering::Relaxed) == root {
+            unload();
+        }
+    }
+}
+
+/// A user address space.
+pub type UserSpace = AddressSpace<KernelMachine>;
+/// A memory object.
+pub type UserObject = MemObject<KernelMachine>;
+
+static ASIDS: Mutex<Asids> = Mutex::new(Asids::new(1));
+/// Root of the loaded user space, 0 for none.
+static LOADED: AtomicU64 = AtomicU64::new(0);
+
+/// Sets up address-space ids; called once at boot.
+pub fn init() {
+    *ASIDS.lock() = Asids::new(u32::try_from(arch::asid_count()).unwrap_or(u32::MAX));
+}
+
+/// Makes `space` the current user address space.
+pub fn load(space: &mut UserSpace) {
+    let (tag, flush) = ASIDS.lock().assign(space.tag());
+    space.set_tag(tag);
+    if flush == Flush::All {
+        arch::flush_all();
+    }
+    // SAFETY: `space` shares the kernel half of the current kernel root
+    // (or the kernel has a root of its own), and before its tables are
+    // freed `release_root` unloads it.
+    unsafe { arch::load_user_root(space.root(), space.asid(), flush == Flush::Asid) };
+    LOADED.store(space.root(), Ordering::Relaxed);
+}
+
+/// Leaves no user address space loaded.
+pub fn unload() {
+    arch::unload_user_root();
+    LOADED.store(0, Ordering::Relaxed);
+}
+
+/// Calls `f(offset, user_addr, len, phys)` for each page-bounded chunk of
+/// the user range `[addr, addr + len)`, after resolving it for `access`.
+fn chunks(
+    space: &mut UserSpace,
+    addr: usize,
+    len: usize,
+    access: Access,
+    mut f: impl FnMut(usize, usize, usize, u64) -> Result<(), Error>,
+) -> Result<(), Error> {
+    let end = addr.checked_add(len).ok_or(Error::BadAddress)?;
+    if len == 0 {
+        return Ok(());
+    }
+    if addr < USER_BASE || end > USER_END {
+        return Err(Error::BadAddress);
+    }
+    let mut at = addr;
+    while at < end {
+        let n = (end.min((at | (PAGE - 1)) + 1)) - at;
+        let pa = space.resolve(at, access)?;
+        f(at - addr, at, n, pa)?;
+        at += n;
+    }
+    Ok(())
+}
+
+/// Copies `len` bytes from `src` to `dst`, one of which is user memory:
+/// its user address if `loaded`, else its direct-map address.
+///
+/// # Safety
+/// The kernel side must be valid for `len` bytes; a direct-map user side
+/// must lie in a resolved user frame.
+unsafe fn copy_chunk(loaded: bool, dst: *mut u8, src: *const u8, len: usize) -> Result<(), Error> {
+    if loaded {
+        // SAFETY: the kernel side is valid (caller); the user side is a
+        // user address of the loaded space, and a fault there is caught by
+        // the fixup table and returned as an error.
+        unsafe { arch::user_copy(dst, src, len) }.map_err(|_| Error::BadAddress)
+    } else {
+        // SAFETY: see the function's contract.
+        unsafe { core::ptr::copy_nonoverlapping(src, dst, len) };
+        Ok(())
+    }
+}
+
+/// Whether `space` is loaded, and so reachable through user addresses.
+fn is_loaded(space: &UserSpace) -> bool {
+    LOADED.load(Ordering::Relaxed) == space.root()
+}
+
+fn user_side(loaded: bool, user: usize, pa: u64) -> usize {
+    if loaded { user } else { arch::phys_to_virt(pa) }
+}
+
+/// Copies user memory at `src` of `space` into `dst`.
+pub fn copy_from_user(space: &mut UserSpace, src: usize, dst: &mut [u8]) -> Result<(), Error> {
+    let loaded = is_loaded(space);
+    let base = dst.as_mut_ptr();
+    chunks(space, src, dst.len(), Access::Read, |off, user, n, pa| {
+        let from = user_side(loaded, user, pa) as *const u8;
+        // SAFETY: `off + n <= dst.len()`; `from` is resolved user memory.
+        unsafe { copy_chunk(loaded, base.add(off), from, n) }
+    })
+}
+
+/// Copies `src` into user memory at `dst` of `space`.
+pub fn copy_to_user(space: &mut UserSpace, dst: usize, src: &[u8]) -> Result<(), Error> {
+    let loaded = is_loaded(space);
+    let base = src.as_ptr();
+    chunks(space, dst, src.len(), Access::Write, |off, user, n, pa| {
+        let to = user_side(loaded, user, pa) as *mut u8;
+        // SAFETY: `off + n <= src.len()`; `to` is resolved writable user
+        // memory.
+        unsafe { copy_chunk(loaded, to, base.add(off), n) }
+    })
+}
+
+/// Copies a NUL-terminated string from user memory at `src` into `buf`;
+/// returns its length (without the NUL). `InvalidArgument` if there is no
+/// NUL within `buf.len()` bytes.
+pub fn copy_str_from_user(
+    space: &mut UserSpace,
+    src: usize,
+    buf: &mut [u8],
+) -> Result<usize, Error> {
+    let mut done = 0;
+    while done < buf.len() {
+        // Never read past the page holding the next byte: the string may
+        // end just before an unmapped page.
+        let at = src.checked_add(done).ok_or(Error::BadAddress)?;
+        let n = (PAGE - at % PAGE).min(buf.len() - done);
+        let chunk = buf.get_mut(done..done + n).ok_or(Error::InvalidArgument)?;
+        copy_from_user(space, at, chunk)?;
+        if let Some(nul) = chunk.iter().position(|&b| b == 0) {
+            return Ok(done + nul);
+        }
+        done += n;
+    }
+    Err(Error::InvalidArgument)
+}
+
+/// Free frames now.
+#[cfg(feature = "ktest")]
+fn free_frames_now() -> u64 {
+    super::frame_stats().map_or(0, |s| s.1)
+}
+
+/// A space with `pages` lazily allocated read-write pages at `BASE`.
+#[cfg(any(feature = "ktest", feature = "bench"))]
+fn space_with(pages: usize) -> Result<UserSpace, Error> {
+    let mut s = UserSpace::new(0)?;
+    s.map(
+        BASE,
+        UserObject::anonymous(pages, false)?,
+        0,
+        pages,
+        super::paging::Attr::WRITE,
+    )?;
+    Ok(s)
+}
+
+#[cfg(any(feature = "ktest", feature = "bench"))]
+const BASE: usize = 0x40_0000;
+
+/// Runs `f` twice and checks the second run leaves the free-frame count
+/// unchanged (the first warms the heap's slabs).
+#[cfg(feature = "ktest")]
+fn leaks_nothing(mut f: impl FnMut() -> crate::ktest::TestResult) -> crate::ktest::TestResult {
+    f()?;
+    let before = free_frames_now();
+    f()?;
+    kassert_eq!(free_frames_now(), before, "every frame returned");
+    Ok(())
+}
+
+crate::ktest!(
+    fn user_copy_round_trip_and_errors() {
+        leaks_nothing(|| {
+            let mut s = kexpect!(space_with(2), "creating a space");
+            for loaded in [false, true] {
+                if loaded {
+                    load(&mut s);
+                }
+                let data: [u8; 32] = core::array::from_fn(|i| i as u8 + u8::from(loaded));
+                // Straddles the page boundary.
+                let at = BASE + PAGE - 16;
+                kassert_eq!(copy_to_user(&mut s, at, &data), Ok(()));
+                let mut back = [0u8; 32];
+                kassert_eq!(copy_from_user(&mut s, at, &mut back), Ok(()));
+                kassert_eq!(back, data);
+                let mut b = [0u8; 8];
+                let bad = Err(Error::BadAddress);
+                kassert_eq!(
+                    copy_from_user(&mut s, BASE + 2 * PAGE, &mut b),
+                    bad,
+                    "unmapped"
+                );
+                kassert_eq!(
+                    copy_from_user(&mut s, BASE + 2 * PAGE - 4, &mut b),
+                    bad,
+                    "runs off"
+                );
+                kassert_eq!(copy_from_user(&mut s, 0, &mut b), bad, "null");
+                let kernel = arch::phys_to_virt(0x1000);
+                kassert_eq!(
+                    copy_from_user(&mut s, kernel, &mut b),
+                    bad,
+                    "kernel address"
+                );
+                kassert_eq!(copy_to_user(&mut s, usize::MAX - 3, &b), bad, "wraps");
+                kassert_eq!(
+                    copy_to_user(&mut s, USER_END - 4, &b),
+                    bad,
+                    "past the user half"
+                );
+                kassert_eq!(copy_from_user(&mut s, BASE, &mut []), Ok(()));
+                // Strings.
+                kassert_eq!(copy_to_user(&mut s, at, b"hello\0"), Ok(()));
+                let mut buf = [0u8; 16];
+                kassert_eq!(copy_str_from_user(&mut s, at, &mut buf), Ok(5));
+                kassert_eq!(&buf[..5], b"hello");
+                kassert_eq!(
+                    copy_str_from_user(&mut s, at, &mut buf[..3]),
+                    Err(Error::InvalidArgument)
+                );
+                kassert_eq!(
+                    copy_str_from_user(&mut s, BASE + 2 * PAGE, &mut buf),
+                    Err(Error::BadAddress)
+                );
+                // Read-only pages refuse writes but allow reads.
+                kassert_eq!(s.protect(BASE, 2, super::paging::Attr::empty()), Ok(()));
+                kassert_eq!(copy_to_user(&mut s, BASE, &b), bad, "read-only");
+                kassert_eq!(copy_from_user(&mut s, BASE, &mut b), Ok(()));
+                kassert_eq!(s.protect(BASE, 2, super::paging::Attr::WRITE), Ok(()));
+                kassert_eq!(s.unmap(BASE, 1), Ok(()));
+                kassert_eq!(copy_from_user(&mut s, BASE, &mut b), bad, "unmapped again");
+                let obj = kexpect!(UserObject::anonymous(1, true), "allocating an object");
+                kassert_eq!(s.map(BASE, obj, 0, 1, super::paging::Attr::WRITE), Ok(()));
+            }
+            unload();
+            Ok(())
+        })
+    }
+);
+
+crate::ktest!(
+    fn copy_on_write_break_keeps_the_parent_intact() {
+        leaks_nothing(|| {
+            let mut parent = kexpect!(space_with(4), "creating a space");
+            kassert_eq!(copy_to_user(&mut parent, BASE, b"parent"), Ok(()));
+            let free = free_frames_now();
+            let mut child = kexpect!(parent.clone_cow(0), "cloning");
+            // The clone copies no data frames (only page tables).
+            kassert!(free - free_frames_now() < 8);
+            load(&mut child);
+            let mut b = [0u8; 6];
+            kassert_eq!(copy_from_user(&mut child, BASE, &mut b), Ok(()));
+            kassert_eq!(&b, b"parent");
+            kassert_eq!(copy_to_user(&mut child, BASE, b"child!"), Ok(()));
+            load(&mut parent);
+            kassert_eq!(copy_from_user(&mut parent, BASE, &mut b), Ok(()));
+            kassert_eq!(&b, b"parent", "the parent does not see the child's write");
+            kassert_eq!(copy_from_user(&mut child, BASE, &mut b), Ok(()));
+            kassert_eq!(&b, b"child!");
+            unload();
+            Ok(())
+        })
+    }
+);
+
+crate::ktest!(
+    fn teardown_returns_every_frame() {
+        leaks_nothing(|| {
+            let mut s = kexpect!(space_with(64), "creating a space");
+            // Touch pages far apart so several page tables are needed too.
+            for i in 0..64 {
+                kassert_eq!(copy_to_user(&mut s, BASE + i * PAGE, &[1]), Ok(()));
+            }
+            let far = 0x7000_0000_0000;
+            let obj = kexpect!(UserObject::anonymous(3, true), "allocating");
+            kassert_eq!(s.map(far, obj, 0, 3, super::paging::Attr::empty()), Ok(()));
+            load(&mut s);
+            drop(s);
+            // Dropping the loaded space unloaded it.
+            kassert_eq!(LOADED.load(Ordering::Relaxed), 0);
+            Ok(())
+        })
+    }
+);
+
+crate::kbench!(
+    fn map_unmap_4k_user_page(iters: u64) {
+        let (Ok(mut s), Ok(obj)) = (UserSpace::new(0), UserObject::anonymous(1, true)) else {
+            return;
+        };
+        load(&mut s);
+        for _ in 0..iters {
+            let _ = s.map(BASE, obj.clone(), 0, 1, super::paging::Attr::WRITE);
+            let _ = s.unmap(BASE, 1);
+        }
+        unload();
+    },
+    iters = 200
+);
+
+crate::kbench!(
+    fn cow_fault(iters: u64) -> ticks {
+        let Ok(mut parent) = space_with(1) else {
+            return 0;
+        };
+        let _ = copy_to_user(&mut parent, BASE, b"x");
+        let mut ticks = 0;
+        for _ in 0..iters {
+            let Ok(mut child) = parent.clone_cow(0) else {
+                return 0;
+            };
+            load(&mut child);
+            let t0 = arch::cycle_counter();
+            let _ = core::hint::black_box(child.fault(BASE, Access::Write));
+            ticks += arch::cycle_counter() - t0;
+            unload();
+        }
+        ticks
+    },
+    iters = 50
+);
+
+const _: () = assert!(super::frame::FRAME_SIZE as usize == PAGE);
