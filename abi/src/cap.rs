@@ -111,11 +111,14 @@ pub enum ObjectType {
     IoPortRange = 10,
     /// Device MMIO region.
     MmioRegion = 11,
+    /// A quota of physical memory that memory objects, address spaces and
+    /// capability spaces are allocated from.
+    MemoryPool = 12,
 }
 
 impl ObjectType {
     /// Every object type, in numeric order.
-    pub const ALL: [ObjectType; 11] = [
+    pub const ALL: [ObjectType; 12] = [
         ObjectType::Endpoint,
         ObjectType::Notification,
         ObjectType::MemoryObject,
@@ -127,6 +130,7 @@ impl ObjectType {
         ObjectType::Reply,
         ObjectType::IoPortRange,
         ObjectType::MmioRegion,
+        ObjectType::MemoryPool,
     ];
 }
 
@@ -238,7 +242,7 @@ mod tests {
             assert_eq!(ObjectType::try_from(*t as u8), Ok(*t));
         }
         assert_eq!(ObjectType::try_from(0), Err(crate::Error::InvalidArgument));
-        assert_eq!(ObjectType::try_from(12), Err(crate::Error::InvalidArgument));
+        assert_eq!(ObjectType::try_from(13), Err(crate::Error::InvalidArgument));
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! (`TryFrom`), never transmuted.
 #![no_std]
 
+pub mod boot;
 pub mod cap;
 pub mod error;
 pub mod harness;

@@ -15,20 +15,155 @@
 //! | 0x60–0x6f | interrupts and time (reserved) |
 
 /// A system call, identified by the number user space puts in the
-/// architecture's syscall-number register.
+/// architecture's syscall-number register (`rax`, `x8`, `a7`); arguments
+/// go in the first six argument registers (`rdi rsi rdx r10 r8 r9`,
+/// `x0..x5`, `a0..a5`) and the result comes back in the first (`rax`,
+/// `x0`, `a0`): non-negative on success, `-(error code)` on failure.
+/// See `docs/abi.md` for each call's arguments.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(usize)]
 #[non_exhaustive]
 pub enum Syscall {
-    /// Write bytes to the kernel debug console.
+    /// `(ptr, len)`: write bytes to the kernel debug console.
     DebugWrite = 0x00,
-    /// Read a system-information value (CPU count, memory statistics, time).
+    /// `(key)`: read a [`SystemInfoKey`] value.
     SystemInfo = 0x01,
+
+    /// `(cap)`: `type << 8 | rights` of a capability.
+    CapIdentify = 0x10,
+    /// `(cap, rights, badge)`: a child capability in the same space.
+    CapDerive = 0x11,
+    /// `(cap, cspace, rights)`: a child copy in another capability space.
+    CapGrant = 0x12,
+    /// `(cap, cspace)`: move a capability to another capability space.
+    CapDelegate = 0x13,
+    /// `(cap)`: delete one capability.
+    CapDelete = 0x14,
+    /// `(cap)`: delete every descendant; returns 0 when done, 1 when more
+    /// work remains (call again).
+    CapRevoke = 0x15,
+    /// `(pool, slots)`: a new capability space of at most `slots` slots.
+    CapSpaceCreate = 0x16,
+
+    /// `(aspace, cspace, entry, stack, arg)`: a new thread running in
+    /// `aspace` with capability space `cspace` (0: the caller's); created
+    /// suspended. Threads sharing a capability space form a process: a
+    /// fault that kills one kills them all.
+    ThreadCreate = 0x20,
+    /// `(thread)`: make a new or suspended thread runnable.
+    ThreadResume = 0x21,
+    /// `(thread)`: stop a thread until resumed.
+    ThreadSuspend = 0x22,
+    /// `(code)`: end the calling thread.
+    ThreadExit = 0x23,
+    /// `(thread, priority)`: 0 (lowest) to 31.
+    ThreadSetPriority = 0x24,
+    /// `(thread, cpu mask)`: the CPUs the thread may run on.
+    ThreadSetAffinity = 0x25,
+    /// `(thread, value)`: the thread-local storage base (FS base,
+    /// TPIDR_EL0, `tp`).
+    ThreadSetTls = 0x26,
+    /// `()`: let another runnable thread of equal or higher priority run.
+    Yield = 0x27,
+    /// `(thread)`: kill a thread.
+    ThreadKill = 0x28,
+
+    /// `(pool, pages, flags)`: a new anonymous memory object
+    /// ([`MEM_EAGER`]: allocate all frames now).
+    MemCreate = 0x30,
+    /// `(pool)`: a new, empty address space.
+    AspaceCreate = 0x31,
+    /// `(aspace, mem, va, offset, pages, prot)`: map `pages` pages of
+    /// `mem` from page `offset` at `va` with [`PROT_WRITE`] /
+    /// [`PROT_EXEC`] (never both). Needs `READ` on `mem`, plus `WRITE` /
+    /// `EXECUTE` for those protections, and `WRITE` on `aspace`.
+    Map = 0x32,
+    /// `(aspace, va, pages)`: remove mappings.
+    Unmap = 0x33,
+    /// `(aspace, va, pages, prot)`: change permissions of mapped pages,
+    /// never beyond those they were mapped with.
+    Protect = 0x34,
+    /// `(mem)`: size of a memory object in pages.
+    MemSize = 0x35,
+    /// `(pool)`: pages the pool can still hand out.
+    PoolAvailable = 0x36,
 }
+
+/// Flag of [`Syscall::MemCreate`]: allocate every frame now.
+pub const MEM_EAGER: usize = 1;
+/// Protection bits of [`Syscall::Map`] and [`Syscall::Protect`]; readable
+/// is implied.
+pub const PROT_WRITE: usize = 1;
+pub const PROT_EXEC: usize = 2;
+
+/// What [`Syscall::SystemInfo`] reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(usize)]
+pub enum SystemInfoKey {
+    CpuCount = 0,
+    TotalFrames = 1,
+    FreeFrames = 2,
+    /// The cycle counter (instructions under QEMU `-icount`).
+    Cycles = 3,
+    PageSize = 4,
+}
+
+impl SystemInfoKey {
+    pub const ALL: [SystemInfoKey; 5] = [
+        SystemInfoKey::CpuCount,
+        SystemInfoKey::TotalFrames,
+        SystemInfoKey::FreeFrames,
+        SystemInfoKey::Cycles,
+        SystemInfoKey::PageSize,
+    ];
+}
+
+impl TryFrom<usize> for SystemInfoKey {
+    type Error = crate::Error;
+
+    fn try_from(v: usize) -> Result<Self, Self::Error> {
+        SystemInfoKey::ALL
+            .iter()
+            .copied()
+            .find(|k| *k as usize == v)
+            .ok_or(crate::Error::InvalidArgument)
+    }
+}
+
+/// Numbers reserved for IPC (endpoints, notifications, shared memory),
+/// processes, and interrupts and time, which arrive with their subsystems;
+/// today they answer [`crate::Error::NoSuchSyscall`].
+pub const RESERVED: [core::ops::Range<usize>; 3] = [0x40..0x50, 0x50..0x60, 0x60..0x70];
 
 impl Syscall {
     /// Every assigned system call.
-    pub const ALL: [Syscall; 2] = [Syscall::DebugWrite, Syscall::SystemInfo];
+    pub const ALL: [Syscall; 25] = [
+        Syscall::DebugWrite,
+        Syscall::SystemInfo,
+        Syscall::CapIdentify,
+        Syscall::CapDerive,
+        Syscall::CapGrant,
+        Syscall::CapDelegate,
+        Syscall::CapDelete,
+        Syscall::CapRevoke,
+        Syscall::CapSpaceCreate,
+        Syscall::ThreadCreate,
+        Syscall::ThreadResume,
+        Syscall::ThreadSuspend,
+        Syscall::ThreadExit,
+        Syscall::ThreadSetPriority,
+        Syscall::ThreadSetAffinity,
+        Syscall::ThreadSetTls,
+        Syscall::Yield,
+        Syscall::ThreadKill,
+        Syscall::MemCreate,
+        Syscall::AspaceCreate,
+        Syscall::Map,
+        Syscall::Unmap,
+        Syscall::Protect,
+        Syscall::MemSize,
+        Syscall::PoolAvailable,
+    ];
 }
 
 impl TryFrom<usize> for Syscall {

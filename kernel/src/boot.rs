@@ -1,9 +1,13 @@
 //! The portable half of boot: everything after the architecture has parsed
 //! the boot information. Prints the banner, then runs the tests (`ktest`
-//! build), the benchmarks (`bench` build), or the kernel proper.
+//! build) or the benchmarks (`bench` build), then starts the root task from
+//! the boot module.
 
 use crate::bootinfo::{BootInfo, BootInfoError};
 use crate::cmdline::Cmdline;
+use crate::task::root::RootError;
+use crate::task::{Kernel, RunMode};
+use keel_abi::boot::{ROOT_FLAG_BENCH, ROOT_FLAG_TEST};
 use keel_abi::harness::{EXIT_BOOT_ERROR, EXIT_FAIL, EXIT_PASS};
 
 /// Called once by the architecture's boot code on the boot CPU.
@@ -48,18 +52,64 @@ pub fn kernel_main(info: Result<BootInfo<'_>, BootInfoError>) -> ! {
         kprintln!("overflowing the kernel stack on purpose (crash=stack)");
         overflow_stack(0);
     }
-    if cfg!(feature = "ktest") {
+    let mode = if cfg!(feature = "ktest") {
         let (passed, failed) = crate::ktest::run_all(cmdline.test_filter);
         kprintln!("{passed} passed, {failed} failed");
-        crate::arch::exit(if failed == 0 { EXIT_PASS } else { EXIT_FAIL });
-    }
-    if cfg!(feature = "bench") {
+        if cmdline.test_filter.is_some() {
+            // A filtered run is for the in-kernel tests only.
+            crate::arch::exit(if failed == 0 { EXIT_PASS } else { EXIT_FAIL });
+        }
+        RunMode::Test {
+            kernel_failed: failed,
+        }
+    } else if cfg!(feature = "bench") {
         crate::bench::run_all();
         kprintln!("benchmarks done");
-        crate::arch::exit(EXIT_PASS);
+        RunMode::Bench
+    } else {
+        RunMode::Normal
+    };
+    start_root_task(&info, mode)
+}
+
+/// Loads the root task from the boot module and runs it; without one,
+/// ends the run the way `mode` says.
+fn start_root_task(info: &BootInfo<'_>, mode: RunMode) -> ! {
+    let flags = match mode {
+        RunMode::Test { .. } => ROOT_FLAG_TEST,
+        RunMode::Bench => ROOT_FLAG_BENCH,
+        RunMode::Normal => 0,
+    };
+    let mut kernel = Kernel::new(mode, info.cpu_count);
+    match crate::task::root::load(&mut kernel, info, flags) {
+        Ok(()) => crate::task::start(kernel),
+        Err(e) => {
+            let failed = match e {
+                RootError::NoModule => {
+                    kprintln!("keel: no boot module, so no root task to run");
+                    false
+                }
+                e => {
+                    kprintln!("keel: cannot start the root task: {e:?}");
+                    true
+                }
+            };
+            match mode {
+                RunMode::Test { kernel_failed } => {
+                    crate::arch::exit(if kernel_failed == 0 && !failed {
+                        EXIT_PASS
+                    } else {
+                        EXIT_FAIL
+                    })
+                }
+                RunMode::Bench => crate::arch::exit(if failed { EXIT_FAIL } else { EXIT_PASS }),
+                RunMode::Normal => {
+                    log::info!("boot complete; nothing to run, halting (Ctrl-A X leaves QEMU)");
+                    crate::arch::halt()
+                }
+            }
+        }
     }
-    log::info!("boot complete; nothing to run yet, halting (Ctrl-A X leaves QEMU)");
-    crate::arch::halt()
 }
 
 /// Recurses until the stack runs into its guard page.

@@ -1,7 +1,8 @@
 //! Keel: a capability-based microkernel.
 //!
 //! The crate is split in two. Portable logic (boot-information parsing, the
-//! command line, allocators, and later capability spaces, run queues) builds
+//! command line, allocators, page tables, address spaces, capability spaces,
+//! run queues, ELF validation) builds
 //! for the host too and is unit-tested there with `cargo test`. Everything
 //! that touches hardware (`arch`, the console, the boot path, the test and
 //! benchmark runners) builds only for bare-metal targets (`target_os =
@@ -23,6 +24,7 @@ pub mod bootinfo;
 pub mod cap;
 pub mod cmdline;
 pub mod mm;
+pub mod task;
 
 #[cfg(target_os = "none")]
 pub mod arch;
@@ -32,5 +34,7 @@ pub mod bench;
 pub mod boot;
 #[cfg(target_os = "none")]
 mod panic;
+#[cfg(target_os = "none")]
+pub mod syscall;
 #[cfg(target_os = "none")]
 pub mod trap;

@@ -49,6 +49,41 @@ impl core::fmt::Display for TrapCause {
     }
 }
 
+/// A synchronous exception taken in user mode. The thread's registers
+/// (and so its PC) were saved before the handler ran.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UserFault {
+    /// A page fault (or access fault) at `addr`.
+    PageFault {
+        addr: usize,
+        access: crate::mm::aspace::Access,
+    },
+    IllegalInstruction,
+    DivideError,
+    Breakpoint,
+    /// A misaligned access the CPU refuses.
+    Alignment {
+        addr: usize,
+    },
+    /// Anything else, with the architecture's cause code.
+    Other(u64),
+}
+
+impl core::fmt::Display for UserFault {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            UserFault::PageFault { addr, access } => {
+                write!(f, "page fault ({access:?}) at {addr:#x}")
+            }
+            UserFault::IllegalInstruction => f.write_str("illegal instruction"),
+            UserFault::DivideError => f.write_str("divide error"),
+            UserFault::Breakpoint => f.write_str("breakpoint"),
+            UserFault::Alignment { addr } => write!(f, "misaligned access at {addr:#x}"),
+            UserFault::Other(code) => write!(f, "exception with cause code {code:#x}"),
+        }
+    }
+}
+
 /// A trap as seen by its handler.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TrapRecord {

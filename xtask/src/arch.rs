@@ -35,12 +35,32 @@ impl Arch {
         }
     }
 
+    /// The kernel's target. AArch64 uses the soft-float target so that the
+    /// kernel never touches FP/SIMD registers, which hold the running
+    /// thread's state while the kernel runs (user programs use
+    /// [`Arch::user_target`]).
     pub fn target(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "x86_64-unknown-none",
+            Arch::Aarch64 => "aarch64-unknown-none-softfloat",
+            Arch::Riscv64 => "riscv64gc-unknown-none-elf",
+        }
+    }
+
+    /// The target of user programs (FP/SIMD available).
+    pub fn user_target(self) -> &'static str {
         match self {
             Arch::X86_64 => "x86_64-unknown-none",
             Arch::Aarch64 => "aarch64-unknown-none",
             Arch::Riscv64 => "riscv64gc-unknown-none-elf",
         }
+    }
+
+    /// Whether QEMU boots the flat image (`crate::image`) rather than the
+    /// ELF: on AArch64 only an Image boot gets `-initrd` and the device tree
+    /// in x0.
+    pub fn boots_flat_image(self) -> bool {
+        self == Arch::Aarch64
     }
 
     pub fn qemu_binary(self) -> &'static str {

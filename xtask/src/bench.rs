@@ -1,4 +1,5 @@
-//! `cargo xtask bench`: boots each architecture's benchmark kernel under
+//! `cargo xtask bench`: boots each architecture's benchmark kernel, with
+//! the root task as boot module (it runs the user-mode benchmarks), under
 //! QEMU `-icount shift=0,sleep=off`, where the cycle counter advances once
 //! per guest instruction, and reports instructions per operation as a table
 //! and as `target/bench/<arch>.json`.
@@ -50,9 +51,10 @@ pub fn run(arches: &[Arch]) -> Result<()> {
     let mut failed = Vec::new();
     for &arch in arches {
         let image = toolchain::build_kernel(arch, Flavor::Bench, true)?;
+        let root = toolchain::build_root_task(arch)?;
         let boot = Boot {
             icount: true,
-            ..Boot::headless(arch, &image, 1, "256M", "")
+            ..Boot::headless(arch, &image, 1, "256M", "").with_initrd(Some(&root))
         };
         let start = std::time::Instant::now();
         let outcome = qemu::run_captured(&boot, Duration::from_secs(600), false)?;

@@ -7,6 +7,7 @@
 
 mod arch;
 mod bench;
+mod image;
 mod qemu;
 mod setup;
 mod symbolize;
@@ -37,7 +38,7 @@ pub enum Accel {
 enum Command {
     /// Install what the build needs (Debian packages), if missing.
     Setup,
-    /// Build the kernel image.
+    /// Build the kernel image and the root task.
     Build {
         #[arg(long, value_enum, default_value = "x86_64")]
         arch: Arch,
@@ -94,7 +95,9 @@ fn real_main() -> Result<()> {
         Command::Build { arch, release } => {
             setup::ensure(false)?;
             let image = toolchain::build_kernel(arch, toolchain::Flavor::Run, release)?;
+            let root = toolchain::build_root_task(arch)?;
             println!("{}", image.display());
+            println!("{}", root.display());
             Ok(())
         }
         Command::Run {
@@ -108,7 +111,13 @@ fn real_main() -> Result<()> {
         } => {
             setup::ensure(false)?;
             let image = toolchain::build_kernel(arch, toolchain::Flavor::Run, release)?;
-            qemu::run_interactive(arch, &image, smp, &mem, gdb, accel, &cmdline.join(" "))
+            let root = toolchain::build_root_task(arch)?;
+            let cmdline = cmdline.join(" ");
+            qemu::run_interactive(&qemu::Boot {
+                accel,
+                gdb,
+                ..qemu::Boot::headless(arch, &image, smp, &mem, &cmdline).with_initrd(Some(&root))
+            })
         }
         Command::Test { arch } => {
             setup::ensure(false)?;

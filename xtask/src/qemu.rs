@@ -22,6 +22,10 @@ pub struct Boot<'a> {
     /// `-icount shift=0,sleep=off` and a fixed virtual RTC.
     pub icount: bool,
     pub gdb: bool,
+    /// The boot module (the root task's ELF file), passed with `-initrd`:
+    /// the kernel finds it in the Multiboot module list or the device
+    /// tree's `/chosen` `linux,initrd-start/end`.
+    pub initrd: Option<&'a Path>,
 }
 
 impl<'a> Boot<'a> {
@@ -36,6 +40,15 @@ impl<'a> Boot<'a> {
             accel: Accel::Tcg,
             icount: false,
             gdb: false,
+            initrd: None,
+        }
+    }
+
+    /// The same boot with `module` as the boot module.
+    pub fn with_initrd(self, module: Option<&'a Path>) -> Self {
+        Boot {
+            initrd: module,
+            ..self
         }
     }
 
@@ -59,7 +72,14 @@ impl<'a> Boot<'a> {
         if self.gdb {
             cmd.args(["-s", "-S"]);
         }
-        cmd.arg("-kernel").arg(self.image);
+        if self.arch.boots_flat_image() {
+            cmd.arg("-kernel").arg(crate::image::flat_path(self.image));
+        } else {
+            cmd.arg("-kernel").arg(self.image);
+        }
+        if let Some(module) = self.initrd {
+            cmd.arg("-initrd").arg(module);
+        }
         // Always pass -append so QEMU's command line (and so the kernel's)
         // is exactly what we say.
         cmd.args(["-append", self.cmdline]);
@@ -126,26 +146,9 @@ pub fn run_captured(boot: &Boot<'_>, limit: Duration, echo: bool) -> Result<Outc
 
 /// `cargo xtask run`: QEMU owns the terminal's input; its output passes
 /// through the symbolizer.
-pub fn run_interactive(
-    arch: Arch,
-    image: &Path,
-    smp: u32,
-    mem: &str,
-    gdb: bool,
-    accel: Accel,
-    cmdline: &str,
-) -> Result<()> {
-    let boot = Boot {
-        arch,
-        image,
-        smp,
-        mem,
-        cmdline,
-        accel,
-        icount: false,
-        gdb,
-    };
-    if gdb {
+pub fn run_interactive(boot: &Boot<'_>) -> Result<()> {
+    let (arch, image) = (boot.arch, boot.image);
+    if boot.gdb {
         println!("QEMU is waiting for GDB on localhost:1234. In another terminal run:");
         println!(
             "  {} -ex 'set architecture {}' -ex 'file {}' -ex 'target remote localhost:1234'",

@@ -1,9 +1,12 @@
 //! `cargo xtask test`: every check Keel has, one tally.
 //!
 //! In order: rustfmt, host clippy, host unit tests, and for each
-//! architecture: clippy on the kernel target, the in-kernel test suite booted
-//! in QEMU, and a boot with a bad command line that must be refused. Each
-//! check and each individual test counts once; the last line printed is
+//! architecture: clippy on the kernel target and on the user programs, the
+//! root task's build, the in-kernel test suite booted in QEMU followed by
+//! the root task's system tests (`user/systest`, passed as the boot
+//! module), and boots that must fail in a controlled way (bad command line,
+//! kernel stack overflow). Each check and each individual test (host,
+//! kernel or user) counts once; the last line printed is
 //! `N passed, N failed`.
 
 use crate::arch::Arch;
@@ -11,6 +14,7 @@ use crate::qemu::{self, Boot};
 use crate::toolchain::{self, Flavor};
 use anyhow::Result;
 use keel_abi::harness::{EXIT_BOOT_ERROR, EXIT_CRASH, EXIT_PASS, TEST_PREFIX, describe_exit};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -83,13 +87,28 @@ pub fn run(arches: &[Arch]) -> Result<bool> {
             &format!("clippy ({})", arch.name()),
             run_status(&mut clippy),
         );
+        let mut user_clippy = toolchain::user_cargo("clippy", arch);
+        user_clippy.args(["--quiet", "--", "-D", "warnings"]);
+        tally.record(
+            &format!("clippy user programs ({})", arch.name()),
+            run_status(&mut user_clippy),
+        );
 
+        let root = match toolchain::build_root_task(arch) {
+            Ok(path) => Some(path),
+            Err(e) => {
+                println!("{e:#}");
+                tally.record(&format!("build root task ({})", arch.name()), false);
+                None
+            }
+        };
+        let root = root.as_deref();
         match toolchain::build_kernel(arch, Flavor::Test, false) {
             Ok(image) => {
-                kernel_tests(&mut tally, arch, &image)?;
-                bad_cmdline_refused(&mut tally, arch, &image)?;
-                stack_overflow_reported(&mut tally, arch, &image)?;
-                memory_above_4g_used(&mut tally, arch, &image)?;
+                kernel_tests(&mut tally, arch, &image, root)?;
+                bad_cmdline_refused(&mut tally, arch, &image, root)?;
+                stack_overflow_reported(&mut tally, arch, &image, root)?;
+                memory_above_4g_used(&mut tally, arch, &image, root)?;
             }
             Err(e) => {
                 println!("{e:#}");
@@ -121,7 +140,7 @@ fn run_status(cmd: &mut Command) -> bool {
 }
 
 /// `cargo test --workspace` on the host; counts each test.
-fn host_tests(tally: &mut Tally, root: &std::path::Path) {
+fn host_tests(tally: &mut Tally, root: &Path) {
     let out = Command::new("cargo")
         .args(["test", "--workspace"])
         .current_dir(root)
@@ -169,9 +188,19 @@ fn host_tests(tally: &mut Tally, root: &std::path::Path) {
     }
 }
 
-/// Boots the test kernel and counts each in-kernel test.
-fn kernel_tests(tally: &mut Tally, arch: Arch, image: &std::path::Path) -> Result<()> {
-    let boot = Boot::headless(arch, image, 2, "256M", "");
+/// `N passed, M failed` as `(N, M)`.
+fn parse_summary(line: &str) -> Option<(usize, usize)> {
+    let (passed, rest) = line.trim().split_once(" passed, ")?;
+    let failed = rest.strip_suffix(" failed")?;
+    Some((passed.parse().ok()?, failed.parse().ok()?))
+}
+
+/// Boots the test kernel with the root task and counts each test: the
+/// in-kernel tests, then the root task's system tests (same line format).
+/// Each suite ends with its own `N passed, N failed`; those must add up
+/// to the lines counted.
+fn kernel_tests(tally: &mut Tally, arch: Arch, image: &Path, root: Option<&Path>) -> Result<()> {
+    let boot = Boot::headless(arch, image, 2, "256M", "").with_initrd(root);
     let outcome = qemu::run_captured(&boot, BOOT_LIMIT, true)?;
     let (mut passed, mut failed) = (0, 0);
     for line in &outcome.lines {
@@ -182,19 +211,46 @@ fn kernel_tests(tally: &mut Tally, arch: Arch, image: &std::path::Path) -> Resul
             passed += 1;
         } else if let Some(name) = rest.strip_suffix(" ... FAILED") {
             failed += 1;
-            tally
-                .failures
-                .push(format!("{} kernel test {name}", arch.name()));
+            tally.failures.push(format!("{} test {name}", arch.name()));
         }
     }
     tally.passed += passed;
     tally.failed += failed;
-    let summary = format!("{passed} passed, {failed} failed");
-    let saw_summary = outcome.lines.iter().any(|l| l.trim() == summary);
+    let summaries: Vec<(usize, usize)> = outcome
+        .lines
+        .iter()
+        .filter_map(|l| parse_summary(l))
+        .collect();
+    // The kernel's summary, then (with a root task) the root task's.
+    let suites = if root.is_some() { 2 } else { 1 };
+    let sums = summaries
+        .iter()
+        .fold((0, 0), |(p, f), s| (p + s.0, f + s.1));
+    let saw_summary = summaries.len() == suites && sums == (passed, failed);
+    if !saw_summary {
+        println!(
+            "{}: expected {suites} summary lines adding up to {passed} passed, {failed} failed; found {summaries:?}",
+            arch.name()
+        );
+    }
+    let summary = summaries
+        .iter()
+        .map(|(p, f)| format!("{p} passed, {f} failed"))
+        .collect::<Vec<_>>()
+        .join(" + ");
     let banner = outcome.lines.iter().any(|l| l.starts_with("RAM: "));
+    let module = root.is_none() || outcome.lines.iter().any(|l| l.ends_with(" boot-module"));
     tally.record(
-        &format!("{} boot banner with memory map", arch.name()),
-        banner,
+        &format!(
+            "{} boot banner with memory map{}",
+            arch.name(),
+            if root.is_some() {
+                " and boot module"
+            } else {
+                ""
+            }
+        ),
+        banner && module,
     );
     let clean = match outcome.status {
         Some(s) if s == EXIT_PASS => failed == 0,
@@ -213,8 +269,13 @@ fn kernel_tests(tally: &mut Tally, arch: Arch, image: &std::path::Path) -> Resul
     };
     tally.record(
         &format!(
-            "{} kernel test run completed ({summary}, exit status matches)",
-            arch.name()
+            "{} {} test run completed ({summary}, exit status matches)",
+            arch.name(),
+            if root.is_some() {
+                "kernel + root task"
+            } else {
+                "kernel"
+            }
         ),
         clean && saw_summary && passed > 0,
     );
@@ -223,8 +284,13 @@ fn kernel_tests(tally: &mut Tally, arch: Arch, image: &std::path::Path) -> Resul
 
 /// A malformed command line must stop the boot with a clear message and
 /// the boot-error status.
-fn bad_cmdline_refused(tally: &mut Tally, arch: Arch, image: &std::path::Path) -> Result<()> {
-    let boot = Boot::headless(arch, image, 1, "128M", "log=bogus");
+fn bad_cmdline_refused(
+    tally: &mut Tally,
+    arch: Arch,
+    image: &Path,
+    root: Option<&Path>,
+) -> Result<()> {
+    let boot = Boot::headless(arch, image, 1, "128M", "log=bogus").with_initrd(root);
     let outcome = qemu::run_captured(&boot, BOOT_LIMIT, false)?;
     let message = outcome
         .lines
@@ -243,8 +309,13 @@ fn bad_cmdline_refused(tally: &mut Tally, arch: Arch, image: &std::path::Path) -
 /// Overflowing the kernel stack (`crash=stack`) must hit the guard page and
 /// give a "kernel stack overflow" report and the crash status, not a hang
 /// or a reset.
-fn stack_overflow_reported(tally: &mut Tally, arch: Arch, image: &std::path::Path) -> Result<()> {
-    let boot = Boot::headless(arch, image, 1, "128M", "crash=stack");
+fn stack_overflow_reported(
+    tally: &mut Tally,
+    arch: Arch,
+    image: &Path,
+    root: Option<&Path>,
+) -> Result<()> {
+    let boot = Boot::headless(arch, image, 1, "128M", "crash=stack").with_initrd(root);
     let outcome = qemu::run_captured(&boot, BOOT_LIMIT, false)?;
     let report = outcome
         .lines
@@ -263,8 +334,13 @@ fn stack_overflow_reported(tally: &mut Tally, arch: Arch, image: &std::path::Pat
 
 /// With 5 GiB of RAM, memory above the boot direct map's 4 GiB must be
 /// mapped and handed out, and the memory tests must still pass.
-fn memory_above_4g_used(tally: &mut Tally, arch: Arch, image: &std::path::Path) -> Result<()> {
-    let boot = Boot::headless(arch, image, 1, "5G", "ktest=mm::");
+fn memory_above_4g_used(
+    tally: &mut Tally,
+    arch: Arch,
+    image: &Path,
+    root: Option<&Path>,
+) -> Result<()> {
+    let boot = Boot::headless(arch, image, 1, "5G", "ktest=mm::").with_initrd(root);
     let outcome = qemu::run_captured(&boot, BOOT_LIMIT, false)?;
     // "RAM: 5119 MiB total, ..." and "frames: N total (M MiB), ...".
     let number_after = |prefix: &str, marker: &str| {
@@ -296,4 +372,18 @@ fn memory_above_4g_used(tally: &mut Tally, arch: Arch, image: &std::path::Path) 
         ok,
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_summary_lines() {
+        assert_eq!(parse_summary("16 passed, 0 failed"), Some((16, 0)));
+        assert_eq!(parse_summary("  3 passed, 2 failed\r"), Some((3, 2)));
+        assert_eq!(parse_summary("test x ... ok"), None);
+        assert_eq!(parse_summary("x passed, 0 failed"), None);
+        assert_eq!(parse_summary("1 passed, 0 failed, 2 skipped"), None);
+    }
 }

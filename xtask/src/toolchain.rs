@@ -1,4 +1,5 @@
-//! Runs Debian's Rust toolchain for bare-metal kernel builds.
+//! Runs Debian's Rust toolchain for bare-metal builds: the kernel and the
+//! user programs (the root task).
 //!
 //! `cargo xtask` itself runs under rustup's toolchain, which has no library
 //! source for bare-metal targets. Kernel builds therefore call `/usr/bin/cargo`
@@ -117,6 +118,60 @@ pub fn build_kernel(arch: Arch, flavor: Flavor, release: bool) -> Result<PathBuf
     let out_dir = root.join("target/keel");
     std::fs::create_dir_all(&out_dir)?;
     let out = out_dir.join(format!("{}-{}.elf", arch.name(), flavor.name()));
+    std::fs::copy(&built, &out).with_context(|| format!("copying {}", built.display()))?;
+    if arch.boots_flat_image() {
+        crate::image::write_flat(&out)?;
+    }
+    Ok(out)
+}
+
+/// Code-generation flags of user programs: static, non-PIE code (the user
+/// linker script, `user/linker.ld`, places them at fixed addresses) with
+/// frame pointers. Passed as `RUSTFLAGS`, which replaces the kernel's
+/// per-target flags from `.cargo/config.toml` (such as x86's
+/// `code-model=kernel`) for these builds only.
+const USER_RUSTFLAGS: &str = "-C relocation-model=static -C force-frame-pointers=yes";
+
+/// `/usr/bin/cargo SUBCOMMAND` for the user crates (`user/rt`,
+/// `user/systest`) of `arch`: release profile, build-std, their own target
+/// directory (`target/user`).
+pub fn user_cargo(subcommand: &str, arch: Arch) -> Command {
+    let mut cmd = debian_cargo(subcommand);
+    cmd.env("RUSTFLAGS", USER_RUSTFLAGS).args([
+        "-p",
+        "keel-rt",
+        "-p",
+        "keel-systest",
+        "--release",
+        "--target",
+        arch.user_target(),
+        "--target-dir",
+        "target/user",
+        "-Zbuild-std=core,alloc,compiler_builtins",
+        "-Zbuild-std-features=compiler-builtins-mem",
+    ]);
+    cmd
+}
+
+/// Builds the root task (`user/systest`) and returns the path of a copy
+/// named for its architecture (`target/keel/<arch>-root.elf`), which QEMU
+/// loads as the boot module.
+pub fn build_root_task(arch: Arch) -> Result<PathBuf> {
+    let status = user_cargo("build", arch)
+        .status()
+        .context("starting /usr/bin/cargo")?;
+    if !status.success() {
+        bail!("root task build for {} failed ({status})", arch.name());
+    }
+    let root = workspace_root();
+    let built = root
+        .join("target/user")
+        .join(arch.user_target())
+        .join("release")
+        .join("systest");
+    let out_dir = root.join("target/keel");
+    std::fs::create_dir_all(&out_dir)?;
+    let out = out_dir.join(format!("{}-root.elf", arch.name()));
     std::fs::copy(&built, &out).with_context(|| format!("copying {}", built.display()))?;
     Ok(out)
 }

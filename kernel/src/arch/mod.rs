@@ -67,6 +67,34 @@
 //!   `clac`, PAN, SUM) for the duration; every load and store is in the
 //!   exception-fixup table, so a fault returns `Err(fault address)`.
 //!
+//! User mode (see `crate::task`; one kernel stack per CPU, event-driven):
+//! - `struct UserRegs` (`#[repr(C)]`, `Clone`, `Default`) — a thread's saved
+//!   user registers: all general-purpose registers, the user PC, SP and
+//!   flags. Methods: `fn new(entry: usize, stack: usize, arg: usize) ->
+//!   UserRegs` (user mode, interrupts enabled, `arg` in the first argument
+//!   register); `fn syscall_args(&self) -> (usize, [usize; 6])` (number and
+//!   arguments, in the registers `keel_abi::Syscall` documents); `fn
+//!   set_result(&mut self, value: isize)`; `fn pc(&self) -> usize`; `fn
+//!   set_tls(&mut self, value: usize)` (RISC-V keeps TLS in `tp`, a saved
+//!   register; a no-op elsewhere).
+//! - `struct FpuState` (`Default` = the initial FP/SIMD state, with default
+//!   control registers) with `fn save(&mut self)` and `fn restore(&self)`:
+//!   all FP/SIMD registers and control/status. The kernel itself never
+//!   touches FP/SIMD registers, so user state stays live in them while the
+//!   kernel runs, and is saved and restored only when threads switch.
+//! - `fn save_tls(current: usize) -> usize` / `fn load_tls(value: usize)` —
+//!   the TLS base register outside `UserRegs` (x86 FS base, AArch64
+//!   TPIDR_EL0, which user code can change, so it is read back on switch).
+//! - `unsafe fn enter_user(regs: *const UserRegs) -> !` — restores `*regs`
+//!   and returns to user mode, resetting this CPU's kernel stack; the next
+//!   entry from user mode saves the user state into the same `*regs`.
+//! - On a system-call instruction the entry code saves the user state into
+//!   that `UserRegs`, switches to the CPU's kernel stack and calls
+//!   `crate::task::on_syscall()`; a synchronous exception from user mode
+//!   calls `crate::task::on_user_fault(crate::trap::UserFault)`. Both return
+//!   the `*const UserRegs` to `enter_user` next (maybe another thread's).
+//! - `const ELF_MACHINE: u16` — `e_machine` of this architecture's ELF files.
+//!
 //! - Unexpected traps print the cause, the faulting address, a register dump
 //!   and a backtrace, then `exit(EXIT_CRASH)` (via [`crate::trap::fatal`]).
 

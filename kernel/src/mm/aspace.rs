@@ -52,6 +52,8 @@ struct Region<M: Machine> {
     /// Object page mapped at `start`.
     offset: usize,
     attr: Attr,
+    /// The most `attr` may become: what it was mapped with.
+    max: Attr,
 }
 
 impl<M: Machine> Region<M> {
@@ -203,6 +205,7 @@ impl<M: Machine> AddressSpace<M> {
             object,
             offset,
             attr,
+            max: attr,
         };
         // Map what already has frames, so device and eager memory need no
         // faults.
@@ -263,6 +266,7 @@ impl<M: Machine> AddressSpace<M> {
             object: r.object.clone(),
             offset: r.object_page(at),
             attr: r.attr,
+            max: r.max,
         };
         // Reserve before shortening `r`, so a failure changes nothing.
         self.regions
@@ -296,14 +300,19 @@ impl<M: Machine> AddressSpace<M> {
     }
 
     /// Changes the permissions of `[va, va + pages * PAGE)`, which must be
-    /// entirely mapped.
+    /// entirely mapped, and never beyond what each part was mapped with
+    /// (`AccessDenied`).
     pub fn protect(&mut self, va: usize, pages: usize, attr: Attr) -> Result<(), Error> {
         check_attr(attr)?;
         let end = check_range(va, pages)?;
         let mut at = va;
         while at < end {
             let i = self.find(at).ok_or(Error::BadAddress)?;
-            at = self.regions.get(i).map_or(end, |r| r.end);
+            let r = self.regions.get(i).ok_or(Error::BadAddress)?;
+            if !r.max.contains(attr) {
+                return Err(Error::AccessDenied);
+            }
+            at = r.end;
         }
         self.split_at(va)?;
         self.split_at(end)?;
@@ -428,13 +437,14 @@ impl<M: Machine> AddressSpace<M> {
             if !child.maps_object(&object) {
                 object.add_space()?;
             }
-            let (start, end, offset, attr) = (r.start, r.end, r.offset, r.attr);
+            let (start, end, offset, attr, max) = (r.start, r.end, r.offset, r.attr, r.max);
             child.regions.push(Region {
                 start,
                 end,
                 object,
                 offset,
                 attr,
+                max,
             });
             if private && attr.contains(Attr::WRITE) {
                 let mut t = M::tables();

@@ -61,6 +61,25 @@ impl<T> KArc<T> {
     }
 }
 
+/// Moves `value` into a `Box`; `Err(OutOfMemory)` if the heap is full
+/// (`Box::new` would abort).
+pub fn try_box<T>(value: T) -> Result<alloc::boxed::Box<T>, Error> {
+    let layout = Layout::new::<T>();
+    if layout.size() == 0 {
+        return Ok(alloc::boxed::Box::new(value));
+    }
+    // SAFETY: `layout` has a non-zero size.
+    let raw = unsafe { alloc::alloc::alloc(layout) }.cast::<T>();
+    let ptr = NonNull::new(raw).ok_or(Error::OutOfMemory)?;
+    // SAFETY: `ptr` is a fresh allocation of `T`'s layout from the global
+    // allocator, which is what `Box::from_raw` requires; it is initialised
+    // before the box is made.
+    unsafe {
+        ptr.as_ptr().write(value);
+        Ok(alloc::boxed::Box::from_raw(ptr.as_ptr()))
+    }
+}
+
 impl<T> Clone for KArc<T> {
     fn clone(&self) -> Self {
         // Each clone is a live object of at least a pointer's size, so the

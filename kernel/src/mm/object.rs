@@ -18,6 +18,7 @@
 
 use super::kref::KArc;
 use super::machine::Machine;
+use super::quota::Quota;
 use keel_abi::Error;
 use spin::Mutex;
 
@@ -49,6 +50,8 @@ struct State {
 pub struct MemObject<M: Machine> {
     backing: Backing,
     pages: usize,
+    /// The pool this object's pages are charged to, credited on drop.
+    quota: Option<KArc<Quota>>,
     state: Mutex<State>,
     _machine: core::marker::PhantomData<M>,
 }
@@ -57,8 +60,21 @@ impl<M: Machine> MemObject<M> {
     /// An anonymous object of `pages` pages; `eager` allocates and zeroes
     /// every frame now, otherwise pages are allocated on first touch.
     pub fn anonymous(pages: usize, eager: bool) -> Result<KArc<Self>, Error> {
+        Self::anonymous_charged(pages, eager, None)
+    }
+
+    /// Like [`Self::anonymous`], charging `pages` to `quota` for the
+    /// object's lifetime.
+    pub fn anonymous_charged(
+        pages: usize,
+        eager: bool,
+        quota: Option<KArc<Quota>>,
+    ) -> Result<KArc<Self>, Error> {
         if pages == 0 || pages > isize::MAX as usize / PAGE {
             return Err(Error::InvalidArgument);
+        }
+        if let Some(q) = &quota {
+            q.charge(pages as u64)?;
         }
         let mut frames = alloc::vec::Vec::new();
         frames
@@ -68,13 +84,14 @@ impl<M: Machine> MemObject<M> {
         let obj = KArc::try_new(MemObject {
             backing: Backing::Anonymous,
             pages,
+            quota,
             state: Mutex::new(State {
                 frames,
                 spaces: 0,
                 cow: false,
             }),
             _machine: core::marker::PhantomData,
-        })?;
+        })?; // On failure the dropped value credits the quota back.
         if eager {
             // On failure `obj` drops and releases what was allocated.
             for i in 0..pages {
@@ -96,6 +113,7 @@ impl<M: Machine> MemObject<M> {
         KArc::try_new(MemObject {
             backing: Backing::Physical { base, device },
             pages,
+            quota: None,
             state: Mutex::new(State {
                 frames: alloc::vec::Vec::new(),
                 spaces: 0,
@@ -185,6 +203,7 @@ impl<M: Machine> MemObject<M> {
         let copy = KArc::try_new(MemObject {
             backing: Backing::Anonymous,
             pages: self.pages,
+            quota: None,
             state: Mutex::new(State {
                 frames,
                 spaces: 0,
@@ -223,6 +242,9 @@ impl<M: Machine> MemObject<M> {
 
 impl<M: Machine> Drop for MemObject<M> {
     fn drop(&mut self) {
+        if let Some(q) = &self.quota {
+            q.credit(self.pages as u64);
+        }
         if self.backing == Backing::Anonymous {
             for &f in self.state.get_mut().frames.iter().filter(|&&f| f != ABSENT) {
                 M::release_frame(f);

@@ -229,6 +229,42 @@ pub fn copy_str_from_user(
     Err(Error::InvalidArgument)
 }
 
+/// Copies `bytes` into `object` from byte `offset` on, through the direct
+/// map, allocating its frames as needed.
+pub fn write_object(object: &UserObject, offset: usize, bytes: &[u8]) -> Result<(), Error> {
+    let mut done = 0;
+    while done < bytes.len() {
+        let at = offset.checked_add(done).ok_or(Error::InvalidArgument)?;
+        let n = (PAGE - at % PAGE).min(bytes.len() - done);
+        let frame = object.frame(at / PAGE)?;
+        let src = bytes.get(done..done + n).ok_or(Error::InvalidArgument)?;
+        // SAFETY: `frame` is a frame of `object` (owned RAM, in the direct
+        // map); `at % PAGE + n <= PAGE` keeps the copy inside it.
+        unsafe {
+            core::ptr::copy_nonoverlapping(
+                src.as_ptr(),
+                (arch::phys_to_virt(frame) + at % PAGE) as *mut u8,
+                n,
+            )
+        };
+        done += n;
+    }
+    Ok(())
+}
+
+/// The contents of a boot module, which the memory map keeps reserved
+/// (never handed out), through the direct map.
+pub fn boot_module_bytes(region: &crate::bootinfo::MemoryRegion) -> Option<&'static [u8]> {
+    if region.kind != crate::bootinfo::RegionKind::BootModule {
+        return None;
+    }
+    let len = usize::try_from(region.len()).ok()?;
+    // SAFETY: boot modules are RAM the memory map reserves for the whole
+    // run (the frame allocator never hands them out, so nothing writes
+    // them), and the kernel's direct map maps every RAM region.
+    Some(unsafe { core::slice::from_raw_parts(arch::phys_to_virt(region.start) as *const u8, len) })
+}
+
 /// Free frames now.
 #[cfg(feature = "ktest")]
 fn free_frames_now() -> u64 {

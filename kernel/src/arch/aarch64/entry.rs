@@ -2,13 +2,17 @@
 //!
 //! `_start` is entered on the boot CPU with the MMU and caches off, at EL2
 //! (`-M virt,virtualization=on`) or EL1, with `x0` = the device tree's
-//! physical address for a raw-Image boot or 0 for an ELF boot. It runs at the
+//! physical address for an Image boot (the flat image, which starts with a
+//! Linux arm64 Image header; QEMU then also loads `-initrd` and describes it
+//! in the device tree) or 0 for an ELF boot (QEMU ignores `-initrd` for ELF
+//! kernels and puts the device tree at the RAM base). It runs at the
 //! physical load address, so until it has jumped to the higher half it uses
 //! only PC-relative addressing (`adr`/`adrp`) and touches no stack. In order:
 //! 1. mask DAIF; at EL2, configure EL1 as AArch64 with untrapped timers,
 //!    FP/SIMD and PMU, and `eret` to EL1h;
 //! 2. make SCTLR_EL1 known (MMU, caches and alignment checks off) and enable
-//!    FP/SIMD (CPACR_EL1.FPEN) — Rust code uses NEON registers;
+//!    FP/SIMD (CPACR_EL1.FPEN) for user threads and `FpuState` — the kernel
+//!    itself is built soft-float and never uses FP/SIMD registers;
 //! 3. zero `.bss` (which holds the boot stack and the boot page tables);
 //! 4. build the boot page tables (4 KiB granule, 48-bit VAs):
 //!    TTBR1: the first 4 GiB of physical space at [`DIRECT_MAP_BASE`] in
@@ -26,8 +30,8 @@
 //!    mapping remains;
 //! 7. call [`keel_aarch64_main`] with the saved `x0`, which sets up the
 //!    memory-management hardware (`super::mm::init`: TTBR0 on an empty table,
-//!    ASID size, PAN), enables the cycle counter, parses the device tree and
-//!    never returns.
+//!    ASID size, PAN), installs the per-CPU block (`super::user`), enables
+//!    the cycle counter, parses the device tree and never returns.
 //!
 //! Only the boot CPU runs this code: QEMU `virt` holds the other CPUs in
 //! PSCI's powered-off state until they are started with CPU_ON.
@@ -124,8 +128,15 @@ const SCTLR_RES1: u64 = 0x30d0_0800;
 const SCTLR_M: u64 = 1 << 0;
 const SCTLR_C: u64 = 1 << 2;
 const SCTLR_I: u64 = 1 << 12;
-/// MMU and both caches on; alignment checking (A) and WXN stay off.
-const SCTLR_MMU_ON: u64 = SCTLR_RES1 | SCTLR_M | SCTLR_C | SCTLR_I;
+/// SA0: a load or store at EL0 through a stack pointer that is not 16-byte
+/// aligned faults (an SP alignment fault, reported to the portable side as
+/// an alignment fault; QEMU 7.2 does not model this check).
+const SCTLR_SA0: u64 = 1 << 4;
+/// MMU and both caches on, EL0 stack-alignment checks on; alignment checking
+/// (A) and WXN stay off. EL0 may not touch DAIF (UMA), CTR_EL0 (UCT), `dc
+/// zva` (DZE) or cache maintenance (UCI), and WFI/WFE at EL0 trap (nTWI,
+/// nTWE clear): all these bits are clear.
+const SCTLR_MMU_ON: u64 = SCTLR_RES1 | SCTLR_M | SCTLR_C | SCTLR_I | SCTLR_SA0;
 
 /// CPACR_EL1.FPEN = 0b11: FP/SIMD not trapped at EL0 or EL1.
 const CPACR_FPEN: u64 = 0b11 << 20;
@@ -139,6 +150,11 @@ const CNTHCTL_EL2: u64 = 0b11;
 const CPTR_EL2: u64 = 0x33ff;
 /// SPSR for the `eret` into EL1: EL1h with D, A, I and F masked.
 const SPSR_EL1H_MASKED: u64 = 0x3c5;
+
+/// Flags of the Image header: little-endian (bit 0 clear), 4 KiB pages
+/// (bits 2:1 = 1), placed at `text_offset` from the 2 MiB-aligned base
+/// nearest the start of RAM (bit 3 clear).
+const IMAGE_FLAGS: u64 = 0b010;
 
 /// L0/L1 indices of the mappings built at boot.
 const L0_DIRECT_MAP: usize = (DIRECT_MAP_BASE >> 39) & 0x1ff;
@@ -155,7 +171,19 @@ core::arch::global_asm!(
     .global _start
     .type _start, %function
 _start:
-    mov     x19, x0
+    // Linux arm64 Image header (Documentation/arch/arm64/booting.rst), so
+    // the flat image (`cargo xtask` makes it from this ELF) boots like
+    // Linux: loaded at RAM base + text_offset, with x0 = the device tree
+    // and any -initrd described in it. The first word branches over it.
+    b       8f                      // code0
+    .word   0                       // code1
+    .quad   KERNEL_TEXT_OFFSET      // text_offset (linker.ld)
+    .quad   KERNEL_IMAGE_SIZE       // image_size, .bss and stacks included
+    .quad   {image_flags}           // flags
+    .quad   0, 0, 0                 // res2-res4
+    .ascii  "ARM\x64"               // magic
+    .word   0                       // res5 (no PE header)
+8:  mov     x19, x0
     msr     daifset, #0xf
 
     mrs     x9, CurrentEL
@@ -374,6 +402,7 @@ keel_boot_l3_kernel_end:
     tcr = const TCR,
     sctlr_on = const SCTLR_MMU_ON,
     epd0 = const TCR_EPD0,
+    image_flags = const IMAGE_FLAGS,
 );
 
 /// log2 of the size of a kernel stack (the boot stack: 64 KiB, linker.ld's
@@ -459,6 +488,7 @@ pub fn image_virt_to_phys(v: usize) -> u64 {
 #[unsafe(no_mangle)]
 extern "C" fn keel_aarch64_main(x0: u64) -> ! {
     super::mm::init();
+    super::user::init_boot_cpu();
     super::enable_cycle_counter();
     crate::boot::kernel_main(boot_info(x0))
 }

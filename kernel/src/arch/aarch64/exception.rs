@@ -3,15 +3,20 @@
 //! whose traps the dispatcher knows about (`probe_read`, the breakpoint and
 //! the semihosting call).
 //!
-//! Every vector (16 entries of 0x80 bytes, 2 KiB aligned, at VBAR_EL1) pushes
-//! a [`TrapFrame`] on the current kernel stack (SP_EL1) and enters one common
-//! stub, which saves x0–x30, the interrupted SP (SP_EL0 for traps from a
-//! lower EL), ELR, SPSR, ESR and FAR, links a frame record {x29, ELR} into the
-//! frame-pointer chain so backtraces pass through the trap, calls
-//! [`keel_trap_dispatch`], and restores everything from the (possibly edited)
-//! frame before `eret`. The dispatcher either resumes — with ELR advanced
-//! past a breakpoint, or redirected to an exception-fixup address — or ends
-//! the kernel through [`crate::trap::fatal`].
+//! Every vector (16 entries of 0x80 bytes, 2 KiB aligned, at VBAR_EL1) but
+//! one pushes a [`TrapFrame`] on the current kernel stack (SP_EL1) and
+//! enters one common stub, which saves x0–x30, the interrupted SP (SP_EL0
+//! for traps from a lower EL), ELR, SPSR, ESR and FAR, links a frame record
+//! {x29, ELR} into the frame-pointer chain so backtraces pass through the
+//! trap, calls [`keel_trap_dispatch`], and restores everything from the
+//! (possibly edited) frame before `eret`. The dispatcher either resumes —
+//! with ELR advanced past a breakpoint, or redirected to an exception-fixup
+//! address — or ends the kernel through [`crate::trap::fatal`]. The
+//! exception is the lower-EL synchronous vector (SVC and faults from user
+//! mode), which branches to `keel_user_sync_entry` in `user`: it saves the
+//! user registers into the thread's `UserRegs` instead. IRQ, FIQ and SError
+//! from user mode take the common stub (on the CPU's kernel stack, whose top
+//! SP_EL1 is at EL0) and are fatal.
 //!
 //! Before storing anything, each vector checks (without a free register, by
 //! folding x0 into SP and back) that the new frame lies on the stack and not
@@ -75,7 +80,8 @@ enum VectorKind {
     CurrentSp0,
     /// Current EL with SP_ELx: traps taken by kernel code.
     CurrentSpx,
-    /// Lower EL, AArch64: traps from user mode.
+    /// Lower EL, AArch64: IRQ, FIQ and SError from user mode (synchronous
+    /// exceptions go to `user`).
     Lower64,
     /// Lower EL, AArch32 (not supported).
     Lower32,
@@ -95,7 +101,7 @@ core::arch::global_asm!(
     .balign 2048
     .global keel_vectors
 keel_vectors:
-    .irp kind, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15
+    .macro trap_vector kind
     .balign 0x80
     sub     sp, sp, #{frame_size}
     // Stack check without a free register: sp += x0; x0 = the new frame's
@@ -108,6 +114,15 @@ keel_vectors:
     stp     x0, x1, [sp]
     mov     x0, #\kind
     b       keel_trap_common
+    .endm
+    .irp kind, 0,1,2,3,4,5,6,7
+    trap_vector \kind
+    .endr
+    // Lower EL, AArch64, synchronous: SVC and user faults (user.rs).
+    .balign 0x80
+    b       keel_user_sync_entry
+    .irp kind, 9,10,11,12,13,14,15
+    trap_vector \kind
     .endr
 
     // The trap frame would land in a stack guard: sp = frame + x0, x0 =

@@ -4,8 +4,9 @@
 //! Submodules: `entry` (boot from EL2/EL1 to the higher half, device-tree
 //! discovery), `exception` (vector table, trap frame, dispatcher, fixup
 //! table), `mm` (page-table format, TLB and translation-register operations,
-//! user copies, the kernel image layout), `pl011` (console UART). This file
-//! holds the remaining items of the [`crate::arch`] contract.
+//! user copies, the kernel image layout), `pl011` (console UART), `user`
+//! (user registers, FP/SIMD state, TLS, the per-CPU block, entry to and from
+//! EL0). This file holds the remaining items of the [`crate::arch`] contract.
 //!
 //! Address-space invariants after boot (see `entry` and `mm`): TTBR0 holds
 //! an empty table with the reserved ASID 0 until a user tree is loaded, so
@@ -20,6 +21,7 @@ mod entry;
 mod exception;
 mod mm;
 mod pl011;
+mod user;
 
 pub use self::entry::{KERNEL_PHYS_BASE, KERNEL_VIRT_BASE};
 pub use self::exception::{breakpoint, breakpoint_site, probe_read};
@@ -28,6 +30,7 @@ pub use self::mm::{
     flush_kernel_page, flush_page, kernel_image_layout, kernel_root, kernel_virt_to_phys,
     load_kernel_root, load_user_root, max_page_size, unload_user_root, user_copy,
 };
+pub use self::user::{ELF_MACHINE, FpuState, UserRegs, enter_user, load_tls, save_tls};
 
 use core::arch::asm;
 use core::sync::atomic::{AtomicBool, Ordering};
@@ -91,7 +94,9 @@ fn enable_cycle_counter() {
     }
     // PMCR_EL0: E (enable), C (reset the cycle counter), LC (64-bit
     // overflow). PMCCFILTR_EL0 = 0: count at EL0 and EL1, not at EL2.
-    // PMCNTENSET_EL0 bit 31: enable the cycle counter.
+    // PMCNTENSET_EL0 bit 31: enable the cycle counter. PMUSERENR_EL0 = 0:
+    // EL0 has no access to the PMU (user code reads the counter through
+    // `SystemInfo`).
     // SAFETY: PMUv3 is implemented (checked above) and EL1 owns it (the boot
     // code gave EL1 all counters when it came from EL2); these writes only
     // configure performance counting.
@@ -104,6 +109,7 @@ fn enable_cycle_counter() {
             "msr pmccfiltr_el0, xzr",
             "mov {t}, #(1 << 31)",
             "msr pmcntenset_el0, {t}",
+            "msr pmuserenr_el0, xzr",
             "isb",
             t = out(reg) _,
             u = out(reg) _,

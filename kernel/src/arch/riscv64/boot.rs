@@ -11,7 +11,9 @@
 //! Invariants established before any Rust code runs:
 //! - exactly one hart (the first to claim `BOOT_HART_CLAIMED`) continues;
 //!   any other hart that enters parks in a `wfi` loop with interrupts off;
-//! - `sstatus.FS` = Initial (the target's ABI uses the FP registers);
+//! - `sstatus.FS` = Off: the kernel never uses the FP registers, which
+//!   belong to user threads (see `user`; FP instructions in the kernel
+//!   trap as illegal);
 //! - `.bss` is zero;
 //! - `satp` is Sv48 over the first boot tables: the first 4 GiB of physical
 //!   space at [`super::DIRECT_MAP_BASE`] (RW, global), the 1 GiB holding the
@@ -20,9 +22,10 @@
 //!   TLB flushed before `keel_riscv_main` runs);
 //! - `sp` is the top of the 64 KiB boot stack (virtual; see linker.ld),
 //!   `s0` = `ra` = 0 so frame-pointer walks stop there, `stvec` points at
-//!   the trap entry, `sscratch` = 0 (the "trapped from kernel" convention of
-//!   the trap entry) and `sstatus.SUM` = 0 (no kernel access to user pages
-//!   outside `user_copy`).
+//!   the trap entry, `sscratch` = 0 and `tp` = the boot CPU's `PerCpu`
+//!   block, whose kernel stack is the boot stack (the "in the kernel"
+//!   convention of the trap entry), and `sstatus.SUM` = 0 (no kernel access
+//!   to user pages outside `user_copy`).
 //!
 //! `keel_riscv_main` then replaces the gigapage over the image with
 //! per-section 4 KiB mappings ([`super::mm::remap_kernel_image`]): text RX,
@@ -67,10 +70,8 @@ _start:
     .option arch, +a
     csrw    sie, zero
     csrci   sstatus, 2              # SIE = 0
-    li      t0, {sstatus_fs_initial}
-    csrs    sstatus, t0
-    li      t0, {sstatus_sum}
-    csrc    sstatus, t0
+    li      t0, {sstatus_fs_mask} | {sstatus_sum}
+    csrc    sstatus, t0             # FP unit off, no access to user pages
 
     # The first hart to arrive boots; any other parks.
     lla     t0, keel_boot_hart_claimed
@@ -161,6 +162,8 @@ _start:
     lla     t0, {trap_entry}
     csrw    stvec, t0
     csrw    sscratch, zero
+    lla     tp, {boot_cpu}
+    sd      sp, {cpu_kernel_sp}(tp)
     li      s0, 0
     li      ra, 0
     mv      a0, s1
@@ -213,7 +216,9 @@ keel_boot_identity_l1:
     "#,
     trap_entry = sym super::traps::keel_trap_entry,
     main = sym keel_riscv_main,
-    sstatus_fs_initial = const 1u64 << 13,
+    sstatus_fs_mask = const super::user::SSTATUS_FS_MASK,
+    boot_cpu = sym super::user::BOOT_CPU,
+    cpu_kernel_sp = const core::mem::offset_of!(super::user::PerCpu, kernel_sp),
     sstatus_sum = const super::mm::SSTATUS_SUM,
     pte_v = const PTE_V,
     pte_direct = const PTE_DIRECT,

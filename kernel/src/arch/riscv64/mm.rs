@@ -279,7 +279,7 @@ pub unsafe fn user_copy(dst: *mut u8, src: *const u8, len: usize) -> Result<(), 
     let cause: usize;
     // SAFETY: `keel_user_copy` touches only `dst`/`src` (guaranteed by the
     // caller, faults caught by its fixup entries) and the registers named
-    // here; the trap handler may use the caller-saved FP registers.
+    // here (and `ra`, t0..t2, covered by `clobber_abi("C")`).
     unsafe {
         asm!(
             "call keel_user_copy",

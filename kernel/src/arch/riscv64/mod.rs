@@ -2,7 +2,8 @@
 //! layer: the items listed in `arch/mod.rs`, implemented with the 16550
 //! UART, the `sifive_test` exit device, `instret`, `ebreak` and a
 //! frame-pointer walker; the memory-management items (Sv48, ASIDs,
-//! `sfence.vma`, `user_copy`) are in `mm`.
+//! `sfence.vma`, `user_copy`) are in `mm`; user mode (`UserRegs`,
+//! `FpuState`, `enter_user` and the U-mode trap path) in `user` and `traps`.
 //!
 //! Invariants: everything here runs after `boot::_start` switched to the
 //! higher half, so devices are reached through the direct map (the first
@@ -12,6 +13,7 @@
 mod boot;
 mod mm;
 mod traps;
+mod user;
 
 pub use self::mm::{
     FLUSH_NEW_ENTRIES, KERNEL_ROOT_ENTRIES, PageFormat, asid_count, device_windows, flush_all,
@@ -19,6 +21,7 @@ pub use self::mm::{
     kernel_virt_to_phys, load_kernel_root, load_user_root, max_page_size, unload_user_root,
     user_copy,
 };
+pub use self::user::{ELF_MACHINE, FpuState, UserRegs, enter_user, load_tls, save_tls};
 
 use crate::trap::TrapRecord;
 use core::arch::asm;
@@ -123,8 +126,8 @@ unsafe extern "C" {
 /// resumes after it.
 pub fn breakpoint() {
     // SAFETY: `keel_breakpoint` only traps (the handler resumes after the
-    // `ebreak`) and returns. The handler may use the caller-saved FP
-    // registers, hence `clobber_abi("C")`; it restores every GPR.
+    // `ebreak`, restoring every GPR) and returns; the call clobbers `ra`,
+    // covered by `clobber_abi("C")`.
     unsafe { asm!("call keel_breakpoint", clobber_abi("C")) };
 }
 
@@ -141,8 +144,7 @@ pub fn probe_read(addr: usize) -> Result<u8, TrapRecord> {
     let pc: usize;
     // SAFETY: the load at label 1 is listed in `__ex_table`: if it faults,
     // the trap handler resumes at label 2 with a0 = stval, a1 = scause,
-    // a2 = faulting PC (see `traps`); otherwise a1 stays 0. The handler may
-    // use the caller-saved FP registers (`clobber_abi("C")`). A successful
+    // a2 = faulting PC (see `traps`); otherwise a1 stays 0. A successful
     // load reads memory that is mapped, and a byte read has no side effect
     // the kernel relies on.
     unsafe {

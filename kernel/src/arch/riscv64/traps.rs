@@ -5,15 +5,27 @@
 //! calls [`trap_dispatch`] with it, restores the (possibly modified) frame and
 //! returns with `sret`.
 //!
-//! `sscratch` convention (the shape user-mode traps will need):
-//! - while the CPU runs kernel code, `sscratch` = 0;
-//! - while it runs user code, `sscratch` = top of this CPU's kernel stack.
+//! Traps from U-mode take a second path through the same vector (see
+//! `user` for the user-side types and invariants): the user registers go
+//! into the thread's `UserRegs`, not onto a stack, and the Rust handler
+//! (`user::user_trap`) runs from the top of this CPU's kernel stack and
+//! returns the `UserRegs` to enter next, which `keel_enter_user` restores
+//! before `sret`.
+//!
+//! `sscratch` convention:
+//! - while the CPU runs kernel code, `sscratch` = 0 and `tp` = this CPU's
+//!   `PerCpu` block;
+//! - while it runs user code, `sscratch` = that block (`keel_enter_user`
+//!   sets it just before `sret`).
 //!
 //! The entry swaps `sp` with `sscratch`; a zero result means the trap came
-//! from the kernel and the kernel `sp` is taken back. Either way the
-//! interrupted `sp` is saved in the frame and `sscratch` is 0 while the
-//! dispatcher runs. On the way out, a return to user mode (`SPP` = 0) sets
-//! `sscratch` to the kernel stack top again. No user mode exists yet.
+//! from the kernel and the kernel `sp` is taken back. From user mode, `sp`
+//! is the block: the entry parks the user `tp` there, points `tp` at the
+//! block, takes the user `sp` out of `sscratch` (leaving 0) and loads the
+//! kernel stack top into `sp`; until then it stores only into the block,
+//! which is always mapped. From that (seventh) instruction on the CPU is in
+//! the kernel convention, so a fault while saving into the `UserRegs` would
+//! be reported as a kernel fault.
 //!
 //! Kernel stack overflow: every kernel stack is at most
 //! [`KERNEL_STACK_ALIGN`]` / 2` bytes with its bottom aligned to
@@ -29,12 +41,12 @@
 //! come with SMP.)
 //!
 //! `sstatus.SUM` is cleared while the handler runs and restored by `sret`
-//! from the saved `sstatus`.
+//! from the saved `sstatus`. An entry from user mode also turns `sstatus.FS`
+//! off: the kernel runs with the FP unit off (see `user`).
 //!
-//! Floating-point registers are not saved: the kernel takes only
-//! synchronous traps (interrupts stay masked in the kernel), at sites that
-//! declare the caller-saved FP registers clobbered (`clobber_abi("C")`), and
-//! the dispatcher, an `extern "C"` function, preserves the callee-saved ones.
+//! Floating-point registers are not saved: the kernel never uses them
+//! (`sstatus.FS` is Off in the kernel, so an FP instruction would trap), and
+//! a trap from the kernel is taken with FS off too.
 //!
 //! Exception-fixup table (`__ex_table`, see linker.ld): pairs of
 //! `(fault_pc, fixup_pc)` u64s. A page or access fault taken in S-mode at a
@@ -61,8 +73,11 @@ const _: () = assert!(
     "the trap frame keeps sp 16-byte aligned"
 );
 
-/// `sstatus.SPP`: the trap came from S-mode.
-const SSTATUS_SPP: usize = 1 << 8;
+use super::user::{
+    ECALL_FROM_U, PerCpu, SSTATUS_FS_INITIAL, SSTATUS_FS_MASK, SSTATUS_SIE, SSTATUS_SPIE,
+    SSTATUS_SPP, UserRegs,
+};
+use core::mem::offset_of;
 
 /// Alignment of every kernel stack's bottom, twice the largest kernel stack
 /// (`KERNEL_STACK_ALIGN` in linker.ld).
@@ -75,17 +90,27 @@ const STACK_RESERVE: usize = 2048;
 const _: () = assert!(STACK_RESERVE >= FRAME_SIZE + 1024);
 
 /// `scause` interrupt bit.
-const SCAUSE_INTERRUPT: usize = 1 << 63;
+pub(super) const SCAUSE_INTERRUPT: usize = 1 << 63;
 
 // Exception codes (privileged spec, table "Supervisor cause register").
-const INSTRUCTION_ACCESS_FAULT: usize = 1;
-const ILLEGAL_INSTRUCTION: usize = 2;
-const BREAKPOINT: usize = 3;
-const LOAD_ACCESS_FAULT: usize = 5;
-const STORE_ACCESS_FAULT: usize = 7;
-const INSTRUCTION_PAGE_FAULT: usize = 12;
-const LOAD_PAGE_FAULT: usize = 13;
-const STORE_PAGE_FAULT: usize = 15;
+pub(super) const INSTRUCTION_ACCESS_FAULT: usize = 1;
+pub(super) const ILLEGAL_INSTRUCTION: usize = 2;
+pub(super) const BREAKPOINT: usize = 3;
+pub(super) const LOAD_ADDRESS_MISALIGNED: usize = 4;
+pub(super) const LOAD_ACCESS_FAULT: usize = 5;
+pub(super) const STORE_ADDRESS_MISALIGNED: usize = 6;
+pub(super) const STORE_ACCESS_FAULT: usize = 7;
+pub(super) const INSTRUCTION_PAGE_FAULT: usize = 12;
+pub(super) const LOAD_PAGE_FAULT: usize = 13;
+pub(super) const STORE_PAGE_FAULT: usize = 15;
+
+/// `sstatus` bits an entry from user mode clears for the kernel: user
+/// memory closed (SUM) and the FP unit off (FS).
+const KERNEL_SSTATUS_CLEAR: usize = super::mm::SSTATUS_SUM as usize | SSTATUS_FS_MASK;
+/// `sstatus` bits `keel_enter_user` keeps from the kernel's `sstatus`
+/// (everything but the previous mode, interrupt enable, SUM and FS).
+const USER_SSTATUS_KEEP: usize =
+    !(SSTATUS_SPP | SSTATUS_SIE | super::mm::SSTATUS_SUM as usize | SSTATUS_FS_MASK);
 
 core::arch::global_asm!(
     r#"
@@ -94,7 +119,7 @@ core::arch::global_asm!(
     .globl keel_trap_entry
 keel_trap_entry:
     csrrw   sp, sscratch, sp
-    bnez    sp, 1f                  # from user: sp = kernel stack top
+    bnez    sp, .Lfrom_user         # from user: sp = this CPU's PerCpu
     csrr    sp, sscratch            # from kernel: the kernel sp (sscratch keeps it)
     addi    sp, sp, -{stack_reserve}
     srli    sp, sp, {stack_check_bit}
@@ -122,15 +147,13 @@ keel_trap_entry:
     mv      a0, sp
     call    {dispatch}
 
+    # Back to the interrupted kernel code (a trap from the kernel always
+    # returns to the kernel; sscratch stays 0).
     ld      t0, {sepc}(sp)
     csrw    sepc, t0
     ld      t0, {sstatus}(sp)
     csrw    sstatus, t0
-    andi    t0, t0, {spp}
-    bnez    t0, 2f
-    addi    t0, sp, {frame_size}    # back to user: arm sscratch
-    csrw    sscratch, t0
-2:  ld      x1, 1 * 8(sp)
+    ld      x1, 1 * 8(sp)
     .irp n, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31
     ld      x\n, \n * 8(sp)
     .endr
@@ -139,17 +162,89 @@ keel_trap_entry:
 
 3:  lla     sp, __emergency_stack_top
     j       1b
+
+.Lfrom_user:                        # sp = PerCpu, sscratch = user sp
+    sd      tp, {cpu_scratch} + 0(sp)
+    mv      tp, sp
+    csrrw   sp, sscratch, zero      # sp = user sp, sscratch = 0
+    sd      sp, {cpu_scratch} + 8(tp)
+    ld      sp, {cpu_kernel_sp}(tp) # the top of this CPU's kernel stack
+    sd      t0, {cpu_scratch} + 16(tp)
+    ld      t0, {cpu_user_regs}(tp)
+    sd      x1, 1 * 8(t0)
+    sd      x3, 3 * 8(t0)
+    .irp n, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31
+    sd      x\n, \n * 8(t0)
+    .endr
+    ld      t1, {cpu_scratch} + 0(tp)
+    sd      t1, 4 * 8(t0)
+    ld      t1, {cpu_scratch} + 8(tp)
+    sd      t1, 2 * 8(t0)
+    ld      t1, {cpu_scratch} + 16(tp)
+    sd      t1, 5 * 8(t0)
+    csrr    a0, scause
+    csrr    a1, stval
+    csrr    t1, sepc
+    li      t2, {ecall_from_u}
+    bne     a0, t2, 4f
+    addi    t1, t1, 4               # a system call resumes after its ecall
+4:  sd      t1, {regs_sepc}(t0)
+    csrr    t1, sstatus
+    sd      t1, {regs_sstatus}(t0)
+    li      t1, {kernel_sstatus_clear}
+    csrc    sstatus, t1
+    li      s0, 0                   # backtraces stop here
+    call    {user_trap}
+    # a0 = the UserRegs to enter next; fall through.
+
+    # keel_enter_user(regs: a0), with tp = this CPU's PerCpu: restores
+    # *regs and returns to U-mode. The thread's sstatus contributes only
+    # its FS field (Off becomes Initial); SPP = 0 and SPIE = 1 are forced.
+    .globl keel_enter_user
+keel_enter_user:
+    sd      a0, {cpu_user_regs}(tp)
+    ld      t0, {regs_sepc}(a0)
+    csrw    sepc, t0
+    ld      t0, {regs_sstatus}(a0)
+    li      t1, {fs_mask}
+    and     t0, t0, t1
+    bnez    t0, 5f
+    li      t0, {fs_initial}
+5:  csrr    t1, sstatus
+    li      t2, {user_sstatus_keep}
+    and     t1, t1, t2
+    or      t1, t1, t0
+    ori     t1, t1, {spie}
+    csrw    sstatus, t1
+    csrw    sscratch, tp            # from here on a trap counts as from user
+    ld      x1, 1 * 8(a0)
+    .irp n, 2, 3, 4, 5, 6, 7, 8, 9, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31
+    ld      x\n, \n * 8(a0)
+    .endr
+    ld      a0, 10 * 8(a0)
+    sret
     "#,
     frame_size = const FRAME_SIZE,
-    sepc = const core::mem::offset_of!(TrapFrame, sepc),
-    sstatus = const core::mem::offset_of!(TrapFrame, sstatus),
-    scause = const core::mem::offset_of!(TrapFrame, scause),
-    stval = const core::mem::offset_of!(TrapFrame, stval),
-    spp = const SSTATUS_SPP,
+    sepc = const offset_of!(TrapFrame, sepc),
+    sstatus = const offset_of!(TrapFrame, sstatus),
+    scause = const offset_of!(TrapFrame, scause),
+    stval = const offset_of!(TrapFrame, stval),
     stack_reserve = const STACK_RESERVE,
     stack_check_bit = const STACK_CHECK_BIT,
     sstatus_sum = const super::mm::SSTATUS_SUM,
     dispatch = sym trap_dispatch,
+    cpu_kernel_sp = const offset_of!(PerCpu, kernel_sp),
+    cpu_user_regs = const offset_of!(PerCpu, user_regs),
+    cpu_scratch = const offset_of!(PerCpu, scratch),
+    regs_sepc = const offset_of!(UserRegs, sepc),
+    regs_sstatus = const offset_of!(UserRegs, sstatus),
+    ecall_from_u = const ECALL_FROM_U,
+    kernel_sstatus_clear = const KERNEL_SSTATUS_CLEAR,
+    user_trap = sym super::user::user_trap,
+    fs_mask = const SSTATUS_FS_MASK,
+    fs_initial = const SSTATUS_FS_INITIAL,
+    user_sstatus_keep = const USER_SSTATUS_KEEP as isize,
+    spie = const SSTATUS_SPIE,
 );
 
 unsafe extern "C" {
@@ -191,7 +286,7 @@ const fn instruction_len(low: u16) -> usize {
     if low & 0b11 == 0b11 { 4 } else { 2 }
 }
 
-/// The one Rust trap handler, called by `keel_trap_entry`.
+/// The Rust handler of traps from S-mode, called by `keel_trap_entry`.
 extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
     let from_kernel = frame.sstatus & SSTATUS_SPP != 0;
     let cause = classify(frame.scause, frame.stval);
@@ -247,10 +342,53 @@ fn dump_registers(frame: &TrapFrame) {
         frame.stval,
         riscv::register::satp::read().bits()
     );
-    for (i, (name, value)) in REG_NAMES.iter().zip(&frame.x).enumerate().skip(1) {
+    if frame.scause == ILLEGAL_INSTRUCTION && is_fp_instruction(frame.stval) {
+        kprintln!("  (an FP instruction: the kernel runs with sstatus.FS off and must not use FP)");
+    }
+    dump_gprs(&frame.x);
+}
+
+/// Whether the instruction bits `insn` (as `stval` reports them for an
+/// illegal instruction) encode an F/D instruction: the LOAD-FP, STORE-FP,
+/// fused multiply-add and OP-FP major opcodes, or a compressed FP load or
+/// store (`c.fld`, `c.fsd`, `c.fldsp`, `c.fsdsp`).
+fn is_fp_instruction(insn: usize) -> bool {
+    if insn & 0b11 == 0b11 {
+        matches!(insn & 0x7f, 0x07 | 0x27 | 0x43 | 0x47 | 0x4b | 0x4f | 0x53)
+    } else {
+        let quadrant = insn & 0b11;
+        let funct3 = (insn >> 13) & 0b111;
+        quadrant != 0b01 && (funct3 == 0b001 || funct3 == 0b101)
+    }
+}
+
+/// Prints `x1`..`x31` from `x` (indexed by register number), four a line.
+pub(super) fn dump_gprs(x: &[usize; 32]) {
+    for (i, (name, value)) in REG_NAMES.iter().zip(x).enumerate().skip(1) {
         kprint!("  {name:>4}/x{i:<2} {value:#018x}");
         if i.is_multiple_of(4) || i == 31 {
             kprintln!();
         }
     }
 }
+
+crate::ktest!(
+    fn fp_instructions_are_recognised() {
+        // fmv.d.x f1, zero; fld f0, 0(a0); fsd f0, 0(a0); fmadd.d; c.fld;
+        // c.fsdsp; against ld, sd, c.ld, c.addi, ecall and 0.
+        for insn in [
+            0xf200_00d3,
+            0x0005_3007,
+            0x0005_3027,
+            0x0200_0043,
+            0x2100,
+            0xa002,
+        ] {
+            crate::kassert!(is_fp_instruction(insn), "{:#x}", insn);
+        }
+        for insn in [0x0005_3503, 0x00a5_3023, 0x6108, 0x0505, 0x0000_0073, 0] {
+            crate::kassert!(!is_fp_instruction(insn), "{:#x}", insn);
+        }
+        Ok(())
+    }
+);

@@ -1,19 +1,28 @@
-//! Per-CPU descriptor tables: the GDT with its TSS, and the interrupt stacks
-//! the TSS names. Currently for the boot CPU only.
+//! Per-CPU descriptor tables: the GDT with its TSS, and the stacks the TSS
+//! names. Currently for the boot CPU only.
 //!
-//! GDT layout (fixed; the `syscall`/`sysret` MSR setup will rely on it):
-//! 0x08 kernel code, 0x10 kernel data, 0x18 user 32-bit code (unused, placed
-//! for `sysret`), 0x20 user data, 0x28 user 64-bit code, 0x30 the TSS.
-//! The TSS gives double faults (IST1) and NMIs (IST2) stacks of their own
-//! (defined in `boot.rs`, each over an unmapped guard page), so they are
-//! reported even when the kernel stack is exhausted.
+//! GDT layout (fixed; the `syscall`/`sysret` MSRs in `user.rs` rely on
+//! it): 0x08 kernel code, 0x10 kernel data (the pair `syscall` loads from
+//! STAR[47:32]), 0x18 empty (the slot of a user 32-bit code segment, left
+//! out so that user code cannot switch to compatibility mode), 0x20 user
+//! data, 0x28 user 64-bit code (`sysretq` loads base + 16 and base + 8
+//! with RPL 3 from STAR[63:48] = 0x18), 0x30 the TSS. There is no LDT.
+//! The TSS gives entries from ring 3 this CPU's kernel stack (RSP0: the top
+//! of the boot stack on the boot CPU), and double faults (IST1) and NMIs
+//! (IST2) stacks of their own (defined in `boot.rs`, each over an unmapped
+//! guard page), so they are reported even when the kernel stack is
+//! exhausted.
+//!
+//! The legacy 8259 interrupt controllers are remapped to vectors 0x20–0x2f
+//! (away from the exception vectors) and masked: user code runs with
+//! interrupts enabled, and nothing handles device interrupts yet.
 
 use spin::Once;
 use x86_64::VirtAddr;
 use x86_64::instructions::segmentation::{CS, DS, ES, FS, GS, SS, Segment};
 use x86_64::instructions::tables::load_tss;
 use x86_64::registers::segmentation::SegmentSelector;
-use x86_64::structures::gdt::{Descriptor, DescriptorFlags, GlobalDescriptorTable};
+use x86_64::structures::gdt::{Descriptor, GlobalDescriptorTable};
 use x86_64::structures::tss::TaskStateSegment;
 
 /// Interrupt stack table slot (1-based, as in the IDT) for double faults.
@@ -22,6 +31,12 @@ pub const IST_DOUBLE_FAULT: u8 = 1;
 pub const IST_NMI: u8 = 2;
 /// Kernel code segment selector.
 pub const KERNEL_CS: u16 = 0x08;
+/// The `sysret` selector base (STAR[63:48]): the empty slot before user
+/// data (`sysretq` uses base + 8 and base + 16).
+pub const USER_BASE_SELECTOR: u16 = 0x18;
+/// User data and 64-bit code selectors with RPL 3.
+pub const USER_SS: u16 = 0x20 | 3;
+pub const USER_CS: u16 = 0x28 | 3;
 
 static TSS: Once<TaskStateSegment> = Once::new();
 static GDT: Once<(GlobalDescriptorTable, SegmentSelector)> = Once::new();
@@ -35,13 +50,17 @@ pub fn init() {
         tss.interrupt_stack_table[usize::from(IST_DOUBLE_FAULT - 1)] =
             top(super::boot::double_fault_stack());
         tss.interrupt_stack_table[usize::from(IST_NMI - 1)] = top(super::boot::nmi_stack());
+        tss.privilege_stack_table[0] = VirtAddr::new(super::user::kernel_stack_top() as u64);
         tss
     });
     let (gdt, tss_sel) = GDT.call_once(|| {
         let mut gdt = GlobalDescriptorTable::new();
         gdt.append(Descriptor::kernel_code_segment());
         gdt.append(Descriptor::kernel_data_segment());
-        gdt.append(Descriptor::UserSegment(DescriptorFlags::USER_CODE32.bits()));
+        // Empty where `sysret` to 32-bit code would look: user code
+        // cannot enter compatibility mode (whose `syscall` would go to
+        // CSTAR) with a far jump or return.
+        gdt.append(Descriptor::UserSegment(0));
         gdt.append(Descriptor::user_data_segment());
         gdt.append(Descriptor::user_code_segment());
         let tss_sel = gdt.append(Descriptor::tss_segment(tss));
@@ -63,4 +82,59 @@ pub fn init() {
         load_tss(*tss_sel);
     }
     super::trap::init();
+    mask_legacy_pic();
+    super::user::init();
 }
+
+/// TSS.RSP0: the stack entries from ring 3 start on.
+#[cfg(feature = "ktest")]
+pub fn rsp0() -> usize {
+    TSS.get()
+        .map_or(0, |tss| tss.privilege_stack_table[0].as_u64() as usize)
+}
+
+/// Remaps the two 8259 PICs to vectors 0x20–0x2f and masks every line.
+fn mask_legacy_pic() {
+    use x86_64::instructions::port::Port;
+    let mut master_cmd = Port::<u8>::new(0x20);
+    let mut master_data = Port::<u8>::new(0x21);
+    let mut slave_cmd = Port::<u8>::new(0xa0);
+    let mut slave_data = Port::<u8>::new(0xa1);
+    // SAFETY: the standard initialisation sequence of the PC's 8259 pair
+    // (ICW1: edge, cascade, ICW4 follows; ICW2: vector base; ICW3: slave
+    // on line 2; ICW4: 8086 mode), then all lines masked. Touches only the
+    // PICs, which nothing else programs; interrupts are off.
+    unsafe {
+        master_cmd.write(0x11);
+        slave_cmd.write(0x11);
+        master_data.write(0x20);
+        slave_data.write(0x28);
+        master_data.write(4);
+        slave_data.write(2);
+        master_data.write(1);
+        slave_data.write(1);
+        master_data.write(0xff);
+        slave_data.write(0xff);
+    }
+}
+
+crate::ktest!(
+    fn gdt_has_no_user_32_bit_code_segment() {
+        let gdtr = x86_64::instructions::tables::sgdt();
+        let entries = (usize::from(gdtr.limit) + 1) / 8;
+        kassert!(entries >= 8); // null, 5 segments, the 16-byte TSS
+        let base = gdtr.base.as_u64() as *const u64;
+        // SAFETY: the GDTR names the loaded GDT (a static), `entries`
+        // descriptors long.
+        let gdt = unsafe { core::slice::from_raw_parts(base, entries) };
+        let dpl = |d: u64| (d >> 45) & 3;
+        let long = |d: u64| d & (1 << 53) != 0;
+        kassert_eq!(gdt[usize::from(USER_BASE_SELECTOR / 8)], 0);
+        let code = gdt[usize::from(USER_CS / 8)];
+        kassert!(long(code) && dpl(code) == 3);
+        kassert_eq!(dpl(gdt[usize::from(USER_SS / 8)]), 3);
+        kassert!(long(gdt[usize::from(KERNEL_CS / 8)]));
+        kassert_eq!(dpl(gdt[usize::from(KERNEL_CS / 8)]), 0);
+        Ok(())
+    }
+);

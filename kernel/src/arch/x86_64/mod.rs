@@ -1,8 +1,9 @@
 //! The x86_64 architecture layer: Multiboot entry and the 32→64-bit
 //! trampoline (`boot`), GDT/TSS (`cpu`), IDT and trap dispatch (`trap`),
 //! paging hardware and TLB control (`mm`), user-memory copies
-//! (`usercopy`), the COM1 console (`serial`) and the ACPI CPU count
-//! (`acpi`).
+//! (`usercopy`), user mode: `syscall` entry, return to ring 3, saved
+//! registers and FP state (`user`), the COM1 console (`serial`) and the
+//! ACPI CPU count (`acpi`).
 //!
 //! Memory layout kept by this module (48-bit virtual addresses):
 //! - physical `P` in the first [`BOOT_DIRECT_MAP_SIZE`] bytes is mapped
@@ -12,11 +13,14 @@
 //!   read-only and `.data`/`.bss` read/write no-execute, except the guard
 //!   page under each kernel stack (boot, double-fault, NMI), which stays
 //!   unmapped;
-//! - nothing else is mapped: the lower half (user space later) is empty
-//!   once the boot trampoline has left its identity mapping.
+//! - nothing else is mapped in the kernel half; the lower half is empty
+//!   once the boot trampoline has left its identity mapping, and belongs
+//!   to the user address space loaded later.
 //!
-//! Interrupts stay masked (the kernel is not preemptible); only exceptions
-//! arrive, through the IDT set up before any Rust code beyond the entry runs.
+//! Interrupts stay masked in the kernel (it is not preemptible); only
+//! exceptions arrive there, through the IDT set up before any Rust code
+//! beyond the entry runs. User code runs with interrupts enabled (the
+//! legacy PICs are masked; no device interrupts are handled yet).
 
 mod acpi;
 mod boot;
@@ -24,6 +28,7 @@ mod cpu;
 mod mm;
 mod serial;
 mod trap;
+mod user;
 mod usercopy;
 
 pub use mm::{
@@ -32,6 +37,7 @@ pub use mm::{
     load_kernel_root, load_user_root, max_page_size, unload_user_root,
 };
 pub use trap::print_backtrace;
+pub use user::{ELF_MACHINE, FpuState, UserRegs, enter_user, load_tls, save_tls};
 pub use usercopy::user_copy;
 
 /// Architecture name printed in the boot banner.

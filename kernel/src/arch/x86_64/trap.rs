@@ -10,12 +10,19 @@
 //! resumes elsewhere by editing `frame.rip` (the fixup table) and the
 //! syscall / user-mode work can reuse the same frame.
 //!
-//! Invariants: all gates are ring-0 interrupt gates (interrupts stay
-//! masked in handlers); double faults run on IST1 and NMIs on IST2 (see
-//! `cpu.rs`); every handler runs with user-memory access closed (`clac`
-//! on entry when SMAP is on; `iretq` restores the interrupted code's AC);
-//! the backtrace reads a frame record only after checking that it lies
-//! inside a known kernel stack, so a corrupt chain cannot fault.
+//! Invariants: all gates are interrupt gates (interrupts stay masked in
+//! handlers) to ring 0; only #BP's (vector 3) may be raised by user code
+//! (`int3`, DPL 3), any other `int n` from ring 3 is a #GP; double faults
+//! run on IST1 and NMIs on IST2 (see `cpu.rs`); every handler runs with
+//! user-memory access closed (`clac` on entry when SMAP is on; `iretq`
+//! restores the interrupted code's AC); the backtrace reads a frame record
+//! only after checking that it lies inside a known kernel stack, so a
+//! corrupt chain cannot fault.
+//!
+//! Traps from ring 3 (the saved CS has RPL 3) arrive on TSS.RSP0, the top
+//! of the CPU's kernel stack; the common stub executes `swapgs` for them
+//! only (see `user.rs` for the GS invariant), and the dispatcher hands them
+//! to `user::user_trap`, which never returns here.
 //!
 //! A kernel stack overflow touches the guard page under the stack; the CPU
 //! cannot push the page fault's frame there either, so the fault becomes a
@@ -82,6 +89,12 @@ core::arch::global_asm!(
     ".org keel_trap_stubs + 256 * 16",
     //
     "keel_trap_common:",
+    // From ring 3 (CS at 24(%rsp), above the vector and error code):
+    // switch to the kernel's GS base.
+    "testb $3, 24(%rsp)",
+    "jz 1f",
+    "swapgs",
+    "1:",
     // Close user-memory access (the CPU saved RFLAGS.AC in the frame).
     "cmpb $0, {smap}(%rip)",
     "je 1f",
@@ -123,6 +136,11 @@ core::arch::global_asm!(
     "popq %rbx",
     "popq %rax",
     "addq $16, %rsp",
+    // Back to ring 3 (only if a handler ever returns there): user GS.
+    "testb $3, 8(%rsp)",
+    "jz 1f",
+    "swapgs",
+    "1:",
     "iretq",
     //
     // `int3; ret`: the in-kernel breakpoint (see `arch::breakpoint`).
@@ -170,14 +188,16 @@ struct Gate {
 
 /// Present, DPL 0, 64-bit interrupt gate (clears IF on entry).
 const INTERRUPT_GATE: u8 = 0x8e;
+/// The same with DPL 3: user code may raise it with `int`.
+const USER_INTERRUPT_GATE: u8 = 0xee;
 
 impl Gate {
-    fn new(handler: u64, ist: u8) -> Gate {
+    fn new(handler: u64, ist: u8, type_attr: u8) -> Gate {
         Gate {
             offset_low: handler as u16,
             selector: KERNEL_CS,
             ist,
-            type_attr: INTERRUPT_GATE,
+            type_attr,
             offset_mid: (handler >> 16) as u16,
             offset_high: (handler >> 32) as u32,
             reserved: 0,
@@ -200,7 +220,12 @@ pub fn init() {
                 8 => IST_DOUBLE_FAULT,
                 _ => 0,
             };
-            Gate::new(stubs + 16 * vector as u64, ist)
+            let type_attr = if vector as u64 == VEC_BREAKPOINT {
+                USER_INTERRUPT_GATE
+            } else {
+                INTERRUPT_GATE
+            };
+            Gate::new(stubs + 16 * vector as u64, ist, type_attr)
         }))
     });
     let ptr = DescriptorTablePointer {
@@ -223,23 +248,29 @@ pub fn last_fixup() -> TrapRecord {
     *LAST_FIXUP.lock()
 }
 
-const VEC_DIVIDE: u64 = 0;
+pub(super) const VEC_DIVIDE: u64 = 0;
 const VEC_NMI: u64 = 2;
-const VEC_BREAKPOINT: u64 = 3;
-const VEC_INVALID_OPCODE: u64 = 6;
+pub(super) const VEC_BREAKPOINT: u64 = 3;
+pub(super) const VEC_INVALID_OPCODE: u64 = 6;
 const VEC_DOUBLE_FAULT: u64 = 8;
 const VEC_GENERAL_PROTECTION: u64 = 13;
-const VEC_PAGE_FAULT: u64 = 14;
+pub(super) const VEC_PAGE_FAULT: u64 = 14;
 const VEC_MACHINE_CHECK: u64 = 18;
 
 /// Page-fault error code bits.
-const PF_WRITE: u64 = 1 << 1;
-const PF_INSTRUCTION: u64 = 1 << 4;
+pub(super) const PF_WRITE: u64 = 1 << 1;
+pub(super) const PF_USER: u64 = 1 << 2;
+pub(super) const PF_INSTRUCTION: u64 = 1 << 4;
 
 /// Called by `keel_trap_common` for every trap, with the saved registers.
 extern "C" fn keel_trap_dispatch(frame: &mut TrapFrame) {
     // Read CR2 first: nothing below may fault, but be certain.
     let cr2 = x86_64::registers::control::Cr2::read_raw();
+    let from_user = frame.cs & 3 != 0;
+    if from_user && !matches!(frame.vector, VEC_NMI | VEC_DOUBLE_FAULT | VEC_MACHINE_CHECK) {
+        let fault = super::user::classify(frame.vector, frame.error_code, cr2);
+        super::user::user_trap(frame, fault);
+    }
     let pc = frame.rip as usize;
     let cause = match frame.vector {
         VEC_BREAKPOINT => {
@@ -278,8 +309,7 @@ extern "C" fn keel_trap_dispatch(frame: &mut TrapFrame) {
     let record = TrapRecord { cause, pc };
     // Faults at a listed kernel PC (a #PF, or a #GP from a non-canonical
     // address) resume at the fixup.
-    let kernel_mode = frame.cs & 3 == 0;
-    if kernel_mode
+    if !from_user
         && matches!(frame.vector, VEC_PAGE_FAULT | VEC_GENERAL_PROTECTION)
         && let Some(fixup) = crate::arch::fixup_for(frame.rip as usize).map(|f| f as u64)
     {
@@ -386,6 +416,21 @@ pub fn print_backtrace() {
     };
     backtrace_from(fp, 0);
 }
+
+crate::ktest!(
+    fn only_the_breakpoint_gate_is_open_to_user_mode() {
+        let Some(idt) = IDT.get() else {
+            kassert!(false, "no IDT");
+            return Ok(());
+        };
+        for (vector, gate) in idt.0.iter().enumerate() {
+            let dpl = (gate.type_attr >> 5) & 3;
+            kassert_eq!(dpl, if vector == 3 { 3 } else { 0 });
+            kassert_eq!(gate.selector, KERNEL_CS);
+        }
+        Ok(())
+    }
+);
 
 crate::ktest!(
     fn fixup_table_lists_probe_read() {

@@ -301,8 +301,20 @@ fn unmap_and_protect_split_regions() {
         s.protect(BASE, 1, RW | Attr::EXEC),
         Err(Error::InvalidArgument)
     );
+    assert_eq!(
+        s.protect(BASE, 1, Attr::EXEC),
+        Err(Error::AccessDenied),
+        "beyond the mapping"
+    );
+    s.map(BASE + 0x10_0000, obj.clone(), 0, 1, Attr::empty())
+        .unwrap();
+    assert_eq!(
+        s.protect(BASE + 0x10_0000, 1, RW),
+        Err(Error::AccessDenied),
+        "read-only stays read-only"
+    );
     // The object keeps frames the space no longer maps.
-    s.unmap(BASE, 64).unwrap();
+    s.unmap(BASE, 0x200).unwrap();
     assert_eq!(s.translate(BASE + 7 * PAGE), None);
     assert_eq!(obj.spaces(), 0);
     drop(s);

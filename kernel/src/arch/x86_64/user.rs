@@ -1,0 +1,758 @@
+//! User mode on x86_64: the saved user registers ([`UserRegs`]), the
+//! FP/SIMD state ([`FpuState`]), the TLS base (FS base), the `syscall`
+//! entry, the way back to ring 3 ([`enter_user`]) and the classification
+//! of exceptions taken in ring 3.
+//!
+//! Per-CPU block ([`PerCpu`], one per CPU, 64-byte aligned), reached in
+//! the kernel through the GS base:
+//!
+//! | offset | field | |
+//! |---|---|---|
+//! | 0 | `this` | the block's own address |
+//! | 8 | `kernel_stack_top` | top of this CPU's kernel stack (= TSS.RSP0) |
+//! | 16 | `user_rsp` | scratch: the user RSP during the `syscall` entry |
+//! | 24 | `regs` | the `*mut UserRegs` being run (set by `enter_user`) |
+//!
+//! GS invariant: in ring 0 the GS base (MSR `IA32_GS_BASE`) is this CPU's
+//! block and `IA32_KERNEL_GS_BASE` holds the user's GS base; in ring 3
+//! the other way round. Every entry from ring 3 (`syscall`, and the trap
+//! stubs when the saved CS has RPL 3) executes `swapgs` first, every exit
+//! to ring 3 last. Traps taken in ring 0 never `swapgs` and never use GS,
+//! so an NMI or machine check in the few instructions where ring 0 runs
+//! with the user's GS (entry and exit) is harmless. CR4.FSGSBASE stays
+//! off: user code cannot write the FS or GS base directly (loading a
+//! segment selector can only set it to 0).
+//!
+//! Entry from ring 3:
+//! - `syscall` (LSTAR = `keel_syscall_entry`, FMASK clears IF, TF, DF,
+//!   IOPL, NT and AC, so interrupts stay off, string ops go forward, SMAP
+//!   stays closed and a kernel `iretq` cannot task-switch): `swapgs`, park
+//!   the user RSP in the per-CPU block, store every register into
+//!   `*regs` (RCX = the return RIP, R11 = the user RFLAGS: the CPU has
+//!   already replaced the user's RCX and R11 with them), switch to the top
+//!   of the kernel stack and call `crate::task::on_syscall()`.
+//! - An exception or interrupt from ring 3 arrives through the IDT on
+//!   TSS.RSP0 (the top of the same kernel stack; NMI and #DF on their IST
+//!   stacks) and the common trap stub, which swaps GS when the saved CS is
+//!   ring 3 and calls the dispatcher, which calls [`user_trap`]: the
+//!   registers go into `*regs` and synchronous exceptions become
+//!   `crate::task::on_user_fault(fault)`.
+//! - Both then `enter_user` whatever thread the portable side returns.
+//!   Nothing stays on the kernel stack across `enter_user`: it starts at
+//!   the top again on every entry.
+//!
+//! Exit (`keel_enter_user`): RFLAGS is sanitised (only the arithmetic
+//! flags, TF, DF, AC and ID are the user's; IF is always set, IOPL 0). A
+//! PC outside the canonical lower half is never loaded (SYSRET with a
+//! non-canonical RCX faults in ring 0 on Intel, IRETQ likewise): it is
+//! reported to `on_user_fault` as an execute page fault at that address
+//! instead. SYSRET is used when it restores the registers exactly (saved
+//! RCX = RIP, saved R11 = the sanitised RFLAGS, TF clear: after a system
+//! call); otherwise IRETQ (after an exception, for a new thread).
+//!
+//! System-call register use: number in RAX, arguments in RDI, RSI, RDX,
+//! R10, R8, R9, result in RAX. The `syscall` instruction itself clobbers
+//! RCX (becomes the return address) and R11 (becomes RFLAGS); every other
+//! register, and the FP/SIMD state, comes back unchanged. No kernel value
+//! reaches user registers: every register is reloaded from `*regs`.
+
+use super::boot::boot_stack;
+use super::trap::{
+    PF_INSTRUCTION, PF_USER, PF_WRITE, TrapFrame, VEC_BREAKPOINT, VEC_DIVIDE, VEC_INVALID_OPCODE,
+    VEC_PAGE_FAULT,
+};
+use crate::mm::aspace::Access;
+use crate::trap::UserFault;
+use core::mem::offset_of;
+use core::sync::atomic::{AtomicUsize, Ordering};
+use x86_64::registers::model_specific::Msr;
+
+/// `e_machine` of x86_64 ELF files (`EM_X86_64`).
+pub const ELF_MACHINE: u16 = 62;
+
+/// A thread's user registers, as saved on entry to the kernel and restored
+/// by [`enter_user`]. CS and SS are always the user segments (0x2b, 0x23).
+#[repr(C)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UserRegs {
+    pub rax: u64,
+    pub rbx: u64,
+    pub rcx: u64,
+    pub rdx: u64,
+    pub rsi: u64,
+    pub rdi: u64,
+    pub rbp: u64,
+    pub rsp: u64,
+    pub r8: u64,
+    pub r9: u64,
+    pub r10: u64,
+    pub r11: u64,
+    pub r12: u64,
+    pub r13: u64,
+    pub r14: u64,
+    pub r15: u64,
+    pub rip: u64,
+    pub rflags: u64,
+}
+
+/// RFLAGS bits.
+const RFLAGS_FIXED: u64 = 1 << 1;
+const RFLAGS_TF: u64 = 1 << 8;
+const RFLAGS_IF: u64 = 1 << 9;
+const RFLAGS_DF: u64 = 1 << 10;
+const RFLAGS_IOPL: u64 = 3 << 12;
+const RFLAGS_NT: u64 = 1 << 14;
+const RFLAGS_AC: u64 = 1 << 18;
+/// The flags user code owns: CF, PF, AF, ZF, SF, TF, DF, OF, AC, ID.
+const RFLAGS_USER: u64 = 0x0024_0dd5;
+/// Cleared on `syscall` (IA32_FMASK).
+const SYSCALL_FMASK: u64 = RFLAGS_IF | RFLAGS_TF | RFLAGS_DF | RFLAGS_IOPL | RFLAGS_NT | RFLAGS_AC;
+
+/// Lowest address that is not a user PC: the canonical lower half ends at
+/// 2^47, and SYSRET/IRETQ to anything else would fault in ring 0.
+const USER_PC_END: u64 = 1 << 47;
+
+impl UserRegs {
+    /// A new thread's registers: it starts at `entry` with `stack` as its
+    /// stack pointer and `arg` in RDI (the first argument register), all
+    /// other registers zero, interrupts enabled.
+    pub fn new(entry: usize, stack: usize, arg: usize) -> UserRegs {
+        UserRegs {
+            rip: entry as u64,
+            rsp: stack as u64,
+            rdi: arg as u64,
+            rflags: RFLAGS_IF | RFLAGS_FIXED,
+            ..UserRegs::default()
+        }
+    }
+
+    /// The system-call number (RAX) and arguments (RDI, RSI, RDX, R10, R8,
+    /// R9), as `keel_abi::Syscall` documents.
+    pub fn syscall_args(&self) -> (usize, [usize; 6]) {
+        (
+            self.rax as usize,
+            [self.rdi, self.rsi, self.rdx, self.r10, self.r8, self.r9].map(|r| r as usize),
+        )
+    }
+
+    /// Sets the system call's result (RAX).
+    pub fn set_result(&mut self, value: isize) {
+        self.rax = value as u64;
+    }
+
+    /// The user program counter.
+    pub fn pc(&self) -> usize {
+        self.rip as usize
+    }
+
+    /// The TLS base is the FS base, outside the saved registers (see
+    /// [`save_tls`] / [`load_tls`]): nothing to do here.
+    pub fn set_tls(&mut self, value: usize) {
+        let _ = value;
+    }
+}
+
+/// The FP/SIMD state in the FXSAVE64 format: x87, MMX, XMM0–15, MXCSR.
+/// (AVX is not enabled: CR4.OSXSAVE is off, so AVX instructions are
+/// undefined in user mode and the FXSAVE area is the whole state.)
+#[repr(C, align(16))]
+#[derive(Clone)]
+pub struct FpuState([u8; 512]);
+
+/// Byte offsets in the FXSAVE area.
+const FX_FCW: usize = 0;
+const FX_MXCSR: usize = 24;
+#[cfg(feature = "ktest")]
+const FX_XMM0: usize = 160;
+
+impl Default for FpuState {
+    /// The state after `fninit` with the default MXCSR: FCW 0x37F (all x87
+    /// exceptions masked, extended precision), empty tags, MXCSR 0x1F80
+    /// (all SIMD exceptions masked), all registers zero.
+    fn default() -> FpuState {
+        let mut area = [0u8; 512];
+        area[FX_FCW..FX_FCW + 2].copy_from_slice(&0x037fu16.to_le_bytes());
+        area[FX_MXCSR..FX_MXCSR + 4].copy_from_slice(&0x1f80u32.to_le_bytes());
+        FpuState(area)
+    }
+}
+
+impl core::fmt::Debug for FpuState {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("FpuState").finish_non_exhaustive()
+    }
+}
+
+impl FpuState {
+    /// Saves this CPU's FP/SIMD registers into `self`.
+    pub fn save(&mut self) {
+        // SAFETY: CR4.OSFXSR is set at boot and CR0.EM/TS are clear, so
+        // fxsave64 is valid; it writes exactly the 512 bytes of `self`,
+        // which is 16-byte aligned.
+        unsafe {
+            core::arch::asm!("fxsave64 [{}]", in(reg) self.0.as_mut_ptr(), options(nostack, preserves_flags))
+        };
+    }
+
+    /// Loads `self` into this CPU's FP/SIMD registers.
+    pub fn restore(&self) {
+        // SAFETY: as for `save`; the area came from `default` or `save`,
+        // so MXCSR has no reserved bits set and fxrstor64 cannot fault.
+        // The kernel itself uses no FP/SIMD register, so replacing them
+        // affects only user state.
+        unsafe {
+            core::arch::asm!("fxrstor64 [{}]", in(reg) self.0.as_ptr(), options(nostack, preserves_flags, readonly))
+        };
+    }
+}
+
+const MSR_EFER: u32 = 0xc000_0080;
+const MSR_STAR: u32 = 0xc000_0081;
+const MSR_LSTAR: u32 = 0xc000_0082;
+const MSR_CSTAR: u32 = 0xc000_0083;
+const MSR_SYSENTER_CS: u32 = 0x174;
+const MSR_FMASK: u32 = 0xc000_0084;
+const MSR_FS_BASE: u32 = 0xc000_0100;
+const MSR_GS_BASE: u32 = 0xc000_0101;
+const MSR_KERNEL_GS_BASE: u32 = 0xc000_0102;
+const EFER_SCE: u64 = 1;
+
+fn read_msr(msr: u32) -> u64 {
+    // SAFETY: only called with architectural MSRs that exist on every
+    // x86_64 CPU (EFER, the SYSCALL MSRs, the segment bases); reading
+    // them has no side effects.
+    unsafe { Msr::new(msr).read() }
+}
+
+/// # Safety
+/// `value` must be valid for `msr` and keep the kernel's invariants (see
+/// the module documentation).
+unsafe fn write_msr(msr: u32, value: u64) {
+    // SAFETY: guaranteed by the caller.
+    unsafe { Msr::new(msr).write(value) };
+}
+
+/// Whether `v` is a canonical 48-bit virtual address.
+fn is_canonical(v: u64) -> bool {
+    ((v as i64) << 16 >> 16) as u64 == v
+}
+
+/// The thread-local-storage base of the thread that ran last on this CPU:
+/// the FS base, read back because user code can change it (loading FS
+/// with a selector sets the base to 0). `current` is ignored.
+pub fn save_tls(current: usize) -> usize {
+    let _ = current;
+    read_msr(MSR_FS_BASE) as usize
+}
+
+/// Sets the FS base for the next thread. A non-canonical value (which the
+/// MSR refuses with #GP) loads 0 instead.
+pub fn load_tls(value: usize) {
+    let value = if is_canonical(value as u64) {
+        value as u64
+    } else {
+        0
+    };
+    // SAFETY: a canonical FS base; the kernel does not use FS.
+    unsafe { write_msr(MSR_FS_BASE, value) };
+}
+
+/// A CPU's block, reached through the GS base in ring 0 (layout in the
+/// module documentation; the assembly uses the field offsets).
+#[repr(C, align(64))]
+pub struct PerCpu {
+    this: AtomicUsize,
+    kernel_stack_top: AtomicUsize,
+    user_rsp: AtomicUsize,
+    regs: AtomicUsize,
+}
+
+/// The boot CPU's block (secondary CPUs get theirs with SMP bring-up).
+static BOOT_CPU: PerCpu = PerCpu {
+    this: AtomicUsize::new(0),
+    kernel_stack_top: AtomicUsize::new(0),
+    user_rsp: AtomicUsize::new(0),
+    regs: AtomicUsize::new(0),
+};
+
+/// This CPU's block.
+fn this_cpu() -> &'static PerCpu {
+    let this: usize;
+    // SAFETY: in ring 0 the GS base is this CPU's block (module
+    // invariant, set up by `init` before any user code ran), whose first
+    // word is its own address; the load has no side effects.
+    unsafe {
+        core::arch::asm!(
+            "mov {}, qword ptr gs:[{off}]",
+            out(reg) this,
+            off = const offset_of!(PerCpu, this),
+            options(nostack, readonly, preserves_flags)
+        )
+    };
+    // SAFETY: `this` points to a `PerCpu` in a static (the invariant
+    // above), which lives forever.
+    unsafe { &*(this as *const PerCpu) }
+}
+
+/// The top of this CPU's kernel stack (also TSS.RSP0), on which every
+/// entry from user mode starts.
+pub fn kernel_stack_top() -> usize {
+    boot_stack().top
+}
+
+/// Sets up user-mode entry on the boot CPU: the per-CPU block and GS
+/// bases, the SYSCALL MSRs, the initial FP/SIMD state. Called once after
+/// the GDT, TSS and IDT are loaded.
+pub fn init() {
+    let block = &BOOT_CPU;
+    block
+        .this
+        .store(block as *const PerCpu as usize, Ordering::Relaxed);
+    block
+        .kernel_stack_top
+        .store(kernel_stack_top(), Ordering::Relaxed);
+    let star = (u64::from(super::cpu::USER_BASE_SELECTOR) << 48)
+        | (u64::from(super::cpu::KERNEL_CS) << 32);
+    // SAFETY: GS base = the block and KERNEL_GS_BASE = 0 (the user's GS
+    // base until user code changes it) establish the module's GS
+    // invariant in ring 0; nothing used GS before. STAR names the GDT's
+    // kernel code/data pair (0x08, 0x10) for `syscall` and its user
+    // data / 64-bit code pair at 0x18 + 8 and + 16 for `sysretq`; LSTAR
+    // is the entry below, which runs with the flags FMASK leaves
+    // (interrupts off); EFER.SCE only enables the instructions. User code
+    // cannot run in compatibility mode (the GDT has no 32-bit code
+    // segment), so CSTAR is never used; it names the same entry rather
+    // than address 0, whatever happens. SYSENTER_CS = 0 makes `sysenter`
+    // a #GP.
+    unsafe {
+        write_msr(MSR_GS_BASE, block as *const PerCpu as u64);
+        write_msr(MSR_KERNEL_GS_BASE, 0);
+        write_msr(MSR_STAR, star);
+        write_msr(MSR_LSTAR, keel_syscall_entry as *const () as u64);
+        write_msr(MSR_CSTAR, keel_syscall_entry as *const () as u64);
+        write_msr(MSR_SYSENTER_CS, 0);
+        write_msr(MSR_FMASK, SYSCALL_FMASK);
+        write_msr(MSR_EFER, read_msr(MSR_EFER) | EFER_SCE);
+    }
+    FpuState::default().restore();
+}
+
+core::arch::global_asm!(
+    ".section .text.keel_user, \"ax\"",
+    ".balign 16",
+    // ---------------------------------------------------------------
+    // syscall: RCX = user RIP, R11 = user RFLAGS, RSP = user RSP, ring 0
+    // with interrupts off; GS is still the user's.
+    // ---------------------------------------------------------------
+    ".global keel_syscall_entry",
+    "keel_syscall_entry:",
+    "swapgs",
+    "mov qword ptr gs:[{pc_user_rsp}], rsp",
+    "mov rsp, qword ptr gs:[{pc_regs}]",
+    "mov [rsp + {r_rax}], rax",
+    "mov [rsp + {r_rbx}], rbx",
+    "mov [rsp + {r_rcx}], rcx",
+    "mov [rsp + {r_rdx}], rdx",
+    "mov [rsp + {r_rsi}], rsi",
+    "mov [rsp + {r_rdi}], rdi",
+    "mov [rsp + {r_rbp}], rbp",
+    "mov [rsp + {r_r8}], r8",
+    "mov [rsp + {r_r9}], r9",
+    "mov [rsp + {r_r10}], r10",
+    "mov [rsp + {r_r11}], r11",
+    "mov [rsp + {r_r12}], r12",
+    "mov [rsp + {r_r13}], r13",
+    "mov [rsp + {r_r14}], r14",
+    "mov [rsp + {r_r15}], r15",
+    "mov [rsp + {r_rip}], rcx",
+    "mov [rsp + {r_rflags}], r11",
+    "mov rax, qword ptr gs:[{pc_user_rsp}]",
+    "mov [rsp + {r_rsp}], rax",
+    "mov rsp, qword ptr gs:[{pc_stack_top}]",
+    "xor ebp, ebp",                             // ends the frame-pointer chain
+    "call {on_syscall}",
+    "mov rdi, rax",
+    // Fall through.
+    // ---------------------------------------------------------------
+    // keel_enter_user(regs: rdi), ring 0 with the kernel's GS.
+    // ---------------------------------------------------------------
+    ".global keel_enter_user",
+    "keel_enter_user:",
+    "mov rsp, qword ptr gs:[{pc_stack_top}]",
+    "xor ebp, ebp",
+    "2:",
+    "mov rcx, [rdi + {r_rip}]",
+    "mov rax, rcx",
+    "shr rax, {user_pc_bits}",
+    "jnz 5f",                                   // not a user PC
+    "mov qword ptr gs:[{pc_regs}], rdi",
+    "mov r11, [rdi + {r_rflags}]",
+    "mov rax, {rflags_user}",
+    "and r11, rax",
+    "or r11, {rflags_forced}",
+    // SYSRET leaves RCX = RIP and R11 = RFLAGS: only right if the saved
+    // registers say so; it also cannot single-step like IRETQ.
+    "cmp rcx, [rdi + {r_rcx}]",
+    "jne 3f",
+    "cmp r11, [rdi + {r_r11}]",
+    "jne 3f",
+    "test r11, {rflags_tf}",
+    "jnz 3f",
+    "mov rax, [rdi + {r_rax}]",
+    "mov rbx, [rdi + {r_rbx}]",
+    "mov rdx, [rdi + {r_rdx}]",
+    "mov rsi, [rdi + {r_rsi}]",
+    "mov rbp, [rdi + {r_rbp}]",
+    "mov r8, [rdi + {r_r8}]",
+    "mov r9, [rdi + {r_r9}]",
+    "mov r10, [rdi + {r_r10}]",
+    "mov r12, [rdi + {r_r12}]",
+    "mov r13, [rdi + {r_r13}]",
+    "mov r14, [rdi + {r_r14}]",
+    "mov r15, [rdi + {r_r15}]",
+    "mov rsp, [rdi + {r_rsp}]",
+    "mov rdi, [rdi + {r_rdi}]",
+    "swapgs",
+    "sysretq",
+    // IRETQ: the full frame, then every register.
+    "3:",
+    "push {user_ss}",
+    "push qword ptr [rdi + {r_rsp}]",
+    "push r11",
+    "push {user_cs}",
+    "push rcx",
+    "mov rax, [rdi + {r_rax}]",
+    "mov rbx, [rdi + {r_rbx}]",
+    "mov rcx, [rdi + {r_rcx}]",
+    "mov rdx, [rdi + {r_rdx}]",
+    "mov rsi, [rdi + {r_rsi}]",
+    "mov rbp, [rdi + {r_rbp}]",
+    "mov r8, [rdi + {r_r8}]",
+    "mov r9, [rdi + {r_r9}]",
+    "mov r10, [rdi + {r_r10}]",
+    "mov r11, [rdi + {r_r11}]",
+    "mov r12, [rdi + {r_r12}]",
+    "mov r13, [rdi + {r_r13}]",
+    "mov r14, [rdi + {r_r14}]",
+    "mov r15, [rdi + {r_r15}]",
+    "mov rdi, [rdi + {r_rdi}]",
+    "swapgs",
+    "iretq",
+    // A PC user mode cannot run: a fault of the thread, not of the kernel.
+    "5:",
+    "call {bad_pc}",
+    "mov rdi, rax",
+    "jmp 2b",
+    pc_user_rsp = const offset_of!(PerCpu, user_rsp),
+    pc_regs = const offset_of!(PerCpu, regs),
+    pc_stack_top = const offset_of!(PerCpu, kernel_stack_top),
+    r_rax = const offset_of!(UserRegs, rax),
+    r_rbx = const offset_of!(UserRegs, rbx),
+    r_rcx = const offset_of!(UserRegs, rcx),
+    r_rdx = const offset_of!(UserRegs, rdx),
+    r_rsi = const offset_of!(UserRegs, rsi),
+    r_rdi = const offset_of!(UserRegs, rdi),
+    r_rbp = const offset_of!(UserRegs, rbp),
+    r_rsp = const offset_of!(UserRegs, rsp),
+    r_r8 = const offset_of!(UserRegs, r8),
+    r_r9 = const offset_of!(UserRegs, r9),
+    r_r10 = const offset_of!(UserRegs, r10),
+    r_r11 = const offset_of!(UserRegs, r11),
+    r_r12 = const offset_of!(UserRegs, r12),
+    r_r13 = const offset_of!(UserRegs, r13),
+    r_r14 = const offset_of!(UserRegs, r14),
+    r_r15 = const offset_of!(UserRegs, r15),
+    r_rip = const offset_of!(UserRegs, rip),
+    r_rflags = const offset_of!(UserRegs, rflags),
+    user_pc_bits = const USER_PC_END.trailing_zeros(),
+    rflags_user = const RFLAGS_USER,
+    rflags_forced = const RFLAGS_IF | RFLAGS_FIXED,
+    rflags_tf = const RFLAGS_TF,
+    user_cs = const super::cpu::USER_CS,
+    user_ss = const super::cpu::USER_SS,
+    on_syscall = sym keel_on_syscall,
+    bad_pc = sym keel_bad_user_pc,
+);
+
+unsafe extern "C" {
+    /// The `syscall` entry (LSTAR).
+    fn keel_syscall_entry();
+    /// Restores `*regs` and returns to user mode (see `enter_user`).
+    fn keel_enter_user(regs: *const UserRegs) -> !;
+}
+
+/// Called by `keel_syscall_entry` on the kernel stack with the caller's
+/// registers saved: the portable system-call path.
+extern "C" fn keel_on_syscall() -> *const UserRegs {
+    crate::task::on_syscall()
+}
+
+/// Called by `keel_enter_user` when `regs` holds a PC that is not a
+/// canonical user address (user code cannot get there itself: a jump to it
+/// faults at the jump): the thread faults as if it had fetched from there.
+extern "C" fn keel_bad_user_pc(regs: *const UserRegs) -> *const UserRegs {
+    // SAFETY: `regs` is what the portable side handed to `enter_user`,
+    // valid for reading (the contract of `enter_user`).
+    let pc = unsafe { (*regs).rip } as usize;
+    this_cpu().regs.store(regs as usize, Ordering::Relaxed);
+    crate::task::on_user_fault(UserFault::PageFault {
+        addr: pc,
+        access: Access::Exec,
+    })
+}
+
+/// Restores `*regs` and returns to user mode on this CPU, starting this
+/// CPU's kernel stack afresh; the next entry from user mode (system call,
+/// exception) saves the thread's registers into `*regs`. The FS base and
+/// the FP/SIMD registers are not touched: they are the caller's business
+/// ([`load_tls`], [`FpuState::restore`]).
+///
+/// # Safety
+/// `regs` must point to a `UserRegs` that stays valid, writable and
+/// otherwise unaliased until the next entry from user mode has finished
+/// with it, and the user address space the thread runs in must be loaded.
+/// Everything on the kernel stack is abandoned.
+pub unsafe fn enter_user(regs: *const UserRegs) -> ! {
+    // SAFETY: called in ring 0 with the kernel's GS (the module invariant);
+    // `regs` is valid (the caller's guarantee).
+    unsafe { keel_enter_user(regs) }
+}
+
+/// First vector that is not a CPU exception (external interrupts).
+const FIRST_INTERRUPT: u64 = 32;
+
+/// What an exception taken in user mode means for the thread, or `None`
+/// for an interrupt, which only interrupts it.
+pub fn classify(vector: u64, error_code: u64, cr2: u64) -> Option<UserFault> {
+    Some(match vector {
+        // An implicit supervisor access (descriptor tables) made for user
+        // code: no user mapping can resolve it. (QEMU also reports far
+        // returns' stack reads this way when SMAP is on.)
+        VEC_PAGE_FAULT if error_code & PF_USER == 0 => UserFault::Other(vector),
+        VEC_PAGE_FAULT => UserFault::PageFault {
+            addr: cr2 as usize,
+            access: if error_code & PF_INSTRUCTION != 0 {
+                Access::Exec
+            } else if error_code & PF_WRITE != 0 {
+                Access::Write
+            } else {
+                Access::Read
+            },
+        },
+        VEC_DIVIDE => UserFault::DivideError,
+        // #BP is a trap: the saved PC is after the `int3`.
+        VEC_BREAKPOINT => UserFault::Breakpoint,
+        VEC_INVALID_OPCODE => UserFault::IllegalInstruction,
+        // #GP (13: privileged instruction, non-canonical address, `int n`
+        // to a ring-0 gate), #DB (1: single-step), #MF/#XM (16/19: unmasked
+        // FP exceptions), #SS, #AC and the rest.
+        v if v < FIRST_INTERRUPT => UserFault::Other(v),
+        _ => return None,
+    })
+}
+
+/// Handles an exception or interrupt taken in user mode (not NMI, #DF or
+/// #MC, which are fatal) on the kernel stack: saves the thread's registers
+/// from `frame` into the `UserRegs` being run, then runs what the portable
+/// side says (`fault`, from [`classify`]) or, for an interrupt, the same
+/// thread again.
+pub fn user_trap(frame: &TrapFrame, fault: Option<UserFault>) -> ! {
+    let regs = this_cpu().regs.load(Ordering::Relaxed) as *mut UserRegs;
+    let saved = UserRegs {
+        rax: frame.rax,
+        rbx: frame.rbx,
+        rcx: frame.rcx,
+        rdx: frame.rdx,
+        rsi: frame.rsi,
+        rdi: frame.rdi,
+        rbp: frame.rbp,
+        rsp: frame.rsp,
+        r8: frame.r8,
+        r9: frame.r9,
+        r10: frame.r10,
+        r11: frame.r11,
+        r12: frame.r12,
+        r13: frame.r13,
+        r14: frame.r14,
+        r15: frame.r15,
+        rip: frame.rip,
+        rflags: frame.rflags,
+    };
+    // SAFETY: `regs` is the pointer the last `enter_user` on this CPU ran,
+    // which the portable side keeps valid and unaliased until this entry
+    // has saved into it (the contract of `enter_user`); user mode only
+    // runs after an `enter_user`, so it is set.
+    unsafe { regs.write(saved) };
+    let next = match fault {
+        Some(fault) => crate::task::on_user_fault(fault),
+        None => regs.cast_const(),
+    };
+    // SAFETY: `next` comes from the portable side, which hands out only
+    // valid thread registers with their address space loaded; this
+    // abandons the stack, on which nothing needing a drop lives.
+    unsafe { enter_user(next) }
+}
+
+crate::ktest!(
+    fn user_regs_round_trip() {
+        let mut r = UserRegs::new(0x40_1000, 0x7fff_ffff_0000, 0x20_0000);
+        kassert_eq!(r.pc(), 0x40_1000);
+        kassert_eq!(r.rsp, 0x7fff_ffff_0000);
+        kassert_eq!(r.rdi, 0x20_0000);
+        kassert_eq!(r.rflags, RFLAGS_IF | RFLAGS_FIXED);
+        r.rax = 0x26;
+        r.rdi = 1;
+        r.rsi = 2;
+        r.rdx = 3;
+        r.r10 = 4;
+        r.r8 = 5;
+        r.r9 = 6;
+        r.rcx = 7; // clobbered by `syscall`, not an argument
+        kassert_eq!(r.syscall_args(), (0x26, [1, 2, 3, 4, 5, 6]));
+        r.set_result(-3);
+        kassert_eq!(r.rax, (-3i64) as u64);
+        r.set_result(42);
+        kassert_eq!(r.syscall_args().0, 42);
+        let before = r.clone();
+        r.set_tls(0x1234);
+        kassert_eq!(r, before);
+        kassert_eq!(ELF_MACHINE, 62);
+        Ok(())
+    }
+);
+
+crate::ktest!(
+    fn user_faults_are_classified() {
+        let pf = |err| classify(VEC_PAGE_FAULT, err, 0x1000);
+        let fault = |access| {
+            Some(UserFault::PageFault {
+                addr: 0x1000,
+                access,
+            })
+        };
+        // U/S set in all three: user-mode accesses.
+        kassert_eq!(pf(0b0_0100), fault(Access::Read));
+        kassert_eq!(pf(0b0_0110), fault(Access::Write));
+        kassert_eq!(pf(0b1_0101), fault(Access::Exec));
+        // A supervisor access on the thread's behalf: not resolvable.
+        kassert_eq!(pf(0b0_0001), Some(UserFault::Other(14)));
+        kassert_eq!(classify(0, 0, 0), Some(UserFault::DivideError));
+        kassert_eq!(classify(3, 0, 0), Some(UserFault::Breakpoint));
+        kassert_eq!(classify(6, 0, 0), Some(UserFault::IllegalInstruction));
+        kassert_eq!(classify(13, 0, 0), Some(UserFault::Other(13)));
+        kassert_eq!(classify(32, 0, 0), None);
+        Ok(())
+    }
+);
+
+crate::ktest!(
+    fn syscall_msrs_and_per_cpu_block_are_set() {
+        kassert!(read_msr(MSR_EFER) & EFER_SCE != 0);
+        kassert_eq!(read_msr(MSR_LSTAR), keel_syscall_entry as *const () as u64);
+        kassert_eq!(read_msr(MSR_STAR) >> 32, 0x0018_0008);
+        kassert_eq!(read_msr(MSR_FMASK), SYSCALL_FMASK);
+        kassert_eq!(read_msr(MSR_CSTAR), keel_syscall_entry as *const () as u64);
+        kassert_eq!(read_msr(MSR_SYSENTER_CS), 0);
+        let cpu = this_cpu();
+        kassert_eq!(cpu as *const PerCpu, &raw const BOOT_CPU);
+        kassert_eq!(read_msr(MSR_GS_BASE), &raw const BOOT_CPU as u64);
+        kassert_eq!(
+            cpu.kernel_stack_top.load(Ordering::Relaxed),
+            boot_stack().top
+        );
+        kassert!(boot_stack().top.is_multiple_of(16));
+        kassert_eq!(super::cpu::rsp0(), boot_stack().top);
+        // User code cannot write the FS/GS bases (CR4.FSGSBASE, bit 16).
+        let cr4: u64;
+        // SAFETY: reading CR4 at CPL 0 has no side effects.
+        unsafe {
+            core::arch::asm!("mov {}, cr4", out(reg) cr4, options(nomem, nostack, preserves_flags))
+        };
+        kassert_eq!(cr4 & (1 << 16), 0);
+        Ok(())
+    }
+);
+
+crate::ktest!(
+    fn tls_base_round_trip() {
+        let old = save_tls(0);
+        load_tls(0x7fff_1234_5000);
+        kassert_eq!(save_tls(0), 0x7fff_1234_5000);
+        // Non-canonical values would #GP in the MSR write: 0 instead.
+        load_tls(0x8000_0000_0000_0000);
+        kassert_eq!(save_tls(0x8000_0000_0000_0000), 0);
+        load_tls(old);
+        Ok(())
+    }
+);
+
+#[cfg(feature = "ktest")]
+mod fpu_tests {
+    use super::*;
+
+    fn set_xmm0(v: u64) {
+        // SAFETY: writes xmm0 only; the kernel keeps no value in FP/SIMD
+        // registers (soft-float target), so no compiled code is disturbed.
+        unsafe {
+            core::arch::asm!("movq xmm0, {}", in(reg) v, options(nomem, nostack, preserves_flags))
+        };
+    }
+
+    fn xmm0() -> u64 {
+        let v;
+        // SAFETY: reads xmm0 only.
+        unsafe {
+            core::arch::asm!("movq {}, xmm0", out(reg) v, options(nomem, nostack, preserves_flags))
+        };
+        v
+    }
+
+    fn mxcsr() -> u32 {
+        let mut v = 0u32;
+        // SAFETY: stmxcsr writes the 4 bytes of `v`.
+        unsafe {
+            core::arch::asm!("stmxcsr [{}]", in(reg) &raw mut v, options(nostack, preserves_flags))
+        };
+        v
+    }
+
+    fn fcw() -> u16 {
+        let mut v = 0u16;
+        // SAFETY: fnstcw writes the 2 bytes of `v`.
+        unsafe {
+            core::arch::asm!("fnstcw [{}]", in(reg) &raw mut v, options(nostack, preserves_flags))
+        };
+        v
+    }
+
+    crate::ktest!(
+        fn fpu_state_save_clobber_restore() {
+            let mut original = FpuState::default();
+            original.save();
+
+            set_xmm0(0x1122_3344_5566_7788);
+            let mut a = FpuState::default();
+            a.save();
+            kassert_eq!(
+                a.0[FX_XMM0..FX_XMM0 + 8],
+                0x1122_3344_5566_7788u64.to_le_bytes()
+            );
+
+            // Another "thread" with the default state.
+            FpuState::default().restore();
+            kassert_eq!(xmm0(), 0);
+            kassert_eq!(mxcsr(), 0x1f80);
+            kassert_eq!(fcw(), 0x037f);
+            set_xmm0(0xdead_beef);
+
+            a.restore();
+            kassert_eq!(xmm0(), 0x1122_3344_5566_7788);
+            let mut b = FpuState::default();
+            b.save();
+            kassert_eq!(b.0[..], a.0[..]);
+
+            original.restore();
+            Ok(())
+        }
+    );
+}

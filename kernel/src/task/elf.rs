@@ -1,0 +1,300 @@
+//! Validation of static ELF64 executables (the root task and, later,
+//! programs it spawns). Portable and host-tested.
+//!
+//! Only what loading a static, non-relocatable executable needs is read:
+//! the file header and the `PT_LOAD` program headers. Written by hand
+//! rather than with an ELF crate because this subset is small and every
+//! field is untrusted: each one is range-checked here, so the loader can
+//! trust an [`Image`].
+//!
+//! Invariants of an [`Image`]: every segment lies in `[USER_IMAGE_MIN,
+//! USER_END)`, its file bytes lie inside the file, `file_size <= mem_size`,
+//! no segment is both writable and executable, segments do not share a
+//! page, and the entry point lies in an executable segment.
+
+use arrayvec::ArrayVec;
+use keel_abi::boot::USER_IMAGE_MIN;
+
+/// Most loadable segments accepted.
+pub const MAX_SEGMENTS: usize = 8;
+const PAGE: usize = 4096;
+const USER_END: usize = crate::mm::aspace::USER_END;
+
+/// One loadable segment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Segment {
+    pub vaddr: usize,
+    pub mem_size: usize,
+    pub offset: usize,
+    pub file_size: usize,
+    pub write: bool,
+    pub exec: bool,
+}
+
+impl Segment {
+    /// First page and the number of pages the segment covers.
+    pub fn pages(&self) -> (usize, usize) {
+        let first = self.vaddr & !(PAGE - 1);
+        let end = (self.vaddr + self.mem_size).next_multiple_of(PAGE);
+        (first, (end - first) / PAGE)
+    }
+}
+
+/// A validated executable.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Image {
+    pub entry: usize,
+    pub segments: ArrayVec<Segment, MAX_SEGMENTS>,
+}
+
+/// Why a file is not a loadable executable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ElfError {
+    /// Not a little-endian ELF64 file of the current version.
+    NotElf64,
+    /// Not an executable (`ET_EXEC`) for this machine.
+    WrongKind,
+    /// A header or segment lies outside the file.
+    Truncated,
+    /// A segment outside user space, overlapping another, misaligned, or
+    /// with its file part larger than its memory part.
+    BadSegment,
+    /// A segment both writable and executable.
+    WriteExec,
+    /// More than [`MAX_SEGMENTS`] loadable segments, or none.
+    SegmentCount,
+    /// The entry point is not in an executable segment.
+    BadEntry,
+}
+
+fn read<const N: usize>(data: &[u8], at: usize) -> Result<[u8; N], ElfError> {
+    data.get(at..at.checked_add(N).ok_or(ElfError::Truncated)?)
+        .and_then(|b| b.try_into().ok())
+        .ok_or(ElfError::Truncated)
+}
+
+fn u16_at(data: &[u8], at: usize) -> Result<u16, ElfError> {
+    read::<2>(data, at).map(u16::from_le_bytes)
+}
+
+fn u32_at(data: &[u8], at: usize) -> Result<u32, ElfError> {
+    read::<4>(data, at).map(u32::from_le_bytes)
+}
+
+fn usize_at(data: &[u8], at: usize) -> Result<usize, ElfError> {
+    read::<8>(data, at).map(|b| u64::from_le_bytes(b) as usize)
+}
+
+const PT_LOAD: u32 = 1;
+const PF_X: u32 = 1;
+const PF_W: u32 = 2;
+const ET_EXEC: u16 = 2;
+
+/// Validates `data` as a static executable for `machine` (`e_machine`).
+pub fn parse(data: &[u8], machine: u16) -> Result<Image, ElfError> {
+    // e_ident: magic, ELFCLASS64, ELFDATA2LSB, EV_CURRENT.
+    if read::<7>(data, 0)? != [0x7f, b'E', b'L', b'F', 2, 1, 1] {
+        return Err(ElfError::NotElf64);
+    }
+    if u16_at(data, 16)? != ET_EXEC || u16_at(data, 18)? != machine {
+        return Err(ElfError::WrongKind);
+    }
+    let entry = usize_at(data, 24)?;
+    let phoff = usize_at(data, 32)?;
+    let phentsize = usize::from(u16_at(data, 54)?);
+    let phnum = usize::from(u16_at(data, 56)?);
+    if phentsize < 56 {
+        return Err(ElfError::Truncated);
+    }
+    let mut segments = ArrayVec::<Segment, MAX_SEGMENTS>::new();
+    for i in 0..phnum {
+        let at = i
+            .checked_mul(phentsize)
+            .and_then(|o| o.checked_add(phoff))
+            .ok_or(ElfError::Truncated)?;
+        if u32_at(data, at)? != PT_LOAD {
+            continue;
+        }
+        let flags = u32_at(data, at + 4)?;
+        let seg = Segment {
+            offset: usize_at(data, at + 8)?,
+            vaddr: usize_at(data, at + 16)?,
+            file_size: usize_at(data, at + 32)?,
+            mem_size: usize_at(data, at + 40)?,
+            write: flags & PF_W != 0,
+            exec: flags & PF_X != 0,
+        };
+        check_segment(&seg, data.len())?;
+        segments.try_push(seg).map_err(|_| ElfError::SegmentCount)?;
+    }
+    if segments.is_empty() {
+        return Err(ElfError::SegmentCount);
+    }
+    segments.sort_unstable_by_key(|s| s.vaddr);
+    for pair in segments.windows(2) {
+        if let [a, b] = pair {
+            let (a_first, a_pages) = a.pages();
+            if a_first + a_pages * PAGE > b.vaddr & !(PAGE - 1) {
+                return Err(ElfError::BadSegment);
+            }
+        }
+    }
+    if !segments
+        .iter()
+        .any(|s| s.exec && (s.vaddr..s.vaddr + s.mem_size).contains(&entry))
+    {
+        return Err(ElfError::BadEntry);
+    }
+    Ok(Image { entry, segments })
+}
+
+fn check_segment(s: &Segment, file_len: usize) -> Result<(), ElfError> {
+    if s.write && s.exec {
+        return Err(ElfError::WriteExec);
+    }
+    let file_end = s
+        .offset
+        .checked_add(s.file_size)
+        .ok_or(ElfError::Truncated)?;
+    if file_end > file_len {
+        return Err(ElfError::Truncated);
+    }
+    let mem_end = s
+        .vaddr
+        .checked_add(s.mem_size)
+        .ok_or(ElfError::BadSegment)?;
+    if s.mem_size == 0
+        || s.file_size > s.mem_size
+        || s.vaddr < USER_IMAGE_MIN
+        || mem_end > USER_END
+        || s.vaddr % PAGE != s.offset % PAGE
+    {
+        return Err(ElfError::BadSegment);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A minimal executable: header, `n` program headers, then data.
+    fn build(machine: u16, entry: u64, phdrs: &[(u32, u32, u64, u64, u64, u64)]) -> Vec<u8> {
+        let mut f = vec![0u8; 64];
+        f[..7].copy_from_slice(&[0x7f, b'E', b'L', b'F', 2, 1, 1]);
+        f[16..18].copy_from_slice(&ET_EXEC.to_le_bytes());
+        f[18..20].copy_from_slice(&machine.to_le_bytes());
+        f[24..32].copy_from_slice(&entry.to_le_bytes());
+        f[32..40].copy_from_slice(&64u64.to_le_bytes());
+        f[54..56].copy_from_slice(&56u16.to_le_bytes());
+        f[56..58].copy_from_slice(&(phdrs.len() as u16).to_le_bytes());
+        for &(ty, flags, offset, vaddr, filesz, memsz) in phdrs {
+            let mut p = vec![0u8; 56];
+            p[0..4].copy_from_slice(&ty.to_le_bytes());
+            p[4..8].copy_from_slice(&flags.to_le_bytes());
+            p[8..16].copy_from_slice(&offset.to_le_bytes());
+            p[16..24].copy_from_slice(&vaddr.to_le_bytes());
+            p[32..40].copy_from_slice(&filesz.to_le_bytes());
+            p[40..48].copy_from_slice(&memsz.to_le_bytes());
+            f.extend(p);
+        }
+        f.resize(0x3000, 0xcc);
+        f
+    }
+
+    const TEXT: (u32, u32, u64, u64, u64, u64) = (PT_LOAD, 5, 0x1000, 0x40_1000, 0x800, 0x800);
+    const DATA: (u32, u32, u64, u64, u64, u64) = (PT_LOAD, 6, 0x2000, 0x40_2000, 0x100, 0x5000);
+
+    #[test]
+    fn accepts_a_static_executable() {
+        let f = build(62, 0x40_1010, &[TEXT, (6, 4, 0, 0, 0, 0), DATA]);
+        let img = parse(&f, 62).unwrap();
+        assert_eq!(img.entry, 0x40_1010);
+        assert_eq!(img.segments.len(), 2);
+        assert_eq!(img.segments[1].pages(), (0x40_2000, 5));
+        assert!(img.segments[0].exec && !img.segments[0].write);
+    }
+
+    #[test]
+    fn refuses_bad_files() {
+        let ok = |phdrs: &[_], entry| parse(&build(62, entry, phdrs), 62);
+        assert_eq!(parse(b"\x7fELF", 62), Err(ElfError::Truncated));
+        assert_eq!(parse(&[0u8; 64], 62), Err(ElfError::NotElf64));
+        assert_eq!(
+            parse(&build(62, 0x40_1000, &[TEXT]), 183),
+            Err(ElfError::WrongKind)
+        );
+        assert_eq!(
+            ok(&[(PT_LOAD, 7, 0x1000, 0x40_1000, 0x10, 0x10)], 0x40_1000),
+            Err(ElfError::WriteExec)
+        );
+        assert_eq!(
+            ok(&[(PT_LOAD, 5, 0x2f00, 0x40_1f00, 0x200, 0x200)], 0x40_1f00),
+            Err(ElfError::Truncated)
+        );
+        assert_eq!(
+            ok(&[(PT_LOAD, 5, 0x1000, 0x1000, 0x10, 0x10)], 0x1000),
+            Err(ElfError::BadSegment),
+            "below the image floor"
+        );
+        assert_eq!(
+            ok(
+                &[(PT_LOAD, 5, 0x1000, 0xffff_8000_0000_0000, 0x10, 0x10)],
+                0x1000
+            ),
+            Err(ElfError::BadSegment),
+            "kernel half"
+        );
+        assert_eq!(
+            ok(&[(PT_LOAD, 5, 0x1000, u64::MAX - 4, 0x10, 0x10)], 0x1000),
+            Err(ElfError::BadSegment),
+            "wraps"
+        );
+        assert_eq!(
+            ok(&[(PT_LOAD, 5, 0x1000, 0x40_1000, 0x20, 0x10)], 0x40_1000),
+            Err(ElfError::BadSegment),
+            "file > mem"
+        );
+        assert_eq!(
+            ok(&[(PT_LOAD, 5, 0x1001, 0x40_1000, 0x10, 0x10)], 0x40_1000),
+            Err(ElfError::BadSegment),
+            "misaligned"
+        );
+        assert_eq!(
+            ok(
+                &[TEXT, (PT_LOAD, 6, 0x1000, 0x40_1800, 0x10, 0x10)],
+                0x40_1000
+            ),
+            Err(ElfError::BadSegment),
+            "shared page"
+        );
+        assert_eq!(
+            ok(&[TEXT, DATA], 0x40_2000),
+            Err(ElfError::BadEntry),
+            "entry in data"
+        );
+        assert_eq!(ok(&[], 0x40_1000), Err(ElfError::SegmentCount));
+        assert_eq!(ok(&[TEXT; 9], 0x40_1000), Err(ElfError::SegmentCount));
+    }
+
+    proptest! {
+        /// Arbitrary bytes never panic the parser, and whatever it accepts
+        /// keeps the documented invariants.
+        #[test]
+        fn never_panics_on_garbage(mut f in prop::collection::vec(any::<u8>(), 0..600), patch in any::<bool>()) {
+            if patch && f.len() >= 64 {
+                f[..7].copy_from_slice(&[0x7f, b'E', b'L', b'F', 2, 1, 1]);
+                f[16..18].copy_from_slice(&ET_EXEC.to_le_bytes());
+                f[18..20].copy_from_slice(&62u16.to_le_bytes());
+            }
+            if let Ok(img) = parse(&f, 62) {
+                for s in &img.segments {
+                    prop_assert!(s.offset + s.file_size <= f.len());
+                    prop_assert!(s.vaddr >= USER_IMAGE_MIN && s.vaddr + s.mem_size <= USER_END);
+                    prop_assert!(!(s.write && s.exec));
+                }
+            }
+        }
+    }
+}

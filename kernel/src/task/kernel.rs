@@ -1,0 +1,541 @@
+//! Threads and the kernel state behind one lock: the capability system,
+//! the thread table, the run queue. Event-driven (DESIGN.md §1.2): a
+//! thread's whole kernel-visible state is its [`Thread`] (saved registers,
+//! FP/SIMD state, TLS base); every entry from user mode runs to completion
+//! on the CPU's kernel stack and ends by entering user mode with the
+//! registers of whichever thread runs next. No kernel code sleeps.
+//!
+//! Invariants:
+//! - `current` names a live thread in state `Running`, or is `None` when
+//!   the running thread has just died; every `Ready` thread is in the run
+//!   queue exactly once; `Suspended` threads are in no queue.
+//! - A thread's `Box` never moves while it lives, so the architecture can
+//!   save user registers straight into `regs`.
+//! - `loaded` holds the address space whose tree is loaded, keeping it
+//!   alive.
+//! - A process is, for now, the set of threads sharing a capability space;
+//!   killing it kills those threads and destroys the capability space,
+//!   which drops every object only it referred to.
+
+use super::runq::{PRIORITIES, RunQueue};
+use crate::arch::{self, FpuState, UserRegs};
+use crate::cap::{CapSystem, Progress, SpaceId};
+use crate::mm::kref::{KArc, try_box};
+use crate::mm::quota::Quota;
+use crate::mm::user::{UserObject, UserSpace};
+use crate::trap::UserFault;
+use alloc::boxed::Box;
+use alloc::vec::Vec;
+use keel_abi::Error;
+use keel_abi::harness::{EXIT_FAIL, EXIT_PASS};
+use spin::Mutex;
+
+/// An address space as a kernel object: the space behind a lock, and the
+/// pool its root table is charged to.
+pub struct SpaceCell {
+    pub space: Mutex<UserSpace>,
+    charge: Option<KArc<Quota>>,
+}
+
+impl SpaceCell {
+    pub fn new(asid: u16, charge: Option<KArc<Quota>>) -> Result<KArc<SpaceCell>, Error> {
+        if let Some(q) = &charge {
+            q.charge(1)?;
+        }
+        let cell = SpaceCell {
+            space: Mutex::new(UserSpace::new(asid).inspect_err(|_| {
+                if let Some(q) = &charge {
+                    q.credit(1);
+                }
+            })?),
+            charge,
+        };
+        KArc::try_new(cell)
+    }
+}
+
+impl Drop for SpaceCell {
+    fn drop(&mut self) {
+        if let Some(q) = &self.charge {
+            q.credit(1);
+        }
+    }
+}
+
+/// What a capability refers to.
+#[derive(Clone)]
+pub enum KObject {
+    Mem(KArc<UserObject>),
+    Space(KArc<SpaceCell>),
+    Thread(ThreadId),
+    CapSpace(SpaceId),
+    Pool(KArc<Quota>),
+}
+
+/// Names a thread; stale once the thread is gone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ThreadId {
+    index: u32,
+    generation: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum State {
+    Suspended,
+    Ready,
+    Running,
+}
+
+/// Default priority of new threads.
+pub const DEFAULT_PRIORITY: u8 = 10;
+
+/// A thread control block.
+pub struct Thread {
+    pub regs: UserRegs,
+    fpu: FpuState,
+    tls: usize,
+    pub state: State,
+    pub priority: u8,
+    pub affinity: u64,
+    pub space: KArc<SpaceCell>,
+    pub cspace: SpaceId,
+}
+
+struct ThreadSlot {
+    generation: u32,
+    thread: Option<Box<Thread>>,
+}
+
+/// What the scheduler should do after a system call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum After {
+    /// Keep running the current thread if it still can.
+    Continue,
+    /// Put the current thread behind others of its priority.
+    Yield,
+}
+
+/// How a run of the root task ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunMode {
+    /// Halt when the root task is done.
+    Normal,
+    /// Exit QEMU with the verdict: pass if the in-kernel tests and the root
+    /// task (exit code 0) both passed.
+    Test { kernel_failed: usize },
+    /// Exit QEMU with `EXIT_PASS` when done (benchmarks).
+    Bench,
+}
+
+pub struct Kernel {
+    pub caps: CapSystem<KObject>,
+    threads: Vec<ThreadSlot>,
+    free_threads: Vec<u32>,
+    runq: RunQueue<ThreadId>,
+    current: Option<ThreadId>,
+    loaded: Option<KArc<SpaceCell>>,
+    pub root_cspace: Option<SpaceId>,
+    pub mode: RunMode,
+    pub cpu_count: usize,
+}
+
+pub static KERNEL: Mutex<Option<Kernel>> = Mutex::new(None);
+
+impl Kernel {
+    pub fn new(mode: RunMode, cpu_count: usize) -> Kernel {
+        Kernel {
+            caps: CapSystem::new(),
+            threads: Vec::new(),
+            free_threads: Vec::new(),
+            runq: RunQueue::new(),
+            current: None,
+            loaded: None,
+            root_cspace: None,
+            mode,
+            cpu_count,
+        }
+    }
+
+    pub fn current(&self) -> Option<ThreadId> {
+        self.current
+    }
+
+    pub fn thread(&self, id: ThreadId) -> Result<&Thread, Error> {
+        self.threads
+            .get(id.index as usize)
+            .filter(|s| s.generation == id.generation)
+            .and_then(|s| s.thread.as_deref())
+            .ok_or(Error::InvalidState)
+    }
+
+    pub fn thread_mut(&mut self, id: ThreadId) -> Result<&mut Thread, Error> {
+        self.threads
+            .get_mut(id.index as usize)
+            .filter(|s| s.generation == id.generation)
+            .and_then(|s| s.thread.as_deref_mut())
+            .ok_or(Error::InvalidState)
+    }
+
+    /// A new, suspended thread.
+    pub fn create_thread(
+        &mut self,
+        space: KArc<SpaceCell>,
+        cspace: SpaceId,
+        entry: usize,
+        stack: usize,
+        arg: usize,
+    ) -> Result<ThreadId, Error> {
+        if entry >= crate::mm::aspace::USER_END || stack > crate::mm::aspace::USER_END {
+            return Err(Error::InvalidArgument);
+        }
+        let thread = try_box(Thread {
+            regs: UserRegs::new(entry, stack, arg),
+            fpu: FpuState::default(),
+            tls: 0,
+            state: State::Suspended,
+            priority: DEFAULT_PRIORITY,
+            affinity: u64::MAX,
+            space,
+            cspace,
+        })?;
+        let index = match self.free_threads.pop() {
+            Some(i) => i,
+            None => {
+                self.threads
+                    .try_reserve(1)
+                    .map_err(|_| Error::OutOfMemory)?;
+                self.free_threads
+                    .try_reserve(self.threads.len() + 1)
+                    .map_err(|_| Error::OutOfMemory)?;
+                self.threads.push(ThreadSlot {
+                    generation: 0,
+                    thread: None,
+                });
+                (self.threads.len() - 1) as u32
+            }
+        };
+        let slot = self
+            .threads
+            .get_mut(index as usize)
+            .ok_or(Error::InvalidState)?;
+        slot.thread = Some(thread);
+        Ok(ThreadId {
+            index,
+            generation: slot.generation,
+        })
+    }
+
+    /// Makes a suspended thread runnable.
+    pub fn resume(&mut self, id: ThreadId) -> Result<(), Error> {
+        let t = self.thread_mut(id)?;
+        if t.state != State::Suspended {
+            return Err(Error::InvalidState);
+        }
+        let prio = t.priority;
+        self.runq.push(prio, id)?;
+        self.thread_mut(id)?.state = State::Ready;
+        Ok(())
+    }
+
+    /// Stops a thread until resumed.
+    pub fn suspend(&mut self, id: ThreadId) -> Result<(), Error> {
+        let t = self.thread_mut(id)?;
+        match t.state {
+            State::Suspended => return Err(Error::InvalidState),
+            State::Ready => {
+                let prio = t.priority;
+                self.runq.remove(prio, id);
+            }
+            State::Running => {}
+        }
+        self.thread_mut(id)?.state = State::Suspended;
+        Ok(())
+    }
+
+    /// Changes a thread's priority (re-queueing it if it is ready).
+    pub fn set_priority(&mut self, id: ThreadId, prio: u8) -> Result<(), Error> {
+        if usize::from(prio) >= PRIORITIES {
+            return Err(Error::InvalidArgument);
+        }
+        let t = self.thread_mut(id)?;
+        let (old, state) = (t.priority, t.state);
+        if state == State::Ready {
+            self.runq.push(prio, id)?;
+            self.runq.remove(old, id);
+        }
+        self.thread_mut(id)?.priority = prio;
+        Ok(())
+    }
+
+    /// Sets a thread's TLS base (taking effect now if it is running).
+    pub fn set_tls(&mut self, id: ThreadId, value: usize) -> Result<(), Error> {
+        if value >= crate::mm::aspace::USER_END {
+            return Err(Error::InvalidArgument);
+        }
+        let running = self.current == Some(id);
+        let t = self.thread_mut(id)?;
+        t.tls = value;
+        t.regs.set_tls(value);
+        if running {
+            arch::load_tls(value);
+        }
+        Ok(())
+    }
+
+    /// Removes a thread for good.
+    pub fn kill(&mut self, id: ThreadId) -> Result<(), Error> {
+        let t = self.thread(id)?;
+        if t.state == State::Ready {
+            let prio = t.priority;
+            self.runq.remove(prio, id);
+        }
+        let slot = self
+            .threads
+            .get_mut(id.index as usize)
+            .ok_or(Error::InvalidState)?;
+        let dead = slot.thread.take();
+        slot.generation = slot.generation.wrapping_add(1);
+        // Cannot fail: reserved when the slot was made.
+        if self.free_threads.try_reserve(1).is_ok() {
+            self.free_threads.push(id.index);
+        }
+        if self.current == Some(id) {
+            self.current = None;
+        }
+        drop(dead);
+        Ok(())
+    }
+
+    /// Kills every thread of the process using capability space `cspace`
+    /// and destroys that space.
+    pub fn kill_process(&mut self, cspace: SpaceId) {
+        let victims: Vec<ThreadId> = self
+            .threads
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| {
+                let t = s.thread.as_deref()?;
+                (t.cspace == cspace).then_some(ThreadId {
+                    index: i as u32,
+                    generation: s.generation,
+                })
+            })
+            .collect();
+        for t in victims {
+            let _ = self.kill(t);
+        }
+        // Bounded steps; this is a preemption point once the kernel has
+        // preemption.
+        while let Ok(Progress::More) = self.caps.destroy_space(cspace, 1024, &mut drop) {}
+    }
+
+    /// Whether any thread uses capability space `cspace`.
+    fn process_alive(&self, cspace: SpaceId) -> bool {
+        self.threads
+            .iter()
+            .any(|s| s.thread.as_ref().is_some_and(|t| t.cspace == cspace))
+    }
+
+    /// Picks the thread to run next and makes it current; returns its
+    /// registers to enter user mode with.
+    pub fn schedule(&mut self, after: After) -> *const UserRegs {
+        let running = self
+            .current
+            .and_then(|cur| Some((cur, self.thread(cur).ok()?)))
+            .filter(|(_, t)| t.state == State::Running)
+            .map(|(cur, t)| (cur, t.priority));
+        if let Some((cur, prio)) = running {
+            let preempt = match after {
+                After::Yield => self.runq.highest().is_some_and(|h| h >= prio),
+                After::Continue => self.runq.highest().is_some_and(|h| h > prio),
+            };
+            if !preempt {
+                return self.regs_of(cur);
+            }
+            if self.runq.push(prio, cur).is_ok()
+                && let Ok(t) = self.thread_mut(cur)
+            {
+                t.state = State::Ready;
+            }
+        }
+        if let Some(root) = self.root_cspace
+            && !self.process_alive(root)
+        {
+            self.finish("the root task exited");
+        }
+        let Some((_, next)) = self.runq.pop() else {
+            self.finish("no runnable threads are left");
+        };
+        self.switch_to(next);
+        self.regs_of(next)
+    }
+
+    /// The saved registers of a live thread.
+    fn regs_of(&mut self, id: ThreadId) -> *const UserRegs {
+        match self.thread(id) {
+            Ok(t) => &raw const t.regs,
+            Err(_) => self.finish("the scheduler picked a dead thread"),
+        }
+    }
+
+    fn switch_to(&mut self, next: ThreadId) {
+        if let Some(cur) = self.current
+            && cur != next
+            && let Ok(t) = self.thread_mut(cur)
+        {
+            t.fpu.save();
+            t.tls = arch::save_tls(t.tls);
+            if t.state == State::Running {
+                t.state = State::Ready;
+            }
+        }
+        let Ok(n) = self.thread_mut(next) else {
+            return;
+        };
+        n.fpu.restore();
+        arch::load_tls(n.tls);
+        n.state = State::Running;
+        let space = n.space.clone();
+        self.current = Some(next);
+        if !self
+            .loaded
+            .as_ref()
+            .is_some_and(|l| KArc::ptr_eq(l, &space))
+        {
+            crate::mm::user::load(&mut space.space.lock());
+            self.loaded = Some(space);
+        }
+    }
+
+    /// Ends the run: the verdict in a test build, a halt otherwise.
+    fn finish(&mut self, why: &str) -> ! {
+        kprintln!("keel: {why}");
+        crate::mm::user::unload();
+        self.loaded = None;
+        match self.mode {
+            RunMode::Normal => {
+                kprintln!("keel: nothing left to run; halting (Ctrl-A X leaves QEMU)");
+                arch::halt()
+            }
+            RunMode::Bench => arch::exit(EXIT_PASS),
+            RunMode::Test { kernel_failed } => {
+                let code = ROOT_EXIT.load(core::sync::atomic::Ordering::Relaxed);
+                kprintln!("keel: root task exit code {code}");
+                arch::exit(if kernel_failed == 0 && code == 0 {
+                    EXIT_PASS
+                } else {
+                    EXIT_FAIL
+                })
+            }
+        }
+    }
+
+    /// The calling thread ends with `code`.
+    pub fn exit_current(&mut self, code: isize) {
+        let Some(cur) = self.current else { return };
+        let cspace = self.thread(cur).map(|t| t.cspace).ok();
+        let _ = self.kill(cur);
+        if cspace.is_some() && cspace == self.root_cspace {
+            // The root task's verdict is the exit code of its last thread.
+            ROOT_EXIT.store(code, core::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
+/// Exit code of the root task's last thread to exit (-1 if none has).
+static ROOT_EXIT: core::sync::atomic::AtomicIsize = core::sync::atomic::AtomicIsize::new(-1);
+
+fn with_kernel<R>(f: impl FnOnce(&mut Kernel) -> R) -> R {
+    let mut guard = KERNEL.lock();
+    match guard.as_mut() {
+        Some(k) => f(k),
+        None => {
+            kprintln!("keel: entry from user mode before the kernel state exists");
+            arch::exit(keel_abi::harness::EXIT_CRASH)
+        }
+    }
+}
+
+/// Called by the architecture after a system-call instruction, with the
+/// caller's registers saved in its [`Thread`]; returns the registers to
+/// enter user mode with.
+pub fn on_syscall() -> *const UserRegs {
+    with_kernel(|k| {
+        let Some(cur) = k.current else {
+            return k.schedule(After::Continue);
+        };
+        let Ok((number, args)) = k.thread(cur).map(|t| t.regs.syscall_args()) else {
+            return k.schedule(After::Continue);
+        };
+        let (result, after) = crate::syscall::dispatch(k, cur, number, args);
+        if let Ok(t) = k.thread_mut(cur) {
+            t.regs.set_result(match result {
+                Ok(v) => v as isize,
+                Err(e) => e.to_return_value(),
+            });
+        }
+        k.schedule(after)
+    })
+}
+
+/// Called by the architecture after a synchronous exception in user mode.
+/// Page faults the address space can resolve (demand-zero, copy-on-write)
+/// resume the thread; any other fault kills its process and is reported.
+pub fn on_user_fault(fault: UserFault) -> *const UserRegs {
+    with_kernel(|k| {
+        let Some(cur) = k.current else {
+            return k.schedule(After::Continue);
+        };
+        let Ok(t) = k.thread(cur) else {
+            return k.schedule(After::Continue);
+        };
+        let regs: *const UserRegs = &raw const t.regs;
+        if let UserFault::PageFault { addr, access } = fault
+            && t.space.space.lock().fault(addr, access).is_ok()
+        {
+            return regs;
+        }
+        let (pc, cspace) = (t.regs.pc(), t.cspace);
+        kprintln!(
+            "keel: user fault in thread {}:{}: {} at pc {:#x}; killing its process",
+            cur.index,
+            cur.generation,
+            fault,
+            pc
+        );
+        if Some(cspace) == k.root_cspace {
+            ROOT_EXIT.store(
+                -(fault_code(&fault) as isize),
+                core::sync::atomic::Ordering::Relaxed,
+            );
+        }
+        k.kill_process(cspace);
+        k.schedule(After::Continue)
+    })
+}
+
+fn fault_code(f: &UserFault) -> usize {
+    match f {
+        UserFault::PageFault { .. } => 14,
+        UserFault::IllegalInstruction => 6,
+        UserFault::DivideError => 0,
+        UserFault::Breakpoint => 3,
+        UserFault::Alignment { .. } => 17,
+        UserFault::Other(c) => *c as usize,
+    }
+}
+
+/// Installs the kernel state and runs the first thread.
+pub fn start(kernel: Kernel) -> ! {
+    let regs = {
+        let mut guard = KERNEL.lock();
+        *guard = Some(kernel);
+        match guard.as_mut() {
+            Some(k) => k.schedule(After::Continue),
+            None => arch::halt(),
+        }
+    };
+    // SAFETY: `regs` points into the boxed thread `schedule` made current;
+    // it stays valid until the next kernel entry, which saves into it.
+    unsafe { arch::enter_user(regs) }
+}

@@ -1,0 +1,171 @@
+//! Building the root task: the first user process, from the boot module.
+//!
+//! The kernel validates the ELF file ([`super::elf`]), loads each segment
+//! into its own eagerly allocated memory object (W^X as the file says),
+//! gives the task a demand-zero stack and a read-only information page
+//! (`keel_abi::boot::RootInfo`), and a capability space holding: a memory
+//! pool with all memory the kernel does not keep, the boot image (read
+//! only), and its own address space, capability space and thread.
+
+use super::elf;
+use super::kernel::{KObject, Kernel, SpaceCell};
+use crate::arch;
+use crate::bootinfo::{BootInfo, RegionKind};
+use crate::cap::Dest;
+use crate::mm::kref::KArc;
+use crate::mm::object::PAGE;
+use crate::mm::paging::Attr;
+use crate::mm::quota::Quota;
+use crate::mm::user::{UserObject, boot_module_bytes, write_object};
+use keel_abi::Error;
+use keel_abi::boot::{
+    ROOT_FLAG_TEST, ROOT_INFO_ADDR, ROOT_INFO_MAGIC, ROOT_INFO_VERSION, ROOT_STACK_PAGES,
+    ROOT_STACK_TOP, RootInfo,
+};
+use keel_abi::cap::{CapToken, NO_BADGE, ObjectType, Rights};
+
+/// Frames the kernel keeps for itself (page tables, thread control blocks,
+/// capability tables) out of the root task's pool.
+const KERNEL_RESERVE_FRAMES: u64 = 1024;
+/// Capability slots of the root task.
+const ROOT_SLOTS: u32 = 4096;
+
+/// Why the root task could not be made.
+#[derive(Debug)]
+pub enum RootError {
+    NoModule,
+    Elf(elf::ElfError),
+    Kernel(Error),
+}
+
+impl From<Error> for RootError {
+    fn from(e: Error) -> Self {
+        RootError::Kernel(e)
+    }
+}
+
+/// Loads the root task into `k` and makes its thread runnable.
+pub fn load(k: &mut Kernel, info: &BootInfo<'_>, flags: u64) -> Result<(), RootError> {
+    let module = info
+        .memory
+        .regions()
+        .iter()
+        .find(|r| r.kind == RegionKind::BootModule)
+        .ok_or(RootError::NoModule)?;
+    let file = boot_module_bytes(module).ok_or(RootError::NoModule)?;
+    let image = elf::parse(file, arch::ELF_MACHINE).map_err(RootError::Elf)?;
+
+    let free = crate::mm::frame_stats().map_or(0, |s| s.1);
+    let pool = KArc::try_new(Quota::new(free.saturating_sub(KERNEL_RESERVE_FRAMES)))?;
+    let cell = SpaceCell::new(0, None)?;
+    {
+        let mut space = cell.space.lock();
+        for seg in &image.segments {
+            let (first, pages) = seg.pages();
+            let obj = UserObject::anonymous_charged(pages, true, Some(pool.clone()))?;
+            let bytes = file
+                .get(seg.offset..seg.offset + seg.file_size)
+                .ok_or(RootError::Elf(elf::ElfError::Truncated))?;
+            write_object(&obj, seg.vaddr - first, bytes)?;
+            let mut attr = Attr::empty();
+            attr.set(Attr::WRITE, seg.write);
+            attr.set(Attr::EXEC, seg.exec);
+            space.map(first, obj, 0, pages, attr)?;
+        }
+        let stack = UserObject::anonymous_charged(ROOT_STACK_PAGES, false, Some(pool.clone()))?;
+        space.map(
+            ROOT_STACK_TOP - ROOT_STACK_PAGES * PAGE,
+            stack,
+            0,
+            ROOT_STACK_PAGES,
+            Attr::WRITE,
+        )?;
+    }
+
+    let cspace = k.caps.create_space(ROOT_SLOTS)?;
+    k.root_cspace = Some(cspace);
+    let boot_pages = (module.len() as usize).div_ceil(PAGE);
+    let boot_image = UserObject::physical(module.start & !0xfff, boot_pages, false)?;
+    let insert = |k: &mut Kernel, obj: KObject, ty: ObjectType, rights: Rights| {
+        k.caps
+            .insert(cspace, Dest::Any, obj, ty, rights, NO_BADGE)
+            .map(CapToken::raw)
+    };
+    let pool_pages = pool.limit();
+    let t_pool = insert(k, KObject::Pool(pool), ObjectType::MemoryPool, Rights::ALL)?;
+    let read_only = Rights::READ | Rights::GRANT;
+    let t_image = insert(
+        k,
+        KObject::Mem(boot_image),
+        ObjectType::MemoryObject,
+        read_only,
+    )?;
+    let t_space = insert(
+        k,
+        KObject::Space(cell.clone()),
+        ObjectType::AddressSpace,
+        Rights::ALL,
+    )?;
+    let t_cspace = insert(
+        k,
+        KObject::CapSpace(cspace),
+        ObjectType::CapSpace,
+        Rights::ALL,
+    )?;
+    let thread = k.create_thread(
+        cell.clone(),
+        cspace,
+        image.entry,
+        ROOT_STACK_TOP,
+        ROOT_INFO_ADDR,
+    )?;
+    let t_thread = insert(k, KObject::Thread(thread), ObjectType::Thread, Rights::ALL)?;
+
+    let root_info = RootInfo {
+        magic: ROOT_INFO_MAGIC,
+        version: ROOT_INFO_VERSION,
+        pool: t_pool,
+        boot_image: t_image,
+        aspace: t_space,
+        cspace: t_cspace,
+        thread: t_thread,
+        boot_image_bytes: module.len(),
+        pool_pages,
+        cpu_count: info.cpu_count as u64,
+        flags,
+    };
+    let page = UserObject::anonymous(1, true)?;
+    let fields = [
+        root_info.magic,
+        root_info.version,
+        root_info.pool,
+        root_info.boot_image,
+        root_info.aspace,
+        root_info.cspace,
+        root_info.thread,
+        root_info.boot_image_bytes,
+        root_info.pool_pages,
+        root_info.cpu_count,
+        root_info.flags,
+    ];
+    const _: () = assert!(core::mem::size_of::<RootInfo>() == 11 * 8);
+    for (i, f) in fields.iter().enumerate() {
+        write_object(&page, i * 8, &f.to_le_bytes())?;
+    }
+    cell.space
+        .lock()
+        .map(ROOT_INFO_ADDR, page, 0, 1, Attr::empty())?;
+    k.resume(thread)?;
+    log::info!(
+        "root task: entry {:#x}, {} segments, pool {} pages{}",
+        image.entry,
+        image.segments.len(),
+        pool_pages,
+        if flags & ROOT_FLAG_TEST != 0 {
+            ", test mode"
+        } else {
+            ""
+        }
+    );
+    Ok(())
+}

@@ -1,0 +1,37 @@
+//! The architecture layer of the user runtime: the only code in `keel-rt`
+//! that depends on the instruction set.
+//!
+//! Each architecture module provides the same names:
+//! - `NAME` and `ELF_MACHINE` (the ELF `e_machine`);
+//! - `raw0`..`raw6`: the system-call instruction with the number and
+//!   arguments in the registers `keel_abi::Syscall` documents, returning
+//!   the raw result register;
+//! - the program entry `_start` and the thread entry `__keel_thread_entry`
+//!   (assembly, declared as `extern "C"` for their addresses; see
+//!   [`crate::entry`] and [`crate::thread`]);
+//! - `illegal_instruction`, `breakpoint`, `load_u64`, `store_u64`,
+//!   `read_tls_word`, `fp_across_yield` and `__keel_probe_regs`, the
+//!   machine-level probes [`crate::probe`] wraps for the system tests;
+//! - `PROBE_REG_NAMES`, `PROBE_PATTERNS` and `probe_expected`, describing
+//!   what `__keel_probe_regs` checks.
+
+#[cfg(target_arch = "aarch64")]
+mod aarch64;
+#[cfg(target_arch = "aarch64")]
+pub use self::aarch64::*;
+
+#[cfg(target_arch = "riscv64")]
+mod riscv64;
+#[cfg(target_arch = "riscv64")]
+pub use self::riscv64::*;
+
+#[cfg(target_arch = "x86_64")]
+mod x86_64;
+#[cfg(target_arch = "x86_64")]
+pub use self::x86_64::*;
+
+/// The value register `i` is loaded with before the probe's system call:
+/// distinct per register and unlike any address or small number.
+pub const fn pattern(i: usize) -> u64 {
+    0xa5a5_0000_0000_0000 | ((i as u64 + 1) << 32) | (0x0101_0101 * (i as u64 + 1))
+}

@@ -1,0 +1,226 @@
+//! Threads running a Rust function in the caller's address space.
+//!
+//! Stacks come from a fixed pool of [`STACKS`] static stacks of
+//! [`STACK_BYTES`] each (in `.bss`). A thread's start block — the function,
+//! its argument, the exit code and a `done` word — sits at the top of its
+//! stack. The assembly thread entry (`arch/`) calls [`thread_main`], then
+//! sets `done` and ends the thread without touching the stack again, so a
+//! stack can be reused as soon as `done` is seen.
+//!
+//! Invariants: a stack slot is owned by at most one [`Thread`]; it returns
+//! to the pool only once its thread can no longer run (it finished, or
+//! `ThreadKill` / the kernel removed it), otherwise it is leaked. There is
+//! no preemption yet, so waiting ([`Thread::join`]) yields.
+
+use crate::arch;
+use crate::syscall::{self, cap_delete, thread_kill, thread_resume, yield_now};
+use core::cell::UnsafeCell;
+use core::sync::atomic::{AtomicI32, AtomicU32, Ordering};
+use keel_abi::Error;
+use keel_abi::cap::CapToken;
+
+/// Bytes per thread stack.
+pub const STACK_BYTES: usize = 16 * 1024;
+/// Stacks in the pool (threads that can exist at once, plus leaked ones).
+pub const STACKS: usize = 32;
+
+#[repr(C, align(16))]
+struct Stack(UnsafeCell<[u8; STACK_BYTES]>);
+
+struct StackPool {
+    stacks: [Stack; STACKS],
+    /// Bit `i` set: stack `i` is owned by a `Thread`.
+    used: AtomicU32,
+}
+
+// SAFETY: a stack is only touched by the thread that owns its slot (and
+// by `Thread::create`, which owns the slot before the thread starts).
+unsafe impl Sync for StackPool {}
+
+const _: () = assert!(STACKS <= 32);
+
+static POOL: StackPool = StackPool {
+    stacks: [const { Stack(UnsafeCell::new([0; STACK_BYTES])) }; STACKS],
+    used: AtomicU32::new(0),
+};
+
+fn take_stack() -> Option<usize> {
+    let mut used = POOL.used.load(Ordering::Relaxed);
+    loop {
+        let free = (!used).trailing_zeros() as usize;
+        if free >= STACKS {
+            return None;
+        }
+        match POOL.used.compare_exchange_weak(
+            used,
+            used | (1 << free),
+            Ordering::Acquire,
+            Ordering::Relaxed,
+        ) {
+            Ok(_) => return Some(free),
+            Err(now) => used = now,
+        }
+    }
+}
+
+fn release_stack(slot: usize) {
+    POOL.used.fetch_and(!(1 << slot), Ordering::Release);
+}
+
+/// Stacks not owned by any thread.
+pub fn free_stacks() -> usize {
+    STACKS - POOL.used.load(Ordering::Relaxed).count_ones() as usize
+}
+
+/// What a new thread runs; at the top of its stack.
+#[repr(C, align(16))]
+pub(crate) struct StartBlock {
+    /// Set to 1 by the assembly entry after `thread_main` returned. Must
+    /// stay the first field.
+    done: AtomicU32,
+    code: AtomicI32,
+    func: fn(usize) -> i32,
+    arg: usize,
+}
+
+const _: () = assert!(core::mem::offset_of!(StartBlock, done) == 0);
+
+/// Runs a thread's function; called by the assembly thread entry.
+pub(crate) extern "C" fn thread_main(block: *const StartBlock) -> i32 {
+    // SAFETY: `Thread::create` wrote the block before the thread could
+    // run, and the stack it lives on stays owned until `done` is set.
+    let b = unsafe { &*block };
+    let code = (b.func)(b.arg);
+    b.code.store(code, Ordering::Relaxed);
+    code
+}
+
+/// A thread of this program, running `func(arg)` on a pool stack. Dropping
+/// it kills the thread if it has not finished, and frees its capability.
+pub struct Thread {
+    token: CapToken,
+    slot: Option<usize>,
+    block: *const StartBlock,
+}
+
+impl Thread {
+    /// A new, suspended thread in the program's own address space and
+    /// capability space.
+    pub fn create(func: fn(usize) -> i32, arg: usize) -> Result<Thread, Error> {
+        Self::create_in(CapToken::NULL, func, arg)
+    }
+
+    /// A new, suspended thread in the program's address space, with
+    /// capability space `cspace` (`CapToken::NULL`: the caller's). A thread
+    /// with its own capability space is its own process: a fault kills it
+    /// and not the caller.
+    pub fn create_in(
+        cspace: CapToken,
+        func: fn(usize) -> i32,
+        arg: usize,
+    ) -> Result<Thread, Error> {
+        let aspace = crate::root_info()
+            .map(|i| CapToken::from_raw(i.aspace))
+            .ok_or(Error::InvalidState)?;
+        let slot = take_stack().ok_or(Error::OutOfMemory)?;
+        let stack = POOL.stacks.get(slot).ok_or(Error::InvalidState)?;
+        let top = stack.0.get() as usize + STACK_BYTES;
+        let block = (top - size_of::<StartBlock>()) as *mut StartBlock;
+        // SAFETY: the block lies at the top of the stack slot this call
+        // owns, aligned (the stack and the block are 16-aligned); no thread
+        // runs on the slot yet.
+        unsafe {
+            block.write(StartBlock {
+                done: AtomicU32::new(0),
+                code: AtomicI32::new(0),
+                func,
+                arg,
+            })
+        };
+        let entry = arch::__keel_thread_entry as *const () as usize;
+        // SAFETY: `entry` is the runtime's thread entry and the stack below
+        // the block is owned by the new thread.
+        match unsafe {
+            syscall::thread_create(aspace, cspace, entry, block as usize, block as usize)
+        } {
+            Ok(token) => Ok(Thread {
+                token,
+                slot: Some(slot),
+                block,
+            }),
+            Err(e) => {
+                release_stack(slot);
+                Err(e)
+            }
+        }
+    }
+
+    /// A new thread, already resumed.
+    pub fn spawn(func: fn(usize) -> i32, arg: usize) -> Result<Thread, Error> {
+        let t = Self::create(func, arg)?;
+        thread_resume(t.token)?;
+        Ok(t)
+    }
+
+    /// The thread's capability.
+    pub fn token(&self) -> CapToken {
+        self.token
+    }
+
+    /// Makes the (new or suspended) thread runnable.
+    pub fn resume(&self) -> Result<(), Error> {
+        thread_resume(self.token)
+    }
+
+    /// The function's return value, once it has returned.
+    pub fn finished(&self) -> Option<i32> {
+        // After `kill` the slot (and the block on it) is no longer ours.
+        self.slot?;
+        // SAFETY: the block stays valid while `self` owns the stack slot.
+        let b = unsafe { &*self.block };
+        (b.done.load(Ordering::Acquire) != 0).then(|| b.code.load(Ordering::Relaxed))
+    }
+
+    /// Yields until the thread has finished, at most `max_yields` times;
+    /// the function's return value, or `None` if it has not finished.
+    pub fn join(&self, max_yields: usize) -> Option<i32> {
+        for _ in 0..max_yields {
+            if let Some(code) = self.finished() {
+                return Some(code);
+            }
+            let _ = yield_now();
+        }
+        self.finished()
+    }
+
+    /// Kills the thread if it still exists. Afterwards it cannot run, so
+    /// its stack returns to the pool.
+    pub fn kill(&mut self) -> Result<(), Error> {
+        let r = match thread_kill(self.token) {
+            // Gone already: killed with its process by a fault.
+            Ok(()) | Err(Error::InvalidState) => Ok(()),
+            Err(e) => Err(e),
+        };
+        if r.is_ok()
+            && let Some(slot) = self.slot.take()
+        {
+            release_stack(slot);
+        }
+        r
+    }
+}
+
+impl Drop for Thread {
+    fn drop(&mut self) {
+        if self.finished().is_some() {
+            if let Some(slot) = self.slot.take() {
+                release_stack(slot);
+            }
+        } else if self.slot.is_some() {
+            // If the kill fails the slot stays taken (leaked): the thread
+            // might still run on it.
+            let _ = self.kill();
+        }
+        let _ = cap_delete(self.token);
+    }
+}

@@ -1,0 +1,145 @@
+//! The system tests: every system call from user mode, including its error
+//! paths, as one table ([`ALL`]). Adding a test is one line there.
+//!
+//! Tests run one after another in the root task. Each leaves nothing
+//! behind on success (capabilities deleted, mappings removed, threads
+//! finished or killed); addresses for mappings come from [`next_va`] and
+//! are never reused, so a failed test cannot disturb the next one.
+
+mod basic;
+mod caps;
+mod faults;
+mod leaks;
+mod memory;
+mod threads;
+
+pub use leaks::record_baseline;
+
+use crate::harness::{Ctx, Test};
+use alloc::string::String;
+use core::sync::atomic::{AtomicUsize, Ordering};
+use keel_abi::boot::RootInfo;
+use keel_abi::cap::CapToken;
+use keel_rt::syscall::yield_now;
+
+/// Tests that make a thread fault on purpose (NULL dereference, illegal
+/// instruction, ...). Each runs in its own process (capability space),
+/// which the kernel must kill without disturbing the root task. Set to
+/// `false` if the kernel cannot kill a faulting process yet.
+pub const FAULT_TESTS: bool = true;
+
+/// Every system test, in the order they run.
+pub const ALL: &[Test] = &[
+    test!(basic::root_info_is_valid),
+    test!(basic::root_info_tokens_have_their_types),
+    test!(basic::debug_write_works),
+    test!(basic::debug_write_rejects_bad_buffers),
+    test!(basic::system_info_reads_every_key),
+    test!(basic::system_info_rejects_bad_keys),
+    test!(basic::unknown_syscalls_are_refused),
+    test!(basic::syscall_preserves_registers),
+    test!(caps::identify_root_caps),
+    test!(caps::derive_with_fewer_rights),
+    test!(caps::derive_with_more_rights_is_refused),
+    test!(caps::derive_rejects_undefined_rights),
+    test!(caps::badge_is_set_once),
+    test!(caps::delete_makes_token_stale),
+    test!(caps::delete_keeps_children),
+    test!(caps::revoke_destroys_descendants),
+    test!(caps::revoke_needs_revoke_right),
+    test!(caps::forged_tokens_are_refused),
+    test!(caps::wrong_object_type_is_refused),
+    test!(caps::cap_space_create_checks_arguments),
+    test!(caps::grant_copies_into_another_space),
+    test!(caps::grant_into_full_space_fails),
+    test!(caps::delegate_moves_the_capability),
+    test!(memory::map_write_read_unmap),
+    test!(memory::same_object_mapped_twice_shares_memory),
+    test!(memory::mem_create_charges_the_pool),
+    test!(memory::eager_mem_create_allocates_frames),
+    test!(memory::mem_create_rejects_bad_arguments),
+    test!(memory::map_refuses_write_and_execute),
+    test!(memory::map_checks_the_range),
+    test!(memory::map_needs_rights),
+    test!(memory::protect_changes_permissions),
+    test!(memory::unmap_checks_arguments),
+    test!(memory::aspace_create_charges_and_maps),
+    test!(memory::boot_image_is_the_elf_file),
+    test!(threads::thread_runs_and_exits),
+    test!(threads::thread_writes_mapped_memory),
+    test!(threads::yield_switches_between_threads),
+    test!(threads::suspend_and_resume),
+    test!(threads::kill_stops_a_thread),
+    test!(threads::thread_create_rejects_bad_arguments),
+    test!(threads::thread_in_its_own_cspace_runs),
+    test!(threads::priority_bounds),
+    test!(threads::higher_priority_thread_runs_first),
+    test!(threads::lower_priority_thread_waits),
+    test!(threads::affinity_bounds),
+    test!(threads::tls_is_per_thread),
+    test!(threads::tls_rejects_bad_capabilities),
+    test!(threads::tls_non_canonical_base_is_harmless),
+    test!(threads::fp_registers_are_per_thread),
+    test!(faults::null_dereference_kills_only_its_process),
+    test!(faults::kernel_address_read_kills_only_its_process),
+    test!(faults::illegal_instruction_kills_only_its_process),
+    test!(faults::breakpoint_kills_only_its_process),
+    test!(faults::write_to_code_kills_only_its_process),
+    test!(faults::write_to_root_info_kills_only_its_process),
+    test!(faults::access_after_unmap_faults),
+    test!(faults::write_after_protect_faults),
+    test!(leaks::everything_was_returned),
+];
+
+/// Yields this many times at most while waiting for another thread.
+pub const WAIT_YIELDS: usize = 1000;
+
+/// The root task's capabilities, from its information page.
+#[derive(Clone, Copy)]
+pub struct Root {
+    pub info: &'static RootInfo,
+    pub pool: CapToken,
+    pub boot_image: CapToken,
+    pub aspace: CapToken,
+    pub cspace: CapToken,
+    pub thread: CapToken,
+}
+
+/// The root task's capabilities.
+pub fn root() -> Result<Root, String> {
+    let info = keel_rt::root_info().ctx("root information page")?;
+    Ok(Root {
+        info,
+        pool: CapToken::from_raw(info.pool),
+        boot_image: CapToken::from_raw(info.boot_image),
+        aspace: CapToken::from_raw(info.aspace),
+        cspace: CapToken::from_raw(info.cspace),
+        thread: CapToken::from_raw(info.thread),
+    })
+}
+
+/// Page size (every architecture Keel supports uses 4 KiB pages).
+pub const PAGE: usize = 4096;
+
+/// First address handed out by [`next_va`]: far above the image and heap,
+/// far below the stack.
+const SCRATCH_BASE: usize = 0x10_0000_0000;
+static NEXT_VA: AtomicUsize = AtomicUsize::new(SCRATCH_BASE);
+
+/// A fresh, never used, page-aligned range of `pages` pages (followed by
+/// an unmapped guard page).
+pub fn next_va(pages: usize) -> usize {
+    NEXT_VA.fetch_add((pages + 1) * PAGE, Ordering::Relaxed)
+}
+
+/// Yields `n` times.
+pub fn yield_n(n: usize) {
+    for _ in 0..n {
+        let _ = yield_now();
+    }
+}
+
+/// A token that differs from `t` only in its generation.
+pub fn stale(t: CapToken) -> CapToken {
+    CapToken::from_raw(t.raw() ^ (1 << keel_abi::cap::GENERATION_SHIFT))
+}
