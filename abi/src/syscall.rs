@@ -123,9 +123,9 @@ impl TryFrom<usize> for SystemInfoKey {
 
     fn try_from(v: usize) -> Result<Self, Self::Error> {
         SystemInfoKey::ALL
-            .iter()
+            .get(v)
             .copied()
-            .find(|k| *k as usize == v)
+            .filter(|k| *k as usize == v)
             .ok_or(crate::Error::InvalidArgument)
     }
 }
@@ -170,10 +170,21 @@ impl TryFrom<usize> for Syscall {
     type Error = crate::Error;
 
     fn try_from(number: usize) -> Result<Self, Self::Error> {
-        Syscall::ALL
-            .iter()
+        // A table indexed by number, built at compile time from `ALL`, so
+        // decoding is one bounds check and one load on the syscall path.
+        const TABLE: [Option<Syscall>; 0x40] = {
+            let mut t = [None; 0x40];
+            let mut i = 0;
+            while i < Syscall::ALL.len() {
+                t[Syscall::ALL[i] as usize] = Some(Syscall::ALL[i]);
+                i += 1;
+            }
+            t
+        };
+        TABLE
+            .get(number)
             .copied()
-            .find(|s| *s as usize == number)
+            .flatten()
             .ok_or(crate::Error::NoSuchSyscall)
     }
 }
@@ -188,5 +199,14 @@ mod tests {
             assert_eq!(Syscall::try_from(s as usize), Ok(s));
         }
         assert_eq!(Syscall::try_from(0xffff), Err(crate::Error::NoSuchSyscall));
+        for r in RESERVED {
+            for n in r {
+                assert_eq!(Syscall::try_from(n), Err(crate::Error::NoSuchSyscall));
+            }
+        }
+        for k in SystemInfoKey::ALL {
+            assert_eq!(SystemInfoKey::try_from(k as usize), Ok(k));
+        }
+        assert!(SystemInfoKey::try_from(SystemInfoKey::ALL.len()).is_err());
     }
 }

@@ -62,10 +62,11 @@
 //! - `fn flush_page(asid: u16, va: usize)` (a page of the current user
 //!   tree), `fn flush_kernel_page(va: usize)`, `fn flush_all()` — local TLB
 //!   invalidation (shootdowns to other CPUs are `crate::mm::tlb`'s job).
-//! - `unsafe fn user_copy(dst: *mut u8, src: *const u8, len: usize) ->
-//!   Result<(), usize>` — copies with user-memory access opened (SMAP `stac`/
-//!   `clac`, PAN, SUM) for the duration; every load and store is in the
-//!   exception-fixup table, so a fault returns `Err(fault address)`.
+//! - an assembly routine `keel_user_copy(dst, src, len) -> CopyResult` (C
+//!   ABI) that copies with user-memory access opened (SMAP `stac`/`clac`,
+//!   PAN, SUM) for the duration; every load and store is in the
+//!   exception-fixup table, so a fault returns `(1, fault address)`.
+//!   [`user_copy`] wraps it.
 //!
 //! User mode (see `crate::task`; one kernel stack per CPU, event-driven):
 //! - `struct UserRegs` (`#[repr(C)]`, `Clone`, `Default`) — a thread's saved
@@ -158,6 +159,40 @@ pub fn fixup_for(pc: usize) -> Option<usize> {
         .iter()
         .find(|e| e.fault_pc == pc)
         .map(|e| e.fixup_pc)
+}
+
+/// What every architecture's `keel_user_copy` routine returns, in its two
+/// return registers.
+#[repr(C)]
+struct CopyResult {
+    faulted: u64,
+    addr: u64,
+}
+
+unsafe extern "C" {
+    fn keel_user_copy(dst: *mut u8, src: *const u8, len: usize) -> CopyResult;
+}
+
+/// Copies `len` bytes from `src` to `dst` with user-memory access open; a
+/// fault on either side stops the copy and returns the address that could
+/// not be read or written (the bytes before it were copied). The caller
+/// checks that the user side lies in the user half.
+///
+/// # Safety
+/// One of `dst`/`src` is a user address range (anything: faults are
+/// caught); the other is kernel memory valid for `len` bytes, for writing
+/// if it is `dst`; the two do not overlap.
+pub unsafe fn user_copy(dst: *mut u8, src: *const u8, len: usize) -> Result<(), usize> {
+    // SAFETY: each architecture's routine follows the C ABI and touches only
+    // `[src, src + len)` and `[dst, dst + len)`; every instruction that
+    // does is in the fixup table, so a fault returns instead of crashing;
+    // the kernel side is valid (the caller's guarantee).
+    let r = unsafe { keel_user_copy(dst, src, len) };
+    if r.faulted == 0 {
+        Ok(())
+    } else {
+        Err(r.addr as usize)
+    }
 }
 
 /// All tests registered in the `.ktests` section by [`crate::ktest!`].

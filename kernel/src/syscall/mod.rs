@@ -27,19 +27,17 @@ pub const USER_CSPACE_MAX_SLOTS: usize = 1 << 16;
 
 type SysResult = Result<usize, Error>;
 
-/// Runs system call `number` for thread `caller`; returns the result and
-/// what the scheduler should do next.
+/// Runs system call `number` for thread `caller` (whose capability space
+/// is `cspace`); returns the result and what the scheduler should do next.
 pub fn dispatch(
     k: &mut Kernel,
     caller: ThreadId,
+    cspace: SpaceId,
     number: usize,
     a: [usize; 6],
 ) -> (SysResult, After) {
     let Ok(call) = Syscall::try_from(number) else {
         return (Err(Error::NoSuchSyscall), After::Continue);
-    };
-    let Ok(cspace) = k.thread(caller).map(|t| t.cspace) else {
-        return (Err(Error::InvalidState), After::Continue);
     };
     let mut cx = Cx { k, caller, cspace };
     let result = match call {
@@ -349,20 +347,27 @@ impl Cx<'_> {
     }
 }
 
-crate::kbench!(
-    fn cap_lookup(iters: u64) {
-        let mut caps = crate::cap::CapSystem::<u64>::new();
-        let Ok(space) = caps.create_space(64) else {
-            return;
-        };
-        let Ok(t) = caps.insert(
+/// A capability system with one space holding one thread capability.
+#[cfg(feature = "bench")]
+fn one_cap() -> Option<(crate::cap::CapSystem<u64>, SpaceId, CapToken)> {
+    let mut caps = crate::cap::CapSystem::<u64>::new();
+    let space = caps.create_space(64).ok()?;
+    let t = caps
+        .insert(
             space,
             Dest::Any,
             7,
             ObjectType::Thread,
             Rights::ALL,
             NO_BADGE,
-        ) else {
+        )
+        .ok()?;
+    Some((caps, space, t))
+}
+
+crate::kbench!(
+    fn cap_lookup(iters: u64) {
+        let Some((caps, space, t)) = one_cap() else {
             return;
         };
         for _ in 0..iters {
@@ -380,18 +385,7 @@ crate::kbench!(
 
 crate::kbench!(
     fn cap_derive_delete(iters: u64) {
-        let mut caps = crate::cap::CapSystem::<u64>::new();
-        let Ok(space) = caps.create_space(64) else {
-            return;
-        };
-        let Ok(t) = caps.insert(
-            space,
-            Dest::Any,
-            7,
-            ObjectType::Thread,
-            Rights::ALL,
-            NO_BADGE,
-        ) else {
+        let Some((mut caps, space, t)) = one_cap() else {
             return;
         };
         for _ in 0..iters {

@@ -464,15 +464,28 @@ pub fn on_syscall() -> *const UserRegs {
         let Some(cur) = k.current else {
             return k.schedule(After::Continue);
         };
-        let Ok((number, args)) = k.thread(cur).map(|t| t.regs.syscall_args()) else {
+        let Ok((number, args, cspace, prio)) = k
+            .thread(cur)
+            .map(|t| (t.regs.syscall_args(), t.cspace, t.priority))
+            .map(|((n, a), c, p)| (n, a, c, p))
+        else {
             return k.schedule(After::Continue);
         };
-        let (result, after) = crate::syscall::dispatch(k, cur, number, args);
+        let (result, after) = crate::syscall::dispatch(k, cur, cspace, number, args);
+        let value = match result {
+            Ok(v) => v as isize,
+            Err(e) => e.to_return_value(),
+        };
+        // Fast path: the caller keeps the CPU unless it yielded, stopped,
+        // or woke a thread of higher priority.
+        let keeps_cpu = after == After::Continue
+            && k.current == Some(cur)
+            && k.runq.highest().is_none_or(|h| h <= prio);
         if let Ok(t) = k.thread_mut(cur) {
-            t.regs.set_result(match result {
-                Ok(v) => v as isize,
-                Err(e) => e.to_return_value(),
-            });
+            t.regs.set_result(value);
+            if keeps_cpu && t.state == State::Running {
+                return &raw const t.regs;
+            }
         }
         k.schedule(after)
     })

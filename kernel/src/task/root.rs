@@ -93,7 +93,7 @@ pub fn load(k: &mut Kernel, info: &BootInfo<'_>, flags: u64) -> Result<(), RootE
     };
     let pool_pages = pool.limit();
     let t_pool = insert(k, KObject::Pool(pool), ObjectType::MemoryPool, Rights::ALL)?;
-    let read_only = Rights::READ | Rights::GRANT;
+    let read_only = Rights::READ | Rights::EXECUTE | Rights::GRANT;
     let t_image = insert(
         k,
         KObject::Mem(boot_image),

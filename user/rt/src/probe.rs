@@ -2,6 +2,13 @@
 //! (fill every register around a system call, keep values in FP registers
 //! across a yield, fault on purpose at a known instruction).
 //!
+//! The text routines ([`yield_forever_address`] and its siblings) are for
+//! threads in *another* address space that maps nothing but this program's
+//! text segment, at the same addresses: they are position-independent
+//! assembly that uses no stack and touches no memory (except the one load
+//! of [`load_then_yield_forever_address`]), and only system calls that do
+//! not read user memory.
+//!
 //! The faulting probes exist to be run in a thread of a separate process
 //! (its own capability space), which the kernel kills; they are never
 //! undefined behaviour on the Rust side, because the bad access is a single
@@ -74,4 +81,22 @@ pub fn illegal_instruction() -> ! {
 /// Executes the breakpoint instruction.
 pub fn breakpoint() {
     arch::breakpoint()
+}
+
+/// Entry of a routine that calls `Yield` in a loop, forever.
+pub fn yield_forever_address() -> usize {
+    arch::__keel_yield_forever as *const () as usize
+}
+
+/// Entry of a routine that calls `Yield` as many times as its argument
+/// (first argument register) says, then `ThreadExit(0)`.
+pub fn yield_then_exit_address() -> usize {
+    arch::__keel_yield_then_exit as *const () as usize
+}
+
+/// Entry of a routine that loads the word at the address in its argument
+/// (first argument register; it faults if that is not readable), then
+/// calls `Yield` in a loop, forever.
+pub fn load_then_yield_forever_address() -> usize {
+    arch::__keel_load_then_yield_forever as *const () as usize
 }

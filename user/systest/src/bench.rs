@@ -10,13 +10,17 @@
 //! counter reads (system calls themselves) are part of each batch, spread
 //! over `iters` operations.
 
+use crate::mirror::TextMirror;
 use core::sync::atomic::{AtomicBool, Ordering};
 use keel_abi::Error;
 use keel_abi::cap::{CapToken, NO_BADGE, Rights};
 use keel_abi::harness::BENCH_PREFIX;
 use keel_abi::syscall::SystemInfoKey;
 use keel_rt::println;
-use keel_rt::syscall::{cap_delete, cap_derive, cap_identify, cycles, system_info, yield_now};
+use keel_rt::probe;
+use keel_rt::syscall::{
+    cap_delete, cap_derive, cap_identify, cycles, system_info, thread_set_priority, yield_now,
+};
 use keel_rt::thread::Thread;
 
 /// Batches per benchmark; the median and minimum are taken over these.
@@ -50,6 +54,11 @@ const BENCHES: &[Bench] = &[
         name: "yield_round_trip",
         iters: 500,
         func: yield_round_trip,
+    },
+    Bench {
+        name: "yield_round_trip_two_spaces",
+        iters: 500,
+        func: yield_round_trip_two_spaces,
     },
 ];
 
@@ -143,5 +152,37 @@ fn yield_round_trip(iters: u64) -> Result<Option<u64>, Error> {
     let ticks = cycles().wrapping_sub(t0);
     PARTNER_STOP.store(true, Ordering::Release);
     t.join(1000).ok_or(Error::InvalidState)?;
+    Ok(Some(ticks))
+}
+
+/// Priority of both threads of [`yield_round_trip_two_spaces`]: the
+/// kernel's default, which the root thread starts with.
+const YIELD_PRIORITY: usize = 10;
+
+/// A yield that switches to a thread in another address space (and
+/// process), which yields straight back: two system calls and two
+/// address-space switches per operation, i.e. per round trip. The other
+/// thread runs `keel_rt`'s stackless yield loop from this program's text,
+/// mapped at the same addresses in its space. Setting up and tearing down
+/// the address space, process and thread is not timed.
+fn yield_round_trip_two_spaces(iters: u64) -> Result<Option<u64>, Error> {
+    let info = keel_rt::root_info().ok_or(Error::InvalidState)?;
+    let mut mirror = TextMirror::create(info, crate::tests::next_va)?;
+    let mut other = mirror.spawn(
+        CapToken::from_raw(info.pool),
+        probe::yield_forever_address(),
+        0,
+        YIELD_PRIORITY,
+    )?;
+    thread_set_priority(CapToken::from_raw(info.thread), YIELD_PRIORITY)?;
+    other.resume()?;
+    yield_now()?;
+    let t0 = cycles();
+    for _ in 0..iters {
+        yield_now()?;
+    }
+    let ticks = cycles().wrapping_sub(t0);
+    other.release()?;
+    mirror.release()?;
     Ok(Some(ticks))
 }

@@ -23,6 +23,8 @@ mod harness;
 #[cfg(target_os = "none")]
 mod bench;
 #[cfg(target_os = "none")]
+mod mirror;
+#[cfg(target_os = "none")]
 mod tests;
 
 #[cfg(target_os = "none")]

@@ -352,39 +352,6 @@ keel_user_copy:
 "#
 );
 
-/// The pair `keel_user_copy` returns in x0/x1.
-#[repr(C)]
-struct CopyResult {
-    faulted: u64,
-    addr: u64,
-}
-
-unsafe extern "C" {
-    fn keel_user_copy(dst: *mut u8, src: *const u8, len: usize) -> CopyResult;
-}
-
-/// Copies `len` bytes from `src` to `dst` with user-memory access opened
-/// (PAN clear) for the duration; returns `Err(address)` of the first access
-/// that faulted (earlier bytes were copied).
-///
-/// # Safety
-/// The kernel-side range must be valid for the access (readable `src` or
-/// writable `dst`) and not overlap the other; the user-side range may be
-/// anything (faults are caught), but must not alias kernel memory the
-/// caller relies on.
-pub unsafe fn user_copy(dst: *mut u8, src: *const u8, len: usize) -> Result<(), usize> {
-    // SAFETY: `keel_user_copy` follows the C ABI, touches only `[src, src +
-    // len)` and `[dst, dst + len)`, and every one of its loads and stores is
-    // in the fixup table, so a fault returns instead of crashing; the caller
-    // guarantees the kernel side.
-    let r = unsafe { keel_user_copy(dst, src, len) };
-    if r.faulted == 0 {
-        Ok(())
-    } else {
-        Err(r.addr as usize)
-    }
-}
-
 #[cfg(any(feature = "ktest", feature = "bench"))]
 mod checks {
     //! In-kernel tests and benchmarks of the memory-management hardware
@@ -473,13 +440,25 @@ mod checks {
             // SAFETY: `src`/`dst` are kernel buffers of 256 bytes; the user
             // side is the page mapped above.
             unsafe {
-                kassert_eq!(user_copy(user.add(101), src.0.as_ptr(), 100), Ok(()));
-                kassert_eq!(user_copy(dst.0.as_mut_ptr(), user.add(101), 100), Ok(()));
+                kassert_eq!(
+                    crate::arch::user_copy(user.add(101), src.0.as_ptr(), 100),
+                    Ok(())
+                );
+                kassert_eq!(
+                    crate::arch::user_copy(dst.0.as_mut_ptr(), user.add(101), 100),
+                    Ok(())
+                );
                 kassert!(dst.0[..100] == src.0[..100]);
-                kassert_eq!(user_copy(user.add(1024), src.0.as_ptr(), 256), Ok(()));
-                kassert_eq!(user_copy(dst.0.as_mut_ptr(), user.add(1024), 256), Ok(()));
+                kassert_eq!(
+                    crate::arch::user_copy(user.add(1024), src.0.as_ptr(), 256),
+                    Ok(())
+                );
+                kassert_eq!(
+                    crate::arch::user_copy(dst.0.as_mut_ptr(), user.add(1024), 256),
+                    Ok(())
+                );
                 kassert!(dst.0 == src.0);
-                kassert_eq!(user_copy(dst.0.as_mut_ptr(), user, 0), Ok(()));
+                kassert_eq!(crate::arch::user_copy(dst.0.as_mut_ptr(), user, 0), Ok(()));
             }
             // The bytes really are in the frame.
             // SAFETY: `frame` is ours, mapped by the direct map.
@@ -489,11 +468,11 @@ mod checks {
             // Faults: running off the end of the page, and an unmapped page.
             // SAFETY: as above; faults on the user side are caught.
             unsafe {
-                let r = user_copy(dst.0.as_mut_ptr(), user.add(4096 - 8), 16);
+                let r = crate::arch::user_copy(dst.0.as_mut_ptr(), user.add(4096 - 8), 16);
                 kassert_eq!(r, Err(USER_VA + 4096));
-                let r = user_copy(dst.0.as_mut_ptr(), user.add(4096 - 3), 5);
+                let r = crate::arch::user_copy(dst.0.as_mut_ptr(), user.add(4096 - 3), 5);
                 kassert_eq!(r, Err(USER_VA + 4096));
-                let r = user_copy(dst.0.as_mut_ptr(), 0x80_0000 as *const u8, 8);
+                let r = crate::arch::user_copy(dst.0.as_mut_ptr(), 0x80_0000 as *const u8, 8);
                 kassert_eq!(r, Err(0x80_0000));
             }
 
@@ -517,8 +496,14 @@ mod checks {
             flush_page(TEST_ASID, USER_VA);
             // SAFETY: as above.
             unsafe {
-                kassert_eq!(user_copy(user.add(8), src.0.as_ptr(), 8), Err(USER_VA + 8));
-                kassert_eq!(user_copy(dst.0.as_mut_ptr(), user.add(1024), 8), Ok(()));
+                kassert_eq!(
+                    crate::arch::user_copy(user.add(8), src.0.as_ptr(), 8),
+                    Err(USER_VA + 8)
+                );
+                kassert_eq!(
+                    crate::arch::user_copy(dst.0.as_mut_ptr(), user.add(1024), 8),
+                    Ok(())
+                );
             }
 
             // Unmapped: every access faults.
@@ -527,7 +512,7 @@ mod checks {
             // SAFETY: as above.
             unsafe {
                 kassert_eq!(
-                    user_copy(dst.0.as_mut_ptr(), user.add(1024), 8),
+                    crate::arch::user_copy(dst.0.as_mut_ptr(), user.add(1024), 8),
                     Err(USER_VA + 1024)
                 );
             }
@@ -537,7 +522,7 @@ mod checks {
             // SAFETY: as above; the lower half is empty again.
             unsafe {
                 kassert_eq!(
-                    user_copy(dst.0.as_mut_ptr(), user.add(1024), 8),
+                    crate::arch::user_copy(dst.0.as_mut_ptr(), user.add(1024), 8),
                     Err(USER_VA + 1024)
                 );
             }
@@ -687,8 +672,13 @@ mod checks {
                 for _ in 0..iters {
                     // SAFETY: `src` is our second frame through the direct
                     // map (4 KiB, readable); the user side is the first.
-                    let _ =
-                        unsafe { user_copy(core::hint::black_box(BENCH_VA) as *mut u8, src, 4096) };
+                    let _ = unsafe {
+                        crate::arch::user_copy(
+                            core::hint::black_box(BENCH_VA) as *mut u8,
+                            src,
+                            4096,
+                        )
+                    };
                 }
                 unload_user_root();
             }

@@ -28,7 +28,7 @@ pub use self::exception::{breakpoint, breakpoint_site, probe_read};
 pub use self::mm::{
     FLUSH_NEW_ENTRIES, KERNEL_ROOT_ENTRIES, PageFormat, asid_count, device_windows, flush_all,
     flush_kernel_page, flush_page, kernel_image_layout, kernel_root, kernel_virt_to_phys,
-    load_kernel_root, load_user_root, max_page_size, unload_user_root, user_copy,
+    load_kernel_root, load_user_root, max_page_size, unload_user_root,
 };
 pub use self::user::{ELF_MACHINE, FpuState, UserRegs, enter_user, load_tls, save_tls};
 

@@ -222,10 +222,10 @@ core::arch::global_asm!(
     .section .text.keel_user_copy, "ax"
     .balign 4
     .globl keel_user_copy
-    # a0 = dst, a1 = src, a2 = len. Returns a1 = 0, or on a fault
-    # a0 = faulting address and a1 = scause (set by the trap handler, which
-    # resumes at 9f). Words while both pointers are 8-byte aligned, then
-    # bytes.
+    # a0 = dst, a1 = src, a2 = len. Returns arch::CopyResult in a0/a1:
+    # (0, 0), or on a fault (1, faulting address) — the trap handler puts
+    # the address in a0 (and scause in a1) and resumes at 9f. Words while
+    # both pointers are 8-byte aligned, then bytes.
 keel_user_copy:
     li      t0, {sum}
     csrs    sstatus, t0
@@ -248,10 +248,13 @@ keel_user_copy:
     addi    a2, a2, -1
     j       3b
 4:  csrc    sstatus, t0
+    li      a0, 0
     li      a1, 0
     ret
 9:  li      t0, {sum}
     csrc    sstatus, t0
+    mv      a1, a0
+    li      a0, 1
     ret
 
     .pushsection __ex_table, "a"
@@ -264,33 +267,6 @@ keel_user_copy:
     "#,
     sum = const SSTATUS_SUM,
 );
-
-/// Copies `len` bytes from `src` to `dst` with user memory accessible
-/// (`sstatus.SUM`) for the duration. A page or access fault on either side
-/// stops the copy and returns the faulting address; the bytes before it
-/// have been copied.
-///
-/// # Safety
-/// Each of `dst..dst + len` and `src..src + len` must be either user
-/// addresses (lower half) or kernel memory valid for that access; `dst` must
-/// not overlap kernel memory that anything else is using.
-pub unsafe fn user_copy(dst: *mut u8, src: *const u8, len: usize) -> Result<(), usize> {
-    let addr: usize;
-    let cause: usize;
-    // SAFETY: `keel_user_copy` touches only `dst`/`src` (guaranteed by the
-    // caller, faults caught by its fixup entries) and the registers named
-    // here (and `ra`, t0..t2, covered by `clobber_abi("C")`).
-    unsafe {
-        asm!(
-            "call keel_user_copy",
-            inlateout("a0") dst => addr,
-            inlateout("a1") src => cause,
-            inlateout("a2") len => _,
-            clobber_abi("C"),
-        )
-    };
-    if cause == 0 { Ok(()) } else { Err(addr) }
-}
 
 /// Tables for the per-section kernel mapping, before the frame allocator
 /// exists. Enough for the root, one L1, one L2 and L3 tables for a 10 MiB
@@ -609,7 +585,7 @@ mod checks {
                 let mut back = [0u8; 61];
                 let copy_out = |va: usize, bytes: &[u8]| {
                     // SAFETY: a local array and a user address.
-                    unsafe { user_copy(va as *mut u8, bytes.as_ptr(), bytes.len()) }
+                    unsafe { crate::arch::user_copy(va as *mut u8, bytes.as_ptr(), bytes.len()) }
                 };
                 // Aligned (words then bytes) and unaligned (bytes).
                 for offset in [0, 3] {
@@ -617,7 +593,9 @@ mod checks {
                     kassert_eq!(copy_out(va, &out), Ok(()));
                     back.fill(0);
                     // SAFETY: a local array and a user address.
-                    let r = unsafe { user_copy(back.as_mut_ptr(), va as *const u8, back.len()) };
+                    let r = unsafe {
+                        crate::arch::user_copy(back.as_mut_ptr(), va as *const u8, back.len())
+                    };
                     kassert_eq!(r, Ok(()));
                     kassert_eq!(back, out);
                     // It is the frame's memory.
@@ -632,15 +610,15 @@ mod checks {
                 // SAFETY: a local array and a user address.
                 unsafe {
                     kassert_eq!(
-                        user_copy(back.as_mut_ptr(), next as *const u8, 8),
+                        crate::arch::user_copy(back.as_mut_ptr(), next as *const u8, 8),
                         Err(next)
                     );
                     kassert_eq!(
-                        user_copy(back.as_mut_ptr(), (next - 8) as *const u8, 16),
+                        crate::arch::user_copy(back.as_mut_ptr(), (next - 8) as *const u8, 16),
                         Err(next)
                     );
                     kassert_eq!(
-                        user_copy(back.as_mut_ptr(), (next - 3) as *const u8, 8),
+                        crate::arch::user_copy(back.as_mut_ptr(), (next - 3) as *const u8, 8),
                         Err(next)
                     );
                 }
@@ -657,13 +635,15 @@ mod checks {
                 flush_page(1, USER_VA);
                 kassert_eq!(copy_out(USER_VA, &out), Err(USER_VA));
                 // SAFETY: a local array and a user address.
-                let r = unsafe { user_copy(back.as_mut_ptr(), USER_VA as *const u8, 8) };
+                let r =
+                    unsafe { crate::arch::user_copy(back.as_mut_ptr(), USER_VA as *const u8, 8) };
                 kassert_eq!(r, Ok(()));
                 // Unmapped: reads fault too.
                 kassert_eq!(tree.unmap(&mut mem, USER_VA), Ok((frame, PageSize::Size4K)));
                 flush_page(1, USER_VA);
                 // SAFETY: a local array and a user address.
-                let r = unsafe { user_copy(back.as_mut_ptr(), USER_VA as *const u8, 8) };
+                let r =
+                    unsafe { crate::arch::user_copy(back.as_mut_ptr(), USER_VA as *const u8, 8) };
                 kassert_eq!(r, Err(USER_VA));
                 kassert!(sum_is_clear());
                 Ok(())
@@ -689,7 +669,8 @@ mod checks {
             let read = || {
                 let mut b = [0u8; 1];
                 // SAFETY: a local array and a user address.
-                unsafe { user_copy(b.as_mut_ptr(), USER_VA as *const u8, 1) }.map(|()| b[0])
+                unsafe { crate::arch::user_copy(b.as_mut_ptr(), USER_VA as *const u8, 1) }
+                    .map(|()| b[0])
             };
             with_user_page(USER_VA, asids[0], |first, frame_a| {
                 // SAFETY: the frame is ours and direct-mapped.

@@ -19,7 +19,6 @@ pub use self::mm::{
     FLUSH_NEW_ENTRIES, KERNEL_ROOT_ENTRIES, PageFormat, asid_count, device_windows, flush_all,
     flush_kernel_page, flush_page, in_stack_guard, kernel_image_layout, kernel_root,
     kernel_virt_to_phys, load_kernel_root, load_user_root, max_page_size, unload_user_root,
-    user_copy,
 };
 pub use self::user::{ELF_MACHINE, FpuState, UserRegs, enter_user, load_tls, save_tls};
 

@@ -508,14 +508,14 @@ mod tests {
     /// As for `user_copy`, with `src` a kernel buffer.
     unsafe fn user_copy_to(dst: *mut u8, src: &[u8]) -> Result<(), usize> {
         // SAFETY: the caller's guarantee; `src` is valid for its length.
-        unsafe { super::super::user_copy(dst, src.as_ptr(), src.len()) }
+        unsafe { crate::arch::user_copy(dst, src.as_ptr(), src.len()) }
     }
 
     /// # Safety
     /// As for `user_copy`, with `dst` a kernel buffer.
     unsafe fn user_copy_from(dst: &mut [u8], src: *const u8) -> Result<(), usize> {
         // SAFETY: the caller's guarantee; `dst` is valid for its length.
-        unsafe { super::super::user_copy(dst.as_mut_ptr(), src, dst.len()) }
+        unsafe { crate::arch::user_copy(dst.as_mut_ptr(), src, dst.len()) }
     }
 
     crate::ktest!(

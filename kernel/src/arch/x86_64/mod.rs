@@ -38,7 +38,6 @@ pub use mm::{
 };
 pub use trap::print_backtrace;
 pub use user::{ELF_MACHINE, FpuState, UserRegs, enter_user, load_tls, save_tls};
-pub use usercopy::user_copy;
 
 /// Architecture name printed in the boot banner.
 pub const NAME: &str = "x86_64";

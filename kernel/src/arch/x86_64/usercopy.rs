@@ -75,43 +75,10 @@ core::arch::global_asm!(
     options(att_syntax),
 );
 
-/// What `keel_user_copy` returns (in rax:rdx).
-#[repr(C)]
-struct CopyResult {
-    faulted: u64,
-    addr: u64,
-}
-
-unsafe extern "C" {
-    fn keel_user_copy(dst: *mut u8, src: *const u8, len: usize) -> CopyResult;
-}
-
-/// Copies `len` bytes from `src` to `dst` with user-memory access open;
-/// a fault on either side stops the copy and returns the address of the
-/// first byte that could not be read or written (bytes before it were
-/// copied). The caller checks that the user side lies in the user half.
-///
-/// # Safety
-/// One of `dst`/`src` is a user address range (anything: faults are
-/// caught); the other is kernel memory valid for `len` bytes, for writing
-/// if it is `dst`; the two do not overlap.
-pub unsafe fn user_copy(dst: *mut u8, src: *const u8, len: usize) -> Result<(), usize> {
-    // SAFETY: the routine follows the C ABI; every instruction that touches
-    // `dst` or `src` is in the fixup table, so faults resume inside it; the
-    // kernel side is valid (the caller's guarantee), so only user memory
-    // is affected besides it.
-    let r = unsafe { keel_user_copy(dst, src, len) };
-    if r.faulted == 0 {
-        Ok(())
-    } else {
-        Err(r.addr as usize)
-    }
-}
-
 crate::ktest!(
     fn user_copy_is_in_the_fixup_table() {
         // Four entries: word and byte, load and store.
-        let base = keel_user_copy as *const () as usize;
+        let base = crate::arch::keel_user_copy as *const () as usize;
         let n = crate::arch::fixup_table()
             .iter()
             .filter(|e| (base..base + 256).contains(&e.fault_pc))
@@ -127,11 +94,11 @@ crate::ktest!(
         let mut dst = [0u8; 19];
         // SAFETY: both are kernel buffers of 19 bytes (SMAP only guards
         // user pages, so opening user access changes nothing for them).
-        let r = unsafe { user_copy(dst.as_mut_ptr(), src.as_ptr(), src.len()) };
+        let r = unsafe { crate::arch::user_copy(dst.as_mut_ptr(), src.as_ptr(), src.len()) };
         kassert_eq!(r, Ok(()));
         kassert_eq!(dst, src);
         // SAFETY: as above, with no bytes.
-        let r = unsafe { user_copy(dst.as_mut_ptr(), src.as_ptr(), 0) };
+        let r = unsafe { crate::arch::user_copy(dst.as_mut_ptr(), src.as_ptr(), 0) };
         kassert_eq!(r, Ok(()));
         Ok(())
     }

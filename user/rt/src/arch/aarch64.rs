@@ -169,6 +169,56 @@ global_asm!(
     number = const Syscall::SystemInfo as usize,
 );
 
+// Code for a thread in another address space that maps only this
+// program's text (see `crate::probe`): position-independent (relative
+// branches only), no stack, no memory but the one load of
+// `__keel_load_then_yield_forever`. The counter of `__keel_yield_then_exit`
+// lives in `x19`, which the kernel preserves.
+global_asm!(
+    ".pushsection .text.__keel_yield_forever, \"ax\", %progbits",
+    ".globl __keel_yield_forever",
+    ".hidden __keel_yield_forever",
+    ".type __keel_yield_forever, %function",
+    "__keel_yield_forever:",
+    "1:  mov x8, #{nr_yield}",
+    "    svc #0",
+    "    b 1b",
+    ".size __keel_yield_forever, . - __keel_yield_forever",
+    ".popsection",
+    "",
+    ".pushsection .text.__keel_yield_then_exit, \"ax\", %progbits",
+    ".globl __keel_yield_then_exit",
+    ".hidden __keel_yield_then_exit",
+    ".type __keel_yield_then_exit, %function",
+    "__keel_yield_then_exit:",
+    "    mov x19, x0",
+    "1:  cbz x19, 2f",
+    "    mov x8, #{nr_yield}",
+    "    svc #0",
+    "    sub x19, x19, #1",
+    "    b 1b",
+    "2:  mov x0, xzr",
+    "    mov x8, #{nr_exit}",
+    "    svc #0",
+    "    udf #0",
+    ".size __keel_yield_then_exit, . - __keel_yield_then_exit",
+    ".popsection",
+    "",
+    ".pushsection .text.__keel_load_then_yield_forever, \"ax\", %progbits",
+    ".globl __keel_load_then_yield_forever",
+    ".hidden __keel_load_then_yield_forever",
+    ".type __keel_load_then_yield_forever, %function",
+    "__keel_load_then_yield_forever:",
+    "    ldr x9, [x0]",
+    "1:  mov x8, #{nr_yield}",
+    "    svc #0",
+    "    b 1b",
+    ".size __keel_load_then_yield_forever, . - __keel_load_then_yield_forever",
+    ".popsection",
+    nr_yield = const Syscall::Yield as usize,
+    nr_exit = const Syscall::ThreadExit as usize,
+);
+
 unsafe extern "C" {
     /// See the assembly above; `patterns` has [`PROBE_PATTERNS`] entries,
     /// `out` has `PROBE_REG_NAMES.len()`.
@@ -177,6 +227,14 @@ unsafe extern "C" {
     pub fn __keel_thread_entry();
     /// The program entry; only its address is used.
     pub fn _start();
+    /// Yields forever; only its address is used.
+    pub fn __keel_yield_forever();
+    /// Yields as often as its argument says, then exits with 0; only its
+    /// address is used.
+    pub fn __keel_yield_then_exit();
+    /// Loads the word its argument points at, then yields forever; only
+    /// its address is used.
+    pub fn __keel_load_then_yield_forever();
 }
 
 /// Registers the probe reports, in order: the patterned ones, then the

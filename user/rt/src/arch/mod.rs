@@ -13,7 +13,11 @@
 //!   `read_tls_word`, `fp_across_yield` and `__keel_probe_regs`, the
 //!   machine-level probes [`crate::probe`] wraps for the system tests;
 //! - `PROBE_REG_NAMES`, `PROBE_PATTERNS` and `probe_expected`, describing
-//!   what `__keel_probe_regs` checks.
+//!   what `__keel_probe_regs` checks;
+//! - `__keel_yield_forever`, `__keel_yield_then_exit` and
+//!   `__keel_load_then_yield_forever`: position-independent assembly that
+//!   uses no stack, for threads in another address space that maps only
+//!   this program's text (see [`crate::probe`]).
 
 #[cfg(target_arch = "aarch64")]
 mod aarch64;

@@ -80,6 +80,7 @@ pub const ALL: &[Test] = &[
     test!(threads::tls_rejects_bad_capabilities),
     test!(threads::tls_non_canonical_base_is_harmless),
     test!(threads::fp_registers_are_per_thread),
+    test!(threads::runs_in_another_address_space),
     test!(faults::null_dereference_kills_only_its_process),
     test!(faults::kernel_address_read_kills_only_its_process),
     test!(faults::illegal_instruction_kills_only_its_process),

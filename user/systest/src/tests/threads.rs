@@ -1,14 +1,17 @@
 //! Threads: create, resume, exit, yield, suspend, kill, priorities,
-//! affinity, thread-local storage, and FP/SIMD state per thread.
+//! affinity, thread-local storage, FP/SIMD state per thread, and a thread
+//! in another address space.
 //!
 //! Threads share statics with the root thread; each test resets the ones it
 //! uses first. There is no preemption, so every wait yields.
 
-use super::{WAIT_YIELDS, next_va, root, stale, yield_n};
+use super::{FAULT_TESTS, WAIT_YIELDS, next_va, root, stale, yield_n};
 use crate::harness::{Ctx, TestResult};
+use crate::mirror::TextMirror;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use keel_abi::Error;
+use keel_abi::boot::{ROOT_INFO_ADDR, ROOT_INFO_MAGIC};
 use keel_abi::cap::{CapToken, NO_BADGE, Rights};
 use keel_abi::syscall::PROT_WRITE;
 use keel_rt::probe;
@@ -360,5 +363,81 @@ pub fn fp_registers_are_per_thread() -> TestResult {
     ensure_eq!(fp_worker(0x9999_aaaa_bbbb_cccc), 0, "root thread");
     ensure_eq!(a.join(WAIT_YIELDS), Some(0), "thread a");
     ensure_eq!(b.join(WAIT_YIELDS), Some(0), "thread b");
+    Ok(())
+}
+
+/// Yields of the thread in [`runs_in_another_address_space`] before it
+/// exits.
+const ALTERNATIONS: usize = 5;
+
+pub fn runs_in_another_address_space() -> TestResult {
+    let r = root()?;
+    thread_set_priority(r.thread, ROOT_PRIORITY).ctx("root priority")?;
+    let mut mirror = TextMirror::create(r.info, next_va).ctx("mirror")?;
+    let text = mirror.text();
+    ensure!(
+        text.contains(&keel_rt::entry_address()),
+        "text {text:#x?} holds _start"
+    );
+    let spawn = |entry, arg| {
+        mirror
+            .spawn(r.pool, entry, arg, ROOT_PRIORITY)
+            .ctx("spawn in the other space")
+    };
+
+    // Each of our yields runs the other thread for exactly one of its
+    // yields: it is still there after ALTERNATIONS of ours, and has exited
+    // after one more.
+    let mut p = spawn(probe::yield_then_exit_address(), ALTERNATIONS)?;
+    ensure_eq!(p.alive(), Ok(true), "a new thread");
+    p.resume().ctx("resume")?;
+    for i in 1..=ALTERNATIONS {
+        yield_now().ctx("yield")?;
+        ensure_eq!(p.alive(), Ok(true), "after {i} of our yields");
+    }
+    yield_now().ctx("yield")?;
+    ensure_eq!(
+        p.alive(),
+        Ok(false),
+        "after {} of our yields it should have exited",
+        ALTERNATIONS + 1
+    );
+    ensure_eq!(thread_kill(p.thread()), Err(Error::InvalidState));
+    p.release().ctx("release")?;
+
+    // A thread that yields forever is killed between two of its yields.
+    let mut p = spawn(probe::yield_forever_address(), 0)?;
+    p.resume().ctx("resume")?;
+    yield_n(10);
+    ensure_eq!(p.alive(), Ok(true), "the yield loop stopped");
+    ensure_eq!(thread_kill(p.thread()), Ok(()));
+    yield_n(2);
+    ensure_eq!(p.alive(), Ok(false), "a killed thread");
+    ensure_eq!(thread_kill(p.thread()), Err(Error::InvalidState));
+    p.release().ctx("release")?;
+
+    // The space is really another one: a load from the mirrored text
+    // works there, one from the information page, which our space maps
+    // (we read it), faults and ends that process, not ours.
+    if FAULT_TESTS {
+        // SAFETY: the kernel maps the information page read-only for the
+        // life of the task.
+        let magic = unsafe { (ROOT_INFO_ADDR as *const u64).read_volatile() };
+        ensure_eq!(magic, ROOT_INFO_MAGIC);
+        let mut good = spawn(probe::load_then_yield_forever_address(), text.start)?;
+        let mut bad = spawn(probe::load_then_yield_forever_address(), ROOT_INFO_ADDR)?;
+        good.resume().ctx("resume")?;
+        bad.resume().ctx("resume")?;
+        yield_n(10);
+        ensure_eq!(good.alive(), Ok(true), "after a load from the text");
+        ensure_eq!(
+            bad.alive(),
+            Ok(false),
+            "after a load from {ROOT_INFO_ADDR:#x}"
+        );
+        good.release().ctx("release")?;
+        bad.release().ctx("release")?;
+    }
+    mirror.release().ctx("release the mirror")?;
     Ok(())
 }
