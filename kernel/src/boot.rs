@@ -28,7 +28,7 @@ pub fn kernel_main(info: Result<BootInfo<'_>, BootInfoError>) -> ! {
     };
     crate::console::init_logger(cmdline.log_level);
     print_banner(&info);
-    if let Err(e) = crate::mm::init(&info.memory) {
+    if let Err(e) = crate::mm::init(&info.memory, &info.numa) {
         boot_error(format_args!("cannot set up the frame allocator: {e:?}"));
     }
     match crate::mm::kmap::init(&info.memory) {

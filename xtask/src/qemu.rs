@@ -96,9 +96,20 @@ pub struct Outcome {
 
 /// Boots and waits at most `limit`, echoing symbolized output when `echo`.
 pub fn run_captured(boot: &Boot<'_>, limit: Duration, echo: bool) -> Result<Outcome> {
+    run_captured_with(boot, &[], limit, echo)
+}
+
+/// [`run_captured`] with `extra` QEMU arguments (e.g. `-numa` options).
+pub fn run_captured_with(
+    boot: &Boot<'_>,
+    extra: &[&str],
+    limit: Duration,
+    echo: bool,
+) -> Result<Outcome> {
     let symbols = Symbolizer::new(boot.image);
     let mut child = boot
         .command()
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

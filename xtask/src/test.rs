@@ -109,6 +109,7 @@ pub fn run(arches: &[Arch]) -> Result<bool> {
                 bad_cmdline_refused(&mut tally, arch, &image, root)?;
                 stack_overflow_reported(&mut tally, arch, &image, root)?;
                 memory_above_4g_used(&mut tally, arch, &image, root)?;
+                numa_nodes_used(&mut tally, arch, &image)?;
             }
             Err(e) => {
                 println!("{e:#}");
@@ -367,6 +368,47 @@ fn memory_above_4g_used(
     tally.record(
         &format!(
             "{} maps and uses RAM above 4 GiB (5 GiB boot, memory tests pass)",
+            arch.name()
+        ),
+        ok,
+    );
+    Ok(())
+}
+
+/// Two NUMA nodes of 128 MiB (one CPU each): the firmware's NUMA
+/// description (ACPI SRAT on x86_64, device-tree `numa-node-id` elsewhere)
+/// must reach the frame allocator, which then has a zone on node 1, and
+/// the memory tests must still pass.
+fn numa_nodes_used(tally: &mut Tally, arch: Arch, image: &Path) -> Result<()> {
+    const NUMA: &[&str] = &[
+        "-object",
+        "memory-backend-ram,id=m0,size=128M",
+        "-object",
+        "memory-backend-ram,id=m1,size=128M",
+        "-numa",
+        "node,memdev=m0,cpus=0",
+        "-numa",
+        "node,memdev=m1,cpus=1",
+    ];
+    let boot = Boot::headless(arch, image, 2, "256M", "ktest=mm::");
+    let outcome = qemu::run_captured_with(&boot, NUMA, BOOT_LIMIT, false)?;
+    // "  zone Normal node 1: N frames, ...".
+    let node1 = outcome
+        .lines
+        .iter()
+        .any(|l| l.trim_start().starts_with("zone ") && l.contains(" node 1: "));
+    let ok = outcome.status == Some(EXIT_PASS) && node1;
+    if !ok {
+        println!(
+            "{}: 2-node NUMA boot: zone on node 1 {}, status {:?}",
+            arch.name(),
+            if node1 { "found" } else { "missing" },
+            outcome.status
+        );
+    }
+    tally.record(
+        &format!(
+            "{} uses firmware NUMA nodes (2-node boot, zone on node 1, memory tests pass)",
             arch.name()
         ),
         ok,

@@ -6,9 +6,16 @@
 //!
 //! Extracted: memory nodes (`/memory*`, or any top-level node with
 //! `device_type = "memory"`), `/memreserve/` entries, `/reserved-memory`
-//! children, `/chosen` `bootargs` and `linux,initrd-start/end`, and the CPU
-//! count (`/cpus/cpu*` whose `status` is absent or "okay").
+//! children, `/chosen` `bootargs` and `linux,initrd-start/end`, the CPU
+//! count (`/cpus/cpu*` whose `status` is absent or "okay"), and the NUMA
+//! node of each memory range (a memory node's `numa-node-id`, a 32-bit
+//! node number, tags all of its `reg` ranges; numbers of
+//! [`numa::MAX_NODES`] or more share the last node). NUMA information is
+//! optional: a malformed `numa-node-id` (not 4 bytes) leaves that node's
+//! ranges untagged (node 0), and more ranges than [`NumaMap`] holds drop
+//! the NUMA information altogether; neither is an error.
 
+use super::numa::{self, NumaMap, NumaRange};
 use super::{
     BootInfo, BootInfoError, MAX_REGIONS, MemoryMap, MemoryRegion, PhysReader, RegionKind,
 };
@@ -134,6 +141,8 @@ struct Node<'a> {
     is_memory_type: bool,
     enabled: bool,
     reg: Option<&'a [u8]>,
+    /// A well-formed `numa-node-id`.
+    numa_node: Option<u32>,
 }
 
 impl Node<'_> {
@@ -145,6 +154,7 @@ impl Node<'_> {
             is_memory_type: matches!(role, Role::TopLevel) && memory_name,
             enabled: true,
             reg: None,
+            numa_node: None,
         }
     }
 }
@@ -261,6 +271,9 @@ pub fn parse<'a>(
     let mut cmdline = "";
     let (mut initrd_start, mut initrd_end) = (None, None);
     let mut cpus = 0usize;
+    // `None` once there were too many NUMA ranges to keep.
+    let mut numa_raw: Option<ArrayVec<NumaRange, { numa::MAX_RAW_NUMA_RANGES }>> =
+        Some(ArrayVec::new());
     let mut pos = 0;
     let s = dt.structs;
     loop {
@@ -302,7 +315,23 @@ pub fn parse<'a>(
                     _ => None,
                 };
                 if let (Some(kind), Some(reg), true) = (kind, node.reg, node.enabled) {
+                    let first = regions.len();
                     push_reg(reg, parent_cells, kind, &mut regions)?;
+                    if let (RegionKind::Usable, Some(id)) = (kind, node.numa_node) {
+                        for r in regions.get(first..).unwrap_or_default() {
+                            let range = NumaRange {
+                                start: r.start,
+                                end: r.end,
+                                node: numa::cap_node(id),
+                            };
+                            if numa_raw
+                                .as_mut()
+                                .is_some_and(|v| v.try_push(range).is_err())
+                            {
+                                numa_raw = None;
+                            }
+                        }
+                    }
                 }
                 if node.role == Role::Cpu && node.enabled {
                     cpus += 1;
@@ -336,6 +365,12 @@ pub fn parse<'a>(
                             be32(value, 0).ok_or(BootInfoError::Malformed("#size-cells"))?
                     }
                     "reg" => node.reg = Some(value),
+                    "numa-node-id" => {
+                        node.numa_node = (value.len() == 4).then(|| be32(value, 0)).flatten();
+                        if node.numa_node.is_none() && node.role == Role::TopLevel {
+                            log::warn!("device tree: numa-node-id is not 4 bytes; ignored");
+                        }
+                    }
                     "device_type" => {
                         node.is_memory_type |=
                             node.role == Role::TopLevel && cstr(value) == Some("memory")
@@ -377,11 +412,23 @@ pub fn parse<'a>(
             .try_push(r)
             .map_err(|_| BootInfoError::TooManyRegions)?;
     }
+    let numa = match numa_raw.map(NumaMap::build) {
+        Some(Ok(map)) => map,
+        Some(Err(e)) => {
+            log::warn!("device tree: NUMA ranges ignored ({e:?})");
+            NumaMap::default()
+        }
+        None => {
+            log::warn!("device tree: too many NUMA ranges; ignored");
+            NumaMap::default()
+        }
+    };
     Ok(BootInfo {
         protocol,
         memory: MemoryMap::build(regions)?,
         cmdline,
         cpu_count: cpus.max(1),
+        numa,
     })
 }
 
@@ -569,6 +616,118 @@ mod tests {
             parse_at(0x4000_0000, &&big, KERNEL),
             Err(BootInfoError::Malformed(_))
         ));
+    }
+
+    /// Two memory nodes like QEMU's `-numa node,memdev=…` ×2 (node 1 first,
+    /// as QEMU writes them), the second with two `reg` ranges; `numa` gives
+    /// each node's `numa-node-id` property value (`None`: absent).
+    fn two_node_tree(numa: [Option<&[u8]>; 2]) -> Vec<u8> {
+        let mut w = FdtWriter::new().unwrap();
+        let root = w.begin_node("").unwrap();
+        w.property_u32("#address-cells", 2).unwrap();
+        w.property_u32("#size-cells", 2).unwrap();
+        let nodes: [(&str, &[u64]); 2] = [
+            ("memory@50000000", &[0x5000_0000, 0x1000_0000]),
+            (
+                "memory@40000000",
+                &[0x4000_0000, 0x800_0000, 0x4800_0000, 0x800_0000],
+            ),
+        ];
+        for ((name, reg), id) in nodes.into_iter().zip(numa) {
+            let mem = w.begin_node(name).unwrap();
+            w.property_string("device_type", "memory").unwrap();
+            w.property_array_u64("reg", reg).unwrap();
+            if let Some(id) = id {
+                w.property("numa-node-id", id).unwrap();
+            }
+            w.end_node(mem).unwrap();
+        }
+        // A non-memory node's numa-node-id says nothing about memory.
+        let pci = w.begin_node("pcie@10000000").unwrap();
+        w.property_array_u64("reg", &[0x1000_0000, 0x1000_0000])
+            .unwrap();
+        w.property_u32("numa-node-id", 1).unwrap();
+        w.end_node(pci).unwrap();
+        w.end_node(root).unwrap();
+        w.finish().unwrap()
+    }
+
+    #[test]
+    fn numa_node_ids_tag_memory_ranges() {
+        let blob = two_node_tree([Some(&1u32.to_be_bytes()), Some(&0u32.to_be_bytes())]);
+        let info = parse(&blob, "devicetree", &[]).unwrap();
+        let nr = |start, end, node| NumaRange { start, end, node };
+        assert_eq!(
+            info.numa.ranges(),
+            &[
+                nr(0x4000_0000, 0x5000_0000, 0),
+                nr(0x5000_0000, 0x6000_0000, 1)
+            ]
+        );
+        assert_eq!(info.memory.usable_bytes(), 0x2000_0000);
+    }
+
+    #[test]
+    fn numa_without_ids_is_one_node() {
+        let blob = two_node_tree([None, None]);
+        assert!(parse(&blob, "devicetree", &[]).unwrap().numa.is_empty());
+        let blob = virt_like(2, true);
+        assert!(parse(&blob, "devicetree", &[]).unwrap().numa.is_empty());
+    }
+
+    #[test]
+    fn malformed_numa_node_id_is_ignored() {
+        // Wrong length on node 1's memory: its range is untagged (node 0);
+        // the other memory node keeps its id. The boot goes on.
+        let blob = two_node_tree([Some(&[0, 1]), Some(&0u32.to_be_bytes())]);
+        let info = parse(&blob, "devicetree", &[]).unwrap();
+        assert_eq!(
+            info.numa.ranges(),
+            &[NumaRange {
+                start: 0x4000_0000,
+                end: 0x5000_0000,
+                node: 0
+            }]
+        );
+        let blob = two_node_tree([Some(&[0; 8]), Some(&[])]);
+        assert!(parse(&blob, "devicetree", &[]).unwrap().numa.is_empty());
+        // Node numbers past the limit share the last node.
+        let blob = two_node_tree([Some(&1000u32.to_be_bytes()), None]);
+        let info = parse(&blob, "devicetree", &[]).unwrap();
+        assert_eq!(
+            info.numa.ranges(),
+            &[NumaRange {
+                start: 0x5000_0000,
+                end: 0x6000_0000,
+                node: numa::MAX_NODES as u8 - 1
+            }]
+        );
+    }
+
+    #[test]
+    fn too_many_numa_ranges_drop_numa_only() {
+        let mut w = FdtWriter::new().unwrap();
+        let root = w.begin_node("").unwrap();
+        w.property_u32("#address-cells", 2).unwrap();
+        w.property_u32("#size-cells", 2).unwrap();
+        for i in 0..(numa::MAX_RAW_NUMA_RANGES as u64 + 1) {
+            let mem = w
+                .begin_node(&format!("memory@{:x}", 0x4000_0000 + i * 0x20_0000))
+                .unwrap();
+            w.property_string("device_type", "memory").unwrap();
+            w.property_array_u64("reg", &[0x4000_0000 + i * 0x20_0000, 0x10_0000])
+                .unwrap();
+            w.property_u32("numa-node-id", (i % 2) as u32).unwrap();
+            w.end_node(mem).unwrap();
+        }
+        w.end_node(root).unwrap();
+        let blob = w.finish().unwrap();
+        let info = parse(&blob, "devicetree", &[]).unwrap();
+        assert!(info.numa.is_empty());
+        assert_eq!(
+            info.memory.usable_bytes(),
+            (numa::MAX_RAW_NUMA_RANGES as u64 + 1) * 0x10_0000
+        );
     }
 
     proptest! {

@@ -13,6 +13,9 @@
 
 pub mod dtb;
 pub mod multiboot;
+pub mod numa;
+
+pub use numa::{NumaMap, NumaRange};
 
 use arrayvec::ArrayVec;
 
@@ -261,6 +264,9 @@ pub struct BootInfo<'a> {
     pub cmdline: &'a str,
     /// Number of CPUs the firmware describes (at least 1).
     pub cpu_count: usize,
+    /// NUMA node of each memory range (ACPI SRAT, device-tree
+    /// `numa-node-id`); empty when the firmware describes none (one node).
+    pub numa: NumaMap,
 }
 
 #[cfg(test)]

@@ -387,18 +387,7 @@ impl<'m> FrameAllocator<'m> {
     pub fn alloc_hot(&mut self, cpu: usize) -> Option<Pfn> {
         let cpu = cpu % MAX_CPUS;
         if self.hot[cpu].is_empty() {
-            let peak = self.peak_used;
-            for _ in 0..HOT_BATCH {
-                let Some(pfn) = self.alloc(0, ZoneRequest::Any, None) else {
-                    break;
-                };
-                let idx = (pfn - self.base) as u32;
-                self.meta[idx as usize].info = HOT;
-                self.hot[cpu].push(idx);
-                self.free_frames += 1;
-                self.hot_frames += 1;
-            }
-            self.peak_used = peak;
+            self.refill(cpu);
         }
         let idx = self.hot[cpu].pop()?;
         self.meta[idx as usize].info = ALLOC_HEAD;
@@ -434,7 +423,30 @@ impl<'m> FrameAllocator<'m> {
         Ok(())
     }
 
+    /// Moves a batch of single frames from the buddy lists to `cpu`'s hot
+    /// list. Out of line, so the hot-list fast path stays small.
+    #[cold]
+    #[inline(never)]
+    fn refill(&mut self, cpu: usize) {
+        let peak = self.peak_used;
+        for _ in 0..HOT_BATCH {
+            let Some(pfn) = self.alloc(0, ZoneRequest::Any, None) else {
+                break;
+            };
+            let idx = (pfn - self.base) as u32;
+            self.meta[idx as usize].info = HOT;
+            if self.hot[cpu].try_push(idx).is_err() {
+                break;
+            }
+            self.free_frames += 1;
+            self.hot_frames += 1;
+        }
+        self.peak_used = peak;
+    }
+
     /// Returns up to `n` frames of `cpu`'s hot list to the buddy lists.
+    #[cold]
+    #[inline(never)]
     fn drain(&mut self, cpu: usize, n: usize) {
         for _ in 0..n {
             let Some(idx) = self.hot[cpu].pop() else {

@@ -1,10 +1,19 @@
-//! The kernel's global frame allocator, built at boot from the memory map.
+//! The kernel's global frame allocator, built at boot from the memory map
+//! and the firmware's NUMA ranges.
 //!
-//! Invariant: after [`init`], `FRAMES` holds an allocator whose metadata
-//! lives in physical memory that the allocator itself never hands out.
+//! Invariants: after [`init`], `FRAMES` holds an allocator whose metadata
+//! lives in physical memory that the allocator itself never hands out, and
+//! `NUMA` holds the NUMA ranges and the node plan every range handed to the
+//! allocator is split by: each piece goes to the zones of its node after
+//! [`NumaMap::zone_plan`] (so the zones fit `MAX_ZONES` and same-kind zones
+//! of different nodes never have overlapping spans); memory outside every
+//! NUMA range is node 0.
 
-use super::frame::{FRAME_SIZE, FrameAllocator, FrameMeta, Pfn, ZoneRequest};
+use super::frame::{
+    DMA_LIMIT, FRAME_SIZE, FrameAllocator, FrameMeta, InitError, MAX_ZONES, Pfn, ZoneRequest,
+};
 use crate::bootinfo::MemoryMap;
+use crate::bootinfo::numa::{NodePlan, NumaMap};
 use spin::Mutex;
 
 /// The boot page tables map this much physical memory in the direct map;
@@ -12,6 +21,27 @@ use spin::Mutex;
 pub const DIRECT_MAP_BOOT_LIMIT: u64 = 4 << 30;
 
 static FRAMES: Mutex<Option<FrameAllocator<'static>>> = Mutex::new(None);
+
+/// The NUMA ranges from the firmware and how the allocator folds nodes.
+struct NumaLayout {
+    map: NumaMap,
+    plan: NodePlan,
+}
+
+static NUMA: spin::Once<NumaLayout> = spin::Once::new();
+
+/// Adds `[start, end)` to `alloc`, each NUMA piece on its planned node.
+fn add_free_by_node(
+    alloc: &mut FrameAllocator<'_>,
+    numa: &NumaLayout,
+    start: u64,
+    end: u64,
+) -> Result<(), InitError> {
+    for piece in numa.map.split(start, end) {
+        alloc.add_free(piece.start, piece.end, numa.plan.node(piece.node))?;
+    }
+    Ok(())
+}
 
 /// Why the frame allocator could not be set up.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -22,11 +52,21 @@ pub enum MmInitError {
     Allocator(super::frame::InitError),
 }
 
-/// Builds the global frame allocator from `map`. Called once, at boot.
+/// Builds the global frame allocator from `map`, tagging memory with the
+/// NUMA nodes of `numa` (empty: all node 0). Called once, at boot.
 /// Only RAM below [`DIRECT_MAP_BOOT_LIMIT`] is handed out until
 /// [`add_memory_above_boot_limit`], after the kernel's own page tables map
 /// all of it.
-pub fn init(map: &MemoryMap) -> Result<(), MmInitError> {
+pub fn init(map: &MemoryMap, numa: &NumaMap) -> Result<(), MmInitError> {
+    let numa = NUMA.call_once(|| NumaLayout {
+        plan: numa.zone_plan(map, DMA_LIMIT, MAX_ZONES),
+        map: numa.clone(),
+    });
+    for (from, into) in numa.plan.folds() {
+        log::info!(
+            "NUMA: node {from} shares node {into}'s zones (interleaved memory or zone limit)"
+        );
+    }
     let all = || map.usable().map(|r| (r.start, r.end));
     let low = || {
         all()
@@ -65,7 +105,7 @@ pub fn init(map: &MemoryMap) -> Result<(), MmInitError> {
         } else {
             (s, e)
         };
-        alloc.add_free(s, e, 0).map_err(MmInitError::Allocator)?;
+        add_free_by_node(&mut alloc, numa, s, e).map_err(MmInitError::Allocator)?;
     }
     *FRAMES.lock() = Some(alloc);
     Ok(())
@@ -75,12 +115,11 @@ pub fn init(map: &MemoryMap) -> Result<(), MmInitError> {
 /// kernel's page tables map it (`mm::kmap`).
 pub fn add_memory_above_boot_limit(map: &MemoryMap) -> Result<(), MmInitError> {
     let mut guard = FRAMES.lock();
-    let Some(alloc) = guard.as_mut() else {
+    let (Some(alloc), Some(numa)) = (guard.as_mut(), NUMA.get()) else {
         return Ok(());
     };
     for r in map.usable().filter(|r| r.end > DIRECT_MAP_BOOT_LIMIT) {
-        alloc
-            .add_free(r.start.max(DIRECT_MAP_BOOT_LIMIT), r.end, 0)
+        add_free_by_node(alloc, numa, r.start.max(DIRECT_MAP_BOOT_LIMIT), r.end)
             .map_err(MmInitError::Allocator)?;
     }
     Ok(())
@@ -171,10 +210,19 @@ pub fn frame_stats() -> Option<(u64, u64, u64)> {
     Some((a.total_frames(), a.free_frames(), a.peak_used_frames()))
 }
 
-/// Prints the allocator's statistics: totals, per zone, per order.
+/// Prints the allocator's statistics: the NUMA ranges (if the firmware
+/// gave any), totals, per zone, per order.
 pub fn print_stats() {
     let guard = FRAMES.lock();
     let Some(a) = guard.as_ref() else { return };
+    if let Some(numa) = NUMA.get().filter(|n| !n.map.is_empty()) {
+        kprint!("NUMA ranges:");
+        for (i, r) in numa.map.ranges().iter().enumerate() {
+            let sep = if i == 0 { "" } else { "," };
+            kprint!("{sep} {:#x}-{:#x} node {}", r.start, r.end, r.node);
+        }
+        kprintln!();
+    }
     kprintln!(
         "frames: {} total ({} MiB), {} free ({} on per-CPU hot lists), peak used {}",
         a.total_frames(),
@@ -240,6 +288,41 @@ crate::ktest!(
             free_frames(big.unwrap_or(0), super::frame::MAX_ORDER),
             Ok(())
         );
+        Ok(())
+    }
+);
+
+crate::ktest!(
+    fn node_preferring_alloc_follows_numa_ranges() {
+        let Some(numa) = NUMA.get() else {
+            kassert!(false, "NUMA layout not initialised");
+            return Ok(());
+        };
+        let mut guard = FRAMES.lock();
+        let Some(a) = guard.as_mut() else {
+            kassert!(false, "frame allocator not initialised");
+            return Ok(());
+        };
+        let mut nodes = [false; crate::bootinfo::numa::MAX_NODES];
+        for z in a.zone_stats().filter(|z| z.free_frames > 0) {
+            if let Some(seen) = nodes.get_mut(usize::from(z.node)) {
+                *seen = true;
+            }
+        }
+        // A frame allocated preferring a node that has free memory lies in
+        // that node's NUMA ranges (after folding).
+        for node in (0..nodes.len() as u8).filter(|&n| nodes[usize::from(n)]) {
+            let pfn = a.alloc(0, ZoneRequest::Any, Some(node));
+            kassert!(pfn.is_some(), "node {node}");
+            let pa = pfn.unwrap_or(0) * FRAME_SIZE;
+            let firmware = numa
+                .map
+                .split(pa, pa + FRAME_SIZE)
+                .next()
+                .map_or(0, |p| p.node);
+            kassert_eq!(numa.plan.node(firmware), node);
+            kassert_eq!(a.free(pfn.unwrap_or(0), 0), Ok(()));
+        }
         Ok(())
     }
 );

@@ -215,7 +215,10 @@ impl<S: PageSource> SlabAllocator<S> {
     }
 
     /// Moves up to half a magazine of objects from the slabs into `cpu`'s
-    /// cache of class `c`.
+    /// cache of class `c`. Out of line, so the magazine fast path stays
+    /// small.
+    #[cold]
+    #[inline(never)]
     fn refill(&mut self, cpu: usize, c: usize) {
         for _ in 0..MAGAZINE / 2 {
             let Some(obj) = self.alloc_object(c) else {
@@ -229,10 +232,13 @@ impl<S: PageSource> SlabAllocator<S> {
     }
 
     /// Returns `n` objects of `cpu`'s cache of class `c` to their slabs.
+    /// Out of line, like `refill`.
     ///
     /// # Safety
     /// The cache must hold only in-use objects of class `c` (it does: only
     /// `free` and `refill` fill it).
+    #[cold]
+    #[inline(never)]
     unsafe fn flush(&mut self, cpu: usize, c: usize, n: usize) {
         for _ in 0..n {
             let m = &mut self.caches[cpu][c];

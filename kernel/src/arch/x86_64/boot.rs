@@ -31,7 +31,7 @@
 use super::{KERNEL_LOAD_PHYS, KERNEL_VMA_OFFSET};
 use crate::bootinfo::PhysReader;
 use crate::bootinfo::multiboot;
-use crate::bootinfo::{BootInfo, BootInfoError, MemoryRegion, RegionKind};
+use crate::bootinfo::{BootInfo, BootInfoError, MemoryRegion, NumaMap, RegionKind};
 use keel_abi::harness::EXIT_BOOT_ERROR;
 
 /// Size of the boot CPU's kernel stack.
@@ -430,10 +430,18 @@ fn boot_info(magic: u32, info: u32) -> Result<BootInfo<'static>, BootInfoError> 
             1
         }
     };
+    let numa = match super::acpi::numa_map(&DirectMap, mb.rsdp) {
+        Ok(map) => map.unwrap_or_default(),
+        Err(why) => {
+            log::warn!("ACPI SRAT ignored: {why}; assuming one NUMA node");
+            NumaMap::default()
+        }
+    };
     Ok(BootInfo {
         protocol: mb.protocol,
         memory: mb.memory,
         cmdline: mb.cmdline,
         cpu_count,
+        numa,
     })
 }
