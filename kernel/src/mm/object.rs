@@ -73,13 +73,14 @@ impl<M: Machine> MemObject<M> {
         if pages == 0 || pages > isize::MAX as usize / PAGE {
             return Err(Error::InvalidArgument);
         }
-        if let Some(q) = &quota {
-            q.charge(pages as u64)?;
-        }
         let mut frames = alloc::vec::Vec::new();
         frames
             .try_reserve_exact(pages)
             .map_err(|_| Error::OutOfMemory)?;
+        // Charged last: from here on the object's drop credits it back.
+        if let Some(q) = &quota {
+            q.charge(pages as u64)?;
+        }
         frames.resize(pages, ABSENT);
         let obj = KArc::try_new(MemObject {
             backing: Backing::Anonymous,

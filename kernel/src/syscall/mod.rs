@@ -63,7 +63,7 @@ pub fn dispatch(
             .thread(a[0])
             .and_then(|t| cx.k.set_tls(t, a[1]).map(|()| 0)),
         Syscall::Yield => return (Ok(0), After::Yield),
-        Syscall::ThreadKill => cx.thread(a[0]).and_then(|t| cx.k.kill(t).map(|()| 0)),
+        Syscall::ThreadKill => cx.thread(a[0]).and_then(|t| cx.k.end_thread(t).map(|()| 0)),
         Syscall::MemCreate => cx.mem_create(a[0], a[1], a[2]),
         Syscall::AspaceCreate => cx.aspace_create(a[0]),
         Syscall::Map => cx.map(a[0], a[1], a[2], a[3], a[4], a[5]),
@@ -245,15 +245,15 @@ impl Cx<'_> {
     }
 
     fn cspace_create(&mut self, pool: usize, slots: usize) -> SysResult {
+        // Not charged yet: a capability space is destroyed with its
+        // process's last thread, but not when its last capability goes.
         self.pool(pool, Rights::WRITE)?;
         if slots == 0 || slots > USER_CSPACE_MAX_SLOTS {
             return Err(Error::InvalidArgument);
         }
         let id = self.k.caps.create_space(slots as u32)?;
         self.insert(KObject::CapSpace(id), ObjectType::CapSpace)
-            .inspect_err(|_| {
-                let _ = self.k.caps.destroy_space(id, usize::MAX, &mut drop);
-            })
+            .inspect_err(|_| self.k.destroy_cspace(id))
     }
 
     /// The original capability to a new object, in the caller's space.
@@ -278,6 +278,8 @@ impl Cx<'_> {
         } else {
             self.cspace_of(cspace, Rights::WRITE)?
         };
+        // A process's space goes with its last thread; its stale id stays.
+        self.k.caps.space(cs)?;
         let t = self.k.create_thread(space, cs, entry, stack, arg)?;
         self.insert(KObject::Thread(t), ObjectType::Thread)
             .inspect_err(|_| {

@@ -294,10 +294,14 @@ impl Kernel {
             .get_mut(id.index as usize)
             .ok_or(Error::InvalidState)?;
         let dead = slot.thread.take();
-        slot.generation = slot.generation.wrapping_add(1);
-        // Cannot fail: reserved when the slot was made.
-        if self.free_threads.try_reserve(1).is_ok() {
-            self.free_threads.push(id.index);
+        // A slot whose generation would wrap is retired, so a stale thread
+        // capability can never name a new thread.
+        if let Some(generation) = slot.generation.checked_add(1) {
+            slot.generation = generation;
+            // Cannot fail: reserved when the slot was made.
+            if self.free_threads.try_reserve(1).is_ok() {
+                self.free_threads.push(id.index);
+            }
         }
         if self.current == Some(id) {
             self.current = None;
@@ -309,24 +313,36 @@ impl Kernel {
     /// Kills every thread of the process using capability space `cspace`
     /// and destroys that space.
     pub fn kill_process(&mut self, cspace: SpaceId) {
-        let victims: Vec<ThreadId> = self
-            .threads
-            .iter()
-            .enumerate()
-            .filter_map(|(i, s)| {
-                let t = s.thread.as_deref()?;
-                (t.cspace == cspace).then_some(ThreadId {
-                    index: i as u32,
-                    generation: s.generation,
-                })
-            })
-            .collect();
-        for t in victims {
-            let _ = self.kill(t);
+        // In place, without allocating: this runs when memory may be short.
+        for index in 0..self.threads.len() {
+            let Some(slot) = self.threads.get(index) else {
+                break;
+            };
+            if slot.thread.as_ref().is_some_and(|t| t.cspace == cspace) {
+                let id = ThreadId {
+                    index: index as u32,
+                    generation: slot.generation,
+                };
+                let _ = self.kill(id);
+            }
         }
+        self.destroy_cspace(cspace);
+    }
+
+    /// Destroys capability space `cspace`, dropping every object only it
+    /// referred to.
+    pub fn destroy_cspace(&mut self, cspace: SpaceId) {
         // Bounded steps; this is a preemption point once the kernel has
         // preemption.
         while let Ok(Progress::More) = self.caps.destroy_space(cspace, 1024, &mut drop) {}
+    }
+
+    /// After a thread of `cspace` ended: a process other than the root
+    /// task whose last thread is gone releases its capability space.
+    fn reap(&mut self, cspace: SpaceId) {
+        if Some(cspace) != self.root_cspace && !self.process_alive(cspace) {
+            self.destroy_cspace(cspace);
+        }
     }
 
     /// Whether any thread uses capability space `cspace`.
@@ -352,9 +368,11 @@ impl Kernel {
             if !preempt {
                 return self.regs_of(cur);
             }
-            if self.runq.push(prio, cur).is_ok()
-                && let Ok(t) = self.thread_mut(cur)
-            {
+            if self.runq.push(prio, cur).is_err() {
+                // No room to queue it: it keeps the CPU rather than being lost.
+                return self.regs_of(cur);
+            }
+            if let Ok(t) = self.thread_mut(cur) {
                 t.state = State::Ready;
             }
         }
@@ -433,12 +451,24 @@ impl Kernel {
     /// The calling thread ends with `code`.
     pub fn exit_current(&mut self, code: isize) {
         let Some(cur) = self.current else { return };
-        let cspace = self.thread(cur).map(|t| t.cspace).ok();
-        let _ = self.kill(cur);
-        if cspace.is_some() && cspace == self.root_cspace {
+        let Ok(cspace) = self.thread(cur).map(|t| t.cspace) else {
+            return;
+        };
+        if Some(cspace) == self.root_cspace {
             // The root task's verdict is the exit code of its last thread.
             ROOT_EXIT.store(code, core::sync::atomic::Ordering::Relaxed);
         }
+        let _ = self.end_thread(cur);
+    }
+
+    /// Kills a thread; if it was its process's last, the process's
+    /// capability space goes too (except the root task's, whose end ends
+    /// the run).
+    pub fn end_thread(&mut self, id: ThreadId) -> Result<(), Error> {
+        let cspace = self.thread(id)?.cspace;
+        self.kill(id)?;
+        self.reap(cspace);
+        Ok(())
     }
 }
 
@@ -464,10 +494,10 @@ pub fn on_syscall() -> *const UserRegs {
         let Some(cur) = k.current else {
             return k.schedule(After::Continue);
         };
-        let Ok((number, args, cspace, prio)) = k
+        let Ok((number, args, cspace)) = k
             .thread(cur)
-            .map(|t| (t.regs.syscall_args(), t.cspace, t.priority))
-            .map(|((n, a), c, p)| (n, a, c, p))
+            .map(|t| (t.regs.syscall_args(), t.cspace))
+            .map(|((n, a), c)| (n, a, c))
         else {
             return k.schedule(After::Continue);
         };
@@ -478,12 +508,12 @@ pub fn on_syscall() -> *const UserRegs {
         };
         // Fast path: the caller keeps the CPU unless it yielded, stopped,
         // or woke a thread of higher priority.
-        let keeps_cpu = after == After::Continue
-            && k.current == Some(cur)
-            && k.runq.highest().is_none_or(|h| h <= prio);
+        let highest = k.runq.highest();
+        let keeps_cpu = after == After::Continue && k.current == Some(cur);
         if let Ok(t) = k.thread_mut(cur) {
             t.regs.set_result(value);
-            if keeps_cpu && t.state == State::Running {
+            // The call may have changed the caller's own priority.
+            if keeps_cpu && t.state == State::Running && highest.is_none_or(|h| h <= t.priority) {
                 return &raw const t.regs;
             }
         }

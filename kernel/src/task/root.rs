@@ -84,7 +84,8 @@ pub fn load(k: &mut Kernel, info: &BootInfo<'_>, flags: u64) -> Result<(), RootE
 
     let cspace = k.caps.create_space(ROOT_SLOTS)?;
     k.root_cspace = Some(cspace);
-    let boot_pages = (module.len() as usize).div_ceil(PAGE);
+    // Whole pages from the one holding the module's first byte.
+    let boot_pages = ((module.start % PAGE as u64) as usize + module.len() as usize).div_ceil(PAGE);
     let boot_image = UserObject::physical(module.start & !0xfff, boot_pages, false)?;
     let insert = |k: &mut Kernel, obj: KObject, ty: ObjectType, rights: Rights| {
         k.caps

@@ -241,12 +241,15 @@ pub(super) fn classify_user(scause: usize, stval: usize) -> UserFault {
         access,
     };
     match scause {
-        INSTRUCTION_ACCESS_FAULT | INSTRUCTION_PAGE_FAULT => page_fault(Access::Exec),
-        LOAD_ACCESS_FAULT | LOAD_PAGE_FAULT => page_fault(Access::Read),
-        STORE_ACCESS_FAULT | STORE_PAGE_FAULT => page_fault(Access::Write),
+        INSTRUCTION_PAGE_FAULT => page_fault(Access::Exec),
+        LOAD_PAGE_FAULT => page_fault(Access::Read),
+        STORE_PAGE_FAULT => page_fault(Access::Write),
         ILLEGAL_INSTRUCTION => UserFault::IllegalInstruction,
         BREAKPOINT => UserFault::Breakpoint,
         LOAD_ADDRESS_MISALIGNED | STORE_ADDRESS_MISALIGNED => UserFault::Alignment { addr: stval },
+        // Access faults (PMP, bus errors, some misaligned atomics) cannot be
+        // resolved by mapping a page: they must never reach the demand
+        // pager, which would resume the thread into the same fault forever.
         other => UserFault::Other(other as u64),
     }
 }
@@ -445,13 +448,13 @@ mod checks {
             let pf = |access| UserFault::PageFault { addr, access };
             let cases = [
                 (0, UserFault::Other(0)),
-                (1, pf(Access::Exec)),
+                (1, UserFault::Other(1)),
                 (2, UserFault::IllegalInstruction),
                 (3, UserFault::Breakpoint),
                 (4, UserFault::Alignment { addr }),
-                (5, pf(Access::Read)),
+                (5, UserFault::Other(5)),
                 (6, UserFault::Alignment { addr }),
-                (7, pf(Access::Write)),
+                (7, UserFault::Other(7)),
                 (12, pf(Access::Exec)),
                 (13, pf(Access::Read)),
                 (15, pf(Access::Write)),
