@@ -13,7 +13,7 @@ use crate::mm::kref::KArc;
 use crate::mm::paging::Attr;
 use crate::mm::quota::Quota;
 use crate::mm::user::{UserObject, copy_from_user};
-use crate::task::{After, KObject, Kernel, SpaceCell, ThreadId};
+use crate::task::{After, CSpaceRef, KObject, Kernel, SpaceCell, ThreadId};
 use keel_abi::cap::{CapToken, NO_BADGE, ObjectType, Rights};
 use keel_abi::syscall::{MEM_EAGER, PROT_EXEC, PROT_WRITE, SystemInfoKey};
 use keel_abi::{Error, Syscall};
@@ -76,6 +76,17 @@ pub fn dispatch(
         // Assigned numbers of subsystems that are not built yet.
         _ => Err(Error::NoSuchSyscall),
     };
+    if matches!(
+        call,
+        Syscall::CapDelete
+            | Syscall::CapRevoke
+            | Syscall::CapSpaceCreate
+            | Syscall::ThreadCreate
+            | Syscall::ThreadExit
+    ) {
+        // These may have dropped the last reference to a capability space.
+        cx.k.collect();
+    }
     (result, After::Continue)
 }
 
@@ -150,9 +161,9 @@ impl Cx<'_> {
         }
     }
 
-    fn cspace_of(&self, raw: usize, needed: Rights) -> Result<SpaceId, Error> {
+    fn cspace_of(&self, raw: usize, needed: Rights) -> Result<KArc<CSpaceRef>, Error> {
         match self.object(raw, ObjectType::CapSpace, needed)? {
-            KObject::CapSpace(s) => Ok(*s),
+            KObject::CapSpace(s) => Ok(s.clone()),
             _ => Err(Error::WrongObjectType),
         }
     }
@@ -210,9 +221,22 @@ impl Cx<'_> {
             .map(|t| t.raw() as usize)
     }
 
+    /// The capability space `dest` names, refusing to put a capability to
+    /// a space inside that same space (a reference cycle would keep it
+    /// alive forever).
+    fn destination(&self, raw: usize, dest: usize) -> Result<SpaceId, Error> {
+        let to = self.cspace_of(dest, Rights::WRITE)?.id;
+        if let KObject::CapSpace(r) = self.k.caps.lookup(self.cspace, token(raw))?.object()
+            && r.id == to
+        {
+            return Err(Error::InvalidArgument);
+        }
+        Ok(to)
+    }
+
     fn cap_grant(&mut self, raw: usize, dest: usize, r: usize) -> SysResult {
         let r = rights(r)?;
-        let to = self.cspace_of(dest, Rights::WRITE)?;
+        let to = self.destination(raw, dest)?;
         self.k
             .caps
             .grant(self.cspace, token(raw), to, Dest::Any, r)
@@ -220,7 +244,7 @@ impl Cx<'_> {
     }
 
     fn cap_delegate(&mut self, raw: usize, dest: usize) -> SysResult {
-        let to = self.cspace_of(dest, Rights::WRITE)?;
+        let to = self.destination(raw, dest)?;
         self.k
             .caps
             .delegate(self.cspace, token(raw), to, Dest::Any)
@@ -245,15 +269,24 @@ impl Cx<'_> {
     }
 
     fn cspace_create(&mut self, pool: usize, slots: usize) -> SysResult {
-        // Not charged yet: a capability space is destroyed with its
-        // process's last thread, but not when its last capability goes.
-        self.pool(pool, Rights::WRITE)?;
+        let pool = self.pool(pool, Rights::WRITE)?;
         if slots == 0 || slots > USER_CSPACE_MAX_SLOTS {
             return Err(Error::InvalidArgument);
         }
-        let id = self.k.caps.create_space(slots as u32)?;
-        self.insert(KObject::CapSpace(id), ObjectType::CapSpace)
-            .inspect_err(|_| self.k.destroy_cspace(id))
+        // An upper bound of its slot tables: 64 slots a page, plus one.
+        let pages = (slots as u64).div_ceil(64) + 1;
+        pool.charge(pages)?;
+        let id = match self.k.caps.create_space(slots as u32) {
+            Ok(id) => id,
+            Err(e) => {
+                pool.credit(pages);
+                return Err(e);
+            }
+        };
+        // On failure the dropped reference credits the pool and queues the
+        // space for destruction.
+        let r = CSpaceRef::new(id, Some((pool, pages)))?;
+        self.insert(KObject::CapSpace(r), ObjectType::CapSpace)
     }
 
     /// The original capability to a new object, in the caller's space.
@@ -274,12 +307,12 @@ impl Cx<'_> {
     ) -> SysResult {
         let space = self.space(aspace, Rights::WRITE)?;
         let cs = if cspace == 0 {
-            self.cspace
+            self.k.thread(self.caller)?.cspace_ref()
         } else {
             self.cspace_of(cspace, Rights::WRITE)?
         };
-        // A process's space goes with its last thread; its stale id stays.
-        self.k.caps.space(cs)?;
+        // A killed process's space is gone even while references remain.
+        self.k.caps.space(cs.id)?;
         let t = self.k.create_thread(space, cs, entry, stack, arg)?;
         self.insert(KObject::Thread(t), ObjectType::Thread)
             .inspect_err(|_| {

@@ -62,13 +62,49 @@ impl Drop for SpaceCell {
     }
 }
 
+/// A reference to a capability space: held by its capabilities and by
+/// the threads using it. When the last one goes, the space is queued for
+/// destruction ([`Kernel::collect`]) and its pool charge is credited.
+pub struct CSpaceRef {
+    pub id: SpaceId,
+    charge: Option<(KArc<Quota>, u64)>,
+}
+
+impl CSpaceRef {
+    pub fn new(id: SpaceId, charge: Option<(KArc<Quota>, u64)>) -> Result<KArc<CSpaceRef>, Error> {
+        KArc::try_new(CSpaceRef { id, charge })
+    }
+}
+
+/// Capability spaces whose last reference went, waiting for
+/// [`Kernel::collect`] (they cannot be destroyed from inside a capability
+/// operation).
+static UNREFERENCED: Mutex<Vec<SpaceId>> = Mutex::new(Vec::new());
+
+impl Drop for CSpaceRef {
+    fn drop(&mut self) {
+        if let Some((pool, pages)) = &self.charge {
+            pool.credit(*pages);
+        }
+        let mut list = UNREFERENCED.lock();
+        if list.try_reserve(1).is_ok() {
+            list.push(self.id);
+        } else {
+            log::warn!(
+                "capability space {:?} leaked: no memory to queue it",
+                self.id
+            );
+        }
+    }
+}
+
 /// What a capability refers to.
 #[derive(Clone)]
 pub enum KObject {
     Mem(KArc<UserObject>),
     Space(KArc<SpaceCell>),
     Thread(ThreadId),
-    CapSpace(SpaceId),
+    CapSpace(KArc<CSpaceRef>),
     Pool(KArc<Quota>),
 }
 
@@ -99,6 +135,15 @@ pub struct Thread {
     pub affinity: u64,
     pub space: KArc<SpaceCell>,
     pub cspace: SpaceId,
+    /// Keeps the capability space alive while the thread lives.
+    _cspace_ref: KArc<CSpaceRef>,
+}
+
+impl Thread {
+    /// The thread's capability space.
+    pub fn cspace_ref(&self) -> KArc<CSpaceRef> {
+        self._cspace_ref.clone()
+    }
 }
 
 struct ThreadSlot {
@@ -180,7 +225,7 @@ impl Kernel {
     pub fn create_thread(
         &mut self,
         space: KArc<SpaceCell>,
-        cspace: SpaceId,
+        cspace: KArc<CSpaceRef>,
         entry: usize,
         stack: usize,
         arg: usize,
@@ -196,7 +241,8 @@ impl Kernel {
             priority: DEFAULT_PRIORITY,
             affinity: u64::MAX,
             space,
-            cspace,
+            cspace: cspace.id,
+            _cspace_ref: cspace,
         })?;
         let index = match self.free_threads.pop() {
             Some(i) => i,
@@ -337,11 +383,14 @@ impl Kernel {
         while let Ok(Progress::More) = self.caps.destroy_space(cspace, 1024, &mut drop) {}
     }
 
-    /// After a thread of `cspace` ended: a process other than the root
-    /// task whose last thread is gone releases its capability space.
-    fn reap(&mut self, cspace: SpaceId) {
-        if Some(cspace) != self.root_cspace && !self.process_alive(cspace) {
-            self.destroy_cspace(cspace);
+    /// Destroys the capability spaces whose last reference went (which
+    /// may release references to more).
+    pub fn collect(&mut self) {
+        loop {
+            let Some(id) = UNREFERENCED.lock().pop() else {
+                return;
+            };
+            self.destroy_cspace(id);
         }
     }
 
@@ -461,13 +510,11 @@ impl Kernel {
         let _ = self.end_thread(cur);
     }
 
-    /// Kills a thread; if it was its process's last, the process's
-    /// capability space goes too (except the root task's, whose end ends
-    /// the run).
+    /// Kills a thread; if nothing else refers to its capability space
+    /// (no other thread, no capability), the space goes too.
     pub fn end_thread(&mut self, id: ThreadId) -> Result<(), Error> {
-        let cspace = self.thread(id)?.cspace;
         self.kill(id)?;
-        self.reap(cspace);
+        self.collect();
         Ok(())
     }
 }
@@ -553,6 +600,7 @@ pub fn on_user_fault(fault: UserFault) -> *const UserRegs {
             );
         }
         k.kill_process(cspace);
+        k.collect();
         k.schedule(After::Continue)
     })
 }

@@ -8,7 +8,7 @@
 //! only), and its own address space, capability space and thread.
 
 use super::elf;
-use super::kernel::{KObject, Kernel, SpaceCell};
+use super::kernel::{CSpaceRef, KObject, Kernel, SpaceCell};
 use crate::arch;
 use crate::bootinfo::{BootInfo, RegionKind};
 use crate::cap::Dest;
@@ -84,6 +84,7 @@ pub fn load(k: &mut Kernel, info: &BootInfo<'_>, flags: u64) -> Result<(), RootE
 
     let cspace = k.caps.create_space(ROOT_SLOTS)?;
     k.root_cspace = Some(cspace);
+    let cspace_ref = CSpaceRef::new(cspace, None)?;
     // Whole pages from the one holding the module's first byte.
     let boot_pages = ((module.start % PAGE as u64) as usize + module.len() as usize).div_ceil(PAGE);
     let boot_image = UserObject::physical(module.start & !0xfff, boot_pages, false)?;
@@ -109,13 +110,13 @@ pub fn load(k: &mut Kernel, info: &BootInfo<'_>, flags: u64) -> Result<(), RootE
     )?;
     let t_cspace = insert(
         k,
-        KObject::CapSpace(cspace),
+        KObject::CapSpace(cspace_ref.clone()),
         ObjectType::CapSpace,
         Rights::ALL,
     )?;
     let thread = k.create_thread(
         cell.clone(),
-        cspace,
+        cspace_ref,
         image.entry,
         ROOT_STACK_TOP,
         ROOT_INFO_ADDR,

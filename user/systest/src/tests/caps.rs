@@ -307,3 +307,42 @@ pub fn delegate_moves_the_capability() -> TestResult {
     cap_delete(cs).ctx("delete cs")?;
     Ok(())
 }
+
+/// A capability space is charged to the pool and freed, with everything
+/// only it held, when its last capability goes; a space cannot hold a
+/// capability to itself.
+pub fn cap_space_freed_with_its_last_capability() -> TestResult {
+    let r = root()?;
+    let before = pool_available(r.pool).ctx("pool before")?;
+    let cs = cap_space_create(r.pool, 128).ctx("create")?;
+    let charged = before - pool_available(r.pool).ctx("pool after create")?;
+    ensure!(
+        charged > 0,
+        "creating a capability space is charged to the pool"
+    );
+    // A memory object that only the new space will hold.
+    let mem = mem_create(r.pool, 4, 0).ctx("mem")?;
+    cap_grant(mem, cs, Rights::READ).ctx("grant mem")?;
+    cap_delete(mem).ctx("delete root's mem cap")?;
+    // A space cannot hold a capability to itself.
+    let self_cap = cap_derive(cs, Rights::ALL, NO_BADGE).ctx("derive cspace cap")?;
+    ensure_eq!(
+        cap_grant(self_cap, cs, Rights::READ),
+        Err(Error::InvalidArgument)
+    );
+    ensure_eq!(cap_delegate(self_cap, cs), Err(Error::InvalidArgument));
+    cap_delete(self_cap).ctx("delete derived cspace cap")?;
+    // The memory object still exists (the space holds it): its 4 pages are
+    // still charged.
+    ensure_eq!(
+        pool_available(r.pool).ctx("pool while held")?,
+        before - charged - 4
+    );
+    cap_delete(cs).ctx("delete the last cspace cap")?;
+    ensure_eq!(
+        pool_available(r.pool).ctx("pool after")?,
+        before,
+        "the space and the object it held were freed"
+    );
+    Ok(())
+}

@@ -53,6 +53,7 @@ pub const ALL: &[Test] = &[
     test!(caps::grant_copies_into_another_space),
     test!(caps::grant_into_full_space_fails),
     test!(caps::delegate_moves_the_capability),
+    test!(caps::cap_space_freed_with_its_last_capability),
     test!(memory::map_write_read_unmap),
     test!(memory::same_object_mapped_twice_shares_memory),
     test!(memory::mem_create_charges_the_pool),
