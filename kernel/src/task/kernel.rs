@@ -180,6 +180,8 @@ pub struct Kernel {
     current: Option<ThreadId>,
     loaded: Option<KArc<SpaceCell>>,
     pub root_cspace: Option<SpaceId>,
+    /// The root task's last thread is gone: the run is over.
+    root_done: bool,
     pub mode: RunMode,
     pub cpu_count: usize,
 }
@@ -196,6 +198,7 @@ impl Kernel {
             current: None,
             loaded: None,
             root_cspace: None,
+            root_done: false,
             mode,
             cpu_count,
         }
@@ -331,8 +334,8 @@ impl Kernel {
     /// Removes a thread for good.
     pub fn kill(&mut self, id: ThreadId) -> Result<(), Error> {
         let t = self.thread(id)?;
-        if t.state == State::Ready {
-            let prio = t.priority;
+        let (state, prio, cspace) = (t.state, t.priority, t.cspace);
+        if state == State::Ready {
             self.runq.remove(prio, id);
         }
         let slot = self
@@ -353,6 +356,10 @@ impl Kernel {
             self.current = None;
         }
         drop(dead);
+        // Checked here, once per thread death, not on every scheduling.
+        if Some(cspace) == self.root_cspace && !self.process_alive(cspace) {
+            self.root_done = true;
+        }
         Ok(())
     }
 
@@ -425,9 +432,7 @@ impl Kernel {
                 t.state = State::Ready;
             }
         }
-        if let Some(root) = self.root_cspace
-            && !self.process_alive(root)
-        {
+        if self.root_done {
             self.finish("the root task exited");
         }
         let Some((_, next)) = self.runq.pop() else {
