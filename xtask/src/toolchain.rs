@@ -49,9 +49,31 @@ pub fn workspace_root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
+/// Debian's cargo (package `cargo-web`), which runs every bare-metal build.
+pub const DEBIAN_CARGO: &str = "/usr/bin/cargo";
+/// Debian's rustc (package `rustc-web`), the compiler of those builds.
+pub const DEBIAN_RUSTC: &str = "/usr/bin/rustc";
+/// Debian's clippy driver (package `rust-web-clippy`).
+pub const DEBIAN_CLIPPY: &str = "/usr/bin/clippy-driver";
+/// A file of the library source build-std compiles (package `rust-web-src`).
+pub const RUST_SRC_MARKER: &str = "/usr/lib/rustlib/src/rust/library/core/Cargo.toml";
+
+/// `PATH` as the bare-metal builds see it: Debian's `/usr/bin` first.
+pub fn build_path() -> String {
+    let path = std::env::var("PATH").unwrap_or_default();
+    format!("/usr/bin:/bin:{path}")
+}
+
+/// Debian's rustc, for queries (`--print`, `-vV`), unstable flags allowed.
+pub fn rustc() -> Command {
+    let mut cmd = Command::new(DEBIAN_RUSTC);
+    cmd.env("RUSTC_BOOTSTRAP", "1");
+    cmd
+}
+
 /// `/usr/bin/cargo SUBCOMMAND` with an environment fit for build-std.
 pub fn debian_cargo(subcommand: &str) -> Command {
-    let mut cmd = Command::new("/usr/bin/cargo");
+    let mut cmd = Command::new(DEBIAN_CARGO);
     cmd.arg(subcommand).current_dir(workspace_root());
     for (key, _) in std::env::vars_os() {
         let key = key.to_string_lossy().to_string();
@@ -65,9 +87,8 @@ pub fn debian_cargo(subcommand: &str) -> Command {
             cmd.env_remove(&key);
         }
     }
-    let path = std::env::var("PATH").unwrap_or_default();
-    cmd.env("PATH", format!("/usr/bin:/bin:{path}"))
-        .env("RUSTC", "/usr/bin/rustc")
+    cmd.env("PATH", build_path())
+        .env("RUSTC", DEBIAN_RUSTC)
         .env("RUSTDOC", "/usr/bin/rustdoc")
         .env("RUSTC_BOOTSTRAP", "1");
     cmd
