@@ -2,6 +2,7 @@
 //!
 //! Parsing is strict: an unknown key or a malformed value is an error, so a
 //! typo is reported at boot instead of silently ignored.
+#![forbid(unsafe_code)]
 
 /// The log levels the `log=` option accepts, most to least verbose.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

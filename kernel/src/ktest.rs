@@ -90,7 +90,7 @@ macro_rules! kassert_eq {
 }
 
 /// Unwraps an `Option` or `Result`, or fails the current test saying what
-/// could not be done: `let s = kexpect!(UserSpace::new(0), "creating a space");`
+/// could not be done: `let s = kexpect!(UserSpace::new(0, None), "creating a space");`
 #[macro_export]
 macro_rules! kexpect {
     ($value:expr, $what:expr $(,)?) => {

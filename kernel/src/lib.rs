@@ -20,6 +20,7 @@ pub mod console;
 #[macro_use]
 pub mod ktest;
 
+pub mod arena;
 pub mod bootinfo;
 pub mod cap;
 pub mod cmdline;

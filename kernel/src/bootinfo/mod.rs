@@ -1,6 +1,6 @@
 //! Boot information: what the firmware or boot loader tells the kernel, in
-//! one typed form whatever the boot protocol (Multiboot on x86, a device tree
-//! on AArch64 and RISC-V).
+//! one typed form whatever the boot protocol (Multiboot and ACPI on x86, a
+//! device tree on AArch64 and RISC-V).
 //!
 //! Invariants of a [`MemoryMap`]: regions are sorted by start address, never
 //! overlap, are never empty, and adjacent regions of the same kind are merged.
@@ -9,8 +9,11 @@
 //! firmware reservations) is carved out of the usable regions.
 //!
 //! All parsing here treats its input as untrusted: malformed input yields a
-//! [`BootInfoError`], never a panic.
+//! [`BootInfoError`], never a panic. No `unsafe` here: memory is read only
+//! through the architecture's [`PhysReader`].
+#![forbid(unsafe_code)]
 
+pub mod acpi;
 pub mod dtb;
 pub mod multiboot;
 pub mod numa;

@@ -51,6 +51,7 @@
 //! every allocation (L1 growth, L2 pages, the space arena) is fallible:
 //! errors, never panics. Tokens, rights and object types are defined in
 //! `keel_abi::cap`.
+#![forbid(unsafe_code)]
 
 mod space;
 mod tree;
@@ -58,7 +59,7 @@ mod tree;
 #[cfg(test)]
 mod tests;
 
-use alloc::vec::Vec;
+use crate::arena::{Arena, Id};
 use keel_abi::Error;
 use keel_abi::cap::{CapToken, NO_BADGE, ObjectType, Rights};
 pub use space::CapSpace;
@@ -67,9 +68,26 @@ use tree::{Links, NIL, slot_ref};
 
 /// Names a capability space; stale once the space is destroyed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct SpaceId {
-    index: u32,
-    generation: u32,
+pub struct SpaceId(Id);
+
+impl SpaceId {
+    fn index(self) -> u32 {
+        self.0.index()
+    }
+}
+
+/// A capability space made by [`CapSystem::prepare_space`], not yet in the
+/// system.
+pub struct NewSpace<O> {
+    id: SpaceId,
+    space: CapSpace<O>,
+}
+
+impl<O> NewSpace<O> {
+    /// The id it will have once installed.
+    pub fn id(&self) -> SpaceId {
+        self.id
+    }
 }
 
 /// Where a new capability goes.
@@ -123,20 +141,10 @@ impl<O> Cap<O> {
     }
 }
 
-struct SpaceEntry<O> {
-    generation: u32,
-    space: Option<CapSpace<O>>,
-    /// Next entry on the free list while `space` is `None`.
-    next_free: u32,
-}
-
 /// All capability spaces and the derivation tree. See the module docs.
 pub struct CapSystem<O> {
-    spaces: Vec<SpaceEntry<O>>,
-    free_head: u32,
+    spaces: Arena<CapSpace<O>>,
 }
-
-const NO_ENTRY: u32 = u32::MAX;
 
 impl<O> Default for CapSystem<O> {
     fn default() -> Self {
@@ -148,8 +156,8 @@ impl<O> CapSystem<O> {
     /// No spaces yet.
     pub const fn new() -> Self {
         CapSystem {
-            spaces: Vec::new(),
-            free_head: NO_ENTRY,
+            // Index u32::MAX is never used: links reserve it.
+            spaces: Arena::with_limit(u32::MAX - 1),
         }
     }
 
@@ -157,51 +165,36 @@ impl<O> CapSystem<O> {
     /// (1..=[`CapSpace::MAX_SLOTS`]).
     pub fn create_space(&mut self, max_slots: u32) -> Result<SpaceId, Error> {
         let space = CapSpace::new(max_slots)?;
-        let index = if self.free_head != NO_ENTRY {
-            self.free_head
-        } else {
-            // Index NO_ENTRY (u32::MAX) is never used: links reserve it.
-            if self.spaces.len() >= NO_ENTRY as usize {
-                return Err(Error::OutOfMemory);
-            }
-            self.spaces.try_reserve(1).map_err(|_| Error::OutOfMemory)?;
-            self.spaces.push(SpaceEntry {
-                generation: 0,
-                space: None,
-                next_free: NO_ENTRY,
-            });
-            (self.spaces.len() - 1) as u32
-        };
-        let entry = self
-            .spaces
-            .get_mut(index as usize)
-            .ok_or(Error::OutOfMemory)?;
-        if index == self.free_head {
-            self.free_head = entry.next_free;
-        }
-        entry.space = Some(space);
-        Ok(SpaceId {
-            index,
-            generation: entry.generation,
+        self.spaces.insert(space).map(SpaceId)
+    }
+
+    /// A new space of `max_slots` slots, made and with room for it in the
+    /// table, to be added by [`Self::install_space`] (which cannot then
+    /// fail if no space is created in between).
+    pub fn prepare_space(&mut self, max_slots: u32) -> Result<NewSpace<O>, Error> {
+        let space = CapSpace::new(max_slots)?;
+        self.spaces.reserve()?;
+        Ok(NewSpace {
+            id: SpaceId(self.spaces.next_id()),
+            space,
         })
+    }
+
+    /// Adds a space made by [`Self::prepare_space`]; returns its id (the one
+    /// [`NewSpace::id`] predicted).
+    pub fn install_space(&mut self, new: NewSpace<O>) -> Result<SpaceId, Error> {
+        self.spaces.insert(new.space).map(SpaceId)
     }
 
     /// The space `id` names, for lookups ([`CapSpace::lookup`]).
     pub fn space(&self, id: SpaceId) -> Result<&CapSpace<O>, Error> {
-        match self.spaces.get(id.index as usize) {
-            Some(SpaceEntry {
-                generation,
-                space: Some(space),
-                ..
-            }) if *generation == id.generation => Ok(space),
-            _ => Err(Error::InvalidArgument),
-        }
+        self.spaces.get(id.0).ok_or(Error::InvalidArgument)
     }
 
     fn space_mut(&mut self, index: u32) -> Result<&mut CapSpace<O>, Error> {
         self.spaces
-            .get_mut(index as usize)
-            .and_then(|e| e.space.as_mut())
+            .at_mut(index)
+            .map(|(_, s)| s)
             .ok_or(Error::InvalidArgument)
     }
 
@@ -247,7 +240,7 @@ impl<O> CapSystem<O> {
             badge,
             revoking: false,
         };
-        self.place(id.index, dest, cap, NIL)
+        self.place(id.index(), dest, cap, NIL)
     }
 
     /// Mints a child of `src` in the same space with `rights` (a subset of
@@ -297,13 +290,8 @@ impl<O> CapSystem<O> {
     where
         O: Clone,
     {
+        self.check_copy(from, src, to, rights, badge, needed)?;
         let parent = self.lookup(from, src)?;
-        if !parent.rights.contains(rights) || !parent.rights.contains(needed) {
-            return Err(Error::AccessDenied);
-        }
-        if parent.revoking || (badge != NO_BADGE && parent.badge != NO_BADGE) {
-            return Err(Error::InvalidState);
-        }
         let child = Cap {
             object: parent.object.clone(),
             ty: parent.ty,
@@ -315,8 +303,51 @@ impl<O> CapSystem<O> {
             },
             revoking: false,
         };
-        self.space(to)?;
-        self.place(to.index, dest, child, slot_ref(from.index, src.index()))
+        self.place(to.index(), dest, child, slot_ref(from.index(), src.index()))
+    }
+
+    /// Checks that [`Self::derive`] (`from == to`, no `needed` right) or
+    /// [`Self::grant`] (`needed` = [`Rights::GRANT`], no badge) of `src`
+    /// with `rights` and `badge` into space `to` would succeed given a free
+    /// slot, without changing anything.
+    pub fn check_copy(
+        &self,
+        from: SpaceId,
+        src: CapToken,
+        to: SpaceId,
+        rights: Rights,
+        badge: u64,
+        needed: Rights,
+    ) -> Result<(), Error> {
+        let parent = self.lookup(from, src)?;
+        if !parent.rights.contains(rights) || !parent.rights.contains(needed) {
+            return Err(Error::AccessDenied);
+        }
+        if parent.revoking || (badge != NO_BADGE && parent.badge != NO_BADGE) {
+            return Err(Error::InvalidState);
+        }
+        self.space(to).map(|_| ())
+    }
+
+    /// Checks that [`Self::delegate`] of `src` into space `to` would
+    /// succeed given a free slot, without changing anything.
+    pub fn check_delegate(&self, from: SpaceId, src: CapToken, to: SpaceId) -> Result<(), Error> {
+        let cap = self.lookup(from, src)?;
+        if from != to && !cap.rights.contains(Rights::GRANT) {
+            return Err(Error::AccessDenied);
+        }
+        if cap.revoking {
+            return Err(Error::InvalidState);
+        }
+        self.space(to).map(|_| ())
+    }
+
+    /// Finds a free slot in space `id` and allocates its page, without
+    /// taking it: an operation into [`Dest::At`] it cannot then fail for
+    /// room (if nothing else takes it first).
+    pub fn reserve_slot(&mut self, id: SpaceId) -> Result<u32, Error> {
+        self.space(id)?;
+        self.space_mut(id.index())?.find_free()
     }
 
     /// Takes a slot in space `space` and puts `cap` there as a child of
@@ -347,22 +378,15 @@ impl<O> CapSystem<O> {
         to: SpaceId,
         dest: Dest,
     ) -> Result<CapToken, Error> {
-        let cap = self.lookup(from, src)?;
-        if from != to && !cap.rights.contains(Rights::GRANT) {
-            return Err(Error::AccessDenied);
-        }
-        if cap.revoking {
-            return Err(Error::InvalidState);
-        }
-        self.space(to)?;
-        let index = self.space_mut(to.index)?.take(dest)?;
-        let old = slot_ref(from.index, src.index());
+        self.check_delegate(from, src, to)?;
+        let index = self.space_mut(to.index())?.take(dest)?;
+        let old = slot_ref(from.index(), src.index());
         let links = self.links(old);
-        let Some(cap) = self.space_mut(from.index)?.release(src.index()) else {
+        let Some(cap) = self.space_mut(from.index())?.release(src.index()) else {
             return Err(Error::InvalidCapability); // unreachable: looked up above
         };
-        let token = self.space_mut(to.index)?.fill(index, cap, links);
-        self.relocate(links, slot_ref(to.index, index));
+        let token = self.space_mut(to.index())?.fill(index, cap, links);
+        self.relocate(links, slot_ref(to.index(), index));
         Ok(token)
     }
 
@@ -370,7 +394,7 @@ impl<O> CapSystem<O> {
     /// re-parented to its parent.
     pub fn delete(&mut self, id: SpaceId, token: CapToken) -> Result<O, Error> {
         self.lookup(id, token)?;
-        self.remove(slot_ref(id.index, token.index()))
+        self.remove(slot_ref(id.index(), token.index()))
             .ok_or(Error::InvalidCapability)
     }
 
@@ -398,7 +422,7 @@ impl<O> CapSystem<O> {
         if !self.lookup(id, token)?.rights.contains(Rights::REVOKE) {
             return Err(Error::AccessDenied);
         }
-        let root = slot_ref(id.index, token.index());
+        let root = slot_ref(id.index(), token.index());
         for _ in 0..budget {
             let child = self.links(root).first;
             if child == NIL {
@@ -433,7 +457,7 @@ impl<O> CapSystem<O> {
         self.space(id)?;
         let mut work = budget;
         loop {
-            let sp = self.space_mut(id.index)?;
+            let sp = self.space_mut(id.index())?;
             let page = sp.dying.unwrap_or(0);
             sp.dying = Some(page);
             if page >= sp.pages() {
@@ -445,67 +469,47 @@ impl<O> CapSystem<O> {
             work -= 1;
             match sp.first_used_in(page) {
                 Some(index) => {
-                    if let Some(object) = self.remove(slot_ref(id.index, index)) {
+                    if let Some(object) = self.remove(slot_ref(id.index(), index)) {
                         dropped(object);
                     }
                 }
                 None => sp.dying = Some(page + 1),
             }
         }
-        let entry = self
-            .spaces
-            .get_mut(id.index as usize)
-            .ok_or(Error::InvalidArgument)?;
-        entry.space = None;
-        // A space index whose generation would wrap is never reused.
-        if let Some(generation) = entry.generation.checked_add(1) {
-            entry.generation = generation;
-            entry.next_free = self.free_head;
-            self.free_head = id.index;
-        }
+        self.spaces.remove(id.0).ok_or(Error::InvalidArgument)?;
         Ok(Progress::Done)
     }
 
     fn slot_at(&self, r: u64) -> Option<&Slot<O>> {
-        let entry = self.spaces.get((r >> 32) as usize)?;
-        entry.space.as_ref()?.slot(r as u32)
+        self.spaces.at((r >> 32) as u32)?.1.slot(r as u32)
     }
 
     fn slot_at_mut(&mut self, r: u64) -> Option<&mut Slot<O>> {
-        let entry = self.spaces.get_mut((r >> 32) as usize)?;
-        entry.space.as_mut()?.slot_mut(r as u32)
+        self.spaces.at_mut((r >> 32) as u32)?.1.slot_mut(r as u32)
     }
 
     /// Every occupied slot in the system (tests only).
     #[cfg(test)]
     fn all_refs(&self) -> impl Iterator<Item = u64> + '_ {
-        self.spaces.iter().enumerate().flat_map(|(i, e)| {
-            e.space
-                .iter()
-                .flat_map(move |s| s.tokens().map(move |t| slot_ref(i as u32, t.index())))
-        })
+        self.spaces
+            .iter()
+            .flat_map(|(id, s)| s.tokens().map(move |t| slot_ref(id.index(), t.index())))
     }
 
     /// The parent of a capability as (space, token) (tests only).
     #[cfg(test)]
     fn parent_of(&self, id: SpaceId, token: CapToken) -> Option<(SpaceId, CapToken)> {
-        let p = self.parent_ref(slot_ref(id.index, token.index()));
-        let entry = self.spaces.get((p >> 32) as usize)?;
+        let p = self.parent_ref(slot_ref(id.index(), token.index()));
+        let (id, _) = self.spaces.at((p >> 32) as u32)?;
         let slot = self.slot_at(p)?;
-        let id = SpaceId {
-            index: (p >> 32) as u32,
-            generation: entry.generation,
-        };
-        Some((id, CapToken::from_raw(slot.tag)))
+        Some((SpaceId(id), CapToken::from_raw(slot.tag)))
     }
 
     /// Checks every invariant of every space and of the tree (tests only).
     #[cfg(test)]
     fn check(&self) {
-        for e in &self.spaces {
-            if let Some(s) = &e.space {
-                s.check();
-            }
+        for (_, s) in self.spaces.iter() {
+            s.check();
         }
         self.check_tree();
     }

@@ -82,6 +82,27 @@ impl<O> CapSpace<O> {
     /// Most slots one space can have: 64 summary words of 64 pages.
     pub const MAX_SLOTS: u32 = Self::L2_SLOTS * 64 * 64;
 
+    /// The most pages a space of `max_slots` slots can take, derived from
+    /// the real sizes: its L2 pages (one frame each), its L1 vector (which
+    /// may grow to twice its final length) and summary words, rounded up,
+    /// plus one for its entry in the space table. This is what creating the
+    /// space is charged to a pool.
+    pub const fn charge_pages(max_slots: u32) -> u64 {
+        let l2 = max_slots.div_ceil(Self::L2_SLOTS) as u64;
+        let words = l2.div_ceil(64);
+        let bookkeeping = 2 * l2 * core::mem::size_of::<Page<O>>() as u64 + words * 8;
+        l2 + bookkeeping.div_ceil(L2_BYTES as u64) + 1
+    }
+
+    /// Bytes the space has allocated now (for tests of the charge).
+    #[cfg(test)]
+    pub(super) fn footprint(&self) -> usize {
+        let l2 = self.l1.iter().filter(|p| !p.slots.is_empty()).count();
+        l2 * L2_BYTES
+            + self.l1.capacity() * core::mem::size_of::<Page<O>>()
+            + self.summary.capacity() * 8
+    }
+
     /// An empty space for up to `max_slots` capabilities.
     pub(super) fn new(max_slots: u32) -> Result<Self, Error> {
         if max_slots == 0 || max_slots > Self::MAX_SLOTS {
@@ -156,19 +177,7 @@ impl<O> CapSpace<O> {
             return Err(Error::InvalidState);
         }
         let index = match dest {
-            Dest::Any => {
-                if self.top == 0 {
-                    return Err(Error::OutOfMemory);
-                }
-                let w = self.top.trailing_zeros();
-                let word = self.summary.get(w as usize).copied().unwrap_or_default();
-                let page = w * 64 + word.trailing_zeros();
-                let free = self.ensure_page(page)?;
-                if free == 0 {
-                    return Err(Error::OutOfMemory);
-                }
-                page * Self::L2_SLOTS + free.trailing_zeros()
-            }
+            Dest::Any => self.find_free()?,
             Dest::At(index) => {
                 if index >= self.max_slots {
                     return Err(Error::InvalidArgument);
@@ -189,6 +198,25 @@ impl<O> CapSpace<O> {
         self.set_free(index, false);
         self.live += 1;
         Ok(index)
+    }
+
+    /// The lowest free slot, its page allocated, without taking it: a
+    /// [`Dest::At`] of it cannot then fail for room.
+    pub(super) fn find_free(&mut self) -> Result<u32, Error> {
+        if self.dying.is_some() {
+            return Err(Error::InvalidState);
+        }
+        if self.top == 0 {
+            return Err(Error::OutOfMemory);
+        }
+        let w = self.top.trailing_zeros();
+        let word = self.summary.get(w as usize).copied().unwrap_or_default();
+        let page = w * 64 + word.trailing_zeros();
+        let free = self.ensure_page(page)?;
+        if free == 0 {
+            return Err(Error::OutOfMemory);
+        }
+        Ok(page * Self::L2_SLOTS + free.trailing_zeros())
     }
 
     /// Puts `cap` with `links` into the slot [`Self::take`] reserved and

@@ -15,6 +15,10 @@
 //!   are its region's, less `WRITE` while its frame is shared
 //!   copy-on-write.
 //! - Every mapped page maps the current frame of its object's page.
+//! - Every page table of the space (root and intermediate) is charged one
+//!   page to the space's pool, if it has one, for as long as it exists; a
+//!   map the pool cannot pay tables for fails and changes nothing.
+//!   Unmapping a region frees the tables it leaves empty.
 //! - Dropping an address space frees its page tables and its references to
 //!   objects; objects free their frames when the last reference goes.
 //! - After a page's entry changes, no TLB holds the old one: the page is
@@ -27,7 +31,8 @@
 use super::kref::KArc;
 use super::machine::Machine;
 use super::object::{Backing, MemObject, PAGE};
-use super::paging::{Attr, ENTRIES, MapError, Mapping, PageSize, PageTable};
+use super::paging::{Attr, ENTRIES, MapError, Mapping, PageSize, PageTable, TableMemory};
+use super::quota::Quota;
 use alloc::vec::Vec;
 use keel_abi::Error;
 
@@ -79,6 +84,48 @@ pub struct AddressSpace<M: Machine> {
     regions: Vec<Region<M>>,
     /// Address-space id in the low 16 bits, its `mm::asid` generation above.
     tag: u64,
+    /// The pool every page table is charged to (none: kernel-owned).
+    pool: Option<KArc<Quota>>,
+}
+
+/// Table memory that charges each table one page of `pool` while it
+/// exists.
+struct Charged<'a, T> {
+    mem: T,
+    pool: Option<&'a Quota>,
+}
+
+fn charged<M: Machine>(pool: &Option<KArc<Quota>>) -> Charged<'_, M::Tables> {
+    Charged {
+        mem: M::tables(),
+        pool: pool.as_deref(),
+    }
+}
+
+// SAFETY: every table comes from and goes back to `mem`, which keeps the
+// contract; the pool only decides whether a table may be allocated.
+unsafe impl<T: TableMemory> TableMemory for Charged<'_, T> {
+    fn alloc_table(&mut self) -> Option<u64> {
+        if let Some(p) = self.pool {
+            p.charge(1).ok()?;
+        }
+        let pa = self.mem.alloc_table();
+        if let (None, Some(p)) = (pa, self.pool) {
+            p.credit(1);
+        }
+        pa
+    }
+
+    fn free_table(&mut self, pa: u64) {
+        self.mem.free_table(pa);
+        if let Some(p) = self.pool {
+            p.credit(1);
+        }
+    }
+
+    fn table(&self, pa: u64) -> *mut [u64; ENTRIES] {
+        self.mem.table(pa)
+    }
 }
 
 fn map_err(e: MapError) -> Error {
@@ -110,19 +157,27 @@ fn check_range(va: usize, pages: usize) -> Result<usize, Error> {
 }
 
 impl<M: Machine> AddressSpace<M> {
-    /// An empty address space tagged `asid`.
-    pub fn new(asid: u16) -> Result<Self, Error> {
-        let mut t = M::tables();
+    /// An empty address space tagged `asid`, whose page tables are charged
+    /// to `pool`.
+    pub fn new(asid: u16, pool: Option<KArc<Quota>>) -> Result<Self, Error> {
+        let mut t = charged::<M>(&pool);
         let mut table = PageTable::new(&mut t).map_err(map_err)?;
         // SAFETY: the kernel root is a live tree in the same table memory;
         // only its root entries are read.
         let kernel = unsafe { PageTable::from_root(M::kernel_root()) };
         table.share_root_entries(&mut t, &kernel, M::KERNEL_ENTRIES);
+        drop(t);
         Ok(AddressSpace {
             table,
             regions: Vec::new(),
             tag: u64::from(asid),
+            pool,
         })
+    }
+
+    /// The pool the page tables are charged to.
+    pub fn pool(&self) -> Option<&KArc<Quota>> {
+        self.pool.as_ref()
     }
 
     /// Physical address of the root table.
@@ -229,7 +284,7 @@ impl<M: Machine> AddressSpace<M> {
 
     /// Points the page at `va` to `pa` with `attr`, replacing any mapping.
     fn install(&mut self, va: usize, pa: u64, attr: Attr) -> Result<(), Error> {
-        let mut t = M::tables();
+        let mut t = charged::<M>(&self.pool);
         let replaced = self.table.unmap(&mut t, va).is_ok();
         if replaced {
             Self::flush(&mut self.tag, self.table.root(), va);
@@ -287,13 +342,27 @@ impl<M: Machine> AddressSpace<M> {
         self.split_at(end)?;
         let lo = self.regions.partition_point(|r| r.start < va);
         let hi = self.regions.partition_point(|r| r.start < end);
+        let mut freed = 0;
         for _ in lo..hi {
             let r = self.regions.remove(lo);
             for page in (r.start..r.end).step_by(PAGE) {
                 self.unmap_page(page);
             }
+            // Each leaf table covers one 2 MiB block.
+            let block = PageSize::Size2M.bytes() as usize;
+            for at in (r.start & !(block - 1)..r.end).step_by(block) {
+                freed += self.table.prune(&mut charged::<M>(&self.pool), at);
+            }
             if !self.maps_object(&r.object) {
                 r.object.remove_space();
+            }
+        }
+        if freed > 0 {
+            // Cached walks may still lead through the freed tables.
+            if M::is_loaded(self.table.root()) {
+                M::flush_space(self.asid());
+            } else {
+                self.tag = 0;
             }
         }
         Ok(())
@@ -413,7 +482,7 @@ impl<M: Machine> AddressSpace<M> {
     /// copy-on-write in both (this space's writable pages are
     /// write-protected), shared memory stays shared.
     pub fn clone_cow(&mut self, asid: u16) -> Result<AddressSpace<M>, Error> {
-        let mut child = AddressSpace::new(asid)?;
+        let mut child = AddressSpace::new(asid, self.pool.clone())?;
         child
             .regions
             .try_reserve(self.regions.len())
@@ -479,7 +548,7 @@ impl<M: Machine> Drop for AddressSpace<M> {
         M::release_root(self.table.root());
         // SAFETY: `self.table` is being dropped; the copy is its last user.
         let table = unsafe { PageTable::<M::Format>::from_root(self.table.root()) };
-        table.destroy(&mut M::tables(), owned);
+        table.destroy(&mut charged::<M>(&self.pool), owned);
     }
 }
 

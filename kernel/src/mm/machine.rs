@@ -37,6 +37,10 @@ pub trait Machine: 'static + Sized {
     /// Invalidates the translation of `va` in the loaded address space
     /// `asid` (on every CPU that may cache it).
     fn flush_page(asid: u16, va: usize);
+    /// Invalidates everything the TLB may cache for the loaded address
+    /// space `asid`, cached walks through its page tables included (after
+    /// some of its tables were freed).
+    fn flush_space(asid: u16);
     /// Called before the tree at `root` is freed: the kernel stops using
     /// it (switches away if it is loaded).
     fn release_root(root: u64);

@@ -8,12 +8,13 @@
 //! `mm::user`'s checked copy helpers. Numbers and argument layouts are in
 //! `keel_abi::Syscall` and `docs/abi.md`.
 
+use crate::cap::CapSpace;
 use crate::cap::{Dest, Progress, SpaceId};
 use crate::mm::kref::KArc;
 use crate::mm::paging::Attr;
 use crate::mm::quota::Quota;
 use crate::mm::user::{UserObject, copy_from_user};
-use crate::task::{After, CSpaceRef, KObject, Kernel, SpaceCell, ThreadId};
+use crate::task::{After, CSpaceRef, KObject, Kernel, SpaceCell, ThreadId, ThreadRef};
 use keel_abi::cap::{CapToken, NO_BADGE, ObjectType, Rights};
 use keel_abi::syscall::{MEM_EAGER, PROT_EXEC, PROT_WRITE, SystemInfoKey};
 use keel_abi::{Error, Syscall};
@@ -76,17 +77,8 @@ pub fn dispatch(
         // Assigned numbers of subsystems that are not built yet.
         _ => Err(Error::NoSuchSyscall),
     };
-    if matches!(
-        call,
-        Syscall::CapDelete
-            | Syscall::CapRevoke
-            | Syscall::CapSpaceCreate
-            | Syscall::ThreadCreate
-            | Syscall::ThreadExit
-    ) {
-        // These may have dropped the last reference to a capability space.
-        cx.k.collect();
-    }
+    // End what lost its last reference in the call (one load if nothing).
+    cx.k.collect();
     (result, After::Continue)
 }
 
@@ -172,8 +164,8 @@ impl Cx<'_> {
     fn thread(&self, raw: usize) -> Result<ThreadId, Error> {
         match self.object(raw, ObjectType::Thread, Rights::WRITE)? {
             KObject::Thread(t) => {
-                self.k.thread(*t)?;
-                Ok(*t)
+                self.k.thread(t.id)?;
+                Ok(t.id)
             }
             _ => Err(Error::WrongObjectType),
         }
@@ -222,16 +214,17 @@ impl Cx<'_> {
     }
 
     /// The capability space `dest` names, refusing to put a capability to
-    /// a space inside that same space (a reference cycle would keep it
-    /// alive forever).
+    /// a space into a space that does not rank below it (`CSpaceRef`'s
+    /// docs): references between spaces point down, so no cycle can keep
+    /// spaces alive forever.
     fn destination(&self, raw: usize, dest: usize) -> Result<SpaceId, Error> {
-        let to = self.cspace_of(dest, Rights::WRITE)?.id;
+        let to = self.cspace_of(dest, Rights::WRITE)?;
         if let KObject::CapSpace(r) = self.k.caps.lookup(self.cspace, token(raw))?.object()
-            && r.id == to
+            && r.depth() <= to.depth()
         {
             return Err(Error::InvalidArgument);
         }
-        Ok(to)
+        Ok(to.id)
     }
 
     fn cap_grant(&mut self, raw: usize, dest: usize, r: usize) -> SysResult {
@@ -273,8 +266,14 @@ impl Cx<'_> {
         if slots == 0 || slots > USER_CSPACE_MAX_SLOTS {
             return Err(Error::InvalidArgument);
         }
-        // An upper bound of its slot tables: 64 slots a page, plus one.
-        let pages = (slots as u64).div_ceil(64) + 1;
+        let depth = self
+            .k
+            .thread(self.caller)?
+            .home()
+            .depth
+            .checked_add(1)
+            .ok_or(Error::InvalidArgument)?;
+        let pages = CapSpace::<KObject>::charge_pages(slots as u32);
         pool.charge(pages)?;
         let id = match self.k.caps.create_space(slots as u32) {
             Ok(id) => id,
@@ -283,9 +282,15 @@ impl Cx<'_> {
                 return Err(e);
             }
         };
-        // On failure the dropped reference credits the pool and queues the
-        // space for destruction.
-        let r = CSpaceRef::new(id, Some((pool, pages)))?;
+        // On failure the reference credits the pool; a dropped one also
+        // queues the space for destruction.
+        let r = match CSpaceRef::new(id, depth, Some((pool, pages))) {
+            Ok(r) => r,
+            Err(e) => {
+                self.k.destroy_cspace(id);
+                return Err(e);
+            }
+        };
         self.insert(KObject::CapSpace(r), ObjectType::CapSpace)
     }
 
@@ -306,18 +311,20 @@ impl Cx<'_> {
         arg: usize,
     ) -> SysResult {
         let space = self.space(aspace, Rights::WRITE)?;
-        let cs = if cspace == 0 {
-            self.k.thread(self.caller)?.cspace_ref()
+        let home = if cspace == 0 {
+            self.k.thread(self.caller)?.home().clone()
         } else {
-            self.cspace_of(cspace, Rights::WRITE)?
+            self.cspace_of(cspace, Rights::WRITE)?.home()
         };
         // A killed process's space is gone even while references remain.
-        self.k.caps.space(cs.id)?;
-        let t = self.k.create_thread(space, cs, entry, stack, arg)?;
-        self.insert(KObject::Thread(t), ObjectType::Thread)
-            .inspect_err(|_| {
-                let _ = self.k.kill(t);
-            })
+        self.k.caps.space(home.id)?;
+        let t = self.k.create_thread(space, home, entry, stack, arg)?;
+        // Without a capability the thread could never be reached: a
+        // dropped `ThreadRef` ends it (at the next `collect`).
+        let r = ThreadRef::new(t).inspect_err(|_| {
+            let _ = self.k.kill(t);
+        })?;
+        self.insert(KObject::Thread(r), ObjectType::Thread)
     }
 
     fn thread_set_priority(&mut self, raw: usize, prio: usize) -> SysResult {

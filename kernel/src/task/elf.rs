@@ -11,6 +11,7 @@
 //! USER_END)`, its file bytes lie inside the file, `file_size <= mem_size`,
 //! no segment is both writable and executable, segments do not share a
 //! page, and the entry point lies in an executable segment.
+#![forbid(unsafe_code)]
 
 use arrayvec::ArrayVec;
 use keel_abi::boot::USER_IMAGE_MIN;

@@ -26,75 +26,175 @@ use crate::mm::user::{UserObject, UserSpace};
 use crate::trap::UserFault;
 use alloc::boxed::Box;
 use alloc::vec::Vec;
+use core::sync::atomic::{AtomicBool, Ordering};
 use keel_abi::Error;
 use keel_abi::harness::{EXIT_FAIL, EXIT_PASS};
 use spin::Mutex;
 
-/// An address space as a kernel object: the space behind a lock, and the
-/// pool its root table is charged to.
+/// An address space as a kernel object: the space behind a lock. The space
+/// charges its page tables to the pool it was made from (`mm::aspace`).
 pub struct SpaceCell {
     pub space: Mutex<UserSpace>,
-    charge: Option<KArc<Quota>>,
 }
 
 impl SpaceCell {
     pub fn new(asid: u16, charge: Option<KArc<Quota>>) -> Result<KArc<SpaceCell>, Error> {
-        if let Some(q) = &charge {
-            q.charge(1)?;
-        }
-        let cell = SpaceCell {
-            space: Mutex::new(UserSpace::new(asid).inspect_err(|_| {
-                if let Some(q) = &charge {
-                    q.credit(1);
-                }
-            })?),
-            charge,
-        };
-        KArc::try_new(cell)
+        // On failure the dropped space credits its charge back.
+        KArc::try_new(SpaceCell {
+            space: Mutex::new(UserSpace::new(asid, charge)?),
+        })
+    }
+
+    /// The pool the space's page tables are charged to.
+    pub fn pool(&self) -> Option<KArc<Quota>> {
+        self.space.lock().pool().cloned()
     }
 }
 
-impl Drop for SpaceCell {
-    fn drop(&mut self) {
-        if let Some(q) = &self.charge {
-            q.credit(1);
-        }
-    }
-}
-
-/// A reference to a capability space: held by its capabilities and by
-/// the threads using it. When the last one goes, the space is queued for
-/// destruction ([`Kernel::collect`]) and its pool charge is credited.
+/// A capability's reference to a capability space (a process). The space
+/// lives while any capability to it does; when the last goes, it is
+/// queued ([`Kernel::collect`]) to be destroyed together with every thread
+/// running in it (threads do not keep their space alive), and its pool
+/// charge is credited.
+///
+/// Spaces are ranked by `depth` (the root task's is 0, a space made by a
+/// thread of a depth-`d` space has `d + 1`), and a capability to a space
+/// may only be put into a space of lower rank: references between spaces
+/// all point down, so they can never form a cycle that keeps spaces alive.
+/// Threads hold no capability, so capabilities to threads cannot close a
+/// cycle either.
 pub struct CSpaceRef {
     pub id: SpaceId,
+    depth: u32,
     charge: Option<(KArc<Quota>, u64)>,
+    _orphan: OrphanSlot,
 }
 
 impl CSpaceRef {
-    pub fn new(id: SpaceId, charge: Option<(KArc<Quota>, u64)>) -> Result<KArc<CSpaceRef>, Error> {
-        KArc::try_new(CSpaceRef { id, charge })
+    /// A reference to space `id` of rank `depth`, whose tables are charged
+    /// (`pages` of `pool`) already; credited when the reference goes.
+    pub fn new(
+        id: SpaceId,
+        depth: u32,
+        charge: Option<(KArc<Quota>, u64)>,
+    ) -> Result<KArc<CSpaceRef>, Error> {
+        let slot = OrphanSlot::reserve().inspect_err(|_| {
+            if let Some((pool, pages)) = &charge {
+                pool.credit(*pages);
+            }
+        })?;
+        KArc::try_new(CSpaceRef {
+            id,
+            depth,
+            charge,
+            _orphan: slot,
+        })
+    }
+
+    /// The space's rank (see the type's docs).
+    pub fn depth(&self) -> u32 {
+        self.depth
+    }
+
+    /// What a thread running in this space keeps of it.
+    pub fn home(&self) -> Home {
+        Home {
+            id: self.id,
+            depth: self.depth,
+            pool: self.charge.as_ref().map(|(p, _)| p.clone()),
+        }
     }
 }
 
-/// Capability spaces whose last reference went, waiting for
-/// [`Kernel::collect`] (they cannot be destroyed from inside a capability
-/// operation).
-static UNREFERENCED: Mutex<Vec<SpaceId>> = Mutex::new(Vec::new());
+/// The capability space a thread runs in, as the thread keeps it: its id
+/// and rank, and the pool its TCB is charged to. It does not keep the
+/// space alive.
+#[derive(Clone)]
+pub struct Home {
+    pub id: SpaceId,
+    pub depth: u32,
+    pool: Option<KArc<Quota>>,
+}
 
 impl Drop for CSpaceRef {
     fn drop(&mut self) {
         if let Some((pool, pages)) = &self.charge {
             pool.credit(*pages);
         }
-        let mut list = UNREFERENCED.lock();
-        if list.try_reserve(1).is_ok() {
-            list.push(self.id);
-        } else {
-            log::warn!(
-                "capability space {:?} leaked: no memory to queue it",
-                self.id
-            );
+        ORPHANS.lock().push_reserved(Orphan::CSpace(self.id));
+    }
+}
+
+/// A capability's reference to a thread. A thread lives while any
+/// capability to it does (or until it exits or is killed); when the last
+/// goes, the thread is queued to be ended ([`Kernel::collect`]), so a
+/// thread can never outlive every way to reach it.
+pub struct ThreadRef {
+    pub id: ThreadId,
+    _orphan: OrphanSlot,
+}
+
+impl ThreadRef {
+    pub fn new(id: ThreadId) -> Result<KArc<ThreadRef>, Error> {
+        let slot = OrphanSlot::reserve()?;
+        KArc::try_new(ThreadRef { id, _orphan: slot })
+    }
+}
+
+impl Drop for ThreadRef {
+    fn drop(&mut self) {
+        ORPHANS.lock().push_reserved(Orphan::Thread(self.id));
+    }
+}
+
+/// An object whose last reference went, waiting for [`Kernel::collect`]
+/// (it cannot be destroyed from inside a capability operation).
+#[derive(Clone, Copy)]
+enum Orphan {
+    CSpace(SpaceId),
+    Thread(ThreadId),
+}
+
+/// The queue of orphans. Room for one entry is reserved for every live
+/// [`OrphanSlot`] (every `CSpaceRef` and `ThreadRef`, and every queued
+/// entry not yet collected), so queueing from `Drop` never allocates and
+/// never fails.
+struct Orphans {
+    queue: Vec<Orphan>,
+    /// Live slots plus queued entries: the capacity `queue` must have.
+    owed: usize,
+}
+
+impl Orphans {
+    fn push_reserved(&mut self, o: Orphan) {
+        // The capacity was reserved by the `OrphanSlot` that is dropping.
+        if self.queue.len() < self.queue.capacity() {
+            self.queue.push(o);
+            ORPHANS_QUEUED.store(true, Ordering::Release);
         }
+    }
+}
+
+/// Whether [`ORPHANS`] may be non-empty: one load on every system call's
+/// path instead of a lock.
+static ORPHANS_QUEUED: AtomicBool = AtomicBool::new(false);
+
+static ORPHANS: Mutex<Orphans> = Mutex::new(Orphans {
+    queue: Vec::new(),
+    owed: 0,
+});
+
+/// Room reserved in the orphan queue for one object's last reference.
+struct OrphanSlot(());
+
+impl OrphanSlot {
+    fn reserve() -> Result<OrphanSlot, Error> {
+        let mut o = ORPHANS.lock();
+        let owed = o.owed + 1;
+        let more = owed.saturating_sub(o.queue.len());
+        o.queue.try_reserve(more).map_err(|_| Error::OutOfMemory)?;
+        o.owed = owed;
+        Ok(OrphanSlot(()))
     }
 }
 
@@ -103,7 +203,7 @@ impl Drop for CSpaceRef {
 pub enum KObject {
     Mem(KArc<UserObject>),
     Space(KArc<SpaceCell>),
-    Thread(ThreadId),
+    Thread(KArc<ThreadRef>),
     CapSpace(KArc<CSpaceRef>),
     Pool(KArc<Quota>),
 }
@@ -135,14 +235,29 @@ pub struct Thread {
     pub affinity: u64,
     pub space: KArc<SpaceCell>,
     pub cspace: SpaceId,
-    /// Keeps the capability space alive while the thread lives.
-    _cspace_ref: KArc<CSpaceRef>,
+    /// The capability space the thread runs in; the TCB is charged
+    /// ([`TCB_PAGES`]) to its pool.
+    home: Home,
 }
 
+/// What a thread is charged to its capability space's pool: its TCB (about
+/// 1 KiB with the FP/SIMD state) and its slot in the thread table, rounded
+/// up to one page.
+pub const TCB_PAGES: u64 = 1;
+const _: () = assert!(core::mem::size_of::<Thread>() <= 4096);
+
 impl Thread {
-    /// The thread's capability space.
-    pub fn cspace_ref(&self) -> KArc<CSpaceRef> {
-        self._cspace_ref.clone()
+    /// The capability space the thread runs in.
+    pub fn home(&self) -> &Home {
+        &self.home
+    }
+}
+
+impl Drop for Thread {
+    fn drop(&mut self) {
+        if let Some(pool) = &self.home.pool {
+            pool.credit(TCB_PAGES);
+        }
     }
 }
 
@@ -228,7 +343,7 @@ impl Kernel {
     pub fn create_thread(
         &mut self,
         space: KArc<SpaceCell>,
-        cspace: KArc<CSpaceRef>,
+        home: Home,
         entry: usize,
         stack: usize,
         arg: usize,
@@ -236,6 +351,10 @@ impl Kernel {
         if entry >= crate::mm::aspace::USER_END || stack > crate::mm::aspace::USER_END {
             return Err(Error::InvalidArgument);
         }
+        if let Some(pool) = &home.pool {
+            pool.charge(TCB_PAGES)?;
+        }
+        // From here the charge is the thread's: its `Drop` credits it.
         let thread = try_box(Thread {
             regs: UserRegs::new(entry, stack, arg),
             fpu: FpuState::default(),
@@ -244,8 +363,8 @@ impl Kernel {
             priority: DEFAULT_PRIORITY,
             affinity: u64::MAX,
             space,
-            cspace: cspace.id,
-            _cspace_ref: cspace,
+            cspace: home.id,
+            home,
         })?;
         let index = match self.free_threads.pop() {
             Some(i) => i,
@@ -390,14 +509,29 @@ impl Kernel {
         while let Ok(Progress::More) = self.caps.destroy_space(cspace, 1024, &mut drop) {}
     }
 
-    /// Destroys the capability spaces whose last reference went (which
-    /// may release references to more).
+    /// Ends the threads and destroys the capability spaces whose last
+    /// reference went (which may release references to more).
     pub fn collect(&mut self) {
+        if !ORPHANS_QUEUED.load(Ordering::Acquire) {
+            return;
+        }
         loop {
-            let Some(id) = UNREFERENCED.lock().pop() else {
-                return;
+            let orphan = {
+                let mut o = ORPHANS.lock();
+                let Some(orphan) = o.queue.pop() else {
+                    ORPHANS_QUEUED.store(false, Ordering::Release);
+                    return;
+                };
+                o.owed = o.owed.saturating_sub(1);
+                orphan
             };
-            self.destroy_cspace(id);
+            match orphan {
+                Orphan::CSpace(id) => self.kill_process(id),
+                // Gone already if it exited or was killed.
+                Orphan::Thread(id) => {
+                    let _ = self.kill(id);
+                }
+            }
         }
     }
 

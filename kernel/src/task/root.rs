@@ -8,7 +8,7 @@
 //! only), and its own address space, capability space and thread.
 
 use super::elf;
-use super::kernel::{CSpaceRef, KObject, Kernel, SpaceCell};
+use super::kernel::{CSpaceRef, KObject, Kernel, SpaceCell, ThreadRef};
 use crate::arch;
 use crate::bootinfo::{BootInfo, RegionKind};
 use crate::cap::Dest;
@@ -84,7 +84,11 @@ pub fn load(k: &mut Kernel, info: &BootInfo<'_>, flags: u64) -> Result<(), RootE
 
     let cspace = k.caps.create_space(ROOT_SLOTS)?;
     k.root_cspace = Some(cspace);
-    let cspace_ref = CSpaceRef::new(cspace, None)?;
+    // The root task's capability space and threads are charged to its pool
+    // like everyone else's.
+    let cspace_pages = crate::cap::CapSpace::<KObject>::charge_pages(ROOT_SLOTS);
+    pool.charge(cspace_pages)?;
+    let cspace_ref = CSpaceRef::new(cspace, 0, Some((pool.clone(), cspace_pages)))?;
     // Whole pages from the one holding the module's first byte.
     let boot_pages = ((module.start % PAGE as u64) as usize + module.len() as usize).div_ceil(PAGE);
     let boot_image = UserObject::physical(module.start & !0xfff, boot_pages, false)?;
@@ -116,12 +120,18 @@ pub fn load(k: &mut Kernel, info: &BootInfo<'_>, flags: u64) -> Result<(), RootE
     )?;
     let thread = k.create_thread(
         cell.clone(),
-        cspace_ref,
+        cspace_ref.home(),
         image.entry,
         ROOT_STACK_TOP,
         ROOT_INFO_ADDR,
     )?;
-    let t_thread = insert(k, KObject::Thread(thread), ObjectType::Thread, Rights::ALL)?;
+    let thread_ref = ThreadRef::new(thread)?;
+    let t_thread = insert(
+        k,
+        KObject::Thread(thread_ref),
+        ObjectType::Thread,
+        Rights::ALL,
+    )?;
 
     let root_info = RootInfo {
         magic: ROOT_INFO_MAGIC,

@@ -4,6 +4,7 @@
 //! scheduler (classes, per-CPU queues, balancing) builds on this.
 //!
 //! Invariant: bit `p` of `bitmap` is set iff `queues[p]` is non-empty.
+#![forbid(unsafe_code)]
 
 use alloc::collections::VecDeque;
 use keel_abi::Error;

@@ -31,7 +31,7 @@
 use super::{KERNEL_LOAD_PHYS, KERNEL_VMA_OFFSET};
 use crate::bootinfo::PhysReader;
 use crate::bootinfo::multiboot;
-use crate::bootinfo::{BootInfo, BootInfoError, MemoryRegion, NumaMap, RegionKind};
+use crate::bootinfo::{BootInfo, BootInfoError, MemoryRegion, RegionKind};
 use keel_abi::harness::EXIT_BOOT_ERROR;
 
 /// Size of the boot CPU's kernel stack.
@@ -421,22 +421,7 @@ fn boot_info(magic: u32, info: u32) -> Result<BootInfo<'static>, BootInfoError> 
     };
     debug_assert_eq!(kernel.start, KERNEL_LOAD_PHYS);
     let mb = multiboot::parse(magic, info.into(), &DirectMap, kernel)?;
-    let acpi =
-        super::acpi::BOOT_CPU_COUNT.call_once(|| super::acpi::cpu_count(&DirectMap, mb.rsdp));
-    let cpu_count = match *acpi {
-        Ok(n) => n,
-        Err(why) => {
-            log::warn!("ACPI: {why}; assuming 1 CPU");
-            1
-        }
-    };
-    let numa = match super::acpi::numa_map(&DirectMap, mb.rsdp) {
-        Ok(map) => map.unwrap_or_default(),
-        Err(why) => {
-            log::warn!("ACPI SRAT ignored: {why}; assuming one NUMA node");
-            NumaMap::default()
-        }
-    };
+    let (cpu_count, numa) = super::acpi::topology(&DirectMap, mb.rsdp);
     Ok(BootInfo {
         protocol: mb.protocol,
         memory: mb.memory,

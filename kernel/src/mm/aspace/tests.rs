@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::mm::paging::{TableMemory, X86};
+use crate::mm::quota::Quota;
 use proptest::prelude::*;
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -14,6 +15,7 @@ struct Store {
     limit: Option<usize>,
     kernel_root: Option<u64>,
     flushes: usize,
+    space_flushes: usize,
 }
 
 thread_local! {
@@ -114,6 +116,9 @@ impl Machine for Host {
     fn flush_page(_asid: u16, _va: usize) {
         with(|s| s.flushes += 1);
     }
+    fn flush_space(_asid: u16) {
+        with(|s| s.space_flushes += 1);
+    }
     fn release_root(_root: u64) {}
     fn is_loaded(_root: u64) -> bool {
         true
@@ -148,7 +153,7 @@ const BASE: usize = 0x10_0000;
 #[test]
 fn demand_zero_and_teardown_returns_every_frame() {
     let before = baseline();
-    let mut s = Space::new(1).unwrap();
+    let mut s = Space::new(1, None).unwrap();
     let obj = Object::anonymous(4, false).unwrap();
     s.map(BASE, obj, 0, 4, RW).unwrap();
     assert_eq!(
@@ -169,7 +174,7 @@ fn demand_zero_and_teardown_returns_every_frame() {
 #[test]
 fn eager_and_physical_objects_are_mapped_at_once() {
     let before = baseline();
-    let mut s = Space::new(1).unwrap();
+    let mut s = Space::new(1, None).unwrap();
     let obj = Object::anonymous(2, true).unwrap();
     s.map(BASE, obj, 0, 2, RW).unwrap();
     assert!(s.translate(BASE + PAGE).is_some());
@@ -184,7 +189,7 @@ fn eager_and_physical_objects_are_mapped_at_once() {
 
 #[test]
 fn bad_arguments_are_refused() {
-    let mut s = Space::new(1).unwrap();
+    let mut s = Space::new(1, None).unwrap();
     let obj = Object::anonymous(4, false).unwrap();
     let e = Err(Error::InvalidArgument);
     assert_eq!(s.map(BASE, obj.clone(), 0, 1, RW | Attr::EXEC), e, "W^X");
@@ -238,7 +243,7 @@ fn bad_arguments_are_refused() {
 
 #[test]
 fn faults_check_the_region_rights() {
-    let mut s = Space::new(1).unwrap();
+    let mut s = Space::new(1, None).unwrap();
     let obj = Object::anonymous(3, false).unwrap();
     s.map(BASE, obj.clone(), 0, 1, Attr::empty()).unwrap();
     s.map(BASE + PAGE, obj, 1, 1, Attr::EXEC).unwrap();
@@ -268,7 +273,7 @@ fn faults_check_the_region_rights() {
 #[test]
 fn unmap_and_protect_split_regions() {
     let before = baseline();
-    let mut s = Space::new(1).unwrap();
+    let mut s = Space::new(1, None).unwrap();
     let obj = Object::anonymous(8, false).unwrap();
     s.map(BASE, obj.clone(), 0, 8, RW).unwrap();
     for p in 0..8 {
@@ -326,7 +331,7 @@ fn unmap_and_protect_split_regions() {
 #[test]
 fn copy_on_write_break() {
     let before = baseline();
-    let mut parent = Space::new(1).unwrap();
+    let mut parent = Space::new(1, None).unwrap();
     let obj = Object::anonymous(2, false).unwrap();
     parent.map(BASE, obj, 0, 2, RW).unwrap();
     write(&mut parent, BASE, 11).unwrap();
@@ -350,7 +355,7 @@ fn copy_on_write_break() {
     assert_eq!(parent.translate(BASE).unwrap().pa, shared_pa);
     assert_eq!(read(&mut child, BASE), Ok(33));
     // A copy-on-write object cannot be shared into a third space.
-    let mut third = Space::new(3).unwrap();
+    let mut third = Space::new(3, None).unwrap();
     let o = child.regions[0].object.clone();
     assert_eq!(third.map(BASE, o, 0, 1, RW), Err(Error::InvalidState));
     drop((parent, child, third));
@@ -361,8 +366,8 @@ fn copy_on_write_break() {
 fn shared_objects_stay_shared_across_clone() {
     let before = baseline();
     let obj = Object::anonymous(1, false).unwrap();
-    let mut a = Space::new(1).unwrap();
-    let mut b = Space::new(2).unwrap();
+    let mut a = Space::new(1, None).unwrap();
+    let mut b = Space::new(2, None).unwrap();
     a.map(BASE, obj.clone(), 0, 1, RW).unwrap();
     b.map(BASE + PAGE, obj.clone(), 0, 1, RW).unwrap();
     write(&mut a, BASE, 5).unwrap();
@@ -381,7 +386,7 @@ fn shared_objects_stay_shared_across_clone() {
 
 #[test]
 fn same_object_twice_in_one_space() {
-    let mut s = Space::new(1).unwrap();
+    let mut s = Space::new(1, None).unwrap();
     let obj = Object::anonymous(1, false).unwrap();
     s.map(BASE, obj.clone(), 0, 1, RW).unwrap();
     s.map(BASE + PAGE, obj.clone(), 0, 1, RW).unwrap();
@@ -400,7 +405,7 @@ fn same_object_twice_in_one_space() {
 #[test]
 fn out_of_memory_is_reported_and_leaks_nothing() {
     let before = baseline();
-    let mut s = Space::new(1).unwrap();
+    let mut s = Space::new(1, None).unwrap();
     s.map(BASE, Object::anonymous(64, false).unwrap(), 0, 64, RW)
         .unwrap();
     with(|st| st.limit = Some(st.frames.len() + 5));
@@ -415,6 +420,134 @@ fn out_of_memory_is_reported_and_leaks_nothing() {
     assert_eq!(Object::anonymous(100, true).err(), Some(Error::OutOfMemory));
     with(|st| st.limit = None);
     drop(s);
+    assert_eq!(frames_in_use(), before);
+}
+
+fn pool(pages: u64) -> KArc<Quota> {
+    KArc::try_new(Quota::new(pages)).unwrap()
+}
+
+const GIB: usize = 1 << 30;
+
+#[test]
+fn every_page_table_is_charged_to_the_pool() {
+    let before = baseline();
+    let q = pool(100);
+    let mut s = Space::new(1, Some(q.clone())).unwrap();
+    assert_eq!(q.available(), 99, "the root");
+    let obj = Object::anonymous(2, true).unwrap();
+    s.map(BASE, obj.clone(), 0, 1, RW).unwrap();
+    assert_eq!(q.available(), 96, "root + 512 GiB + 1 GiB + 2 MiB tables");
+    s.map(BASE + PAGE, obj.clone(), 1, 1, RW).unwrap();
+    assert_eq!(q.available(), 96, "same tables");
+    s.map(BASE + GIB, obj.clone(), 0, 1, RW).unwrap();
+    assert_eq!(q.available(), 94, "a new 1 GiB and 2 MiB table");
+    // A demand-zero fault pays for its tables too.
+    s.map(
+        BASE + 2 * GIB,
+        Object::anonymous(1, false).unwrap(),
+        0,
+        1,
+        RW,
+    )
+    .unwrap();
+    assert_eq!(q.available(), 94, "nothing mapped yet");
+    write(&mut s, BASE + 2 * GIB, 1).unwrap();
+    assert_eq!(q.available(), 92);
+    // Unmapping frees the tables it empties, and only those.
+    let flushes = with(|st| st.space_flushes);
+    s.unmap(BASE + GIB, 1).unwrap();
+    assert_eq!(q.available(), 94);
+    assert_eq!(with(|st| st.space_flushes), flushes + 1, "walks flushed");
+    s.unmap(BASE, 1).unwrap();
+    assert_eq!(q.available(), 94, "the 2 MiB table still maps a page");
+    assert_eq!(with(|st| st.space_flushes), flushes + 1);
+    s.unmap(BASE + PAGE, 1).unwrap();
+    assert_eq!(q.available(), 96);
+    // Destroying the space credits everything.
+    drop(s);
+    assert_eq!(q.available(), 100);
+    drop(obj);
+    assert_eq!(frames_in_use(), before);
+}
+
+#[test]
+fn a_map_the_pool_cannot_pay_for_changes_nothing() {
+    let before = baseline();
+    let q = pool(3);
+    let mut s = Space::new(1, Some(q.clone())).unwrap();
+    let obj = Object::anonymous(2, true).unwrap();
+    let frames = frames_in_use();
+    // Three tables needed, two left.
+    assert_eq!(s.map(BASE, obj.clone(), 0, 1, RW), Err(Error::OutOfMemory));
+    assert_eq!(q.available(), 2, "no charge kept");
+    assert_eq!(frames_in_use(), frames, "no table kept");
+    assert!(s.regions.is_empty() && obj.spaces() == 0, "no region kept");
+    assert_eq!(s.translate(BASE), None);
+    // A demand-zero fault that cannot pay for its tables.
+    s.map(BASE, Object::anonymous(1, false).unwrap(), 0, 1, RW)
+        .unwrap();
+    assert_eq!(write(&mut s, BASE, 1), Err(Error::OutOfMemory));
+    assert_eq!(q.available(), 2);
+    assert_eq!(s.translate(BASE), None);
+    s.unmap(BASE, 1).unwrap();
+    drop(s);
+    assert_eq!(q.available(), 3);
+    // A two-page map across a 2 MiB boundary: the first page's tables fit,
+    // the second page's table does not; the whole map is undone.
+    let q = pool(4);
+    let mut s = Space::new(2, Some(q.clone())).unwrap();
+    let edge = (4 << 20) - PAGE;
+    let frames = frames_in_use();
+    assert_eq!(s.map(edge, obj.clone(), 0, 2, RW), Err(Error::OutOfMemory));
+    assert_eq!(q.available(), 3);
+    assert_eq!(frames_in_use(), frames);
+    assert_eq!(s.translate(edge), None);
+    assert!(s.regions.is_empty());
+    drop(s);
+    assert_eq!(q.available(), 4);
+    // A space the pool cannot pay the root for is not made.
+    assert!(Space::new(3, Some(pool(0))).is_err());
+    drop(obj);
+    assert_eq!(frames_in_use(), before);
+}
+
+/// The fuzzing find in miniature: a 1-page object mapped at one address per
+/// GiB runs the space's pool out, not the frame allocator, and unmapping
+/// gives every frame and every charge back.
+#[test]
+fn one_page_per_gib_exhausts_the_pool_not_memory() {
+    let before = baseline();
+    let q = pool(64);
+    let mut s = Space::new(1, Some(q.clone())).unwrap();
+    let obj = Object::anonymous(1, true).unwrap();
+    let start = (q.available(), frames_in_use());
+    // Far more frames than the pool: the pool must be what stops the maps.
+    with(|st| st.limit = Some(st.frames.len() + 1000));
+    let mut mapped = 0;
+    let r = loop {
+        if mapped == 10_000 {
+            break Ok(());
+        }
+        match s.map(BASE + mapped * GIB, obj.clone(), 0, 1, RW) {
+            Ok(()) => mapped += 1,
+            Err(e) => break Err(e),
+        }
+    };
+    assert_eq!(r, Err(Error::OutOfMemory));
+    // 3 tables for the first page, 2 for each further one, from 63.
+    assert_eq!(mapped, 31);
+    assert!(q.available() < 2, "pool exhausted");
+    assert!(with(|st| st.frames.len() + 100 < st.limit.unwrap_or(0)));
+    for i in 0..mapped {
+        s.unmap(BASE + i * GIB, 1).unwrap();
+    }
+    with(|st| st.limit = None);
+    assert_eq!((q.available(), frames_in_use()), start);
+    // The space is as good as new.
+    s.map(BASE, obj.clone(), 0, 1, RW).unwrap();
+    drop((s, obj));
+    assert_eq!(q.available(), 64);
     assert_eq!(frames_in_use(), before);
 }
 
@@ -449,12 +582,14 @@ fn ops() -> impl Strategy<Value = Vec<Op>> {
 
 proptest! {
     /// Random writes, forks, unmaps and exits agree with a model where
-    /// every space has private memory; all frames come back at the end.
+    /// every space has private memory; all frames and all table charges
+    /// come back at the end.
     #[test]
     fn fork_model(ops in ops()) {
         let before = baseline();
         let mut spaces: Vec<Option<(Space, Vec<Option<u64>>)>> = Vec::new();
-        let mut s = Space::new(0).unwrap();
+        let q = pool(1000);
+        let mut s = Space::new(0, Some(q.clone())).unwrap();
         s.map(BASE, Object::anonymous(6, false).unwrap(), 0, 6, RW).unwrap();
         spaces.push(Some((s, vec![Some(0); 6])));
         for op in ops {
@@ -498,5 +633,6 @@ proptest! {
         }
         drop(spaces);
         prop_assert_eq!(frames_in_use(), before);
+        prop_assert_eq!(q.available(), 1000, "clones charge the same pool");
     }
 }

@@ -17,11 +17,13 @@
 //! - The walker never creates a mapping that is both writable and
 //!   executable (W^X), for the kernel or for user space.
 //! - Every table reachable from a root was allocated from the
-//!   [`TableMemory`] the tree is used with, and is freed only by
-//!   [`PageTable::destroy`] (tables are kept when they become empty; they are
-//!   few, and freeing them would need a TLB flush of the walk caches).
+//!   [`TableMemory`] the tree is used with, and is freed by
+//!   [`PageTable::destroy`] or, once it maps nothing, by
+//!   [`PageTable::prune`] (never the root). A failed `map` frees the tables
+//!   it made, so it leaves the tree as it was.
 //! - The walker never invalidates TLBs: the caller does, after `unmap` and
-//!   `protect`, through `mm::tlb`.
+//!   `protect`, and after `prune` also the cached walks through the freed
+//!   tables.
 
 mod formats;
 pub use formats::{Arm, RiscV, X86};
@@ -205,13 +207,23 @@ impl<F: PteFormat> PageTable<F> {
         user: bool,
     ) -> Result<u64, MapError> {
         let mut table = self.root;
+        // The highest entry this walk filled: (table, level, new table).
+        let mut made = None;
         for l in (level + 1..LEVELS).rev() {
             table = match F::decode(Self::get(mem, table, index(va, l)), l) {
                 Entry::Table(pa) => pa,
                 Entry::Leaf { .. } => return Err(MapError::LargePage),
                 Entry::Empty if create => {
-                    let pa = mem.alloc_table().ok_or(MapError::OutOfMemory)?;
+                    let Some(pa) = mem.alloc_table() else {
+                        // Undo: the tables made lie on one path below `made`.
+                        if let Some((parent, pl, first)) = made {
+                            Self::set(mem, parent, index(va, pl), 0);
+                            Self::free_subtree(mem, first, pl - 1);
+                        }
+                        return Err(MapError::OutOfMemory);
+                    };
                     Self::set(mem, table, index(va, l), F::table(pa, user));
+                    made = made.or(Some((table, l, pa)));
                     pa
                 }
                 Entry::Empty => return Err(MapError::NotMapped),
@@ -283,6 +295,34 @@ impl<F: PteFormat> PageTable<F> {
         };
         Self::set(mem, table, i, 0);
         Ok((pa, size))
+    }
+
+    /// Frees the tables on the path to `va` that map nothing, from the
+    /// lowest up, stopping at the first that still maps something (the
+    /// root is never freed); returns how many it freed. The caller makes
+    /// sure no TLB keeps a cached walk through them.
+    pub fn prune(&mut self, mem: &mut impl TableMemory, va: usize) -> usize {
+        // `path[l]` is the table at level `l` on the way to `va`.
+        let mut path = [self.root; LEVELS];
+        let mut lowest = LEVELS - 1;
+        while let Some(l) = lowest.checked_sub(1) {
+            match F::decode(Self::get(mem, path[lowest], index(va, lowest)), lowest) {
+                Entry::Table(pa) => path[l] = pa,
+                _ => break,
+            }
+            lowest = l;
+        }
+        let mut freed = 0;
+        for l in lowest..LEVELS - 1 {
+            let table = path[l];
+            if (0..ENTRIES).any(|i| F::decode(Self::get(mem, table, i), l) != Entry::Empty) {
+                break;
+            }
+            Self::set(mem, path[l + 1], index(va, l + 1), 0);
+            mem.free_table(table);
+            freed += 1;
+        }
+        freed
     }
 
     /// Changes the attributes of the page mapping `va`; returns its size.

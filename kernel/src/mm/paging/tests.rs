@@ -137,7 +137,26 @@ fn out_of_memory<F: PteFormat>() {
         pt.map(&mut mem, 0x1000, 0x1000, PageSize::Size4K, RW),
         Err(MapError::OutOfMemory)
     );
-    // The half-built path stays consistent: freeing finds one table.
+    // The failed map freed the table it made on the way down.
+    assert_eq!(mem.tables.len(), 1);
+    // One level further, then a failure below an existing table.
+    mem.limit = Some(3);
+    assert_eq!(
+        pt.map(&mut mem, 0x1000, 0x1000, PageSize::Size4K, RW),
+        Err(MapError::OutOfMemory)
+    );
+    assert_eq!(mem.tables.len(), 1, "both new tables freed");
+    mem.limit = Some(4);
+    pt.map(&mut mem, 0x1000, 0x1000, PageSize::Size4K, RW)
+        .unwrap();
+    mem.limit = Some(5);
+    assert_eq!(
+        pt.map(&mut mem, 0x4000_0000, 0x1000, PageSize::Size4K, RW),
+        Err(MapError::OutOfMemory),
+        "needs two new tables, one allowed"
+    );
+    assert_eq!(mem.tables.len(), 4);
+    assert_eq!(pt.translate(&mem, 0x1000).map(|m| m.pa), Some(0x1000));
     pt.destroy(&mut mem, 0..ENTRIES);
     assert!(mem.tables.is_empty());
 }
@@ -180,6 +199,62 @@ fn shared_root_entries_are_not_freed() {
     );
 }
 
+fn prune_frees_empty_tables<F: PteFormat>() {
+    let mut mem = HostTables::default();
+    let mut pt = PageTable::<F>::new(&mut mem).unwrap();
+    let (a, b) = (0x4000_0000, 0x4000_1000);
+    pt.map(&mut mem, a, 0x1000, PageSize::Size4K, USER_RW)
+        .unwrap();
+    pt.map(&mut mem, b, 0x2000, PageSize::Size4K, USER_RW)
+        .unwrap();
+    pt.map(&mut mem, 0x20_0000, 0x20_0000, PageSize::Size2M, USER_RW)
+        .unwrap();
+    // Root, one 512 GiB table, two 1 GiB ones, one 2 MiB one.
+    assert_eq!(mem.tables.len(), 5);
+    assert_eq!(pt.prune(&mut mem, a), 0, "nothing is empty");
+    pt.unmap(&mut mem, a).unwrap();
+    assert_eq!(pt.prune(&mut mem, a), 0, "`b` still mapped");
+    assert_eq!(pt.translate(&mem, b).map(|m| m.pa), Some(0x2000));
+    pt.unmap(&mut mem, b).unwrap();
+    assert_eq!(pt.prune(&mut mem, b), 2, "the two lowest tables of `b`");
+    assert_eq!(mem.tables.len(), 3);
+    assert_eq!(pt.prune(&mut mem, b), 0, "nothing left to free");
+    assert_eq!(
+        pt.unmap(&mut mem, 0x20_0000),
+        Ok((0x20_0000, PageSize::Size2M))
+    );
+    assert_eq!(pt.prune(&mut mem, 0x20_0000), 2, "the block's tables");
+    assert_eq!(mem.tables.len(), 1, "only the root is left");
+    assert_eq!(pt.translate(&mem, 0x20_0000), None);
+    // The tree is usable again.
+    pt.map(&mut mem, a, 0x1000, PageSize::Size4K, USER_RW)
+        .unwrap();
+    assert_eq!(pt.translate(&mem, a).map(|m| m.pa), Some(0x1000));
+    pt.destroy(&mut mem, 0..ENTRIES);
+    assert!(mem.tables.is_empty());
+}
+
+#[test]
+fn prune_frees_only_empty_tables() {
+    prune_frees_empty_tables::<X86>();
+    prune_frees_empty_tables::<Arm>();
+    prune_frees_empty_tables::<RiscV>();
+}
+
+/// Tables a tree mapping the 4 KiB pages `vas` needs: the root, and one
+/// per distinct 512 GiB, 1 GiB and 2 MiB block.
+fn tables_for<'a>(vas: impl Iterator<Item = &'a usize> + Clone) -> usize {
+    1 + (1..LEVELS)
+        .map(|l| {
+            let shift = 12 + 9 * l;
+            vas.clone()
+                .map(|va| va >> shift)
+                .collect::<std::collections::HashSet<_>>()
+                .len()
+        })
+        .sum::<usize>()
+}
+
 fn attrs() -> impl Strategy<Value = Attr> {
     (0u8..32).prop_map(Attr::from_bits_truncate)
 }
@@ -209,38 +284,54 @@ proptest! {
         roundtrip::<RiscV>(pa, attr, level, Attr::DEVICE);
     }
 
-    /// Random map/unmap sequences agree with a model map.
+    /// Random map/unmap sequences, with emptied tables pruned and a table
+    /// allowance that sometimes runs out, agree with a model map; the
+    /// tree holds exactly the tables the model's pages need.
     #[test]
-    fn walker_matches_model(ops in prop::collection::vec((0usize..64, any::<bool>(), attrs()), 1..200)) {
-        let mut mem = HostTables::default();
+    fn walker_matches_model(
+        ops in prop::collection::vec((0usize..64, any::<bool>(), attrs()), 1..200),
+        limit in prop::option::of(1usize..16),
+    ) {
+        let mut mem = HostTables { limit, ..Default::default() };
         let mut pt = PageTable::<RiscV>::new(&mut mem).unwrap();
         let mut model = HashMap::new();
         for (page, map, attr) in ops {
-            // Spread pages over several tables.
-            let va = page * 0x1000 + (page % 4) * (1 << 30);
+            // Spread pages over several tables at every level.
+            let va = page * 0x1000 + (page % 4) * (1 << 30) + (page % 3) * (1 << 39);
             let attr = attr - Attr::DEVICE;
             if map {
                 let r = pt.map(&mut mem, va, page as u64 * 0x1000, PageSize::Size4K, attr);
-                if attr.contains(Attr::WRITE | Attr::EXEC) {
-                    prop_assert_eq!(r, Err(MapError::WriteExec));
-                } else if let std::collections::hash_map::Entry::Vacant(e) = model.entry(va) {
-                    prop_assert_eq!(r, Ok(()));
-                    e.insert(attr);
+                let needed = tables_for(model.keys().chain([&va]));
+                let want = if attr.contains(Attr::WRITE | Attr::EXEC) {
+                    Err(MapError::WriteExec)
+                } else if model.contains_key(&va) {
+                    Err(MapError::AlreadyMapped)
+                } else if limit.is_some_and(|l| needed > l) {
+                    Err(MapError::OutOfMemory)
                 } else {
-                    prop_assert_eq!(r, Err(MapError::AlreadyMapped));
+                    Ok(())
+                };
+                prop_assert_eq!(r, want);
+                if want.is_ok() {
+                    model.insert(va, attr);
                 }
             } else {
                 let r = pt.unmap(&mut mem, va);
+                let freed = pt.prune(&mut mem, va);
                 match model.remove(&va) {
                     Some(_) => prop_assert_eq!(r, Ok((page as u64 * 0x1000, PageSize::Size4K))),
-                    None => prop_assert_eq!(r, Err(MapError::NotMapped)),
+                    None => {
+                        prop_assert_eq!(r, Err(MapError::NotMapped));
+                        prop_assert_eq!(freed, 0);
+                    }
                 }
             }
+            prop_assert_eq!(mem.tables.len(), tables_for(model.keys()));
             for (&va, &attr) in &model {
                 prop_assert_eq!(pt.translate(&mem, va).map(|m| m.attr), Some(attr));
             }
         }
         pt.destroy(&mut mem, 0..ENTRIES);
-        prop_assert!(mem.tables.is_empty());
+        prop_assert!(mem.tables.is_empty(), "every table freed");
     }
 }

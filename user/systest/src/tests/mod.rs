@@ -11,6 +11,8 @@ mod caps;
 mod faults;
 mod leaks;
 mod memory;
+mod ownership;
+mod page_tables;
 mod threads;
 
 pub use leaks::record_baseline;
@@ -65,6 +67,7 @@ pub const ALL: &[Test] = &[
     test!(memory::protect_changes_permissions),
     test!(memory::unmap_checks_arguments),
     test!(memory::aspace_create_charges_and_maps),
+    test!(page_tables::one_page_per_gib_exhausts_the_pool_not_memory),
     test!(memory::boot_image_is_the_elf_file),
     test!(threads::thread_runs_and_exits),
     test!(threads::thread_writes_mapped_memory),
@@ -90,6 +93,9 @@ pub const ALL: &[Test] = &[
     test!(faults::write_to_root_info_kills_only_its_process),
     test!(faults::access_after_unmap_faults),
     test!(faults::write_after_protect_faults),
+    test!(ownership::deleting_the_last_thread_capability_ends_it),
+    test!(ownership::a_thread_is_charged_to_its_pool),
+    test!(ownership::capability_spaces_cannot_hold_each_other),
     test!(leaks::everything_was_returned),
 ];
 
