@@ -121,3 +121,66 @@ kbench!(
     },
     iters = 200
 );
+
+// Benchmarks of the capability system (`cap/` forbids unsafe code, which
+// the harness's link-section registration needs, so they live here).
+
+/// A capability system with one space holding one thread capability.
+#[cfg(feature = "bench")]
+fn one_cap() -> Option<(
+    crate::cap::CapSystem<u64>,
+    crate::cap::CSpaceId,
+    keel_abi::cap::CapToken,
+)> {
+    let mut caps = crate::cap::CapSystem::<u64>::new();
+    let space = caps.create_space(64).ok()?;
+    let t = caps
+        .insert(
+            space,
+            crate::cap::Dest::Any,
+            7,
+            keel_abi::cap::ObjectType::Thread,
+            keel_abi::cap::Rights::ALL,
+            keel_abi::cap::NO_BADGE,
+        )
+        .ok()?;
+    Some((caps, space, t))
+}
+
+crate::kbench!(
+    fn cap_lookup(iters: u64) {
+        let Some((caps, space, t)) = one_cap() else {
+            return;
+        };
+        for _ in 0..iters {
+            let c = caps.lookup_as(
+                core::hint::black_box(space),
+                core::hint::black_box(t),
+                keel_abi::cap::ObjectType::Thread,
+                keel_abi::cap::Rights::WRITE,
+            );
+            core::hint::black_box(c.map(|c| *c.object()).ok());
+        }
+    },
+    iters = 1000
+);
+
+crate::kbench!(
+    fn cap_derive_delete(iters: u64) {
+        let Some((mut caps, space, t)) = one_cap() else {
+            return;
+        };
+        for _ in 0..iters {
+            if let Ok(child) = caps.derive(
+                space,
+                t,
+                crate::cap::Dest::Any,
+                keel_abi::cap::Rights::READ,
+                keel_abi::cap::NO_BADGE,
+            ) {
+                let _ = core::hint::black_box(caps.delete(space, child));
+            }
+        }
+    },
+    iters = 1000
+);

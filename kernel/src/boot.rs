@@ -5,8 +5,9 @@
 
 use crate::bootinfo::{BootInfo, BootInfoError};
 use crate::cmdline::Cmdline;
+use crate::entry::RunMode;
+use crate::task::Kernel;
 use crate::task::root::RootError;
-use crate::task::{Kernel, RunMode};
 use keel_abi::boot::{ROOT_FLAG_BENCH, ROOT_FLAG_TEST};
 use keel_abi::harness::{EXIT_BOOT_ERROR, EXIT_FAIL, EXIT_PASS};
 
@@ -80,9 +81,14 @@ fn start_root_task(info: &BootInfo<'_>, mode: RunMode) -> ! {
         RunMode::Bench => ROOT_FLAG_BENCH,
         RunMode::Normal => 0,
     };
-    let mut kernel = Kernel::new(mode, info.cpu_count);
-    match crate::task::root::load(&mut kernel, info, flags) {
-        Ok(()) => crate::task::start(kernel),
+    let loaded = Kernel::new(info.cpu_count)
+        .map_err(RootError::Kernel)
+        .and_then(|mut k| {
+            crate::task::root::load(&mut k, info, flags)?;
+            Ok(k)
+        });
+    match loaded {
+        Ok(kernel) => crate::entry::start(kernel, mode),
         Err(e) => {
             let failed = match e {
                 RootError::NoModule => {

@@ -25,6 +25,7 @@ pub mod bootinfo;
 pub mod cap;
 pub mod cmdline;
 pub mod mm;
+pub mod sched;
 pub mod task;
 
 #[cfg(target_os = "none")]
@@ -33,6 +34,10 @@ pub mod arch;
 pub mod bench;
 #[cfg(target_os = "none")]
 pub mod boot;
+#[cfg(target_os = "none")]
+pub mod entry;
+#[cfg(target_os = "none")]
+pub mod object;
 #[cfg(target_os = "none")]
 mod panic;
 #[cfg(target_os = "none")]

@@ -69,6 +69,22 @@ pub enum UserFault {
     Other(u64),
 }
 
+impl UserFault {
+    /// A portable code for the fault (the root task's verdict is its
+    /// negation when it dies of one): 1 page fault, 2 illegal instruction,
+    /// 3 divide error, 4 breakpoint, 5 misaligned access, 6 anything else.
+    pub fn code(&self) -> usize {
+        match self {
+            UserFault::PageFault { .. } => 1,
+            UserFault::IllegalInstruction => 2,
+            UserFault::DivideError => 3,
+            UserFault::Breakpoint => 4,
+            UserFault::Alignment { .. } => 5,
+            UserFault::Other(_) => 6,
+        }
+    }
+}
+
 impl core::fmt::Display for UserFault {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {

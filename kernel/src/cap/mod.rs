@@ -2,7 +2,7 @@
 //! derivation tree between their capabilities. Hand-written, as core
 //! competence of the kernel; portable, and tested on the host.
 //!
-//! One [`CapSystem`] holds an arena of [`CapSpace`]s named by [`SpaceId`]
+//! One [`CapSystem`] holds an arena of [`CapSpace`]s named by [`CSpaceId`]
 //! (index + generation, so a destroyed space's id is never confused with a
 //! new one). The kernel wraps it in its lock. It is generic over the object
 //! payload `O` each capability carries (the kernel's enum of refcounted
@@ -68,9 +68,9 @@ use tree::{Links, NIL, slot_ref};
 
 /// Names a capability space; stale once the space is destroyed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct SpaceId(Id);
+pub struct CSpaceId(Id);
 
-impl SpaceId {
+impl CSpaceId {
     fn index(self) -> u32 {
         self.0.index()
     }
@@ -79,13 +79,13 @@ impl SpaceId {
 /// A capability space made by [`CapSystem::prepare_space`], not yet in the
 /// system.
 pub struct NewSpace<O> {
-    id: SpaceId,
+    id: CSpaceId,
     space: CapSpace<O>,
 }
 
 impl<O> NewSpace<O> {
     /// The id it will have once installed.
-    pub fn id(&self) -> SpaceId {
+    pub fn id(&self) -> CSpaceId {
         self.id
     }
 }
@@ -163,9 +163,9 @@ impl<O> CapSystem<O> {
 
     /// Creates an empty space that can hold up to `max_slots` capabilities
     /// (1..=[`CapSpace::MAX_SLOTS`]).
-    pub fn create_space(&mut self, max_slots: u32) -> Result<SpaceId, Error> {
+    pub fn create_space(&mut self, max_slots: u32) -> Result<CSpaceId, Error> {
         let space = CapSpace::new(max_slots)?;
-        self.spaces.insert(space).map(SpaceId)
+        self.spaces.insert(space).map(CSpaceId)
     }
 
     /// A new space of `max_slots` slots, made and with room for it in the
@@ -175,19 +175,19 @@ impl<O> CapSystem<O> {
         let space = CapSpace::new(max_slots)?;
         self.spaces.reserve()?;
         Ok(NewSpace {
-            id: SpaceId(self.spaces.next_id()),
+            id: CSpaceId(self.spaces.next_id()),
             space,
         })
     }
 
     /// Adds a space made by [`Self::prepare_space`]; returns its id (the one
     /// [`NewSpace::id`] predicted).
-    pub fn install_space(&mut self, new: NewSpace<O>) -> Result<SpaceId, Error> {
-        self.spaces.insert(new.space).map(SpaceId)
+    pub fn install_space(&mut self, new: NewSpace<O>) -> Result<CSpaceId, Error> {
+        self.spaces.insert(new.space).map(CSpaceId)
     }
 
     /// The space `id` names, for lookups ([`CapSpace::lookup`]).
-    pub fn space(&self, id: SpaceId) -> Result<&CapSpace<O>, Error> {
+    pub fn space(&self, id: CSpaceId) -> Result<&CapSpace<O>, Error> {
         self.spaces.get(id.0).ok_or(Error::InvalidArgument)
     }
 
@@ -199,7 +199,7 @@ impl<O> CapSystem<O> {
     }
 
     /// The capability `token` names in space `id`.
-    pub fn lookup(&self, id: SpaceId, token: CapToken) -> Result<&Cap<O>, Error> {
+    pub fn lookup(&self, id: CSpaceId, token: CapToken) -> Result<&Cap<O>, Error> {
         self.space(id)?.lookup(token)
     }
 
@@ -207,7 +207,7 @@ impl<O> CapSystem<O> {
     /// and the rights `needed`.
     pub fn lookup_as(
         &self,
-        id: SpaceId,
+        id: CSpaceId,
         token: CapToken,
         ty: ObjectType,
         needed: Rights,
@@ -225,7 +225,7 @@ impl<O> CapSystem<O> {
     /// Inserts the original capability to a new object.
     pub fn insert(
         &mut self,
-        id: SpaceId,
+        id: CSpaceId,
         dest: Dest,
         object: O,
         ty: ObjectType,
@@ -248,7 +248,7 @@ impl<O> CapSystem<O> {
     /// unbadged `src`; otherwise the child keeps `src`'s badge).
     pub fn derive(
         &mut self,
-        id: SpaceId,
+        id: CSpaceId,
         src: CapToken,
         dest: Dest,
         rights: Rights,
@@ -264,9 +264,9 @@ impl<O> CapSystem<O> {
     /// `src`'s). `src` must have [`Rights::GRANT`].
     pub fn grant(
         &mut self,
-        from: SpaceId,
+        from: CSpaceId,
         src: CapToken,
-        to: SpaceId,
+        to: CSpaceId,
         dest: Dest,
         rights: Rights,
     ) -> Result<CapToken, Error>
@@ -279,9 +279,9 @@ impl<O> CapSystem<O> {
     #[allow(clippy::too_many_arguments)]
     fn copy(
         &mut self,
-        from: SpaceId,
+        from: CSpaceId,
         src: CapToken,
-        to: SpaceId,
+        to: CSpaceId,
         dest: Dest,
         rights: Rights,
         badge: u64,
@@ -312,9 +312,9 @@ impl<O> CapSystem<O> {
     /// slot, without changing anything.
     pub fn check_copy(
         &self,
-        from: SpaceId,
+        from: CSpaceId,
         src: CapToken,
-        to: SpaceId,
+        to: CSpaceId,
         rights: Rights,
         badge: u64,
         needed: Rights,
@@ -331,7 +331,7 @@ impl<O> CapSystem<O> {
 
     /// Checks that [`Self::delegate`] of `src` into space `to` would
     /// succeed given a free slot, without changing anything.
-    pub fn check_delegate(&self, from: SpaceId, src: CapToken, to: SpaceId) -> Result<(), Error> {
+    pub fn check_delegate(&self, from: CSpaceId, src: CapToken, to: CSpaceId) -> Result<(), Error> {
         let cap = self.lookup(from, src)?;
         if from != to && !cap.rights.contains(Rights::GRANT) {
             return Err(Error::AccessDenied);
@@ -345,7 +345,7 @@ impl<O> CapSystem<O> {
     /// Finds a free slot in space `id` and allocates its page, without
     /// taking it: an operation into [`Dest::At`] it cannot then fail for
     /// room (if nothing else takes it first).
-    pub fn reserve_slot(&mut self, id: SpaceId) -> Result<u32, Error> {
+    pub fn reserve_slot(&mut self, id: CSpaceId) -> Result<u32, Error> {
         self.space(id)?;
         self.space_mut(id.index())?.find_free()
     }
@@ -373,9 +373,9 @@ impl<O> CapSystem<O> {
     /// the old one is stale.
     pub fn delegate(
         &mut self,
-        from: SpaceId,
+        from: CSpaceId,
         src: CapToken,
-        to: SpaceId,
+        to: CSpaceId,
         dest: Dest,
     ) -> Result<CapToken, Error> {
         self.check_delegate(from, src, to)?;
@@ -392,7 +392,7 @@ impl<O> CapSystem<O> {
 
     /// Deletes one capability and returns its object. Its children survive,
     /// re-parented to its parent.
-    pub fn delete(&mut self, id: SpaceId, token: CapToken) -> Result<O, Error> {
+    pub fn delete(&mut self, id: CSpaceId, token: CapToken) -> Result<O, Error> {
         self.lookup(id, token)?;
         self.remove(slot_ref(id.index(), token.index()))
             .ok_or(Error::InvalidCapability)
@@ -411,7 +411,7 @@ impl<O> CapSystem<O> {
     /// as being revoked until then).
     pub fn revoke(
         &mut self,
-        id: SpaceId,
+        id: CSpaceId,
         token: CapToken,
         budget: usize,
         dropped: &mut impl FnMut(O),
@@ -447,7 +447,7 @@ impl<O> CapSystem<O> {
     /// accepts no new capabilities.
     pub fn destroy_space(
         &mut self,
-        id: SpaceId,
+        id: CSpaceId,
         budget: usize,
         dropped: &mut impl FnMut(O),
     ) -> Result<Progress, Error> {
@@ -498,11 +498,11 @@ impl<O> CapSystem<O> {
 
     /// The parent of a capability as (space, token) (tests only).
     #[cfg(test)]
-    fn parent_of(&self, id: SpaceId, token: CapToken) -> Option<(SpaceId, CapToken)> {
+    fn parent_of(&self, id: CSpaceId, token: CapToken) -> Option<(CSpaceId, CapToken)> {
         let p = self.parent_ref(slot_ref(id.index(), token.index()));
         let (id, _) = self.spaces.at((p >> 32) as u32)?;
         let slot = self.slot_at(p)?;
-        Some((SpaceId(id), CapToken::from_raw(slot.tag)))
+        Some((CSpaceId(id), CapToken::from_raw(slot.tag)))
     }
 
     /// Checks every invariant of every space and of the tree (tests only).

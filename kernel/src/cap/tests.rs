@@ -11,7 +11,7 @@ const EP: ObjectType = ObjectType::Endpoint;
 const ALL: Rights = Rights::ALL;
 const RW: Rights = Rights::from_bits(0b11).unwrap();
 
-fn sys() -> (CapSystem<u32>, SpaceId, SpaceId) {
+fn sys() -> (CapSystem<u32>, CSpaceId, CSpaceId) {
     let mut s = CapSystem::new();
     let a = s.create_space(100).unwrap();
     let b = s.create_space(100).unwrap();
@@ -19,7 +19,7 @@ fn sys() -> (CapSystem<u32>, SpaceId, SpaceId) {
 }
 
 /// Revokes to completion with `budget`, returning the dropped objects.
-fn revoke_all<O>(s: &mut CapSystem<O>, id: SpaceId, t: CapToken, budget: usize) -> Vec<O> {
+fn revoke_all<O>(s: &mut CapSystem<O>, id: CSpaceId, t: CapToken, budget: usize) -> Vec<O> {
     let mut dropped = Vec::new();
     while s.revoke(id, t, budget, &mut |o| dropped.push(o)).unwrap() == Progress::More {}
     dropped
@@ -88,7 +88,7 @@ fn bad_space_quotas_and_ids_are_refused() {
         .insert(big, Dest::At(CapSpace::<u32>::MAX_SLOTS - 1), 1, EP, ALL, 0)
         .unwrap();
     assert_eq!(s.lookup(big, t).map(|c| *c.object()), Ok(1));
-    let forged = SpaceId(crate::arena::Id::forged(7, 0));
+    let forged = CSpaceId(crate::arena::Id::forged(7, 0));
     assert_eq!(s.lookup(forged, t).err(), Some(Error::InvalidArgument));
     s.check();
 }
@@ -563,7 +563,7 @@ fn op() -> impl Strategy<Value = Op> {
 
 struct World {
     sys: CapSystem<Rc<u32>>,
-    ids: Vec<SpaceId>,
+    ids: Vec<CSpaceId>,
     quotas: Vec<u32>,
     caps: BTreeMap<Key, MCap>,
     objects: Vec<Weak<u32>>,

@@ -32,7 +32,7 @@ use super::kref::KArc;
 use super::machine::Machine;
 use super::object::{Backing, MemObject, PAGE};
 use super::paging::{Attr, ENTRIES, MapError, Mapping, PageSize, PageTable, TableMemory};
-use super::quota::Quota;
+use super::pool::MemoryPool;
 use alloc::vec::Vec;
 use keel_abi::Error;
 
@@ -41,6 +41,28 @@ use keel_abi::Error;
 pub const USER_BASE: usize = PAGE;
 /// End of the user half (47-bit user addresses on every architecture).
 pub const USER_END: usize = 1 << 47;
+
+/// A user virtual address as user space passed it: unchecked until a copy
+/// helper (`mm::user`) or an address-space operation resolves it, and
+/// never dereferenced by the kernel as is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UserAddr(usize);
+
+impl UserAddr {
+    pub const fn new(raw: usize) -> UserAddr {
+        UserAddr(raw)
+    }
+
+    /// The address as a number, for the operations that check it.
+    pub const fn get(self) -> usize {
+        self.0
+    }
+
+    /// `self + n`, unless that wraps.
+    pub fn offset(self, n: usize) -> Option<UserAddr> {
+        self.0.checked_add(n).map(UserAddr)
+    }
+}
 
 /// The kind of access that faulted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -85,17 +107,17 @@ pub struct AddressSpace<M: Machine> {
     /// Address-space id in the low 16 bits, its `mm::asid` generation above.
     tag: u64,
     /// The pool every page table is charged to (none: kernel-owned).
-    pool: Option<KArc<Quota>>,
+    pool: Option<KArc<MemoryPool>>,
 }
 
 /// Table memory that charges each table one page of `pool` while it
 /// exists.
 struct Charged<'a, T> {
     mem: T,
-    pool: Option<&'a Quota>,
+    pool: Option<&'a MemoryPool>,
 }
 
-fn charged<M: Machine>(pool: &Option<KArc<Quota>>) -> Charged<'_, M::Tables> {
+fn charged<M: Machine>(pool: &Option<KArc<MemoryPool>>) -> Charged<'_, M::Tables> {
     Charged {
         mem: M::tables(),
         pool: pool.as_deref(),
@@ -159,7 +181,7 @@ fn check_range(va: usize, pages: usize) -> Result<usize, Error> {
 impl<M: Machine> AddressSpace<M> {
     /// An empty address space tagged `asid`, whose page tables are charged
     /// to `pool`.
-    pub fn new(asid: u16, pool: Option<KArc<Quota>>) -> Result<Self, Error> {
+    pub fn new(asid: u16, pool: Option<KArc<MemoryPool>>) -> Result<Self, Error> {
         let mut t = charged::<M>(&pool);
         let mut table = PageTable::new(&mut t).map_err(map_err)?;
         // SAFETY: the kernel root is a live tree in the same table memory;
@@ -176,7 +198,7 @@ impl<M: Machine> AddressSpace<M> {
     }
 
     /// The pool the page tables are charged to.
-    pub fn pool(&self) -> Option<&KArc<Quota>> {
+    pub fn pool(&self) -> Option<&KArc<MemoryPool>> {
         self.pool.as_ref()
     }
 

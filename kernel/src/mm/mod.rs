@@ -21,7 +21,7 @@ pub mod kref;
 pub mod machine;
 pub mod object;
 pub mod paging;
-pub mod quota;
+pub mod pool;
 pub mod slab;
 
 #[cfg(target_os = "none")]

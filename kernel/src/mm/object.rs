@@ -18,7 +18,7 @@
 
 use super::kref::KArc;
 use super::machine::Machine;
-use super::quota::Quota;
+use super::pool::MemoryPool;
 use keel_abi::Error;
 use spin::Mutex;
 
@@ -51,7 +51,7 @@ pub struct MemObject<M: Machine> {
     backing: Backing,
     pages: usize,
     /// The pool this object's pages are charged to, credited on drop.
-    quota: Option<KArc<Quota>>,
+    pool: Option<KArc<MemoryPool>>,
     state: Mutex<State>,
     _machine: core::marker::PhantomData<M>,
 }
@@ -63,12 +63,12 @@ impl<M: Machine> MemObject<M> {
         Self::anonymous_charged(pages, eager, None)
     }
 
-    /// Like [`Self::anonymous`], charging `pages` to `quota` for the
+    /// Like [`Self::anonymous`], charging `pages` to `pool` for the
     /// object's lifetime.
     pub fn anonymous_charged(
         pages: usize,
         eager: bool,
-        quota: Option<KArc<Quota>>,
+        pool: Option<KArc<MemoryPool>>,
     ) -> Result<KArc<Self>, Error> {
         if pages == 0 || pages > isize::MAX as usize / PAGE {
             return Err(Error::InvalidArgument);
@@ -78,21 +78,21 @@ impl<M: Machine> MemObject<M> {
             .try_reserve_exact(pages)
             .map_err(|_| Error::OutOfMemory)?;
         // Charged last: from here on the object's drop credits it back.
-        if let Some(q) = &quota {
+        if let Some(q) = &pool {
             q.charge(pages as u64)?;
         }
         frames.resize(pages, ABSENT);
         let obj = KArc::try_new(MemObject {
             backing: Backing::Anonymous,
             pages,
-            quota,
+            pool,
             state: Mutex::new(State {
                 frames,
                 spaces: 0,
                 cow: false,
             }),
             _machine: core::marker::PhantomData,
-        })?; // On failure the dropped value credits the quota back.
+        })?; // On failure the dropped value credits the pool back.
         if eager {
             // On failure `obj` drops and releases what was allocated.
             for i in 0..pages {
@@ -114,7 +114,7 @@ impl<M: Machine> MemObject<M> {
         KArc::try_new(MemObject {
             backing: Backing::Physical { base, device },
             pages,
-            quota: None,
+            pool: None,
             state: Mutex::new(State {
                 frames: alloc::vec::Vec::new(),
                 spaces: 0,
@@ -204,7 +204,7 @@ impl<M: Machine> MemObject<M> {
         let copy = KArc::try_new(MemObject {
             backing: Backing::Anonymous,
             pages: self.pages,
-            quota: None,
+            pool: None,
             state: Mutex::new(State {
                 frames,
                 spaces: 0,
@@ -243,7 +243,7 @@ impl<M: Machine> MemObject<M> {
 
 impl<M: Machine> Drop for MemObject<M> {
     fn drop(&mut self) {
-        if let Some(q) = &self.quota {
+        if let Some(q) = &self.pool {
             q.credit(self.pages as u64);
         }
         if self.backing == Backing::Anonymous {

@@ -12,6 +12,7 @@
 //! otherwise they copy through the direct map.
 
 use super::asid::{Asids, Flush};
+pub use super::aspace::UserAddr;
 use super::aspace::{Access, AddressSpace, USER_BASE, USER_END};
 use super::frame::ZoneRequest;
 use super::machine::Machine;
@@ -103,7 +104,7 @@ impl Machine for KernelMachine {
 /// A user address space.
 pub type UserSpace = AddressSpace<KernelMachine>;
 /// A memory object.
-pub type UserObject = MemObject<KernelMachine>;
+pub type MemoryObject = MemObject<KernelMachine>;
 
 static ASIDS: Mutex<Asids> = Mutex::new(Asids::new(1));
 /// Root of the loaded user space, 0 for none.
@@ -189,26 +190,38 @@ fn user_side(loaded: bool, user: usize, pa: u64) -> usize {
 }
 
 /// Copies user memory at `src` of `space` into `dst`.
-pub fn copy_from_user(space: &mut UserSpace, src: usize, dst: &mut [u8]) -> Result<(), Error> {
+pub fn copy_from_user(space: &mut UserSpace, src: UserAddr, dst: &mut [u8]) -> Result<(), Error> {
     let loaded = is_loaded(space);
     let base = dst.as_mut_ptr();
-    chunks(space, src, dst.len(), Access::Read, |off, user, n, pa| {
-        let from = user_side(loaded, user, pa) as *const u8;
-        // SAFETY: `off + n <= dst.len()`; `from` is resolved user memory.
-        unsafe { copy_chunk(loaded, base.add(off), from, n) }
-    })
+    chunks(
+        space,
+        src.get(),
+        dst.len(),
+        Access::Read,
+        |off, user, n, pa| {
+            let from = user_side(loaded, user, pa) as *const u8;
+            // SAFETY: `off + n <= dst.len()`; `from` is resolved user memory.
+            unsafe { copy_chunk(loaded, base.add(off), from, n) }
+        },
+    )
 }
 
 /// Copies `src` into user memory at `dst` of `space`.
-pub fn copy_to_user(space: &mut UserSpace, dst: usize, src: &[u8]) -> Result<(), Error> {
+pub fn copy_to_user(space: &mut UserSpace, dst: UserAddr, src: &[u8]) -> Result<(), Error> {
     let loaded = is_loaded(space);
     let base = src.as_ptr();
-    chunks(space, dst, src.len(), Access::Write, |off, user, n, pa| {
-        let to = user_side(loaded, user, pa) as *mut u8;
-        // SAFETY: `off + n <= src.len()`; `to` is resolved writable user
-        // memory.
-        unsafe { copy_chunk(loaded, to, base.add(off), n) }
-    })
+    chunks(
+        space,
+        dst.get(),
+        src.len(),
+        Access::Write,
+        |off, user, n, pa| {
+            let to = user_side(loaded, user, pa) as *mut u8;
+            // SAFETY: `off + n <= src.len()`; `to` is resolved writable user
+            // memory.
+            unsafe { copy_chunk(loaded, to, base.add(off), n) }
+        },
+    )
 }
 
 /// Copies a NUL-terminated string from user memory at `src` into `buf`;
@@ -216,15 +229,15 @@ pub fn copy_to_user(space: &mut UserSpace, dst: usize, src: &[u8]) -> Result<(),
 /// NUL within `buf.len()` bytes.
 pub fn copy_str_from_user(
     space: &mut UserSpace,
-    src: usize,
+    src: UserAddr,
     buf: &mut [u8],
 ) -> Result<usize, Error> {
     let mut done = 0;
     while done < buf.len() {
         // Never read past the page holding the next byte: the string may
         // end just before an unmapped page.
-        let at = src.checked_add(done).ok_or(Error::BadAddress)?;
-        let n = (PAGE - at % PAGE).min(buf.len() - done);
+        let at = src.offset(done).ok_or(Error::BadAddress)?;
+        let n = (PAGE - at.get() % PAGE).min(buf.len() - done);
         let chunk = buf.get_mut(done..done + n).ok_or(Error::InvalidArgument)?;
         copy_from_user(space, at, chunk)?;
         if let Some(nul) = chunk.iter().position(|&b| b == 0) {
@@ -237,7 +250,7 @@ pub fn copy_str_from_user(
 
 /// Copies `bytes` into `object` from byte `offset` on, through the direct
 /// map, allocating its frames as needed.
-pub fn write_object(object: &UserObject, offset: usize, bytes: &[u8]) -> Result<(), Error> {
+pub fn write_object(object: &MemoryObject, offset: usize, bytes: &[u8]) -> Result<(), Error> {
     let mut done = 0;
     while done < bytes.len() {
         let at = offset.checked_add(done).ok_or(Error::InvalidArgument)?;
@@ -283,7 +296,7 @@ fn space_with(pages: usize) -> Result<UserSpace, Error> {
     let mut s = UserSpace::new(0, None)?;
     s.map(
         BASE,
-        UserObject::anonymous(pages, false)?,
+        MemoryObject::anonymous(pages, false)?,
         0,
         pages,
         super::paging::Attr::WRITE,
@@ -316,57 +329,76 @@ crate::ktest!(
                 let data: [u8; 32] = core::array::from_fn(|i| i as u8 + u8::from(loaded));
                 // Straddles the page boundary.
                 let at = BASE + PAGE - 16;
-                kassert_eq!(copy_to_user(&mut s, at, &data), Ok(()));
+                kassert_eq!(copy_to_user(&mut s, UserAddr::new(at), &data), Ok(()));
                 let mut back = [0u8; 32];
-                kassert_eq!(copy_from_user(&mut s, at, &mut back), Ok(()));
+                kassert_eq!(copy_from_user(&mut s, UserAddr::new(at), &mut back), Ok(()));
                 kassert_eq!(back, data);
                 let mut b = [0u8; 8];
                 let bad = Err(Error::BadAddress);
                 kassert_eq!(
-                    copy_from_user(&mut s, BASE + 2 * PAGE, &mut b),
+                    copy_from_user(&mut s, UserAddr::new(BASE + 2 * PAGE), &mut b),
                     bad,
                     "unmapped"
                 );
                 kassert_eq!(
-                    copy_from_user(&mut s, BASE + 2 * PAGE - 4, &mut b),
+                    copy_from_user(&mut s, UserAddr::new(BASE + 2 * PAGE - 4), &mut b),
                     bad,
                     "runs off"
                 );
-                kassert_eq!(copy_from_user(&mut s, 0, &mut b), bad, "null");
+                kassert_eq!(
+                    copy_from_user(&mut s, UserAddr::new(0), &mut b),
+                    bad,
+                    "null"
+                );
                 let kernel = arch::phys_to_virt(0x1000);
                 kassert_eq!(
-                    copy_from_user(&mut s, kernel, &mut b),
+                    copy_from_user(&mut s, UserAddr::new(kernel), &mut b),
                     bad,
                     "kernel address"
                 );
-                kassert_eq!(copy_to_user(&mut s, usize::MAX - 3, &b), bad, "wraps");
                 kassert_eq!(
-                    copy_to_user(&mut s, USER_END - 4, &b),
+                    copy_to_user(&mut s, UserAddr::new(usize::MAX - 3), &b),
+                    bad,
+                    "wraps"
+                );
+                kassert_eq!(
+                    copy_to_user(&mut s, UserAddr::new(USER_END - 4), &b),
                     bad,
                     "past the user half"
                 );
-                kassert_eq!(copy_from_user(&mut s, BASE, &mut []), Ok(()));
+                kassert_eq!(copy_from_user(&mut s, UserAddr::new(BASE), &mut []), Ok(()));
                 // Strings.
-                kassert_eq!(copy_to_user(&mut s, at, b"hello\0"), Ok(()));
+                kassert_eq!(copy_to_user(&mut s, UserAddr::new(at), b"hello\0"), Ok(()));
                 let mut buf = [0u8; 16];
-                kassert_eq!(copy_str_from_user(&mut s, at, &mut buf), Ok(5));
+                kassert_eq!(
+                    copy_str_from_user(&mut s, UserAddr::new(at), &mut buf),
+                    Ok(5)
+                );
                 kassert_eq!(&buf[..5], b"hello");
                 kassert_eq!(
-                    copy_str_from_user(&mut s, at, &mut buf[..3]),
+                    copy_str_from_user(&mut s, UserAddr::new(at), &mut buf[..3]),
                     Err(Error::InvalidArgument)
                 );
                 kassert_eq!(
-                    copy_str_from_user(&mut s, BASE + 2 * PAGE, &mut buf),
+                    copy_str_from_user(&mut s, UserAddr::new(BASE + 2 * PAGE), &mut buf),
                     Err(Error::BadAddress)
                 );
                 // Read-only pages refuse writes but allow reads.
                 kassert_eq!(s.protect(BASE, 2, super::paging::Attr::empty()), Ok(()));
-                kassert_eq!(copy_to_user(&mut s, BASE, &b), bad, "read-only");
-                kassert_eq!(copy_from_user(&mut s, BASE, &mut b), Ok(()));
+                kassert_eq!(
+                    copy_to_user(&mut s, UserAddr::new(BASE), &b),
+                    bad,
+                    "read-only"
+                );
+                kassert_eq!(copy_from_user(&mut s, UserAddr::new(BASE), &mut b), Ok(()));
                 kassert_eq!(s.protect(BASE, 2, super::paging::Attr::WRITE), Ok(()));
                 kassert_eq!(s.unmap(BASE, 1), Ok(()));
-                kassert_eq!(copy_from_user(&mut s, BASE, &mut b), bad, "unmapped again");
-                let obj = kexpect!(UserObject::anonymous(1, true), "allocating an object");
+                kassert_eq!(
+                    copy_from_user(&mut s, UserAddr::new(BASE), &mut b),
+                    bad,
+                    "unmapped again"
+                );
+                let obj = kexpect!(MemoryObject::anonymous(1, true), "allocating an object");
                 kassert_eq!(s.map(BASE, obj, 0, 1, super::paging::Attr::WRITE), Ok(()));
             }
             unload();
@@ -379,20 +411,35 @@ crate::ktest!(
     fn copy_on_write_break_keeps_the_parent_intact() {
         leaks_nothing(|| {
             let mut parent = kexpect!(space_with(4), "creating a space");
-            kassert_eq!(copy_to_user(&mut parent, BASE, b"parent"), Ok(()));
+            kassert_eq!(
+                copy_to_user(&mut parent, UserAddr::new(BASE), b"parent"),
+                Ok(())
+            );
             let free = free_frames_now();
             let mut child = kexpect!(parent.clone_cow(0), "cloning");
             // The clone copies no data frames (only page tables).
             kassert!(free - free_frames_now() < 8);
             load(&mut child);
             let mut b = [0u8; 6];
-            kassert_eq!(copy_from_user(&mut child, BASE, &mut b), Ok(()));
+            kassert_eq!(
+                copy_from_user(&mut child, UserAddr::new(BASE), &mut b),
+                Ok(())
+            );
             kassert_eq!(&b, b"parent");
-            kassert_eq!(copy_to_user(&mut child, BASE, b"child!"), Ok(()));
+            kassert_eq!(
+                copy_to_user(&mut child, UserAddr::new(BASE), b"child!"),
+                Ok(())
+            );
             load(&mut parent);
-            kassert_eq!(copy_from_user(&mut parent, BASE, &mut b), Ok(()));
+            kassert_eq!(
+                copy_from_user(&mut parent, UserAddr::new(BASE), &mut b),
+                Ok(())
+            );
             kassert_eq!(&b, b"parent", "the parent does not see the child's write");
-            kassert_eq!(copy_from_user(&mut child, BASE, &mut b), Ok(()));
+            kassert_eq!(
+                copy_from_user(&mut child, UserAddr::new(BASE), &mut b),
+                Ok(())
+            );
             kassert_eq!(&b, b"child!");
             unload();
             Ok(())
@@ -406,10 +453,13 @@ crate::ktest!(
             let mut s = kexpect!(space_with(64), "creating a space");
             // Touch pages far apart so several page tables are needed too.
             for i in 0..64 {
-                kassert_eq!(copy_to_user(&mut s, BASE + i * PAGE, &[1]), Ok(()));
+                kassert_eq!(
+                    copy_to_user(&mut s, UserAddr::new(BASE + i * PAGE), &[1]),
+                    Ok(())
+                );
             }
             let far = 0x7000_0000_0000;
-            let obj = kexpect!(UserObject::anonymous(3, true), "allocating");
+            let obj = kexpect!(MemoryObject::anonymous(3, true), "allocating");
             kassert_eq!(s.map(far, obj, 0, 3, super::paging::Attr::empty()), Ok(()));
             load(&mut s);
             drop(s);
@@ -424,11 +474,11 @@ crate::ktest!(
     fn page_tables_are_charged_and_given_back() {
         leaks_nothing(|| {
             let pool = kexpect!(
-                super::kref::KArc::try_new(super::quota::Quota::new(64)),
+                super::kref::KArc::try_new(super::pool::MemoryPool::new(64)),
                 "allocating a pool"
             );
             let mut s = kexpect!(UserSpace::new(0, Some(pool.clone())), "creating a space");
-            let obj = kexpect!(UserObject::anonymous(1, true), "allocating an object");
+            let obj = kexpect!(MemoryObject::anonymous(1, true), "allocating an object");
             load(&mut s);
             let free = free_frames_now();
             // One page per GiB: the first needs 3 tables, every other 2.
@@ -438,7 +488,11 @@ crate::ktest!(
                     s.map(va, obj.clone(), 0, 1, super::paging::Attr::WRITE),
                     Ok(())
                 );
-                kassert_eq!(copy_to_user(&mut s, va, &[1]), Ok(()), "loaded, so flushed");
+                kassert_eq!(
+                    copy_to_user(&mut s, UserAddr::new(va), &[1]),
+                    Ok(()),
+                    "loaded, so flushed"
+                );
             }
             kassert_eq!(pool.available(), 64 - 1 - 3 - 2 * 7);
             for i in 0..8 {
@@ -456,7 +510,8 @@ crate::ktest!(
 
 crate::kbench!(
     fn map_unmap_4k_user_page(iters: u64) {
-        let (Ok(mut s), Ok(obj)) = (UserSpace::new(0, None), UserObject::anonymous(1, true)) else {
+        let (Ok(mut s), Ok(obj)) = (UserSpace::new(0, None), MemoryObject::anonymous(1, true))
+        else {
             return;
         };
         load(&mut s);
@@ -474,7 +529,7 @@ crate::kbench!(
         let Ok(mut parent) = space_with(1) else {
             return 0;
         };
-        let _ = copy_to_user(&mut parent, BASE, b"x");
+        let _ = copy_to_user(&mut parent, UserAddr::new(BASE), b"x");
         let mut ticks = 0;
         for _ in 0..iters {
             let Ok(mut child) = parent.clone_cow(0) else {

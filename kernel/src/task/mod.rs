@@ -1,15 +1,12 @@
-//! Threads, processes and the root task.
-//!
-//! Portable and host-tested: ELF validation ([`elf`]) and the run queue
-//! ([`runq`]). On the machine: the thread table, scheduler and user-mode
-//! entry points (`kernel`), and loading the root task (`root`).
+//! Threads and processes: the kernel state and the thread lifecycle
+//! ([`Kernel`]), loading the root task ([`root`]) and validating its ELF
+//! image ([`elf`], portable and host-tested).
 
 pub mod elf;
-pub mod runq;
-
 #[cfg(target_os = "none")]
 mod kernel;
 #[cfg(target_os = "none")]
 pub mod root;
+
 #[cfg(target_os = "none")]
-pub use kernel::*;
+pub use kernel::{Kernel, Next};

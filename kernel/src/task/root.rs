@@ -7,16 +7,17 @@
 //! pool with all memory the kernel does not keep, the boot image (read
 //! only), and its own address space, capability space and thread.
 
+use super::Kernel;
 use super::elf;
-use super::kernel::{CSpaceRef, KObject, Kernel, SpaceCell, ThreadRef};
 use crate::arch;
 use crate::bootinfo::{BootInfo, RegionKind};
 use crate::cap::Dest;
 use crate::mm::kref::KArc;
 use crate::mm::object::PAGE;
 use crate::mm::paging::Attr;
-use crate::mm::quota::Quota;
-use crate::mm::user::{UserObject, boot_module_bytes, write_object};
+use crate::mm::pool::MemoryPool;
+use crate::mm::user::{MemoryObject, boot_module_bytes, write_object};
+use crate::object::{AddressSpaceObject, CSpaceRef, KObject, ThreadRef};
 use keel_abi::Error;
 use keel_abi::boot::{
     ROOT_FLAG_TEST, ROOT_INFO_ADDR, ROOT_INFO_MAGIC, ROOT_INFO_VERSION, ROOT_STACK_PAGES,
@@ -56,13 +57,13 @@ pub fn load(k: &mut Kernel, info: &BootInfo<'_>, flags: u64) -> Result<(), RootE
     let image = elf::parse(file, arch::ELF_MACHINE).map_err(RootError::Elf)?;
 
     let free = crate::mm::frame_stats().map_or(0, |s| s.1);
-    let pool = KArc::try_new(Quota::new(free.saturating_sub(KERNEL_RESERVE_FRAMES)))?;
-    let cell = SpaceCell::new(0, None)?;
+    let pool = KArc::try_new(MemoryPool::new(free.saturating_sub(KERNEL_RESERVE_FRAMES)))?;
+    let cell = AddressSpaceObject::new(0, None)?;
     {
-        let mut space = cell.space.lock();
+        let mut space = cell.lock();
         for seg in &image.segments {
             let (first, pages) = seg.pages();
-            let obj = UserObject::anonymous_charged(pages, true, Some(pool.clone()))?;
+            let obj = MemoryObject::anonymous_charged(pages, true, Some(pool.clone()))?;
             let bytes = file
                 .get(seg.offset..seg.offset + seg.file_size)
                 .ok_or(RootError::Elf(elf::ElfError::Truncated))?;
@@ -72,7 +73,7 @@ pub fn load(k: &mut Kernel, info: &BootInfo<'_>, flags: u64) -> Result<(), RootE
             attr.set(Attr::EXEC, seg.exec);
             space.map(first, obj, 0, pages, attr)?;
         }
-        let stack = UserObject::anonymous_charged(ROOT_STACK_PAGES, false, Some(pool.clone()))?;
+        let stack = MemoryObject::anonymous_charged(ROOT_STACK_PAGES, false, Some(pool.clone()))?;
         space.map(
             ROOT_STACK_TOP - ROOT_STACK_PAGES * PAGE,
             stack,
@@ -83,15 +84,15 @@ pub fn load(k: &mut Kernel, info: &BootInfo<'_>, flags: u64) -> Result<(), RootE
     }
 
     let cspace = k.caps.create_space(ROOT_SLOTS)?;
-    k.root_cspace = Some(cspace);
+    k.set_root(cspace);
     // The root task's capability space and threads are charged to its pool
     // like everyone else's.
     let cspace_pages = crate::cap::CapSpace::<KObject>::charge_pages(ROOT_SLOTS);
     pool.charge(cspace_pages)?;
-    let cspace_ref = CSpaceRef::new(cspace, 0, Some((pool.clone(), cspace_pages)))?;
+    let cspace_ref = CSpaceRef::new(k.orphans(), cspace, 0, Some((pool.clone(), cspace_pages)))?;
     // Whole pages from the one holding the module's first byte.
     let boot_pages = ((module.start % PAGE as u64) as usize + module.len() as usize).div_ceil(PAGE);
-    let boot_image = UserObject::physical(module.start & !0xfff, boot_pages, false)?;
+    let boot_image = MemoryObject::physical(module.start & !0xfff, boot_pages, false)?;
     let insert = |k: &mut Kernel, obj: KObject, ty: ObjectType, rights: Rights| {
         k.caps
             .insert(cspace, Dest::Any, obj, ty, rights, NO_BADGE)
@@ -102,19 +103,19 @@ pub fn load(k: &mut Kernel, info: &BootInfo<'_>, flags: u64) -> Result<(), RootE
     let read_only = Rights::READ | Rights::EXECUTE | Rights::GRANT;
     let t_image = insert(
         k,
-        KObject::Mem(boot_image),
+        KObject::Memory(boot_image),
         ObjectType::MemoryObject,
         read_only,
     )?;
     let t_space = insert(
         k,
-        KObject::Space(cell.clone()),
+        KObject::AddressSpace(cell.clone()),
         ObjectType::AddressSpace,
         Rights::ALL,
     )?;
     let t_cspace = insert(
         k,
-        KObject::CapSpace(cspace_ref.clone()),
+        KObject::CSpace(cspace_ref.clone()),
         ObjectType::CapSpace,
         Rights::ALL,
     )?;
@@ -125,7 +126,7 @@ pub fn load(k: &mut Kernel, info: &BootInfo<'_>, flags: u64) -> Result<(), RootE
         ROOT_STACK_TOP,
         ROOT_INFO_ADDR,
     )?;
-    let thread_ref = ThreadRef::new(thread)?;
+    let thread_ref = ThreadRef::new(k.orphans(), thread)?;
     let t_thread = insert(
         k,
         KObject::Thread(thread_ref),
@@ -146,7 +147,7 @@ pub fn load(k: &mut Kernel, info: &BootInfo<'_>, flags: u64) -> Result<(), RootE
         cpu_count: info.cpu_count as u64,
         flags,
     };
-    let page = UserObject::anonymous(1, true)?;
+    let page = MemoryObject::anonymous(1, true)?;
     let fields = [
         root_info.magic,
         root_info.version,
@@ -164,9 +165,7 @@ pub fn load(k: &mut Kernel, info: &BootInfo<'_>, flags: u64) -> Result<(), RootE
     for (i, f) in fields.iter().enumerate() {
         write_object(&page, i * 8, &f.to_le_bytes())?;
     }
-    cell.space
-        .lock()
-        .map(ROOT_INFO_ADDR, page, 0, 1, Attr::empty())?;
+    cell.lock().map(ROOT_INFO_ADDR, page, 0, 1, Attr::empty())?;
     k.resume(thread)?;
     log::info!(
         "root task: entry {:#x}, {} segments, pool {} pages{}",

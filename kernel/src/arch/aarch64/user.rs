@@ -20,9 +20,9 @@
 //! finds `user_regs` through TPIDR_EL1, stores x2–x30, then x0/x1 from the
 //! stack (so SP is back at the top), SP_EL0, ELR_EL1 and SPSR_EL1 into it,
 //! clears x29/x30 (the frame-pointer chain ends there) and calls
-//! `keel_user_sync(esr, far)`, which calls `crate::task::on_syscall()` for
+//! `keel_user_sync(esr, far)`, which calls `crate::entry::on_syscall()` for
 //! an SVC (ESR.EC 0x15; ELR already points past the `svc`) and
-//! `crate::task::on_user_fault` for anything else. Both return the
+//! `crate::entry::on_user_fault` for anything else. Both return the
 //! registers to enter next, and the stub falls through into
 //! `keel_enter_user`.
 //!
@@ -296,13 +296,13 @@ fn user_fault(esr: u64, far: u64, sp: u64) -> UserFault {
 #[unsafe(no_mangle)]
 extern "C" fn keel_user_sync(esr: u64, far: u64) -> *const UserRegs {
     if (esr >> 26) & 0x3f == EC_SVC64 {
-        return crate::task::on_syscall();
+        return crate::entry::on_syscall();
     }
     let sp: u64;
     // SAFETY: reading SP_EL0 (still the user's stack pointer) has no side
     // effects.
     unsafe { asm!("mrs {}, sp_el0", out(reg) sp, options(nomem, nostack, preserves_flags)) };
-    crate::task::on_user_fault(user_fault(esr, far, sp))
+    crate::entry::on_user_fault(user_fault(esr, far, sp))
 }
 
 unsafe extern "C" {

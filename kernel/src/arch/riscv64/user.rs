@@ -263,9 +263,9 @@ pub(super) extern "C" fn user_trap(scause: usize, stval: usize) -> *const crate:
         unexpected_user_trap(scause, stval)
     }
     if scause == ECALL_FROM_U {
-        crate::task::on_syscall()
+        crate::entry::on_syscall()
     } else {
-        crate::task::on_user_fault(classify_user(scause, stval))
+        crate::entry::on_user_fault(classify_user(scause, stval))
     }
 }
 

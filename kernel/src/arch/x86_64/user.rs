@@ -30,13 +30,13 @@
 //!   the user RSP in the per-CPU block, store every register into
 //!   `*regs` (RCX = the return RIP, R11 = the user RFLAGS: the CPU has
 //!   already replaced the user's RCX and R11 with them), switch to the top
-//!   of the kernel stack and call `crate::task::on_syscall()`.
+//!   of the kernel stack and call `crate::entry::on_syscall()`.
 //! - An exception or interrupt from ring 3 arrives through the IDT on
 //!   TSS.RSP0 (the top of the same kernel stack; NMI and #DF on their IST
 //!   stacks) and the common trap stub, which swaps GS when the saved CS is
 //!   ring 3 and calls the dispatcher, which calls [`user_trap`]: the
 //!   registers go into `*regs` and synchronous exceptions become
-//!   `crate::task::on_user_fault(fault)`.
+//!   `crate::entry::on_user_fault(fault)`.
 //! - Both then `enter_user` whatever thread the portable side returns.
 //!   Nothing stays on the kernel stack across `enter_user`: it starts at
 //!   the top again on every entry.
@@ -484,7 +484,7 @@ unsafe extern "C" {
 /// Called by `keel_syscall_entry` on the kernel stack with the caller's
 /// registers saved: the portable system-call path.
 extern "C" fn keel_on_syscall() -> *const UserRegs {
-    crate::task::on_syscall()
+    crate::entry::on_syscall()
 }
 
 /// Called by `keel_enter_user` when `regs` holds a PC that is not a
@@ -495,7 +495,7 @@ extern "C" fn keel_bad_user_pc(regs: *const UserRegs) -> *const UserRegs {
     // valid for reading (the contract of `enter_user`).
     let pc = unsafe { (*regs).rip } as usize;
     this_cpu().regs.store(regs as usize, Ordering::Relaxed);
-    crate::task::on_user_fault(UserFault::PageFault {
+    crate::entry::on_user_fault(UserFault::PageFault {
         addr: pc,
         access: Access::Exec,
     })
@@ -584,7 +584,7 @@ pub fn user_trap(frame: &TrapFrame, fault: Option<UserFault>) -> ! {
     // runs after an `enter_user`, so it is set.
     unsafe { regs.write(saved) };
     let next = match fault {
-        Some(fault) => crate::task::on_user_fault(fault),
+        Some(fault) => crate::entry::on_user_fault(fault),
         None => regs.cast_const(),
     };
     // SAFETY: `next` comes from the portable side, which hands out only

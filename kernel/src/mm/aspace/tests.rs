@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::mm::paging::{TableMemory, X86};
-use crate::mm::quota::Quota;
+use crate::mm::pool::MemoryPool;
 use proptest::prelude::*;
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -423,8 +423,8 @@ fn out_of_memory_is_reported_and_leaks_nothing() {
     assert_eq!(frames_in_use(), before);
 }
 
-fn pool(pages: u64) -> KArc<Quota> {
-    KArc::try_new(Quota::new(pages)).unwrap()
+fn pool(pages: u64) -> KArc<MemoryPool> {
+    KArc::try_new(MemoryPool::new(pages)).unwrap()
 }
 
 const GIB: usize = 1 << 30;

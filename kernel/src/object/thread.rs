@@ -1,0 +1,176 @@
+//! The thread object: a thread control block (TCB) and the references
+//! capabilities hold to it.
+//!
+//! A TCB is the thread's whole kernel-visible state (DESIGN.md §1.2): saved
+//! user registers, FP/SIMD state, TLS base, scheduling state, the address
+//! space it runs in and its home capability space. Its `Box` never moves
+//! while it lives, so the architecture saves user registers straight into
+//! it. It is charged [`TCB_PAGES`] to its home space's pool.
+//!
+//! Lifecycle (the state machine the scheduler keeps, host-tested in
+//! `task`): new threads are `Suspended`; `resume` makes them `Ready`
+//! (queued); the scheduler makes one `Running`; `suspend` takes a `Ready`
+//! or `Running` thread back to `Suspended`; killing (exit, kill, its
+//! process's end, its last capability going) removes it from every queue
+//! and the thread table.
+
+use super::{Home, Orphan, OrphanSlot, Orphans};
+use crate::arch::{FpuState, UserRegs};
+use crate::arena::Id;
+use crate::mm::kref::KArc;
+use crate::object::AddressSpaceObject;
+use keel_abi::Error;
+
+/// Names a thread; stale once the thread is gone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ThreadId(pub(crate) Id);
+
+impl core::fmt::Display for ThreadId {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "{}:{}", self.0.index(), self.0.generation())
+    }
+}
+
+/// Scheduling state (see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum State {
+    Suspended,
+    Ready,
+    Running,
+}
+
+/// Default priority of new threads.
+pub const DEFAULT_PRIORITY: u8 = 10;
+
+/// What a thread is charged to its home space's pool: its TCB (about 1 KiB
+/// with the FP/SIMD state) and its thread-table slot, rounded up to a page.
+pub const TCB_PAGES: u64 = 1;
+const _: () = assert!(core::mem::size_of::<Thread>() <= 4096);
+
+/// A thread control block.
+pub struct Thread {
+    regs: UserRegs,
+    fpu: FpuState,
+    tls: usize,
+    pub(crate) state: State,
+    pub(crate) priority: u8,
+    affinity: u64,
+    space: KArc<AddressSpaceObject>,
+    home: Home,
+}
+
+impl Thread {
+    /// A suspended thread of default priority, charged to `home`'s pool
+    /// (`OutOfMemory` if it has no room); the charge is the thread's from
+    /// then on and its `Drop` credits it.
+    pub fn new(
+        space: KArc<AddressSpaceObject>,
+        home: Home,
+        entry: usize,
+        stack: usize,
+        arg: usize,
+    ) -> Result<Thread, Error> {
+        if let Some(pool) = home.pool() {
+            pool.charge(TCB_PAGES)?;
+        }
+        Ok(Thread {
+            regs: UserRegs::new(entry, stack, arg),
+            fpu: FpuState::default(),
+            tls: 0,
+            state: State::Suspended,
+            priority: DEFAULT_PRIORITY,
+            affinity: u64::MAX,
+            space,
+            home,
+        })
+    }
+
+    /// The saved user registers.
+    pub fn regs(&self) -> &UserRegs {
+        &self.regs
+    }
+
+    /// The saved user registers, to change.
+    pub fn regs_mut(&mut self) -> &mut UserRegs {
+        &mut self.regs
+    }
+
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    pub fn priority(&self) -> u8 {
+        self.priority
+    }
+
+    pub fn affinity(&self) -> u64 {
+        self.affinity
+    }
+
+    pub fn set_affinity(&mut self, mask: u64) {
+        self.affinity = mask;
+    }
+
+    /// The address space it runs in.
+    pub fn space(&self) -> &KArc<AddressSpaceObject> {
+        &self.space
+    }
+
+    /// The capability space it runs in.
+    pub fn home(&self) -> &Home {
+        &self.home
+    }
+
+    /// Sets the TLS base (the caller loads it if the thread is running).
+    pub fn set_tls(&mut self, value: usize) {
+        self.tls = value;
+        self.regs.set_tls(value);
+    }
+
+    /// Saves the CPU's FP/SIMD and TLS state into the TCB (switching away).
+    pub fn save_cpu_state(&mut self) {
+        self.fpu.save();
+        self.tls = crate::arch::save_tls(self.tls);
+    }
+
+    /// Loads the TCB's FP/SIMD and TLS state into the CPU (switching in).
+    pub fn load_cpu_state(&self) {
+        self.fpu.restore();
+        crate::arch::load_tls(self.tls);
+    }
+}
+
+impl Drop for Thread {
+    fn drop(&mut self) {
+        if let Some(pool) = self.home.pool() {
+            pool.credit(TCB_PAGES);
+        }
+    }
+}
+
+/// A capability's reference to a thread. A thread lives while any
+/// capability to it does (or until it exits or is killed); when the last
+/// goes, the thread is queued to be ended, so a thread can never outlive
+/// every way to reach it.
+pub struct ThreadRef {
+    id: ThreadId,
+    slot: OrphanSlot,
+}
+
+impl ThreadRef {
+    pub fn new(orphans: &KArc<Orphans>, id: ThreadId) -> Result<KArc<ThreadRef>, Error> {
+        let slot = Orphans::reserve(orphans)?;
+        KArc::try_new(ThreadRef { id, slot })
+    }
+
+    /// The thread (stale once it is gone).
+    pub fn id(&self) -> ThreadId {
+        self.id
+    }
+}
+
+impl Drop for ThreadRef {
+    fn drop(&mut self) {
+        self.slot.queue(Orphan::Thread(self.id));
+    }
+}

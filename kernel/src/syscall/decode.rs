@@ -1,0 +1,398 @@
+//! Decoding: every argument, capability, right and resource of a call
+//! checked and reserved, with no visible effect (see the parent module).
+
+use super::{DEBUG_WRITE_MAX, USER_CSPACE_MAX_SLOTS};
+use crate::cap::{CSpaceId, CapSpace, NewSpace};
+use crate::mm::aspace::USER_END;
+use crate::mm::kref::{KArc, try_box};
+use crate::mm::paging::Attr;
+use crate::mm::pool::MemoryPool;
+use crate::mm::user::{MemoryObject, UserAddr};
+use crate::object::thread::State;
+use crate::object::{AddressSpaceObject, CSpaceRef, KObject, Object, Thread, ThreadId, ThreadRef};
+use crate::sched::PRIORITIES;
+use crate::task::Kernel;
+use alloc::boxed::Box;
+use keel_abi::cap::{CapToken, NO_BADGE, ObjectType, Rights};
+use keel_abi::syscall::{MEM_EAGER, PROT_EXEC, PROT_WRITE, SystemInfoKey};
+use keel_abi::{Error, Syscall};
+
+/// The six argument registers of a call, as user space left them.
+#[derive(Clone, Copy, Debug)]
+pub struct Args(pub [usize; 6]);
+
+/// A decoded call: checked, its objects resolved, its resources reserved.
+pub enum Call {
+    /// A query answered by decoding it (identify, sizes, pool levels).
+    Value(usize),
+    SystemInfo(SystemInfoKey),
+    DebugWrite {
+        space: KArc<AddressSpaceObject>,
+        at: UserAddr,
+        len: usize,
+    },
+    /// Derive (`needed` empty, same space) or grant into a reserved slot.
+    Copy {
+        from: CSpaceId,
+        src: CapToken,
+        to: CSpaceId,
+        slot: u32,
+        rights: Rights,
+        badge: u64,
+        grant: bool,
+    },
+    Delegate {
+        from: CSpaceId,
+        src: CapToken,
+        to: CSpaceId,
+        slot: u32,
+    },
+    Delete(CSpaceId, CapToken),
+    Revoke(CSpaceId, CapToken),
+    /// A new object's original capability into a reserved slot.
+    Insert {
+        cspace: CSpaceId,
+        slot: u32,
+        object: KObject,
+        ty: ObjectType,
+    },
+    CSpaceCreate {
+        cspace: CSpaceId,
+        slot: u32,
+        new: NewSpace<KObject>,
+        reference: KArc<CSpaceRef>,
+    },
+    ThreadCreate {
+        cspace: CSpaceId,
+        slot: u32,
+        thread: Box<Thread>,
+        reference: KArc<ThreadRef>,
+    },
+    Resume(ThreadId),
+    Suspend(ThreadId),
+    Exit(isize),
+    SetPriority(ThreadId, u8),
+    SetAffinity(ThreadId, u64),
+    SetTls(ThreadId, usize),
+    Yield,
+    Kill(ThreadId),
+    Map {
+        space: KArc<AddressSpaceObject>,
+        object: KArc<MemoryObject>,
+        va: UserAddr,
+        offset: usize,
+        pages: usize,
+        attr: Attr,
+    },
+    Unmap {
+        space: KArc<AddressSpaceObject>,
+        va: UserAddr,
+        pages: usize,
+    },
+    Protect {
+        space: KArc<AddressSpaceObject>,
+        va: UserAddr,
+        pages: usize,
+        attr: Attr,
+    },
+}
+
+fn token(raw: usize) -> CapToken {
+    CapToken::from_raw(raw as u64)
+}
+
+fn rights(raw: usize) -> Result<Rights, Error> {
+    u32::try_from(raw)
+        .ok()
+        .and_then(Rights::from_bits)
+        .ok_or(Error::InvalidArgument)
+}
+
+fn prot(raw: usize) -> Result<Attr, Error> {
+    if raw & !(PROT_WRITE | PROT_EXEC) != 0 {
+        return Err(Error::InvalidArgument);
+    }
+    let mut a = Attr::empty();
+    a.set(Attr::WRITE, raw & PROT_WRITE != 0);
+    a.set(Attr::EXEC, raw & PROT_EXEC != 0);
+    Ok(a)
+}
+
+/// Rights a mapping with `attr` needs on the memory object.
+fn rights_for(attr: Attr) -> Rights {
+    let mut r = Rights::READ;
+    if attr.contains(Attr::WRITE) {
+        r = r | Rights::WRITE;
+    }
+    if attr.contains(Attr::EXEC) {
+        r = r | Rights::EXECUTE;
+    }
+    r
+}
+
+/// The object `raw` names in `cspace`, which must be a `T` with `needed`.
+fn cap<T: Object>(k: &Kernel, cspace: CSpaceId, raw: usize, needed: Rights) -> Result<T, Error> {
+    let c = k.caps.lookup_as(cspace, token(raw), T::TYPE, needed)?;
+    T::from_object(c.object()).ok_or(Error::WrongObjectType)
+}
+
+/// A live thread `raw` names, with the right to control it.
+fn thread(k: &Kernel, cspace: CSpaceId, raw: usize) -> Result<(ThreadId, &Thread), Error> {
+    let id = cap::<KArc<ThreadRef>>(k, cspace, raw, Rights::WRITE)?.id();
+    Ok((id, k.thread(id)?))
+}
+
+/// The capability space `dest` names, if a capability `raw` may be put
+/// there: a capability to a space only into a space of lower rank
+/// (`object::cspace`), so no cycle can keep spaces alive.
+fn destination(k: &Kernel, cspace: CSpaceId, raw: usize, dest: usize) -> Result<CSpaceId, Error> {
+    let to = cap::<KArc<CSpaceRef>>(k, cspace, dest, Rights::WRITE)?;
+    if let KObject::CSpace(r) = k.caps.lookup(cspace, token(raw))?.object()
+        && !r.may_go_into(&to)
+    {
+        return Err(Error::InvalidArgument);
+    }
+    Ok(to.id())
+}
+
+/// Decodes call `number` with `args` from thread `caller`.
+pub fn decode(k: &mut Kernel, caller: ThreadId, number: usize, args: Args) -> Result<Call, Error> {
+    let call = Syscall::try_from(number).map_err(|_| Error::NoSuchSyscall)?;
+    let me = k.thread(caller)?;
+    let home = me.home().clone();
+    let cs = home.id();
+    let Args([a0, a1, a2, a3, a4, a5]) = args;
+    Ok(match call {
+        Syscall::DebugWrite => {
+            let (at, len) = (UserAddr::new(a0), a1);
+            if len > DEBUG_WRITE_MAX {
+                return Err(Error::InvalidArgument);
+            }
+            Call::DebugWrite {
+                space: me.space().clone(),
+                at,
+                len,
+            }
+        }
+        Syscall::SystemInfo => Call::SystemInfo(SystemInfoKey::try_from(a0)?),
+        Syscall::CapIdentify => {
+            let c = k.caps.lookup(cs, token(a0))?;
+            Call::Value(((c.object_type() as usize) << 8) | c.rights().bits() as usize)
+        }
+        Syscall::CapDerive => {
+            let (src, rights, badge) = (token(a0), rights(a1)?, a2 as u64);
+            k.caps
+                .check_copy(cs, src, cs, rights, badge, Rights::NONE)?;
+            let slot = k.caps.reserve_slot(cs)?;
+            Call::Copy {
+                from: cs,
+                src,
+                to: cs,
+                slot,
+                rights,
+                badge,
+                grant: false,
+            }
+        }
+        Syscall::CapGrant => {
+            let (src, rights) = (token(a0), rights(a2)?);
+            let to = destination(k, cs, a0, a1)?;
+            k.caps
+                .check_copy(cs, src, to, rights, NO_BADGE, Rights::GRANT)?;
+            let slot = k.caps.reserve_slot(to)?;
+            Call::Copy {
+                from: cs,
+                src,
+                to,
+                slot,
+                rights,
+                badge: NO_BADGE,
+                grant: true,
+            }
+        }
+        Syscall::CapDelegate => {
+            let src = token(a0);
+            let to = destination(k, cs, a0, a1)?;
+            k.caps.check_delegate(cs, src, to)?;
+            let slot = k.caps.reserve_slot(to)?;
+            Call::Delegate {
+                from: cs,
+                src,
+                to,
+                slot,
+            }
+        }
+        Syscall::CapDelete => {
+            k.caps.lookup(cs, token(a0))?;
+            Call::Delete(cs, token(a0))
+        }
+        Syscall::CapRevoke => {
+            if !k
+                .caps
+                .lookup(cs, token(a0))?
+                .rights()
+                .contains(Rights::REVOKE)
+            {
+                return Err(Error::AccessDenied);
+            }
+            Call::Revoke(cs, token(a0))
+        }
+        Syscall::CapSpaceCreate => {
+            let (pool, slots) = (cap::<KArc<MemoryPool>>(k, cs, a0, Rights::WRITE)?, a1);
+            if slots == 0 || slots > USER_CSPACE_MAX_SLOTS {
+                return Err(Error::InvalidArgument);
+            }
+            let depth = home.depth().checked_add(1).ok_or(Error::InvalidArgument)?;
+            let slot = k.caps.reserve_slot(cs)?;
+            let pages = CapSpace::<KObject>::charge_pages(slots as u32);
+            pool.charge(pages)?;
+            let new = k
+                .caps
+                .prepare_space(slots as u32)
+                .inspect_err(|_| pool.credit(pages))?;
+            // Made last: from here on only `invoke` or a drop (which
+            // credits the pool) ends the charge.
+            let reference = CSpaceRef::new(k.orphans(), new.id(), depth, Some((pool, pages)))?;
+            Call::CSpaceCreate {
+                cspace: cs,
+                slot,
+                new,
+                reference,
+            }
+        }
+        Syscall::ThreadCreate => {
+            let (entry, stack, arg) = (a2, a3, a4);
+            let space = cap::<KArc<AddressSpaceObject>>(k, cs, a0, Rights::WRITE)?;
+            let home = if a1 == 0 {
+                home
+            } else {
+                cap::<KArc<CSpaceRef>>(k, cs, a1, Rights::WRITE)?.home()
+            };
+            // A killed process's space is gone even while references remain.
+            k.caps.space(home.id())?;
+            if entry >= USER_END || stack > USER_END {
+                return Err(Error::InvalidArgument);
+            }
+            let slot = k.caps.reserve_slot(cs)?;
+            k.reserve_thread()?;
+            let thread = try_box(Thread::new(space, home, entry, stack, arg)?)?;
+            // Names the thread `invoke` will add (the kernel lock is held
+            // from here to there, so no other thread can take its slot).
+            let reference = ThreadRef::new(k.orphans(), k.next_thread_id())?;
+            Call::ThreadCreate {
+                cspace: cs,
+                slot,
+                thread,
+                reference,
+            }
+        }
+        Syscall::ThreadResume => {
+            let (id, t) = thread(k, cs, a0)?;
+            if t.state() != State::Suspended {
+                return Err(Error::InvalidState);
+            }
+            let prio = t.priority();
+            k.reserve_ready(prio)?;
+            Call::Resume(id)
+        }
+        Syscall::ThreadSuspend => {
+            let (id, t) = thread(k, cs, a0)?;
+            if t.state() == State::Suspended {
+                return Err(Error::InvalidState);
+            }
+            Call::Suspend(id)
+        }
+        Syscall::ThreadExit => Call::Exit(a0 as isize),
+        Syscall::ThreadSetPriority => {
+            let (id, t) = thread(k, cs, a0)?;
+            let prio = u8::try_from(a1)
+                .ok()
+                .filter(|&p| usize::from(p) < PRIORITIES)
+                .ok_or(Error::InvalidArgument)?;
+            if t.state() == State::Ready {
+                k.reserve_ready(prio)?;
+            }
+            Call::SetPriority(id, prio)
+        }
+        Syscall::ThreadSetAffinity => {
+            let (id, _) = thread(k, cs, a0)?;
+            let cpus = k.cpu_count().min(64);
+            let online = if cpus >= 64 {
+                u64::MAX
+            } else {
+                (1u64 << cpus) - 1
+            };
+            if a1 as u64 & online == 0 {
+                return Err(Error::InvalidArgument);
+            }
+            Call::SetAffinity(id, a1 as u64)
+        }
+        Syscall::ThreadSetTls => {
+            let (id, _) = thread(k, cs, a0)?;
+            if a1 >= USER_END {
+                return Err(Error::InvalidArgument);
+            }
+            Call::SetTls(id, a1)
+        }
+        Syscall::Yield => Call::Yield,
+        Syscall::ThreadKill => Call::Kill(thread(k, cs, a0)?.0),
+        Syscall::MemCreate => {
+            let (pool, pages, flags) = (cap::<KArc<MemoryPool>>(k, cs, a0, Rights::WRITE)?, a1, a2);
+            if flags & !MEM_EAGER != 0 || pages == 0 {
+                return Err(Error::InvalidArgument);
+            }
+            let slot = k.caps.reserve_slot(cs)?;
+            let obj = MemoryObject::anonymous_charged(pages, flags & MEM_EAGER != 0, Some(pool))?;
+            Call::Insert {
+                cspace: cs,
+                slot,
+                object: KObject::Memory(obj),
+                ty: ObjectType::MemoryObject,
+            }
+        }
+        Syscall::AspaceCreate => {
+            let pool = cap::<KArc<MemoryPool>>(k, cs, a0, Rights::WRITE)?;
+            let slot = k.caps.reserve_slot(cs)?;
+            let space = AddressSpaceObject::new(0, Some(pool))?;
+            Call::Insert {
+                cspace: cs,
+                slot,
+                object: KObject::AddressSpace(space),
+                ty: ObjectType::AddressSpace,
+            }
+        }
+        Syscall::Map => {
+            let attr = prot(a5)?;
+            Call::Map {
+                space: cap(k, cs, a0, Rights::WRITE)?,
+                object: cap(k, cs, a1, rights_for(attr))?,
+                va: UserAddr::new(a2),
+                offset: a3,
+                pages: a4,
+                attr,
+            }
+        }
+        Syscall::Unmap => Call::Unmap {
+            space: cap(k, cs, a0, Rights::WRITE)?,
+            va: UserAddr::new(a1),
+            pages: a2,
+        },
+        Syscall::Protect => {
+            let attr = prot(a3)?;
+            Call::Protect {
+                space: cap(k, cs, a0, Rights::WRITE)?,
+                va: UserAddr::new(a1),
+                pages: a2,
+                attr,
+            }
+        }
+        Syscall::MemSize => {
+            Call::Value(cap::<KArc<MemoryObject>>(k, cs, a0, Rights::NONE)?.pages())
+        }
+        Syscall::PoolAvailable => {
+            Call::Value(cap::<KArc<MemoryPool>>(k, cs, a0, Rights::READ)?.available() as usize)
+        }
+        // Assigned numbers of subsystems that are not built yet.
+        _ => return Err(Error::NoSuchSyscall),
+    })
+}
