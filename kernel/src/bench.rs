@@ -65,9 +65,30 @@ macro_rules! kbench {
     };
 }
 
+#[cfg(target_os = "none")]
+unsafe extern "C" {
+    // Defined by every architecture's linker.ld around `.kbenches` (KEEP,
+    // 8-byte aligned). Declared as bytes: only their addresses are used.
+    static __kbenches_start: u8;
+    static __kbenches_end: u8;
+}
+
+/// All benchmarks registered in the `.kbenches` section by [`kbench!`].
+#[cfg(target_os = "none")]
+fn registered() -> &'static [KBench] {
+    let start = (&raw const __kbenches_start).cast::<KBench>();
+    let end = (&raw const __kbenches_end).cast::<KBench>();
+    let len = (end as usize - start as usize) / core::mem::size_of::<KBench>();
+    // SAFETY: the linker script places every `KBench` static emitted by
+    // `kbench!` contiguously between these two symbols, so the range is a
+    // valid, immutable array of `KBench`es that lives for the whole run.
+    unsafe { core::slice::from_raw_parts(start, len) }
+}
+
 /// Runs every registered benchmark and prints one line per benchmark.
+#[cfg(target_os = "none")]
 pub fn run_all() {
-    for b in crate::arch::registered_benches() {
+    for b in registered() {
         let iters = b.iters.max(1);
         // Warm caches and lazily initialised state once.
         let _ = (b.func)(iters);

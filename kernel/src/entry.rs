@@ -94,22 +94,21 @@ pub fn on_syscall() -> *const UserRegs {
         let Some(cur) = k.current() else {
             return r.next(After::Continue);
         };
-        let Ok((number, args)) = k.thread(cur).map(|t| t.regs().syscall_args()) else {
+        let Ok(((number, args), cspace)) = k
+            .thread(cur)
+            .map(|t| (t.regs().syscall_args(), t.home().id()))
+        else {
             return r.next(After::Continue);
         };
-        let outcome = crate::syscall::dispatch(k, cur, number, args);
+        let outcome = crate::syscall::dispatch(k, cur, cspace, number, args);
         let value = match outcome.value {
             Ok(v) => v as isize,
             Err(e) => e.to_return_value(),
         };
         // Fast path: the caller keeps the CPU unless it yielded, stopped,
         // or woke a thread of higher priority.
-        let keeps = k.keeps_cpu(cur, outcome.after);
-        if let Ok(t) = k.thread_mut(cur) {
-            t.regs_mut().set_result(value);
-            if keeps {
-                return core::ptr::from_ref(t.regs());
-            }
+        if let Some(regs) = k.return_to(cur, value, outcome.after) {
+            return regs;
         }
         r.next(outcome.after)
     })

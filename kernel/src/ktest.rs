@@ -90,7 +90,7 @@ macro_rules! kassert_eq {
 }
 
 /// Unwraps an `Option` or `Result`, or fails the current test saying what
-/// could not be done: `let s = kexpect!(UserSpace::new(0, None), "creating a space");`
+/// could not be done: `let s = kexpect!(UserSpace::new(0), "creating a space");`
 #[macro_export]
 macro_rules! kexpect {
     ($value:expr, $what:expr $(,)?) => {
@@ -121,11 +121,32 @@ impl<T, E: core::fmt::Debug> Expect<T> for Result<T, E> {
     }
 }
 
+#[cfg(target_os = "none")]
+unsafe extern "C" {
+    // Defined by every architecture's linker.ld around `.ktests` (KEEP,
+    // 8-byte aligned). Declared as bytes: only their addresses are used.
+    static __ktests_start: u8;
+    static __ktests_end: u8;
+}
+
+/// All tests registered in the `.ktests` section by [`ktest!`].
+#[cfg(target_os = "none")]
+fn registered() -> &'static [KTest] {
+    let start = (&raw const __ktests_start).cast::<KTest>();
+    let end = (&raw const __ktests_end).cast::<KTest>();
+    let len = (end as usize - start as usize) / core::mem::size_of::<KTest>();
+    // SAFETY: the linker script places every `KTest` static emitted by
+    // `ktest!` contiguously between these two symbols, so the range is a
+    // valid, immutable array of `KTest`s that lives for the whole run.
+    unsafe { core::slice::from_raw_parts(start, len) }
+}
+
 /// Runs every registered test whose path contains `filter` and returns
 /// `(passed, failed)`.
+#[cfg(target_os = "none")]
 pub fn run_all(filter: Option<&str>) -> (usize, usize) {
     let (mut passed, mut failed) = (0, 0);
-    for test in crate::arch::registered_tests() {
+    for test in registered() {
         if filter.is_some_and(|f| !test.name.contains(f)) {
             continue;
         }

@@ -1,16 +1,22 @@
 //! The architecture layer: the only place that selects code by
-//! `target_arch`. Each architecture module presents the same set of names,
-//! listed here; the rest of the kernel calls them as `crate::arch::NAME`.
+//! `target_arch`. Each architecture module, and the host stand-in `host`
+//! (selected instead when `target_os` is not `"none"`: host builds and
+//! `cargo test`), presents the same set of names. The list in `contract!`
+//! below *is* the contract: it is re-exported from the selected module and
+//! nothing else is, so an architecture that lacks an item fails to compile
+//! and the rest of the kernel, which calls them as `crate::arch::NAME`,
+//! cannot reach anything outside it. The `const` block after it checks the
+//! type of every item, for every architecture and the host stand-in alike.
 //!
 //! # Contract every architecture implements
-//! Boot:
+//! Boot (bare metal only):
 //! - An entry point (named by its `linker.ld`) that brings the CPU to a
 //!   64-bit higher-half kernel with a stack, FP/SIMD enabled, the trap vector
 //!   installed and the console usable, parses the boot information into
-//!   [`crate::bootinfo::BootInfo`] and calls [`crate::boot::kernel_main`].
+//!   [`crate::bootinfo::BootInfo`] and calls `crate::boot::kernel_main`.
 //!
-//! Items (all `pub` in the arch module):
-//! - `NAME: &str` — "x86_64", "aarch64" or "riscv64".
+//! Items:
+//! - `NAME: &str` — "x86_64", "aarch64", "riscv64" (or "host").
 //! - `fn console_write(bytes: &[u8])` — polled serial output.
 //! - `fn exit(status: i32) -> !` — power off with `status` as QEMU's exit
 //!   status (see `keel_abi::harness`); halts forever where no exit device is.
@@ -19,7 +25,7 @@
 //!   once per guest instruction under QEMU `-icount shift=0` (TSC, PMCCNTR_EL0,
 //!   `instret`).
 //! - `fn breakpoint()` — executes the architecture's breakpoint instruction
-//!   at [`breakpoint_site`]; the trap handler records a
+//!   at `breakpoint_site`; the trap handler records a
 //!   [`crate::trap::TrapCause::Breakpoint`] with `crate::trap::record` and
 //!   resumes after it.
 //! - `fn breakpoint_site() -> usize` — the address of that instruction.
@@ -43,6 +49,10 @@
 //!   in TTBR1).
 //! - `const FLUSH_NEW_ENTRIES: bool` — whether the TLB may cache invalid
 //!   entries, so that a new mapping must be flushed too (RISC-V).
+//! - `const DIRECT_MAP_BASE: usize` / `fn phys_to_virt(pa: u64) -> usize`
+//!   — the direct map of physical memory: physical `pa` is readable and
+//!   writable by the kernel at `DIRECT_MAP_BASE + pa` (all RAM once
+//!   `mm::kmap` has run; the first 4 GiB before).
 //! - `fn max_page_size() -> PageSize` — the largest leaf this CPU supports.
 //! - `fn kernel_image_layout() -> ArrayVec<(Range<usize>, Attr), 8>` — the kernel
 //!   image's sections with their attributes (text RX, rodata R, data/bss RW),
@@ -60,29 +70,32 @@
 //! - `fn asid_count() -> usize` — usable address-space ids (1 when the CPU has
 //!   none, which means every switch flushes).
 //! - `fn flush_page(asid: u16, va: usize)` (a page of the current user
-//!   tree), `fn flush_kernel_page(va: usize)`, `fn flush_all()` — local TLB
-//!   invalidation (shootdowns to other CPUs are `crate::mm::tlb`'s job).
-//! - an assembly routine `keel_user_copy(dst, src, len) -> CopyResult` (C
-//!   ABI) that copies with user-memory access opened (SMAP `stac`/`clac`,
-//!   PAN, SUM) for the duration; every load and store is in the
-//!   exception-fixup table, so a fault returns `(1, fault address)`.
-//!   [`user_copy`] wraps it.
+//!   tree), `fn flush_all()` — local TLB invalidation (shootdowns to other
+//!   CPUs come with SMP).
+//! - `unsafe fn user_copy(dst: *mut u8, src: *const u8, len: usize) ->
+//!   Result<(), usize>` — copies with user-memory access opened (SMAP
+//!   `stac`/`clac`, PAN, SUM) for the duration; a fault on either side stops
+//!   the copy and returns the address that faulted. Every bare-metal
+//!   architecture implements it with the shared wrapper in `common` around
+//!   its assembly routine `keel_user_copy(dst, src, len) -> CopyResult` (C
+//!   ABI), every load and store of which is in the exception-fixup table.
 //!
 //! User mode (see `crate::task`; one kernel stack per CPU, event-driven):
-//! - `struct UserRegs` (`#[repr(C)]`, `Clone`, `Default`) — a thread's saved
-//!   user registers: all general-purpose registers, the user PC, SP and
-//!   flags. Methods: `fn new(entry: usize, stack: usize, arg: usize) ->
-//!   UserRegs` (user mode, interrupts enabled, `arg` in the first argument
-//!   register); `fn syscall_args(&self) -> (usize, [usize; 6])` (number and
-//!   arguments, in the registers `keel_abi::Syscall` documents); `fn
-//!   set_result(&mut self, value: isize)`; `fn pc(&self) -> usize`; `fn
-//!   set_tls(&mut self, value: usize)` (RISC-V keeps TLS in `tp`, a saved
-//!   register; a no-op elsewhere).
-//! - `struct FpuState` (`Default` = the initial FP/SIMD state, with default
-//!   control registers) with `fn save(&mut self)` and `fn restore(&self)`:
-//!   all FP/SIMD registers and control/status. The kernel itself never
-//!   touches FP/SIMD registers, so user state stays live in them while the
-//!   kernel runs, and is saved and restored only when threads switch.
+//! - `struct UserRegs` (`#[repr(C)]`, `Clone`, `Default`, `Debug`, `Eq`) — a
+//!   thread's saved user registers: all general-purpose registers, the user
+//!   PC, SP and flags. Methods: `fn new(entry: usize, stack: usize, arg:
+//!   usize) -> UserRegs` (user mode, interrupts enabled, `arg` in the first
+//!   argument register); `fn syscall_args(&self) -> (usize, [usize; 6])`
+//!   (number and arguments, in the registers `keel_abi::Syscall`
+//!   documents); `fn set_result(&mut self, value: isize)`; `fn pc(&self) ->
+//!   usize`; `fn set_tls(&mut self, value: usize)` (RISC-V keeps TLS in
+//!   `tp`, a saved register; a no-op elsewhere).
+//! - `struct FpuState` (`Clone`, `Debug`, `Default` = the initial FP/SIMD
+//!   state, with default control registers) with `fn save(&mut self)` and
+//!   `fn restore(&self)`: all FP/SIMD registers and control/status. The
+//!   kernel itself never touches FP/SIMD registers, so user state stays live
+//!   in them while the kernel runs, and is saved and restored only when
+//!   threads switch.
 //! - `fn save_tls(current: usize) -> usize` / `fn load_tls(value: usize)` —
 //!   the TLS base register outside `UserRegs` (x86 FS base, AArch64
 //!   TPIDR_EL0, which user code can change, so it is read back on switch).
@@ -98,194 +111,135 @@
 //!
 //! - Unexpected traps print the cause, the faulting address, a register dump
 //!   and a backtrace, then `exit(EXIT_CRASH)` (via [`crate::trap::fatal`]).
+//!
+//! The host stand-in (`host`) implements every item with the simplest
+//! faithful behaviour for host tests: see its header.
 
-#[cfg(target_arch = "aarch64")]
-mod aarch64;
-#[cfg(target_arch = "aarch64")]
-pub use self::aarch64::*;
-
-#[cfg(target_arch = "riscv64")]
-mod riscv64;
-#[cfg(target_arch = "riscv64")]
-pub use self::riscv64::*;
-
-#[cfg(target_arch = "x86_64")]
-mod x86_64;
-#[cfg(target_arch = "x86_64")]
-pub use self::x86_64::*;
-
-use crate::bench::KBench;
-use crate::bootinfo::PhysReader;
-use crate::ktest::KTest;
-
-unsafe extern "C" {
-    // Defined by every architecture's linker.ld around `.ktests` and
-    // `.kbenches` (both KEEP, 8-byte aligned).
-    // Declared as bytes: only their addresses are used.
-    static __ktests_start: u8;
-    static __ktests_end: u8;
-    static __kbenches_start: u8;
-    static __kbenches_end: u8;
-    // Bounds of the exception-fixup table, `__ex_table` (8-byte aligned).
-    static __ex_table_start: u8;
-    static __ex_table_end: u8;
-}
-
-/// One exception-fixup table entry, emitted by assembly into the
-/// `__ex_table` section next to an instruction that may fault: a kernel-mode
-/// fault at `fault_pc` resumes at `fixup_pc`.
-#[repr(C)]
-pub struct FixupEntry {
-    pub fault_pc: usize,
-    pub fixup_pc: usize,
-}
-
-/// All exception-fixup entries.
-pub fn fixup_table() -> &'static [FixupEntry] {
-    // SAFETY: every architecture's linker script gathers all `__ex_table`
-    // contributions (pairs of 8-byte code addresses) between these symbols,
-    // in read-only memory that lives for the whole run.
-    unsafe {
-        linker_array(
-            (&raw const __ex_table_start).cast(),
-            (&raw const __ex_table_end).cast(),
-        )
-    }
-}
-
-/// The resume address registered for a kernel fault at `pc`, if any.
-pub fn fixup_for(pc: usize) -> Option<usize> {
-    fixup_table()
-        .iter()
-        .find(|e| e.fault_pc == pc)
-        .map(|e| e.fixup_pc)
-}
-
-/// What every architecture's `keel_user_copy` routine returns, in its two
-/// return registers.
-#[repr(C)]
-struct CopyResult {
-    faulted: u64,
-    addr: u64,
-}
-
-unsafe extern "C" {
-    fn keel_user_copy(dst: *mut u8, src: *const u8, len: usize) -> CopyResult;
-}
-
-/// Copies `len` bytes from `src` to `dst` with user-memory access open; a
-/// fault on either side stops the copy and returns the address that could
-/// not be read or written (the bytes before it were copied). The caller
-/// checks that the user side lies in the user half.
-///
-/// # Safety
-/// One of `dst`/`src` is a user address range (anything: faults are
-/// caught); the other is kernel memory valid for `len` bytes, for writing
-/// if it is `dst`; the two do not overlap.
-pub unsafe fn user_copy(dst: *mut u8, src: *const u8, len: usize) -> Result<(), usize> {
-    // SAFETY: each architecture's routine follows the C ABI and touches only
-    // `[src, src + len)` and `[dst, dst + len)`; every instruction that
-    // does is in the fixup table, so a fault returns instead of crashing;
-    // the kernel side is valid (the caller's guarantee).
-    let r = unsafe { keel_user_copy(dst, src, len) };
-    if r.faulted == 0 {
-        Ok(())
-    } else {
-        Err(r.addr as usize)
-    }
-}
-
-/// All tests registered in the `.ktests` section by [`crate::ktest!`].
-pub fn registered_tests() -> &'static [KTest] {
-    // SAFETY: the linker script places every `KTest` static emitted by
-    // `ktest!` contiguously between these two symbols, so the range is a
-    // valid, immutable array of `KTest`s that lives for the whole run.
-    unsafe {
-        linker_array(
-            (&raw const __ktests_start).cast(),
-            (&raw const __ktests_end).cast(),
-        )
-    }
-}
-
-/// All benchmarks registered in the `.kbenches` section by
-/// [`crate::kbench!`].
-pub fn registered_benches() -> &'static [KBench] {
-    // SAFETY: as for `registered_tests`, for the `.kbenches` section.
-    unsafe {
-        linker_array(
-            (&raw const __kbenches_start).cast(),
-            (&raw const __kbenches_end).cast(),
-        )
-    }
-}
-
-/// # Safety
-/// `start..end` must bound an array of initialised, immutable `T`s that
-/// lives for the rest of the run.
-unsafe fn linker_array<T>(start: *const T, end: *const T) -> &'static [T] {
-    let len = (end as usize - start as usize) / core::mem::size_of::<T>();
-    // SAFETY: guaranteed by the caller.
-    unsafe { core::slice::from_raw_parts(start, len) }
-}
-
-/// Walks a frame-pointer chain starting at `fp`, calling `f` with each return
-/// address. `next(fp)` returns `(caller_fp, return_address)` read from the
-/// frame record, or `None` when the record is not readable; the walk stops
-/// after 32 frames, on a null or non-increasing frame pointer.
-pub fn walk_frames(
-    mut fp: usize,
-    next: impl Fn(usize) -> Option<(usize, usize)>,
-    mut f: impl FnMut(usize),
-) {
-    for _ in 0..32 {
-        if fp == 0 || !fp.is_multiple_of(core::mem::align_of::<usize>()) {
-            return;
-        }
-        let Some((caller_fp, ret)) = next(fp) else {
-            return;
+/// Re-exports the contract's items from the selected module `$m`: the one
+/// list of the names the rest of the kernel may use.
+macro_rules! contract {
+    ($m:ident) => {
+        pub use self::$m::{
+            // Memory management.
+            DIRECT_MAP_BASE,
+            // User mode.
+            ELF_MACHINE,
+            FLUSH_NEW_ENTRIES,
+            FpuState,
+            KERNEL_ROOT_ENTRIES,
+            // Boot, console, traps.
+            NAME,
+            PageFormat,
+            UserRegs,
+            asid_count,
+            breakpoint,
+            breakpoint_site,
+            console_write,
+            cycle_counter,
+            device_windows,
+            enter_user,
+            exit,
+            flush_all,
+            flush_page,
+            halt,
+            in_stack_guard,
+            kernel_image_layout,
+            kernel_root,
+            kernel_virt_to_phys,
+            load_kernel_root,
+            load_tls,
+            load_user_root,
+            max_page_size,
+            phys_to_virt,
+            print_backtrace,
+            probe_read,
+            save_tls,
+            unload_user_root,
+            user_copy,
         };
-        if ret == 0 {
-            return;
-        }
-        f(ret);
-        if caller_fp <= fp {
-            return;
-        }
-        fp = caller_fp;
-    }
+    };
 }
 
-/// Physical memory read through the boot direct map, each page of a range
-/// first probed with `probe_read`, so an address that is not backed yields
-/// `None` rather than a fault. For boot information whose address comes from
-/// the loader (the device tree).
-pub struct ProbedDirectMap {
-    /// Lowest physical address read: below it lie device registers, where
-    /// even a read may have side effects.
-    pub floor: u64,
-}
+#[cfg(all(target_os = "none", target_arch = "aarch64"))]
+mod aarch64;
+#[cfg(all(target_os = "none", target_arch = "aarch64"))]
+contract!(aarch64);
 
-impl PhysReader<'static> for ProbedDirectMap {
-    fn bytes(&self, addr: u64, len: u64) -> Option<&'static [u8]> {
-        let end = addr.checked_add(len)?;
-        if addr < self.floor || end > crate::mm::DIRECT_MAP_BOOT_LIMIT {
-            return None;
-        }
-        // One byte per page, and the last byte.
-        let mut at = addr;
-        while at < end {
-            probe_read(phys_to_virt(at)).ok()?;
-            at = (at | 0xfff) + 1;
-        }
-        if len > 0 {
-            probe_read(phys_to_virt(end - 1)).ok()?;
-        }
-        // SAFETY: `[addr, end)` lies below the boot direct-map limit, which
-        // every architecture's boot page tables map readable at
-        // `phys_to_virt` for the kernel's whole run, and every page of it was
-        // just read without a fault, so it is backed. Boot information is
-        // reserved in the memory map, so nothing writes it while shared.
-        Some(unsafe { core::slice::from_raw_parts(phys_to_virt(addr) as *const u8, len as usize) })
-    }
-}
+#[cfg(all(target_os = "none", target_arch = "riscv64"))]
+mod riscv64;
+#[cfg(all(target_os = "none", target_arch = "riscv64"))]
+contract!(riscv64);
+
+#[cfg(all(target_os = "none", target_arch = "x86_64"))]
+mod x86_64;
+#[cfg(all(target_os = "none", target_arch = "x86_64"))]
+contract!(x86_64);
+
+#[cfg(not(target_os = "none"))]
+pub mod host;
+#[cfg(not(target_os = "none"))]
+contract!(host);
+
+/// Shared by the bare-metal architectures; private to `arch/`.
+#[cfg(target_os = "none")]
+mod common;
+#[cfg(target_os = "none")]
+use self::common::*;
+
+// The type of every item of the contract, checked for whichever module is
+// selected.
+const _: () = {
+    use crate::mm::paging::{Attr, PageSize, PteFormat};
+    use core::fmt::Debug;
+    use core::ops::Range;
+
+    const fn page_format<T: PteFormat>() {}
+    const fn user_regs<T: Clone + Default + Debug + Eq + Send + Sync>() {}
+    const fn fpu_state<T: Clone + Default + Debug + Send + Sync>() {}
+
+    // Boot, console, traps.
+    let _: &str = NAME;
+    let _: fn(&[u8]) = console_write;
+    let _: fn(i32) -> ! = exit;
+    let _: fn() -> ! = halt;
+    let _: fn() -> u64 = cycle_counter;
+    let _: fn() = breakpoint;
+    let _: fn() -> usize = breakpoint_site;
+    let _: fn(usize) -> Result<u8, crate::trap::TrapRecord> = probe_read;
+    let _: fn() = print_backtrace;
+    let _: fn(usize) -> bool = in_stack_guard;
+
+    // Memory management.
+    page_format::<PageFormat>();
+    let _: Range<usize> = KERNEL_ROOT_ENTRIES;
+    let _: bool = FLUSH_NEW_ENTRIES;
+    let _: usize = DIRECT_MAP_BASE;
+    let _: fn(u64) -> usize = phys_to_virt;
+    let _: fn() -> PageSize = max_page_size;
+    let _: fn() -> arrayvec::ArrayVec<(Range<usize>, Attr), 8> = kernel_image_layout;
+    let _: fn(usize) -> u64 = kernel_virt_to_phys;
+    let _: fn() -> &'static [(u64, u64)] = device_windows;
+    let _: unsafe fn(u64) = load_kernel_root;
+    let _: fn() -> u64 = kernel_root;
+    let _: unsafe fn(u64, u16, bool) = load_user_root;
+    let _: fn() = unload_user_root;
+    let _: fn() -> usize = asid_count;
+    let _: fn(u16, usize) = flush_page;
+    let _: fn() = flush_all;
+    let _: unsafe fn(*mut u8, *const u8, usize) -> Result<(), usize> = user_copy;
+
+    // User mode.
+    user_regs::<UserRegs>();
+    let _: fn(usize, usize, usize) -> UserRegs = UserRegs::new;
+    let _: fn(&UserRegs) -> (usize, [usize; 6]) = UserRegs::syscall_args;
+    let _: fn(&mut UserRegs, isize) = UserRegs::set_result;
+    let _: fn(&UserRegs) -> usize = UserRegs::pc;
+    let _: fn(&mut UserRegs, usize) = UserRegs::set_tls;
+    fpu_state::<FpuState>();
+    let _: fn(&mut FpuState) = FpuState::save;
+    let _: fn(&FpuState) = FpuState::restore;
+    let _: fn(usize) -> usize = save_tls;
+    let _: fn(usize) = load_tls;
+    let _: unsafe fn(*const UserRegs) -> ! = enter_user;
+    let _: u16 = ELF_MACHINE;
+};

@@ -18,7 +18,10 @@
 //! - Every page table of the space (root and intermediate) is charged one
 //!   page to the space's pool, if it has one, for as long as it exists; a
 //!   map the pool cannot pay tables for fails and changes nothing.
-//!   Unmapping a region frees the tables it leaves empty.
+//!   Unmapping a region frees the tables whose block no region touches any
+//!   more (known from the regions, without reading tables); the space
+//!   keeps up to `SPARE_TABLES` of them, zeroed and still charged, for its
+//!   next maps, and frees the rest at once.
 //! - Dropping an address space frees its page tables and its references to
 //!   objects; objects free their frames when the last reference goes.
 //! - After a page's entry changes, no TLB holds the old one: the page is
@@ -31,9 +34,10 @@
 use super::kref::KArc;
 use super::machine::Machine;
 use super::object::{Backing, MemObject, PAGE};
-use super::paging::{Attr, ENTRIES, MapError, Mapping, PageSize, PageTable, TableMemory};
+use super::paging::{Attr, ENTRIES, LEVELS, MapError, Mapping, PageSize, PageTable, TableMemory};
 use super::pool::MemoryPool;
 use alloc::vec::Vec;
+use arrayvec::ArrayVec;
 use keel_abi::Error;
 
 /// Lowest user address that can be mapped: page 0 stays unmapped so null
@@ -108,26 +112,43 @@ pub struct AddressSpace<M: Machine> {
     tag: u64,
     /// The pool every page table is charged to (none: kernel-owned).
     pool: Option<KArc<MemoryPool>>,
+    /// Emptied tables kept for reuse (charged, all zero).
+    spare: ArrayVec<u64, SPARE_TABLES>,
 }
 
+/// Emptied page tables a space keeps for its next maps (still charged):
+/// one path below the root, so mapping and unmapping a page in an empty
+/// part of the space neither zeroes nor allocates a table.
+const SPARE_TABLES: usize = LEVELS - 1;
+
 /// Table memory that charges each table one page of `pool` while it
-/// exists.
+/// exists. With `spare`, allocations take from it first, and if `keep`,
+/// freed tables (all zero: emptied by unmapping) go there while it has
+/// room.
 struct Charged<'a, T> {
     mem: T,
     pool: Option<&'a MemoryPool>,
+    spare: Option<&'a mut ArrayVec<u64, SPARE_TABLES>>,
+    keep: bool,
 }
 
 fn charged<M: Machine>(pool: &Option<KArc<MemoryPool>>) -> Charged<'_, M::Tables> {
     Charged {
         mem: M::tables(),
         pool: pool.as_deref(),
+        spare: None,
+        keep: false,
     }
 }
 
 // SAFETY: every table comes from and goes back to `mem`, which keeps the
-// contract; the pool only decides whether a table may be allocated.
+// contract (spare tables are zeroed tables `mem` gave out); the pool only
+// decides whether a table may be allocated.
 unsafe impl<T: TableMemory> TableMemory for Charged<'_, T> {
     fn alloc_table(&mut self) -> Option<u64> {
+        if let Some(pa) = self.spare.as_mut().and_then(|s| s.pop()) {
+            return Some(pa);
+        }
         if let Some(p) = self.pool {
             p.charge(1).ok()?;
         }
@@ -139,6 +160,12 @@ unsafe impl<T: TableMemory> TableMemory for Charged<'_, T> {
     }
 
     fn free_table(&mut self, pa: u64) {
+        if self.keep
+            && let Some(spare) = self.spare.as_mut()
+            && spare.try_push(pa).is_ok()
+        {
+            return;
+        }
         self.mem.free_table(pa);
         if let Some(p) = self.pool {
             p.credit(1);
@@ -194,6 +221,7 @@ impl<M: Machine> AddressSpace<M> {
             regions: Vec::new(),
             tag: u64::from(asid),
             pool,
+            spare: ArrayVec::new(),
         })
     }
 
@@ -299,14 +327,29 @@ impl<M: Machine> AddressSpace<M> {
         }
         self.regions.insert(at, region);
         if result.is_err() {
+            // Undone completely: no table kept, not even as a spare.
             let _ = self.unmap(va, pages);
+            self.release_spares();
         }
         result
     }
 
+    /// Frees the spare tables and credits their charge.
+    fn release_spares(&mut self) {
+        let mut t = charged::<M>(&self.pool);
+        for pa in self.spare.drain(..) {
+            t.free_table(pa);
+        }
+    }
+
     /// Points the page at `va` to `pa` with `attr`, replacing any mapping.
     fn install(&mut self, va: usize, pa: u64, attr: Attr) -> Result<(), Error> {
-        let mut t = charged::<M>(&self.pool);
+        let mut t = Charged {
+            mem: M::tables(),
+            pool: self.pool.as_deref(),
+            spare: Some(&mut self.spare),
+            keep: false,
+        };
         let replaced = self.table.unmap(&mut t, va).is_ok();
         if replaced {
             Self::flush(&mut self.tag, self.table.root(), va);
@@ -364,22 +407,18 @@ impl<M: Machine> AddressSpace<M> {
         self.split_at(end)?;
         let lo = self.regions.partition_point(|r| r.start < va);
         let hi = self.regions.partition_point(|r| r.start < end);
-        let mut freed = 0;
+        let mut freed = false;
         for _ in lo..hi {
             let r = self.regions.remove(lo);
             for page in (r.start..r.end).step_by(PAGE) {
                 self.unmap_page(page);
             }
-            // Each leaf table covers one 2 MiB block.
-            let block = PageSize::Size2M.bytes() as usize;
-            for at in (r.start & !(block - 1)..r.end).step_by(block) {
-                freed += self.table.prune(&mut charged::<M>(&self.pool), at);
-            }
+            freed |= self.free_tables(r.start, r.end);
             if !self.maps_object(&r.object) {
                 r.object.remove_space();
             }
         }
-        if freed > 0 {
+        if freed {
             // Cached walks may still lead through the freed tables.
             if M::is_loaded(self.table.root()) {
                 M::flush_space(self.asid());
@@ -388,6 +427,36 @@ impl<M: Machine> AddressSpace<M> {
             }
         }
         Ok(())
+    }
+
+    /// Frees the page tables under `[start, end)` (a range just unmapped)
+    /// whose whole block no region touches any more: they map nothing,
+    /// which the regions tell without reading the tables. Lowest level
+    /// first, so a table goes only after the tables below it. Regions
+    /// still to be removed by the same unmap still count, so a table they
+    /// share goes with the last of them.
+    fn free_tables(&mut self, start: usize, end: usize) -> bool {
+        let mut freed = false;
+        let mut t = Charged {
+            mem: M::tables(),
+            pool: self.pool.as_deref(),
+            spare: Some(&mut self.spare),
+            keep: true,
+        };
+        for level in 0..LEVELS - 1 {
+            let block = 1usize << (21 + 9 * level);
+            for at in (start & !(block - 1)..end).step_by(block) {
+                let first = self.regions.partition_point(|r| r.end <= at);
+                let used = self
+                    .regions
+                    .get(first)
+                    .is_some_and(|r| r.start < at.saturating_add(block));
+                if !used {
+                    freed |= self.table.free_table(&mut t, at, level);
+                }
+            }
+        }
+        freed
     }
 
     /// Changes the permissions of `[va, va + pages * PAGE)`, which must be
@@ -570,6 +639,7 @@ impl<M: Machine> Drop for AddressSpace<M> {
         M::release_root(self.table.root());
         // SAFETY: `self.table` is being dropped; the copy is its last user.
         let table = unsafe { PageTable::<M::Format>::from_root(self.table.root()) };
+        self.release_spares();
         table.destroy(&mut charged::<M>(&self.pool), owned);
     }
 }

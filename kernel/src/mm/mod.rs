@@ -4,9 +4,12 @@
 //! allocator ([`slab`]), page tables behind one interface ([`paging`]),
 //! address-space ids ([`asid`]), memory objects ([`object`]) and user
 //! address spaces ([`aspace`]) over a [`machine::Machine`].
-//! On the machine: the global frame allocator (`global`), the kernel heap
-//! (`heap`), the kernel's page tables (`kmap`), and user memory with the
-//! checked copy helpers (`user`).
+//! User memory with the checked copy helpers (`user`) is the kernel's
+//! machine: on bare metal over the global frame allocator (`global`), on
+//! the host (for host tests) over a stand-in frame source (`host`, host
+//! memory under the same names: `alloc_frames`, `frame_stats`,
+//! `KernelTables`, ...). Only on the machine: the kernel heap (`heap`) and
+//! the kernel's page tables (`kmap`).
 //!
 //! Boot order: [`init`] builds the global frame allocator from the boot
 //! memory map (its metadata, 12 bytes per frame, is carved out of the
@@ -23,6 +26,7 @@ pub mod object;
 pub mod paging;
 pub mod pool;
 pub mod slab;
+pub mod user;
 
 #[cfg(target_os = "none")]
 mod global;
@@ -31,6 +35,10 @@ pub mod heap;
 #[cfg(target_os = "none")]
 pub mod kmap;
 #[cfg(target_os = "none")]
-pub mod user;
-#[cfg(target_os = "none")]
 pub use global::*;
+
+// On a hosted target, the frame allocator's stand-in under the same names.
+#[cfg(not(target_os = "none"))]
+mod host;
+#[cfg(not(target_os = "none"))]
+pub use host::*;

@@ -59,7 +59,8 @@ pub enum Call {
     CSpaceCreate {
         cspace: CSpaceId,
         slot: u32,
-        new: NewSpace<KObject>,
+        /// Boxed: it is the largest variant by far.
+        new: Box<NewSpace<KObject>>,
         reference: KArc<CSpaceRef>,
     },
     ThreadCreate {
@@ -155,12 +156,16 @@ fn destination(k: &Kernel, cspace: CSpaceId, raw: usize, dest: usize) -> Result<
     Ok(to.id())
 }
 
-/// Decodes call `number` with `args` from thread `caller`.
-pub fn decode(k: &mut Kernel, caller: ThreadId, number: usize, args: Args) -> Result<Call, Error> {
+/// Decodes call `number` with `args` from thread `caller`, whose capability
+/// space is `cs`.
+pub fn decode(
+    k: &mut Kernel,
+    caller: ThreadId,
+    cs: CSpaceId,
+    number: usize,
+    args: Args,
+) -> Result<Call, Error> {
     let call = Syscall::try_from(number).map_err(|_| Error::NoSuchSyscall)?;
-    let me = k.thread(caller)?;
-    let home = me.home().clone();
-    let cs = home.id();
     let Args([a0, a1, a2, a3, a4, a5]) = args;
     Ok(match call {
         Syscall::DebugWrite => {
@@ -169,7 +174,7 @@ pub fn decode(k: &mut Kernel, caller: ThreadId, number: usize, args: Args) -> Re
                 return Err(Error::InvalidArgument);
             }
             Call::DebugWrite {
-                space: me.space().clone(),
+                space: k.thread(caller)?.space().clone(),
                 at,
                 len,
             }
@@ -242,13 +247,15 @@ pub fn decode(k: &mut Kernel, caller: ThreadId, number: usize, args: Args) -> Re
             if slots == 0 || slots > USER_CSPACE_MAX_SLOTS {
                 return Err(Error::InvalidArgument);
             }
-            let depth = home.depth().checked_add(1).ok_or(Error::InvalidArgument)?;
+            let depth = k.thread(caller)?.home().depth();
+            let depth = depth.checked_add(1).ok_or(Error::InvalidArgument)?;
             let slot = k.caps.reserve_slot(cs)?;
             let pages = CapSpace::<KObject>::charge_pages(slots as u32);
             pool.charge(pages)?;
             let new = k
                 .caps
                 .prepare_space(slots as u32)
+                .and_then(try_box)
                 .inspect_err(|_| pool.credit(pages))?;
             // Made last: from here on only `invoke` or a drop (which
             // credits the pool) ends the charge.
@@ -264,7 +271,7 @@ pub fn decode(k: &mut Kernel, caller: ThreadId, number: usize, args: Args) -> Re
             let (entry, stack, arg) = (a2, a3, a4);
             let space = cap::<KArc<AddressSpaceObject>>(k, cs, a0, Rights::WRITE)?;
             let home = if a1 == 0 {
-                home
+                k.thread(caller)?.home().clone()
             } else {
                 cap::<KArc<CSpaceRef>>(k, cs, a1, Rights::WRITE)?.home()
             };
@@ -396,3 +403,4 @@ pub fn decode(k: &mut Kernel, caller: ThreadId, number: usize, args: Args) -> Re
         _ => return Err(Error::NoSuchSyscall),
     })
 }
+const _: () = assert!(core::mem::size_of::<Call>() <= 64);

@@ -84,7 +84,7 @@ pub fn invoke(k: &mut Kernel, call: Call) -> Outcome {
             slot,
             new,
             reference,
-        } => match k.caps.install_space(new) {
+        } => match k.caps.install_space(*new) {
             Ok(id) if id == reference.id() => insert(
                 k,
                 cspace,

@@ -27,6 +27,7 @@ mod invoke;
 pub use decode::{Args, Call, decode};
 pub use invoke::invoke;
 
+use crate::cap::CSpaceId;
 use crate::object::ThreadId;
 use crate::sched::After;
 use crate::task::Kernel;
@@ -55,9 +56,16 @@ impl Outcome {
     }
 }
 
-/// Runs system call `number` with `args` for thread `caller`.
-pub fn dispatch(k: &mut Kernel, caller: ThreadId, number: usize, args: [usize; 6]) -> Outcome {
-    let outcome = match decode(k, caller, number, Args(args)) {
+/// Runs system call `number` with `args` for thread `caller`, whose
+/// capability space is `cspace`.
+pub fn dispatch(
+    k: &mut Kernel,
+    caller: ThreadId,
+    cspace: CSpaceId,
+    number: usize,
+    args: [usize; 6],
+) -> Outcome {
+    let outcome = match decode(k, caller, cspace, number, Args(args)) {
         Ok(call) => invoke(k, call),
         Err(e) => Outcome::value(Err(e)),
     };

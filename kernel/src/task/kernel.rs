@@ -254,13 +254,20 @@ impl Kernel {
         self.collect();
     }
 
-    /// Whether the running thread `cur` goes on running after a system
-    /// call that asked for `after`: the fast path back to user mode.
-    pub fn keeps_cpu(&self, cur: ThreadId, after: After) -> bool {
-        self.current() == Some(cur)
-            && self.thread(cur).is_ok_and(|t| {
-                t.state() == State::Running && self.sched.keeps_cpu(after, t.priority())
-            })
+    /// Writes `value` as the result of `cur`'s system call; returns its
+    /// registers if it goes on running after a call that asked for
+    /// `after` (the fast path back to user mode), else `None` (schedule).
+    pub fn return_to(
+        &mut self,
+        cur: ThreadId,
+        value: isize,
+        after: After,
+    ) -> Option<*const UserRegs> {
+        let running = self.sched.current() == Some(cur);
+        let t = self.threads.get_mut(cur.0)?;
+        t.regs_mut().set_result(value);
+        (running && t.state == State::Running && self.sched.keeps_cpu(after, t.priority))
+            .then(|| core::ptr::from_ref(t.regs()))
     }
 
     /// Picks the thread to run next and makes it current.
@@ -331,3 +338,6 @@ impl Kernel {
         self.loaded = None;
     }
 }
+
+#[cfg(test)]
+mod tests;

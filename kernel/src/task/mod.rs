@@ -3,10 +3,8 @@
 //! image ([`elf`], portable and host-tested).
 
 pub mod elf;
-#[cfg(target_os = "none")]
 mod kernel;
 #[cfg(target_os = "none")]
 pub mod root;
 
-#[cfg(target_os = "none")]
 pub use kernel::{Kernel, Next};

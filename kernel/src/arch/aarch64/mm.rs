@@ -268,21 +268,6 @@ pub fn flush_page(asid: u16, va: usize) {
     }
 }
 
-/// Invalidates the translation of the kernel page at `va` (any ASID).
-pub fn flush_kernel_page(va: usize) {
-    // SAFETY: as for `flush_page`.
-    unsafe {
-        asm!(
-            "dsb ishst",
-            "tlbi vaae1is, {a}",
-            "dsb ish",
-            "isb",
-            a = in(reg) tlbi_va(va),
-            options(nostack, preserves_flags),
-        );
-    }
-}
-
 /// Invalidates every translation (all ASIDs, kernel and user).
 pub fn flush_all() {
     // SAFETY: as for `flush_page`.

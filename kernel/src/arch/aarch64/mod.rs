@@ -10,12 +10,13 @@
 //!
 //! Address-space invariants after boot (see `entry` and `mm`): TTBR0 holds
 //! an empty table with the reserved ASID 0 until a user tree is loaded, so
-//! the whole lower half faults; TTBR1 maps the first [`DIRECT_MAP_SIZE`]
-//! bytes of physical space at [`DIRECT_MAP_BASE`] (the first GiB as device
-//! memory) and the kernel image at [`KERNEL_VIRT_BASE`] + (phys -
-//! [`KERNEL_PHYS_BASE`]) section by section with 4 KiB pages (text RX,
-//! rodata R, data/bss and stacks RW), leaving the guards below the boot and
-//! overflow stacks unmapped; nothing else is mapped.
+//! the whole lower half faults; TTBR1 maps the first 4 GiB of physical
+//! space ([`crate::mm::DIRECT_MAP_BOOT_LIMIT`]) at [`DIRECT_MAP_BASE`] (the
+//! first GiB as device memory) and the kernel image at
+//! [`entry::KERNEL_VIRT_BASE`] + (phys - [`entry::KERNEL_PHYS_BASE`]) section
+//! by section with 4 KiB pages (text RX, rodata R, data/bss and stacks RW),
+//! leaving the guards below the boot and overflow stacks unmapped; nothing
+//! else is mapped.
 
 mod entry;
 mod exception;
@@ -23,14 +24,14 @@ mod mm;
 mod pl011;
 mod user;
 
-pub use self::entry::{KERNEL_PHYS_BASE, KERNEL_VIRT_BASE};
 pub use self::exception::{breakpoint, breakpoint_site, probe_read};
 pub use self::mm::{
     FLUSH_NEW_ENTRIES, KERNEL_ROOT_ENTRIES, PageFormat, asid_count, device_windows, flush_all,
-    flush_kernel_page, flush_page, kernel_image_layout, kernel_root, kernel_virt_to_phys,
-    load_kernel_root, load_user_root, max_page_size, unload_user_root,
+    flush_page, kernel_image_layout, kernel_root, kernel_virt_to_phys, load_kernel_root,
+    load_user_root, max_page_size, unload_user_root,
 };
 pub use self::user::{ELF_MACHINE, FpuState, UserRegs, enter_user, load_tls, save_tls};
+pub use super::common::user_copy;
 
 use core::arch::asm;
 use core::sync::atomic::{AtomicBool, Ordering};
@@ -40,11 +41,10 @@ pub const NAME: &str = "aarch64";
 
 /// Virtual address of physical address 0 in the direct map.
 pub const DIRECT_MAP_BASE: usize = 0xFFFF_8000_0000_0000;
-/// Bytes of physical address space the boot page tables direct-map.
-pub const DIRECT_MAP_SIZE: u64 = 4 << 30;
 
 /// The direct-map virtual address of physical address `p`. Only addresses
-/// below [`DIRECT_MAP_SIZE`] are mapped.
+/// below [`crate::mm::DIRECT_MAP_BOOT_LIMIT`] are mapped until the memory
+/// manager maps more.
 pub fn phys_to_virt(p: u64) -> usize {
     DIRECT_MAP_BASE.wrapping_add(p as usize)
 }

@@ -205,12 +205,6 @@ pub fn flush_page(asid: u16, va: usize) {
     unsafe { asm!("sfence.vma {}, {}", in(reg) va, in(reg) asid as u64, options(nostack)) };
 }
 
-/// Invalidates the TLB entries for kernel page `va`, global ones included.
-pub fn flush_kernel_page(va: usize) {
-    // SAFETY: as for `flush_page`.
-    unsafe { asm!("sfence.vma {}, zero", in(reg) va, options(nostack)) };
-}
-
 /// Invalidates the whole TLB of this CPU.
 pub fn flush_all() {
     // SAFETY: as for `flush_page`.

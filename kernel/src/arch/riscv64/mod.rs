@@ -17,10 +17,11 @@ mod user;
 
 pub use self::mm::{
     FLUSH_NEW_ENTRIES, KERNEL_ROOT_ENTRIES, PageFormat, asid_count, device_windows, flush_all,
-    flush_kernel_page, flush_page, in_stack_guard, kernel_image_layout, kernel_root,
-    kernel_virt_to_phys, load_kernel_root, load_user_root, max_page_size, unload_user_root,
+    flush_page, in_stack_guard, kernel_image_layout, kernel_root, kernel_virt_to_phys,
+    load_kernel_root, load_user_root, max_page_size, unload_user_root,
 };
 pub use self::user::{ELF_MACHINE, FpuState, UserRegs, enter_user, load_tls, save_tls};
+pub use super::common::user_copy;
 
 use crate::trap::TrapRecord;
 use core::arch::asm;
@@ -30,8 +31,6 @@ pub const NAME: &str = "riscv64";
 
 /// Start of the direct map: physical `p` is at `DIRECT_MAP_BASE + p`.
 pub const DIRECT_MAP_BASE: usize = 0xFFFF_8000_0000_0000;
-/// Bytes of physical address space the boot page tables direct-map.
-pub const DIRECT_MAP_SIZE: u64 = 4 << 30;
 /// Virtual minus physical address of every byte of the kernel image
 /// (linked at `0xFFFF_FFFF_8000_0000 + (phys - 0x8000_0000)`).
 pub const KERNEL_VIRT_OFFSET: u64 = 0xFFFF_FFFF_8000_0000 - 0x8000_0000;
@@ -42,7 +41,8 @@ const UART_PHYS: u64 = 0x1000_0000;
 const SIFIVE_TEST_PHYS: u64 = 0x10_0000;
 
 /// The direct-map virtual address of physical address `p` (only meaningful
-/// for `p` below [`DIRECT_MAP_SIZE`] until the memory manager maps more).
+/// for `p` below [`crate::mm::DIRECT_MAP_BOOT_LIMIT`], which the boot page
+/// tables map, until the memory manager maps more).
 pub fn phys_to_virt(p: u64) -> usize {
     DIRECT_MAP_BASE + p as usize
 }

@@ -315,12 +315,6 @@ pub fn flush_page(asid: u16, va: usize) {
     invlpg(va);
 }
 
-/// Drops the TLB entry for the kernel page `va` (global: `invlpg` drops it
-/// for every PCID).
-pub fn flush_kernel_page(va: usize) {
-    invlpg(va);
-}
-
 /// Drops every TLB entry on this CPU: global ones and those of every PCID
 /// (toggling CR4.PGE does all of that).
 pub fn flush_all() {
@@ -598,7 +592,8 @@ mod tests {
             unsafe { load_kernel_root(root) };
             kassert_eq!(kernel_root(), root);
             kassert_eq!(read_cr3() & CR3_ADDR_MASK, root);
-            flush_kernel_page(super::super::phys_to_virt(0x1000));
+            // A kernel page (global: `invlpg` drops it for every PCID).
+            invlpg(super::super::phys_to_virt(0x1000));
             flush_all();
             kassert!(crate::arch::probe_read(super::super::phys_to_virt(0x1000)).is_ok());
             Ok(())

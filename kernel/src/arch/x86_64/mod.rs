@@ -3,7 +3,7 @@
 //! paging hardware and TLB control (`mm`), user-memory copies
 //! (`usercopy`), user mode: `syscall` entry, return to ring 3, saved
 //! registers and FP state (`user`), the COM1 console (`serial`) and the
-//! ACPI CPU count (`acpi`).
+//! CPU count and NUMA map from ACPI (`acpi`).
 //!
 //! Memory layout kept by this module (48-bit virtual addresses):
 //! - physical `P` in the first [`BOOT_DIRECT_MAP_SIZE`] bytes is mapped
@@ -31,10 +31,11 @@ mod trap;
 mod user;
 mod usercopy;
 
+pub use super::common::user_copy;
 pub use mm::{
     FLUSH_NEW_ENTRIES, KERNEL_ROOT_ENTRIES, PageFormat, asid_count, device_windows, flush_all,
-    flush_kernel_page, flush_page, kernel_image_layout, kernel_root, kernel_virt_to_phys,
-    load_kernel_root, load_user_root, max_page_size, unload_user_root,
+    flush_page, kernel_image_layout, kernel_root, kernel_virt_to_phys, load_kernel_root,
+    load_user_root, max_page_size, unload_user_root,
 };
 pub use trap::print_backtrace;
 pub use user::{ELF_MACHINE, FpuState, UserRegs, enter_user, load_tls, save_tls};

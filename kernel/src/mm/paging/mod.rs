@@ -19,11 +19,11 @@
 //! - Every table reachable from a root was allocated from the
 //!   [`TableMemory`] the tree is used with, and is freed by
 //!   [`PageTable::destroy`] or, once it maps nothing, by
-//!   [`PageTable::prune`] (never the root). A failed `map` frees the tables
+//!   [`PageTable::free_table`] (never the root). A failed `map` frees the tables
 //!   it made, so it leaves the tree as it was.
 //! - The walker never invalidates TLBs: the caller does, after `unmap` and
-//!   `protect`, and after `prune` also the cached walks through the freed
-//!   tables.
+//!   `protect`, and after `free_table` also the cached walks through the
+//!   freed tables.
 
 mod formats;
 pub use formats::{Arm, RiscV, X86};
@@ -297,32 +297,29 @@ impl<F: PteFormat> PageTable<F> {
         Ok((pa, size))
     }
 
-    /// Frees the tables on the path to `va` that map nothing, from the
-    /// lowest up, stopping at the first that still maps something (the
-    /// root is never freed); returns how many it freed. The caller makes
-    /// sure no TLB keeps a cached walk through them.
-    pub fn prune(&mut self, mem: &mut impl TableMemory, va: usize) -> usize {
-        // `path[l]` is the table at level `l` on the way to `va`.
-        let mut path = [self.root; LEVELS];
-        let mut lowest = LEVELS - 1;
-        while let Some(l) = lowest.checked_sub(1) {
-            match F::decode(Self::get(mem, path[lowest], index(va, lowest)), lowest) {
-                Entry::Table(pa) => path[l] = pa,
-                _ => break,
-            }
-            lowest = l;
+    /// Frees the table at `level` (0: the lowest, covering 2 MiB) on the
+    /// way to `va`, if there is one and it is not the root, unlinking it
+    /// from its parent; whether one was freed. The caller knows it maps
+    /// nothing: its whole block lies outside every mapping (address spaces
+    /// know this from their regions, without reading the table), and its
+    /// lower tables were freed first.
+    pub fn free_table(&mut self, mem: &mut impl TableMemory, va: usize, level: usize) -> bool {
+        if level + 1 >= LEVELS {
+            return false;
         }
-        let mut freed = 0;
-        for l in lowest..LEVELS - 1 {
-            let table = path[l];
-            if (0..ENTRIES).any(|i| F::decode(Self::get(mem, table, i), l) != Entry::Empty) {
-                break;
+        let mut parent = self.root;
+        for l in (level + 1..LEVELS).rev() {
+            let Entry::Table(child) = F::decode(Self::get(mem, parent, index(va, l)), l) else {
+                return false;
+            };
+            if l == level + 1 {
+                Self::set(mem, parent, index(va, l), 0);
+                mem.free_table(child);
+                return true;
             }
-            Self::set(mem, path[l + 1], index(va, l + 1), 0);
-            mem.free_table(table);
-            freed += 1;
+            parent = child;
         }
-        freed
+        false
     }
 
     /// Changes the attributes of the page mapping `va`; returns its size.

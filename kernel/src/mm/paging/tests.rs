@@ -199,7 +199,7 @@ fn shared_root_entries_are_not_freed() {
     );
 }
 
-fn prune_frees_empty_tables<F: PteFormat>() {
+fn free_table_unlinks_one_table<F: PteFormat>() {
     let mut mem = HostTables::default();
     let mut pt = PageTable::<F>::new(&mut mem).unwrap();
     let (a, b) = (0x4000_0000, 0x4000_1000);
@@ -211,19 +211,23 @@ fn prune_frees_empty_tables<F: PteFormat>() {
         .unwrap();
     // Root, one 512 GiB table, two 1 GiB ones, one 2 MiB one.
     assert_eq!(mem.tables.len(), 5);
-    assert_eq!(pt.prune(&mut mem, a), 0, "nothing is empty");
     pt.unmap(&mut mem, a).unwrap();
-    assert_eq!(pt.prune(&mut mem, a), 0, "`b` still mapped");
-    assert_eq!(pt.translate(&mem, b).map(|m| m.pa), Some(0x2000));
     pt.unmap(&mut mem, b).unwrap();
-    assert_eq!(pt.prune(&mut mem, b), 2, "the two lowest tables of `b`");
+    assert!(pt.free_table(&mut mem, b, 0), "the 2 MiB table of `b`");
+    assert!(!pt.free_table(&mut mem, b, 0), "gone already");
+    assert!(pt.free_table(&mut mem, b, 1), "then its 1 GiB table");
     assert_eq!(mem.tables.len(), 3);
-    assert_eq!(pt.prune(&mut mem, b), 0, "nothing left to free");
+    assert!(
+        !pt.free_table(&mut mem, 0x20_0000, 0),
+        "a 2 MiB page, no table"
+    );
+    assert!(!pt.free_table(&mut mem, 0, LEVELS - 1), "never the root");
     assert_eq!(
         pt.unmap(&mut mem, 0x20_0000),
         Ok((0x20_0000, PageSize::Size2M))
     );
-    assert_eq!(pt.prune(&mut mem, 0x20_0000), 2, "the block's tables");
+    assert!(pt.free_table(&mut mem, 0x20_0000, 1));
+    assert!(pt.free_table(&mut mem, 0x20_0000, 2));
     assert_eq!(mem.tables.len(), 1, "only the root is left");
     assert_eq!(pt.translate(&mem, 0x20_0000), None);
     // The tree is usable again.
@@ -235,10 +239,10 @@ fn prune_frees_empty_tables<F: PteFormat>() {
 }
 
 #[test]
-fn prune_frees_only_empty_tables() {
-    prune_frees_empty_tables::<X86>();
-    prune_frees_empty_tables::<Arm>();
-    prune_frees_empty_tables::<RiscV>();
+fn free_table_unlinks_exactly_one_table() {
+    free_table_unlinks_one_table::<X86>();
+    free_table_unlinks_one_table::<Arm>();
+    free_table_unlinks_one_table::<RiscV>();
 }
 
 /// Tables a tree mapping the 4 KiB pages `vas` needs: the root, and one
@@ -284,7 +288,8 @@ proptest! {
         roundtrip::<RiscV>(pa, attr, level, Attr::DEVICE);
     }
 
-    /// Random map/unmap sequences, with emptied tables pruned and a table
+    /// Random map/unmap sequences, with the tables the model says are empty
+    /// freed after each unmap (lowest first) and a table
     /// allowance that sometimes runs out, agree with a model map; the
     /// tree holds exactly the tables the model's pages need.
     #[test]
@@ -317,8 +322,17 @@ proptest! {
                 }
             } else {
                 let r = pt.unmap(&mut mem, va);
-                let freed = pt.prune(&mut mem, va);
-                match model.remove(&va) {
+                let had = model.remove(&va);
+                // Free each table on the way to `va` whose block no mapped
+                // page of the model is in.
+                let mut freed = 0;
+                for level in 0..LEVELS - 1 {
+                    let shift = 21 + 9 * level;
+                    if !model.keys().any(|k| k >> shift == va >> shift) {
+                        freed += usize::from(pt.free_table(&mut mem, va, level));
+                    }
+                }
+                match had {
                     Some(_) => prop_assert_eq!(r, Ok((page as u64 * 0x1000, PageSize::Size4K))),
                     None => {
                         prop_assert_eq!(r, Err(MapError::NotMapped));
