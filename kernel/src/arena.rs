@@ -235,11 +235,6 @@ impl<T> Arena<T> {
             })
     }
 
-    /// Number of slots, live or not (indices are below this).
-    pub fn capacity(&self) -> usize {
-        self.slots.len()
-    }
-
     /// A test hook: sets the generation of empty slot `index` (to reach
     /// the wrap-around without 2^32 insertions).
     #[cfg(test)]

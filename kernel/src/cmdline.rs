@@ -7,11 +7,17 @@
 /// The log levels the `log=` option accepts, most to least verbose.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LogLevel {
+    /// `log=trace`: everything, including per-event tracing.
     Trace,
+    /// `log=debug`: debugging detail and everything above it.
     Debug,
+    /// `log=info`: normal boot progress and above (the default).
     Info,
+    /// `log=warn`: warnings and errors only.
     Warn,
+    /// `log=error`: errors only.
     Error,
+    /// `log=off`: no log output at all.
     Off,
 }
 
@@ -34,7 +40,12 @@ pub enum CmdlineError<'a> {
     /// A word that is not `key=value` or has an unknown key.
     UnknownOption(&'a str),
     /// A known key with a value it does not accept.
-    BadValue { key: &'a str, value: &'a str },
+    BadValue {
+        /// The option's key, e.g. `log`.
+        key: &'a str,
+        /// The rejected value, e.g. `loud`.
+        value: &'a str,
+    },
 }
 
 impl core::fmt::Display for CmdlineError<'_> {

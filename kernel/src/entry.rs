@@ -25,7 +25,10 @@ pub enum RunMode {
     Normal,
     /// Exit QEMU with the verdict: pass if the in-kernel tests and the root
     /// task (exit code 0) both passed.
-    Test { kernel_failed: usize },
+    Test {
+        /// In-kernel tests that failed before the root task started.
+        kernel_failed: usize,
+    },
     /// Exit QEMU with `EXIT_PASS` when done (benchmarks).
     Bench,
 }

@@ -106,6 +106,8 @@ macro_rules! kexpect {
 
 /// What [`kexpect!`] accepts.
 pub trait Expect<T> {
+    /// The success value, or a printable description of why there is none
+    /// (`"None"`, or the error's `Debug` form).
     fn expect_value(self) -> Result<T, alloc::string::String>;
 }
 

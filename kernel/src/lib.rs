@@ -12,6 +12,7 @@
 //! benchmark runners build only for bare-metal targets (`target_os =
 //! "none"`).
 #![cfg_attr(not(test), no_std)]
+#![warn(missing_docs)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 extern crate alloc;

@@ -15,8 +15,11 @@ pub enum TrapCause {
     Breakpoint,
     /// A memory access to an unmapped or protected address.
     PageFault {
+        /// The virtual address whose access faulted.
         addr: usize,
+        /// The access was a store.
         write: bool,
+        /// The access was an instruction fetch.
         exec: bool,
     },
     /// An undefined or illegal instruction.
@@ -55,14 +58,20 @@ impl core::fmt::Display for TrapCause {
 pub enum UserFault {
     /// A page fault (or access fault) at `addr`.
     PageFault {
+        /// The user virtual address whose access faulted.
         addr: usize,
+        /// Whether it was a load, a store or an instruction fetch.
         access: crate::mm::aspace::Access,
     },
+    /// An undefined or illegal instruction.
     IllegalInstruction,
+    /// Integer division by zero (x86 only; other arches do not trap on it).
     DivideError,
+    /// A breakpoint instruction (int3, brk, ebreak).
     Breakpoint,
     /// A misaligned access the CPU refuses.
     Alignment {
+        /// The misaligned address accessed.
         addr: usize,
     },
     /// Anything else, with the architecture's cause code.
@@ -103,6 +112,7 @@ impl core::fmt::Display for UserFault {
 /// A trap as seen by its handler.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TrapRecord {
+    /// Why the CPU trapped.
     pub cause: TrapCause,
     /// The program counter of the trapping instruction.
     pub pc: usize,

@@ -26,7 +26,9 @@ unsafe extern "C" {
 /// fault at `fault_pc` resumes at `fixup_pc`.
 #[repr(C)]
 pub struct FixupEntry {
+    /// The address of the instruction that may fault.
     pub fault_pc: usize,
+    /// Where execution resumes when it does.
     pub fixup_pc: usize,
 }
 
@@ -148,3 +150,49 @@ impl PhysReader<'static> for ProbedDirectMap {
         Some(unsafe { core::slice::from_raw_parts(phys_to_virt(addr) as *const u8, len as usize) })
     }
 }
+
+crate::ktest!(
+    fn probe_read_faults_through_its_fixup() {
+        let Err(rec) = super::probe_read(crate::trap::UNMAPPED_KERNEL_ADDR) else {
+            kassert!(false, "read of an unmapped kernel address succeeded");
+            return Ok(());
+        };
+        // The faulting load is listed, and resumes elsewhere.
+        let fixup = fixup_for(rec.pc);
+        kassert!(
+            fixup.is_some_and(|f| f != rec.pc),
+            "fault at {:#x}: fixup {:?}",
+            rec.pc,
+            fixup
+        );
+        Ok(())
+    }
+);
+
+crate::ktest!(
+    fn unlisted_pc_has_no_fixup() {
+        kassert_eq!(
+            fixup_for(super::print_backtrace as *const () as usize),
+            None
+        );
+        kassert_eq!(fixup_for(0), None);
+        Ok(())
+    }
+);
+
+crate::ktest!(
+    fn user_copy_is_in_the_fixup_table() {
+        // Four entries: word and byte, load and store, each resuming inside
+        // the routine.
+        let base = keel_user_copy as *const () as usize;
+        let routine = base..base + 256;
+        let entries = || {
+            fixup_table()
+                .iter()
+                .filter(|e| routine.contains(&e.fault_pc))
+        };
+        kassert_eq!(entries().count(), 4);
+        kassert!(entries().all(|e| routine.contains(&e.fixup_pc)));
+        Ok(())
+    }
+);

@@ -230,11 +230,18 @@ pub unsafe fn user_copy(dst: *mut u8, src: *const u8, len: usize) -> Result<(), 
 #[repr(C)]
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct UserRegs {
+    /// Where the thread resumes.
     pub pc: usize,
+    /// The user stack pointer.
     pub sp: usize,
+    /// The system-call number, as the thread left it.
     pub number: usize,
+    /// The six system-call arguments; `args[0]` is also the first argument
+    /// a new thread starts with.
     pub args: [usize; 6],
+    /// The result the kernel set last ([`UserRegs::set_result`]).
     pub result: isize,
+    /// The TLS base ([`UserRegs::set_tls`]).
     pub tls: usize,
 }
 
@@ -277,10 +284,12 @@ impl UserRegs {
         self.result
     }
 
+    /// The user program counter.
     pub fn pc(&self) -> usize {
         self.pc
     }
 
+    /// Sets the TLS base the thread starts with.
     pub fn set_tls(&mut self, value: usize) {
         self.tls = value;
     }

@@ -90,7 +90,7 @@
 //!   documents); `fn set_result(&mut self, value: isize)`; `fn pc(&self) ->
 //!   usize`; `fn set_tls(&mut self, value: usize)` (RISC-V keeps TLS in
 //!   `tp`, a saved register; a no-op elsewhere).
-//! - `struct FpuState` (`Clone`, `Debug`, `Default` = the initial FP/SIMD
+//! - `struct FpuState` (`Clone`, `Debug`, `Eq`, `Default` = the initial FP/SIMD
 //!   state, with default control registers) with `fn save(&mut self)` and
 //!   `fn restore(&self)`: all FP/SIMD registers and control/status. The
 //!   kernel itself never touches FP/SIMD registers, so user state stays live
@@ -183,6 +183,10 @@ contract!(host);
 /// Shared by the bare-metal architectures; private to `arch/`.
 #[cfg(target_os = "none")]
 mod common;
+
+/// The contract's in-kernel tests, written once for every architecture.
+#[cfg(all(feature = "ktest", target_os = "none"))]
+mod contract_tests;
 #[cfg(target_os = "none")]
 use self::common::*;
 
@@ -195,7 +199,7 @@ const _: () = {
 
     const fn page_format<T: PteFormat>() {}
     const fn user_regs<T: Clone + Default + Debug + Eq + Send + Sync>() {}
-    const fn fpu_state<T: Clone + Default + Debug + Send + Sync>() {}
+    const fn fpu_state<T: Clone + Default + Debug + Eq + Send + Sync>() {}
 
     // Boot, console, traps.
     let _: &str = NAME;

@@ -78,8 +78,11 @@ impl RegionKind {
 /// A physical address range `[start, end)` of one kind.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MemoryRegion {
+    /// First physical address in the region (inclusive).
     pub start: u64,
+    /// Physical address just past the region (exclusive).
     pub end: u64,
+    /// What the region holds.
     pub kind: RegionKind,
 }
 

@@ -26,8 +26,12 @@ pub const MAX_RAW_NUMA_RANGES: usize = 4 * MAX_NUMA_RANGES;
 /// Physical range `[start, end)` on NUMA node `node`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct NumaRange {
+    /// First physical address in the range (inclusive).
     pub start: u64,
+    /// Physical address just past the range (exclusive).
     pub end: u64,
+    /// Kernel node number, below [`MAX_NODES`] (see [`cap_node`] and
+    /// [`DomainNumbering`] for how firmware numbers map to it).
     pub node: u8,
 }
 

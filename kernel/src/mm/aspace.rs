@@ -53,6 +53,7 @@ pub const USER_END: usize = 1 << 47;
 pub struct UserAddr(usize);
 
 impl UserAddr {
+    /// Wraps a raw address from user space; nothing is checked here.
     pub const fn new(raw: usize) -> UserAddr {
         UserAddr(raw)
     }
@@ -71,8 +72,11 @@ impl UserAddr {
 /// The kind of access that faulted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Access {
+    /// A load; allowed in every mapped region.
     Read,
+    /// A store; needs a writable region and breaks copy-on-write sharing.
     Write,
+    /// An instruction fetch; needs an executable region.
     Exec,
 }
 

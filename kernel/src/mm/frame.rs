@@ -128,9 +128,15 @@ struct Zone {
 /// Statistics of one zone.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ZoneStats {
+    /// DMA or normal.
     pub kind: ZoneKind,
+    /// The NUMA node the zone's memory is on.
     pub node: u8,
+    /// Frames given to the zone as free memory (holes and reservations
+    /// inside its span are not counted).
     pub total_frames: u64,
+    /// Frames on the zone's buddy lists; frames cached on per-CPU hot
+    /// lists count as allocated here.
     pub free_frames: u64,
     /// Free blocks per order.
     pub free_blocks: [u32; ORDERS],

@@ -7,6 +7,9 @@
 
 use super::paging::{PteFormat, TableMemory};
 
+/// Frames, page-table memory and TLB maintenance for address spaces and
+/// memory objects; implemented by the kernel (`mm::KernelMachine`) and by
+/// host-test stand-ins.
 pub trait Machine: 'static + Sized {
     /// The page-table entry format.
     type Format: PteFormat;
@@ -19,12 +22,16 @@ pub trait Machine: 'static + Sized {
     /// cache invalid entries).
     const FLUSH_NEW_ENTRIES: bool;
 
+    /// The page-table memory new trees are allocated from and walked in.
     fn tables() -> Self::Tables;
     /// Physical address of the kernel's root table.
     fn kernel_root() -> u64;
     /// A single frame, contents undefined, with one reference.
     fn alloc_frame() -> Option<u64>;
+    /// Fills the 4 KiB frame at `pa` with zeros.
     fn zero_frame(pa: u64);
+    /// Copies the 4 KiB frame at `src` into the frame at `dst` (distinct
+    /// frames; `dst` is owned by the caller).
     fn copy_frame(dst: u64, src: u64);
     /// Adds a reference to an allocated frame.
     fn share_frame(pa: u64);

@@ -34,7 +34,12 @@ pub enum Backing {
     Anonymous,
     /// The physical range starting at this address; `device` if it is
     /// device memory (mapped uncached).
-    Physical { base: u64, device: bool },
+    Physical {
+        /// Physical address of page 0 (page-aligned).
+        base: u64,
+        /// Whether the range is device memory.
+        device: bool,
+    },
 }
 
 struct State {
@@ -129,6 +134,8 @@ impl<M: Machine> MemObject<M> {
         self.pages
     }
 
+    /// What backs the object: its own zero-filled frames or a fixed
+    /// physical range.
     pub fn backing(&self) -> Backing {
         self.backing
     }

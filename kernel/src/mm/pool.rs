@@ -9,6 +9,8 @@
 use core::sync::atomic::{AtomicU64, Ordering};
 use keel_abi::Error;
 
+/// A page budget: charges fail with `OutOfMemory` once `limit` pages are
+/// in use. Thread-safe (atomic counter).
 #[derive(Debug)]
 pub struct MemoryPool {
     limit: u64,
@@ -16,6 +18,7 @@ pub struct MemoryPool {
 }
 
 impl MemoryPool {
+    /// An empty pool that allows at most `limit_pages` pages in use.
     pub const fn new(limit_pages: u64) -> MemoryPool {
         MemoryPool {
             limit: limit_pages,
@@ -47,6 +50,8 @@ impl MemoryPool {
         self.limit.saturating_sub(self.used.load(Ordering::Acquire))
     }
 
+    /// The most pages the pool allows in use at once, as given to
+    /// [`Self::new`].
     pub fn limit(&self) -> u64 {
         self.limit
     }

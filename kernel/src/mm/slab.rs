@@ -73,13 +73,17 @@ struct FreeObject {
 /// Statistics of one size class.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ClassStats {
+    /// Bytes per object in this class (one of [`CLASSES`]).
     pub object_size: usize,
+    /// Pages currently held as slabs of this class.
     pub slabs: usize,
     /// Handed out to callers.
     pub objects_in_use: usize,
     /// Free, in CPU caches.
     pub cached: usize,
+    /// Allocations served from this class since the allocator was made.
     pub allocs: u64,
+    /// Frees to this class since the allocator was made.
     pub frees: u64,
 }
 
@@ -125,6 +129,8 @@ pub fn pages_order(size: usize) -> usize {
 }
 
 impl<S: PageSource> SlabAllocator<S> {
+    /// An allocator with no slabs yet, taking pages from `source` on
+    /// demand.
     pub const fn new(source: S) -> Self {
         const EMPTY: Class = Class {
             partial: ptr::null_mut(),
@@ -157,6 +163,7 @@ impl<S: PageSource> SlabAllocator<S> {
 
     /// Allocates `size` bytes aligned to `align` (a power of two) on CPU
     /// `cpu`.
+    #[inline]
     pub fn alloc(&mut self, cpu: usize, size: usize, align: usize) -> Option<NonNull<u8>> {
         match class_of(size, align) {
             Some(c) => {
@@ -188,6 +195,7 @@ impl<S: PageSource> SlabAllocator<S> {
     /// # Safety
     /// `ptr` must come from `self.alloc(_, size, align)` and not be freed
     /// yet.
+    #[inline]
     pub unsafe fn free(&mut self, cpu: usize, ptr: NonNull<u8>, size: usize, align: usize) {
         match class_of(size, align) {
             Some(c) => {

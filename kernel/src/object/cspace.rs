@@ -96,10 +96,12 @@ pub struct Home {
 }
 
 impl Home {
+    /// The capability space.
     pub fn id(&self) -> CSpaceId {
         self.id
     }
 
+    /// Its rank (module docs).
     pub fn depth(&self) -> u32 {
         self.depth
     }

@@ -39,10 +39,15 @@ use spin::Mutex;
 /// What a capability refers to.
 #[derive(Clone)]
 pub enum KObject {
+    /// A memory object (frames that can be mapped).
     Memory(KArc<MemoryObject>),
+    /// A user address space.
     AddressSpace(KArc<AddressSpaceObject>),
+    /// A thread, through the reference that keeps it alive.
     Thread(KArc<ThreadRef>),
+    /// A capability space (a process), through the reference that keeps it.
     CSpace(KArc<CSpaceRef>),
+    /// A memory pool that allocations are charged to.
     Pool(KArc<MemoryPool>),
 }
 
@@ -78,7 +83,9 @@ object!(MemoryPool, Pool, MemoryPool);
 /// [`crate::task::Kernel::collect`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Orphan {
+    /// A capability space (process) to destroy with its threads.
     CSpace(CSpaceId),
+    /// A thread to kill.
     Thread(ThreadId),
 }
 

@@ -34,8 +34,11 @@ impl core::fmt::Display for ThreadId {
 /// Scheduling state (see the module docs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum State {
+    /// Not runnable until resumed (new threads start here).
     Suspended,
+    /// Runnable, in the run queue.
     Ready,
+    /// On the CPU.
     Running,
 }
 
@@ -95,18 +98,22 @@ impl Thread {
         &mut self.regs
     }
 
+    /// Its scheduling state.
     pub fn state(&self) -> State {
         self.state
     }
 
+    /// Its priority, 0 (lowest) to 31.
     pub fn priority(&self) -> u8 {
         self.priority
     }
 
+    /// The CPUs it may run on, one bit each.
     pub fn affinity(&self) -> u64 {
         self.affinity
     }
 
+    /// Sets the CPUs it may run on (checked by the caller).
     pub fn set_affinity(&mut self, mask: u64) {
         self.affinity = mask;
     }
@@ -158,6 +165,8 @@ pub struct ThreadRef {
 }
 
 impl ThreadRef {
+    /// A reference to thread `id`, with room reserved in `orphans` for
+    /// queueing the thread when the last reference goes.
     pub fn new(orphans: &KArc<Orphans>, id: ThreadId) -> Result<KArc<ThreadRef>, Error> {
         let slot = Orphans::reserve(orphans)?;
         KArc::try_new(ThreadRef { id, slot })

@@ -41,6 +41,7 @@ impl<T: PartialEq + Copy> Default for Scheduler<T> {
 }
 
 impl<T: PartialEq + Copy> Scheduler<T> {
+    /// Nothing queued, nothing running.
     pub const fn new() -> Self {
         Scheduler {
             runq: RunQueue::new(),
@@ -53,6 +54,7 @@ impl<T: PartialEq + Copy> Scheduler<T> {
         self.current
     }
 
+    /// Records the running thread (`None`: it just died).
     pub fn set_current(&mut self, t: Option<T>) {
         self.current = t;
     }

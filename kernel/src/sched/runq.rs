@@ -11,12 +11,14 @@ use keel_abi::Error;
 /// Number of priority levels.
 pub const PRIORITIES: usize = 32;
 
+/// Ready threads by priority (see the module docs).
 pub struct RunQueue<T> {
     queues: [VecDeque<T>; PRIORITIES],
     bitmap: u32,
 }
 
 impl<T: PartialEq + Copy> RunQueue<T> {
+    /// An empty queue.
     pub const fn new() -> Self {
         RunQueue {
             queues: [const { VecDeque::new() }; PRIORITIES],
@@ -77,6 +79,7 @@ impl<T: PartialEq + Copy> RunQueue<T> {
         true
     }
 
+    /// Whether no thread is queued.
     pub fn is_empty(&self) -> bool {
         self.bitmap == 0
     }

@@ -19,10 +19,10 @@ use keel_abi::{Error, Syscall};
 
 /// The six argument registers of a call, as user space left them.
 #[derive(Clone, Copy, Debug)]
-pub struct Args(pub [usize; 6]);
+pub(super) struct Args(pub(super) [usize; 6]);
 
 /// A decoded call: checked, its objects resolved, its resources reserved.
-pub enum Call {
+pub(super) enum Call {
     /// A query answered by decoding it (identify, sizes, pool levels).
     Value(usize),
     SystemInfo(SystemInfoKey),
@@ -158,7 +158,7 @@ fn destination(k: &Kernel, cspace: CSpaceId, raw: usize, dest: usize) -> Result<
 
 /// Decodes call `number` with `args` from thread `caller`, whose capability
 /// space is `cs`.
-pub fn decode(
+pub(super) fn decode(
     k: &mut Kernel,
     caller: ThreadId,
     cs: CSpaceId,

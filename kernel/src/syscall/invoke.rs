@@ -12,7 +12,7 @@ use keel_abi::cap::{CapToken, NO_BADGE, ObjectType, Rights};
 use keel_abi::syscall::SystemInfoKey;
 
 /// Does `call` (for the thread that made it, the current one).
-pub fn invoke(k: &mut Kernel, call: Call) -> Outcome {
+pub(super) fn invoke(k: &mut Kernel, call: Call) -> Outcome {
     let value = match call {
         Call::Value(v) => Ok(v),
         Call::Yield => {

@@ -24,8 +24,8 @@
 mod decode;
 mod invoke;
 
-pub use decode::{Args, Call, decode};
-pub use invoke::invoke;
+use decode::{Args, decode};
+use invoke::invoke;
 
 use crate::cap::CSpaceId;
 use crate::object::ThreadId;
@@ -43,7 +43,9 @@ pub const USER_CSPACE_MAX_SLOTS: usize = 1 << 16;
 /// What a call returns to its caller and asks of the scheduler.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Outcome {
+    /// The value (or error) the caller gets back.
     pub value: Result<usize, Error>,
+    /// Whether the caller yields the CPU.
     pub after: After,
 }
 

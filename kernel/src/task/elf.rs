@@ -24,11 +24,19 @@ const USER_END: usize = crate::mm::aspace::USER_END;
 /// One loadable segment.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Segment {
+    /// User virtual address of the segment's first byte (`p_vaddr`; not
+    /// necessarily page-aligned, but congruent to `offset` modulo 4 KiB).
     pub vaddr: usize,
+    /// Bytes the segment occupies in memory (`p_memsz`, nonzero); the part
+    /// past `file_size` is zero-filled.
     pub mem_size: usize,
+    /// Byte offset of the segment's file contents in the file (`p_offset`).
     pub offset: usize,
+    /// Bytes copied from the file (`p_filesz`, at most `mem_size`).
     pub file_size: usize,
+    /// Mapped writable (`PF_W`); never together with `exec`.
     pub write: bool,
+    /// Mapped executable (`PF_X`); never together with `write`.
     pub exec: bool,
 }
 
@@ -44,7 +52,11 @@ impl Segment {
 /// A validated executable.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Image {
+    /// User virtual address of the first instruction (`e_entry`), inside an
+    /// executable segment.
     pub entry: usize,
+    /// The `PT_LOAD` segments, at least one, sorted by `vaddr`, no two
+    /// sharing a page.
     pub segments: ArrayVec<Segment, MAX_SEGMENTS>,
 }
 

@@ -22,6 +22,7 @@ use keel_abi::Error;
 
 /// The kernel's state: capabilities, threads, the scheduler.
 pub struct Kernel {
+    /// Every capability space and the derivation tree.
     pub caps: CapSystem<KObject>,
     threads: Arena<Box<Thread>>,
     sched: Scheduler<ThreadId>,
@@ -66,6 +67,7 @@ impl Kernel {
         &self.orphans
     }
 
+    /// CPUs the machine has.
     pub fn cpu_count(&self) -> usize {
         self.cpu_count
     }
@@ -92,6 +94,7 @@ impl Kernel {
         self.sched.current()
     }
 
+    /// The live thread `id` (`InvalidState` once it is gone).
     pub fn thread(&self, id: ThreadId) -> Result<&Thread, Error> {
         self.threads
             .get(id.0)
@@ -99,6 +102,7 @@ impl Kernel {
             .ok_or(Error::InvalidState)
     }
 
+    /// [`Self::thread`], to change.
     pub fn thread_mut(&mut self, id: ThreadId) -> Result<&mut Thread, Error> {
         self.threads
             .get_mut(id.0)

@@ -34,8 +34,13 @@ const ROOT_SLOTS: u32 = 4096;
 /// Why the root task could not be made.
 #[derive(Debug)]
 pub enum RootError {
+    /// The boot loader passed no boot module (or its memory is unreadable),
+    /// so there is no root-task executable; boot treats this as "nothing to
+    /// run", not as a failure.
     NoModule,
+    /// The first boot module is not a valid executable for this machine.
     Elf(elf::ElfError),
+    /// Creating a kernel object for the task failed (usually out of memory).
     Kernel(Error),
 }
 

@@ -530,9 +530,12 @@ mod tests {
     const TEST_FPCR: u64 = (0b11 << 22) | (1 << 24);
 
     crate::ktest!(
-        fn user_regs_round_trip() {
+        fn user_regs_use_the_syscall_registers() {
+            // The portable side of `UserRegs` is checked on every
+            // architecture (`arch::contract_tests`); here, which AArch64
+            // register is which.
             let mut r = UserRegs::new(0x40_1000, 0x7fff_ffff_0000, 0x20_0000);
-            kassert_eq!(r.pc(), 0x40_1000);
+            kassert_eq!(r.pc, 0x40_1000);
             kassert_eq!(r.sp, 0x7fff_ffff_0000);
             kassert_eq!(r.x[0], 0x20_0000);
             kassert_eq!(r.pstate, SPSR_EL0T);
@@ -546,9 +549,7 @@ mod tests {
             );
             r.set_result(-22);
             kassert_eq!(r.x[0], (-22i64) as u64);
-            kassert_eq!(r.syscall_args().1[0], (-22isize) as usize);
-            r.set_result(7);
-            kassert_eq!(r.syscall_args().1[0], 7);
+            // TLS is TPIDR_EL0, outside `UserRegs`.
             let before = r.clone();
             r.set_tls(0x1234);
             kassert_eq!(r, before);
@@ -595,21 +596,7 @@ mod tests {
                     fpcr: 0
                 }
             );
-            let mut zero = FpuState::default();
-            zero.save();
-            kassert_eq!(zero, FpuState::default());
             outer.restore();
-            Ok(())
-        }
-    );
-
-    crate::ktest!(
-        fn tls_register_round_trip() {
-            let old = save_tls(0);
-            load_tls(0x7fff_1234_5670);
-            kassert_eq!(save_tls(0), 0x7fff_1234_5670);
-            load_tls(old);
-            kassert_eq!(save_tls(0x99), old);
             Ok(())
         }
     );

@@ -364,10 +364,10 @@ fn map_kernel_image(boot_root: u64) -> Result<u64, MapError> {
 #[cfg(any(feature = "ktest", feature = "bench"))]
 mod checks {
     use super::*;
+    #[cfg(feature = "ktest")]
+    use crate::arch::contract_tests::with_user_page;
     use crate::mm::frame::ZoneRequest;
     use crate::mm::{KernelTables, alloc_frames};
-    #[cfg(feature = "ktest")]
-    use crate::mm::{frame_stats, free_frames};
     #[cfg(feature = "ktest")]
     use crate::trap::TrapCause;
 
@@ -384,62 +384,31 @@ mod checks {
     }
 
     crate::ktest!(
-        fn kernel_image_is_mapped_per_section() {
+        fn stack_layout_and_emergency_stack_guard() {
+            // The running (boot) stack's guard is checked on every
+            // architecture (`arch::contract_tests`); here the layout and the
+            // emergency stack's guard.
             // SAFETY: the kernel root's tables are boot-pool or allocator
             // frames, reachable through the direct map; only read here.
             let kernel = unsafe { PageTable::<PageFormat>::from_root(kernel_root()) };
-            let layout = kernel_image_layout();
-            for (range, attr) in &layout {
-                kassert!(range.start % PAGE == 0 && range.end % PAGE == 0);
-                kassert!(!attr.contains(Attr::WRITE | Attr::EXEC));
-                for va in range.clone().step_by(PAGE) {
-                    let m = kernel.translate(&KernelTables, va);
-                    kassert_eq!(
-                        m.map(|m| (m.pa, m.attr)),
-                        Some((kernel_virt_to_phys(va), *attr))
-                    );
-                }
-            }
-            // Text is not writable, data not executable: this function, a
-            // read-only table, a writable static and the stack.
-            static WRITABLE: AtomicU64 = AtomicU64::new(1);
-            static READ_ONLY: [u8; 4] = [1, 2, 3, 4];
-            let local = 0u8;
-            let cases = [
-                (
-                    kernel_image_is_mapped_per_section as *const () as usize,
-                    Attr::EXEC,
-                ),
-                (READ_ONLY.as_ptr() as usize, Attr::empty()),
-                (&raw const WRITABLE as usize, Attr::WRITE),
-                (&raw const local as usize, Attr::WRITE),
-            ];
-            for (va, want) in cases {
-                let attr = kernel.translate(&KernelTables, va).map(|m| m.attr);
-                kassert_eq!((va, attr), (va, Some(want | Attr::GLOBAL)));
-            }
-            for bottom in stack_bottoms() {
-                kassert!(kernel.translate(&KernelTables, bottom - PAGE).is_none());
-                kassert!(kernel.translate(&KernelTables, bottom).is_some());
-            }
-            Ok(())
-        }
-    );
-
-    crate::ktest!(
-        fn stack_guard_pages_fault_and_are_recognised() {
             let align = super::super::traps::KERNEL_STACK_ALIGN;
+            let [_, emergency] = stack_bottoms();
             for (bottom, top) in stack_bottoms().into_iter().zip(stack_tops()) {
                 // The trap entry's overflow check relies on these.
                 kassert_eq!(bottom % align, 0);
                 kassert!(top - bottom <= align / 2);
                 let guard = bottom - PAGE;
+                kassert!(kernel.translate(&KernelTables, guard).is_none());
+                kassert!(kernel.translate(&KernelTables, bottom).is_some());
+                kassert!(!in_stack_guard(guard - 1));
+                if bottom != emergency {
+                    continue;
+                }
                 for addr in [guard, bottom - 1] {
                     kassert_eq!(probe_cause(addr), Some(fault(addr, false)));
                     kassert!(in_stack_guard(addr));
                 }
                 kassert!(!in_stack_guard(bottom));
-                kassert!(!in_stack_guard(guard - 1));
             }
             // The current stack lies in the boot stack.
             let sp: usize;
@@ -514,176 +483,30 @@ mod checks {
         sstatus & SSTATUS_SUM == 0
     }
 
-    #[cfg(feature = "ktest")]
-    /// A user tree sharing the kernel half, with one fresh frame mapped at
-    /// `va` (user, writable); `body` runs with the tree loaded under ASID
-    /// `asid`. Everything is undone afterwards, even when `body` fails.
-    fn with_user_page(
-        va: usize,
-        asid: u16,
-        body: impl FnOnce(&mut PageTable<PageFormat>, u64) -> crate::ktest::TestResult,
-    ) -> crate::ktest::TestResult {
-        let mut mem = KernelTables;
-        let Ok(mut tree) = PageTable::<PageFormat>::new(&mut mem) else {
-            kassert!(false, "no frame for a root table");
-            return Ok(());
-        };
-        // SAFETY: as in `kernel_image_is_mapped_per_section`.
-        let kernel = unsafe { PageTable::<PageFormat>::from_root(kernel_root()) };
-        tree.share_root_entries(&mut mem, &kernel, KERNEL_ROOT_ENTRIES);
-        let frame = alloc_frames(0, ZoneRequest::Any);
-        let result = match frame {
-            Some(frame) => {
-                match tree.map(
-                    &mut mem,
-                    va,
-                    frame,
-                    PageSize::Size4K,
-                    Attr::USER | Attr::WRITE,
-                ) {
-                    Ok(()) => {
-                        // SAFETY: the tree shares the kernel half; ASID
-                        // `asid` is flushed first.
-                        unsafe { load_user_root(tree.root(), asid, true) };
-                        body(&mut tree, frame)
-                    }
-                    Err(e) => {
-                        kprintln!("\n    map failed: {e:?}");
-                        Err(crate::ktest::TestFailed)
-                    }
-                }
-            }
-            None => {
-                kprintln!("\n    no frame for the user page");
-                Err(crate::ktest::TestFailed)
-            }
-        };
-        unload_user_root();
-        // The test unmaps the page itself or leaves it; either way the tree
-        // goes, and with it the translation.
-        let _ = tree.unmap(&mut mem, va);
-        flush_page(asid, va);
-        tree.destroy(&mut mem, 0..KERNEL_ROOT_ENTRIES.start);
-        if let Some(frame) = frame {
-            kassert_eq!(free_frames(frame, 0), Ok(()));
-        }
-        result
-    }
-
     crate::ktest!(
-        fn user_copy_honours_user_mappings() {
-            let free_before = frame_stats().map(|s| s.1);
-            with_user_page(USER_VA, 1, |tree, frame| {
-                let mut mem = KernelTables;
-                let out: [u8; 61] = core::array::from_fn(|i| i as u8 ^ 0x5a);
-                let mut back = [0u8; 61];
-                let copy_out = |va: usize, bytes: &[u8]| {
-                    // SAFETY: a local array and a user address.
-                    unsafe { crate::arch::user_copy(va as *mut u8, bytes.as_ptr(), bytes.len()) }
-                };
-                // Aligned (words then bytes) and unaligned (bytes).
-                for offset in [0, 3] {
-                    let va = USER_VA + 0x100 + offset;
-                    kassert_eq!(copy_out(va, &out), Ok(()));
-                    back.fill(0);
-                    // SAFETY: a local array and a user address.
-                    let r = unsafe {
-                        crate::arch::user_copy(back.as_mut_ptr(), va as *const u8, back.len())
-                    };
-                    kassert_eq!(r, Ok(()));
-                    kassert_eq!(back, out);
-                    // It is the frame's memory.
-                    let direct = crate::arch::phys_to_virt(frame) + 0x100 + offset;
-                    // SAFETY: the frame is ours and direct-mapped.
-                    kassert_eq!(unsafe { (direct as *const u8).read_volatile() }, out[0]);
-                }
+        fn sum_is_set_only_inside_user_copy() {
+            // User copies through the page tables are checked on every
+            // architecture (`arch::contract_tests`); here `sstatus.SUM`.
+            with_user_page(USER_VA, 1, |_, _| {
+                let mut back = [0u8; 16];
                 kassert!(sum_is_clear());
-                // Unmapped user memory: the fault address comes back, also
-                // in the middle of a copy.
-                let next = USER_VA + PAGE;
-                // SAFETY: a local array and a user address.
-                unsafe {
-                    kassert_eq!(
-                        crate::arch::user_copy(back.as_mut_ptr(), next as *const u8, 8),
-                        Err(next)
-                    );
-                    kassert_eq!(
-                        crate::arch::user_copy(back.as_mut_ptr(), (next - 8) as *const u8, 16),
-                        Err(next)
-                    );
-                    kassert_eq!(
-                        crate::arch::user_copy(back.as_mut_ptr(), (next - 3) as *const u8, 8),
-                        Err(next)
-                    );
-                }
-                kassert_eq!(copy_out(next - 5, &out), Err(next));
-                kassert!(sum_is_clear());
-                // Outside `user_copy` the kernel cannot touch user pages
-                // (SUM clear).
-                kassert_eq!(probe_cause(USER_VA), Some(fault(USER_VA, false)));
-                // A read-only user page is read-only for the kernel too.
-                kassert_eq!(
-                    tree.protect(&mut mem, USER_VA, Attr::USER),
-                    Ok(PageSize::Size4K)
-                );
-                flush_page(1, USER_VA);
-                kassert_eq!(copy_out(USER_VA, &out), Err(USER_VA));
                 // SAFETY: a local array and a user address.
                 let r =
                     unsafe { crate::arch::user_copy(back.as_mut_ptr(), USER_VA as *const u8, 8) };
                 kassert_eq!(r, Ok(()));
-                // Unmapped: reads fault too.
-                kassert_eq!(tree.unmap(&mut mem, USER_VA), Ok((frame, PageSize::Size4K)));
-                flush_page(1, USER_VA);
-                // SAFETY: a local array and a user address.
-                let r =
-                    unsafe { crate::arch::user_copy(back.as_mut_ptr(), USER_VA as *const u8, 8) };
-                kassert_eq!(r, Err(USER_VA));
                 kassert!(sum_is_clear());
+                // A copy that faults half-way clears it too.
+                let next = USER_VA + PAGE;
+                // SAFETY: as above.
+                let r = unsafe {
+                    crate::arch::user_copy(back.as_mut_ptr(), (next - 8) as *const u8, 16)
+                };
+                kassert_eq!(r, Err(next));
+                kassert!(sum_is_clear());
+                // Outside `user_copy` the kernel cannot touch user pages.
+                kassert_eq!(probe_cause(USER_VA), Some(fault(USER_VA, false)));
                 Ok(())
-            })?;
-            kassert_eq!(frame_stats().map(|s| s.1), free_before);
-            Ok(())
-        }
-    );
-
-    crate::ktest!(
-        fn user_trees_switch_by_asid() {
-            let count = asid_count();
-            kassert!(
-                count.is_power_of_two() && count <= 1 << 16,
-                "{} ASIDs",
-                count
-            );
-            let free_before = frame_stats().map(|s| s.1);
-            // Two trees map the same address to different frames; switching
-            // back to the first without a flush (when ASIDs exist) must see
-            // its own page again.
-            let asids: [u16; 2] = if count > 2 { [1, 2] } else { [0, 0] };
-            let read = || {
-                let mut b = [0u8; 1];
-                // SAFETY: a local array and a user address.
-                unsafe { crate::arch::user_copy(b.as_mut_ptr(), USER_VA as *const u8, 1) }
-                    .map(|()| b[0])
-            };
-            with_user_page(USER_VA, asids[0], |first, frame_a| {
-                // SAFETY: the frame is ours and direct-mapped.
-                unsafe { (crate::arch::phys_to_virt(frame_a) as *mut u8).write_volatile(0xaa) };
-                kassert_eq!(read(), Ok(0xaa));
-                let first_root = first.root();
-                with_user_page(USER_VA, asids[1], |_, frame_b| {
-                    // SAFETY: as above.
-                    unsafe { (crate::arch::phys_to_virt(frame_b) as *mut u8).write_volatile(0xbb) };
-                    kassert_eq!(read(), Ok(0xbb));
-                    // SAFETY: `first` is alive and shares the kernel half;
-                    // without distinct ASIDs, flush.
-                    unsafe { load_user_root(first_root, asids[0], asids[0] == asids[1]) };
-                    kassert_eq!(read(), Ok(0xaa));
-                    Ok(())
-                })
-            })?;
-            kassert_eq!(frame_stats().map(|s| s.1), free_before);
-            Ok(())
+            })
         }
     );
 

@@ -60,10 +60,15 @@ use crate::trap::{TrapCause, TrapRecord};
 /// hard-wired to zero); `x[2]` is the interrupted `sp`.
 #[repr(C)]
 pub struct TrapFrame {
+    /// `x0`..`x31`, indexed by register number.
     pub x: [usize; 32],
+    /// The interrupted PC.
     pub sepc: usize,
+    /// `sstatus` at the trap (SPP says which mode was interrupted).
     pub sstatus: usize,
+    /// The trap cause (interrupt bit and exception code).
     pub scause: usize,
+    /// The faulting address or instruction bits, by cause.
     pub stval: usize,
 }
 

@@ -119,7 +119,10 @@ pub fn load_tls(_value: usize) {}
 #[repr(C, align(16))]
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct FpuState {
+    /// `f0`..`f31`, as raw 64-bit patterns.
     pub f: [u64; 32],
+    /// The FP control and status register: rounding mode `frm` (bits 7:5)
+    /// and accrued exception flags `fflags` (bits 4:0).
     pub fcsr: u64,
 }
 
@@ -344,9 +347,12 @@ mod checks {
     }
 
     crate::ktest!(
-        fn user_regs_round_trip() {
+        fn user_regs_use_the_syscall_registers() {
+            // The portable side of `UserRegs` is checked on every
+            // architecture (`arch::contract_tests`); here, which RISC-V
+            // register is which.
             let regs = UserRegs::new(0x40_1000, 0x7fff_ffff_0000, 0x20_0000);
-            kassert_eq!(regs.pc(), 0x40_1000);
+            kassert_eq!(regs.sepc, 0x40_1000);
             kassert_eq!(regs.x[SP], 0x7fff_ffff_0000);
             kassert_eq!(regs.x[A0], 0x20_0000);
             // U-mode with interrupts on after `sret`, FP usable.
@@ -371,9 +377,7 @@ mod checks {
             );
             regs.set_result(-22);
             kassert_eq!(regs.x[A0], (-22isize) as usize);
-            kassert_eq!(regs.syscall_args().1[0], (-22isize) as usize);
-            regs.set_result(isize::MAX);
-            kassert_eq!(regs.x[A0], isize::MAX as usize);
+            // TLS is `tp`, a saved user register.
             regs.set_tls(0xdead_beef);
             kassert_eq!(regs.x[TP], 0xdead_beef);
             // Nothing else changed.
@@ -381,8 +385,6 @@ mod checks {
                 kassert_eq!(regs.x[i], before.x[i]);
             }
             kassert_eq!(regs.x[1], 0x1000 + 1);
-            kassert_eq!(save_tls(0x1234), 0x1234);
-            load_tls(0);
             Ok(())
         }
     );

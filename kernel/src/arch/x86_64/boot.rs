@@ -330,8 +330,11 @@ unsafe extern "C" {
 /// page `[guard, bottom)` under it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KernelStack {
+    /// The lowest address of the unmapped guard page.
     pub guard: usize,
+    /// The lowest address of the stack itself.
     pub bottom: usize,
+    /// One past the highest address: the initial stack pointer.
     pub top: usize,
 }
 

@@ -34,8 +34,9 @@ pub const KERNEL_CS: u16 = 0x08;
 /// The `sysret` selector base (STAR[63:48]): the empty slot before user
 /// data (`sysretq` uses base + 8 and base + 16).
 pub const USER_BASE_SELECTOR: u16 = 0x18;
-/// User data and 64-bit code selectors with RPL 3.
+/// User data (stack) selector with RPL 3.
 pub const USER_SS: u16 = 0x20 | 3;
+/// User 64-bit code selector with RPL 3.
 pub const USER_CS: u16 = 0x28 | 3;
 
 static TSS: Once<TaskStateSegment> = Once::new();

@@ -75,23 +75,41 @@ pub const ELF_MACHINE: u16 = 62;
 #[repr(C)]
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct UserRegs {
+    /// RAX: the system-call number on entry, its result on return.
     pub rax: u64,
+    /// RBX (callee-saved in the SysV ABI).
     pub rbx: u64,
+    /// RCX; `syscall` overwrites it with the return address.
     pub rcx: u64,
+    /// RDX: the third system-call argument.
     pub rdx: u64,
+    /// RSI: the second system-call argument.
     pub rsi: u64,
+    /// RDI: the first system-call argument and a new thread's argument.
     pub rdi: u64,
+    /// RBP: the frame pointer.
     pub rbp: u64,
+    /// RSP: the user stack pointer.
     pub rsp: u64,
+    /// R8: the fifth system-call argument.
     pub r8: u64,
+    /// R9: the sixth system-call argument.
     pub r9: u64,
+    /// R10: the fourth system-call argument (RCX is taken by `syscall`).
     pub r10: u64,
+    /// R11; `syscall` overwrites it with RFLAGS.
     pub r11: u64,
+    /// R12 (callee-saved in the SysV ABI).
     pub r12: u64,
+    /// R13 (callee-saved in the SysV ABI).
     pub r13: u64,
+    /// R14 (callee-saved in the SysV ABI).
     pub r14: u64,
+    /// R15 (callee-saved in the SysV ABI).
     pub r15: u64,
+    /// RIP: where the thread resumes.
     pub rip: u64,
+    /// RFLAGS, sanitised on return to user mode (IF set, IOPL 0).
     pub rflags: u64,
 }
 
@@ -156,7 +174,7 @@ impl UserRegs {
 /// (AVX is not enabled: CR4.OSXSAVE is off, so AVX instructions are
 /// undefined in user mode and the FXSAVE area is the whole state.)
 #[repr(C, align(16))]
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct FpuState([u8; 512]);
 
 /// Byte offsets in the FXSAVE area.
@@ -594,9 +612,11 @@ pub fn user_trap(frame: &TrapFrame, fault: Option<UserFault>) -> ! {
 }
 
 crate::ktest!(
-    fn user_regs_round_trip() {
+    fn user_regs_use_the_syscall_registers() {
+        // The portable side of `UserRegs` is checked on every architecture
+        // (`arch::contract_tests`); here, which x86 register is which.
         let mut r = UserRegs::new(0x40_1000, 0x7fff_ffff_0000, 0x20_0000);
-        kassert_eq!(r.pc(), 0x40_1000);
+        kassert_eq!(r.rip, 0x40_1000);
         kassert_eq!(r.rsp, 0x7fff_ffff_0000);
         kassert_eq!(r.rdi, 0x20_0000);
         kassert_eq!(r.rflags, RFLAGS_IF | RFLAGS_FIXED);
@@ -611,8 +631,7 @@ crate::ktest!(
         kassert_eq!(r.syscall_args(), (0x26, [1, 2, 3, 4, 5, 6]));
         r.set_result(-3);
         kassert_eq!(r.rax, (-3i64) as u64);
-        r.set_result(42);
-        kassert_eq!(r.syscall_args().0, 42);
+        // TLS is the FS base, outside `UserRegs`.
         let before = r.clone();
         r.set_tls(0x1234);
         kassert_eq!(r, before);
@@ -674,10 +693,8 @@ crate::ktest!(
 );
 
 crate::ktest!(
-    fn tls_base_round_trip() {
+    fn non_canonical_tls_base_loads_as_zero() {
         let old = save_tls(0);
-        load_tls(0x7fff_1234_5000);
-        kassert_eq!(save_tls(0), 0x7fff_1234_5000);
         // Non-canonical values would #GP in the MSR write: 0 instead.
         load_tls(0x8000_0000_0000_0000);
         kassert_eq!(save_tls(0x8000_0000_0000_0000), 0);

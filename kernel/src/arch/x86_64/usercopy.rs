@@ -74,32 +74,3 @@ core::arch::global_asm!(
     smap = sym super::mm::SMAP_ENABLED,
     options(att_syntax),
 );
-
-crate::ktest!(
-    fn user_copy_is_in_the_fixup_table() {
-        // Four entries: word and byte, load and store.
-        let base = crate::arch::keel_user_copy as *const () as usize;
-        let n = crate::arch::fixup_table()
-            .iter()
-            .filter(|e| (base..base + 256).contains(&e.fault_pc))
-            .count();
-        kassert_eq!(n, 4);
-        Ok(())
-    }
-);
-
-crate::ktest!(
-    fn user_copy_between_kernel_buffers() {
-        let src: [u8; 19] = core::array::from_fn(|i| i as u8 + 1);
-        let mut dst = [0u8; 19];
-        // SAFETY: both are kernel buffers of 19 bytes (SMAP only guards
-        // user pages, so opening user access changes nothing for them).
-        let r = unsafe { crate::arch::user_copy(dst.as_mut_ptr(), src.as_ptr(), src.len()) };
-        kassert_eq!(r, Ok(()));
-        kassert_eq!(dst, src);
-        // SAFETY: as above, with no bytes.
-        let r = unsafe { crate::arch::user_copy(dst.as_mut_ptr(), src.as_ptr(), 0) };
-        kassert_eq!(r, Ok(()));
-        Ok(())
-    }
-);

@@ -55,8 +55,11 @@ bitflags::bitflags! {
 /// A page or block size.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum PageSize {
+    /// A 4 KiB page, mapped at level 0.
     Size4K = 0,
+    /// A 2 MiB block, mapped at level 1.
     Size2M = 1,
+    /// A 1 GiB block, mapped at level 2.
     Size1G = 2,
 }
 
@@ -81,12 +84,15 @@ impl PageSize {
 /// A decoded page-table entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Entry {
+    /// Not valid: maps nothing.
     Empty,
     /// Points to the next-level table at this physical address.
     Table(u64),
     /// Maps a page or block.
     Leaf {
+        /// Physical address of the page or block (aligned to its size).
         pa: u64,
+        /// The mapping's attributes.
         attr: Attr,
     },
 }
@@ -113,8 +119,13 @@ pub trait PteFormat {
 /// `free_table` (and for the root a [`PageTable`] is built over with
 /// [`PageTable::from_root`]). `alloc_table` must return zeroed frames.
 pub unsafe trait TableMemory {
+    /// Physical address of a new zeroed 4 KiB table frame, or `None` when
+    /// out of memory.
     fn alloc_table(&mut self) -> Option<u64>;
+    /// Returns a table frame from `alloc_table`; it must no longer be
+    /// referenced by any tree.
     fn free_table(&mut self, pa: u64);
+    /// A pointer through which the kernel can access the table at `pa`.
     fn table(&self, pa: u64) -> *mut [u64; ENTRIES];
 }
 
@@ -141,7 +152,9 @@ pub enum MapError {
 pub struct Mapping {
     /// Physical address of `va` itself (not of the page).
     pub pa: u64,
+    /// Size of the page or block that maps `va`.
     pub size: PageSize,
+    /// Attributes of that page or block.
     pub attr: Attr,
 }
 
