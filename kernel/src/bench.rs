@@ -76,13 +76,9 @@ unsafe extern "C" {
 /// All benchmarks registered in the `.kbenches` section by [`kbench!`].
 #[cfg(target_os = "none")]
 fn registered() -> &'static [KBench] {
-    let start = (&raw const __kbenches_start).cast::<KBench>();
-    let end = (&raw const __kbenches_end).cast::<KBench>();
-    let len = (end as usize - start as usize) / core::mem::size_of::<KBench>();
     // SAFETY: the linker script places every `KBench` static emitted by
-    // `kbench!` contiguously between these two symbols, so the range is a
-    // valid, immutable array of `KBench`es that lives for the whole run.
-    unsafe { core::slice::from_raw_parts(start, len) }
+    // `kbench!` contiguously between these two symbols.
+    unsafe { crate::ktest::section(&raw const __kbenches_start, &raw const __kbenches_end) }
 }
 
 /// Runs every registered benchmark and prints one line per benchmark.

@@ -131,16 +131,26 @@ unsafe extern "C" {
     static __ktests_end: u8;
 }
 
+/// The array of `T`s the linker script gathers between two section
+/// symbols (`.ktests`, `.kbenches`).
+///
+/// # Safety
+/// `start..end` must be such a section: `T` statics placed contiguously
+/// by the linker, immutable for the whole run.
+#[cfg(target_os = "none")]
+pub(crate) unsafe fn section<T>(start: *const u8, end: *const u8) -> &'static [T] {
+    let len = (end as usize - start as usize) / core::mem::size_of::<T>();
+    // SAFETY: the caller's contract: a valid, immutable array of `T`s that
+    // lives for the whole run.
+    unsafe { core::slice::from_raw_parts(start.cast::<T>(), len) }
+}
+
 /// All tests registered in the `.ktests` section by [`ktest!`].
 #[cfg(target_os = "none")]
 fn registered() -> &'static [KTest] {
-    let start = (&raw const __ktests_start).cast::<KTest>();
-    let end = (&raw const __ktests_end).cast::<KTest>();
-    let len = (end as usize - start as usize) / core::mem::size_of::<KTest>();
     // SAFETY: the linker script places every `KTest` static emitted by
-    // `ktest!` contiguously between these two symbols, so the range is a
-    // valid, immutable array of `KTest`s that lives for the whole run.
-    unsafe { core::slice::from_raw_parts(start, len) }
+    // `ktest!` contiguously between these two symbols.
+    unsafe { section(&raw const __ktests_start, &raw const __ktests_end) }
 }
 
 /// Runs every registered test whose path contains `filter` and returns

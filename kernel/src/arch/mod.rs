@@ -185,8 +185,9 @@ contract!(host);
 mod common;
 
 /// The contract's in-kernel tests, written once for every architecture.
-#[cfg(all(feature = "ktest", target_os = "none"))]
-mod contract_tests;
+// Only bare-metal builds enable `ktest`.
+#[cfg(feature = "ktest")]
+mod tests;
 #[cfg(target_os = "none")]
 use self::common::*;
 

@@ -352,7 +352,7 @@ mod checks {
     const USER_ROOT_ENTRIES: Range<usize> = 0..512;
 
     #[cfg(feature = "ktest")]
-    use crate::arch::contract_tests::{USER_VA, with_user_page};
+    use crate::arch::tests::{USER_VA, with_user_page};
     #[cfg(feature = "ktest")]
     use crate::trap::{TrapCause, TrapRecord};
 
@@ -374,7 +374,7 @@ mod checks {
     crate::ktest!(
         fn pan_keeps_user_pages_from_plain_kernel_access() {
             // User copies through the page tables are checked on every
-            // architecture (`arch::contract_tests`); here PAN.
+            // architecture (`arch::tests`); here PAN.
             with_user_page(USER_VA, TEST_ASID, |_, _| {
                 let mut byte = [0u8; 1];
                 // SAFETY: a user address (faults are returned) and a kernel
@@ -401,7 +401,7 @@ mod checks {
     crate::ktest!(
         fn image_gaps_are_unmapped_and_device_windows_are_device_memory() {
             // That each section is mapped as described is checked on every
-            // architecture (`arch::contract_tests`); here that every other
+            // architecture (`arch::tests`); here that every other
             // page of the image (the stack guards, the gap in `.stacks`) is
             // unmapped, and device windows are Device memory.
             // SAFETY: the kernel root is a valid tree of frames reached

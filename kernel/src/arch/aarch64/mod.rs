@@ -187,7 +187,7 @@ crate::ktest!(
         unsafe { asm!("mov {}, sp", out(reg) sp, options(nomem, nostack, preserves_flags)) };
         crate::kassert!(boot.contains(&sp), "sp {:#x} not in {:#x?}", sp, boot);
         // The running (boot) stack's guard is checked on every architecture
-        // (`arch::contract_tests`); here the overflow stack's.
+        // (`arch::tests`); here the overflow stack's.
         let stack = entry::overflow_stack();
         let guard = stack.start - 8;
         let rec = probe_read(guard);

@@ -532,7 +532,7 @@ mod tests {
     crate::ktest!(
         fn user_regs_use_the_syscall_registers() {
             // The portable side of `UserRegs` is checked on every
-            // architecture (`arch::contract_tests`); here, which AArch64
+            // architecture (`arch::tests`); here, which AArch64
             // register is which.
             let mut r = UserRegs::new(0x40_1000, 0x7fff_ffff_0000, 0x20_0000);
             kassert_eq!(r.pc, 0x40_1000);

@@ -365,7 +365,7 @@ fn map_kernel_image(boot_root: u64) -> Result<u64, MapError> {
 mod checks {
     use super::*;
     #[cfg(feature = "ktest")]
-    use crate::arch::contract_tests::with_user_page;
+    use crate::arch::tests::with_user_page;
     use crate::mm::frame::ZoneRequest;
     use crate::mm::{KernelTables, alloc_frames};
     #[cfg(feature = "ktest")]
@@ -386,7 +386,7 @@ mod checks {
     crate::ktest!(
         fn stack_layout_and_emergency_stack_guard() {
             // The running (boot) stack's guard is checked on every
-            // architecture (`arch::contract_tests`); here the layout and the
+            // architecture (`arch::tests`); here the layout and the
             // emergency stack's guard.
             // SAFETY: the kernel root's tables are boot-pool or allocator
             // frames, reachable through the direct map; only read here.
@@ -486,7 +486,7 @@ mod checks {
     crate::ktest!(
         fn sum_is_set_only_inside_user_copy() {
             // User copies through the page tables are checked on every
-            // architecture (`arch::contract_tests`); here `sstatus.SUM`.
+            // architecture (`arch::tests`); here `sstatus.SUM`.
             with_user_page(USER_VA, 1, |_, _| {
                 let mut back = [0u8; 16];
                 kassert!(sum_is_clear());

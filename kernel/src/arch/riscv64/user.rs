@@ -349,7 +349,7 @@ mod checks {
     crate::ktest!(
         fn user_regs_use_the_syscall_registers() {
             // The portable side of `UserRegs` is checked on every
-            // architecture (`arch::contract_tests`); here, which RISC-V
+            // architecture (`arch::tests`); here, which RISC-V
             // register is which.
             let regs = UserRegs::new(0x40_1000, 0x7fff_ffff_0000, 0x20_0000);
             kassert_eq!(regs.sepc, 0x40_1000);

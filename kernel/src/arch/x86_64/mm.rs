@@ -355,7 +355,7 @@ fn test_user_tree(
 #[cfg(feature = "ktest")]
 mod tests {
     use super::*;
-    use crate::arch::contract_tests::{USER_VA, with_user_page};
+    use crate::arch::tests::{USER_VA, with_user_page};
     use crate::mm::KernelTables;
     use crate::mm::paging::PageTable;
     use crate::trap::TrapCause;
@@ -370,7 +370,7 @@ mod tests {
     crate::ktest!(
         fn smap_keeps_user_pages_from_plain_kernel_access() {
             // User copies through the page tables are checked on every
-            // architecture (`arch::contract_tests`); here SMAP and x86's
+            // architecture (`arch::tests`); here SMAP and x86's
             // non-canonical addresses.
             let pattern = *b"smap";
             with_user_page(USER_VA, 1, |_, frame| {
@@ -416,7 +416,7 @@ mod tests {
     crate::ktest!(
         fn kernel_image_layout_covers_the_image_but_the_stack_guards() {
             // That each section is mapped as described is checked on every
-            // architecture (`arch::contract_tests`); here that the sections
+            // architecture (`arch::tests`); here that the sections
             // cover the whole image except exactly the guard pages.
             let layout = kernel_image_layout();
             let tree = current_kernel_tree();
@@ -458,7 +458,7 @@ mod tests {
             kassert!(read_cr0() & CR0_WP != 0);
             kassert!(device_windows().is_empty());
             // Reloading the kernel root is checked on every architecture
-            // (`arch::contract_tests`); here that CR3 holds it.
+            // (`arch::tests`); here that CR3 holds it.
             kassert_eq!(read_cr3() & CR3_ADDR_MASK, kernel_root());
             // A kernel page (global: `invlpg` drops it for every PCID).
             invlpg(super::super::phys_to_virt(0x1000));

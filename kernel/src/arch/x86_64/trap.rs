@@ -465,7 +465,7 @@ crate::ktest!(
 crate::ktest!(
     fn every_kernel_stack_has_a_guard_below_it() {
         // The running (boot) stack's guard is checked on every architecture
-        // (`arch::contract_tests`); here the layout and the stacks the
+        // (`arch::tests`); here the layout and the stacks the
         // portable test cannot name: the IST stacks for #DF and NMI.
         let boot = super::boot::boot_stack();
         kassert!(boot.top - boot.bottom >= 64 * 1024);

@@ -614,7 +614,7 @@ pub fn user_trap(frame: &TrapFrame, fault: Option<UserFault>) -> ! {
 crate::ktest!(
     fn user_regs_use_the_syscall_registers() {
         // The portable side of `UserRegs` is checked on every architecture
-        // (`arch::contract_tests`); here, which x86 register is which.
+        // (`arch::tests`); here, which x86 register is which.
         let mut r = UserRegs::new(0x40_1000, 0x7fff_ffff_0000, 0x20_0000);
         kassert_eq!(r.rip, 0x40_1000);
         kassert_eq!(r.rsp, 0x7fff_ffff_0000);
