@@ -131,6 +131,7 @@ const CPU: usize = 0;
 
 /// Allocates `2^order` contiguous frames; returns the first frame's
 /// physical address. Single frames come from this CPU's hot list.
+#[inline]
 pub fn alloc_frames(order: usize, zone: ZoneRequest) -> Option<u64> {
     let mut guard = FRAMES.lock();
     let a = guard.as_mut()?;
@@ -143,6 +144,7 @@ pub fn alloc_frames(order: usize, zone: ZoneRequest) -> Option<u64> {
 }
 
 /// Frees a block from [`alloc_frames`].
+#[inline]
 pub fn free_frames(phys: u64, order: usize) -> Result<(), super::frame::FreeError> {
     let pfn: Pfn = phys / FRAME_SIZE;
     match FRAMES.lock().as_mut() {

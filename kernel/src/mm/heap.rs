@@ -45,7 +45,7 @@ static HEAP: KernelHeap = KernelHeap(Mutex::new(SlabAllocator::new(FramePages)))
 // host) or null; `dealloc` hands the same layout back; the lock makes the
 // allocator's state exclusive.
 unsafe impl GlobalAlloc for KernelHeap {
-    #[inline]
+    #[inline(always)]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         self.0
             .lock()
@@ -53,7 +53,7 @@ unsafe impl GlobalAlloc for KernelHeap {
             .map_or(core::ptr::null_mut(), NonNull::as_ptr)
     }
 
-    #[inline]
+    #[inline(always)]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         if let Some(p) = NonNull::new(ptr) {
             // SAFETY: GlobalAlloc's contract: `ptr` came from `alloc` with

@@ -163,7 +163,7 @@ impl<S: PageSource> SlabAllocator<S> {
 
     /// Allocates `size` bytes aligned to `align` (a power of two) on CPU
     /// `cpu`.
-    #[inline]
+    #[inline(always)]
     pub fn alloc(&mut self, cpu: usize, size: usize, align: usize) -> Option<NonNull<u8>> {
         match class_of(size, align) {
             Some(c) => {
@@ -195,7 +195,7 @@ impl<S: PageSource> SlabAllocator<S> {
     /// # Safety
     /// `ptr` must come from `self.alloc(_, size, align)` and not be freed
     /// yet.
-    #[inline]
+    #[inline(always)]
     pub unsafe fn free(&mut self, cpu: usize, ptr: NonNull<u8>, size: usize, align: usize) {
         match class_of(size, align) {
             Some(c) => {
