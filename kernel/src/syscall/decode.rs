@@ -166,26 +166,31 @@ pub(super) fn decode(
     args: Args,
 ) -> Result<Call, Error> {
     let call = Syscall::try_from(number).map_err(|_| Error::NoSuchSyscall)?;
-    let Args([a0, a1, a2, a3, a4, a5]) = args;
+    // Each call names its argument registers (docs/abi.md) and converts
+    // them to typed values before anything else.
+    let Args(a) = args;
     Ok(match call {
         Syscall::DebugWrite => {
-            let (at, len) = (UserAddr::new(a0), a1);
+            let [ptr, len, ..] = a;
             if len > DEBUG_WRITE_MAX {
                 return Err(Error::InvalidArgument);
             }
+            let space = k.thread(caller)?.space().clone();
             Call::DebugWrite {
-                space: k.thread(caller)?.space().clone(),
-                at,
+                space,
+                at: UserAddr::new(ptr),
                 len,
             }
         }
-        Syscall::SystemInfo => Call::SystemInfo(SystemInfoKey::try_from(a0)?),
+        Syscall::SystemInfo => Call::SystemInfo(SystemInfoKey::try_from(a[0])?),
         Syscall::CapIdentify => {
-            let c = k.caps.lookup(cs, token(a0))?;
+            let c = k.caps.lookup(cs, token(a[0]))?;
             Call::Value(((c.object_type() as usize) << 8) | c.rights().bits() as usize)
         }
         Syscall::CapDerive => {
-            let (src, rights, badge) = (token(a0), rights(a1)?, a2 as u64);
+            let [cap_raw, rights_raw, badge, ..] = a;
+            let (src, rights) = (token(cap_raw), rights(rights_raw)?);
+            let badge = badge as u64;
             k.caps
                 .check_copy(cs, src, cs, rights, badge, Rights::NONE)?;
             let slot = k.caps.reserve_slot(cs)?;
@@ -200,8 +205,9 @@ pub(super) fn decode(
             }
         }
         Syscall::CapGrant => {
-            let (src, rights) = (token(a0), rights(a2)?);
-            let to = destination(k, cs, a0, a1)?;
+            let [cap_raw, dest, rights_raw, ..] = a;
+            let (src, rights) = (token(cap_raw), rights(rights_raw)?);
+            let to = destination(k, cs, cap_raw, dest)?;
             k.caps
                 .check_copy(cs, src, to, rights, NO_BADGE, Rights::GRANT)?;
             let slot = k.caps.reserve_slot(to)?;
@@ -216,8 +222,9 @@ pub(super) fn decode(
             }
         }
         Syscall::CapDelegate => {
-            let src = token(a0);
-            let to = destination(k, cs, a0, a1)?;
+            let [cap_raw, dest, ..] = a;
+            let src = token(cap_raw);
+            let to = destination(k, cs, cap_raw, dest)?;
             k.caps.check_delegate(cs, src, to)?;
             let slot = k.caps.reserve_slot(to)?;
             Call::Delegate {
@@ -228,22 +235,20 @@ pub(super) fn decode(
             }
         }
         Syscall::CapDelete => {
-            k.caps.lookup(cs, token(a0))?;
-            Call::Delete(cs, token(a0))
+            let src = token(a[0]);
+            k.caps.lookup(cs, src)?;
+            Call::Delete(cs, src)
         }
         Syscall::CapRevoke => {
-            if !k
-                .caps
-                .lookup(cs, token(a0))?
-                .rights()
-                .contains(Rights::REVOKE)
-            {
+            let src = token(a[0]);
+            if !k.caps.lookup(cs, src)?.rights().contains(Rights::REVOKE) {
                 return Err(Error::AccessDenied);
             }
-            Call::Revoke(cs, token(a0))
+            Call::Revoke(cs, src)
         }
         Syscall::CapSpaceCreate => {
-            let (pool, slots) = (cap::<KArc<MemoryPool>>(k, cs, a0, Rights::WRITE)?, a1);
+            let [pool, slots, ..] = a;
+            let pool = cap::<KArc<MemoryPool>>(k, cs, pool, Rights::WRITE)?;
             if slots == 0 || slots > USER_CSPACE_MAX_SLOTS {
                 return Err(Error::InvalidArgument);
             }
@@ -268,12 +273,12 @@ pub(super) fn decode(
             }
         }
         Syscall::ThreadCreate => {
-            let (entry, stack, arg) = (a2, a3, a4);
-            let space = cap::<KArc<AddressSpaceObject>>(k, cs, a0, Rights::WRITE)?;
-            let home = if a1 == 0 {
+            let [aspace, cspace, entry, stack, arg, ..] = a;
+            let space = cap::<KArc<AddressSpaceObject>>(k, cs, aspace, Rights::WRITE)?;
+            let home = if cspace == 0 {
                 k.thread(caller)?.home().clone()
             } else {
-                cap::<KArc<CSpaceRef>>(k, cs, a1, Rights::WRITE)?.home()
+                cap::<KArc<CSpaceRef>>(k, cs, cspace, Rights::WRITE)?.home()
             };
             // A killed process's space is gone even while references remain.
             k.caps.space(home.id())?;
@@ -294,7 +299,7 @@ pub(super) fn decode(
             }
         }
         Syscall::ThreadResume => {
-            let (id, t) = thread(k, cs, a0)?;
+            let (id, t) = thread(k, cs, a[0])?;
             if t.state() != State::Suspended {
                 return Err(Error::InvalidState);
             }
@@ -303,16 +308,17 @@ pub(super) fn decode(
             Call::Resume(id)
         }
         Syscall::ThreadSuspend => {
-            let (id, t) = thread(k, cs, a0)?;
+            let (id, t) = thread(k, cs, a[0])?;
             if t.state() == State::Suspended {
                 return Err(Error::InvalidState);
             }
             Call::Suspend(id)
         }
-        Syscall::ThreadExit => Call::Exit(a0 as isize),
+        Syscall::ThreadExit => Call::Exit(a[0] as isize),
         Syscall::ThreadSetPriority => {
-            let (id, t) = thread(k, cs, a0)?;
-            let prio = u8::try_from(a1)
+            let [thread_raw, prio, ..] = a;
+            let (id, t) = thread(k, cs, thread_raw)?;
+            let prio = u8::try_from(prio)
                 .ok()
                 .filter(|&p| usize::from(p) < PRIORITIES)
                 .ok_or(Error::InvalidArgument)?;
@@ -322,29 +328,32 @@ pub(super) fn decode(
             Call::SetPriority(id, prio)
         }
         Syscall::ThreadSetAffinity => {
-            let (id, _) = thread(k, cs, a0)?;
+            let [thread_raw, mask, ..] = a;
+            let (id, _) = thread(k, cs, thread_raw)?;
             let cpus = k.cpu_count().min(64);
             let online = if cpus >= 64 {
                 u64::MAX
             } else {
                 (1u64 << cpus) - 1
             };
-            if a1 as u64 & online == 0 {
+            if mask as u64 & online == 0 {
                 return Err(Error::InvalidArgument);
             }
-            Call::SetAffinity(id, a1 as u64)
+            Call::SetAffinity(id, mask as u64)
         }
         Syscall::ThreadSetTls => {
-            let (id, _) = thread(k, cs, a0)?;
-            if a1 >= USER_END {
+            let [thread_raw, base, ..] = a;
+            let (id, _) = thread(k, cs, thread_raw)?;
+            if base >= USER_END {
                 return Err(Error::InvalidArgument);
             }
-            Call::SetTls(id, a1)
+            Call::SetTls(id, base)
         }
         Syscall::Yield => Call::Yield,
-        Syscall::ThreadKill => Call::Kill(thread(k, cs, a0)?.0),
+        Syscall::ThreadKill => Call::Kill(thread(k, cs, a[0])?.0),
         Syscall::MemCreate => {
-            let (pool, pages, flags) = (cap::<KArc<MemoryPool>>(k, cs, a0, Rights::WRITE)?, a1, a2);
+            let [pool, pages, flags, ..] = a;
+            let pool = cap::<KArc<MemoryPool>>(k, cs, pool, Rights::WRITE)?;
             if flags & !MEM_EAGER != 0 || pages == 0 {
                 return Err(Error::InvalidArgument);
             }
@@ -358,7 +367,7 @@ pub(super) fn decode(
             }
         }
         Syscall::AspaceCreate => {
-            let pool = cap::<KArc<MemoryPool>>(k, cs, a0, Rights::WRITE)?;
+            let pool = cap::<KArc<MemoryPool>>(k, cs, a[0], Rights::WRITE)?;
             let slot = k.caps.reserve_slot(cs)?;
             let space = AddressSpaceObject::new(0, Some(pool))?;
             Call::Insert {
@@ -369,38 +378,44 @@ pub(super) fn decode(
             }
         }
         Syscall::Map => {
-            let attr = prot(a5)?;
+            let [aspace, mem, va, offset, pages, prot_bits] = a;
+            let attr = prot(prot_bits)?;
             Call::Map {
-                space: cap(k, cs, a0, Rights::WRITE)?,
-                object: cap(k, cs, a1, rights_for(attr))?,
-                va: UserAddr::new(a2),
-                offset: a3,
-                pages: a4,
+                space: cap(k, cs, aspace, Rights::WRITE)?,
+                object: cap(k, cs, mem, rights_for(attr))?,
+                va: UserAddr::new(va),
+                offset,
+                pages,
                 attr,
             }
         }
-        Syscall::Unmap => Call::Unmap {
-            space: cap(k, cs, a0, Rights::WRITE)?,
-            va: UserAddr::new(a1),
-            pages: a2,
-        },
+        Syscall::Unmap => {
+            let [aspace, va, pages, ..] = a;
+            Call::Unmap {
+                space: cap(k, cs, aspace, Rights::WRITE)?,
+                va: UserAddr::new(va),
+                pages,
+            }
+        }
         Syscall::Protect => {
-            let attr = prot(a3)?;
+            let [aspace, va, pages, prot_bits, ..] = a;
+            let attr = prot(prot_bits)?;
             Call::Protect {
-                space: cap(k, cs, a0, Rights::WRITE)?,
-                va: UserAddr::new(a1),
-                pages: a2,
+                space: cap(k, cs, aspace, Rights::WRITE)?,
+                va: UserAddr::new(va),
+                pages,
                 attr,
             }
         }
         Syscall::MemSize => {
-            Call::Value(cap::<KArc<MemoryObject>>(k, cs, a0, Rights::NONE)?.pages())
+            Call::Value(cap::<KArc<MemoryObject>>(k, cs, a[0], Rights::NONE)?.pages())
         }
         Syscall::PoolAvailable => {
-            Call::Value(cap::<KArc<MemoryPool>>(k, cs, a0, Rights::READ)?.available() as usize)
+            Call::Value(cap::<KArc<MemoryPool>>(k, cs, a[0], Rights::READ)?.available() as usize)
         }
         // Assigned numbers of subsystems that are not built yet.
         _ => return Err(Error::NoSuchSyscall),
     })
 }
+
 const _: () = assert!(core::mem::size_of::<Call>() <= 64);
