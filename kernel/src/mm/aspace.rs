@@ -298,6 +298,7 @@ impl<M: Machine> AddressSpace<M> {
         if offset.checked_add(pages).is_none_or(|e| e > object.pages()) {
             return Err(Error::InvalidArgument);
         }
+        let spares_before = self.spare.len();
         let at = self.regions.partition_point(|r| r.start < end);
         if at > 0 && self.regions.get(at - 1).is_some_and(|r| r.end > va) {
             return Err(Error::AlreadyExists);
@@ -331,18 +332,32 @@ impl<M: Machine> AddressSpace<M> {
         }
         self.regions.insert(at, region);
         if result.is_err() {
-            // Undone completely: no table kept, not even as a spare.
+            // Undone completely: no table kept, not even as a spare (the
+            // spares from before the call stay).
             let _ = self.unmap(va, pages);
-            self.release_spares();
+            self.release_spares(spares_before);
         }
         result
     }
 
     /// Frees the spare tables and credits their charge.
-    fn release_spares(&mut self) {
+    /// Frees the spare tables from the `keep`-th on and credits their
+    /// charge.
+    fn release_spares(&mut self, keep: usize) {
         let mut t = charged::<M>(&self.pool);
-        for pa in self.spare.drain(..) {
+        let keep = keep.min(self.spare.len());
+        for pa in self.spare.drain(keep..) {
             t.free_table(pa);
+        }
+    }
+
+    /// After tables were unlinked from the tree: no TLB may keep a cached
+    /// walk through them.
+    fn flush_walks(&mut self) {
+        if M::is_loaded(self.table.root()) {
+            M::flush_space(self.asid());
+        } else {
+            self.tag = 0;
         }
     }
 
@@ -358,9 +373,12 @@ impl<M: Machine> AddressSpace<M> {
         if replaced {
             Self::flush(&mut self.tag, self.table.root(), va);
         }
-        self.table
-            .map(&mut t, va, pa, PageSize::Size4K, attr)
-            .map_err(map_err)?;
+        if let Err(e) = self.table.map(&mut t, va, pa, PageSize::Size4K, attr) {
+            // The walk may have linked new tables before it ran out and
+            // unlinked them again: cached walks may lead through them.
+            self.flush_walks();
+            return Err(map_err(e));
+        }
         if M::FLUSH_NEW_ENTRIES && !replaced {
             Self::flush(&mut self.tag, self.table.root(), va);
         }
@@ -423,12 +441,7 @@ impl<M: Machine> AddressSpace<M> {
             }
         }
         if freed {
-            // Cached walks may still lead through the freed tables.
-            if M::is_loaded(self.table.root()) {
-                M::flush_space(self.asid());
-            } else {
-                self.tag = 0;
-            }
+            self.flush_walks();
         }
         Ok(())
     }
@@ -643,7 +656,7 @@ impl<M: Machine> Drop for AddressSpace<M> {
         M::release_root(self.table.root());
         // SAFETY: `self.table` is being dropped; the copy is its last user.
         let table = unsafe { PageTable::<M::Format>::from_root(self.table.root()) };
-        self.release_spares();
+        self.release_spares(0);
         table.destroy(&mut charged::<M>(&self.pool), owned);
     }
 }

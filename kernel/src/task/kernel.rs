@@ -29,6 +29,8 @@ pub struct Kernel {
     orphans: KArc<Orphans>,
     loaded: Option<KArc<AddressSpaceObject>>,
     root: Option<CSpaceId>,
+    /// Live threads of the root task.
+    root_threads: usize,
     /// The root task's last thread is gone: the run is over.
     root_done: bool,
     /// Exit code of the root task's last thread to exit (-1 if none has).
@@ -55,6 +57,7 @@ impl Kernel {
             orphans: Orphans::new()?,
             loaded: None,
             root: None,
+            root_threads: 0,
             root_done: false,
             root_exit: -1,
             cpu_count,
@@ -122,7 +125,10 @@ impl Kernel {
 
     /// Puts a new (suspended) thread into the table.
     pub fn add_thread(&mut self, thread: Box<Thread>) -> Result<ThreadId, Error> {
-        self.threads.insert(thread).map(ThreadId)
+        let root = Some(thread.home().id()) == self.root;
+        let id = self.threads.insert(thread).map(ThreadId)?;
+        self.root_threads += usize::from(root);
+        Ok(id)
     }
 
     /// A new, suspended thread in `space` and capability space `home`.
@@ -204,9 +210,10 @@ impl Kernel {
             self.sched.set_current(None);
         }
         drop(dead);
-        // Checked here, once per thread death, not on every scheduling.
-        if Some(cspace) == self.root && !self.process_alive(cspace) {
-            self.root_done = true;
+        // Counted here, once per thread death, not on every scheduling.
+        if Some(cspace) == self.root {
+            self.root_threads = self.root_threads.saturating_sub(1);
+            self.root_done |= self.root_threads == 0;
         }
         Ok(())
     }
@@ -241,11 +248,6 @@ impl Kernel {
         }
     }
 
-    /// Whether any thread runs in capability space `cspace`.
-    fn process_alive(&self, cspace: CSpaceId) -> bool {
-        self.threads.iter().any(|(_, t)| t.home().id() == cspace)
-    }
-
     /// The calling thread ends with `code`.
     pub fn exit_current(&mut self, code: isize) {
         let Some(cur) = self.current() else { return };
@@ -276,6 +278,9 @@ impl Kernel {
 
     /// Picks the thread to run next and makes it current.
     pub fn schedule(&mut self, after: After) -> Next {
+        if self.root_done {
+            return Next::Done("the root task exited");
+        }
         let running = self
             .current()
             .and_then(|cur| Some((cur, self.thread(cur).ok()?)))
@@ -292,9 +297,6 @@ impl Kernel {
             if let Ok(t) = self.thread_mut(cur) {
                 t.state = State::Ready;
             }
-        }
-        if self.root_done {
-            return Next::Done("the root task exited");
         }
         let Some(next) = self.sched.pick() else {
             return Next::Done("no runnable threads are left");

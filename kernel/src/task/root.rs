@@ -63,7 +63,7 @@ pub fn load(k: &mut Kernel, info: &BootInfo<'_>, flags: u64) -> Result<(), RootE
 
     let free = crate::mm::frame_stats().map_or(0, |s| s.1);
     let pool = KArc::try_new(MemoryPool::new(free.saturating_sub(KERNEL_RESERVE_FRAMES)))?;
-    let cell = AddressSpaceObject::new(0, None)?;
+    let cell = AddressSpaceObject::new(0, Some(pool.clone()))?;
     {
         let mut space = cell.lock();
         for seg in &image.segments {
@@ -104,7 +104,12 @@ pub fn load(k: &mut Kernel, info: &BootInfo<'_>, flags: u64) -> Result<(), RootE
             .map(CapToken::raw)
     };
     let pool_pages = pool.limit();
-    let t_pool = insert(k, KObject::Pool(pool), ObjectType::MemoryPool, Rights::ALL)?;
+    let t_pool = insert(
+        k,
+        KObject::Pool(pool.clone()),
+        ObjectType::MemoryPool,
+        Rights::ALL,
+    )?;
     let read_only = Rights::READ | Rights::EXECUTE | Rights::GRANT;
     let t_image = insert(
         k,
@@ -152,7 +157,7 @@ pub fn load(k: &mut Kernel, info: &BootInfo<'_>, flags: u64) -> Result<(), RootE
         cpu_count: info.cpu_count as u64,
         flags,
     };
-    let page = MemoryObject::anonymous(1, true)?;
+    let page = MemoryObject::anonymous_charged(1, true, Some(pool.clone()))?;
     let fields = [
         root_info.magic,
         root_info.version,

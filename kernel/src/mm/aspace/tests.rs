@@ -489,7 +489,12 @@ fn a_map_the_pool_cannot_pay_for_changes_nothing() {
     let obj = Object::anonymous(2, true).unwrap();
     let frames = frames_in_use();
     // Three tables needed, two left.
+    let flushes = with(|st| st.space_flushes);
     assert_eq!(s.map(BASE, obj.clone(), 0, 1, RW), Err(Error::OutOfMemory));
+    assert!(
+        with(|st| st.space_flushes) > flushes,
+        "the tables linked and unlinked again are flushed from cached walks"
+    );
     assert_eq!(q.available(), 2, "no charge kept");
     assert_eq!(frames_in_use(), frames, "no table kept");
     assert!(s.regions.is_empty() && obj.spaces() == 0, "no region kept");
