@@ -1,6 +1,6 @@
 //! The host stand-in for the architecture layer, selected by `arch/mod.rs`
-//! when the kernel is built for a hosted target (`cargo test`, host
-//! clippy). It implements the same contract, checked by the same signature
+//! when the kernel's host tests are built (`cargo test`; a test double,
+//! compiled into no kernel). It implements the same contract, checked by the same signature
 //! block, with the simplest faithful behaviour, so that portable code that
 //! calls `crate::arch` (and `crate::mm::user` above it) runs in host tests.
 //!

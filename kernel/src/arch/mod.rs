@@ -1,7 +1,7 @@
 //! The architecture layer: the only place that selects code by
 //! `target_arch`. Each architecture module, and the host stand-in `host`
-//! (selected instead when `target_os` is not `"none"`: host builds and
-//! `cargo test`), presents the same set of names. The list in `contract!`
+//! (selected instead in host test builds, `cargo test`), presents the same
+//! set of names. The list in `contract!`
 //! below *is* the contract: it is re-exported from the selected module and
 //! nothing else is, so an architecture that lacks an item fails to compile
 //! and the rest of the kernel, which calls them as `crate::arch::NAME`,
@@ -175,9 +175,10 @@ mod x86_64;
 #[cfg(all(target_os = "none", target_arch = "x86_64"))]
 contract!(x86_64);
 
-#[cfg(not(target_os = "none"))]
+// The host stand-in exists for host tests only.
+#[cfg(all(test, not(target_os = "none")))]
 pub mod host;
-#[cfg(not(target_os = "none"))]
+#[cfg(all(test, not(target_os = "none")))]
 contract!(host);
 
 /// Shared by the bare-metal architectures; private to `arch/`.

@@ -1,5 +1,5 @@
 //! The host stand-in for the global frame allocator (`global`), built for
-//! hosted targets (`cargo test`, host clippy) under the same names, so that
+//! host tests (`cargo test`; a test double) under the same names, so that
 //! `mm::user` (the kernel's `Machine`) builds and runs in host tests.
 //!
 //! A frame is a 4 KiB-aligned host allocation and its "physical address"

@@ -26,6 +26,7 @@ pub mod object;
 pub mod paging;
 pub mod pool;
 pub mod slab;
+#[cfg(any(test, target_os = "none"))]
 pub mod user;
 
 #[cfg(target_os = "none")]
@@ -37,8 +38,8 @@ pub mod kmap;
 #[cfg(target_os = "none")]
 pub use global::*;
 
-// On a hosted target, the frame allocator's stand-in under the same names.
-#[cfg(not(target_os = "none"))]
+// In host tests, the frame allocator's stand-in under the same names.
+#[cfg(all(test, not(target_os = "none")))]
 mod host;
-#[cfg(not(target_os = "none"))]
+#[cfg(all(test, not(target_os = "none")))]
 pub use host::*;

@@ -3,8 +3,10 @@
 //! image ([`elf`], portable and host-tested).
 
 pub mod elf;
+#[cfg(any(test, target_os = "none"))]
 mod kernel;
 #[cfg(target_os = "none")]
 pub mod root;
 
+#[cfg(any(test, target_os = "none"))]
 pub use kernel::{Kernel, Next};
