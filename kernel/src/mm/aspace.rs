@@ -19,9 +19,9 @@
 //!   page to the space's pool, if it has one, for as long as it exists; a
 //!   map the pool cannot pay tables for fails and changes nothing.
 //!   Unmapping a region frees the tables whose block no region touches any
-//!   more (known from the regions, without reading tables); the space
-//!   keeps up to `SPARE_TABLES` of them, zeroed and still charged, for its
-//!   next maps, and frees the rest at once.
+//!   more (known from the regions, without reading tables), except the
+//!   path to the last such 2 MiB block, which stays in the tree (charged)
+//!   for the next map there until another block takes its place.
 //! - Dropping an address space frees its page tables and its references to
 //!   objects; objects free their frames when the last reference goes.
 //! - After a page's entry changes, no TLB holds the old one: the page is
@@ -37,7 +37,6 @@ use super::object::{Backing, MemObject, PAGE};
 use super::paging::{Attr, ENTRIES, LEVELS, MapError, Mapping, PageSize, PageTable, TableMemory};
 use super::pool::MemoryPool;
 use alloc::vec::Vec;
-use arrayvec::ArrayVec;
 use keel_abi::Error;
 
 /// Lowest user address that can be mapped: page 0 stays unmapped so null
@@ -116,43 +115,32 @@ pub struct AddressSpace<M: Machine> {
     tag: u64,
     /// The pool every page table is charged to (none: kernel-owned).
     pool: Option<KArc<MemoryPool>>,
-    /// Emptied tables kept for reuse (charged, all zero).
-    spare: ArrayVec<u64, SPARE_TABLES>,
+    /// A 2 MiB block no region touches whose (empty) leaf table, with the
+    /// tables above it, is left in the tree for the next map there.
+    kept: Option<usize>,
 }
 
-/// Emptied page tables a space keeps for its next maps (still charged):
-/// one path below the root, so mapping and unmapping a page in an empty
-/// part of the space neither zeroes nor allocates a table.
-const SPARE_TABLES: usize = LEVELS - 1;
+/// The block one leaf table maps: 2 MiB.
+const BLOCK: usize = 1 << 21;
 
 /// Table memory that charges each table one page of `pool` while it
-/// exists. With `spare`, allocations take from it first, and if `keep`,
-/// freed tables (all zero: emptied by unmapping) go there while it has
-/// room.
+/// exists.
 struct Charged<'a, T> {
     mem: T,
     pool: Option<&'a MemoryPool>,
-    spare: Option<&'a mut ArrayVec<u64, SPARE_TABLES>>,
-    keep: bool,
 }
 
 fn charged<M: Machine>(pool: &Option<KArc<MemoryPool>>) -> Charged<'_, M::Tables> {
     Charged {
         mem: M::tables(),
         pool: pool.as_deref(),
-        spare: None,
-        keep: false,
     }
 }
 
 // SAFETY: every table comes from and goes back to `mem`, which keeps the
-// contract (spare tables are zeroed tables `mem` gave out); the pool only
-// decides whether a table may be allocated.
+// contract; the pool only decides whether a table may be allocated.
 unsafe impl<T: TableMemory> TableMemory for Charged<'_, T> {
     fn alloc_table(&mut self) -> Option<u64> {
-        if let Some(pa) = self.spare.as_mut().and_then(|s| s.pop()) {
-            return Some(pa);
-        }
         if let Some(p) = self.pool {
             p.charge(1).ok()?;
         }
@@ -164,12 +152,6 @@ unsafe impl<T: TableMemory> TableMemory for Charged<'_, T> {
     }
 
     fn free_table(&mut self, pa: u64) {
-        if self.keep
-            && let Some(spare) = self.spare.as_mut()
-            && spare.try_push(pa).is_ok()
-        {
-            return;
-        }
         self.mem.free_table(pa);
         if let Some(p) = self.pool {
             p.credit(1);
@@ -225,7 +207,7 @@ impl<M: Machine> AddressSpace<M> {
             regions: Vec::new(),
             tag: u64::from(asid),
             pool,
-            spare: ArrayVec::new(),
+            kept: None,
         })
     }
 
@@ -298,7 +280,7 @@ impl<M: Machine> AddressSpace<M> {
         if offset.checked_add(pages).is_none_or(|e| e > object.pages()) {
             return Err(Error::InvalidArgument);
         }
-        let spares_before = self.spare.len();
+
         let at = self.regions.partition_point(|r| r.start < end);
         if at > 0 && self.regions.get(at - 1).is_some_and(|r| r.end > va) {
             return Err(Error::AlreadyExists);
@@ -332,22 +314,19 @@ impl<M: Machine> AddressSpace<M> {
         }
         self.regions.insert(at, region);
         if result.is_err() {
-            // Undone completely: no table kept, not even as a spare (the
-            // spares from before the call stay).
+            // Undone completely: no new table kept.
             let _ = self.unmap(va, pages);
-            self.release_spares(spares_before);
+            self.release_kept();
         }
         result
     }
 
-    /// Frees the spare tables and credits their charge.
-    /// Frees the spare tables from the `keep`-th on and credits their
-    /// charge.
-    fn release_spares(&mut self, keep: usize) {
-        let mut t = charged::<M>(&self.pool);
-        let keep = keep.min(self.spare.len());
-        for pa in self.spare.drain(keep..) {
-            t.free_table(pa);
+    /// Frees the kept path of tables, if no region has come to use it.
+    fn release_kept(&mut self) {
+        if let Some(k) = self.kept.take()
+            && self.free_tables_in(k, k + BLOCK)
+        {
+            self.flush_walks();
         }
     }
 
@@ -363,12 +342,7 @@ impl<M: Machine> AddressSpace<M> {
 
     /// Points the page at `va` to `pa` with `attr`, replacing any mapping.
     fn install(&mut self, va: usize, pa: u64, attr: Attr) -> Result<(), Error> {
-        let mut t = Charged {
-            mem: M::tables(),
-            pool: self.pool.as_deref(),
-            spare: Some(&mut self.spare),
-            keep: false,
-        };
+        let mut t = charged::<M>(&self.pool);
         let replaced = self.table.unmap(&mut t, va).is_ok();
         if replaced {
             Self::flush(&mut self.tag, self.table.root(), va);
@@ -448,32 +422,53 @@ impl<M: Machine> AddressSpace<M> {
 
     /// Frees the page tables under `[start, end)` (a range just unmapped)
     /// whose whole block no region touches any more: they map nothing,
-    /// which the regions tell without reading the tables. Lowest level
-    /// first, so a table goes only after the tables below it. Regions
-    /// still to be removed by the same unmap still count, so a table they
-    /// share goes with the last of them.
+    /// which the regions tell without reading the tables. The last such
+    /// 2 MiB block keeps its leaf table and the tables above it in the tree
+    /// (`kept`, still charged) for the next map there, and the block kept
+    /// before is freed instead; so mapping and unmapping a page over and
+    /// over neither allocates tables nor flushes cached walks.
     fn free_tables(&mut self, start: usize, end: usize) -> bool {
+        let old = self.kept;
+        let last = (start & !(BLOCK - 1)..end)
+            .step_by(BLOCK)
+            .rfind(|&b| !self.used(b, BLOCK));
+        if last.is_some() {
+            self.kept = last;
+        }
+        let mut freed = self.free_tables_in(start, end);
+        if let Some(old) = old
+            && Some(old) != self.kept
+        {
+            freed |= self.free_tables_in(old, old + BLOCK);
+        }
+        freed
+    }
+
+    /// Frees the tables under `[start, end)` whose block no region touches,
+    /// lowest level first (a table goes after the tables below it), except
+    /// the path to the kept block. Regions still to be removed by the same
+    /// unmap still count, so a table they share goes with the last of them.
+    fn free_tables_in(&mut self, start: usize, end: usize) -> bool {
         let mut freed = false;
-        let mut t = Charged {
-            mem: M::tables(),
-            pool: self.pool.as_deref(),
-            spare: Some(&mut self.spare),
-            keep: true,
-        };
+        let mut t = charged::<M>(&self.pool);
         for level in 0..LEVELS - 1 {
-            let block = 1usize << (21 + 9 * level);
+            let block = BLOCK << (9 * level);
             for at in (start & !(block - 1)..end).step_by(block) {
-                let first = self.regions.partition_point(|r| r.end <= at);
-                let used = self
-                    .regions
-                    .get(first)
-                    .is_some_and(|r| r.start < at.saturating_add(block));
-                if !used {
+                let kept = self.kept.is_some_and(|k| k & !(block - 1) == at);
+                if !kept && !self.used(at, block) {
                     freed |= self.table.free_table(&mut t, at, level);
                 }
             }
         }
         freed
+    }
+
+    /// Whether any region touches `[at, at + len)`.
+    fn used(&self, at: usize, len: usize) -> bool {
+        let first = self.regions.partition_point(|r| r.end <= at);
+        self.regions
+            .get(first)
+            .is_some_and(|r| r.start < at.saturating_add(len))
     }
 
     /// Changes the permissions of `[va, va + pages * PAGE)`, which must be
@@ -656,7 +651,6 @@ impl<M: Machine> Drop for AddressSpace<M> {
         M::release_root(self.table.root());
         // SAFETY: `self.table` is being dropped; the copy is its last user.
         let table = unsafe { PageTable::<M::Format>::from_root(self.table.root()) };
-        self.release_spares(0);
         table.destroy(&mut charged::<M>(&self.pool), owned);
     }
 }

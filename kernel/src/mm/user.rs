@@ -505,8 +505,8 @@ crate::ktest!(
             for i in 0..8 {
                 kassert_eq!(s.unmap(BASE + (i << 30), 1), Ok(()));
             }
-            // Every emptied table is given back but the three (one path)
-            // the space keeps, still charged, for its next maps.
+            // Every emptied table is given back but the path of three to
+            // the last emptied block, kept (charged) for the next map there.
             kassert_eq!(pool.available(), 63 - 3);
             kassert_eq!(free_frames_now(), free - 3, "every other table freed");
             unload();

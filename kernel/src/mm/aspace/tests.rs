@@ -429,6 +429,11 @@ fn pool(pages: u64) -> KArc<MemoryPool> {
 
 const GIB: usize = 1 << 30;
 
+/// The 2 MiB block holding `va`.
+fn block(va: usize) -> usize {
+    va & !((1 << 21) - 1)
+}
+
 #[test]
 fn every_page_table_is_charged_to_the_pool() {
     let before = baseline();
@@ -454,26 +459,25 @@ fn every_page_table_is_charged_to_the_pool() {
     assert_eq!(q.available(), 94, "nothing mapped yet");
     write(&mut s, BASE + 2 * GIB, 1).unwrap();
     assert_eq!(q.available(), 92);
-    // Unmapping frees the tables it empties, and only those.
+    // Unmapping frees the tables it empties, and only those, but the path
+    // to the last emptied 2 MiB block stays (charged) for the next map.
     let flushes = with(|st| st.space_flushes);
-    // (Counting the emptied tables the space keeps, still charged.)
-    let unused = |s: &Space, q: &KArc<MemoryPool>| q.available() + s.spare.len() as u64;
     s.unmap(BASE + GIB, 1).unwrap();
-    assert_eq!(unused(&s, &q), 94);
-    assert_eq!(s.spare.len(), 2, "kept for the next maps");
-    assert_eq!(with(|st| st.space_flushes), flushes + 1, "walks flushed");
+    assert_eq!(s.kept, Some(block(BASE + GIB)));
+    assert_eq!(q.available(), 92, "its 1 GiB and 2 MiB tables kept");
+    assert_eq!(with(|st| st.space_flushes), flushes, "nothing unlinked");
     s.unmap(BASE, 1).unwrap();
-    assert_eq!(unused(&s, &q), 94, "the 2 MiB table still maps a page");
-    assert_eq!(with(|st| st.space_flushes), flushes + 1);
+    assert_eq!(q.available(), 92, "the 2 MiB table still maps a page");
     s.unmap(BASE + PAGE, 1).unwrap();
-    assert_eq!(unused(&s, &q), 96);
-    assert_eq!(q.available(), 93, "three kept, the fourth freed");
-    // A new map takes the kept tables first: no charge, no frames.
-    let frames = frames_in_use();
-    s.map(BASE + 5 * GIB, obj.clone(), 0, 1, RW).unwrap();
-    assert_eq!((q.available(), frames_in_use()), (93, frames));
-    assert_eq!(s.spare.len(), 1);
-    s.unmap(BASE + 5 * GIB, 1).unwrap();
+    assert_eq!(s.kept, Some(block(BASE)), "the newest empty block is kept");
+    assert_eq!(q.available(), 94, "the one kept before is freed");
+    assert_eq!(with(|st| st.space_flushes), flushes + 1, "walks flushed");
+    // A map into the kept block uses its tables: no charge, no flush.
+    s.map(BASE + 3 * PAGE, obj.clone(), 0, 1, RW).unwrap();
+    assert_eq!(q.available(), 94);
+    s.unmap(BASE + 3 * PAGE, 1).unwrap();
+    assert_eq!((q.available(), s.kept), (94, Some(block(BASE))));
+    assert_eq!(with(|st| st.space_flushes), flushes + 1);
     // Destroying the space credits everything.
     drop(s);
     assert_eq!(q.available(), 100);
@@ -558,9 +562,9 @@ fn one_page_per_gib_exhausts_the_pool_not_memory() {
         s.unmap(BASE + i * GIB, 1).unwrap();
     }
     with(|st| st.limit = None);
-    let kept = s.spare.len();
-    assert_eq!(kept, 3, "a path of emptied tables kept");
-    assert_eq!((q.available() + kept as u64, frames_in_use() - kept), start);
+    // Every table is back but the path to the last block (three tables).
+    assert_eq!(s.kept, Some(block(BASE + (mapped - 1) * GIB)));
+    assert_eq!((q.available() + 3, frames_in_use() - 3), start);
     // The space is as good as new.
     s.map(BASE, obj.clone(), 0, 1, RW).unwrap();
     drop((s, obj));

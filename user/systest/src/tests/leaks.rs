@@ -27,8 +27,9 @@ pub fn everything_was_returned() -> TestResult {
     let before = POOL_BEFORE.load(Ordering::Relaxed);
     ensure!(before != usize::MAX, "no baseline was recorded");
     let now = pool_available(r.pool).ctx("pool_available")?;
-    // The root task's own address space is charged to the pool too: it may
-    // keep up to three emptied page tables for its next maps (docs/memory.md).
+    // The root task's own address space is charged to the pool too: it
+    // keeps the path of (at most three) tables to its last emptied 2 MiB
+    // block for the next map there (docs/memory.md).
     ensure!(
         now <= before && before - now <= KEPT_TABLES,
         "pool pages now {} and before the tests {}",

@@ -12,7 +12,8 @@ use keel_rt::syscall::{
     aspace_create, cap_delete, map, mem_create, pool_available, system_info, unmap,
 };
 
-/// Emptied page tables an address space keeps for reuse (docs/memory.md).
+/// Emptied page tables an address space keeps for reuse: the path to its
+/// last emptied 2 MiB block (docs/memory.md).
 const SPARE_TABLES: usize = 3;
 const GIB: usize = 1 << 30;
 /// Pool pages left for page tables.
@@ -78,8 +79,8 @@ fn fill_with_tables(pool: CapToken, space: CapToken, page: CapToken) -> TestResu
         // SAFETY: not the caller's address space.
         unsafe { unmap(space, (i + 1) * GIB, 1) }.ctx("unmap")?;
     }
-    // Every table comes back but one path of three, which the space keeps
-    // (still charged) for its next maps.
+    // Every table comes back but the path of three to the last emptied
+    // block, which the space keeps (still charged) for the next map there.
     ensure_eq!(
         pool_available(pool),
         Ok(LEFT - SPARE_TABLES),
@@ -90,11 +91,10 @@ fn fill_with_tables(pool: CapToken, space: CapToken, page: CapToken) -> TestResu
         Ok(free + 2 * mapped + 1 - SPARE_TABLES),
         "and every other table frame"
     );
-    // Leave some mapped (the first on the kept tables): deleting the space
-    // must give those back too.
+    // Leave some mapped: deleting the space must give those back too.
     for i in 0..8 {
         map(space, page, (i + 1) * GIB + PAGE, 0, 1, PROT_WRITE).ctx("map again")?;
     }
-    ensure_eq!(pool_available(pool), Ok(LEFT - 3 - 2 * 7));
+    ensure_eq!(pool_available(pool), Ok(LEFT - SPARE_TABLES - 2 * 8));
     Ok(())
 }
