@@ -239,26 +239,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    /// Physical memory holding `data` at `base`, readable nowhere else.
-    struct Ram {
-        base: u64,
-        data: Vec<u8>,
-    }
-
-    impl<'a> PhysReader<'a> for &'a Ram {
-        fn bytes(&self, addr: u64, len: u64) -> Option<&'a [u8]> {
-            let start = usize::try_from(addr.checked_sub(self.base)?).ok()?;
-            let end = start.checked_add(usize::try_from(len).ok()?)?;
-            self.data.get(start..end)
-        }
-    }
-
-    impl Ram {
-        fn put(&mut self, addr: u64, bytes: &[u8]) {
-            let at = (addr - self.base) as usize;
-            self.data[at..at + bytes.len()].copy_from_slice(bytes);
-        }
-    }
+    use crate::bootinfo::test_ram::Ram;
 
     const RSDP: u64 = 0x1000;
     const ROOT: u64 = 0x1100;

@@ -567,19 +567,7 @@ mod tests {
         );
     }
 
-    /// Physical memory holding `data` at `base`, readable nowhere else.
-    struct Ram {
-        base: u64,
-        data: Vec<u8>,
-    }
-
-    impl<'a> PhysReader<'a> for &'a Ram {
-        fn bytes(&self, addr: u64, len: u64) -> Option<&'a [u8]> {
-            let start = usize::try_from(addr.checked_sub(self.base)?).ok()?;
-            self.data
-                .get(start..start.checked_add(usize::try_from(len).ok()?)?)
-        }
-    }
+    use crate::bootinfo::test_ram::Ram;
 
     #[test]
     fn parse_at_finds_checks_and_reserves_the_blob() {

@@ -396,3 +396,31 @@ mod tests {
         }
     }
 }
+
+/// Physical memory for the parsers' host tests.
+#[cfg(test)]
+pub(crate) mod test_ram {
+    use super::PhysReader;
+
+    /// Physical memory holding `data` at `base`, readable nowhere else.
+    pub(crate) struct Ram {
+        pub(crate) base: u64,
+        pub(crate) data: Vec<u8>,
+    }
+
+    impl<'a> PhysReader<'a> for &'a Ram {
+        fn bytes(&self, addr: u64, len: u64) -> Option<&'a [u8]> {
+            let start = usize::try_from(addr.checked_sub(self.base)?).ok()?;
+            let end = start.checked_add(usize::try_from(len).ok()?)?;
+            self.data.get(start..end)
+        }
+    }
+
+    impl Ram {
+        /// Writes `bytes` at physical address `addr`.
+        pub(crate) fn put(&mut self, addr: u64, bytes: &[u8]) {
+            let at = (addr - self.base) as usize;
+            self.data[at..at + bytes.len()].copy_from_slice(bytes);
+        }
+    }
+}
