@@ -144,11 +144,12 @@ pub fn unload() {
 /// the user range `[addr, addr + len)`, after resolving it for `access`.
 fn chunks(
     space: &mut UserSpace,
-    addr: usize,
+    addr: UserAddr,
     len: usize,
     access: Access,
     mut f: impl FnMut(usize, usize, usize, u64) -> Result<(), Error>,
 ) -> Result<(), Error> {
+    let addr = addr.get();
     let end = addr.checked_add(len).ok_or(Error::BadAddress)?;
     if len == 0 {
         return Ok(());
@@ -200,35 +201,23 @@ fn user_side(loaded: bool, user: usize, pa: u64) -> usize {
 pub fn copy_from_user(space: &mut UserSpace, src: UserAddr, dst: &mut [u8]) -> Result<(), Error> {
     let loaded = is_loaded(space);
     let base = dst.as_mut_ptr();
-    chunks(
-        space,
-        src.get(),
-        dst.len(),
-        Access::Read,
-        |off, user, n, pa| {
-            let from = user_side(loaded, user, pa) as *const u8;
-            // SAFETY: `off + n <= dst.len()`; `from` is resolved user memory.
-            unsafe { copy_chunk(loaded, base.add(off), from, n) }
-        },
-    )
+    chunks(space, src, dst.len(), Access::Read, |off, user, n, pa| {
+        let from = user_side(loaded, user, pa) as *const u8;
+        // SAFETY: `off + n <= dst.len()`; `from` is resolved user memory.
+        unsafe { copy_chunk(loaded, base.add(off), from, n) }
+    })
 }
 
 /// Copies `src` into user memory at `dst` of `space`.
 pub fn copy_to_user(space: &mut UserSpace, dst: UserAddr, src: &[u8]) -> Result<(), Error> {
     let loaded = is_loaded(space);
     let base = src.as_ptr();
-    chunks(
-        space,
-        dst.get(),
-        src.len(),
-        Access::Write,
-        |off, user, n, pa| {
-            let to = user_side(loaded, user, pa) as *mut u8;
-            // SAFETY: `off + n <= src.len()`; `to` is resolved writable user
-            // memory.
-            unsafe { copy_chunk(loaded, to, base.add(off), n) }
-        },
-    )
+    chunks(space, dst, src.len(), Access::Write, |off, user, n, pa| {
+        let to = user_side(loaded, user, pa) as *mut u8;
+        // SAFETY: `off + n <= src.len()`; `to` is resolved writable user
+        // memory.
+        unsafe { copy_chunk(loaded, to, base.add(off), n) }
+    })
 }
 
 /// Copies a NUL-terminated string from user memory at `src` into `buf`;

@@ -248,7 +248,8 @@ impl Kernel {
         }
     }
 
-    /// The calling thread ends with `code`.
+    /// The calling thread ends with `code` (the system-call dispatcher then
+    /// collects what that orphaned).
     pub fn exit_current(&mut self, code: isize) {
         let Some(cur) = self.current() else { return };
         let Ok(cspace) = self.thread(cur).map(|t| t.home().id()) else {
@@ -257,7 +258,6 @@ impl Kernel {
         // The root task's verdict is the exit code of its last thread.
         self.note_exit(cspace, code);
         let _ = self.kill(cur);
-        self.collect();
     }
 
     /// Writes `value` as the result of `cur`'s system call; returns its
