@@ -31,11 +31,15 @@ pub enum Error {
     InvalidState = 10,
     /// The operation is recognised but not supported on this machine.
     NotSupported = 11,
+    /// The other side of an IPC went away: the server died or was
+    /// suspended before replying, the caller waiting for a reply is gone,
+    /// or the endpoint or notification was destroyed.
+    Disconnected = 12,
 }
 
 impl Error {
     /// All error codes, in numeric order.
-    pub const ALL: [Error; 11] = [
+    pub const ALL: [Error; 12] = [
         Error::NoSuchSyscall,
         Error::InvalidArgument,
         Error::InvalidCapability,
@@ -47,6 +51,7 @@ impl Error {
         Error::WouldBlock,
         Error::InvalidState,
         Error::NotSupported,
+        Error::Disconnected,
     ];
 
     /// The value a failing system call returns in its result register.

@@ -10,6 +10,7 @@ pub mod boot;
 pub mod cap;
 pub mod error;
 pub mod harness;
+pub mod ipc;
 pub mod syscall;
 
 pub use cap::{CapToken, ObjectType, Rights};

@@ -10,7 +10,7 @@
 //! | 0x10–0x1f | capabilities |
 //! | 0x20–0x2f | threads and scheduling |
 //! | 0x30–0x3f | address spaces and memory objects |
-//! | 0x40–0x4f | IPC: endpoints and notifications (reserved) |
+//! | 0x40–0x4f | IPC: endpoints, notifications, IPC buffers, fault handlers |
 //! | 0x50–0x5f | processes (reserved) |
 //! | 0x60–0x6f | interrupts and time (reserved) |
 
@@ -87,6 +87,42 @@ pub enum Syscall {
     MemSize = 0x35,
     /// `(pool)`: pages the pool can still hand out.
     PoolAvailable = 0x36,
+
+    /// `(pool)`: a new endpoint (charged one page).
+    EndpointCreate = 0x40,
+    /// `(pool)`: a new notification (charged one page).
+    NotificationCreate = 0x41,
+    /// `(ep, info, m0..m3)`: send a message (needs `WRITE`; `GRANT` to
+    /// transfer capabilities); blocks until received unless
+    /// `MsgInfo::NONBLOCK`. See `keel_abi::ipc` for the registers.
+    Send = 0x42,
+    /// `(ep, info)`: receive a message (needs `READ`); `info` carries only
+    /// flags. Returns the message's info, badge and words.
+    Recv = 0x43,
+    /// `(ep, info, m0..m3)`: send, then wait for the reply through the
+    /// one-shot reply capability the receiver gets.
+    Call = 0x44,
+    /// `(_, info, m0..m3)`: answer the last call received.
+    Reply = 0x45,
+    /// `(ep, info, m0..m3)`: reply to the last call (if any), then receive.
+    ReplyRecv = 0x46,
+    /// `(ntfn, bits)`: OR `bits` and the capability's badge into the
+    /// notification's word (needs `WRITE`); never blocks.
+    Signal = 0x47,
+    /// `(ntfn)`: wait until the word is non-zero; returns and clears it
+    /// (needs `READ`).
+    Wait = 0x48,
+    /// `(ntfn)`: return and clear the word without waiting (needs `READ`).
+    Poll = 0x49,
+    /// `(thread, ntfn)`: bind a notification to a thread (0: unbind), so
+    /// that a `Recv` of the thread also returns its signals. Needs `WRITE`
+    /// on the thread and `READ` on the notification.
+    NotificationBind = 0x4a,
+    /// `(thread, va)`: the thread's IPC buffer page (0: none).
+    ThreadSetIpcBuffer = 0x4b,
+    /// `(thread, ep)`: where the thread's unresolved faults go as messages
+    /// (0: none; the fault kills the process). Needs `WRITE` on both.
+    ThreadSetFaultHandler = 0x4c,
 }
 
 /// Flag of [`Syscall::MemCreate`]: allocate every frame now.
@@ -130,14 +166,13 @@ impl TryFrom<usize> for SystemInfoKey {
     }
 }
 
-/// Numbers reserved for IPC (endpoints, notifications, shared memory),
-/// processes, and interrupts and time, which arrive with their subsystems;
-/// today they answer [`crate::Error::NoSuchSyscall`].
-pub const RESERVED: [core::ops::Range<usize>; 3] = [0x40..0x50, 0x50..0x60, 0x60..0x70];
+/// Numbers reserved for processes, and interrupts and time, which arrive
+/// with their subsystems; today they answer [`crate::Error::NoSuchSyscall`].
+pub const RESERVED: [core::ops::Range<usize>; 2] = [0x50..0x60, 0x60..0x70];
 
 impl Syscall {
     /// Every assigned system call.
-    pub const ALL: [Syscall; 25] = [
+    pub const ALL: [Syscall; 38] = [
         Syscall::DebugWrite,
         Syscall::SystemInfo,
         Syscall::CapIdentify,
@@ -163,6 +198,19 @@ impl Syscall {
         Syscall::Protect,
         Syscall::MemSize,
         Syscall::PoolAvailable,
+        Syscall::EndpointCreate,
+        Syscall::NotificationCreate,
+        Syscall::Send,
+        Syscall::Recv,
+        Syscall::Call,
+        Syscall::Reply,
+        Syscall::ReplyRecv,
+        Syscall::Signal,
+        Syscall::Wait,
+        Syscall::Poll,
+        Syscall::NotificationBind,
+        Syscall::ThreadSetIpcBuffer,
+        Syscall::ThreadSetFaultHandler,
     ];
 }
 
@@ -172,8 +220,8 @@ impl TryFrom<usize> for Syscall {
     fn try_from(number: usize) -> Result<Self, Self::Error> {
         // A table indexed by number, built at compile time from `ALL`, so
         // decoding is one bounds check and one load on the syscall path.
-        const TABLE: [Option<Syscall>; 0x40] = {
-            let mut t = [None; 0x40];
+        const TABLE: [Option<Syscall>; 0x50] = {
+            let mut t = [None; 0x50];
             let mut i = 0;
             while i < Syscall::ALL.len() {
                 t[Syscall::ALL[i] as usize] = Some(Syscall::ALL[i]);
