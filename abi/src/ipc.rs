@@ -145,11 +145,17 @@ mod tests {
         let i = MsgInfo::new(77, 12, 2);
         assert_eq!((i.label(), i.len(), i.caps()), (77, 12, 2));
         assert!(i.check() && i.with(MsgInfo::NONBLOCK).check());
-        assert!(!MsgInfo(i.0 | MsgInfo::FAULT).check(), "kernel flags are refused");
+        assert!(
+            !MsgInfo(i.0 | MsgInfo::FAULT).check(),
+            "kernel flags are refused"
+        );
         assert!(!MsgInfo(1 << 20).check(), "reserved bits are refused");
         assert!(!MsgInfo::new(0, MAX_WORDS + 1, 0).check());
         assert!(!MsgInfo::new(0, 0, 3).with(0).check() || MAX_CAPS >= 3);
-        assert!(!MsgInfo(1 << 63).check(), "a label above 31 bits is refused");
+        assert!(
+            !MsgInfo(1 << 63).check(),
+            "a label above 31 bits is refused"
+        );
         assert!((MsgInfo::new(MsgInfo::MAX_LABEL, MAX_WORDS, 3).0 as i64) >= 0);
     }
 }

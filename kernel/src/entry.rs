@@ -12,6 +12,7 @@
 //! object, the frame allocator and heap; an orphan queue is a leaf.
 
 use crate::arch::{self, UserRegs};
+use crate::object::thread::FaultMsg;
 use crate::sched::After;
 use crate::task::{Kernel, Next};
 use crate::trap::UserFault;
@@ -103,6 +104,9 @@ pub fn on_syscall() -> *const UserRegs {
         else {
             return r.next(After::Continue);
         };
+        if let Some(regs) = k.fastpath(cur, number, args) {
+            return regs;
+        }
         let outcome = crate::syscall::dispatch(k, cur, cspace, number, args);
         let value = match outcome.value {
             Ok(v) => v as isize,
@@ -135,6 +139,18 @@ pub fn on_user_fault(fault: UserFault) -> *const UserRegs {
             return core::ptr::from_ref(t.regs());
         }
         let (pc, cspace) = (t.regs().pc(), t.home().id());
+        let addr = match fault {
+            UserFault::PageFault { addr, .. } | UserFault::Alignment { addr } => addr,
+            _ => 0,
+        };
+        let msg = FaultMsg {
+            code: fault.code() as u64,
+            addr: addr as u64,
+            pc: pc as u64,
+        };
+        if k.send_fault(cur, msg) {
+            return r.next(After::Block);
+        }
         kprintln!("keel: user fault in thread {cur}: {fault} at pc {pc:#x}; killing its process");
         k.note_exit(cspace, -(fault.code() as isize));
         k.kill_process(cspace);

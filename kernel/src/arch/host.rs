@@ -279,6 +279,14 @@ impl UserRegs {
         self.result = value;
     }
 
+    /// Delivers a message: `info` as the result, the badge and the words
+    /// in arguments 1–5.
+    pub fn set_message(&mut self, info: usize, badge: usize, words: [usize; 4]) {
+        self.result = info as isize;
+        let [w0, w1, w2, w3] = words;
+        self.args[1..6].copy_from_slice(&[badge, w0, w1, w2, w3]);
+    }
+
     /// The result set last.
     pub fn result(&self) -> isize {
         self.result

@@ -87,7 +87,10 @@
 //!   usize) -> UserRegs` (user mode, interrupts enabled, `arg` in the first
 //!   argument register); `fn syscall_args(&self) -> (usize, [usize; 6])`
 //!   (number and arguments, in the registers `keel_abi::Syscall`
-//!   documents); `fn set_result(&mut self, value: isize)`; `fn pc(&self) ->
+//!   documents); `fn set_result(&mut self, value: isize)`; `fn
+//!   set_message(&mut self, info: usize, badge: usize, words: [usize; 4])`
+//!   (a received message: `info` as the result, the badge and words in
+//!   arguments 1–5, `keel_abi::ipc`); `fn pc(&self) ->
 //!   usize`; `fn set_tls(&mut self, value: usize)` (RISC-V keeps TLS in
 //!   `tp`, a saved register; a no-op elsewhere).
 //! - `struct FpuState` (`Clone`, `Debug`, `Eq`, `Default` = the initial FP/SIMD
@@ -239,6 +242,7 @@ const _: () = {
     let _: fn(usize, usize, usize) -> UserRegs = UserRegs::new;
     let _: fn(&UserRegs) -> (usize, [usize; 6]) = UserRegs::syscall_args;
     let _: fn(&mut UserRegs, isize) = UserRegs::set_result;
+    let _: fn(&mut UserRegs, usize, usize, [usize; 4]) = UserRegs::set_message;
     let _: fn(&UserRegs) -> usize = UserRegs::pc;
     let _: fn(&mut UserRegs, usize) = UserRegs::set_tls;
     fpu_state::<FpuState>();

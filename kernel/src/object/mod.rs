@@ -20,10 +20,14 @@
 
 pub mod aspace;
 pub mod cspace;
+pub mod endpoint;
+pub mod notification;
 pub mod thread;
 
 pub use aspace::AddressSpaceObject;
 pub use cspace::{CSpaceRef, Home};
+pub use endpoint::{Endpoint, EndpointId, EndpointRef};
+pub use notification::{Notification, NotificationId, NotificationRef};
 pub use thread::{Thread, ThreadId, ThreadRef};
 
 use crate::cap::CSpaceId;
@@ -49,6 +53,10 @@ pub enum KObject {
     CSpace(KArc<CSpaceRef>),
     /// A memory pool that allocations are charged to.
     Pool(KArc<MemoryPool>),
+    /// An IPC endpoint.
+    Endpoint(KArc<EndpointRef>),
+    /// A notification.
+    Notification(KArc<NotificationRef>),
 }
 
 /// A kernel object type a capability's object can be taken as: the one
@@ -78,6 +86,8 @@ object!(AddressSpaceObject, AddressSpace, AddressSpace);
 object!(ThreadRef, Thread, Thread);
 object!(CSpaceRef, CSpace, CapSpace);
 object!(MemoryPool, Pool, MemoryPool);
+object!(EndpointRef, Endpoint, Endpoint);
+object!(NotificationRef, Notification, Notification);
 
 /// An object whose last reference went, waiting for
 /// [`crate::task::Kernel::collect`].
@@ -87,6 +97,10 @@ pub enum Orphan {
     CSpace(CSpaceId),
     /// A thread to kill.
     Thread(ThreadId),
+    /// An endpoint to end.
+    Endpoint(EndpointId),
+    /// A notification to end.
+    Notification(NotificationId),
 }
 
 /// The queue of orphans of one kernel. Room for one entry is reserved for

@@ -18,7 +18,7 @@ use super::{Home, Orphan, OrphanSlot, Orphans};
 use crate::arch::{FpuState, UserRegs};
 use crate::arena::Id;
 use crate::mm::kref::KArc;
-use crate::object::AddressSpaceObject;
+use crate::object::{AddressSpaceObject, EndpointId, EndpointRef, NotificationId, NotificationRef};
 use keel_abi::Error;
 
 /// Names a thread; stale once the thread is gone.
@@ -40,6 +40,73 @@ pub enum State {
     Ready,
     /// On the CPU.
     Running,
+    /// Waiting in IPC ([`Ipc::blocked`] says on what).
+    Blocked,
+}
+
+/// What a `Blocked` thread waits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Blocked {
+    /// To hand its message to a receiver of `ep` (`call`: then to wait for
+    /// the reply; a faulted thread is always a caller).
+    Send {
+        /// The endpoint.
+        ep: EndpointId,
+        /// Whether it waits for a reply after.
+        call: bool,
+    },
+    /// A message on `ep`.
+    Recv {
+        /// The endpoint.
+        ep: EndpointId,
+    },
+    /// The reply of `server`, which holds its reply capability.
+    Reply {
+        /// The thread that received its call.
+        server: ThreadId,
+    },
+    /// Signal bits of `n`.
+    Wait {
+        /// The notification.
+        n: NotificationId,
+    },
+}
+
+/// A fault waiting to be delivered to, or answered by, a fault handler.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FaultMsg {
+    /// `trap::UserFault::code`.
+    pub code: u64,
+    /// The faulting address (0 if none).
+    pub addr: u64,
+    /// The faulting instruction.
+    pub pc: u64,
+}
+
+/// A thread's IPC state (the protocol is `task::kernel::ipc`).
+#[derive(Default)]
+pub struct Ipc {
+    /// What it waits for while `Blocked`.
+    pub blocked: Option<Blocked>,
+    /// Links of the endpoint or notification queue it waits in.
+    pub next: Option<ThreadId>,
+    /// See `next`.
+    pub prev: Option<ThreadId>,
+    /// Badge of the endpoint capability it sends through.
+    pub badge: u64,
+    /// Whether that capability has `GRANT` (it may transfer capabilities).
+    pub grant: bool,
+    /// The one-shot reply capability: the caller it received last.
+    pub reply_to: Option<ThreadId>,
+    /// Its IPC buffer page (0: none).
+    pub buffer: usize,
+    /// Where its faults go: the endpoint and the badge of the capability
+    /// it was set from.
+    pub fault_handler: Option<(KArc<EndpointRef>, u64)>,
+    /// The notification bound to it.
+    pub bound: Option<KArc<NotificationRef>>,
+    /// The fault it reported, until the handler answers.
+    pub fault: Option<FaultMsg>,
 }
 
 /// Default priority of new threads.
@@ -49,6 +116,12 @@ pub const DEFAULT_PRIORITY: u8 = 10;
 /// with the FP/SIMD state) and its thread-table slot, rounded up to a page.
 pub const TCB_PAGES: u64 = 1;
 const _: () = assert!(core::mem::size_of::<Thread>() <= 4096);
+
+impl crate::sched::Slot for ThreadId {
+    fn slot(&self) -> usize {
+        self.0.index() as usize
+    }
+}
 
 /// A thread control block.
 pub struct Thread {
@@ -60,6 +133,8 @@ pub struct Thread {
     affinity: u64,
     space: KArc<AddressSpaceObject>,
     home: Home,
+    /// IPC state.
+    pub ipc: Ipc,
 }
 
 impl Thread {
@@ -85,6 +160,7 @@ impl Thread {
             affinity: u64::MAX,
             space,
             home,
+            ipc: Ipc::default(),
         })
     }
 

@@ -16,8 +16,8 @@
 pub mod runq;
 
 use keel_abi::Error;
-pub use runq::PRIORITIES;
 use runq::RunQueue;
+pub use runq::{PRIORITIES, Slot};
 
 /// What the scheduler should do after a system call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -26,6 +26,8 @@ pub enum After {
     Continue,
     /// Put the current thread behind others of its priority.
     Yield,
+    /// The current thread blocked (its result is written when it wakes).
+    Block,
 }
 
 /// The run queue and the running thread of a CPU.
@@ -34,13 +36,13 @@ pub struct Scheduler<T> {
     current: Option<T>,
 }
 
-impl<T: PartialEq + Copy> Default for Scheduler<T> {
+impl<T: PartialEq + Copy + Slot> Default for Scheduler<T> {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl<T: PartialEq + Copy> Scheduler<T> {
+impl<T: PartialEq + Copy + Slot> Scheduler<T> {
     /// Nothing queued, nothing running.
     pub const fn new() -> Self {
         Scheduler {
@@ -64,10 +66,15 @@ impl<T: PartialEq + Copy> Scheduler<T> {
         self.runq.push(prio, t)
     }
 
-    /// Makes sure one more thread can be queued at `prio` without
-    /// allocating.
-    pub fn reserve(&mut self, prio: u8) -> Result<(), Error> {
-        self.runq.reserve(prio)
+    /// Makes room for a thread with table index `slot`, so queueing it
+    /// never allocates.
+    pub fn reserve_slot(&mut self, slot: usize) -> Result<(), Error> {
+        self.runq.reserve_slot(slot)
+    }
+
+    /// The highest priority of a ready thread.
+    pub fn highest(&self) -> Option<u8> {
+        self.runq.highest()
     }
 
     /// Takes a thread out of the queue (it stopped being ready).
@@ -75,12 +82,10 @@ impl<T: PartialEq + Copy> Scheduler<T> {
         self.runq.remove(prio, t);
     }
 
-    /// Moves a queued thread to another priority (`OutOfMemory` leaves it
-    /// where it was).
+    /// Moves a queued thread to another priority.
     pub fn requeue(&mut self, old: u8, new: u8, t: T) -> Result<(), Error> {
-        self.runq.push(new, t)?;
         self.runq.remove(old, t);
-        Ok(())
+        self.runq.push(new, t)
     }
 
     /// Whether a running thread of priority `prio` keeps the CPU: after a
@@ -88,6 +93,7 @@ impl<T: PartialEq + Copy> Scheduler<T> {
     /// otherwise unless a higher-priority thread is.
     pub fn keeps_cpu(&self, after: After, prio: u8) -> bool {
         match (after, self.runq.highest()) {
+            (After::Block, _) => false,
             (_, None) => true,
             (After::Yield, Some(h)) => h < prio,
             (After::Continue, Some(h)) => h <= prio,
@@ -107,6 +113,7 @@ mod tests {
     #[test]
     fn a_yield_gives_way_to_equal_priority_and_continue_only_to_higher() {
         let mut s = Scheduler::new();
+        s.reserve_slot(25).unwrap();
         assert!(s.keeps_cpu(After::Yield, 5), "nothing else is ready");
         s.enqueue(5, 'a').unwrap();
         assert!(!s.keeps_cpu(After::Yield, 5));

@@ -3,47 +3,101 @@
 //! Written by hand: core competence. Portable and host-tested. The full
 //! scheduler (classes, per-CPU queues, balancing) builds on this.
 //!
-//! Invariant: bit `p` of `bitmap` is set iff `queues[p]` is non-empty.
+//! The FIFOs are intrusive doubly linked lists through a table of links
+//! indexed by the thread's table slot ([`Slot`]): the table grows when a
+//! thread is made ([`RunQueue::reserve_slot`]), so queueing, unqueueing
+//! and picking never allocate and never fail for room. Every operation is
+//! O(1).
+//!
+//! Invariants: bit `p` of `bitmap` is set iff FIFO `p` is non-empty; a
+//! link is `queued` iff its item is in exactly one FIFO, at the priority
+//! recorded in the link.
 
-use alloc::collections::VecDeque;
+use alloc::vec::Vec;
 use keel_abi::Error;
 
 /// Number of priority levels.
 pub const PRIORITIES: usize = 32;
 
+/// Something with a small, dense table index (a thread's arena slot).
+pub trait Slot {
+    /// The index; at most one live item has it at a time.
+    fn slot(&self) -> usize;
+}
+
+const NIL: u32 = u32::MAX;
+
+#[derive(Clone, Copy)]
+struct Link<T> {
+    item: Option<T>,
+    prio: u8,
+    next: u32,
+    prev: u32,
+}
+
 /// Ready threads by priority (see the module docs).
 pub struct RunQueue<T> {
-    queues: [VecDeque<T>; PRIORITIES],
+    /// `(head, tail)` slot of each priority's FIFO.
+    ends: [(u32, u32); PRIORITIES],
+    links: Vec<Link<T>>,
     bitmap: u32,
 }
 
-impl<T: PartialEq + Copy> RunQueue<T> {
+impl<T: PartialEq + Copy + Slot> RunQueue<T> {
     /// An empty queue.
     pub const fn new() -> Self {
         RunQueue {
-            queues: [const { VecDeque::new() }; PRIORITIES],
+            ends: [(NIL, NIL); PRIORITIES],
+            links: Vec::new(),
             bitmap: 0,
         }
     }
 
-    /// Makes room for one more thread at priority `prio`.
-    pub fn reserve(&mut self, prio: u8) -> Result<(), Error> {
-        self.queues
-            .get_mut(usize::from(prio))
-            .ok_or(Error::InvalidArgument)?
-            .try_reserve(1)
-            .map_err(|_| Error::OutOfMemory)
+    /// Makes room for an item with table index `slot` (done when a thread
+    /// is made, so that queueing it never needs memory).
+    pub fn reserve_slot(&mut self, slot: usize) -> Result<(), Error> {
+        if slot >= NIL as usize {
+            return Err(Error::OutOfMemory);
+        }
+        let more = (slot + 1).saturating_sub(self.links.len());
+        self.links
+            .try_reserve(more)
+            .map_err(|_| Error::OutOfMemory)?;
+        self.links.resize(
+            self.links.len() + more,
+            Link {
+                item: None,
+                prio: 0,
+                next: NIL,
+                prev: NIL,
+            },
+        );
+        Ok(())
     }
 
-    /// Queues `t` at the back of priority `prio` (`OutOfMemory` if the
-    /// queue cannot grow; `InvalidArgument` for a bad priority).
+    /// Queues `t` last at `prio` (`InvalidArgument` for a priority out of
+    /// range, `OutOfMemory` if its slot was never reserved, `InvalidState`
+    /// if it is queued already).
     pub fn push(&mut self, prio: u8, t: T) -> Result<(), Error> {
-        let q = self
-            .queues
-            .get_mut(usize::from(prio))
-            .ok_or(Error::InvalidArgument)?;
-        q.try_reserve(1).map_err(|_| Error::OutOfMemory)?;
-        q.push_back(t);
+        let p = usize::from(prio);
+        let (_, tail) = *self.ends.get(p).ok_or(Error::InvalidArgument)?;
+        let s = t.slot();
+        let link = self.links.get_mut(s).ok_or(Error::OutOfMemory)?;
+        if link.item.is_some() {
+            return Err(Error::InvalidState);
+        }
+        *link = Link {
+            item: Some(t),
+            prio,
+            next: NIL,
+            prev: tail,
+        };
+        let s = s as u32;
+        match self.links.get_mut(tail as usize) {
+            Some(prev) => prev.next = s,
+            None => self.ends[p].0 = s,
+        }
+        self.ends[p].1 = s;
         self.bitmap |= 1 << prio;
         Ok(())
     }
@@ -56,38 +110,54 @@ impl<T: PartialEq + Copy> RunQueue<T> {
     /// Takes the first thread of the highest priority.
     pub fn pop(&mut self) -> Option<(u8, T)> {
         let prio = self.highest()?;
-        let q = self.queues.get_mut(usize::from(prio))?;
-        let t = q.pop_front()?;
-        if q.is_empty() {
-            self.bitmap &= !(1 << prio);
-        }
-        Some((prio, t))
+        let head = self.ends.get(usize::from(prio))?.0;
+        let t = self.links.get(head as usize)?.item?;
+        self.remove(prio, t).then_some((prio, t))
     }
 
-    /// Removes `t` from priority `prio`'s queue; whether it was there.
+    /// Takes `t` out of the FIFO of `prio`; whether it was there.
     pub fn remove(&mut self, prio: u8, t: T) -> bool {
-        let Some(q) = self.queues.get_mut(usize::from(prio)) else {
+        let s = t.slot();
+        let Some(link) = self.links.get(s).copied() else {
             return false;
         };
-        let Some(i) = q.iter().position(|x| *x == t) else {
+        if link.item != Some(t) || link.prio != prio {
             return false;
-        };
-        q.remove(i);
-        if q.is_empty() {
+        }
+        let p = usize::from(prio);
+        match self.links.get_mut(link.prev as usize) {
+            Some(prev) => prev.next = link.next,
+            None => self.ends[p].0 = link.next,
+        }
+        match self.links.get_mut(link.next as usize) {
+            Some(next) => next.prev = link.prev,
+            None => self.ends[p].1 = link.prev,
+        }
+        if let Some(l) = self.links.get_mut(s) {
+            l.item = None;
+        }
+        if self.ends[p].0 == NIL {
             self.bitmap &= !(1 << prio);
         }
         true
     }
 
-    /// Whether no thread is queued.
+    /// Whether nothing is queued.
     pub fn is_empty(&self) -> bool {
         self.bitmap == 0
     }
 }
 
-impl<T: PartialEq + Copy> Default for RunQueue<T> {
+impl<T: PartialEq + Copy + Slot> Default for RunQueue<T> {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+impl Slot for char {
+    fn slot(&self) -> usize {
+        *self as usize - 'a' as usize
     }
 }
 
@@ -95,14 +165,21 @@ impl<T: PartialEq + Copy> Default for RunQueue<T> {
 mod tests {
     use super::*;
 
+    fn queue() -> RunQueue<char> {
+        let mut q = RunQueue::new();
+        q.reserve_slot(25).unwrap();
+        q
+    }
+
     #[test]
     fn highest_priority_first_then_fifo() {
-        let mut q = RunQueue::new();
+        let mut q = queue();
         q.push(3, 'a').unwrap();
         q.push(7, 'b').unwrap();
         q.push(3, 'c').unwrap();
         q.push(31, 'd').unwrap();
         assert_eq!(q.push(32, 'x'), Err(Error::InvalidArgument));
+        assert_eq!(q.push(3, 'a'), Err(Error::InvalidState), "queued twice");
         assert_eq!(q.highest(), Some(31));
         assert_eq!(q.pop(), Some((31, 'd')));
         assert_eq!(q.pop(), Some((7, 'b')));
@@ -113,5 +190,23 @@ mod tests {
         assert!(q.is_empty());
         q.push(0, 'z').unwrap();
         assert_eq!(q.pop(), Some((0, 'z')));
+    }
+
+    #[test]
+    fn removal_from_the_middle_keeps_order_and_unreserved_slots_are_refused() {
+        let mut q = queue();
+        for t in ['a', 'b', 'c', 'd'] {
+            q.push(5, t).unwrap();
+        }
+        assert!(q.remove(5, 'c'));
+        assert!(!q.remove(4, 'b'), "wrong priority");
+        assert!(q.remove(5, 'a'));
+        q.push(5, 'a').unwrap();
+        let order: Vec<_> = core::iter::from_fn(|| q.pop().map(|(_, t)| t)).collect();
+        assert_eq!(order, ['b', 'd', 'a']);
+        let mut small = RunQueue::new();
+        assert_eq!(small.push(1, 'c'), Err(Error::OutOfMemory));
+        small.reserve_slot(2).unwrap();
+        small.push(1, 'c').unwrap();
     }
 }

@@ -7,13 +7,19 @@ use crate::mm::aspace::USER_END;
 use crate::mm::kref::{KArc, try_box};
 use crate::mm::paging::Attr;
 use crate::mm::pool::MemoryPool;
-use crate::mm::user::{MemoryObject, UserAddr};
+use crate::mm::user::{MemoryObject, UserAddr, copy_from_user};
+use crate::object::endpoint::ENDPOINT_PAGES;
 use crate::object::thread::State;
-use crate::object::{AddressSpaceObject, CSpaceRef, KObject, Object, Thread, ThreadId, ThreadRef};
+use crate::object::{
+    AddressSpaceObject, CSpaceRef, EndpointId, EndpointRef, KObject, NotificationId,
+    NotificationRef, Object, Thread, ThreadId, ThreadRef,
+};
 use crate::sched::PRIORITIES;
 use crate::task::Kernel;
+use crate::task::NOTIFICATION_BITS;
 use alloc::boxed::Box;
 use keel_abi::cap::{CapToken, NO_BADGE, ObjectType, Rights};
+use keel_abi::ipc::{CAPS_OFFSET, MsgInfo, REGISTER_WORDS};
 use keel_abi::syscall::{MEM_EAGER, PROT_EXEC, PROT_WRITE, SystemInfoKey};
 use keel_abi::{Error, Syscall};
 
@@ -77,6 +83,33 @@ pub(super) enum Call {
     SetTls(ThreadId, usize),
     Yield,
     Kill(ThreadId),
+    /// A new endpoint or notification (its table room reserved, its pool
+    /// charged, its capability's slot reserved).
+    IpcObject {
+        cspace: CSpaceId,
+        slot: u32,
+        object: KObject,
+    },
+    /// Send or call (`call`) on an endpoint.
+    Send {
+        ep: EndpointId,
+        badge: u64,
+        grant: bool,
+        call: bool,
+        nonblock: bool,
+    },
+    /// Receive; after a reply to the last call if `reply`.
+    Recv {
+        ep: EndpointId,
+        reply: bool,
+        nonblock: bool,
+    },
+    Reply,
+    Signal(NotificationId, u64),
+    Wait(NotificationId, bool),
+    Bind(ThreadId, Option<KArc<NotificationRef>>),
+    SetIpcBuffer(ThreadId, usize),
+    SetFaultHandler(ThreadId, Option<(KArc<EndpointRef>, u64)>),
     Map {
         space: KArc<AddressSpaceObject>,
         object: KArc<MemoryObject>,
@@ -154,6 +187,63 @@ fn destination(k: &Kernel, cspace: CSpaceId, raw: usize, dest: usize) -> Result<
         return Err(Error::InvalidArgument);
     }
     Ok(to.id())
+}
+
+/// The message-info word of a sender: well formed, and a message longer
+/// than the registers (or with capabilities) needs a readable IPC buffer.
+fn message_info(k: &Kernel, caller: ThreadId, raw: usize) -> Result<MsgInfo, Error> {
+    let info = MsgInfo(raw as u64);
+    if !info.check() {
+        return Err(Error::InvalidArgument);
+    }
+    if info.len() > REGISTER_WORDS || info.caps() > 0 {
+        let t = k.thread(caller)?;
+        let buffer = t.ipc.buffer;
+        if buffer == 0 {
+            return Err(Error::InvalidArgument);
+        }
+        // One byte proves the page (the whole buffer) readable.
+        copy_from_user(&mut t.space().lock(), UserAddr::new(buffer), &mut [0u8; 1])?;
+    }
+    Ok(info)
+}
+
+/// The capabilities a sender lists in its IPC buffer: each must exist and
+/// have `GRANT`.
+fn check_caps(k: &Kernel, caller: ThreadId, cs: CSpaceId, n: usize) -> Result<(), Error> {
+    let t = k.thread(caller)?;
+    let mut raw = [0u8; 8 * keel_abi::ipc::MAX_CAPS];
+    let tokens = raw.get_mut(..8 * n).ok_or(Error::InvalidArgument)?;
+    copy_from_user(
+        &mut t.space().lock(),
+        UserAddr::new(t.ipc.buffer + CAPS_OFFSET),
+        tokens,
+    )?;
+    for chunk in tokens.chunks_exact(8) {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(chunk);
+        let c = k
+            .caps
+            .lookup(cs, CapToken::from_raw(u64::from_ne_bytes(b)))?;
+        if !c.rights().contains(Rights::GRANT) {
+            return Err(Error::AccessDenied);
+        }
+    }
+    Ok(())
+}
+
+fn endpoint(o: &KObject) -> Result<EndpointId, Error> {
+    match o {
+        KObject::Endpoint(r) => Ok(r.id()),
+        _ => Err(Error::WrongObjectType),
+    }
+}
+
+fn notification(o: &KObject) -> Result<NotificationId, Error> {
+    match o {
+        KObject::Notification(r) => Ok(r.id()),
+        _ => Err(Error::WrongObjectType),
+    }
 }
 
 /// Decodes call `number` with `args` from thread `caller`, whose capability
@@ -303,8 +393,6 @@ pub(super) fn decode(
             if t.state() != State::Suspended {
                 return Err(Error::InvalidState);
             }
-            let prio = t.priority();
-            k.reserve_ready(prio)?;
             Call::Resume(id)
         }
         Syscall::ThreadSuspend => {
@@ -322,9 +410,7 @@ pub(super) fn decode(
                 .ok()
                 .filter(|&p| usize::from(p) < PRIORITIES)
                 .ok_or(Error::InvalidArgument)?;
-            if t.state() == State::Ready {
-                k.reserve_ready(prio)?;
-            }
+            let _ = t;
             Call::SetPriority(id, prio)
         }
         Syscall::ThreadSetAffinity => {
@@ -412,6 +498,134 @@ pub(super) fn decode(
         }
         Syscall::PoolAvailable => {
             Call::Value(cap::<KArc<MemoryPool>>(k, cs, a[0], Rights::READ)?.available() as usize)
+        }
+        Syscall::EndpointCreate | Syscall::NotificationCreate => {
+            let pool = cap::<KArc<MemoryPool>>(k, cs, a[0], Rights::WRITE)?;
+            let slot = k.caps.reserve_slot(cs)?;
+            let endpoint = call == Syscall::EndpointCreate;
+            let (ep, n) = if endpoint {
+                (Some(k.reserve_endpoint()?), None)
+            } else {
+                (None, Some(k.reserve_notification()?))
+            };
+            pool.charge(ENDPOINT_PAGES)?;
+            // From here the reference owns the charge.
+            let object = match (ep, n) {
+                (Some(ep), _) => KObject::Endpoint(EndpointRef::new(k.orphans(), ep, Some(pool))?),
+                (_, Some(n)) => {
+                    KObject::Notification(NotificationRef::new(k.orphans(), n, Some(pool))?)
+                }
+                _ => return Err(Error::InvalidState),
+            };
+            Call::IpcObject {
+                cspace: cs,
+                slot,
+                object,
+            }
+        }
+        Syscall::Send | Syscall::Call => {
+            let [ep_raw, info_raw, ..] = a;
+            let info = message_info(k, caller, info_raw)?;
+            let c = k
+                .caps
+                .lookup_as(cs, token(ep_raw), ObjectType::Endpoint, Rights::WRITE)?;
+            let (badge, grant) = (c.badge(), c.rights().contains(Rights::GRANT));
+            let ep = endpoint(c.object())?;
+            if info.caps() > 0 {
+                if !grant {
+                    return Err(Error::AccessDenied);
+                }
+                check_caps(k, caller, cs, info.caps())?;
+            }
+            Call::Send {
+                ep,
+                badge,
+                grant,
+                call: call == Syscall::Call,
+                nonblock: info.has(MsgInfo::NONBLOCK),
+            }
+        }
+        Syscall::Recv | Syscall::ReplyRecv => {
+            let [ep_raw, info_raw, ..] = a;
+            let reply = call == Syscall::ReplyRecv;
+            let info = if reply {
+                message_info(k, caller, info_raw)?
+            } else {
+                MsgInfo(info_raw as u64)
+            };
+            if !info.check() || (!reply && info.0 & !MsgInfo::USER_FLAGS != 0) {
+                return Err(Error::InvalidArgument);
+            }
+            let c = k
+                .caps
+                .lookup_as(cs, token(ep_raw), ObjectType::Endpoint, Rights::READ)?;
+            Call::Recv {
+                ep: endpoint(c.object())?,
+                reply,
+                nonblock: info.has(MsgInfo::NONBLOCK),
+            }
+        }
+        Syscall::Reply => {
+            message_info(k, caller, a[1])?;
+            Call::Reply
+        }
+        Syscall::Signal => {
+            let [n_raw, bits, ..] = a;
+            if bits as u64 & !NOTIFICATION_BITS != 0 {
+                return Err(Error::InvalidArgument);
+            }
+            let c = k
+                .caps
+                .lookup_as(cs, token(n_raw), ObjectType::Notification, Rights::WRITE)?;
+            let badge = c.badge();
+            let n = notification(c.object())?;
+            Call::Signal(n, bits as u64 | badge)
+        }
+        Syscall::Wait | Syscall::Poll => {
+            let n = cap::<KArc<NotificationRef>>(k, cs, a[0], Rights::READ)?.id();
+            Call::Wait(n, call == Syscall::Poll)
+        }
+        Syscall::NotificationBind => {
+            let [thread_raw, n_raw, ..] = a;
+            let (id, t) = thread(k, cs, thread_raw)?;
+            let bound = t.ipc.bound.is_some();
+            if n_raw == 0 {
+                if !bound {
+                    return Err(Error::InvalidState);
+                }
+                Call::Bind(id, None)
+            } else {
+                let n = cap::<KArc<NotificationRef>>(k, cs, n_raw, Rights::READ)?;
+                if bound || k.notification(n.id())?.bound.is_some() {
+                    return Err(Error::AlreadyExists);
+                }
+                Call::Bind(id, Some(n))
+            }
+        }
+        Syscall::ThreadSetIpcBuffer => {
+            let [thread_raw, va, ..] = a;
+            let (id, _) = thread(k, cs, thread_raw)?;
+            if va % crate::mm::object::PAGE != 0 || va >= USER_END {
+                return Err(Error::InvalidArgument);
+            }
+            Call::SetIpcBuffer(id, va)
+        }
+        Syscall::ThreadSetFaultHandler => {
+            let [thread_raw, ep_raw, ..] = a;
+            let (id, _) = thread(k, cs, thread_raw)?;
+            let handler = if ep_raw == 0 {
+                None
+            } else {
+                let c = k
+                    .caps
+                    .lookup_as(cs, token(ep_raw), ObjectType::Endpoint, Rights::WRITE)?;
+                let badge = c.badge();
+                Some((
+                    KArc::<EndpointRef>::from_object(c.object()).ok_or(Error::WrongObjectType)?,
+                    badge,
+                ))
+            };
+            Call::SetFaultHandler(id, handler)
         }
         // Assigned numbers of subsystems that are not built yet.
         _ => return Err(Error::NoSuchSyscall),

@@ -4,7 +4,7 @@ use super::decode::Call;
 use super::{Outcome, REVOKE_BUDGET};
 use crate::cap::{Dest, Progress};
 use crate::mm::user::copy_from_user;
-use crate::object::KObject;
+use crate::object::{KObject, ThreadId};
 use crate::sched::After;
 use crate::task::Kernel;
 use keel_abi::Error;
@@ -12,7 +12,7 @@ use keel_abi::cap::{CapToken, NO_BADGE, ObjectType, Rights};
 use keel_abi::syscall::SystemInfoKey;
 
 /// Does `call` (for the thread that made it, the current one).
-pub(super) fn invoke(k: &mut Kernel, call: Call) -> Outcome {
+pub(super) fn invoke(k: &mut Kernel, caller: ThreadId, call: Call) -> Outcome {
     let value = match call {
         Call::Value(v) => Ok(v),
         Call::Yield => {
@@ -65,14 +65,28 @@ pub(super) fn invoke(k: &mut Kernel, call: Call) -> Outcome {
             .delegate(from, src, to, Dest::At(slot))
             .map(token_value),
         Call::Delete(cspace, t) => k.caps.delete(cspace, t).map(|object| {
-            drop(object);
+            k.recheck_waiters(object);
             0
         }),
-        Call::Revoke(cspace, t) => match k.caps.revoke(cspace, t, REVOKE_BUDGET, &mut drop) {
-            Ok(Progress::Done) => Ok(0),
-            Ok(Progress::More) => Ok(1),
-            Err(e) => Err(e),
-        },
+        Call::Revoke(cspace, t) => {
+            // Waiters on the revoked capabilities' endpoints and
+            // notifications are checked after (one object: revocation
+            // removes descendants of one capability).
+            let mut seen: Option<KObject> = None;
+            let r = k.caps.revoke(cspace, t, REVOKE_BUDGET, &mut |o: KObject| {
+                if matches!(o, KObject::Endpoint(_) | KObject::Notification(_)) {
+                    seen = Some(o);
+                }
+            });
+            if let Some(o) = seen {
+                k.recheck_waiters(o);
+            }
+            match r {
+                Ok(Progress::Done) => Ok(0),
+                Ok(Progress::More) => Ok(1),
+                Err(e) => Err(e),
+            }
+        }
         Call::Insert {
             cspace,
             slot,
@@ -125,6 +139,58 @@ pub(super) fn invoke(k: &mut Kernel, call: Call) -> Outcome {
         }),
         Call::SetTls(t, value) => k.set_tls(t, value).map(|()| 0),
         Call::Kill(t) => k.kill(t).map(|()| 0),
+        Call::IpcObject {
+            cspace,
+            slot,
+            object,
+        } => {
+            let (made, ty) = match &object {
+                KObject::Endpoint(r) => (
+                    k.add_endpoint().map(|id| id == r.id()),
+                    ObjectType::Endpoint,
+                ),
+                KObject::Notification(r) => (
+                    k.add_notification().map(|id| id == r.id()),
+                    ObjectType::Notification,
+                ),
+                _ => (Ok(false), ObjectType::Endpoint),
+            };
+            match made {
+                Ok(true) => insert(k, cspace, slot, object, ty),
+                // Cannot happen: decode reserved the entry and predicted the id.
+                _ => Err(Error::InvalidState),
+            }
+        }
+        Call::Send {
+            ep,
+            badge,
+            grant,
+            call,
+            nonblock,
+        } => return ipc(k.send(caller, ep, badge, grant, call, nonblock)),
+        Call::Recv {
+            ep,
+            reply,
+            nonblock,
+        } => {
+            return ipc(if reply {
+                k.reply_recv(caller, ep, nonblock)
+            } else {
+                k.recv(caller, ep, nonblock)
+            });
+        }
+        Call::Reply => k.reply(caller),
+        Call::Signal(n, bits) => k.signal(n, bits),
+        Call::Wait(n, nonblock) => return ipc(k.wait(caller, n, nonblock)),
+        Call::Bind(t, n) => k.bind(t, n),
+        Call::SetIpcBuffer(t, va) => k.thread_mut(t).map(|t| {
+            t.ipc.buffer = va;
+            0
+        }),
+        Call::SetFaultHandler(t, handler) => k.thread_mut(t).map(|t| {
+            t.ipc.fault_handler = handler;
+            0
+        }),
         Call::Map {
             space,
             object,
@@ -148,6 +214,10 @@ pub(super) fn invoke(k: &mut Kernel, call: Call) -> Outcome {
         value,
         after: After::Continue,
     }
+}
+
+fn ipc((value, after): crate::task::IpcOutcome) -> Outcome {
+    Outcome { value, after }
 }
 
 fn token_value(t: CapToken) -> usize {

@@ -68,7 +68,7 @@ pub fn dispatch(
     args: [usize; 6],
 ) -> Outcome {
     let outcome = match decode(k, caller, cspace, number, Args(args)) {
-        Ok(call) => invoke(k, call),
+        Ok(call) => invoke(k, caller, call),
         Err(e) => Outcome::value(Err(e)),
     };
     // End what lost its last reference in the call (one load if nothing).

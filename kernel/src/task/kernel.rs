@@ -14,7 +14,8 @@ use crate::arena::Arena;
 use crate::cap::{CSpaceId, CapSystem, Progress};
 use crate::mm::kref::{KArc, try_box};
 use crate::object::{
-    AddressSpaceObject, Home, KObject, Orphan, Orphans, Thread, ThreadId, thread::State,
+    AddressSpaceObject, Endpoint, EndpointId, Home, KObject, Notification, NotificationId, Orphan,
+    Orphans, Thread, ThreadId, thread::State,
 };
 use crate::sched::{After, PRIORITIES, Scheduler};
 use alloc::boxed::Box;
@@ -25,6 +26,8 @@ pub struct Kernel {
     /// Every capability space and the derivation tree.
     pub caps: CapSystem<KObject>,
     threads: Arena<Box<Thread>>,
+    endpoints: Arena<Endpoint>,
+    notifications: Arena<Notification>,
     sched: Scheduler<ThreadId>,
     orphans: KArc<Orphans>,
     loaded: Option<KArc<AddressSpaceObject>>,
@@ -53,6 +56,8 @@ impl Kernel {
         Ok(Kernel {
             caps: CapSystem::new(),
             threads: Arena::new(),
+            endpoints: Arena::new(),
+            notifications: Arena::new(),
             sched: Scheduler::new(),
             orphans: Orphans::new()?,
             loaded: None,
@@ -115,7 +120,9 @@ impl Kernel {
 
     /// Makes sure the next [`Self::add_thread`] cannot fail for room.
     pub fn reserve_thread(&mut self) -> Result<(), Error> {
-        self.threads.reserve()
+        self.threads.reserve()?;
+        let slot = self.threads.next_id().index() as usize;
+        self.sched.reserve_slot(slot)
     }
 
     /// The id the next [`Self::add_thread`] will return.
@@ -126,6 +133,7 @@ impl Kernel {
     /// Puts a new (suspended) thread into the table.
     pub fn add_thread(&mut self, thread: Box<Thread>) -> Result<ThreadId, Error> {
         let root = Some(thread.home().id()) == self.root;
+        self.reserve_thread()?;
         let id = self.threads.insert(thread).map(ThreadId)?;
         self.root_threads += usize::from(root);
         Ok(id)
@@ -144,9 +152,35 @@ impl Kernel {
         self.add_thread(thread)
     }
 
-    /// Makes sure a thread can be queued at `prio` without allocating.
-    pub fn reserve_ready(&mut self, prio: u8) -> Result<(), Error> {
-        self.sched.reserve(prio)
+    /// Makes room for a new endpoint; returns the id the next
+    /// [`Self::add_endpoint`] will give it.
+    pub fn reserve_endpoint(&mut self) -> Result<EndpointId, Error> {
+        self.endpoints.reserve()?;
+        Ok(EndpointId(self.endpoints.next_id()))
+    }
+
+    /// Puts a new endpoint into the table.
+    pub fn add_endpoint(&mut self) -> Result<EndpointId, Error> {
+        self.endpoints.insert(Endpoint::default()).map(EndpointId)
+    }
+
+    /// Makes room for a new notification; returns the id the next
+    /// [`Self::add_notification`] will give it.
+    pub fn reserve_notification(&mut self) -> Result<NotificationId, Error> {
+        self.notifications.reserve()?;
+        Ok(NotificationId(self.notifications.next_id()))
+    }
+
+    /// Puts a new notification into the table.
+    pub fn add_notification(&mut self) -> Result<NotificationId, Error> {
+        self.notifications
+            .insert(Notification::default())
+            .map(NotificationId)
+    }
+
+    /// Notification `n`, if it exists.
+    pub fn notification(&self, n: NotificationId) -> Result<&Notification, Error> {
+        self.notifications.get(n.0).ok_or(Error::InvalidState)
     }
 
     /// Makes a suspended thread runnable.
@@ -167,6 +201,7 @@ impl Kernel {
             State::Suspended => return Err(Error::InvalidState),
             State::Ready => self.sched.dequeue(t.priority(), id),
             State::Running => {}
+            State::Blocked => self.cancel_ipc(id),
         }
         self.thread_mut(id)?.state = State::Suspended;
         Ok(())
@@ -205,6 +240,7 @@ impl Kernel {
         if state == State::Ready {
             self.sched.dequeue(prio, id);
         }
+        self.end_ipc(id);
         let dead = self.threads.remove(id.0);
         if self.current() == Some(id) {
             self.sched.set_current(None);
@@ -244,6 +280,8 @@ impl Kernel {
                 Orphan::Thread(id) => {
                     let _ = self.kill(id);
                 }
+                Orphan::Endpoint(id) => self.destroy_endpoint(id),
+                Orphan::Notification(id) => self.destroy_notification(id),
             }
         }
     }
@@ -269,6 +307,9 @@ impl Kernel {
         value: isize,
         after: After,
     ) -> Option<*const UserRegs> {
+        if after == After::Block {
+            return None;
+        }
         let running = self.sched.current() == Some(cur);
         let t = self.threads.get_mut(cur.0)?;
         t.regs_mut().set_result(value);
@@ -344,6 +385,11 @@ impl Kernel {
         self.loaded = None;
     }
 }
+
+mod fastpath;
+mod ipc;
+
+pub use ipc::{IpcOutcome, NOTIFICATION_BITS};
 
 #[cfg(test)]
 mod tests;

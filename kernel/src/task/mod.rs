@@ -9,4 +9,4 @@ mod kernel;
 pub mod root;
 
 #[cfg(any(test, target_os = "none"))]
-pub use kernel::{Kernel, Next};
+pub use kernel::{IpcOutcome, Kernel, NOTIFICATION_BITS, Next};

@@ -111,6 +111,13 @@ impl UserRegs {
         self.x[0] = value as u64;
     }
 
+    /// Delivers a message (`keel_abi::ipc`): `info` as the result (x0),
+    /// the badge in x1, the words in x2–x5.
+    pub fn set_message(&mut self, info: usize, badge: usize, words: [usize; 4]) {
+        let [w0, w1, w2, w3] = words.map(|w| w as u64);
+        self.x[..6].copy_from_slice(&[info as u64, badge as u64, w0, w1, w2, w3]);
+    }
+
     /// The user PC: where the thread resumes (after an SVC), or the
     /// faulting instruction.
     pub fn pc(&self) -> usize {

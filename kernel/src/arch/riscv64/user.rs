@@ -93,6 +93,13 @@ impl UserRegs {
         self.x[A0] = value as usize;
     }
 
+    /// Delivers a message (`keel_abi::ipc`): `info` as the result (`a0`),
+    /// the badge in `a1`, the words in `a2`–`a5`.
+    pub fn set_message(&mut self, info: usize, badge: usize, words: [usize; 4]) {
+        let [w0, w1, w2, w3] = words;
+        self.x[A0..A0 + 6].copy_from_slice(&[info, badge, w0, w1, w2, w3]);
+    }
+
     /// Where the thread resumes (after the `ecall` of a system call).
     pub fn pc(&self) -> usize {
         self.sepc

@@ -158,6 +158,15 @@ impl UserRegs {
         self.rax = value as u64;
     }
 
+    /// Delivers a message (`keel_abi::ipc`): `info` as the result (RAX),
+    /// the badge in argument 1 (RSI), the words in arguments 2–5 (RDX,
+    /// R10, R8, R9).
+    pub fn set_message(&mut self, info: usize, badge: usize, words: [usize; 4]) {
+        self.rax = info as u64;
+        self.rsi = badge as u64;
+        [self.rdx, self.r10, self.r8, self.r9] = words.map(|w| w as u64);
+    }
+
     /// The user program counter.
     pub fn pc(&self) -> usize {
         self.rip as usize

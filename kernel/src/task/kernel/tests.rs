@@ -450,6 +450,7 @@ proptest! {
                         if let Some(cur) = running {
                             let prio = m.prio(cur);
                             let keeps = match (after, m.highest()) {
+                                (After::Block, _) => false,
                                 (_, None) => true,
                                 (After::Yield, Some(h)) => h < prio,
                                 (After::Continue, Some(h)) => h <= prio,

@@ -1,0 +1,109 @@
+//! The IPC fast path (seL4's fastpath): `Call` and `ReplyRecv` with a
+//! register-only message (at most four words, no capabilities, no flags)
+//! when the partner already waits and may run at once (no ready thread
+//! has a higher priority). It hands the message over in registers, moves
+//! the reply capability, and switches straight to the partner (time
+//! donation), without the scheduler's general path, the system-call
+//! decoder or a run-queue operation. Anything else returns `None` and
+//! takes the general path (`ipc.rs`), which gives the same results: the
+//! system tests run every message test both ways (`MsgInfo::SLOWPATH`).
+
+use super::Kernel;
+use super::ipc::Queue;
+use crate::arch::UserRegs;
+use crate::object::endpoint::Side;
+use crate::object::thread::{Blocked, State};
+use crate::object::{KObject, ThreadId};
+use keel_abi::Syscall;
+use keel_abi::cap::{CapToken, ObjectType, Rights};
+use keel_abi::ipc::{MsgInfo, REGISTER_WORDS};
+
+impl Kernel {
+    /// Runs `Call` or `ReplyRecv` of the running thread `cur` (arguments
+    /// `args`) on the fast path if it applies; returns the registers to
+    /// enter user mode with (the partner's).
+    pub fn fastpath(
+        &mut self,
+        cur: ThreadId,
+        number: usize,
+        args: [usize; 6],
+    ) -> Option<*const UserRegs> {
+        let call = if number == Syscall::Call as usize {
+            true
+        } else if number == Syscall::ReplyRecv as usize {
+            false
+        } else {
+            return None;
+        };
+        let [ep_raw, info_raw, w0, w1, w2, w3] = args;
+        let info = MsgInfo(info_raw as u64);
+        if !info.check()
+            || info.len() > REGISTER_WORDS
+            || info.caps() != 0
+            || info.0 & MsgInfo::USER_FLAGS != 0
+        {
+            return None;
+        }
+        let t = self.threads.get(cur.0)?;
+        let needed = if call { Rights::WRITE } else { Rights::READ };
+        let cap = self
+            .caps
+            .lookup_as(
+                t.home().id(),
+                CapToken::from_raw(ep_raw as u64),
+                ObjectType::Endpoint,
+                needed,
+            )
+            .ok()?;
+        let KObject::Endpoint(r) = cap.object() else {
+            return None;
+        };
+        let (ep, badge) = (r.id(), cap.badge());
+        let e = self.endpoints.get(ep.0)?;
+        let out = MsgInfo::new(info.label(), info.len(), 0).0 as usize;
+        let words = [w0, w1, w2, w3];
+        let highest = self.sched.highest();
+        if call {
+            // A receiver waits, holds no other caller, and may run now.
+            if e.side != Side::Recv {
+                return None;
+            }
+            let server = e.queue.head?;
+            let s = self.threads.get(server.0)?;
+            if s.ipc.reply_to.is_some() || highest.is_some_and(|h| h > s.priority()) {
+                return None;
+            }
+            self.unlink(Queue::Endpoint(ep), server);
+            let c = self.threads.get_mut(cur.0)?;
+            c.ipc.badge = badge;
+            c.state = State::Blocked;
+            c.ipc.blocked = Some(Blocked::Reply { server });
+            let s = self.threads.get_mut(server.0)?;
+            s.ipc.blocked = None;
+            s.ipc.reply_to = Some(cur);
+            s.regs_mut().set_message(out, badge as usize, words);
+            self.switch_to(server);
+            return self.regs_of(server);
+        }
+        // ReplyRecv: the caller waits for this reply, no sender waits on
+        // `ep` (so this thread blocks there), and no notification is bound.
+        let caller = t.ipc.reply_to?;
+        if e.side == Side::Send || t.ipc.bound.is_some() {
+            return None;
+        }
+        let c = self.threads.get(caller.0)?;
+        if c.ipc.blocked != Some(Blocked::Reply { server: cur })
+            || c.ipc.fault.is_some()
+            || highest.is_some_and(|h| h > c.priority())
+        {
+            return None;
+        }
+        self.threads.get_mut(cur.0)?.ipc.reply_to = None;
+        self.block(cur, Blocked::Recv { ep });
+        let c = self.threads.get_mut(caller.0)?;
+        c.ipc.blocked = None;
+        c.regs_mut().set_message(out, 0, words);
+        self.switch_to(caller);
+        self.regs_of(caller)
+    }
+}
