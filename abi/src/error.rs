@@ -31,9 +31,9 @@ pub enum Error {
     InvalidState = 10,
     /// The operation is recognised but not supported on this machine.
     NotSupported = 11,
-    /// The other side of an IPC went away: the server died or was
-    /// suspended before replying, the caller waiting for a reply is gone,
-    /// or the endpoint or notification was destroyed.
+    /// The other side of an IPC went away: the server died (or took
+    /// another call) before replying, the caller waiting for a reply is
+    /// gone, or the endpoint or notification was destroyed.
     Disconnected = 12,
 }
 

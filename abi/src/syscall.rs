@@ -87,6 +87,13 @@ pub enum Syscall {
     MemSize = 0x35,
     /// `(pool)`: pages the pool can still hand out.
     PoolAvailable = 0x36,
+    /// `(aspace, va, pages, mode, pool)`: a new memory object (charged
+    /// `pages` to `pool`) with the pages mapped at `va`, which must lie in
+    /// one mapping of an anonymous object only `aspace` maps: [`RANGE_MOVE`]
+    /// moves them (the range is unmapped from `aspace`), [`RANGE_COW`]
+    /// shares them copy-on-write. Zero-copy transfer: send its capability
+    /// in a message. Needs `WRITE` on `aspace` and on `pool`.
+    MemFromRange = 0x37,
 
     /// `(pool)`: a new endpoint (charged one page).
     EndpointCreate = 0x40,
@@ -124,6 +131,10 @@ pub enum Syscall {
     /// (0: none; the fault kills the process). Needs `WRITE` on both.
     ThreadSetFaultHandler = 0x4c,
 }
+
+/// Modes of [`Syscall::MemFromRange`].
+pub const RANGE_MOVE: usize = 1;
+pub const RANGE_COW: usize = 2;
 
 /// Flag of [`Syscall::MemCreate`]: allocate every frame now.
 pub const MEM_EAGER: usize = 1;
@@ -172,7 +183,7 @@ pub const RESERVED: [core::ops::Range<usize>; 2] = [0x50..0x60, 0x60..0x70];
 
 impl Syscall {
     /// Every assigned system call.
-    pub const ALL: [Syscall; 38] = [
+    pub const ALL: [Syscall; 39] = [
         Syscall::DebugWrite,
         Syscall::SystemInfo,
         Syscall::CapIdentify,
@@ -198,6 +209,7 @@ impl Syscall {
         Syscall::Protect,
         Syscall::MemSize,
         Syscall::PoolAvailable,
+        Syscall::MemFromRange,
         Syscall::EndpointCreate,
         Syscall::NotificationCreate,
         Syscall::Send,

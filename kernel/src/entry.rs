@@ -89,6 +89,20 @@ impl Running {
     }
 }
 
+/// The register-only path (taken before [`on_syscall`], without the
+/// kernel lock): a call that needs no kernel state is answered from the
+/// caller's registers alone; false if it needs the kernel.
+pub fn on_light_syscall(regs: &mut UserRegs) -> bool {
+    let (number, args) = regs.syscall_args();
+    match crate::syscall::light(number, args) {
+        Some(v) => {
+            regs.set_result(v);
+            true
+        }
+        None => false,
+    }
+}
+
 /// Called by the architecture after a system-call instruction, with the
 /// caller's registers saved in its TCB; returns the registers to enter
 /// user mode with.

@@ -196,3 +196,20 @@ crate::ktest!(
         Ok(())
     }
 );
+
+/// A system call of the running thread, whose saved registers are at
+/// `regs` (the pointer `enter_user` recorded for this CPU, filled by the
+/// entry stub): a call that needs no kernel state is answered from the
+/// registers alone, without the kernel lock (`entry::on_light_syscall`);
+/// the rest go to `entry::on_syscall`. Returns the registers to enter.
+pub(crate) fn syscall(regs: usize) -> *const super::UserRegs {
+    // SAFETY: `regs` names the running thread's saved registers in its
+    // TCB, which lives while the thread runs. Only this CPU touches them
+    // while it is in the kernel for that thread, and the reference ends
+    // before `on_syscall` takes the kernel lock, so it aliases nothing.
+    let r = unsafe { &mut *(regs as *mut super::UserRegs) };
+    if crate::entry::on_light_syscall(r) {
+        return regs as *const super::UserRegs;
+    }
+    crate::entry::on_syscall()
+}

@@ -107,7 +107,8 @@
 //!   entry from user mode saves the user state into the same `*regs`.
 //! - On a system-call instruction the entry code saves the user state into
 //!   that `UserRegs`, switches to the CPU's kernel stack and calls
-//!   `crate::entry::on_syscall()`; a synchronous exception from user mode
+//!   `common::syscall(regs)` (the register-only path, then
+//!   `crate::entry::on_syscall()`); a synchronous exception from user mode
 //!   calls `crate::entry::on_user_fault(crate::trap::UserFault)`. Both return
 //!   the `*const UserRegs` to `enter_user` next (maybe another thread's).
 //! - `const ELF_MACHINE: u16` — `e_machine` of this architecture's ELF files.

@@ -581,6 +581,61 @@ impl<M: Machine> AddressSpace<M> {
         self.fault(va, access).map(|pa| pa + (va % PAGE) as u64)
     }
 
+    /// A new memory object (charged to `pool`) with the `pages` pages at
+    /// `va`, which must lie in one region of an anonymous object only this
+    /// space maps: with `take` the pages move to it and the range is
+    /// unmapped here (this space loses them); otherwise it shares them
+    /// copy-on-write and this space keeps them, write-protected until it
+    /// writes (zero-copy transfer, DESIGN.md §4).
+    pub fn split_off(
+        &mut self,
+        va: usize,
+        pages: usize,
+        take: bool,
+        pool: Option<KArc<MemoryPool>>,
+    ) -> Result<KArc<MemObject<M>>, Error> {
+        let end = check_range(va, pages)?;
+        let r = self
+            .find(va)
+            .and_then(|i| self.regions.get(i))
+            .ok_or(Error::BadAddress)?;
+        if end > r.end {
+            return Err(Error::BadAddress);
+        }
+        if r.object.backing() != Backing::Anonymous || r.object.spaces() != 1 {
+            return Err(Error::InvalidState);
+        }
+        let offset = r.offset + (va - r.start) / PAGE;
+        let attr = r.attr;
+        // Unmapping part of a region may split it in two: room first, so
+        // that nothing can fail once the frames have moved.
+        self.regions
+            .try_reserve(1)
+            .map_err(|_| Error::OutOfMemory)?;
+        let r = self
+            .regions
+            .get(self.find(va).ok_or(Error::BadAddress)?)
+            .ok_or(Error::BadAddress)?;
+        let new = r.object.split_off(offset, pages, take, pool)?;
+        if take {
+            // Cannot fail for lack of memory: unmapping only frees tables.
+            self.unmap(va, pages)?;
+        } else if attr.contains(Attr::WRITE) {
+            let mut t = M::tables();
+            for page in (va..end).step_by(PAGE) {
+                if self.table.translate(&t, page).is_some()
+                    && self
+                        .table
+                        .protect(&mut t, page, (attr - Attr::WRITE) | Attr::USER)
+                        .is_ok()
+                {
+                    Self::flush(&mut self.tag, self.table.root(), page);
+                }
+            }
+        }
+        Ok(new)
+    }
+
     /// A copy of this space for fork: private anonymous memory becomes
     /// copy-on-write in both (this space's writable pages are
     /// write-protected), shared memory stays shared.

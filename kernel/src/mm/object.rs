@@ -226,6 +226,42 @@ impl<M: Machine> MemObject<M> {
         Ok(copy)
     }
 
+    /// A new anonymous object of pages `offset..offset + pages` of this
+    /// one, charged `pages` to `pool`: with `take` their frames move to it
+    /// (this object's pages become absent, demand-zero again); otherwise
+    /// it shares them copy-on-write and both objects become `cow`.
+    pub fn split_off(
+        &self,
+        offset: usize,
+        pages: usize,
+        take: bool,
+        pool: Option<KArc<MemoryPool>>,
+    ) -> Result<KArc<Self>, Error> {
+        let end = offset.checked_add(pages).ok_or(Error::InvalidArgument)?;
+        if self.backing != Backing::Anonymous || pages == 0 || end > self.pages {
+            return Err(Error::InvalidArgument);
+        }
+        let new = Self::anonymous_charged(pages, false, pool)?;
+        let mut st = self.state.lock();
+        let mut nst = new.state.lock();
+        let (Some(from), Some(to)) = (st.frames.get_mut(offset..end), nst.frames.get_mut(..))
+        else {
+            return Err(Error::InvalidArgument);
+        };
+        for (f, t) in from.iter_mut().zip(to.iter_mut()) {
+            if take {
+                *t = core::mem::replace(f, ABSENT);
+            } else if *f != ABSENT {
+                M::share_frame(*f);
+                *t = *f;
+            }
+        }
+        nst.cow = st.cow || !take;
+        st.cow |= !take;
+        drop(nst);
+        Ok(new)
+    }
+
     /// Records that one more address space maps this object; refused for
     /// a copy-on-write object already mapped by another space.
     pub(super) fn add_space(&self) -> Result<(), Error> {

@@ -20,7 +20,7 @@ use crate::task::NOTIFICATION_BITS;
 use alloc::boxed::Box;
 use keel_abi::cap::{CapToken, NO_BADGE, ObjectType, Rights};
 use keel_abi::ipc::{CAPS_OFFSET, MsgInfo, REGISTER_WORDS};
-use keel_abi::syscall::{MEM_EAGER, PROT_EXEC, PROT_WRITE, SystemInfoKey};
+use keel_abi::syscall::{MEM_EAGER, PROT_EXEC, PROT_WRITE, RANGE_COW, RANGE_MOVE, SystemInfoKey};
 use keel_abi::{Error, Syscall};
 
 /// The six argument registers of a call, as user space left them.
@@ -110,6 +110,15 @@ pub(super) enum Call {
     Bind(ThreadId, Option<KArc<NotificationRef>>),
     SetIpcBuffer(ThreadId, usize),
     SetFaultHandler(ThreadId, Option<(KArc<EndpointRef>, u64)>),
+    FromRange {
+        cspace: CSpaceId,
+        slot: u32,
+        space: KArc<AddressSpaceObject>,
+        pool: KArc<MemoryPool>,
+        va: UserAddr,
+        pages: usize,
+        take: bool,
+    },
     Map {
         space: KArc<AddressSpaceObject>,
         object: KArc<MemoryObject>,
@@ -491,6 +500,25 @@ pub(super) fn decode(
                 va: UserAddr::new(va),
                 pages,
                 attr,
+            }
+        }
+        Syscall::MemFromRange => {
+            let [aspace, va, pages, mode, pool, _] = a;
+            let take = match mode {
+                RANGE_MOVE => true,
+                RANGE_COW => false,
+                _ => return Err(Error::InvalidArgument),
+            };
+            let space = cap(k, cs, aspace, Rights::WRITE)?;
+            let pool = cap(k, cs, pool, Rights::WRITE)?;
+            Call::FromRange {
+                cspace: cs,
+                slot: k.caps.reserve_slot(cs)?,
+                space,
+                pool,
+                va: UserAddr::new(va),
+                pages,
+                take,
             }
         }
         Syscall::MemSize => {

@@ -60,10 +60,16 @@ pub(super) fn invoke(k: &mut Kernel, caller: ThreadId, call: Call) -> Outcome {
             src,
             to,
             slot,
-        } => k
-            .caps
-            .delegate(from, src, to, Dest::At(slot))
-            .map(token_value),
+        } => match k.caps.delegate(from, src, to, Dest::At(slot)) {
+            Ok(t) => {
+                // A thread waiting through the moved token waits no more.
+                if let Ok(o) = k.caps.lookup(to, t).map(|c| c.object().clone()) {
+                    k.recheck_waiters(o);
+                }
+                Ok(token_value(t))
+            }
+            Err(e) => Err(e),
+        },
         Call::Delete(cspace, t) => k.caps.delete(cspace, t).map(|object| {
             k.recheck_waiters(object);
             0
@@ -202,6 +208,24 @@ pub(super) fn invoke(k: &mut Kernel, caller: ThreadId, call: Call) -> Outcome {
             .lock()
             .map(va.get(), object, offset, pages, attr)
             .map(|()| 0),
+        Call::FromRange {
+            cspace,
+            slot,
+            space,
+            pool,
+            va,
+            pages,
+            take,
+        } => match space.lock().split_off(va.get(), pages, take, Some(pool)) {
+            Ok(obj) => insert(
+                k,
+                cspace,
+                slot,
+                KObject::Memory(obj),
+                ObjectType::MemoryObject,
+            ),
+            Err(e) => Err(e),
+        },
         Call::Unmap { space, va, pages } => space.lock().unmap(va.get(), pages).map(|()| 0),
         Call::Protect {
             space,

@@ -213,10 +213,14 @@ impl Kernel {
             return Err(Error::InvalidArgument);
         }
         let t = self.thread(id)?;
-        if t.state() == State::Ready {
+        let state = t.state();
+        if state == State::Ready {
             self.sched.requeue(t.priority(), prio, id)?;
         }
         self.thread_mut(id)?.priority = prio;
+        if state == State::Blocked {
+            self.requeue_waiter(id);
+        }
         Ok(())
     }
 
@@ -391,5 +395,7 @@ mod ipc;
 
 pub use ipc::{IpcOutcome, NOTIFICATION_BITS};
 
+#[cfg(test)]
+mod ipc_tests;
 #[cfg(test)]
 mod tests;

@@ -385,6 +385,35 @@ pub unsafe fn protect(aspace: CapToken, va: usize, pages: usize, prot: usize) ->
     unit(unsafe { syscall4(Syscall::Protect as usize, tok(aspace), va, pages, prot) })
 }
 
+/// A new memory object (charged to `pool`) with the `pages` pages mapped
+/// at `va` in `aspace`: `RANGE_MOVE` moves them (they disappear from
+/// `aspace`), `RANGE_COW` shares them copy-on-write. Send its capability
+/// in a message for a zero-copy transfer.
+///
+/// # Safety
+/// With `RANGE_MOVE` the range is unmapped from `aspace`: nothing may use
+/// it afterwards if `aspace` is the caller's.
+pub unsafe fn mem_from_range(
+    aspace: CapToken,
+    va: usize,
+    pages: usize,
+    mode: usize,
+    pool: CapToken,
+) -> Result<CapToken, Error> {
+    // SAFETY: forwarded from the caller.
+    let r = unsafe {
+        syscall5(
+            Syscall::MemFromRange as usize,
+            tok(aspace),
+            va,
+            pages,
+            mode,
+            tok(pool),
+        )
+    };
+    r.map(|t| CapToken::from_raw(t as u64))
+}
+
 /// Size of a memory object in pages.
 pub fn mem_size(mem: CapToken) -> SysResult {
     // SAFETY: does not touch user memory.

@@ -303,7 +303,7 @@ fn user_fault(esr: u64, far: u64, sp: u64) -> UserFault {
 #[unsafe(no_mangle)]
 extern "C" fn keel_user_sync(esr: u64, far: u64) -> *const UserRegs {
     if (esr >> 26) & 0x3f == EC_SVC64 {
-        return crate::entry::on_syscall();
+        return crate::arch::common::syscall(BOOT_CPU.user_regs.load(Ordering::Relaxed));
     }
     let sp: u64;
     // SAFETY: reading SP_EL0 (still the user's stack pointer) has no side

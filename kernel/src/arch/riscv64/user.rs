@@ -32,7 +32,7 @@
 use crate::mm::aspace::Access;
 use crate::trap::{TrapCause, TrapRecord, UserFault};
 use core::arch::asm;
-use core::sync::atomic::AtomicUsize;
+use core::sync::atomic::{AtomicUsize, Ordering};
 
 /// `e_machine` of RISC-V ELF files (`EM_RISCV`).
 pub const ELF_MACHINE: u16 = 243;
@@ -273,7 +273,7 @@ pub(super) extern "C" fn user_trap(scause: usize, stval: usize) -> *const crate:
         unexpected_user_trap(scause, stval)
     }
     if scause == ECALL_FROM_U {
-        crate::entry::on_syscall()
+        crate::arch::common::syscall(this_cpu().user_regs.load(Ordering::Relaxed))
     } else {
         crate::entry::on_user_fault(classify_user(scause, stval))
     }
@@ -303,7 +303,6 @@ fn unexpected_user_trap(scause: usize, stval: usize) -> ! {
 #[cfg(feature = "ktest")]
 mod checks {
     use super::*;
-    use core::sync::atomic::Ordering;
 
     fn sstatus() -> usize {
         let s: usize;

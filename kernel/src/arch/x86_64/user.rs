@@ -511,7 +511,7 @@ unsafe extern "C" {
 /// Called by `keel_syscall_entry` on the kernel stack with the caller's
 /// registers saved: the portable system-call path.
 extern "C" fn keel_on_syscall() -> *const UserRegs {
-    crate::entry::on_syscall()
+    crate::arch::common::syscall(this_cpu().regs.load(Ordering::Relaxed))
 }
 
 /// Called by `keel_enter_user` when `regs` holds a PC that is not a

@@ -657,3 +657,62 @@ proptest! {
         prop_assert_eq!(q.available(), 1000, "clones charge the same pool");
     }
 }
+
+#[test]
+fn a_page_range_moves_or_is_shared_copy_on_write() {
+    let before = baseline();
+    let p = pool(64);
+    let mut a = Space::new(1, None).unwrap();
+    let mut b = Space::new(2, None).unwrap();
+    let obj = Object::anonymous(4, false).unwrap();
+    a.map(BASE, obj.clone(), 0, 4, RW).unwrap();
+    drop(obj);
+    for i in 0..4 {
+        write(&mut a, BASE + i * PAGE, 10 + i as u64).unwrap();
+    }
+    // Copy-on-write share of pages 1..3: both see the data; writes of
+    // either side stay private to it.
+    let shared_pa = a.translate(BASE + PAGE).unwrap().pa;
+    let cow = a.split_off(BASE + PAGE, 2, false, Some(p.clone())).unwrap();
+    assert_eq!(p.available(), 62, "charged to the pool given");
+    assert!(!a.translate(BASE + PAGE).unwrap().attr.contains(Attr::WRITE));
+    b.map(BASE, cow, 0, 2, RW).unwrap();
+    assert_eq!(read(&mut b, BASE), Ok(11));
+    assert_eq!(b.translate(BASE).unwrap().pa, shared_pa, "no copy");
+    write(&mut b, BASE, 99).unwrap();
+    assert_eq!(read(&mut a, BASE + PAGE), Ok(11));
+    write(&mut a, BASE + 2 * PAGE, 77).unwrap();
+    assert_eq!(read(&mut b, BASE + PAGE), Ok(12));
+    // Move of page 3: the sender loses it (unmapped), the receiver has it.
+    let moved_pa = a.translate(BASE + 3 * PAGE).unwrap().pa;
+    let moved = a
+        .split_off(BASE + 3 * PAGE, 1, true, Some(p.clone()))
+        .unwrap();
+    assert_eq!(read(&mut a, BASE + 3 * PAGE), Err(Error::BadAddress));
+    b.map(BASE + 8 * PAGE, moved, 0, 1, RW).unwrap();
+    assert_eq!(read(&mut b, BASE + 8 * PAGE), Ok(13));
+    assert_eq!(
+        b.translate(BASE + 8 * PAGE).unwrap().pa,
+        moved_pa,
+        "no copy"
+    );
+    // Refused: outside a region, across its end, shared objects.
+    assert_eq!(
+        a.split_off(BASE + 3 * PAGE, 1, true, None).err(),
+        Some(Error::BadAddress)
+    );
+    assert_eq!(
+        a.split_off(BASE + 2 * PAGE, 2, true, None).err(),
+        Some(Error::BadAddress)
+    );
+    let shared = Object::anonymous(1, false).unwrap();
+    a.map(BASE + 16 * PAGE, shared.clone(), 0, 1, RW).unwrap();
+    b.map(BASE + 16 * PAGE, shared, 0, 1, RW).unwrap();
+    assert_eq!(
+        a.split_off(BASE + 16 * PAGE, 1, false, None).err(),
+        Some(Error::InvalidState)
+    );
+    drop((a, b));
+    assert_eq!(p.available(), 64, "credited when the objects went");
+    assert_eq!(frames_in_use(), before);
+}

@@ -1,7 +1,8 @@
 //! The IPC fast path (seL4's fastpath): `Call` and `ReplyRecv` with a
 //! register-only message (at most four words, no capabilities, no flags)
 //! when the partner already waits and may run at once (no ready thread
-//! has a higher priority). It hands the message over in registers, moves
+//! has a higher priority: the general path then runs it next too, as it
+//! queues a partner woken by a blocking call first at its priority). It hands the message over in registers, moves
 //! the reply capability, and switches straight to the partner (time
 //! donation), without the scheduler's general path, the system-call
 //! decoder or a run-queue operation. Anything else returns `None` and

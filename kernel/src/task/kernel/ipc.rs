@@ -185,6 +185,17 @@ impl Kernel {
         self.link(q.0, id);
     }
 
+    /// Makes a blocked thread ready, first at its priority: the caller
+    /// blocks and hands it the CPU (as the fast path does).
+    fn wake_first(&mut self, id: ThreadId) {
+        self.wake(id);
+        if let Ok(t) = self.thread(id) {
+            let prio = t.priority();
+            self.sched.dequeue(prio, id);
+            let _ = self.sched.enqueue_first(prio, id);
+        }
+    }
+
     /// Makes a blocked thread ready (its result already written).
     fn wake(&mut self, id: ThreadId) {
         let Ok(t) = self.thread_mut(id) else { return };
@@ -513,7 +524,7 @@ impl Kernel {
                 self.unlink(q, r);
                 if call {
                     self.set_reply(r, cur);
-                    self.wake(r);
+                    self.wake_first(r);
                     (Ok(0), After::Block)
                 } else {
                     self.wake(r);
@@ -621,10 +632,18 @@ impl Kernel {
     /// Reply (if there is a call to answer; its failure is not reported),
     /// then receive.
     pub fn reply_recv(&mut self, cur: ThreadId, ep: EndpointId, nonblock: bool) -> IpcOutcome {
-        if self.thread(cur).is_ok_and(|t| t.ipc.reply_to.is_some()) {
-            let _ = self.reply(cur);
+        let caller = self.thread(cur).ok().and_then(|t| t.ipc.reply_to);
+        let answered = caller.is_some() && self.reply(cur).is_ok();
+        let out = self.recv(cur, ep, nonblock);
+        // Blocking now, it hands the CPU to the caller it answered.
+        if let (true, Some(c), After::Block) = (answered, caller, out.1)
+            && self.thread(c).is_ok_and(|t| t.state() == State::Ready)
+        {
+            let prio = self.prio(c);
+            self.sched.dequeue(prio, c);
+            let _ = self.sched.enqueue_first(prio, c);
         }
-        self.recv(cur, ep, nonblock)
+        out
     }
 
     /// Delivers a fault of the running thread `cur` to its fault handler;
@@ -652,6 +671,28 @@ impl Kernel {
         true
     }
 
+    /// Puts a waiting thread whose priority changed at its new place in
+    /// its queue.
+    pub(super) fn requeue_waiter(&mut self, id: ThreadId) {
+        let q = match self.thread(id).ok().and_then(|t| t.ipc.blocked) {
+            Some(Blocked::Send { ep, .. } | Blocked::Recv { ep }) => Queue::Endpoint(ep),
+            Some(Blocked::Wait { n }) => Queue::Notification(n),
+            _ => return,
+        };
+        self.unlink(q, id);
+        let side = match self.thread(id).ok().and_then(|t| t.ipc.blocked) {
+            Some(Blocked::Send { .. }) => Side::Send,
+            Some(Blocked::Recv { .. }) => Side::Recv,
+            _ => Side::Idle,
+        };
+        if let Queue::Endpoint(ep) = q
+            && let Some(e) = self.endpoints.get_mut(ep.0)
+        {
+            e.side = side;
+        }
+        self.link(q, id);
+    }
+
     /// Ends endpoint `ep` (its last reference went): every waiter gets
     /// `Disconnected`.
     pub(super) fn destroy_endpoint(&mut self, ep: EndpointId) {
@@ -664,12 +705,16 @@ impl Kernel {
     /// Wakes, with `InvalidCapability`, the threads waiting on `ep` or `n`
     /// through a capability that no longer exists (deleted or revoked
     /// while they waited).
+    /// The object is dropped first (and ended if that was its last
+    /// reference: then its waiters get `Disconnected` instead).
     pub fn recheck_waiters(&mut self, q: KObject) {
-        let (queue, ty) = match q {
+        let (queue, ty) = match &q {
             KObject::Endpoint(r) => (Queue::Endpoint(r.id()), ObjectType::Endpoint),
             KObject::Notification(r) => (Queue::Notification(r.id()), ObjectType::Notification),
             _ => return,
         };
+        drop(q);
+        self.collect();
         let mut next = self.head(queue);
         while let Some(t) = next {
             next = self.thread(t).ok().and_then(|x| x.ipc.next);
