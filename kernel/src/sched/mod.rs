@@ -77,12 +77,6 @@ impl<T: PartialEq + Copy + Slot> Scheduler<T> {
         self.runq.highest()
     }
 
-    /// Queues a thread the running one hands the CPU to (it blocks): first
-    /// at its priority.
-    pub fn enqueue_first(&mut self, prio: u8, t: T) -> Result<(), Error> {
-        self.runq.push_front(prio, t)
-    }
-
     /// Takes a thread out of the queue (it stopped being ready).
     pub fn dequeue(&mut self, prio: u8, t: T) {
         self.runq.remove(prio, t);

@@ -102,32 +102,6 @@ impl<T: PartialEq + Copy + Slot> RunQueue<T> {
         Ok(())
     }
 
-    /// Queues `t` first at `prio` (a thread the running one hands the CPU
-    /// to); errors as [`Self::push`].
-    pub fn push_front(&mut self, prio: u8, t: T) -> Result<(), Error> {
-        let p = usize::from(prio);
-        let (head, _) = *self.ends.get(p).ok_or(Error::InvalidArgument)?;
-        let s = t.slot();
-        let link = self.links.get_mut(s).ok_or(Error::OutOfMemory)?;
-        if link.item.is_some() {
-            return Err(Error::InvalidState);
-        }
-        *link = Link {
-            item: Some(t),
-            prio,
-            next: head,
-            prev: NIL,
-        };
-        let s = s as u32;
-        match self.links.get_mut(head as usize) {
-            Some(next) => next.prev = s,
-            None => self.ends[p].1 = s,
-        }
-        self.ends[p].0 = s;
-        self.bitmap |= 1 << prio;
-        Ok(())
-    }
-
     /// The highest priority with a queued thread.
     pub fn highest(&self) -> Option<u8> {
         (self.bitmap != 0).then(|| 31 - self.bitmap.leading_zeros() as u8)
@@ -228,9 +202,8 @@ mod tests {
         assert!(!q.remove(4, 'b'), "wrong priority");
         assert!(q.remove(5, 'a'));
         q.push(5, 'a').unwrap();
-        q.push_front(5, 'c').unwrap();
         let order: Vec<_> = core::iter::from_fn(|| q.pop().map(|(_, t)| t)).collect();
-        assert_eq!(order, ['c', 'b', 'd', 'a']);
+        assert_eq!(order, ['b', 'd', 'a']);
         let mut small = RunQueue::new();
         assert_eq!(small.push(1, 'c'), Err(Error::OutOfMemory));
         small.reserve_slot(2).unwrap();

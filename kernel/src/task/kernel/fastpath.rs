@@ -1,8 +1,11 @@
 //! The IPC fast path (seL4's fastpath): `Call` and `ReplyRecv` with a
 //! register-only message (at most four words, no capabilities, no flags)
-//! when the partner already waits and may run at once (no ready thread
-//! has a higher priority: the general path then runs it next too, as it
-//! queues a partner woken by a blocking call first at its priority). It hands the message over in registers, moves
+//! when the partner already waits and no ready thread has its priority or
+//! a higher one (so the general path, which queues the woken partner
+//! behind the threads ready at its priority, would run it next too; an
+//! IPC is thus a round-robin point among equal priorities, and a client
+//! and server calling each other cannot starve other threads of their
+//! priority). It hands the message over in registers, moves
 //! the reply capability, and switches straight to the partner (time
 //! donation), without the scheduler's general path, the system-call
 //! decoder or a run-queue operation. Anything else returns `None` and
@@ -71,7 +74,7 @@ impl Kernel {
             }
             let server = e.queue.head?;
             let s = self.threads.get(server.0)?;
-            if s.ipc.reply_to.is_some() || highest.is_some_and(|h| h > s.priority()) {
+            if s.ipc.reply_to.is_some() || highest.is_some_and(|h| h >= s.priority()) {
                 return None;
             }
             self.unlink(Queue::Endpoint(ep), server);
@@ -95,7 +98,7 @@ impl Kernel {
         let c = self.threads.get(caller.0)?;
         if c.ipc.blocked != Some(Blocked::Reply { server: cur })
             || c.ipc.fault.is_some()
-            || highest.is_some_and(|h| h > c.priority())
+            || highest.is_some_and(|h| h >= c.priority())
         {
             return None;
         }

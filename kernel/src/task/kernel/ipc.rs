@@ -185,17 +185,6 @@ impl Kernel {
         self.link(q.0, id);
     }
 
-    /// Makes a blocked thread ready, first at its priority: the caller
-    /// blocks and hands it the CPU (as the fast path does).
-    fn wake_first(&mut self, id: ThreadId) {
-        self.wake(id);
-        if let Ok(t) = self.thread(id) {
-            let prio = t.priority();
-            self.sched.dequeue(prio, id);
-            let _ = self.sched.enqueue_first(prio, id);
-        }
-    }
-
     /// Makes a blocked thread ready (its result already written).
     fn wake(&mut self, id: ThreadId) {
         let Ok(t) = self.thread_mut(id) else { return };
@@ -524,7 +513,7 @@ impl Kernel {
                 self.unlink(q, r);
                 if call {
                     self.set_reply(r, cur);
-                    self.wake_first(r);
+                    self.wake(r);
                     (Ok(0), After::Block)
                 } else {
                     self.wake(r);
@@ -632,18 +621,10 @@ impl Kernel {
     /// Reply (if there is a call to answer; its failure is not reported),
     /// then receive.
     pub fn reply_recv(&mut self, cur: ThreadId, ep: EndpointId, nonblock: bool) -> IpcOutcome {
-        let caller = self.thread(cur).ok().and_then(|t| t.ipc.reply_to);
-        let answered = caller.is_some() && self.reply(cur).is_ok();
-        let out = self.recv(cur, ep, nonblock);
-        // Blocking now, it hands the CPU to the caller it answered.
-        if let (true, Some(c), After::Block) = (answered, caller, out.1)
-            && self.thread(c).is_ok_and(|t| t.state() == State::Ready)
-        {
-            let prio = self.prio(c);
-            self.sched.dequeue(prio, c);
-            let _ = self.sched.enqueue_first(prio, c);
+        if self.thread(cur).is_ok_and(|t| t.ipc.reply_to.is_some()) {
+            let _ = self.reply(cur);
         }
-        out
+        self.recv(cur, ep, nonblock)
     }
 
     /// Delivers a fault of the running thread `cur` to its fault handler;

@@ -507,10 +507,10 @@ fn reply_recv_answers_then_receives_the_next_call() {
         );
         assert_eq!(w.got(c2).words[0], 40);
         assert_eq!(w.queue(e), (Side::Recv, alloc::vec![s]));
-        // With the fast path: the second call found the server waiting and
-        // the last ReplyRecv found no sender; the first ReplyRecv did not
-        // (a sender waited).
-        assert_eq!(w.fast_hits, if fast { 2 } else { 0 });
+        // The fast path never applied: threads of the same priority were
+        // ready each time (it only takes over when the general path would
+        // run the partner next anyway).
+        assert_eq!(w.fast_hits, 0);
     }
 }
 
@@ -1382,11 +1382,9 @@ fn refused_ipc_calls_change_nothing() {
                 assert_eq!(trace(&w), before, "{call:?} {a:x?} left a trace");
             }
         }
-        assert_eq!(
-            w.fast_hits,
-            usize::from(fast),
-            "only the set-up call went fast"
-        );
+        // None of them went fast (the set-up call did only if no other
+        // thread of its priority was ready).
+        assert!(w.fast_hits <= usize::from(fast), "a refused call went fast");
         // The reply capability survived every refusal.
         let none = msg(0, info(2, &[]), &[]);
         assert_eq!(w.sys(s, Syscall::Reply, none), Some(Ok(0)));
