@@ -104,23 +104,20 @@ pub fn on_light_syscall(regs: &mut UserRegs) -> bool {
 }
 
 /// Called by the architecture after a system-call instruction, with the
-/// caller's registers saved in its TCB; returns the registers to enter
-/// user mode with.
-pub fn on_syscall() -> *const UserRegs {
+/// caller's registers saved in its TCB (`number` and `args` read from
+/// them); returns the registers to enter user mode with.
+pub fn on_syscall(number: usize, args: [usize; 6]) -> *const UserRegs {
     with_kernel(|r| {
         let k = &mut r.kernel;
         let Some(cur) = k.current() else {
             return r.next(After::Continue);
         };
-        let Ok(((number, args), cspace)) = k
-            .thread(cur)
-            .map(|t| (t.regs().syscall_args(), t.home().id()))
-        else {
-            return r.next(After::Continue);
-        };
         if let Some(regs) = k.fastpath(cur, number, args) {
             return regs;
         }
+        let Ok(cspace) = k.thread(cur).map(|t| t.home().id()) else {
+            return r.next(After::Continue);
+        };
         let outcome = crate::syscall::dispatch(k, cur, cspace, number, args);
         let value = match outcome.value {
             Ok(v) => v as isize,

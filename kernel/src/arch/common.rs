@@ -211,5 +211,6 @@ pub(crate) fn syscall(regs: usize) -> *const super::UserRegs {
     if crate::entry::on_light_syscall(r) {
         return regs as *const super::UserRegs;
     }
-    crate::entry::on_syscall()
+    let (number, args) = r.syscall_args();
+    crate::entry::on_syscall(number, args)
 }

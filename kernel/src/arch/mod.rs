@@ -108,7 +108,7 @@
 //! - On a system-call instruction the entry code saves the user state into
 //!   that `UserRegs`, switches to the CPU's kernel stack and calls
 //!   `common::syscall(regs)` (the register-only path, then
-//!   `crate::entry::on_syscall()`); a synchronous exception from user mode
+//!   `crate::entry::on_syscall(number, args)`); a synchronous exception from user mode
 //!   calls `crate::entry::on_user_fault(crate::trap::UserFault)`. Both return
 //!   the `*const UserRegs` to `enter_user` next (maybe another thread's).
 //! - `const ELF_MACHINE: u16` — `e_machine` of this architecture's ELF files.

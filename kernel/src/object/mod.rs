@@ -145,6 +145,12 @@ impl Orphans {
         })
     }
 
+    /// Whether an orphan may be queued (one atomic load).
+    #[inline]
+    pub fn pending(&self) -> bool {
+        self.queued.load(Ordering::Acquire)
+    }
+
     /// The next orphan to end, if any (one atomic load when there is none).
     pub fn next(&self) -> Option<Orphan> {
         if !self.queued.load(Ordering::Acquire) {

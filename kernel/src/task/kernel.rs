@@ -276,7 +276,15 @@ impl Kernel {
 
     /// Ends the threads and processes whose last capability went (which
     /// may release the last references to more).
+    #[inline]
     pub fn collect(&mut self) {
+        if self.orphans.pending() {
+            self.collect_all();
+        }
+    }
+
+    #[inline(never)]
+    fn collect_all(&mut self) {
         while let Some(orphan) = self.orphans.next() {
             match orphan {
                 Orphan::CSpace(id) => self.kill_process(id),
@@ -366,18 +374,18 @@ impl Kernel {
                 t.state = State::Ready;
             }
         }
-        let Ok(n) = self.thread_mut(next) else {
+        let Some(n) = self.threads.get_mut(next.0) else {
             return;
         };
         n.load_cpu_state();
         n.state = State::Running;
-        let space = n.space().clone();
-        self.sched.set_current(Some(next));
-        if !self
+        let same = self
             .loaded
             .as_ref()
-            .is_some_and(|l| KArc::ptr_eq(l, &space))
-        {
+            .is_some_and(|l| KArc::ptr_eq(l, n.space()));
+        let space = (!same).then(|| n.space().clone());
+        self.sched.set_current(Some(next));
+        if let Some(space) = space {
             crate::mm::user::load(&mut space.lock());
             self.loaded = Some(space);
         }

@@ -20,7 +20,7 @@
 //! finds `user_regs` through TPIDR_EL1, stores x2–x30, then x0/x1 from the
 //! stack (so SP is back at the top), SP_EL0, ELR_EL1 and SPSR_EL1 into it,
 //! clears x29/x30 (the frame-pointer chain ends there) and calls
-//! `keel_user_sync(esr, far)`, which calls `crate::entry::on_syscall()` for
+//! `keel_user_sync(esr, far)`, which calls `common::syscall` (then `crate::entry::on_syscall`) for
 //! an SVC (ESR.EC 0x15; ELR already points past the `svc`) and
 //! `crate::entry::on_user_fault` for anything else. Both return the
 //! registers to enter next, and the stub falls through into

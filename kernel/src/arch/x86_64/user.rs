@@ -30,7 +30,8 @@
 //!   the user RSP in the per-CPU block, store every register into
 //!   `*regs` (RCX = the return RIP, R11 = the user RFLAGS: the CPU has
 //!   already replaced the user's RCX and R11 with them), switch to the top
-//!   of the kernel stack and call `crate::entry::on_syscall()`.
+//!   of the kernel stack and call `common::syscall` (then
+//!   `crate::entry::on_syscall`).
 //! - An exception or interrupt from ring 3 arrives through the IDT on
 //!   TSS.RSP0 (the top of the same kernel stack; NMI and #DF on their IST
 //!   stacks) and the common trap stub, which swaps GS when the saved CS is

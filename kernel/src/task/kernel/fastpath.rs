@@ -13,9 +13,9 @@
 //! system tests run every message test both ways (`MsgInfo::SLOWPATH`).
 
 use super::Kernel;
-use super::ipc::Queue;
 use crate::arch::UserRegs;
-use crate::object::endpoint::Side;
+use crate::object::Endpoint;
+use crate::object::endpoint::{Side, Waiting};
 use crate::object::thread::{Blocked, State};
 use crate::object::{KObject, ThreadId};
 use keel_abi::Syscall;
@@ -26,6 +26,7 @@ impl Kernel {
     /// Runs `Call` or `ReplyRecv` of the running thread `cur` (arguments
     /// `args`) on the fast path if it applies; returns the registers to
     /// enter user mode with (the partner's).
+    #[inline]
     pub fn fastpath(
         &mut self,
         cur: ThreadId,
@@ -39,6 +40,16 @@ impl Kernel {
         } else {
             return None;
         };
+        self.fastpath_ipc(cur, call, args)
+    }
+
+    #[inline(never)]
+    fn fastpath_ipc(
+        &mut self,
+        cur: ThreadId,
+        call: bool,
+        args: [usize; 6],
+    ) -> Option<*const UserRegs> {
         let [ep_raw, info_raw, w0, w1, w2, w3] = args;
         let info = MsgInfo(info_raw as u64);
         if !info.check()
@@ -63,7 +74,7 @@ impl Kernel {
             return None;
         };
         let (ep, badge) = (r.id(), cap.badge());
-        let e = self.endpoints.get(ep.0)?;
+        let e = self.endpoints.get_mut(ep.0)?;
         let out = MsgInfo::new(info.label(), info.len(), 0).0 as usize;
         let words = [w0, w1, w2, w3];
         let highest = self.sched.highest();
@@ -73,40 +84,63 @@ impl Kernel {
                 return None;
             }
             let server = e.queue.head?;
-            let s = self.threads.get(server.0)?;
+            let s = self.threads.get_mut(server.0)?;
             if s.ipc.reply_to.is_some() || highest.is_some_and(|h| h >= s.priority()) {
                 return None;
             }
-            self.unlink(Queue::Endpoint(ep), server);
-            let c = self.threads.get_mut(cur.0)?;
-            c.ipc.badge = badge;
-            c.state = State::Blocked;
-            c.ipc.blocked = Some(Blocked::Reply { server });
+            // Take it off the front of the queue (usually it is alone).
+            match s.ipc.next.take() {
+                None => *e = Endpoint::default(),
+                Some(n) => {
+                    e.queue.head = Some(n);
+                    self.threads.get_mut(n.0)?.ipc.prev = None;
+                }
+            }
             let s = self.threads.get_mut(server.0)?;
             s.ipc.blocked = None;
             s.ipc.reply_to = Some(cur);
             s.regs_mut().set_message(out, badge as usize, words);
+            let c = self.threads.get_mut(cur.0)?;
+            c.ipc.badge = badge;
+            c.state = State::Blocked;
+            c.ipc.blocked = Some(Blocked::Reply { server });
             self.switch_to(server);
             return self.regs_of(server);
         }
         // ReplyRecv: the caller waits for this reply, no sender waits on
         // `ep` (so this thread blocks there), and no notification is bound.
+        let t = self.threads.get(cur.0)?;
         let caller = t.ipc.reply_to?;
         if e.side == Side::Send || t.ipc.bound.is_some() {
             return None;
         }
-        let c = self.threads.get(caller.0)?;
+        let alone = e.queue.is_empty();
+        let c = self.threads.get_mut(caller.0)?;
         if c.ipc.blocked != Some(Blocked::Reply { server: cur })
             || c.ipc.fault.is_some()
             || highest.is_some_and(|h| h >= c.priority())
         {
             return None;
         }
-        self.threads.get_mut(cur.0)?.ipc.reply_to = None;
-        self.block(cur, Blocked::Recv { ep });
-        let c = self.threads.get_mut(caller.0)?;
         c.ipc.blocked = None;
         c.regs_mut().set_message(out, 0, words);
+        let t = self.threads.get_mut(cur.0)?;
+        t.ipc.reply_to = None;
+        if alone {
+            // The first receiver: the queue is just this thread.
+            t.state = State::Blocked;
+            t.ipc.blocked = Some(Blocked::Recv { ep });
+            t.ipc.prev = None;
+            t.ipc.next = None;
+            let e = self.endpoints.get_mut(ep.0)?;
+            e.queue = Waiting {
+                head: Some(cur),
+                tail: Some(cur),
+            };
+            e.side = Side::Recv;
+        } else {
+            self.block(cur, Blocked::Recv { ep });
+        }
         self.switch_to(caller);
         self.regs_of(caller)
     }
