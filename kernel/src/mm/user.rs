@@ -220,6 +220,65 @@ pub fn copy_to_user(space: &mut UserSpace, dst: UserAddr, src: &[u8]) -> Result<
     })
 }
 
+/// Which side of a copy between address spaces failed ([`copy_between`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CopyFault {
+    /// The source range (not readable).
+    Source(Error),
+    /// The destination range (not writable).
+    Destination(Error),
+}
+
+/// Copies `len` bytes from `src` in `from` to `dst` in `to` (`None`: in
+/// `from` too), frame to frame through the direct map, without a bounce
+/// buffer: IPC's long messages. Each page is resolved first (the
+/// destination before the source, faulting pages in and breaking
+/// copy-on-write sharing as a user access would); a range that cannot be
+/// resolved stops the copy there and names its side.
+pub fn copy_between(
+    from: &mut UserSpace,
+    src: UserAddr,
+    mut to: Option<&mut UserSpace>,
+    dst: UserAddr,
+    len: usize,
+) -> Result<(), CopyFault> {
+    let (src, dst) = (src.get(), dst.get());
+    let in_user = |a: usize| a >= USER_BASE && a.checked_add(len).is_some_and(|e| e <= USER_END);
+    if len == 0 {
+        return Ok(());
+    }
+    if !in_user(dst) {
+        return Err(CopyFault::Destination(Error::BadAddress));
+    }
+    if !in_user(src) {
+        return Err(CopyFault::Source(Error::BadAddress));
+    }
+    let mut at = 0;
+    while at < len {
+        let (s, d) = (src + at, dst + at);
+        let n = (len - at).min(PAGE - s % PAGE).min(PAGE - d % PAGE);
+        let pd = match to.as_deref_mut() {
+            Some(t) => t.resolve(d, Access::Write),
+            None => from.resolve(d, Access::Write),
+        }
+        .map_err(CopyFault::Destination)?;
+        let ps = from.resolve(s, Access::Read).map_err(CopyFault::Source)?;
+        // SAFETY: both are resolved user frames (resolution checked the
+        // region allows the access), reached through the direct map; `n`
+        // stays within each page. They may be the same frame: `copy` allows
+        // overlap.
+        unsafe {
+            core::ptr::copy(
+                arch::phys_to_virt(ps) as *const u8,
+                arch::phys_to_virt(pd) as *mut u8,
+                n,
+            )
+        };
+        at += n;
+    }
+    Ok(())
+}
+
 /// Copies a NUL-terminated string from user memory at `src` into `buf`;
 /// returns its length (without the NUL). `InvalidArgument` if there is no
 /// NUL within `buf.len()` bytes.

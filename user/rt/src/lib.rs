@@ -3,7 +3,8 @@
 //! It provides the program entry (`_start`, which hands the root-task
 //! information page to the program's `main`, declared with [`entry!`], and
 //! ends the thread with `main`'s return value), the system calls (raw
-//! `syscall0`..`syscall6` and one typed wrapper per `keel_abi::Syscall`),
+//! `syscall0`..`syscall6` and one typed wrapper per `keel_abi::Syscall`;
+//! the IPC calls, which return more than one register, in [`ipc`]),
 //! `print!`/`println!` over the debug console, a panic handler, a small heap
 //! (so `alloc` works), and threads of the same process.
 //!
@@ -13,7 +14,8 @@
 //!
 //! The runtime only exists for Keel's bare-metal targets; on the host (where
 //! `cargo clippy --workspace` and `cargo test --workspace` also build it)
-//! the crate is empty.
+//! the crate holds only the portable cores of [`channel`] (the ring) and
+//! [`registry`] (the name table and protocol), which are unit-tested there.
 #![cfg_attr(target_os = "none", no_std)]
 #![cfg_attr(target_os = "none", deny(clippy::unwrap_used, clippy::expect_used))]
 
@@ -29,12 +31,16 @@ pub mod console;
 
 #[cfg(target_os = "none")]
 mod arch;
+pub mod channel;
 #[cfg(target_os = "none")]
 pub mod entry;
 #[cfg(target_os = "none")]
 mod heap;
 #[cfg(target_os = "none")]
+pub mod ipc;
+#[cfg(target_os = "none")]
 pub mod probe;
+pub mod registry;
 #[cfg(target_os = "none")]
 pub mod syscall;
 #[cfg(target_os = "none")]

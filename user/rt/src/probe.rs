@@ -6,8 +6,9 @@
 //! threads in *another* address space that maps nothing but this program's
 //! text segment, at the same addresses: they are position-independent
 //! assembly that uses no stack and touches no memory (except the one load
-//! of [`load_then_yield_forever_address`]), and only system calls that do
-//! not read user memory.
+//! of [`load_then_yield_forever_address`] and [`ipc_load_server_address`]),
+//! and only system calls that do not read user memory (the IPC servers
+//! send and receive register words only).
 //!
 //! The faulting probes exist to be run in a thread of a separate process
 //! (its own capability space), which the kernel kills; they are never
@@ -99,4 +100,21 @@ pub fn yield_then_exit_address() -> usize {
 /// calls `Yield` in a loop, forever.
 pub fn load_then_yield_forever_address() -> usize {
     arch::__keel_load_then_yield_forever as *const () as usize
+}
+
+/// Entry of a stackless IPC server that loops on `ReplyRecv` on the
+/// endpoint token in its argument (first argument register), answering
+/// every message with its own label, length and register words (no
+/// capabilities; so only messages of up to four words, as it has no IPC
+/// buffer). A failed `ReplyRecv` ends it with the error as exit code.
+pub fn ipc_echo_forever_address() -> usize {
+    arch::__keel_ipc_echo_forever as *const () as usize
+}
+
+/// Entry of a stackless IPC server that loops on `ReplyRecv` on the
+/// endpoint token in its argument, answering every message with one word:
+/// the word at the address in message word 0 of its address space (it
+/// faults if that is not readable). A failed `ReplyRecv` ends it.
+pub fn ipc_load_server_address() -> usize {
+    arch::__keel_ipc_load_server as *const () as usize
 }

@@ -199,3 +199,48 @@ fn running_out_of_frames_is_an_error_and_leaks_nothing() {
     drop(s);
     assert_eq!(frames_in_use(), before);
 }
+
+#[test]
+fn copies_between_spaces_go_frame_to_frame_and_name_the_failing_side() {
+    let before = frames_in_use();
+    let (mut a, mut b) = (space_with(2), space_with(3));
+    let data: [u8; 100] = core::array::from_fn(|i| i as u8);
+    copy_to_user(&mut a, UserAddr::new(BASE + PAGE - 40), &data).unwrap();
+    // Across a page boundary on both sides, at different offsets.
+    let (src, dst) = (
+        UserAddr::new(BASE + PAGE - 40),
+        UserAddr::new(BASE + 2 * PAGE - 10),
+    );
+    assert_eq!(copy_between(&mut a, src, Some(&mut b), dst, 100), Ok(()));
+    let mut back = [0u8; 100];
+    copy_from_user(&mut b, dst, &mut back).unwrap();
+    assert_eq!(back, data);
+    // Within one space (overlap allowed).
+    assert_eq!(
+        copy_between(&mut a, src, None, UserAddr::new(BASE), 100),
+        Ok(())
+    );
+    copy_from_user(&mut a, UserAddr::new(BASE), &mut back).unwrap();
+    assert_eq!(back, data);
+    // Each side's failure is named; the destination is checked first.
+    let out = UserAddr::new(BASE + 8 * PAGE);
+    assert_eq!(
+        copy_between(&mut a, out, Some(&mut b), out, 8),
+        Err(CopyFault::Destination(Error::BadAddress))
+    );
+    assert_eq!(
+        copy_between(&mut a, out, Some(&mut b), dst, 8),
+        Err(CopyFault::Source(Error::BadAddress))
+    );
+    assert_eq!(
+        copy_between(&mut a, UserAddr::new(0), None, dst, 8),
+        Err(CopyFault::Source(Error::BadAddress))
+    );
+    assert_eq!(
+        copy_between(&mut a, out, None, out, 0),
+        Ok(()),
+        "nothing to copy"
+    );
+    drop((a, b));
+    assert_eq!(frames_in_use(), before);
+}

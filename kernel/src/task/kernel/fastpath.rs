@@ -116,7 +116,7 @@ impl Kernel {
         }
         let alone = e.queue.is_empty();
         let c = self.threads.get_mut(caller.0)?;
-        if c.ipc.blocked != Some(Blocked::Reply { server: cur })
+        if !matches!(c.ipc.blocked, Some(Blocked::Reply { server }) if server == cur)
             || c.ipc.fault.is_some()
             || highest.is_some_and(|h| h >= c.priority())
         {

@@ -34,7 +34,7 @@
 use super::Kernel;
 use crate::cap::{CSpaceId, Dest};
 use crate::mm::kref::KArc;
-use crate::mm::user::{UserAddr, copy_from_user, copy_to_user};
+use crate::mm::user::{CopyFault, UserAddr, copy_between, copy_from_user, copy_to_user};
 use crate::object::endpoint::{Side, Waiting};
 use crate::object::thread::{Blocked, FaultMsg, State};
 use crate::object::{EndpointId, KObject, NotificationId, NotificationRef, ThreadId};
@@ -346,7 +346,8 @@ impl Kernel {
         Ok(info)
     }
 
-    /// Copies words `REGISTER_WORDS..len` between IPC buffers.
+    /// Copies words `REGISTER_WORDS..len` between IPC buffers, frame to
+    /// frame.
     fn copy_words(
         &mut self,
         s: ThreadId,
@@ -359,26 +360,18 @@ impl Kernel {
             return Err(Fail::Sender(Error::InvalidState));
         };
         let (from, to) = (from.space().clone(), to.space().clone());
-        let mut buf = [0u8; 256];
-        let mut at = REGISTER_WORDS * 8;
-        let end = len * 8;
-        // The receiver's buffer is checked first, so a bad one is reported
-        // even for a message the sender could not have sent anyway.
-        if len > REGISTER_WORDS {
-            copy_to_user(&mut to.lock(), UserAddr::new(rb + at), &[0; 8])
-                .map_err(Fail::Receiver)?;
-        }
-        while at < end {
-            let n = (end - at).min(buf.len());
-            let chunk = buf
-                .get_mut(..n)
-                .ok_or(Fail::Sender(Error::InvalidArgument))?;
-            copy_from_user(&mut from.lock(), UserAddr::new(sb + at), chunk)
-                .map_err(Fail::Sender)?;
-            copy_to_user(&mut to.lock(), UserAddr::new(rb + at), chunk).map_err(Fail::Receiver)?;
-            at += n;
-        }
-        Ok(())
+        let at = REGISTER_WORDS * 8;
+        let n = len.saturating_sub(REGISTER_WORDS) * 8;
+        let (src, dst) = (UserAddr::new(sb + at), UserAddr::new(rb + at));
+        let copied = if KArc::ptr_eq(&from, &to) {
+            copy_between(&mut from.lock(), src, None, dst, n)
+        } else {
+            copy_between(&mut from.lock(), src, Some(&mut to.lock()), dst, n)
+        };
+        copied.map_err(|f| match f {
+            CopyFault::Source(e) => Fail::Sender(e),
+            CopyFault::Destination(e) => Fail::Receiver(e),
+        })
     }
 
     /// Grants the capabilities listed in the sender's buffer into the

@@ -56,6 +56,36 @@ raw_syscall!(/// A system call with five arguments.
 raw_syscall!(/// A system call with six arguments.
     raw6, a0 => "x0", a1 => "x1", a2 => "x2", a3 => "x3", a4 => "x4", a5 => "x5");
 
+/// An IPC system call (`keel_abi::ipc`'s register convention): `number`
+/// and six arguments in; the result (`x0`) and argument registers 1–5
+/// (`x1`..`x5`: badge and message words 0–3 of a received message) out.
+///
+/// # Safety
+/// As [`raw6`]; in addition the kernel may write the calling thread's IPC
+/// buffer (received words and capability tokens), which the program
+/// registered for that purpose.
+#[inline(always)]
+pub unsafe fn raw_ipc(number: usize, args: [usize; 6]) -> (isize, [usize; 5]) {
+    let ret: isize;
+    let [a0, mut a1, mut a2, mut a3, mut a4, mut a5] = args;
+    // SAFETY: the caller vouches for the call's effect on memory; every
+    // register the kernel changes is declared, and the stack is not used.
+    unsafe {
+        asm!(
+            "svc #0",
+            in("x8") number,
+            inlateout("x0") a0 => ret,
+            inout("x1") a1,
+            inout("x2") a2,
+            inout("x3") a3,
+            inout("x4") a4,
+            inout("x5") a5,
+            options(nostack),
+        );
+    }
+    (ret, [a1, a2, a3, a4, a5])
+}
+
 // The program entry: the kernel starts the first thread here with `sp`
 // 16-byte aligned and the information page's address in `x0`. Zero frame
 // pointer and link register end backtraces.
@@ -219,6 +249,67 @@ global_asm!(
     nr_exit = const Syscall::ThreadExit as usize,
 );
 
+// IPC servers for a thread in another address space (same rules as the
+// routines above: position-independent, no stack). The endpoint token is
+// the thread's argument (`x0`), kept in `x19`. Each loops on
+// `ReplyRecv(ep, info, words)`; the first round replies to nothing (info
+// 0). A failed `ReplyRecv` ends the thread with the (negative) error as
+// its exit code.
+// - `__keel_ipc_echo_forever` answers every message with the same label,
+//   length and register words (the info masked, with the mask in `x20`,
+//   to label and length);
+// - `__keel_ipc_load_server` answers with one word: the word at the
+//   address in message word 0 (`x2`) — it faults if that is unreadable.
+const _: () = assert!(super::ECHO_REPLY_MASK & 0xffff_0000 == 0);
+global_asm!(
+    ".pushsection .text.__keel_ipc_echo_forever, \"ax\", %progbits",
+    ".globl __keel_ipc_echo_forever",
+    ".hidden __keel_ipc_echo_forever",
+    ".type __keel_ipc_echo_forever, %function",
+    "__keel_ipc_echo_forever:",
+    "    mov x19, x0",
+    "    movz x20, #{mask_0}",
+    "    movk x20, #{mask_32}, lsl #32",
+    "    movk x20, #{mask_48}, lsl #48",
+    "    mov x1, xzr",
+    "1:  mov x0, x19",
+    "    mov x8, #{nr_reply_recv}",
+    "    svc #0",
+    "    tbnz x0, #63, 2f",
+    "    and x1, x0, x20",
+    "    b 1b",
+    "2:  mov x8, #{nr_exit}",
+    "    svc #0",
+    "    udf #0",
+    ".size __keel_ipc_echo_forever, . - __keel_ipc_echo_forever",
+    ".popsection",
+    "",
+    ".pushsection .text.__keel_ipc_load_server, \"ax\", %progbits",
+    ".globl __keel_ipc_load_server",
+    ".hidden __keel_ipc_load_server",
+    ".type __keel_ipc_load_server, %function",
+    "__keel_ipc_load_server:",
+    "    mov x19, x0",
+    "    mov x1, xzr",
+    "1:  mov x0, x19",
+    "    mov x8, #{nr_reply_recv}",
+    "    svc #0",
+    "    tbnz x0, #63, 2f",
+    "    ldr x2, [x2]",
+    "    mov x1, #1",
+    "    b 1b",
+    "2:  mov x8, #{nr_exit}",
+    "    svc #0",
+    "    udf #0",
+    ".size __keel_ipc_load_server, . - __keel_ipc_load_server",
+    ".popsection",
+    nr_reply_recv = const Syscall::ReplyRecv as usize,
+    nr_exit = const Syscall::ThreadExit as usize,
+    mask_0 = const super::ECHO_REPLY_MASK & 0xffff,
+    mask_32 = const (super::ECHO_REPLY_MASK >> 32) & 0xffff,
+    mask_48 = const super::ECHO_REPLY_MASK >> 48,
+);
+
 unsafe extern "C" {
     /// See the assembly above; `patterns` has [`PROBE_PATTERNS`] entries,
     /// `out` has `PROBE_REG_NAMES.len()`.
@@ -235,6 +326,12 @@ unsafe extern "C" {
     /// Loads the word its argument points at, then yields forever; only
     /// its address is used.
     pub fn __keel_load_then_yield_forever();
+    /// Echoes every IPC message on the endpoint in its argument; only its
+    /// address is used.
+    pub fn __keel_ipc_echo_forever();
+    /// Answers every IPC message on the endpoint in its argument with the
+    /// word at the address in message word 0; only its address is used.
+    pub fn __keel_ipc_load_server();
 }
 
 /// Registers the probe reports, in order: the patterned ones, then the

@@ -17,7 +17,11 @@
 //! - `__keel_yield_forever`, `__keel_yield_then_exit` and
 //!   `__keel_load_then_yield_forever`: position-independent assembly that
 //!   uses no stack, for threads in another address space that maps only
-//!   this program's text (see [`crate::probe`]).
+//!   this program's text (see [`crate::probe`]);
+//! - `raw_ipc`: the system-call instruction for IPC calls, returning the
+//!   result register and argument registers 1–5 ([`crate::ipc`]);
+//! - `__keel_ipc_echo_forever` and `__keel_ipc_load_server`: stackless
+//!   IPC server loops for such threads (see [`crate::probe`]).
 
 #[cfg(target_arch = "aarch64")]
 mod aarch64;
@@ -39,3 +43,8 @@ pub use self::x86_64::*;
 pub const fn pattern(i: usize) -> u64 {
     0xa5a5_0000_0000_0000 | ((i as u64 + 1) << 32) | (0x0101_0101 * (i as u64 + 1))
 }
+
+/// What `__keel_ipc_echo_forever` keeps of a received message-info word
+/// for its reply: label and length (no capabilities, no flags).
+pub const ECHO_REPLY_MASK: u64 =
+    keel_abi::ipc::MsgInfo::new(keel_abi::ipc::MsgInfo::MAX_LABEL, 0x3ff, 0).0;

@@ -58,6 +58,36 @@ raw_syscall!(/// A system call with five arguments.
 raw_syscall!(/// A system call with six arguments.
     raw6, a0 => "a0", a1 => "a1", a2 => "a2", a3 => "a3", a4 => "a4", a5 => "a5");
 
+/// An IPC system call (`keel_abi::ipc`'s register convention): `number`
+/// and six arguments in; the result (`a0`) and argument registers 1–5
+/// (`a1`..`a5`: badge and message words 0–3 of a received message) out.
+///
+/// # Safety
+/// As [`raw6`]; in addition the kernel may write the calling thread's IPC
+/// buffer (received words and capability tokens), which the program
+/// registered for that purpose.
+#[inline(always)]
+pub unsafe fn raw_ipc(number: usize, args: [usize; 6]) -> (isize, [usize; 5]) {
+    let ret: isize;
+    let [a0, mut a1, mut a2, mut a3, mut a4, mut a5] = args;
+    // SAFETY: the caller vouches for the call's effect on memory; every
+    // register the kernel changes is declared, and the stack is not used.
+    unsafe {
+        asm!(
+            "ecall",
+            in("a7") number,
+            inlateout("a0") a0 => ret,
+            inout("a1") a1,
+            inout("a2") a2,
+            inout("a3") a3,
+            inout("a4") a4,
+            inout("a5") a5,
+            options(nostack),
+        );
+    }
+    (ret, [a1, a2, a3, a4, a5])
+}
+
 // The program entry: the kernel starts the first thread here with `sp`
 // 16-byte aligned and the information page's address in `a0`. Zero frame
 // pointer and return address end backtraces.
@@ -266,6 +296,62 @@ global_asm!(
     nr_exit = const Syscall::ThreadExit as usize,
 );
 
+// IPC servers for a thread in another address space (same rules as the
+// routines above: position-independent, no stack). The endpoint token is
+// the thread's argument (`a0`), kept in `s1`. Each loops on
+// `ReplyRecv(ep, info, words)`; the first round replies to nothing (info
+// 0). A failed `ReplyRecv` ends the thread with the (negative) error as
+// its exit code.
+// - `__keel_ipc_echo_forever` answers every message with the same label,
+//   length and register words (the info masked, with the mask in `s2`,
+//   to label and length);
+// - `__keel_ipc_load_server` answers with one word: the word at the
+//   address in message word 0 (`a2`) — it faults if that is unreadable.
+global_asm!(
+    ".pushsection .text.__keel_ipc_echo_forever, \"ax\", @progbits",
+    ".globl __keel_ipc_echo_forever",
+    ".hidden __keel_ipc_echo_forever",
+    ".type __keel_ipc_echo_forever, @function",
+    "__keel_ipc_echo_forever:",
+    "    mv s1, a0",
+    "    li s2, {echo_mask}",
+    "    li a1, 0",
+    "1:  mv a0, s1",
+    "    li a7, {nr_reply_recv}",
+    "    ecall",
+    "    bltz a0, 2f",
+    "    and a1, a0, s2",
+    "    j 1b",
+    "2:  li a7, {nr_exit}",
+    "    ecall",
+    "    unimp",
+    ".size __keel_ipc_echo_forever, . - __keel_ipc_echo_forever",
+    ".popsection",
+    "",
+    ".pushsection .text.__keel_ipc_load_server, \"ax\", @progbits",
+    ".globl __keel_ipc_load_server",
+    ".hidden __keel_ipc_load_server",
+    ".type __keel_ipc_load_server, @function",
+    "__keel_ipc_load_server:",
+    "    mv s1, a0",
+    "    li a1, 0",
+    "1:  mv a0, s1",
+    "    li a7, {nr_reply_recv}",
+    "    ecall",
+    "    bltz a0, 2f",
+    "    ld a2, 0(a2)",
+    "    li a1, 1",
+    "    j 1b",
+    "2:  li a7, {nr_exit}",
+    "    ecall",
+    "    unimp",
+    ".size __keel_ipc_load_server, . - __keel_ipc_load_server",
+    ".popsection",
+    nr_reply_recv = const Syscall::ReplyRecv as usize,
+    nr_exit = const Syscall::ThreadExit as usize,
+    echo_mask = const super::ECHO_REPLY_MASK,
+);
+
 unsafe extern "C" {
     /// See the assembly above; `patterns` has [`PROBE_PATTERNS`] entries,
     /// `out` has `PROBE_REG_NAMES.len()`.
@@ -282,6 +368,12 @@ unsafe extern "C" {
     /// Loads the word its argument points at, then yields forever; only
     /// its address is used.
     pub fn __keel_load_then_yield_forever();
+    /// Echoes every IPC message on the endpoint in its argument; only its
+    /// address is used.
+    pub fn __keel_ipc_echo_forever();
+    /// Answers every IPC message on the endpoint in its argument with the
+    /// word at the address in message word 0; only its address is used.
+    pub fn __keel_ipc_load_server();
 }
 
 /// Registers the probe reports, in order: the patterned ones, then the

@@ -57,6 +57,41 @@ raw_syscall!(/// A system call with five arguments.
 raw_syscall!(/// A system call with six arguments.
     raw6, a0 => "rdi", a1 => "rsi", a2 => "rdx", a3 => "r10", a4 => "r8", a5 => "r9");
 
+/// An IPC system call (`keel_abi::ipc`'s register convention): `number`
+/// and six arguments in; the result register and argument registers 1–5
+/// (`rsi rdx r10 r8 r9`: badge and message words 0–3 of a received
+/// message) out. `rdi` (argument 0) is declared clobbered although the
+/// ABI says the kernel leaves it.
+///
+/// # Safety
+/// As [`raw6`]; in addition the kernel may write the calling thread's IPC
+/// buffer (received words and capability tokens), which the program
+/// registered for that purpose.
+#[inline(always)]
+pub unsafe fn raw_ipc(number: usize, args: [usize; 6]) -> (isize, [usize; 5]) {
+    let ret: isize;
+    let [a0, mut a1, mut a2, mut a3, mut a4, mut a5] = args;
+    // SAFETY: the caller vouches for the call's effect on memory; every
+    // register the instruction or the kernel changes is declared, and the
+    // stack is not used.
+    unsafe {
+        asm!(
+            "syscall",
+            inlateout("rax") number as isize => ret,
+            inlateout("rdi") a0 => _,
+            inout("rsi") a1,
+            inout("rdx") a2,
+            inout("r10") a3,
+            inout("r8") a4,
+            inout("r9") a5,
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack),
+        );
+    }
+    (ret, [a1, a2, a3, a4, a5])
+}
+
 // The program entry: the kernel starts the first thread here with `rsp`
 // 16-byte aligned and the information page's address in `rdi`. The `call`
 // leaves `rsp` as the C ABI expects at a function's first instruction;
@@ -208,6 +243,65 @@ global_asm!(
     nr_exit = const Syscall::ThreadExit as usize,
 );
 
+// IPC servers for a thread in another address space (same rules as the
+// routines above: position-independent, no stack). The endpoint token is
+// the thread's argument (`rdi`), kept in `rbx`. Each loops on
+// `ReplyRecv(ep, info, words)`; the first round replies to nothing (info
+// 0). A failed `ReplyRecv` ends the thread with the (negative) error as
+// its exit code.
+// - `__keel_ipc_echo_forever` answers every message with the same label,
+//   length and register words (the info masked to label and length);
+// - `__keel_ipc_load_server` answers with one word: the word at the
+//   address in message word 0 (`rdx`) — it faults if that is unreadable.
+global_asm!(
+    ".pushsection .text.__keel_ipc_echo_forever, \"ax\", @progbits",
+    ".globl __keel_ipc_echo_forever",
+    ".hidden __keel_ipc_echo_forever",
+    ".type __keel_ipc_echo_forever, @function",
+    "__keel_ipc_echo_forever:",
+    "    mov rbx, rdi",
+    "    xor esi, esi",
+    "1:  mov rdi, rbx",
+    "    mov eax, {nr_reply_recv}",
+    "    syscall",
+    "    test rax, rax",
+    "    js 2f",
+    "    movabs rsi, {echo_mask}",
+    "    and rsi, rax",
+    "    jmp 1b",
+    "2:  mov rdi, rax",
+    "    mov eax, {nr_exit}",
+    "    syscall",
+    "    ud2",
+    ".size __keel_ipc_echo_forever, . - __keel_ipc_echo_forever",
+    ".popsection",
+    "",
+    ".pushsection .text.__keel_ipc_load_server, \"ax\", @progbits",
+    ".globl __keel_ipc_load_server",
+    ".hidden __keel_ipc_load_server",
+    ".type __keel_ipc_load_server, @function",
+    "__keel_ipc_load_server:",
+    "    mov rbx, rdi",
+    "    xor esi, esi",
+    "1:  mov rdi, rbx",
+    "    mov eax, {nr_reply_recv}",
+    "    syscall",
+    "    test rax, rax",
+    "    js 2f",
+    "    mov rdx, qword ptr [rdx]",
+    "    mov esi, 1",
+    "    jmp 1b",
+    "2:  mov rdi, rax",
+    "    mov eax, {nr_exit}",
+    "    syscall",
+    "    ud2",
+    ".size __keel_ipc_load_server, . - __keel_ipc_load_server",
+    ".popsection",
+    nr_reply_recv = const Syscall::ReplyRecv as usize,
+    nr_exit = const Syscall::ThreadExit as usize,
+    echo_mask = const super::ECHO_REPLY_MASK,
+);
+
 unsafe extern "C" {
     /// See the assembly above; `patterns` has [`PROBE_PATTERNS`] entries,
     /// `out` has `PROBE_REG_NAMES.len()`.
@@ -224,6 +318,12 @@ unsafe extern "C" {
     /// Loads the word its argument points at, then yields forever; only
     /// its address is used.
     pub fn __keel_load_then_yield_forever();
+    /// Echoes every IPC message on the endpoint in its argument; only its
+    /// address is used.
+    pub fn __keel_ipc_echo_forever();
+    /// Answers every IPC message on the endpoint in its argument with the
+    /// word at the address in message word 0; only its address is used.
+    pub fn __keel_ipc_load_server();
 }
 
 /// Registers the probe reports, in order: the patterned ones, then the

@@ -8,12 +8,15 @@
 
 mod basic;
 mod caps;
+pub mod channels;
 mod faults;
+pub mod ipc;
 mod leaks;
 mod memory;
 mod ownership;
 mod page_tables;
 mod threads;
+mod zero_copy;
 
 pub use leaks::record_baseline;
 
@@ -93,9 +96,44 @@ pub const ALL: &[Test] = &[
     test!(faults::write_to_root_info_kills_only_its_process),
     test!(faults::access_after_unmap_faults),
     test!(faults::write_after_protect_faults),
+    test!(ipc::objects_are_created_and_charged),
+    test!(ipc::calls_check_capabilities),
+    test!(ipc::malformed_messages_are_refused),
+    test!(ipc::nonblocking_calls_would_block),
+    test!(ipc::reply_without_a_call_is_refused),
+    test!(ipc::call_reply_register_words),
+    test!(ipc::call_reply_64_words_through_buffers),
+    test!(ipc::call_reply_504_words_through_buffers),
+    test!(ipc::send_recv_one_way),
+    test!(ipc::reply_recv_serves_many_calls),
+    test!(ipc::call_reply_across_address_spaces),
+    test!(ipc::queued_senders_are_served_in_order),
+    test!(ipc::badges_identify_clients),
+    test!(ipc::capabilities_are_transferred),
+    test!(ipc::memory_is_shared_through_ipc),
+    test!(ipc::blocked_sender_killed_leaves_the_queue),
+    test!(ipc::blocked_receiver_suspended_returns_an_error),
+    test!(ipc::caller_killed_before_the_reply),
+    test!(ipc::server_killed_mid_call_disconnects_the_caller),
+    test!(ipc::endpoint_deleted_under_blocked_threads),
+    test!(ipc::ipc_buffer_is_checked),
+    test!(ipc::notifications_signal_wait_poll),
+    test!(ipc::bound_notification_wakes_recv),
+    test!(ipc::fault_handler_maps_and_resumes),
+    test!(ipc::fault_handler_kills),
     test!(ownership::deleting_the_last_thread_capability_ends_it),
     test!(ownership::a_thread_is_charged_to_its_pool),
     test!(ownership::capability_spaces_cannot_hold_each_other),
+    test!(channels::channel_transfers_messages_between_threads),
+    test!(channels::channel_batches_wake_once_per_batch),
+    test!(channels::channel_back_pressure_blocks_the_producer_until_drained),
+    test!(channels::registry_register_lookup_unregister),
+    test!(channels::a_flooding_client_cannot_starve_another),
+    test!(channels::a_flooding_client_cannot_starve_another_slow_path),
+    test!(channels::a_yielding_flooding_client_cannot_starve_another),
+    test!(channels::channel_benchmarks_run),
+    test!(zero_copy::page_ranges_move_and_share_through_ipc),
+    test!(zero_copy::page_range_transfer_refuses_bad_arguments),
     test!(leaks::everything_was_returned),
 ];
 
