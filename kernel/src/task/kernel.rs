@@ -404,6 +404,4 @@ mod ipc;
 pub use ipc::{IpcOutcome, NOTIFICATION_BITS};
 
 #[cfg(test)]
-mod ipc_tests;
-#[cfg(test)]
 mod tests;

@@ -821,3 +821,6 @@ impl Kernel {
         self.notifications.remove(n.0);
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -11,7 +11,7 @@
 //! the world makes it current first (the running one goes back to the run
 //! queue, as on a preemption).
 
-use super::*;
+use super::super::*;
 use crate::cap::Dest;
 use crate::mm::pool::MemoryPool;
 use crate::mm::user::{UserAddr, copy_from_user, copy_to_user};
