@@ -344,11 +344,15 @@ mod checks {
     //! allocator.
 
     use super::*;
+    use crate::mm::KernelTables;
+    #[cfg(feature = "bench")]
     use crate::mm::frame::ZoneRequest;
     use crate::mm::paging::PageTable;
-    use crate::mm::{KernelTables, alloc_frames, free_frames};
+    #[cfg(feature = "bench")]
+    use crate::mm::{alloc_frames, free_frames};
 
     /// All root entries of a user tree belong to it.
+    #[cfg(feature = "bench")]
     const USER_ROOT_ENTRIES: Range<usize> = 0..512;
 
     #[cfg(feature = "ktest")]

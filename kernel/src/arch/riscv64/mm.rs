@@ -366,8 +366,11 @@ mod checks {
     use super::*;
     #[cfg(feature = "ktest")]
     use crate::arch::tests::with_user_page;
+    use crate::mm::KernelTables;
+    #[cfg(feature = "bench")]
+    use crate::mm::alloc_frames;
+    #[cfg(feature = "bench")]
     use crate::mm::frame::ZoneRequest;
-    use crate::mm::{KernelTables, alloc_frames};
     #[cfg(feature = "ktest")]
     use crate::trap::TrapCause;
 
