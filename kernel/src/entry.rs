@@ -160,6 +160,7 @@ pub fn on_user_fault(fault: UserFault) -> *const UserRegs {
             pc: pc as u64,
         };
         if k.send_fault(cur, msg) {
+            k.collect();
             return r.next(After::Block);
         }
         kprintln!("keel: user fault in thread {cur}: {fault} at pc {pc:#x}; killing its process");

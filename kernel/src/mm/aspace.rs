@@ -602,15 +602,23 @@ impl<M: Machine> AddressSpace<M> {
         if end > r.end {
             return Err(Error::BadAddress);
         }
-        if r.object.backing() != Backing::Anonymous || r.object.spaces() != 1 {
+        // Only this mapping may reach the pages: another (here or in
+        // another space) would keep the moved frames, or write under the
+        // copy-on-write snapshot.
+        let views = self
+            .regions
+            .iter()
+            .filter(|x| KArc::ptr_eq(&x.object, &r.object))
+            .count();
+        if r.object.backing() != Backing::Anonymous || r.object.spaces() != 1 || views != 1 {
             return Err(Error::InvalidState);
         }
         let offset = r.offset + (va - r.start) / PAGE;
         let attr = r.attr;
-        // Unmapping part of a region may split it in two: room first, so
+        // Unmapping the middle of a region splits it twice: room first, so
         // that nothing can fail once the frames have moved.
         self.regions
-            .try_reserve(1)
+            .try_reserve(2)
             .map_err(|_| Error::OutOfMemory)?;
         let r = self
             .regions

@@ -70,6 +70,11 @@ pub enum Blocked {
         /// The notification.
         n: NotificationId,
     },
+    /// Nothing: its fault cannot be answered (its handler went away), and
+    /// its process is killed when the current call is done (in the
+    /// kernel's doomed queue until then; killing it at once, in the middle
+    /// of an IPC operation, could strand that operation's threads).
+    Doomed,
 }
 
 /// A fault waiting to be delivered to, or answered by, a fault handler.

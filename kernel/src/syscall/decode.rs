@@ -577,7 +577,11 @@ pub(super) fn decode(
             let [ep_raw, info_raw, ..] = a;
             let reply = call == Syscall::ReplyRecv;
             let info = if reply {
-                message_info(k, caller, info_raw)?
+                let info = message_info(k, caller, info_raw)?;
+                if info.caps() > 0 {
+                    check_caps(k, caller, cs, info.caps())?;
+                }
+                info
             } else {
                 MsgInfo(info_raw as u64)
             };
@@ -594,7 +598,10 @@ pub(super) fn decode(
             }
         }
         Syscall::Reply => {
-            message_info(k, caller, a[1])?;
+            let info = message_info(k, caller, a[1])?;
+            if info.caps() > 0 {
+                check_caps(k, caller, cs, info.caps())?;
+            }
             Call::Reply
         }
         Syscall::Signal => {

@@ -13,6 +13,7 @@ use crate::arch::UserRegs;
 use crate::arena::Arena;
 use crate::cap::{CSpaceId, CapSystem, Progress};
 use crate::mm::kref::{KArc, try_box};
+use crate::object::endpoint::Waiting;
 use crate::object::{
     AddressSpaceObject, Endpoint, EndpointId, Home, KObject, Notification, NotificationId, Orphan,
     Orphans, Thread, ThreadId, thread::State,
@@ -30,6 +31,8 @@ pub struct Kernel {
     notifications: Arena<Notification>,
     sched: Scheduler<ThreadId>,
     orphans: KArc<Orphans>,
+    /// Faulted threads whose processes die after the current call.
+    doomed: Waiting,
     loaded: Option<KArc<AddressSpaceObject>>,
     root: Option<CSpaceId>,
     /// Live threads of the root task.
@@ -60,6 +63,7 @@ impl Kernel {
             notifications: Arena::new(),
             sched: Scheduler::new(),
             orphans: Orphans::new()?,
+            doomed: Waiting::default(),
             loaded: None,
             root: None,
             root_threads: 0,
@@ -278,14 +282,22 @@ impl Kernel {
     /// may release the last references to more).
     #[inline]
     pub fn collect(&mut self) {
-        if self.orphans.pending() {
+        if self.orphans.pending() || self.doomed.head.is_some() {
             self.collect_all();
         }
     }
 
     #[inline(never)]
     fn collect_all(&mut self) {
-        while let Some(orphan) = self.orphans.next() {
+        loop {
+            // Ending either may queue more of the other.
+            self.kill_doomed();
+            let Some(orphan) = self.orphans.next() else {
+                if self.doomed.head.is_none() {
+                    return;
+                }
+                continue;
+            };
             match orphan {
                 Orphan::CSpace(id) => self.kill_process(id),
                 // Gone already if it exited or was killed.

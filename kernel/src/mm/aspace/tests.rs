@@ -712,6 +712,17 @@ fn a_page_range_moves_or_is_shared_copy_on_write() {
         a.split_off(BASE + 16 * PAGE, 1, false, None).err(),
         Some(Error::InvalidState)
     );
+    // Nor from under a second view in the same space (it would keep the
+    // moved frames, or write under the snapshot).
+    let twice = Object::anonymous(1, false).unwrap();
+    a.map(BASE + 20 * PAGE, twice.clone(), 0, 1, RW).unwrap();
+    a.map(BASE + 24 * PAGE, twice, 0, 1, RW).unwrap();
+    for take in [true, false] {
+        assert_eq!(
+            a.split_off(BASE + 20 * PAGE, 1, take, None).err(),
+            Some(Error::InvalidState)
+        );
+    }
     drop((a, b));
     assert_eq!(p.available(), 64, "credited when the objects went");
     assert_eq!(frames_in_use(), before);

@@ -55,6 +55,8 @@ pub const NOTIFICATION_BITS: u64 = u64::MAX >> 1;
 pub(super) enum Queue {
     Endpoint(EndpointId),
     Notification(NotificationId),
+    /// Faulted threads whose processes die after the current call.
+    Doomed,
 }
 
 /// Which side of a delivery failed.
@@ -85,6 +87,7 @@ impl Kernel {
         match q {
             Queue::Endpoint(ep) => self.endpoints.get_mut(ep.0).map(|e| &mut e.queue),
             Queue::Notification(n) => self.notifications.get_mut(n.0).map(|n| &mut n.waiters),
+            Queue::Doomed => Some(&mut self.doomed),
         }
     }
 
@@ -175,6 +178,7 @@ impl Kernel {
             Blocked::Send { ep, .. } => (Queue::Endpoint(ep), Side::Send),
             Blocked::Recv { ep } => (Queue::Endpoint(ep), Side::Recv),
             Blocked::Wait { n } => (Queue::Notification(n), Side::Idle),
+            Blocked::Doomed => (Queue::Doomed, Side::Idle),
             Blocked::Reply { .. } => return,
         };
         if let (Queue::Endpoint(ep), side) = q
@@ -207,6 +211,7 @@ impl Kernel {
         match why {
             Blocked::Send { ep, .. } | Blocked::Recv { ep } => self.unlink(Queue::Endpoint(ep), id),
             Blocked::Wait { n } => self.unlink(Queue::Notification(n), id),
+            Blocked::Doomed => self.unlink(Queue::Doomed, id),
             Blocked::Reply { .. } => {}
         }
     }
@@ -216,15 +221,37 @@ impl Kernel {
     fn fail(&mut self, id: ThreadId, e: Error) {
         self.unqueue(id);
         let Ok(t) = self.thread_mut(id) else { return };
-        if let Some(f) = t.ipc.fault {
-            let cspace = t.home().id();
+        if t.ipc.fault.is_some() {
             kprintln!("keel: fault of thread {id} unanswered ({e:?}); killing its process");
-            self.note_exit(cspace, -(f.code as isize));
-            self.kill_process(cspace);
+            self.doom(id);
             return;
         }
         t.regs_mut().set_result(e.to_return_value());
         self.wake(id);
+    }
+
+    /// Queues faulted thread `id` (out of every other queue) for the
+    /// death of its process after the current call (`collect`).
+    fn doom(&mut self, id: ThreadId) {
+        self.unqueue(id);
+        self.block(id, Blocked::Doomed);
+    }
+
+    /// Kills the processes of the doomed threads (see [`Blocked::Doomed`]).
+    pub(super) fn kill_doomed(&mut self) {
+        while let Some(t) = self.doomed.head {
+            let Ok(th) = self.thread(t) else {
+                // Cannot happen: a dying thread leaves the queue.
+                self.doomed = Waiting::default();
+                return;
+            };
+            let (cspace, code) = (th.home().id(), th.ipc.fault.map_or(6, |f| f.code));
+            self.note_exit(cspace, -(code as isize));
+            self.kill_process(cspace);
+            if self.doomed.head == Some(t) {
+                self.unlink(Queue::Doomed, t);
+            }
+        }
     }
 
     /// Cancels the IPC of a thread being suspended: it leaves its queue,
@@ -583,11 +610,11 @@ impl Kernel {
             return Err(Error::Disconnected);
         }
         let msg = self.message_of(cur)?;
-        if let Some(f) = self.thread(c)?.ipc.fault {
+        if self.thread(c)?.ipc.fault.is_some() {
             if msg.info.label() == FAULT_KILL {
-                let cspace = self.thread(c)?.home().id();
-                self.note_exit(cspace, -(f.code as isize));
-                self.kill_process(cspace);
+                // Killed after this call: it may be this thread's own
+                // process, and a `ReplyRecv` goes on to receive.
+                self.doom(c);
             } else {
                 self.thread_mut(c)?.ipc.fault = None;
                 self.wake(c);

@@ -282,6 +282,7 @@ impl World {
         if !self.k.send_fault(t, f) {
             return false;
         }
+        self.k.collect();
         let _ = self.k.schedule(After::Block);
         true
     }
@@ -1695,4 +1696,83 @@ fn the_equivalence_test_exercises_the_fast_path() {
     ];
     let hits = equivalence([9, 10, 11, 12], &steps).unwrap();
     assert_eq!(hits, 4, "every call and reply took the fast path");
+}
+
+// ---- Regressions: faulted threads whose handler gives them up die only
+// after the call that gave them up, so that call's threads are not lost.
+
+#[test]
+fn a_fault_given_up_for_a_call_from_its_own_process_leaves_other_senders_queued() {
+    for fast in [false, true] {
+        let (mut w, ep, h, f, p) = fault_world(fast);
+        let ep_in_p = w.grant(ep, &p, Rights::ALL);
+        let s1 = w.thread_in(&p, 10);
+        let s2 = w.thread(10);
+        assert_eq!(w.sys(h, Syscall::Recv, recv(ep)), None);
+        assert!(w.fault(f, PAGE_FAULT));
+        assert_eq!(
+            w.sys(s1, Syscall::Call, msg(ep_in_p, info(1, &[1]), &[1])),
+            None
+        );
+        assert_eq!(w.sys(s2, Syscall::Call, msg(ep, info(2, &[2]), &[2])), None);
+        // The handler takes s1's call without answering f: f's process,
+        // s1's too, dies after the call; s2 still waits in the queue.
+        assert!(w.sys(h, Syscall::Recv, recv(ep)).is_some());
+        assert!(w.k.thread(f).is_err() && w.k.thread(s1).is_err());
+        assert!(w.k.caps.space(p.id()).is_err());
+        let e = w.ep_id(ep);
+        assert_eq!(w.queue(e), (Side::Send, alloc::vec![s2]));
+        assert_eq!(w.blocked(s2), Some(Blocked::Send { ep: e, call: true }));
+        assert!(w.sys(h, Syscall::Recv, recv(ep)).is_some(), "s2 is served");
+        assert_eq!(w.got(h).words[0], 2);
+    }
+}
+
+/// A server `s` in process `p` that is also `p`'s fault handler, holding
+/// the fault of `f` (in `p`); `c`, a client in the root process.
+fn handler_in_its_own_process(fast: bool) -> (World, [usize; 2], ThreadId, ThreadId, ThreadId) {
+    let mut w = world(fast);
+    let ep = w.endpoint();
+    let (p, _) = w.process();
+    let ep_in_p = w.grant(ep, &p, Rights::ALL);
+    let s = w.thread_in(&p, 10);
+    let f = w.thread_in(&p, 10);
+    let tf = w.token_of(f);
+    w.admin(Syscall::ThreadSetFaultHandler, &[tf, ep]);
+    assert_eq!(w.sys(s, Syscall::Recv, recv(ep_in_p)), None);
+    assert!(w.fault(f, PAGE_FAULT));
+    assert_eq!(w.blocked(f), Some(Blocked::Reply { server: s }));
+    let c = w.thread(10);
+    (w, [ep, ep_in_p], s, f, c)
+}
+
+#[test]
+fn a_caller_of_a_handler_that_dies_with_the_fault_it_gave_up_is_disconnected() {
+    for fast in [false, true] {
+        let (mut w, [ep, ep_in_p], s, f, c) = handler_in_its_own_process(fast);
+        // s waits again without answering f; c's call reaches s, which
+        // gives f up: f's process, s's own, dies after the call.
+        assert_eq!(w.sys(s, Syscall::Recv, recv(ep_in_p)), None);
+        // The process ends when the call is done, and c learns it then.
+        let got = w.sys(c, Syscall::Call, msg(ep, info(1, &[1]), &[1]));
+        assert_eq!(got, Some(Err(Error::Disconnected)));
+        assert!(w.k.thread(s).is_err() && w.k.thread(f).is_err());
+        assert_eq!(w.result(c), Some(Err(Error::Disconnected)), "never a hang");
+    }
+}
+
+#[test]
+fn fault_kill_of_the_handlers_own_process_in_reply_recv_disconnects_its_next_caller() {
+    for fast in [false, true] {
+        let (mut w, [ep, ep_in_p], s, f, c) = handler_in_its_own_process(fast);
+        // c queues while s is busy with the fault.
+        assert_eq!(w.sys(c, Syscall::Call, msg(ep, info(1, &[1]), &[1])), None);
+        let kill = msg(ep_in_p, MsgInfo::new(FAULT_KILL, 0, 0), &[]);
+        assert!(w.sys(s, Syscall::ReplyRecv, kill).is_some() || w.k.thread(s).is_err());
+        assert!(
+            w.k.thread(s).is_err() && w.k.thread(f).is_err(),
+            "the process died"
+        );
+        assert_eq!(w.result(c), Some(Err(Error::Disconnected)), "never a hang");
+    }
 }
