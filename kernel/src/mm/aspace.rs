@@ -629,19 +629,25 @@ impl<M: Machine> AddressSpace<M> {
             // Cannot fail for lack of memory: unmapping only frees tables.
             self.unmap(va, pages)?;
         } else if attr.contains(Attr::WRITE) {
-            let mut t = M::tables();
-            for page in (va..end).step_by(PAGE) {
-                if self.table.translate(&t, page).is_some()
-                    && self
-                        .table
-                        .protect(&mut t, page, (attr - Attr::WRITE) | Attr::USER)
-                        .is_ok()
-                {
-                    Self::flush(&mut self.tag, self.table.root(), page);
-                }
-            }
+            self.write_protect(va, end, attr);
         }
         Ok(new)
+    }
+
+    /// Write-protects the mapped pages of `[start, end)` (mapped with
+    /// `attr`), whose frames became shared copy-on-write.
+    fn write_protect(&mut self, start: usize, end: usize, attr: Attr) {
+        let mut t = M::tables();
+        for page in (start..end).step_by(PAGE) {
+            if self.table.translate(&t, page).is_some()
+                && self
+                    .table
+                    .protect(&mut t, page, (attr - Attr::WRITE) | Attr::USER)
+                    .is_ok()
+            {
+                Self::flush(&mut self.tag, self.table.root(), page);
+            }
+        }
     }
 
     /// A copy of this space for fork: private anonymous memory becomes
@@ -682,17 +688,7 @@ impl<M: Machine> AddressSpace<M> {
                 max,
             });
             if private && attr.contains(Attr::WRITE) {
-                let mut t = M::tables();
-                for page in (start..end).step_by(PAGE) {
-                    if self.table.translate(&t, page).is_some()
-                        && self
-                            .table
-                            .protect(&mut t, page, (attr - Attr::WRITE) | Attr::USER)
-                            .is_ok()
-                    {
-                        Self::flush(&mut self.tag, self.table.root(), page);
-                    }
-                }
+                self.write_protect(start, end, attr);
             }
         }
         Ok(child)

@@ -19,7 +19,7 @@ use crate::task::Kernel;
 use crate::task::NOTIFICATION_BITS;
 use alloc::boxed::Box;
 use keel_abi::cap::{CapToken, NO_BADGE, ObjectType, Rights};
-use keel_abi::ipc::{CAPS_OFFSET, MsgInfo, REGISTER_WORDS};
+use keel_abi::ipc::{MsgInfo, REGISTER_WORDS};
 use keel_abi::syscall::{MEM_EAGER, PROT_EXEC, PROT_WRITE, RANGE_COW, RANGE_MOVE, SystemInfoKey};
 use keel_abi::{Error, Syscall};
 
@@ -220,20 +220,8 @@ fn message_info(k: &Kernel, caller: ThreadId, raw: usize) -> Result<MsgInfo, Err
 /// The capabilities a sender lists in its IPC buffer: each must exist and
 /// have `GRANT`.
 fn check_caps(k: &Kernel, caller: ThreadId, cs: CSpaceId, n: usize) -> Result<(), Error> {
-    let t = k.thread(caller)?;
-    let mut raw = [0u8; 8 * keel_abi::ipc::MAX_CAPS];
-    let tokens = raw.get_mut(..8 * n).ok_or(Error::InvalidArgument)?;
-    copy_from_user(
-        &mut t.space().lock(),
-        UserAddr::new(t.ipc.buffer + CAPS_OFFSET),
-        tokens,
-    )?;
-    for chunk in tokens.chunks_exact(8) {
-        let mut b = [0u8; 8];
-        b.copy_from_slice(chunk);
-        let c = k
-            .caps
-            .lookup(cs, CapToken::from_raw(u64::from_ne_bytes(b)))?;
+    for token in k.sent_caps(caller, n)? {
+        let c = k.caps.lookup(cs, token)?;
         if !c.rights().contains(Rights::GRANT) {
             return Err(Error::AccessDenied);
         }
@@ -530,20 +518,15 @@ pub(super) fn decode(
         Syscall::EndpointCreate | Syscall::NotificationCreate => {
             let pool = cap::<KArc<MemoryPool>>(k, cs, a[0], Rights::WRITE)?;
             let slot = k.caps.reserve_slot(cs)?;
-            let endpoint = call == Syscall::EndpointCreate;
-            let (ep, n) = if endpoint {
-                (Some(k.reserve_endpoint()?), None)
+            // Each reference owns the charge from when it is made.
+            let object = if call == Syscall::EndpointCreate {
+                let id = k.reserve_endpoint()?;
+                pool.charge(ENDPOINT_PAGES)?;
+                KObject::Endpoint(EndpointRef::new(k.orphans(), id, Some(pool))?)
             } else {
-                (None, Some(k.reserve_notification()?))
-            };
-            pool.charge(ENDPOINT_PAGES)?;
-            // From here the reference owns the charge.
-            let object = match (ep, n) {
-                (Some(ep), _) => KObject::Endpoint(EndpointRef::new(k.orphans(), ep, Some(pool))?),
-                (_, Some(n)) => {
-                    KObject::Notification(NotificationRef::new(k.orphans(), n, Some(pool))?)
-                }
-                _ => return Err(Error::InvalidState),
+                let id = k.reserve_notification()?;
+                pool.charge(ENDPOINT_PAGES)?;
+                KObject::Notification(NotificationRef::new(k.orphans(), id, Some(pool))?)
             };
             Call::IpcObject {
                 cspace: cs,

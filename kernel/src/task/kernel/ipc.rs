@@ -359,7 +359,7 @@ impl Kernel {
             }
             self.copy_words(s, sb, r, rb, len)?;
             if ncaps > 0 {
-                received = self.transfer_caps(s, sb, r, rb, ncaps, msg.grant)?;
+                received = self.transfer_caps(s, r, rb, ncaps, msg.grant)?;
             }
         }
         let mut info = MsgInfo::new(msg.info.label(), len, received.len());
@@ -407,7 +407,6 @@ impl Kernel {
     fn transfer_caps(
         &mut self,
         s: ThreadId,
-        sb: usize,
         r: ThreadId,
         rb: usize,
         n: usize,
@@ -420,18 +419,8 @@ impl Kernel {
             return Err(Fail::Sender(Error::InvalidState));
         };
         let (from, to) = (st.home().id(), rt.home().id());
-        let (to_depth, from_space, to_space) =
-            (rt.home().depth(), st.space().clone(), rt.space().clone());
-        let mut raw = [0u8; 8 * MAX_CAPS];
-        let tokens = raw
-            .get_mut(..8 * n)
-            .ok_or(Fail::Sender(Error::InvalidArgument))?;
-        copy_from_user(
-            &mut from_space.lock(),
-            UserAddr::new(sb + CAPS_OFFSET),
-            tokens,
-        )
-        .map_err(Fail::Sender)?;
+        let (to_depth, to_space) = (rt.home().depth(), rt.space().clone());
+        let tokens = self.sent_caps(s, n).map_err(Fail::Sender)?;
         // The receiver's buffer must take the tokens before anything moves.
         copy_to_user(
             &mut to_space.lock(),
@@ -440,10 +429,7 @@ impl Kernel {
         )
         .map_err(Fail::Receiver)?;
         let mut out = ArrayVec::<u64, MAX_CAPS>::new();
-        for chunk in raw.chunks_exact(8).take(n) {
-            let mut b = [0u8; 8];
-            b.copy_from_slice(chunk);
-            let token = CapToken::from_raw(u64::from_ne_bytes(b));
+        for token in tokens {
             match self.grant_one(from, token, to, to_depth) {
                 Ok(t) => out.push(t.raw()),
                 Err(f) => {
@@ -465,6 +451,24 @@ impl Kernel {
             &bytes,
         );
         Ok(out)
+    }
+
+    /// The tokens of the `n` capabilities thread `t` lists in its IPC
+    /// buffer to send.
+    pub fn sent_caps(&self, t: ThreadId, n: usize) -> Result<ArrayVec<CapToken, MAX_CAPS>, Error> {
+        let th = self.thread(t)?;
+        let mut raw = [0u8; 8 * MAX_CAPS];
+        let bytes = raw.get_mut(..8 * n).ok_or(Error::InvalidArgument)?;
+        let at = UserAddr::new(th.ipc.buffer + CAPS_OFFSET);
+        copy_from_user(&mut th.space().lock(), at, bytes)?;
+        Ok(bytes
+            .chunks_exact(8)
+            .map(|c| {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(c);
+                CapToken::from_raw(u64::from_ne_bytes(b))
+            })
+            .collect())
     }
 
     fn grant_one(
