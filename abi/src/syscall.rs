@@ -153,15 +153,19 @@ pub enum SystemInfoKey {
     /// The cycle counter (instructions under QEMU `-icount`).
     Cycles = 3,
     PageSize = 4,
+    /// The monotonic clock in nanoseconds since boot (0 if the kernel
+    /// found no clock rate).
+    MonotonicNs = 5,
 }
 
 impl SystemInfoKey {
-    pub const ALL: [SystemInfoKey; 5] = [
+    pub const ALL: [SystemInfoKey; 6] = [
         SystemInfoKey::CpuCount,
         SystemInfoKey::TotalFrames,
         SystemInfoKey::FreeFrames,
         SystemInfoKey::Cycles,
         SystemInfoKey::PageSize,
+        SystemInfoKey::MonotonicNs,
     ];
 }
 

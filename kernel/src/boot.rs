@@ -48,6 +48,11 @@ pub fn kernel_main(info: Result<BootInfo<'_>, BootInfoError>) -> ! {
     }
     crate::mm::user::init();
     crate::mm::print_stats();
+    crate::time::init(crate::arch::clock_hz(&info));
+    match crate::time::hz() {
+        0 => kprintln!("clock: rate unknown; the monotonic clock reads 0"),
+        hz => kprintln!("clock: {}.{:03} MHz", hz / 1_000_000, hz / 1_000 % 1_000),
+    }
 
     if cfg!(feature = "ktest") && cmdline.crash_stack {
         kprintln!("overflowing the kernel stack on purpose (crash=stack)");

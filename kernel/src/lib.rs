@@ -41,6 +41,8 @@ pub mod sched;
 pub mod syscall;
 pub mod task;
 #[cfg(any(test, target_os = "none"))]
+pub mod time;
+#[cfg(any(test, target_os = "none"))]
 pub mod trap;
 
 #[cfg(target_os = "none")]

@@ -92,6 +92,20 @@ pub fn cycle_counter() -> u64 {
     COUNTER.fetch_add(1, Ordering::Relaxed) + 1
 }
 
+/// A clock of 1 GHz: nanoseconds since the first read, from the host.
+pub fn clock_ticks() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_nanos() as u64
+}
+
+/// The host clock's rate: 1 GHz.
+pub fn clock_hz(_info: &crate::bootinfo::BootInfo<'_>) -> Option<u64> {
+    Some(1_000_000_000)
+}
+
 /// Records a breakpoint trap at [`breakpoint_site`] and returns, as the
 /// trap handler does on the machine.
 pub fn breakpoint() {

@@ -24,6 +24,12 @@
 //! - `fn cycle_counter() -> u64` — a cheap monotonic counter that advances
 //!   once per guest instruction under QEMU `-icount shift=0` (TSC, PMCCNTR_EL0,
 //!   `instret`).
+//! - `fn clock_ticks() -> u64` — the monotonic clock counter, advancing at
+//!   a constant rate whatever the CPU does (TSC, CNTVCT_EL0, the `time`
+//!   CSR); `fn clock_hz(info) -> Option<u64>` — its rate in Hz, from the
+//!   CPU (CPUID leaves 0x15/0x16, CNTFRQ_EL0), the firmware
+//!   (`BootInfo::timebase_hz`) or a measurement (against the x86 PIT);
+//!   called once at boot, before any interrupt source is enabled.
 //! - `fn breakpoint()` — executes the architecture's breakpoint instruction
 //!   at `breakpoint_site`; the trap handler records a
 //!   [`crate::trap::TrapCause::Breakpoint`] with `crate::trap::record` and
@@ -138,6 +144,8 @@ macro_rules! contract {
             asid_count,
             breakpoint,
             breakpoint_site,
+            clock_hz,
+            clock_ticks,
             console_write,
             cycle_counter,
             device_windows,
@@ -213,6 +221,8 @@ const _: () = {
     let _: fn(i32) -> ! = exit;
     let _: fn() -> ! = halt;
     let _: fn() -> u64 = cycle_counter;
+    let _: fn() -> u64 = clock_ticks;
+    let _: fn(&crate::bootinfo::BootInfo<'_>) -> Option<u64> = clock_hz;
     let _: fn() = breakpoint;
     let _: fn() -> usize = breakpoint_site;
     let _: fn(usize) -> Result<u8, crate::trap::TrapRecord> = probe_read;

@@ -518,3 +518,22 @@ crate::ktest!(
         Ok(())
     }
 );
+
+crate::ktest!(
+    fn the_clock_has_a_plausible_rate_and_runs_forward() {
+        let hz = crate::time::hz();
+        kassert!(
+            (1_000_000..=10_000_000_000).contains(&hz),
+            "clock rate {hz} Hz"
+        );
+        let (a, ta) = (crate::arch::clock_ticks(), crate::time::now_ns());
+        let mut spin = 0u64;
+        while crate::arch::clock_ticks() == a {
+            spin += 1;
+            kassert!(spin < 100_000_000, "the clock counter does not advance");
+        }
+        let tb = crate::time::now_ns();
+        kassert!(tb >= ta, "now_ns went back from {ta} to {tb}");
+        Ok(())
+    }
+);

@@ -271,6 +271,7 @@ pub fn parse<'a>(
     let mut cmdline = "";
     let (mut initrd_start, mut initrd_end) = (None, None);
     let mut cpus = 0usize;
+    let mut timebase_hz = None;
     // `None` once there were too many NUMA ranges to keep.
     let mut numa_raw: Option<ArrayVec<NumaRange, { numa::MAX_RAW_NUMA_RANGES }>> =
         Some(ArrayVec::new());
@@ -376,6 +377,11 @@ pub fn parse<'a>(
                             node.role == Role::TopLevel && cstr(value) == Some("memory")
                     }
                     "status" => node.enabled = matches!(cstr(value), Some("okay" | "ok")),
+                    // In `/cpus` (or, on some boards, each `cpu`): the
+                    // first one found is taken.
+                    "timebase-frequency" if matches!(node.role, Role::Cpus | Role::Cpu) => {
+                        timebase_hz = timebase_hz.or(prop_u32_or_u64(value)).filter(|&hz| hz > 0);
+                    }
                     "bootargs" if node.role == Role::Chosen => {
                         let text = value.split(|&b| b == 0).next().unwrap_or(&[]);
                         cmdline = core::str::from_utf8(text)
@@ -429,6 +435,7 @@ pub fn parse<'a>(
         cmdline,
         cpu_count: cpus.max(1),
         numa,
+        timebase_hz,
     })
 }
 
@@ -476,6 +483,7 @@ mod tests {
         let cpus_node = w.begin_node("cpus").unwrap();
         w.property_u32("#address-cells", 1).unwrap();
         w.property_u32("#size-cells", 0).unwrap();
+        w.property_u32("timebase-frequency", 10_000_000).unwrap();
         for i in 0..cpus {
             let cpu = w.begin_node(&format!("cpu@{i}")).unwrap();
             w.property_string("device_type", "cpu").unwrap();
@@ -509,6 +517,7 @@ mod tests {
         let info = parse(&blob, "devicetree", &[KERNEL]).unwrap();
         assert_eq!(info.cmdline, "log=debug");
         assert_eq!(info.cpu_count, 2);
+        assert_eq!(info.timebase_hz, Some(10_000_000));
         assert_eq!(kinds_at(&info, 0x4000_0000), Some(RegionKind::Usable));
         assert_eq!(kinds_at(&info, 0x4020_0000), Some(RegionKind::Kernel));
         assert_eq!(kinds_at(&info, 0x4400_0000), Some(RegionKind::BootModule));

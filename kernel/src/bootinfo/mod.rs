@@ -273,6 +273,10 @@ pub struct BootInfo<'a> {
     /// NUMA node of each memory range (ACPI SRAT, device-tree
     /// `numa-node-id`); empty when the firmware describes none (one node).
     pub numa: NumaMap,
+    /// Frequency of the architecture's clock counter in Hz, where the
+    /// firmware states it (device tree `/cpus/timebase-frequency`, which
+    /// RISC-V's `time` counter runs at); `None` otherwise.
+    pub timebase_hz: Option<u64>,
 }
 
 #[cfg(test)]

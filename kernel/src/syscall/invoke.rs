@@ -269,5 +269,6 @@ fn system_info(k: &Kernel, key: SystemInfoKey) -> usize {
         SystemInfoKey::FreeFrames => stats().1 as usize,
         SystemInfoKey::Cycles => crate::arch::cycle_counter() as usize,
         SystemInfoKey::PageSize => crate::mm::object::PAGE,
+        SystemInfoKey::MonotonicNs => crate::time::now_ns() as usize,
     }
 }

@@ -60,8 +60,8 @@ impl Outcome {
 }
 
 /// The calls answered from their registers alone, without the kernel
-/// lock or the caller's TCB: `SystemInfo` of constants and the cycle
-/// counter. `None`: the call needs the kernel.
+/// lock or the caller's TCB: `SystemInfo` of constants, the cycle counter
+/// and the clock. `None`: the call needs the kernel.
 pub fn light(number: usize, args: [usize; 6]) -> Option<isize> {
     if number != Syscall::SystemInfo as usize {
         return None;
@@ -69,6 +69,7 @@ pub fn light(number: usize, args: [usize; 6]) -> Option<isize> {
     match SystemInfoKey::try_from(args[0]).ok()? {
         SystemInfoKey::PageSize => Some(crate::mm::object::PAGE as isize),
         SystemInfoKey::Cycles => Some(crate::arch::cycle_counter() as isize),
+        SystemInfoKey::MonotonicNs => Some(crate::time::now_ns() as isize),
         _ => None,
     }
 }

@@ -51,6 +51,11 @@ const BENCHES: &[Bench] = &[
         func: null_syscall,
     },
     Bench {
+        name: "clock_read_monotonic_ns",
+        iters: 1000,
+        func: clock_read,
+    },
+    Bench {
         name: "cap_identify",
         iters: 1000,
         func: cap_lookup,
@@ -181,6 +186,14 @@ fn pool() -> Result<CapToken, Error> {
 fn null_syscall(iters: u64) -> Result<Option<u64>, Error> {
     for _ in 0..iters {
         core::hint::black_box(system_info(SystemInfoKey::PageSize)?);
+    }
+    Ok(None)
+}
+
+/// Reading the monotonic clock: `SystemInfo(MonotonicNs)`.
+fn clock_read(iters: u64) -> Result<Option<u64>, Error> {
+    for _ in 0..iters {
+        core::hint::black_box(system_info(SystemInfoKey::MonotonicNs)?);
     }
     Ok(None)
 }

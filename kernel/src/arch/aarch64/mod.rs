@@ -119,6 +119,22 @@ fn enable_cycle_counter() {
     PMU_CYCLES.store(true, Ordering::Relaxed);
 }
 
+/// The clock counter: the virtual count (CNTVCT_EL0).
+pub fn clock_ticks() -> u64 {
+    let v: u64;
+    // SAFETY: CNTVCT_EL0 is readable at EL1 (CNTHCTL_EL2 set at boot).
+    unsafe { asm!("isb", "mrs {}, cntvct_el0", out(reg) v, options(nostack, preserves_flags)) };
+    v
+}
+
+/// The clock's rate: CNTFRQ_EL0, which firmware sets (0 if it did not).
+pub fn clock_hz(_info: &crate::bootinfo::BootInfo<'_>) -> Option<u64> {
+    let hz: u64;
+    // SAFETY: reading CNTFRQ_EL0 has no side effects.
+    unsafe { asm!("mrs {}, cntfrq_el0", out(reg) hz, options(nomem, nostack, preserves_flags)) };
+    (hz != 0).then_some(hz)
+}
+
 /// The PMU cycle counter (PMCCNTR_EL0), which QEMU advances once per guest
 /// instruction under `-icount shift=0`; the generic-timer count on CPUs
 /// without a PMU.

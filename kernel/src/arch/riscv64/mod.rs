@@ -91,6 +91,16 @@ pub fn halt() -> ! {
     }
 }
 
+/// The clock counter: the `time` CSR.
+pub fn clock_ticks() -> u64 {
+    riscv::register::time::read() as u64
+}
+
+/// The clock's rate: the device tree's `timebase-frequency`.
+pub fn clock_hz(info: &crate::bootinfo::BootInfo<'_>) -> Option<u64> {
+    info.timebase_hz
+}
+
 /// The `instret` counter: retired instructions, which under QEMU
 /// `-icount shift=0` is also the virtual clock. OpenSBI enables S-mode
 /// access in `mcounteren`.

@@ -431,5 +431,6 @@ fn boot_info(magic: u32, info: u32) -> Result<BootInfo<'static>, BootInfoError> 
         cmdline: mb.cmdline,
         cpu_count,
         numa,
+        timebase_hz: None,
     })
 }

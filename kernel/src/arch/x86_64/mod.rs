@@ -87,6 +87,68 @@ pub fn halt() -> ! {
     }
 }
 
+/// The clock counter: the TSC (invariant on the CPUs Keel targets, and in
+/// QEMU).
+pub fn clock_ticks() -> u64 {
+    cycle_counter()
+}
+
+/// The TSC's rate: CPUID leaf 0x15 (crystal clock and TSC ratio) or 0x16
+/// (base frequency) where the CPU reports them, else measured against the
+/// PIT (channel 2, gated through port 0x61, ~10 ms; the PIT is unused
+/// otherwise and left stopped).
+pub fn clock_hz(_info: &crate::bootinfo::BootInfo<'_>) -> Option<u64> {
+    let max = core::arch::x86_64::__cpuid(0).eax;
+    if max >= 0x15 {
+        let l = core::arch::x86_64::__cpuid(0x15);
+        if l.eax != 0 && l.ebx != 0 && l.ecx != 0 {
+            return Some(u64::from(l.ecx) * u64::from(l.ebx) / u64::from(l.eax));
+        }
+    }
+    if max >= 0x16 {
+        let mhz = core::arch::x86_64::__cpuid(0x16).eax & 0xffff;
+        if mhz != 0 {
+            return Some(u64::from(mhz) * 1_000_000);
+        }
+    }
+    pit_measure()
+}
+
+/// Counts TSC ticks over 11,932 PIT ticks (10.0 ms at 1,193,182 Hz).
+fn pit_measure() -> Option<u64> {
+    use x86_64::instructions::port::Port;
+    const PIT_HZ: u64 = 1_193_182;
+    const COUNT: u16 = 11_932;
+    let (mut gate, mut mode, mut ch2) = (
+        Port::<u8>::new(0x61),
+        Port::<u8>::new(0x43),
+        Port::<u8>::new(0x42),
+    );
+    // SAFETY: ports 0x61 (speaker/gate), 0x43 (PIT mode) and 0x42 (PIT
+    // channel 2) belong to the PIT, which nothing else uses; the speaker
+    // output stays off.
+    unsafe {
+        let g = gate.read();
+        gate.write((g & !0x02) | 0x01);
+        mode.write(0b1011_0000); // channel 2, lo/hi byte, mode 0, binary
+        ch2.write((COUNT & 0xff) as u8);
+        ch2.write((COUNT >> 8) as u8);
+        let start = cycle_counter();
+        let mut spins = 0u64;
+        // OUT2 (bit 5) rises when the count reaches zero.
+        while gate.read() & 0x20 == 0 {
+            spins += 1;
+            if spins > 100_000_000 {
+                gate.write(g);
+                return None;
+            }
+        }
+        let ticks = cycle_counter().wrapping_sub(start);
+        gate.write(g);
+        Some(ticks * PIT_HZ / u64::from(COUNT))
+    }
+}
+
 /// The time-stamp counter: once per guest instruction under QEMU
 /// `-icount shift=0`.
 #[inline]

@@ -104,8 +104,23 @@ pub fn system_info_reads_every_key() -> TestResult {
     Ok(())
 }
 
+pub fn monotonic_clock_runs_forward() -> TestResult {
+    let t0 = system_info(SystemInfoKey::MonotonicNs).ctx("MonotonicNs")?;
+    ensure!(t0 > 0, "the kernel found no clock rate");
+    let mut last = t0;
+    for _ in 0..1000 {
+        let t = system_info(SystemInfoKey::MonotonicNs).ctx("MonotonicNs")?;
+        ensure!(t >= last, "the clock went back from {last} to {t}");
+        last = t;
+    }
+    ensure!(last > t0, "1,000 system calls took no time ({t0})");
+    // Since boot: more than nothing, less than the test run's limit.
+    ensure!(t0 < 3_600_000_000_000, "an hour since boot? {t0} ns");
+    Ok(())
+}
+
 pub fn system_info_rejects_bad_keys() -> TestResult {
-    for key in [5, 6, 0x100, usize::MAX] {
+    for key in [6, 7, 0x100, usize::MAX] {
         ensure_eq!(
             system_info_raw(key),
             Err(Error::InvalidArgument),

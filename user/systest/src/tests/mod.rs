@@ -41,6 +41,7 @@ pub const ALL: &[Test] = &[
     test!(basic::debug_write_rejects_bad_buffers),
     test!(basic::system_info_reads_every_key),
     test!(basic::system_info_rejects_bad_keys),
+    test!(basic::monotonic_clock_runs_forward),
     test!(basic::unknown_syscalls_are_refused),
     test!(basic::syscall_preserves_registers),
     test!(caps::identify_root_caps),
