@@ -201,3 +201,61 @@ crate::kbench!(
     },
     iters = 1000
 );
+
+// Benchmarks of the scheduler (`sched/` forbids unsafe code too): picking
+// the next thread and queueing the one that ran, with 10, 1,000 and 10,000
+// runnable threads spread over the priorities. The run queue is O(1), so
+// the three should agree.
+
+/// A run-queue entry: its table slot is its number.
+#[cfg(feature = "bench")]
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Runnable(u32);
+
+#[cfg(feature = "bench")]
+impl crate::sched::Slot for Runnable {
+    fn slot(&self) -> usize {
+        self.0 as usize
+    }
+}
+
+/// `iters` times: pick the next thread, queue it again at its priority.
+#[cfg(feature = "bench")]
+fn pick_with(runnable: u32, iters: u64) -> u64 {
+    let mut s = crate::sched::Scheduler::new();
+    if s.reserve_slot(runnable as usize).is_err() {
+        return 0;
+    }
+    let prio = |t: u32| (t % 8) as u8 * 4;
+    for t in 0..runnable {
+        let _ = s.enqueue(prio(t), Runnable(t));
+    }
+    let t0 = crate::arch::cycle_counter();
+    for _ in 0..iters {
+        if let Some(t) = core::hint::black_box(s.pick()) {
+            let _ = s.enqueue(prio(t.0), t);
+        }
+    }
+    crate::arch::cycle_counter().wrapping_sub(t0)
+}
+
+crate::kbench!(
+    fn sched_pick_requeue_10_runnable(iters: u64) -> ticks {
+        pick_with(10, iters)
+    },
+    iters = 1000
+);
+
+crate::kbench!(
+    fn sched_pick_requeue_1000_runnable(iters: u64) -> ticks {
+        pick_with(1000, iters)
+    },
+    iters = 1000
+);
+
+crate::kbench!(
+    fn sched_pick_requeue_10000_runnable(iters: u64) -> ticks {
+        pick_with(10_000, iters)
+    },
+    iters = 1000
+);
