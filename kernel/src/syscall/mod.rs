@@ -4,8 +4,9 @@
 //! accessors), checks every one — ranges, flags, capability tokens with
 //! their object types and rights, the capability-space rank rule — and
 //! reserves what the call will need (a free capability slot, room in the
-//! thread and space tables and the run queue, the new object itself with
-//! its pool charge), all without a visible effect: a [`Call`] dropped
+//! thread and space tables — a thread's run-queue room comes with its
+//! slot — the new object itself with its pool charge), all without a
+//! visible effect: a [`Call`] dropped
 //! unused gives everything back. [`invoke`] then does it. Invoking a
 //! decoded call cannot fail, except for the calls that touch user memory
 //! or page tables (`DebugWrite`, `Map`, `Unmap`, `Protect`), which report a
