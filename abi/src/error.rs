@@ -35,11 +35,13 @@ pub enum Error {
     /// another call) before replying, the caller waiting for a reply is
     /// gone, or the endpoint or notification was destroyed.
     Disconnected = 12,
+    /// The deadline of a blocking call passed before it could complete.
+    TimedOut = 13,
 }
 
 impl Error {
     /// All error codes, in numeric order.
-    pub const ALL: [Error; 12] = [
+    pub const ALL: [Error; 13] = [
         Error::NoSuchSyscall,
         Error::InvalidArgument,
         Error::InvalidCapability,
@@ -52,6 +54,7 @@ impl Error {
         Error::InvalidState,
         Error::NotSupported,
         Error::Disconnected,
+        Error::TimedOut,
     ];
 
     /// The value a failing system call returns in its result register.

@@ -12,7 +12,7 @@
 //! | 0x30–0x3f | address spaces and memory objects |
 //! | 0x40–0x4f | IPC: endpoints, notifications, IPC buffers, fault handlers |
 //! | 0x50–0x5f | processes (reserved) |
-//! | 0x60–0x6f | interrupts and time (reserved) |
+//! | 0x60–0x6f | interrupts and time |
 
 /// A system call, identified by the number user space puts in the
 /// architecture's syscall-number register (`rax`, `x8`, `a7`); arguments
@@ -130,6 +130,10 @@ pub enum Syscall {
     /// `(thread, ep)`: where the thread's unresolved faults go as messages
     /// (0: none; the fault kills the process). Needs `WRITE` on both.
     ThreadSetFaultHandler = 0x4c,
+    /// `(deadline_ns)`: block until the monotonic clock
+    /// ([`SystemInfoKey::MonotonicNs`]) reaches `deadline_ns`; returns at
+    /// once (after a yield) if it has.
+    Sleep = 0x60,
 }
 
 /// Modes of [`Syscall::MemFromRange`].
@@ -181,13 +185,14 @@ impl TryFrom<usize> for SystemInfoKey {
     }
 }
 
-/// Numbers reserved for processes, and interrupts and time, which arrive
-/// with their subsystems; today they answer [`crate::Error::NoSuchSyscall`].
-pub const RESERVED: [core::ops::Range<usize>; 2] = [0x50..0x60, 0x60..0x70];
+/// Numbers reserved for processes, and the rest of interrupts and time,
+/// which arrive with their subsystems; today they answer
+/// [`crate::Error::NoSuchSyscall`].
+pub const RESERVED: [core::ops::Range<usize>; 2] = [0x50..0x60, 0x61..0x70];
 
 impl Syscall {
     /// Every assigned system call.
-    pub const ALL: [Syscall; 39] = [
+    pub const ALL: [Syscall; 40] = [
         Syscall::DebugWrite,
         Syscall::SystemInfo,
         Syscall::CapIdentify,
@@ -227,6 +232,7 @@ impl Syscall {
         Syscall::NotificationBind,
         Syscall::ThreadSetIpcBuffer,
         Syscall::ThreadSetFaultHandler,
+        Syscall::Sleep,
     ];
 }
 
@@ -236,8 +242,8 @@ impl TryFrom<usize> for Syscall {
     fn try_from(number: usize) -> Result<Self, Self::Error> {
         // A table indexed by number, built at compile time from `ALL`, so
         // decoding is one bounds check and one load on the syscall path.
-        const TABLE: [Option<Syscall>; 0x50] = {
-            let mut t = [None; 0x50];
+        const TABLE: [Option<Syscall>; 0x70] = {
+            let mut t = [None; 0x70];
             let mut i = 0;
             while i < Syscall::ALL.len() {
                 t[Syscall::ALL[i] as usize] = Some(Syscall::ALL[i]);

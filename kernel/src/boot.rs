@@ -32,7 +32,7 @@ pub fn kernel_main(info: Result<BootInfo<'_>, BootInfoError>) -> ! {
     if let Err(e) = crate::mm::init(&info.memory, &info.numa) {
         boot_error(format_args!("cannot set up the frame allocator: {e:?}"));
     }
-    match crate::mm::kmap::init(&info.memory) {
+    match crate::mm::kmap::init(&info.memory, &info.irq.windows()) {
         Ok(s) => kprintln!(
             "kernel page tables: direct map {} MiB in {} 1G + {} 2M + {} 4K pages, image {} pages (W^X)",
             s.direct_bytes >> 20,
@@ -52,6 +52,9 @@ pub fn kernel_main(info: Result<BootInfo<'_>, BootInfoError>) -> ! {
     match crate::time::hz() {
         0 => kprintln!("clock: rate unknown; the monotonic clock reads 0"),
         hz => kprintln!("clock: {}.{:03} MHz", hz / 1_000_000, hz / 1_000 % 1_000),
+    }
+    if let Err(e) = crate::arch::irq_init(&info) {
+        boot_error(format_args!("cannot set up interrupts: {e}"));
     }
 
     if cfg!(feature = "ktest") && cmdline.crash_stack {

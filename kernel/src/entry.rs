@@ -15,7 +15,7 @@ use crate::arch::{self, UserRegs};
 use crate::object::thread::FaultMsg;
 use crate::sched::After;
 use crate::task::{Kernel, Next};
-use crate::trap::UserFault;
+use crate::trap::{Interrupt, UserFault};
 use keel_abi::harness::{EXIT_CRASH, EXIT_FAIL, EXIT_PASS};
 use spin::Mutex;
 
@@ -54,14 +54,17 @@ fn with_kernel<R>(f: impl FnOnce(&mut Running) -> R) -> R {
 }
 
 impl Running {
-    /// Runs the next thread: its registers for `enter_user`, or the end of
-    /// the run.
+    /// Runs the next thread: its registers for `enter_user`, null to
+    /// idle, or the end of the run. Arms the timer for what comes next.
     fn next(&mut self, after: After) -> *const UserRegs {
-        match self.kernel.schedule(after) {
+        let next = self.kernel.schedule(after);
+        self.kernel.program_timer();
+        match next {
             Next::Run(id) => match self.kernel.regs_of(id) {
                 Some(regs) => regs,
                 None => self.finish("the scheduler picked a dead thread"),
             },
+            Next::Idle => core::ptr::null(),
             Next::Done(why) => self.finish(why),
         }
     }
@@ -89,6 +92,17 @@ impl Running {
     }
 }
 
+/// What an entry returns to the architecture: `regs` to enter, or (null,
+/// from [`Running::next`], with the kernel lock released) this CPU idles
+/// until an interrupt.
+#[inline]
+fn resume(regs: *const UserRegs) -> *const UserRegs {
+    if regs.is_null() {
+        arch::idle()
+    }
+    regs
+}
+
 /// The register-only path (taken before [`on_syscall`], without the
 /// kernel lock): a call that needs no kernel state is answered from the
 /// caller's registers alone; false if it needs the kernel.
@@ -107,7 +121,7 @@ pub fn on_light_syscall(regs: &mut UserRegs) -> bool {
 /// caller's registers saved in its TCB (`number` and `args` read from
 /// them); returns the registers to enter user mode with.
 pub fn on_syscall(number: usize, args: [usize; 6]) -> *const UserRegs {
-    with_kernel(|r| {
+    resume(with_kernel(|r| {
         let k = &mut r.kernel;
         let Some(cur) = k.current() else {
             return r.next(After::Continue);
@@ -126,17 +140,19 @@ pub fn on_syscall(number: usize, args: [usize; 6]) -> *const UserRegs {
         // Fast path: the caller keeps the CPU unless it yielded, stopped,
         // or woke a thread of higher priority.
         if let Some(regs) = k.return_to(cur, value, outcome.after) {
+            // The call may have readied a thread of the caller's priority.
+            k.program_timer();
             return regs;
         }
         r.next(outcome.after)
-    })
+    }))
 }
 
 /// Called by the architecture after a synchronous exception in user mode.
 /// Page faults the address space can resolve (demand-zero, copy-on-write)
 /// resume the thread; any other fault kills its process and is reported.
 pub fn on_user_fault(fault: UserFault) -> *const UserRegs {
-    with_kernel(|r| {
+    resume(with_kernel(|r| {
         let k = &mut r.kernel;
         let Some(cur) = k.current() else {
             return r.next(After::Continue);
@@ -168,7 +184,26 @@ pub fn on_user_fault(fault: UserFault) -> *const UserRegs {
         k.kill_process(cspace);
         k.collect();
         r.next(After::Continue)
-    })
+    }))
+}
+
+/// Called by the architecture for an interrupt, taken in user mode (the
+/// thread's registers saved in its TCB) or while idle: the timer wakes
+/// the threads whose deadline passed and ends time slices; a thread of
+/// higher priority woken takes the CPU at once.
+pub fn on_interrupt(irq: Interrupt) -> *const UserRegs {
+    resume(with_kernel(|r| {
+        let k = &mut r.kernel;
+        let after = match irq {
+            Interrupt::Timer => k.on_timer(arch::clock_ticks()),
+            Interrupt::Line(n) => {
+                kprintln!("keel: interrupt line {n} has no handler");
+                After::Continue
+            }
+        };
+        k.collect();
+        r.next(after)
+    }))
 }
 
 /// Installs the kernel state and runs the first thread.
@@ -181,6 +216,7 @@ pub fn start(kernel: Kernel, mode: RunMode) -> ! {
             None => arch::halt(),
         }
     };
+    let regs = resume(regs);
     // SAFETY: `regs` points into the boxed thread `schedule` made current;
     // it stays valid until the next kernel entry, which saves into it.
     unsafe { arch::enter_user(regs) }

@@ -50,6 +50,21 @@ pub fn ticks_to_ns(ticks: u64, mult: u64) -> u64 {
     u64::try_from((u128::from(ticks) * u128::from(mult)) >> 32).unwrap_or(u64::MAX)
 }
 
+/// `ns` nanoseconds in ticks of the clock ([`ns_to_ticks_at`]).
+pub fn ns_to_ticks(ns: u64) -> u64 {
+    ns_to_ticks_at(ns, hz())
+}
+
+/// `ns` nanoseconds in ticks of a `hz` counter, rounded up (so a deadline
+/// never comes early), saturating; `u64::MAX` (never) without a rate.
+pub fn ns_to_ticks_at(ns: u64, hz: u64) -> u64 {
+    if hz == 0 {
+        return u64::MAX;
+    }
+    let ticks = (u128::from(ns) * u128::from(hz)).div_ceil(1_000_000_000);
+    u64::try_from(ticks).unwrap_or(u64::MAX)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

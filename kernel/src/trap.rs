@@ -52,6 +52,16 @@ impl core::fmt::Display for TrapCause {
     }
 }
 
+/// An interrupt, as the architecture reports it to
+/// `crate::entry::on_interrupt` (after acknowledging it at the controller).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Interrupt {
+    /// This CPU's one-shot timer fired; it is disarmed until armed again.
+    Timer,
+    /// Device line `n` (x86 GSI, GIC INTID, PLIC source).
+    Line(u32),
+}
+
 /// A synchronous exception taken in user mode. The thread's registers
 /// (and so its PC) were saved before the handler ran.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -201,7 +201,12 @@ fn parse_summary(line: &str) -> Option<(usize, usize)> {
 /// Each suite ends with its own `N passed, N failed`; those must add up
 /// to the lines counted.
 fn kernel_tests(tally: &mut Tally, arch: Arch, image: &Path, root: Option<&Path>) -> Result<()> {
-    let boot = Boot::headless(arch, image, 2, "256M", "").with_initrd(root);
+    // Under -icount the clock is the instruction count: time slices,
+    // sleeps and fairness are the same on every run and every host.
+    let boot = Boot {
+        icount: true,
+        ..Boot::headless(arch, image, 2, "256M", "").with_initrd(root)
+    };
     let outcome = qemu::run_captured(&boot, BOOT_LIMIT, true)?;
     let (mut passed, mut failed) = (0, 0);
     for line in &outcome.lines {

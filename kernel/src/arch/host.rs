@@ -106,6 +106,26 @@ pub fn clock_hz(_info: &crate::bootinfo::BootInfo<'_>) -> Option<u64> {
     Some(1_000_000_000)
 }
 
+/// Nothing to set up on the host.
+pub fn irq_init(_info: &crate::bootinfo::BootInfo<'_>) -> Result<(), &'static str> {
+    Ok(())
+}
+
+std::thread_local! {
+    /// The deadline the last [`timer_arm`] on this test thread set.
+    pub static TIMER: core::cell::Cell<Option<u64>> = const { core::cell::Cell::new(None) };
+}
+
+/// Records the deadline, for tests to read from [`TIMER`].
+pub fn timer_arm(deadline: Option<u64>) {
+    TIMER.with(|t| t.set(deadline));
+}
+
+/// Panics: a test ends where the CPU would wait for an interrupt.
+pub fn idle() -> ! {
+    panic!("arch::idle()")
+}
+
 /// Records a breakpoint trap at [`breakpoint_site`] and returns, as the
 /// trap handler does on the machine.
 pub fn breakpoint() {

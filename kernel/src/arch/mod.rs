@@ -30,6 +30,21 @@
 //!   CPU (CPUID leaves 0x15/0x16, CNTFRQ_EL0), the firmware
 //!   (`BootInfo::timebase_hz`) or a measurement (against the x86 PIT);
 //!   called once at boot, before any interrupt source is enabled.
+//! - `fn irq_init(info) -> Result<(), &str>` — sets up the interrupt
+//!   controller the firmware describes (`BootInfo::irq`, whose register
+//!   windows the kernel page tables map as device memory) and this CPU's
+//!   one-shot timer, disarmed, every device line masked; called once at
+//!   boot after `mm::kmap` and the clock. `fn timer_arm(deadline:
+//!   Option<u64>)` — fire the timer once at clock tick `deadline` (at
+//!   once if it has passed), or disarm it.
+//! - Interrupts are masked in the kernel except in `fn idle() -> !`,
+//!   which restarts this CPU's kernel stack and waits for interrupts
+//!   (`hlt`, `wfi`). An interrupt, from user mode (after saving the user
+//!   state as for a system call) or in `idle`, is acknowledged and handed
+//!   to `crate::entry::on_interrupt(crate::trap::Interrupt)`, which returns
+//!   the registers to `enter_user` (or itself goes to `idle`); the timer is
+//!   disarmed when it is reported. Spurious interrupts resume what they
+//!   interrupted.
 //! - `fn breakpoint()` — executes the architecture's breakpoint instruction
 //!   at `breakpoint_site`; the trap handler records a
 //!   [`crate::trap::TrapCause::Breakpoint`] with `crate::trap::record` and
@@ -154,7 +169,9 @@ macro_rules! contract {
             flush_all,
             flush_page,
             halt,
+            idle,
             in_stack_guard,
+            irq_init,
             kernel_image_layout,
             kernel_root,
             kernel_virt_to_phys,
@@ -166,6 +183,7 @@ macro_rules! contract {
             print_backtrace,
             probe_read,
             save_tls,
+            timer_arm,
             unload_user_root,
             user_copy,
         };
@@ -223,6 +241,9 @@ const _: () = {
     let _: fn() -> u64 = cycle_counter;
     let _: fn() -> u64 = clock_ticks;
     let _: fn(&crate::bootinfo::BootInfo<'_>) -> Option<u64> = clock_hz;
+    let _: fn(&crate::bootinfo::BootInfo<'_>) -> Result<(), &'static str> = irq_init;
+    let _: fn(Option<u64>) = timer_arm;
+    let _: fn() -> ! = idle;
     let _: fn() = breakpoint;
     let _: fn() -> usize = breakpoint_site;
     let _: fn(usize) -> Result<u8, crate::trap::TrapRecord> = probe_read;

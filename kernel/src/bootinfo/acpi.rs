@@ -1,8 +1,10 @@
-//! ACPI table parsing: the CPU count and NUMA memory affinity. Find the
-//! RSDP (the copy the boot loader handed over, or by scanning the EBDA and
-//! the BIOS area 0xE0000–0xFFFFF as PC firmware places it), follow the XSDT
-//! or RSDT to the MADT and count the enabled processor Local APIC / x2APIC
-//! entries, and to the SRAT and read its enabled memory affinity entries.
+//! ACPI table parsing: the CPU count, the interrupt hardware and NUMA
+//! memory affinity. Find the RSDP (the copy the boot loader handed over, or
+//! by scanning the EBDA and the BIOS area 0xE0000–0xFFFFF as PC firmware
+//! places it), follow the XSDT or RSDT to the MADT and count the enabled
+//! processor Local APIC / x2APIC entries and read the APIC addresses and
+//! interrupt source overrides, and to the SRAT and read its enabled memory
+//! affinity entries.
 //!
 //! The tables are firmware input and are treated as untrusted: every table
 //! is checksummed and length-checked, every read goes through a
@@ -12,8 +14,8 @@
 //! or one NUMA node). Portable and free of `unsafe`: the architecture
 //! supplies only the reader.
 
-use super::PhysReader;
 use super::numa::{self, DomainNumbering, NumaMap, NumaRange};
+use super::{Controller, InterruptHw, IoApic, Line, PhysReader, Trigger};
 use arrayvec::ArrayVec;
 
 /// Largest system description table accepted.
@@ -54,6 +56,67 @@ pub fn cpu_count<'a>(mem: &impl PhysReader<'a>, rsdp: Option<u64>) -> Result<usi
         0 => Err("MADT lists no enabled CPU"),
         n => Ok(n),
     }
+}
+
+/// The interrupt hardware the MADT describes: the local APIC (the 64-bit
+/// address override, type 5, if present), the I/O APICs (type 1; the first
+/// four), and the UART's line: ISA IRQ 4 through its interrupt source
+/// override (type 2) if any, else GSI 4, edge-triggered, active high; the
+/// UART is `None` if the override's flags use a reserved value. `rsdp` as
+/// for [`cpu_count`].
+pub fn interrupt_hw<'a>(
+    mem: &impl PhysReader<'a>,
+    rsdp: Option<u64>,
+) -> Result<InterruptHw, &'static str> {
+    let rsdp = rsdp_of(mem, rsdp)?;
+    let madt =
+        find_table(mem, rsdp, b"APIC", "MADT has a bad checksum or length")?.ok_or("no MADT")?;
+    let lapic = u32_at(madt, SDT_HEADER_LEN).ok_or("MADT shorter than its header")?;
+    let (mut lapic, mut ioapics) = (u64::from(lapic), ArrayVec::new());
+    let short = "MADT entry too short";
+    let mut uart = Some(Line {
+        number: 4,
+        trigger: Trigger::default(), // ISA: edge, active high
+    });
+    let mut overridden = false;
+    for entry in madt_entries(madt) {
+        let entry = entry?;
+        let field = |at| u32_at(entry, at).ok_or(short);
+        match (entry.first(), entry.len()) {
+            (Some(1), 12..) => {
+                let io = IoApic {
+                    base: field(4)?.into(),
+                    gsi_base: field(8)?,
+                };
+                let _ = ioapics.try_push(io);
+            }
+            // An override of bus 0 (ISA) IRQ 4; the first one counts.
+            (Some(2), 10..) if entry.get(2..4) == Some(&[0, 4]) && !overridden => {
+                overridden = true;
+                // Polarity (bits 0–1), trigger mode (bits 2–3): 0 is the
+                // ISA default, 1 high/edge, 3 low/level, 2 reserved.
+                let flags = entry.get(8).copied().unwrap_or_default();
+                let bits = |shift: u8| match flags >> shift & 3 {
+                    0 | 1 => Some(false),
+                    3 => Some(true),
+                    _ => None,
+                };
+                let gsi = field(4)?;
+                uart = bits(0).zip(bits(2)).map(|(active_low, level)| Line {
+                    number: gsi,
+                    trigger: Trigger { level, active_low },
+                });
+            }
+            (Some(5), 12..) => lapic = u64_at(entry, 4).ok_or(short)?,
+            (Some(1 | 5), _) | (Some(2), ..10) => return Err(short),
+            _ => {}
+        }
+    }
+    Ok(InterruptHw {
+        controller: Some(Controller::Apic { lapic, ioapics }),
+        timer: None,
+        uart,
+    })
 }
 
 /// The NUMA node of each memory range the SRAT describes, or `Ok(None)`
@@ -208,28 +271,40 @@ fn memory_affinity(srat: &[u8]) -> Result<NumaMap, &'static str> {
     NumaMap::build(ranges).map_err(|_| "SRAT memory ranges do not fit")
 }
 
+/// The MADT's entries (type at 0, length at 1), ending with an error if
+/// one runs past the table or is shorter than its header.
+fn madt_entries(madt: &[u8]) -> impl Iterator<Item = Result<&[u8], &'static str>> {
+    let mut off = MADT_ENTRIES_OFFSET;
+    core::iter::from_fn(move || {
+        if off >= madt.len() {
+            return None;
+        }
+        let Some(&len) = madt.get(off + 1) else {
+            off = usize::MAX;
+            return Some(Err("MADT entry header runs past the table"));
+        };
+        let len = usize::from(len);
+        let Some(entry) = madt.get(off..off + len).filter(|_| len >= 2) else {
+            off = usize::MAX;
+            return Some(Err("MADT entry length invalid"));
+        };
+        off += len;
+        Some(Ok(entry))
+    })
+}
+
 /// Counts enabled Processor Local APIC (type 0) and Local x2APIC (type 9)
 /// entries.
 fn count_enabled_cpus(madt: &[u8]) -> Result<usize, &'static str> {
     let mut count = 0;
-    let mut off = MADT_ENTRIES_OFFSET;
-    while off < madt.len() {
-        let (Some(&ty), Some(&len)) = (madt.get(off), madt.get(off + 1)) else {
-            return Err("MADT entry header runs past the table");
-        };
-        let len = usize::from(len);
-        let Some(entry) = madt.get(off..off + len).filter(|_| len >= 2) else {
-            return Err("MADT entry length invalid");
-        };
-        let flags = match ty {
-            0 if len >= 8 => u32_at(entry, 4),
-            9 if len >= 16 => u32_at(entry, 8),
+    for entry in madt_entries(madt) {
+        let entry = entry?;
+        let flags = match (entry.first(), entry.len()) {
+            (Some(0), 8..) => u32_at(entry, 4),
+            (Some(9), 16..) => u32_at(entry, 8),
             _ => None,
         };
-        if flags.is_some_and(|f| f & 1 != 0) {
-            count += 1;
-        }
-        off += len;
+        count += usize::from(flags.is_some_and(|f| f & 1 != 0));
     }
     Ok(count)
 }
@@ -545,6 +620,118 @@ mod tests {
         assert_eq!(nodes(&ram), Err("SRAT memory ranges do not fit"));
     }
 
+    /// An interrupt source override: ISA `irq` to `gsi` with `flags`.
+    fn source_override(bus: u8, irq: u8, gsi: u32, flags: u16) -> [u8; 10] {
+        let mut e = [2, 10, bus, irq, 0, 0, 0, 0, 0, 0];
+        e[4..8].copy_from_slice(&gsi.to_le_bytes());
+        e[8..].copy_from_slice(&flags.to_le_bytes());
+        e
+    }
+
+    /// A MADT with local APIC address `lapic` and `entries`.
+    fn madt_with_lapic(lapic: u32, entries: &[&[u8]]) -> Vec<u8> {
+        let mut t = madt(entries);
+        t[36..40].copy_from_slice(&lapic.to_le_bytes());
+        fix_checksum(&mut t, 9);
+        t
+    }
+
+    fn irq(entries: &[&[u8]]) -> Result<InterruptHw, &'static str> {
+        let ram = machine(true, &[madt_with_lapic(0xfee0_0000, entries)]);
+        interrupt_hw(&&ram, Some(RSDP))
+    }
+
+    const fn line(number: u32, level: bool, active_low: bool) -> Option<Line> {
+        Some(Line {
+            number,
+            trigger: Trigger { level, active_low },
+        })
+    }
+
+    #[test]
+    fn madt_describes_interrupt_hardware() {
+        // Like QEMU's: one I/O APIC, IRQ 0 → GSI 2, no override for IRQ 4.
+        let irq0 = source_override(0, 0, 2, 0);
+        let hw = irq(&[&LAPIC_ON, &IOAPIC, &irq0]).unwrap();
+        let ioapic = IoApic {
+            base: 0xfec0_0000,
+            gsi_base: 0,
+        };
+        let ioapics = ArrayVec::from_iter([ioapic]);
+        assert_eq!(
+            hw.controller,
+            Some(Controller::Apic {
+                lapic: 0xfee0_0000,
+                ioapics,
+            })
+        );
+        assert_eq!((hw.timer, hw.uart), (None, line(4, false, false)));
+        // A 64-bit local APIC override, a second I/O APIC, an override of
+        // IRQ 4 (level, active low) after ones for other buses and IRQs.
+        let mut lapic64 = [5, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        lapic64[4..].copy_from_slice(&0x1_fee0_0000u64.to_le_bytes());
+        let mut io2 = IOAPIC;
+        io2[4..12].copy_from_slice(&[0, 0x10, 0xc0, 0xfe, 24, 0, 0, 0]);
+        let hw = irq(&[
+            &IOAPIC,
+            &source_override(1, 4, 7, 0),
+            &source_override(0, 3, 8, 0),
+            &source_override(0, 4, 20, 0b1111),
+            &source_override(0, 4, 21, 0),
+            &io2,
+            &lapic64,
+        ])
+        .unwrap();
+        let Some(Controller::Apic { lapic, ioapics }) = hw.controller else {
+            panic!("{hw:?}");
+        };
+        assert_eq!(lapic, 0x1_fee0_0000);
+        assert_eq!(
+            ioapics[1],
+            IoApic {
+                base: 0xfec0_1000,
+                gsi_base: 24
+            }
+        );
+        assert_eq!(hw.uart, line(20, true, true));
+        // Explicit edge / active high; a reserved polarity or trigger mode.
+        let uart = |flags| irq(&[&source_override(0, 4, 4, flags)]).unwrap().uart;
+        assert_eq!(uart(0b0101), line(4, false, false));
+        assert_eq!(uart(0b1100), line(4, true, false));
+        assert_eq!(uart(0b0010), None);
+        assert_eq!(uart(0b1000), None);
+        // Only the first four I/O APICs are kept.
+        let hw = irq(&[&IOAPIC[..]; 6]).unwrap();
+        assert!(
+            matches!(hw.controller, Some(Controller::Apic { ioapics, .. }) if ioapics.len() == 4)
+        );
+    }
+
+    #[test]
+    fn malformed_madt_interrupt_entries_are_refused() {
+        let short: [&[u8]; 3] = [
+            &IOAPIC[..8],
+            &[2, 8, 0, 4, 0, 0, 0, 0],
+            &[5, 8, 0, 0, 0, 0, 0xe0, 0xfe],
+        ];
+        for e in short {
+            let mut e = e.to_vec();
+            e[1] = e.len() as u8;
+            assert_eq!(irq(&[&LAPIC_ON, &e]), Err("MADT entry too short"), "{e:?}");
+        }
+        // An entry running past the table; a truncated entry header.
+        assert_eq!(irq(&[&IOAPIC[..11]]), Err("MADT entry length invalid"));
+        assert_eq!(irq(&[&[1]]), Err("MADT entry header runs past the table"));
+        // A MADT too short for the local APIC address; no MADT.
+        let ram = machine(false, &[sdt(b"APIC", SDT_HEADER_LEN, &[])]);
+        assert_eq!(
+            interrupt_hw(&&ram, Some(RSDP)),
+            Err("MADT shorter than its header")
+        );
+        let ram = machine(false, &[srat(&[])]);
+        assert_eq!(interrupt_hw(&&ram, Some(RSDP)), Err("no MADT"));
+    }
+
     proptest! {
         /// Random bytes where the tables should be never panic the parser.
         #[test]
@@ -558,6 +745,7 @@ mod tests {
             }
             let _ = cpu_count(&&ram, Some(hint));
             let _ = numa_map(&&ram, Some(hint));
+            let _ = interrupt_hw(&&ram, Some(hint));
         }
 
         /// MADT and SRAT bodies of random entries (with valid checksums, so
@@ -574,6 +762,7 @@ mod tests {
                 prop_assert!(n <= madt_body.len() / 2);
             }
             let _ = nodes(&ram);
+            let _ = interrupt_hw(&&ram, Some(RSDP));
         }
     }
 }

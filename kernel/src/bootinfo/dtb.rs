@@ -14,10 +14,22 @@
 //! optional: a malformed `numa-node-id` (not 4 bytes) leaves that node's
 //! ranges untagged (node 0), and more ranges than [`NumaMap`] holds drop
 //! the NUMA information altogether; neither is an error.
+//!
+//! The interrupt hardware ([`InterruptHw`]) follows the standard bindings:
+//! the first GICv2/GICv3 or PLIC node (its own `reg`, `phandle`,
+//! `#interrupt-cells`, and for the PLIC `riscv,ndev` and the context of the
+//! first supervisor external interrupt in `interrupts-extended`), the
+//! virtual timer (third `interrupts` entry of `arm,armv8-timer`), and the
+//! console UART: the node `/chosen` `stdout-path` names (through `/aliases`
+//! if it is an alias), else the first PL011 or 16550. A line whose
+//! `interrupt-parent` (its own, else the root's) is not the controller is
+//! ignored. Malformed interrupt information leaves that part `None`; it
+//! never fails the parse.
 
 use super::numa::{self, NumaMap, NumaRange};
 use super::{
-    BootInfo, BootInfoError, MAX_REGIONS, MemoryMap, MemoryRegion, PhysReader, RegionKind,
+    BootInfo, BootInfoError, Controller, InterruptHw, Line, MAX_REGIONS, MemoryMap, MemoryRegion,
+    PhysReader, RegionKind, Trigger, Window,
 };
 use arrayvec::ArrayVec;
 
@@ -62,6 +74,7 @@ pub fn total_size(header: &[u8]) -> Result<usize, BootInfoError> {
 }
 
 /// A checked view of the blob's blocks.
+#[derive(Clone, Copy)]
 struct Blob<'a> {
     structs: &'a [u8],
     strings: &'a [u8],
@@ -104,6 +117,82 @@ impl<'a> Blob<'a> {
             .ok_or(BootInfoError::Malformed("property name offset"))?;
         cstr(s).ok_or(BootInfoError::Malformed("property name"))
     }
+
+    fn tokens(self) -> Tokens<'a> {
+        Tokens {
+            dt: self,
+            pos: 0,
+            done: false,
+        }
+    }
+}
+
+/// A structure-block token (NOPs skipped).
+enum Tok<'a> {
+    Begin(&'a str),
+    End,
+    Prop(&'a str, &'a [u8]),
+}
+
+/// The structure block's tokens up to `FDT_END`; stops after an error.
+struct Tokens<'a> {
+    dt: Blob<'a>,
+    pos: usize,
+    done: bool,
+}
+
+impl<'a> Iterator for Tokens<'a> {
+    type Item = Result<Tok<'a>, BootInfoError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        let tok = self.step();
+        self.done = !matches!(tok, Ok(Some(_)));
+        tok.transpose()
+    }
+}
+
+impl<'a> Tokens<'a> {
+    fn step(&mut self) -> Result<Option<Tok<'a>>, BootInfoError> {
+        let s = self.dt.structs;
+        loop {
+            let token = be32(s, self.pos).ok_or(BootInfoError::Truncated(
+                "structure block ends without FDT_END",
+            ))?;
+            let pos = self.pos + 4;
+            self.pos = pos;
+            return match token {
+                TOKEN_BEGIN_NODE => {
+                    let name = s
+                        .get(pos..)
+                        .and_then(cstr)
+                        .ok_or(BootInfoError::Malformed("node name"))?;
+                    self.pos = align4(pos + name.len() + 1)
+                        .ok_or(BootInfoError::Malformed("node name"))?;
+                    Ok(Some(Tok::Begin(name)))
+                }
+                TOKEN_END_NODE => Ok(Some(Tok::End)),
+                TOKEN_PROP => {
+                    let len = be32(s, pos).ok_or(BootInfoError::Truncated("property"))? as usize;
+                    let name_off =
+                        be32(s, pos + 4).ok_or(BootInfoError::Truncated("property"))? as usize;
+                    let start = pos + 8;
+                    let value = start
+                        .checked_add(len)
+                        .and_then(|end| s.get(start..end))
+                        .ok_or(BootInfoError::Truncated("property value"))?;
+                    self.pos =
+                        align4(start + len).ok_or(BootInfoError::Malformed("property length"))?;
+                    Ok(Some(Tok::Prop(self.dt.string(name_off)?, value)))
+                }
+                TOKEN_NOP => continue,
+                TOKEN_END => Ok(None),
+                _ => Err(BootInfoError::Malformed("unknown structure token")),
+            };
+        }
+    }
 }
 
 /// The NUL-terminated UTF-8 string at the start of `data`.
@@ -143,6 +232,7 @@ struct Node<'a> {
     reg: Option<&'a [u8]>,
     /// A well-formed `numa-node-id`.
     numa_node: Option<u32>,
+    dev: Dev<'a>,
 }
 
 impl Node<'_> {
@@ -155,8 +245,280 @@ impl Node<'_> {
             enabled: true,
             reg: None,
             numa_node: None,
+            dev: Dev::EMPTY,
         }
     }
+}
+
+/// A node's interrupt-related properties.
+#[derive(Clone, Copy)]
+struct Dev<'a> {
+    compatible: &'a [u8],
+    interrupts: Option<&'a [u8]>,
+    interrupt_parent: Option<u32>,
+    phandle: Option<u32>,
+    interrupt_cells: Option<u32>,
+    ndev: Option<u32>,
+    interrupts_extended: Option<&'a [u8]>,
+}
+
+const GIC_V2: &[&str] = &[
+    "arm,cortex-a15-gic",
+    "arm,gic-400",
+    "arm,cortex-a9-gic",
+    "arm,cortex-a7-gic",
+];
+const GIC_V3: &[&str] = &["arm,gic-v3"];
+const PLIC: &[&str] = &["riscv,plic0", "sifive,plic-1.0.0"];
+const TIMER: &[&str] = &["arm,armv8-timer", "arm,armv7-timer"];
+const UART: &[&str] = &["arm,pl011", "ns16550a", "ns16550"];
+/// RISC-V supervisor external interrupt (in `interrupts-extended`).
+const IRQ_S_EXT: u32 = 9;
+/// How PLIC sources signal.
+const LEVEL_HIGH: Trigger = Trigger {
+    level: true,
+    active_low: false,
+};
+
+impl<'a> Dev<'a> {
+    const EMPTY: Dev<'static> = Dev {
+        compatible: &[],
+        interrupts: None,
+        interrupt_parent: None,
+        phandle: None,
+        interrupt_cells: None,
+        ndev: None,
+        interrupts_extended: None,
+    };
+
+    fn prop(&mut self, name: &str, value: &'a [u8]) {
+        let cell = (value.len() == 4).then(|| be32(value, 0)).flatten();
+        match name {
+            "compatible" => self.compatible = value,
+            "interrupts" => self.interrupts = Some(value),
+            "interrupt-parent" => self.interrupt_parent = cell,
+            "phandle" => self.phandle = cell,
+            "#interrupt-cells" => self.interrupt_cells = cell,
+            "riscv,ndev" => self.ndev = cell,
+            "interrupts-extended" => self.interrupts_extended = Some(value),
+            _ => {}
+        }
+    }
+
+    fn is(&self, names: &[&str]) -> bool {
+        self.compatible
+            .split(|&b| b == 0)
+            .any(|c| names.iter().any(|n| n.as_bytes() == c))
+    }
+
+    /// Entry `index` of `interrupts`, read as `ctl`'s specifier.
+    fn line(&self, ctl: &IrqController, root_parent: Option<u32>, index: usize) -> Option<Line> {
+        let parent = self.interrupt_parent.or(root_parent);
+        if parent.is_some() && ctl.dev.phandle.is_some() && parent != ctl.dev.phandle {
+            return None;
+        }
+        let ints = self.interrupts?;
+        let plic = matches!(ctl.hw, Controller::Plic { .. });
+        let cells = ctl.dev.interrupt_cells.unwrap_or(if plic { 1 } else { 3 });
+        let valid = if plic { 1..=1 } else { 3..=4 };
+        if !valid.contains(&cells) || !ints.len().is_multiple_of(4 * cells as usize) {
+            return None;
+        }
+        let cell = |i: usize| be32(ints, 4 * (index * cells as usize + i));
+        if plic {
+            let trigger = LEVEL_HIGH;
+            return cell(0)
+                .filter(|&n| n != 0)
+                .map(|number| Line { number, trigger });
+        }
+        let number = match (cell(0)?, cell(1)?) {
+            (0, n) if n < 988 => 32 + n,
+            (1, n) if n < 16 => 16 + n,
+            _ => return None,
+        };
+        let (level, active_low) = match cell(2)? & 0xf {
+            1 => (false, false),
+            2 => (false, true),
+            4 => (true, false),
+            8 => (true, true),
+            _ => return None,
+        };
+        Some(Line {
+            number,
+            trigger: Trigger { level, active_low },
+        })
+    }
+}
+
+/// The interrupt controller found, with its node's properties.
+struct IrqController<'a> {
+    hw: Controller,
+    dev: Dev<'a>,
+}
+
+/// Interrupt information gathered during the pass, resolved at its end.
+#[derive(Default)]
+struct IrqScan<'a> {
+    controller: Option<IrqController<'a>>,
+    timer: Option<Dev<'a>>,
+    /// The first PL011 or 16550.
+    uart: Option<Dev<'a>>,
+    stdout: Option<&'a str>,
+    root_parent: Option<u32>,
+    /// Something was present but malformed.
+    bad: bool,
+}
+
+impl<'a> IrqScan<'a> {
+    /// Looks at a node at its end; `cells` are its parent's.
+    fn node(&mut self, node: &Node<'a>, cells: (u32, u32)) {
+        let dev = node.dev;
+        if node.role == Role::Root {
+            self.root_parent = dev.interrupt_parent;
+        }
+        if !node.enabled {
+            return;
+        }
+        let win = |i| {
+            node.reg
+                .and_then(|reg| reg_entry(reg, cells, i))
+                .filter(|&(base, len): &Window| len > 0 && base.checked_add(len).is_some())
+        };
+        let (w0, w1) = (win(0), win(1));
+        let hw = if dev.is(GIC_V2) {
+            Some(
+                w0.zip(w1)
+                    .map(|(dist, cpu)| Controller::GicV2 { dist, cpu }),
+            )
+        } else if dev.is(GIC_V3) {
+            Some(
+                w0.zip(w1)
+                    .map(|(dist, redist)| Controller::GicV3 { dist, redist }),
+            )
+        } else if dev.is(PLIC) {
+            let context = match dev.interrupts_extended {
+                None => Some(1),
+                Some(ext) if ext.len().is_multiple_of(8) => (0..ext.len() / 8)
+                    .position(|i| be32(ext, 8 * i + 4) == Some(IRQ_S_EXT))
+                    .and_then(|c| u32::try_from(c).ok()),
+                Some(_) => None,
+            };
+            Some(
+                w0.zip(dev.ndev)
+                    .zip(context)
+                    .map(|((regs, sources), context)| Controller::Plic {
+                        regs,
+                        sources,
+                        context,
+                    }),
+            )
+        } else {
+            None
+        };
+        match hw {
+            Some(Some(hw)) if self.controller.is_none() => {
+                self.controller = Some(IrqController { hw, dev })
+            }
+            Some(None) => self.bad = true,
+            _ if dev.is(TIMER) => self.timer = self.timer.or(Some(dev)),
+            _ if dev.is(UART) => self.uart = self.uart.or(Some(dev)),
+            _ => {}
+        }
+    }
+
+    fn finish(self, dt: Blob<'a>) -> InterruptHw {
+        let Some(ctl) = self.controller else {
+            if self.bad {
+                log::warn!("device tree: malformed interrupt controller; ignored");
+            }
+            return InterruptHw::default();
+        };
+        let line = |dev: Option<Dev<'a>>, index| {
+            let line = dev.and_then(|d| d.line(&ctl, self.root_parent, index));
+            (line.is_some() || dev.is_none()).then_some(line)
+        };
+        let uart = self
+            .stdout
+            .and_then(|path| stdout_node(dt, path))
+            .or(self.uart);
+        let (timer, uart) = (line(self.timer, 2), line(uart, 0));
+        if self.bad || timer.is_none() || uart.is_none() {
+            log::warn!("device tree: malformed interrupt information; partly ignored");
+        }
+        InterruptHw {
+            timer: timer.flatten(),
+            uart: uart.flatten(),
+            controller: Some(ctl.hw),
+        }
+    }
+}
+
+/// The console node `stdout-path` names (`path[:options]`, or an alias
+/// in `/aliases`), if the tree has it.
+fn stdout_node<'a>(dt: Blob<'a>, stdout: &'a str) -> Option<Dev<'a>> {
+    let mut path = stdout.split(':').next().unwrap_or(stdout);
+    if !path.starts_with('/') {
+        let alias = path;
+        path = "";
+        node_props(dt, "/aliases", |name, value| {
+            if name == alias {
+                path = cstr(value).unwrap_or("");
+            }
+        });
+    }
+    let mut dev = Dev::EMPTY;
+    node_props(dt, path, |name, value| dev.prop(name, value)).then_some(dev)
+}
+
+/// Calls `f` with each property of the first node at `path` (an absolute
+/// path; a component may omit the unit address); `false` if there is none.
+fn node_props<'a>(dt: Blob<'a>, path: &str, mut f: impl FnMut(&'a str, &'a [u8])) -> bool {
+    if !path.starts_with('/') {
+        return false;
+    }
+    let parts = || path.split('/').filter(|p| !p.is_empty());
+    let want = parts().count() + 1;
+    // Open nodes, and how many of them lie on `path`.
+    let (mut depth, mut on_path) = (0usize, 0);
+    for tok in dt.tokens() {
+        match tok {
+            Ok(Tok::Begin(name)) => {
+                let base = name.split('@').next();
+                let is = |p: &str| p == name || Some(p) == base;
+                if on_path == depth
+                    && depth < want
+                    && (depth == 0 || parts().nth(depth - 1).is_some_and(is))
+                {
+                    on_path += 1;
+                }
+                depth += 1;
+            }
+            Ok(Tok::End) if on_path == want && depth == want => return true,
+            Ok(Tok::End) => {
+                depth = depth.saturating_sub(1);
+                on_path = on_path.min(depth);
+            }
+            Ok(Tok::Prop(name, value)) if on_path == want && depth == want => f(name, value),
+            Ok(Tok::Prop(..)) => {}
+            Err(_) => return false,
+        }
+    }
+    false
+}
+
+/// Entry `i` of a `reg` property as `(address, size)`; `None` past its end
+/// or for cells other than 1–2 address and 0–2 size cells.
+fn reg_entry(reg: &[u8], (ac, sc): (u32, u32), i: usize) -> Option<(u64, u64)> {
+    if !(1..=2).contains(&ac) || sc > 2 {
+        return None;
+    }
+    let off = i.checked_mul(4 * (ac + sc) as usize)?;
+    let read = |off: usize, cells| match cells {
+        0 => Some(0),
+        1 => be32(reg, off).map(u64::from),
+        _ => be64(reg, off),
+    };
+    Some((read(off, ac)?, read(off.checked_add(4 * ac as usize)?, sc)?))
 }
 
 /// Decodes a `reg` property into `(address, size)` pairs.
@@ -178,15 +540,8 @@ fn push_reg(
             "reg length is not a whole number of entries",
         ));
     }
-    let read = |off: usize, cells: u32| match cells {
-        0 => Some(0),
-        1 => be32(reg, off).map(u64::from),
-        _ => be64(reg, off),
-    };
-    for chunk_start in (0..reg.len()).step_by(entry) {
-        let addr = read(chunk_start, ac).ok_or(BootInfoError::Truncated("reg"))?;
-        let size =
-            read(chunk_start + 4 * ac as usize, sc).ok_or(BootInfoError::Truncated("reg"))?;
+    for i in 0..reg.len() / entry {
+        let (addr, size) = reg_entry(reg, cells, i).ok_or(BootInfoError::Truncated("reg"))?;
         let region = MemoryRegion::from_len(addr, size, kind)
             .ok_or(BootInfoError::Malformed("reg range wraps around"))?;
         out.try_push(region)
@@ -275,20 +630,10 @@ pub fn parse<'a>(
     // `None` once there were too many NUMA ranges to keep.
     let mut numa_raw: Option<ArrayVec<NumaRange, { numa::MAX_RAW_NUMA_RANGES }>> =
         Some(ArrayVec::new());
-    let mut pos = 0;
-    let s = dt.structs;
-    loop {
-        let token = be32(s, pos).ok_or(BootInfoError::Truncated(
-            "structure block ends without FDT_END",
-        ))?;
-        pos += 4;
-        match token {
-            TOKEN_BEGIN_NODE => {
-                let name = s
-                    .get(pos..)
-                    .and_then(cstr)
-                    .ok_or(BootInfoError::Malformed("node name"))?;
-                pos = align4(pos + name.len() + 1).ok_or(BootInfoError::Malformed("node name"))?;
+    let mut irq = IrqScan::default();
+    for tok in dt.tokens() {
+        match tok? {
+            Tok::Begin(name) => {
                 let parent = stack.last().map(|n| n.role);
                 let base = name.split('@').next().unwrap_or(name);
                 let role = match (parent, base) {
@@ -305,7 +650,7 @@ pub fn parse<'a>(
                     .try_push(Node::new(role, base))
                     .map_err(|_| BootInfoError::Malformed("device tree nested too deeply"))?;
             }
-            TOKEN_END_NODE => {
+            Tok::End => {
                 let node = stack
                     .pop()
                     .ok_or(BootInfoError::Malformed("unbalanced end of node"))?;
@@ -337,22 +682,9 @@ pub fn parse<'a>(
                 if node.role == Role::Cpu && node.enabled {
                     cpus += 1;
                 }
-                if stack.is_empty() {
-                    // The root closed; FDT_END must follow (NOPs allowed).
-                    continue;
-                }
+                irq.node(&node, parent_cells);
             }
-            TOKEN_PROP => {
-                let len = be32(s, pos).ok_or(BootInfoError::Truncated("property"))? as usize;
-                let name_off =
-                    be32(s, pos + 4).ok_or(BootInfoError::Truncated("property"))? as usize;
-                let start = pos + 8;
-                let value = start
-                    .checked_add(len)
-                    .and_then(|end| s.get(start..end))
-                    .ok_or(BootInfoError::Truncated("property value"))?;
-                pos = align4(start + len).ok_or(BootInfoError::Malformed("property length"))?;
-                let name = dt.string(name_off)?;
+            Tok::Prop(name, value) => {
                 let node = stack
                     .last_mut()
                     .ok_or(BootInfoError::Malformed("property outside a node"))?;
@@ -393,18 +725,14 @@ pub fn parse<'a>(
                     "linux,initrd-end" if node.role == Role::Chosen => {
                         initrd_end = prop_u32_or_u64(value)
                     }
-                    _ => {}
+                    "stdout-path" if node.role == Role::Chosen => irq.stdout = cstr(value),
+                    _ => node.dev.prop(name, value),
                 }
             }
-            TOKEN_NOP => {}
-            TOKEN_END => {
-                if !stack.is_empty() {
-                    return Err(BootInfoError::Malformed("FDT_END inside a node"));
-                }
-                break;
-            }
-            _ => return Err(BootInfoError::Malformed("unknown structure token")),
         }
+    }
+    if !stack.is_empty() {
+        return Err(BootInfoError::Malformed("FDT_END inside a node"));
     }
     if let (Some(start), Some(end)) = (initrd_start, initrd_end)
         && start < end
@@ -436,6 +764,7 @@ pub fn parse<'a>(
         cpu_count: cpus.max(1),
         numa,
         timebase_hz,
+        irq: irq.finish(dt),
     })
 }
 
@@ -452,7 +781,8 @@ mod tests {
     };
 
     /// A tree shaped like QEMU's `virt` machine: 2 CPUs, 256 MiB at 1 GiB,
-    /// a reserved-memory child, a /memreserve/ entry and bootargs.
+    /// a reserved-memory child, a /memreserve/ entry, bootargs, a GICv2
+    /// with a child, the timer, and the PL011 as `stdout-path` via an alias.
     fn virt_like(cpus: u32, with_memory: bool) -> Vec<u8> {
         let mut w =
             FdtWriter::new_with_mem_reserv(&[FdtReserveEntry::new(0x4800_0000, 0x1000).unwrap()])
@@ -460,11 +790,28 @@ mod tests {
         let root = w.begin_node("").unwrap();
         w.property_u32("#address-cells", 2).unwrap();
         w.property_u32("#size-cells", 2).unwrap();
+        w.property_u32("interrupt-parent", 0x8003).unwrap();
         let chosen = w.begin_node("chosen").unwrap();
         w.property_string("bootargs", "log=debug").unwrap();
         w.property_u64("linux,initrd-start", 0x4400_0000).unwrap();
         w.property_u64("linux,initrd-end", 0x4410_0000).unwrap();
+        w.property_string("stdout-path", "serial0:115200n8")
+            .unwrap();
         w.end_node(chosen).unwrap();
+        let aliases = w.begin_node("aliases").unwrap();
+        w.property_string("serial0", "/pl011@9000000").unwrap();
+        w.end_node(aliases).unwrap();
+        gic(
+            &mut w,
+            "arm,cortex-a15-gic",
+            &[0x800_0000, 0x1_0000, 0x801_0000, 0x1_0000],
+        );
+        let timer = w.begin_node("timer").unwrap();
+        w.property_string_list("compatible", vec!["arm,armv8-timer".into()])
+            .unwrap();
+        w.property_array_u32("interrupts", &[1, 13, 0x304, 1, 14, 0x304, 1, 11, 0x304])
+            .unwrap();
+        w.end_node(timer).unwrap();
         if with_memory {
             let mem = w.begin_node("memory@40000000").unwrap();
             w.property_string("device_type", "memory").unwrap();
@@ -497,9 +844,240 @@ mod tests {
         w.end_node(cpus_node).unwrap();
         let uart = w.begin_node("pl011@9000000").unwrap();
         w.property_array_u64("reg", &[0x900_0000, 0x1000]).unwrap();
+        w.property_string_list(
+            "compatible",
+            vec!["arm,pl011".into(), "arm,primecell".into()],
+        )
+        .unwrap();
+        w.property_array_u32("interrupts", &[0, 1, 4]).unwrap();
         w.end_node(uart).unwrap();
         w.end_node(root).unwrap();
         w.finish().unwrap()
+    }
+
+    /// A GIC node with phandle 0x8003 and an MSI-frame child, like QEMU's.
+    fn gic(w: &mut FdtWriter, compatible: &str, reg: &[u64]) {
+        let intc = w.begin_node("intc@8000000").unwrap();
+        w.property_u32("phandle", 0x8003).unwrap();
+        w.property_array_u64("reg", reg).unwrap();
+        w.property_string("compatible", compatible).unwrap();
+        w.property_u32("#address-cells", 2).unwrap();
+        w.property_u32("#size-cells", 2).unwrap();
+        w.property_u32("#interrupt-cells", 3).unwrap();
+        let v2m = w.begin_node("v2m@8020000").unwrap();
+        w.property_array_u64("reg", &[0x802_0000, 0x1000]).unwrap();
+        w.property_string("compatible", "arm,gic-v2m-frame")
+            .unwrap();
+        w.end_node(v2m).unwrap();
+        w.end_node(intc).unwrap();
+    }
+
+    /// A root with 2/2 cells, interrupt parent 0x8003, 256 MiB of memory,
+    /// and the nodes `body` adds.
+    fn tree(body: impl FnOnce(&mut FdtWriter)) -> Vec<u8> {
+        let mut w = FdtWriter::new().unwrap();
+        let root = w.begin_node("").unwrap();
+        w.property_u32("#address-cells", 2).unwrap();
+        w.property_u32("#size-cells", 2).unwrap();
+        w.property_u32("interrupt-parent", 0x8003).unwrap();
+        let mem = w.begin_node("memory@40000000").unwrap();
+        w.property_string("device_type", "memory").unwrap();
+        w.property_array_u64("reg", &[0x4000_0000, 0x1000_0000])
+            .unwrap();
+        w.end_node(mem).unwrap();
+        body(&mut w);
+        w.end_node(root).unwrap();
+        w.finish().unwrap()
+    }
+
+    /// A node `name` with string `compatible` and cell-array `props`.
+    fn node(w: &mut FdtWriter, name: &str, compatible: &str, props: &[(&str, &[u32])]) {
+        let n = w.begin_node(name).unwrap();
+        if !compatible.is_empty() {
+            w.property_string("compatible", compatible).unwrap();
+        }
+        for (prop, cells) in props {
+            w.property_array_u32(prop, cells).unwrap();
+        }
+        w.end_node(n).unwrap();
+    }
+
+    fn irq_of(blob: &[u8]) -> InterruptHw {
+        parse(blob, "devicetree", &[]).unwrap().irq
+    }
+
+    const fn line(number: u32, trigger: Trigger) -> Option<Line> {
+        Some(Line { number, trigger })
+    }
+
+    const QEMU_GICV2: &[u8] = include_bytes!("testdata/qemu-virt-aarch64-gicv2.dtb");
+    const QEMU_GICV3: &[u8] = include_bytes!("testdata/qemu-virt-aarch64-gicv3.dtb");
+    const QEMU_RISCV: &[u8] = include_bytes!("testdata/qemu-virt-riscv64.dtb");
+
+    #[test]
+    fn qemu_virt_interrupt_hardware() {
+        // QEMU 7.2 `-M virt[,gic-version=3] -cpu cortex-a72 -m 128M -smp 2`.
+        let v2 = irq_of(QEMU_GICV2);
+        let gic = Controller::GicV2 {
+            dist: (0x800_0000, 0x1_0000),
+            cpu: (0x801_0000, 0x1_0000),
+        };
+        assert_eq!(v2.controller, Some(gic));
+        assert_eq!(v2.timer, line(27, LEVEL_HIGH));
+        assert_eq!(v2.uart, line(33, LEVEL_HIGH));
+        let v3 = irq_of(QEMU_GICV3);
+        let gic = Controller::GicV3 {
+            dist: (0x800_0000, 0x1_0000),
+            redist: (0x80a_0000, 0xf6_0000),
+        };
+        assert_eq!(v3.controller, Some(gic));
+        assert_eq!((v3.timer, v3.uart), (v2.timer, v2.uart));
+        // `-M virt -m 128M -smp 2`: the UART is /soc/serial@10000000.
+        let rv = irq_of(QEMU_RISCV);
+        let plic = Controller::Plic {
+            regs: (0xc00_0000, 0x60_0000),
+            sources: 96,
+            context: 1,
+        };
+        assert_eq!(rv.controller, Some(plic));
+        assert_eq!(rv.timer, None);
+        assert_eq!(rv.uart, line(10, LEVEL_HIGH));
+    }
+
+    #[test]
+    fn console_uart_is_found_by_stdout_path_or_compatible() {
+        let uarts = |w: &mut FdtWriter| {
+            gic(
+                w,
+                "arm,gic-400",
+                &[0x800_0000, 0x1_0000, 0x801_0000, 0x1_0000],
+            );
+            let soc = w.begin_node("soc").unwrap();
+            node(w, "serial@1000", "ns16550a", &[("interrupts", &[0, 5, 1])]);
+            node(w, "serial@2000", "ns16550a", &[("interrupts", &[0, 6, 8])]);
+            node(w, "serial@3000", "ns16550a", &[]);
+            w.end_node(soc).unwrap();
+        };
+        let with_stdout = |path: &str| {
+            irq_of(&tree(|w| {
+                uarts(w);
+                let chosen = w.begin_node("chosen").unwrap();
+                w.property_string("stdout-path", path).unwrap();
+                w.end_node(chosen).unwrap();
+            }))
+            .uart
+        };
+        let edge = Trigger::default();
+        let low = Trigger {
+            level: true,
+            active_low: true,
+        };
+        // No stdout-path: the first UART.
+        assert_eq!(irq_of(&tree(uarts)).uart, line(37, edge));
+        assert_eq!(with_stdout("/soc/serial@2000"), line(38, low));
+        // The unit address may be left out; the first match wins.
+        assert_eq!(with_stdout("/soc/serial:9600"), line(37, edge));
+        // A path or alias not in the tree: the first UART.
+        assert_eq!(with_stdout("/soc/serial@4000"), line(37, edge));
+        assert_eq!(with_stdout("serial1"), line(37, edge));
+        // The console has no interrupt.
+        assert_eq!(with_stdout("/soc/serial@3000"), None);
+    }
+
+    #[test]
+    fn virt_like_interrupt_hardware() {
+        let irq = irq_of(&virt_like(2, true));
+        assert_eq!(
+            irq.controller,
+            Some(Controller::GicV2 {
+                dist: (0x800_0000, 0x1_0000),
+                cpu: (0x801_0000, 0x1_0000),
+            })
+        );
+        assert_eq!(irq.timer, line(27, LEVEL_HIGH));
+        assert_eq!(irq.uart, line(33, LEVEL_HIGH));
+    }
+
+    #[test]
+    fn plic_context_comes_from_interrupts_extended() {
+        let plic = |ext: Option<&[u32]>, ndev: &[u32]| {
+            irq_of(&tree(|w| {
+                let soc = w.begin_node("soc").unwrap();
+                w.property_u32("#address-cells", 2).unwrap();
+                w.property_u32("#size-cells", 2).unwrap();
+                let mut props: Vec<(&str, &[u32])> = vec![
+                    ("reg", &[0, 0xc00_0000, 0, 0x60_0000]),
+                    ("riscv,ndev", ndev),
+                    ("phandle", &[5]),
+                ];
+                props.extend(ext.map(|e| ("interrupts-extended", e)));
+                node(w, "plic@c000000", "riscv,plic0", &props);
+                let uart = [("interrupts", &[10][..]), ("interrupt-parent", &[5])];
+                node(w, "serial@10000000", "ns16550", &uart);
+                w.end_node(soc).unwrap();
+            }))
+        };
+        let ctx = |irq: InterruptHw| match irq.controller {
+            Some(Controller::Plic { context, .. }) => Some(context),
+            _ => None,
+        };
+        // Hart 0 M and S, hart 1 M and S; and hart 1's S first.
+        assert_eq!(ctx(plic(Some(&[4, 11, 4, 9, 2, 11, 2, 9]), &[95])), Some(1));
+        assert_eq!(ctx(plic(Some(&[2, 9, 4, 11]), &[95])), Some(0));
+        assert_eq!(ctx(plic(None, &[95])), Some(1));
+        assert_eq!(plic(None, &[95]).uart, line(10, LEVEL_HIGH));
+        // No S-mode context, odd cells, no `riscv,ndev`: no controller.
+        for irq in [
+            plic(Some(&[4, 11]), &[95]),
+            plic(Some(&[4, 9, 2]), &[95]),
+            plic(None, &[]),
+        ] {
+            assert_eq!(irq, InterruptHw::default());
+        }
+    }
+
+    #[test]
+    fn malformed_interrupt_information_is_ignored() {
+        let gic_reg = [0x800_0000, 0x1_0000, 0x801_0000, 0x1_0000];
+        let with = |reg: &[u64], timer: &[u32], uart: &[(&str, &[u32])]| {
+            irq_of(&tree(|w| {
+                gic(w, "arm,gic-v3", reg);
+                node(w, "timer", "arm,armv7-timer", &[("interrupts", timer)]);
+                node(w, "pl011@9000000", "arm,pl011", uart);
+            }))
+        };
+        let timer = [1, 13, 4, 1, 14, 4, 1, 11, 4, 1, 10, 4];
+        let good = with(&gic_reg, &timer, &[("interrupts", &[0, 1, 4])]);
+        assert!(matches!(good.controller, Some(Controller::GicV3 { .. })));
+        assert_eq!(
+            (good.timer, good.uart),
+            (line(27, LEVEL_HIGH), line(33, LEVEL_HIGH))
+        );
+        // One window only, an empty or wrapping one: no controller, so no lines.
+        for reg in [&gic_reg[..2], &[0x800_0000, 0, 1, 1], &[u64::MAX, 2, 1, 1]] {
+            assert_eq!(with(reg, &timer, &[]), InterruptHw::default());
+        }
+        // Bad timer specifiers: too short, PPI out of range, bad flags, SPI
+        // type 2, cells not a multiple of 3.
+        for t in [
+            &timer[..6],
+            &[1, 13, 4, 1, 14, 4, 1, 16, 4],
+            &[1, 13, 4, 1, 14, 4, 1, 11, 3],
+            &[1, 13, 4, 1, 14, 4, 2, 11, 4],
+            &timer[..10],
+        ] {
+            let irq = with(&gic_reg, t, &[]);
+            assert!(irq.controller.is_some() && irq.timer.is_none(), "{t:?}");
+        }
+        // The UART on another interrupt controller, or SPI 988.
+        let other = with(
+            &gic_reg,
+            &timer,
+            &[("interrupts", &[0, 1, 4]), ("interrupt-parent", &[7])],
+        );
+        assert_eq!((other.timer, other.uart), (good.timer, None));
+        let spi = with(&gic_reg, &timer, &[("interrupts", &[0, 988, 4])]);
+        assert_eq!(spi.uart, None);
     }
 
     fn kinds_at(info: &BootInfo<'_>, addr: u64) -> Option<RegionKind> {
@@ -734,11 +1312,19 @@ mod tests {
             edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8)
         ) {
             let mut blob = virt_like(2, true);
-            for (i, b) in edits {
+            for (i, b) in edits.iter().copied() {
                 let at = i.index(blob.len());
                 blob[at] = b;
             }
             let _ = parse(&blob, "devicetree", &[KERNEL]);
+            for qemu in [QEMU_GICV2, QEMU_GICV3, QEMU_RISCV] {
+                let mut blob = qemu.to_vec();
+                for &(i, b) in &edits {
+                    let at = i.index(blob.len());
+                    blob[at] = b;
+                }
+                let _ = parse(&blob, "devicetree", &[]);
+            }
         }
     }
 }

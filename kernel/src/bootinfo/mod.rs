@@ -277,6 +277,110 @@ pub struct BootInfo<'a> {
     /// firmware states it (device tree `/cpus/timebase-frequency`, which
     /// RISC-V's `time` counter runs at); `None` otherwise.
     pub timebase_hz: Option<u64>,
+    /// The interrupt hardware the firmware describes (ACPI MADT, device
+    /// tree); `Default` (nothing) when it describes none.
+    pub irq: InterruptHw,
+}
+
+/// A physical register window: `(base, length)` in bytes.
+pub type Window = (u64, u64);
+
+/// The interrupt controller the firmware describes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Controller {
+    /// x86: the local APIC's physical base (the MADT's, or its 64-bit
+    /// override entry) and the I/O APICs.
+    Apic {
+        /// Local APIC register page.
+        lapic: u64,
+        /// I/O APICs: register window base and first GSI.
+        ioapics: ArrayVec<IoApic, 4>,
+    },
+    /// AArch64 GICv2: distributor and CPU interface.
+    GicV2 {
+        /// Distributor (GICD).
+        dist: Window,
+        /// CPU interface (GICC).
+        cpu: Window,
+    },
+    /// AArch64 GICv3: distributor and the redistributor region.
+    GicV3 {
+        /// Distributor (GICD).
+        dist: Window,
+        /// Redistributors (GICR), 128 KiB per CPU.
+        redist: Window,
+    },
+    /// RISC-V PLIC.
+    Plic {
+        /// The register window.
+        regs: Window,
+        /// Number of interrupt sources (`riscv,ndev`).
+        sources: u32,
+        /// The context of the boot hart's supervisor external interrupt.
+        context: u32,
+    },
+}
+
+/// One x86 I/O APIC (MADT type 1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IoApic {
+    /// Physical base of its register window (4 KiB).
+    pub base: u64,
+    /// The first global system interrupt it serves.
+    pub gsi_base: u32,
+}
+
+/// How an interrupt line signals.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Trigger {
+    /// Level-triggered (else edge).
+    pub level: bool,
+    /// Active low (else active high).
+    pub active_low: bool,
+}
+
+/// An interrupt line: its number in the controller's space (x86 GSI, GIC
+/// INTID, PLIC source) and how it signals.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Line {
+    /// x86 GSI, GIC INTID (PPI n is 16 + n, SPI n is 32 + n), PLIC source.
+    pub number: u32,
+    /// Edge or level, polarity.
+    pub trigger: Trigger,
+}
+
+/// The interrupt hardware the firmware describes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct InterruptHw {
+    /// The interrupt controller, if one is described.
+    pub controller: Option<Controller>,
+    /// AArch64: the EL1 virtual timer's interrupt (the third entry of the
+    /// device tree's `/timer` `interrupts`); `None` elsewhere.
+    pub timer: Option<Line>,
+    /// The console UART's receive interrupt: x86 ISA IRQ 4 after the
+    /// MADT's source overrides, the PL011's or the 16550's device-tree
+    /// `interrupts`.
+    pub uart: Option<Line>,
+}
+
+impl InterruptHw {
+    /// The controller's register windows, for the kernel's page tables.
+    pub fn windows(&self) -> ArrayVec<Window, 8> {
+        let mut out = ArrayVec::new();
+        match &self.controller {
+            Some(Controller::Apic { lapic, ioapics }) => {
+                out.push((*lapic, PAGE_SIZE));
+                for io in ioapics.iter().take(7) {
+                    out.push((io.base, PAGE_SIZE));
+                }
+            }
+            Some(Controller::GicV2 { dist, cpu }) => out.extend([*dist, *cpu]),
+            Some(Controller::GicV3 { dist, redist }) => out.extend([*dist, *redist]),
+            Some(Controller::Plic { regs, .. }) => out.push(*regs),
+            None => {}
+        }
+        out
+    }
 }
 
 #[cfg(test)]

@@ -33,8 +33,10 @@ fn is_ram(kind: RegionKind) -> bool {
     !matches!(kind, RegionKind::Reserved | RegionKind::Bad)
 }
 
-/// Builds the kernel page tables and switches to them.
-pub fn init(map: &MemoryMap) -> Result<KernelMapStats, MapError> {
+/// Builds the kernel page tables and switches to them: the direct map of
+/// RAM, the architecture's device windows and `devices` (the interrupt
+/// controller's registers) as device memory, and the kernel image.
+pub fn init(map: &MemoryMap, devices: &[(u64, u64)]) -> Result<KernelMapStats, MapError> {
     let mut t = KernelTables;
     let mut k = PageTable::<PageFormat>::new(&mut t)?;
     let mut stats = KernelMapStats::default();
@@ -55,7 +57,7 @@ pub fn init(map: &MemoryMap) -> Result<KernelMapStats, MapError> {
         map_direct(&mut k, s, e, data, &mut stats)?;
         stats.direct_bytes += e - s;
     }
-    for &(base, len) in arch::device_windows() {
+    for &(base, len) in arch::device_windows().iter().chain(devices) {
         let (s, e) = (base & !0xfff, (base + len).next_multiple_of(0x1000));
         map_direct(&mut k, s, e, data | Attr::DEVICE, &mut stats)?;
     }

@@ -70,6 +70,8 @@ pub enum Blocked {
         /// The notification.
         n: NotificationId,
     },
+    /// Its deadline (`Sleep`).
+    Sleep,
     /// Nothing: its fault cannot be answered (its handler went away), and
     /// its process is killed when the current call is done (in the
     /// kernel's doomed queue until then; killing it at once, in the middle

@@ -13,6 +13,8 @@
 //! `current` is the `Running` thread, or `None` right after it died.
 #![forbid(unsafe_code)]
 
+pub mod fair;
+pub mod heap;
 pub mod runq;
 
 use keel_abi::Error;

@@ -82,6 +82,8 @@ pub(super) enum Call {
     SetAffinity(ThreadId, u64),
     SetTls(ThreadId, usize),
     Yield,
+    /// Block until this clock tick.
+    Sleep(u64),
     Kill(ThreadId),
     /// A new endpoint or notification (its table room reserved, its pool
     /// charged, its capability's slot reserved).
@@ -433,6 +435,10 @@ pub(super) fn decode(
             Call::SetTls(id, base)
         }
         Syscall::Yield => Call::Yield,
+        Syscall::Sleep => match crate::time::hz() {
+            0 => return Err(Error::NotSupported),
+            _ => Call::Sleep(crate::time::ns_to_ticks(a[0] as u64)),
+        },
         Syscall::ThreadKill => Call::Kill(thread(k, cs, a[0])?.0),
         Syscall::MemCreate => {
             let [pool, pages, flags, ..] = a;

@@ -21,6 +21,12 @@ pub(super) fn invoke(k: &mut Kernel, caller: ThreadId, call: Call) -> Outcome {
                 after: After::Yield,
             };
         }
+        Call::Sleep(deadline) => {
+            return Outcome {
+                value: Ok(0),
+                after: k.sleep(caller, deadline, crate::arch::clock_ticks()),
+            };
+        }
         Call::SystemInfo(key) => Ok(system_info(k, key)),
         Call::DebugWrite { space, at, len } => {
             let mut buf = [0u8; 256];

@@ -42,6 +42,7 @@ pub struct Kernel {
     /// Exit code of the root task's last thread to exit (-1 if none has).
     root_exit: isize,
     cpu_count: usize,
+    clock: clock::Clock,
 }
 
 /// What runs next on this CPU.
@@ -49,6 +50,8 @@ pub struct Kernel {
 pub enum Next {
     /// This thread, now current.
     Run(ThreadId),
+    /// Nothing now: wait for the timer or an interrupt.
+    Idle,
     /// Nothing: the run is over, for this reason.
     Done(&'static str),
 }
@@ -70,6 +73,7 @@ impl Kernel {
             root_done: false,
             root_exit: -1,
             cpu_count,
+            clock: clock::Clock::new(crate::time::hz()),
         })
     }
 
@@ -126,6 +130,7 @@ impl Kernel {
     pub fn reserve_thread(&mut self) -> Result<(), Error> {
         self.threads.reserve()?;
         let slot = self.threads.next_id().index() as usize;
+        self.clock.deadlines.reserve_slot(slot)?;
         self.sched.reserve_slot(slot)
     }
 
@@ -364,6 +369,9 @@ impl Kernel {
             }
         }
         let Some(next) = self.sched.pick() else {
+            if self.waits_for_events() {
+                return Next::Idle;
+            }
             return Next::Done("no runnable threads are left");
         };
         self.switch_to(next);
@@ -385,6 +393,9 @@ impl Kernel {
             if t.state == State::Running {
                 t.state = State::Ready;
             }
+        }
+        if self.current() != Some(next) {
+            self.new_slice(crate::arch::clock_ticks());
         }
         let Some(n) = self.threads.get_mut(next.0) else {
             return;
@@ -410,6 +421,7 @@ impl Kernel {
     }
 }
 
+mod clock;
 mod fastpath;
 mod ipc;
 

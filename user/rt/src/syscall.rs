@@ -317,6 +317,24 @@ pub fn yield_now() -> Result<(), Error> {
     unit(unsafe { syscall0(Syscall::Yield as usize) })
 }
 
+/// The monotonic clock in nanoseconds since boot (0 if the kernel has no
+/// clock rate).
+pub fn now_ns() -> u64 {
+    system_info(SystemInfoKey::MonotonicNs).map_or(0, |v| v as u64)
+}
+
+/// Blocks until the monotonic clock ([`now_ns`]) reaches `deadline_ns`;
+/// returns at once (after a yield) if it has.
+pub fn sleep_until(deadline_ns: u64) -> Result<(), Error> {
+    // SAFETY: `Sleep` does not touch user memory.
+    unit(unsafe { syscall1(Syscall::Sleep as usize, deadline_ns as usize) })
+}
+
+/// Blocks for at least `ns` nanoseconds.
+pub fn sleep_ns(ns: u64) -> Result<(), Error> {
+    sleep_until(now_ns().saturating_add(ns))
+}
+
 /// Kills a thread.
 pub fn thread_kill(thread: CapToken) -> Result<(), Error> {
     // SAFETY: does not touch the caller's memory (a killed thread's stack

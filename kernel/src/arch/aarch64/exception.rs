@@ -16,7 +16,8 @@
 //! mode), which branches to `keel_user_sync_entry` in `user`: it saves the
 //! user registers into the thread's `UserRegs` instead. IRQ, FIQ and SError
 //! from user mode take the common stub (on the CPU's kernel stack, whose top
-//! SP_EL1 is at EL0) and are fatal.
+//! SP_EL1 is at EL0); an IRQ (from user mode, or in the kernel while idle)
+//! goes to `gic` and `crate::entry::on_interrupt`, the rest are fatal.
 //!
 //! Before storing anything, each vector checks (without a free register, by
 //! folding x0 into SP and back) that the new frame lies on the stack and not
@@ -354,6 +355,19 @@ extern "C" fn keel_trap_dispatch(frame: &mut TrapFrame) {
         2 => VectorKind::Lower64,
         _ => VectorKind::Lower32,
     };
+    // IRQs: from user mode, or in the kernel only while idle.
+    if frame.kind % 4 == 1 && matches!(group, VectorKind::CurrentSpx | VectorKind::Lower64) {
+        let irq = super::gic::interrupt();
+        if group == VectorKind::Lower64 {
+            super::user::user_interrupt(frame, irq)
+        }
+        match irq {
+            // SAFETY: `on_interrupt` hands out only valid thread registers
+            // with their address space loaded; this abandons the idle stack.
+            Some(irq) => unsafe { super::enter_user(crate::entry::on_interrupt(irq)) },
+            None => return,
+        }
+    }
     let pc = frame.elr as usize;
     let cause = match (group, frame.kind % 4) {
         (VectorKind::CurrentSpx, 0) => match classify_sync(frame) {

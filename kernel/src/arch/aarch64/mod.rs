@@ -3,7 +3,7 @@
 //!
 //! Submodules: `entry` (boot from EL2/EL1 to the higher half, device-tree
 //! discovery), `exception` (vector table, trap frame, dispatcher, fixup
-//! table), `mm` (page-table format, TLB and translation-register operations,
+//! table), `gic` (interrupt controller, virtual timer, idle loop), `mm` (page-table format, TLB and translation-register operations,
 //! user copies, the kernel image layout), `pl011` (console UART), `user`
 //! (user registers, FP/SIMD state, TLS, the per-CPU block, entry to and from
 //! EL0). This file holds the remaining items of the [`crate::arch`] contract.
@@ -20,11 +20,13 @@
 
 mod entry;
 mod exception;
+mod gic;
 mod mm;
 mod pl011;
 mod user;
 
 pub use self::exception::{breakpoint, breakpoint_site, probe_read};
+pub use self::gic::{idle, init as irq_init, timer_arm};
 pub use self::mm::{
     FLUSH_NEW_ENTRIES, KERNEL_ROOT_ENTRIES, PageFormat, asid_count, device_windows, flush_all,
     flush_page, kernel_image_layout, kernel_root, kernel_virt_to_phys, load_kernel_root,

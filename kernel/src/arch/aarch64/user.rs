@@ -223,6 +223,38 @@ static BOOT_CPU: PerCpu = PerCpu {
     user_regs: AtomicUsize::new(0),
 };
 
+/// The top of this CPU's kernel stack.
+pub(super) fn kernel_stack_top() -> usize {
+    BOOT_CPU.stack_top.load(Ordering::Relaxed)
+}
+
+/// An IRQ taken at EL0 (the common stub saved the user state in `frame`):
+/// saves it into the running thread's `UserRegs`, then runs what
+/// `entry::on_interrupt` says (the same thread after a spurious one).
+pub(super) fn user_interrupt(
+    frame: &super::exception::TrapFrame,
+    irq: Option<crate::trap::Interrupt>,
+) -> ! {
+    let regs = BOOT_CPU.user_regs.load(Ordering::Relaxed) as *mut UserRegs;
+    let saved = UserRegs {
+        x: frame.x,
+        sp: frame.sp,
+        pc: frame.elr,
+        pstate: frame.spsr,
+    };
+    // SAFETY: `regs` is what the last `enter_user` on this CPU ran, which
+    // the portable side keeps valid and unaliased until this entry has
+    // saved into it (the contract of `enter_user`).
+    unsafe { regs.write(saved) };
+    let next = match irq {
+        Some(irq) => crate::entry::on_interrupt(irq),
+        None => regs.cast_const(),
+    };
+    // SAFETY: `next` comes from the portable side (valid registers, address
+    // space loaded); the stack is abandoned.
+    unsafe { enter_user(next) }
+}
+
 /// MDSCR_EL1 for user mode: TDCC (EL0 access to the debug communication
 /// channel traps); software step, kernel debug and monitor debug events off.
 const MDSCR_USER: u64 = 1 << 12;

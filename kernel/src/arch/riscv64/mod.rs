@@ -3,18 +3,21 @@
 //! UART, the `sifive_test` exit device, `instret`, `ebreak` and a
 //! frame-pointer walker; the memory-management items (Sv48, ASIDs,
 //! `sfence.vma`, `user_copy`) are in `mm`; user mode (`UserRegs`,
-//! `FpuState`, `enter_user` and the U-mode trap path) in `user` and `traps`.
+//! `FpuState`, `enter_user` and the U-mode trap path) in `user` and `traps`;
+//! the timer and the idle loop in `irq`.
 //!
 //! Invariants: everything here runs after `boot::_start` switched to the
 //! higher half, so devices are reached through the direct map (the first
 //! 4 GiB of physical space at [`DIRECT_MAP_BASE`]); the kernel runs with
-//! interrupts masked.
+//! interrupts masked, except in `irq::idle`.
 
 mod boot;
+mod irq;
 mod mm;
 mod traps;
 mod user;
 
+pub use self::irq::{idle, init as irq_init, timer_arm};
 pub use self::mm::{
     FLUSH_NEW_ENTRIES, KERNEL_ROOT_ENTRIES, PageFormat, asid_count, device_windows, flush_all,
     flush_page, in_stack_guard, kernel_image_layout, kernel_root, kernel_virt_to_phys,

@@ -294,6 +294,15 @@ const fn instruction_len(low: u16) -> usize {
 /// The Rust handler of traps from S-mode, called by `keel_trap_entry`.
 extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
     let from_kernel = frame.sstatus & SSTATUS_SPP != 0;
+    // Interrupts are enabled in the kernel only in `irq::idle`.
+    if from_kernel
+        && frame.scause & SCAUSE_INTERRUPT != 0
+        && let Some(irq) = super::irq::interrupt(frame.scause)
+    {
+        // SAFETY: `on_interrupt` hands out only valid thread registers
+        // with their address space loaded; this abandons the idle stack.
+        unsafe { super::enter_user(crate::entry::on_interrupt(irq)) }
+    }
     let cause = classify(frame.scause, frame.stval);
     let record = TrapRecord {
         cause,

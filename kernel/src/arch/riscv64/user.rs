@@ -269,8 +269,10 @@ pub(super) fn classify_user(scause: usize, stval: usize) -> UserFault {
 /// current [`UserRegs`]. Returns the registers to enter next.
 pub(super) extern "C" fn user_trap(scause: usize, stval: usize) -> *const crate::arch::UserRegs {
     if scause & super::traps::SCAUSE_INTERRUPT != 0 {
-        // The kernel enables no interrupt sources yet (`sie` = 0).
-        unexpected_user_trap(scause, stval)
+        return match super::irq::interrupt(scause) {
+            Some(irq) => crate::entry::on_interrupt(irq),
+            None => unexpected_user_trap(scause, stval),
+        };
     }
     if scause == ECALL_FROM_U {
         crate::arch::common::syscall(this_cpu().user_regs.load(Ordering::Relaxed))

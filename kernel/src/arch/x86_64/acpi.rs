@@ -1,10 +1,11 @@
-//! The CPU count and NUMA map from ACPI at boot: reads the tables through
-//! the boot direct map (they lie in reserved memory, which the kernel's own
-//! page tables do not map) with the portable, host-tested parser in
-//! [`crate::bootinfo::acpi`], and falls back to one CPU or one NUMA node,
-//! with a warning, when the tables are missing or malformed.
+//! The CPU count, NUMA map and interrupt hardware from ACPI at boot: reads
+//! the tables through the boot direct map (they lie in reserved memory,
+//! which the kernel's own page tables do not map) with the portable,
+//! host-tested parser in [`crate::bootinfo::acpi`], and falls back to one
+//! CPU, one NUMA node or no interrupt information, with a warning, when the
+//! tables are missing or malformed.
 
-use crate::bootinfo::{NumaMap, PhysReader, acpi};
+use crate::bootinfo::{InterruptHw, NumaMap, PhysReader, acpi};
 
 /// What [`acpi::cpu_count`] found at boot.
 pub static BOOT_CPU_COUNT: spin::Once<Result<usize, &'static str>> = spin::Once::new();
@@ -27,6 +28,15 @@ pub fn topology<'a>(mem: &impl PhysReader<'a>, rsdp: Option<u64>) -> (usize, Num
         }
     };
     (cpu_count, numa)
+}
+
+/// The interrupt hardware the MADT describes (nothing, with a warning, if
+/// it is missing or malformed). `rsdp` as for [`topology`].
+pub fn interrupt_hw<'a>(mem: &impl PhysReader<'a>, rsdp: Option<u64>) -> InterruptHw {
+    acpi::interrupt_hw(mem, rsdp).unwrap_or_else(|why| {
+        log::warn!("ACPI MADT interrupt information ignored: {why}");
+        InterruptHw::default()
+    })
 }
 
 crate::ktest!(

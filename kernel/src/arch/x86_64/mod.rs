@@ -3,7 +3,8 @@
 //! paging hardware and TLB control (`mm`), user-memory copies
 //! (`usercopy`), user mode: `syscall` entry, return to ring 3, saved
 //! registers and FP state (`user`), the COM1 console (`serial`) and the
-//! CPU count and NUMA map from ACPI (`acpi`).
+//! CPU count and NUMA map from ACPI (`acpi`), interrupts, the timer and
+//! the idle loop (`apic`).
 //!
 //! Memory layout kept by this module (48-bit virtual addresses):
 //! - physical `P` in the first [`BOOT_DIRECT_MAP_SIZE`] bytes is mapped
@@ -17,12 +18,14 @@
 //!   once the boot trampoline has left its identity mapping, and belongs
 //!   to the user address space loaded later.
 //!
-//! Interrupts stay masked in the kernel (it is not preemptible); only
-//! exceptions arrive there, through the IDT set up before any Rust code
-//! beyond the entry runs. User code runs with interrupts enabled (the
-//! legacy PICs are masked; no device interrupts are handled yet).
+//! Interrupts stay masked in the kernel (it is not preemptible) except in
+//! the idle loop (`apic`); exceptions arrive through the IDT set up before
+//! any Rust code beyond the entry runs. User code runs with interrupts
+//! enabled: the local APIC's one-shot timer and device lines (`apic`; the
+//! legacy PICs are masked).
 
 mod acpi;
+mod apic;
 mod boot;
 mod cpu;
 mod mm;
@@ -32,6 +35,7 @@ mod user;
 mod usercopy;
 
 pub use super::common::user_copy;
+pub use apic::{idle, init as irq_init, timer_arm};
 pub use mm::{
     FLUSH_NEW_ENTRIES, KERNEL_ROOT_ENTRIES, PageFormat, asid_count, device_windows, flush_all,
     flush_page, kernel_image_layout, kernel_root, kernel_virt_to_phys, load_kernel_root,

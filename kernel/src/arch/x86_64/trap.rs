@@ -292,6 +292,15 @@ extern "C" fn keel_trap_dispatch(frame: &mut TrapFrame) {
         let fault = super::user::classify(frame.vector, frame.error_code, cr2);
         super::user::user_trap(frame, fault);
     }
+    if frame.vector >= super::user::FIRST_INTERRUPT {
+        // Interrupts are enabled in the kernel only in `apic::idle`.
+        let Some(irq) = super::apic::interrupt(frame.vector) else {
+            return;
+        };
+        // SAFETY: `on_interrupt` hands out only valid thread registers
+        // with their address space loaded; this abandons the idle stack.
+        unsafe { super::enter_user(crate::entry::on_interrupt(irq)) }
+    }
     let pc = frame.rip as usize;
     let cause = match frame.vector {
         VEC_BREAKPOINT => {

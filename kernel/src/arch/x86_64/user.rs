@@ -547,7 +547,7 @@ pub unsafe fn enter_user(regs: *const UserRegs) -> ! {
 }
 
 /// First vector that is not a CPU exception (external interrupts).
-const FIRST_INTERRUPT: u64 = 32;
+pub(super) const FIRST_INTERRUPT: u64 = 32;
 
 /// What an exception taken in user mode means for the thread, or `None`
 /// for an interrupt, which only interrupts it.
@@ -613,7 +613,10 @@ pub fn user_trap(frame: &TrapFrame, fault: Option<UserFault>) -> ! {
     unsafe { regs.write(saved) };
     let next = match fault {
         Some(fault) => crate::entry::on_user_fault(fault),
-        None => regs.cast_const(),
+        None => match super::apic::interrupt(frame.vector) {
+            Some(irq) => crate::entry::on_interrupt(irq),
+            None => regs.cast_const(),
+        },
     };
     // SAFETY: `next` comes from the portable side, which hands out only
     // valid thread registers with their address space loaded; this

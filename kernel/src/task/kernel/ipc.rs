@@ -179,7 +179,7 @@ impl Kernel {
             Blocked::Recv { ep } => (Queue::Endpoint(ep), Side::Recv),
             Blocked::Wait { n } => (Queue::Notification(n), Side::Idle),
             Blocked::Doomed => (Queue::Doomed, Side::Idle),
-            Blocked::Reply { .. } => return,
+            Blocked::Reply { .. } | Blocked::Sleep => return,
         };
         if let (Queue::Endpoint(ep), side) = q
             && let Some(e) = self.endpoints.get_mut(ep.0)
@@ -190,7 +190,7 @@ impl Kernel {
     }
 
     /// Makes a blocked thread ready (its result already written).
-    fn wake(&mut self, id: ThreadId) {
+    pub(super) fn wake(&mut self, id: ThreadId) {
         let Ok(t) = self.thread_mut(id) else { return };
         if t.state != State::Blocked {
             return;
@@ -202,23 +202,24 @@ impl Kernel {
         let _ = self.sched.enqueue(prio, id);
     }
 
-    /// Takes a thread out of whatever IPC queue it waits in (it stays
-    /// `Blocked` until its caller changes its state).
-    fn unqueue(&mut self, id: ThreadId) {
+    /// Takes a thread out of whatever queue it waits in, and its deadline
+    /// (it stays `Blocked` until its caller changes its state).
+    pub(super) fn unqueue(&mut self, id: ThreadId) {
         let Some(why) = self.thread(id).ok().and_then(|t| t.ipc.blocked) else {
             return;
         };
+        self.clock.deadlines.remove(id);
         match why {
             Blocked::Send { ep, .. } | Blocked::Recv { ep } => self.unlink(Queue::Endpoint(ep), id),
             Blocked::Wait { n } => self.unlink(Queue::Notification(n), id),
             Blocked::Doomed => self.unlink(Queue::Doomed, id),
-            Blocked::Reply { .. } => {}
+            Blocked::Reply { .. } | Blocked::Sleep => {}
         }
     }
 
     /// Ends a blocked thread's IPC with error `e`; a faulted thread,
     /// whose registers are not a system call's, dies with its process.
-    fn fail(&mut self, id: ThreadId, e: Error) {
+    pub(super) fn fail(&mut self, id: ThreadId, e: Error) {
         self.unqueue(id);
         let Ok(t) = self.thread_mut(id) else { return };
         if t.ipc.fault.is_some() {

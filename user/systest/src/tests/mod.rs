@@ -16,6 +16,7 @@ mod memory;
 mod ownership;
 mod page_tables;
 mod threads;
+mod time;
 mod zero_copy;
 
 pub use leaks::record_baseline;
@@ -42,6 +43,12 @@ pub const ALL: &[Test] = &[
     test!(basic::system_info_reads_every_key),
     test!(basic::system_info_rejects_bad_keys),
     test!(basic::monotonic_clock_runs_forward),
+    test!(time::sleep_lasts_at_least_its_duration),
+    test!(time::sleepers_wake_in_deadline_order),
+    test!(time::a_hog_cannot_starve_an_equal_priority_thread),
+    test!(time::equal_priority_hogs_share_the_cpu),
+    test!(time::a_woken_higher_priority_thread_preempts_a_hog),
+    test!(time::sleepers_can_be_suspended_and_killed),
     test!(basic::unknown_syscalls_are_refused),
     test!(basic::syscall_preserves_registers),
     test!(caps::identify_root_caps),
