@@ -71,6 +71,16 @@ impl Arch {
         }
     }
 
+    /// A machine property that swaps the interrupt controller, whose test
+    /// run repeats the system tests there: AArch64's GICv3 (GICv2 is
+    /// QEMU's default).
+    pub fn alternate_machine(self) -> Option<&'static str> {
+        match self {
+            Arch::Aarch64 => Some("gic-version=3"),
+            _ => None,
+        }
+    }
+
     /// Machine, CPU and exit-device arguments (without memory, CPUs, the
     /// image or the command line).
     pub fn qemu_machine_args(self) -> &'static [&'static str] {

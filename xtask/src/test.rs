@@ -105,7 +105,11 @@ pub fn run(arches: &[Arch]) -> Result<bool> {
         let root = root.as_deref();
         match toolchain::build_kernel(arch, Flavor::Test, false) {
             Ok(image) => {
-                kernel_tests(&mut tally, arch, &image, root)?;
+                kernel_tests(&mut tally, arch, &image, root, None)?;
+                // The other interrupt controller of the same machine.
+                if let Some(m) = arch.alternate_machine() {
+                    kernel_tests(&mut tally, arch, &image, root, Some(m))?;
+                }
                 bad_cmdline_refused(&mut tally, arch, &image, root)?;
                 stack_overflow_reported(&mut tally, arch, &image, root)?;
                 memory_above_4g_used(&mut tally, arch, &image, root)?;
@@ -200,14 +204,25 @@ fn parse_summary(line: &str) -> Option<(usize, usize)> {
 /// in-kernel tests, then the root task's system tests (same line format).
 /// Each suite ends with its own `N passed, N failed`; those must add up
 /// to the lines counted.
-fn kernel_tests(tally: &mut Tally, arch: Arch, image: &Path, root: Option<&Path>) -> Result<()> {
+fn kernel_tests(
+    tally: &mut Tally,
+    arch: Arch,
+    image: &Path,
+    root: Option<&Path>,
+    machine: Option<&str>,
+) -> Result<()> {
+    let name = match machine {
+        Some(m) => format!("{} ({m})", arch.name()),
+        None => arch.name().to_string(),
+    };
+    let extra: Vec<&str> = machine.map(|m| vec!["-machine", m]).unwrap_or_default();
     // Under -icount the clock is the instruction count: time slices,
     // sleeps and fairness are the same on every run and every host.
     let boot = Boot {
         icount: true,
         ..Boot::headless(arch, image, 2, "256M", "").with_initrd(root)
     };
-    let outcome = qemu::run_captured(&boot, BOOT_LIMIT, true)?;
+    let outcome = qemu::run_captured_with(&boot, &extra, BOOT_LIMIT, true)?;
     let (mut passed, mut failed) = (0, 0);
     for line in &outcome.lines {
         let Some(rest) = line.strip_prefix(TEST_PREFIX) else {
@@ -215,9 +230,9 @@ fn kernel_tests(tally: &mut Tally, arch: Arch, image: &Path, root: Option<&Path>
         };
         if rest.ends_with(" ... ok") {
             passed += 1;
-        } else if let Some(name) = rest.strip_suffix(" ... FAILED") {
+        } else if let Some(test) = rest.strip_suffix(" ... FAILED") {
             failed += 1;
-            tally.failures.push(format!("{} test {name}", arch.name()));
+            tally.failures.push(format!("{name} test {test}"));
         }
     }
     tally.passed += passed;
@@ -236,7 +251,7 @@ fn kernel_tests(tally: &mut Tally, arch: Arch, image: &Path, root: Option<&Path>
     if !saw_summary {
         println!(
             "{}: expected {suites} summary lines adding up to {passed} passed, {failed} failed; found {summaries:?}",
-            arch.name()
+            name
         );
     }
     let summary = summaries
@@ -249,7 +264,7 @@ fn kernel_tests(tally: &mut Tally, arch: Arch, image: &Path, root: Option<&Path>
     tally.record(
         &format!(
             "{} boot banner with memory map{}",
-            arch.name(),
+            name,
             if root.is_some() {
                 " and boot module"
             } else {
@@ -263,20 +278,20 @@ fn kernel_tests(tally: &mut Tally, arch: Arch, image: &Path, root: Option<&Path>
         Some(s) => {
             println!(
                 "{}: QEMU exited with status {s} ({})",
-                arch.name(),
+                name,
                 describe_exit(s)
             );
             false
         }
         None => {
-            println!("{}: no exit within {BOOT_LIMIT:?} (hung)", arch.name());
+            println!("{}: no exit within {BOOT_LIMIT:?} (hung)", name);
             false
         }
     };
     tally.record(
         &format!(
             "{} {} test run completed ({summary}, exit status matches)",
-            arch.name(),
+            name,
             if root.is_some() {
                 "kernel + root task"
             } else {
