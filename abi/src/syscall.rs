@@ -67,6 +67,15 @@ pub enum Syscall {
     Yield = 0x27,
     /// `(thread)`: kill a thread.
     ThreadKill = 0x28,
+    /// `(thread, class, param, slice_ns)`: set the thread's scheduling
+    /// class ([`SchedClass`]): real time with `param` its priority 0–31
+    /// and, round-robin only, `slice_ns` its slice (0: the default 5 ms;
+    /// else 100 µs – 1 s); normal with `param` its nice value -20–19 (two's
+    /// complement); idle with `param` 0. Needs `WRITE` on the thread.
+    ThreadSetSched = 0x29,
+    /// `(thread, key)`: read a [`ThreadInfoKey`] value of the thread (its
+    /// CPU time, switches, class…). Needs `READ` on the thread.
+    ThreadInfo = 0x2a,
 
     /// `(pool, pages, flags)`: a new anonymous memory object
     /// ([`MEM_EAGER`]: allocate all frames now).
@@ -160,16 +169,84 @@ pub enum SystemInfoKey {
     /// The monotonic clock in nanoseconds since boot (0 if the kernel
     /// found no clock rate).
     MonotonicNs = 5,
+    /// Nanoseconds this CPU has spent idle, waiting for an interrupt.
+    IdleNs = 6,
+}
+
+/// A scheduling class ([`Syscall::ThreadSetSched`]); each runs only when
+/// the ones above have nothing ready.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(usize)]
+pub enum SchedClass {
+    /// Fair share by virtual run time weighted by nice (like Linux's CFS).
+    Normal = 0,
+    /// Real time, fixed priority, time-sliced among equals (the default:
+    /// priority 10).
+    RoundRobin = 1,
+    /// Real time, fixed priority, runs until it blocks or yields.
+    Fifo = 2,
+    /// Only when nothing else is ready.
+    Idle = 3,
+}
+
+impl TryFrom<usize> for SchedClass {
+    type Error = crate::Error;
+
+    fn try_from(v: usize) -> Result<Self, Self::Error> {
+        [
+            SchedClass::Normal,
+            SchedClass::RoundRobin,
+            SchedClass::Fifo,
+            SchedClass::Idle,
+        ]
+        .get(v)
+        .copied()
+        .ok_or(crate::Error::InvalidArgument)
+    }
+}
+
+/// What [`Syscall::ThreadInfo`] reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(usize)]
+pub enum ThreadInfoKey {
+    /// CPU time used, in nanoseconds.
+    RunNs = 0,
+    /// Times it was switched onto a CPU.
+    Switches = 1,
+    /// Its [`SchedClass`].
+    Class = 2,
+    /// Its real-time priority.
+    Priority = 3,
+    /// Its nice value plus 20, 0–39 (results are never negative).
+    Nice = 4,
+}
+
+impl TryFrom<usize> for ThreadInfoKey {
+    type Error = crate::Error;
+
+    fn try_from(v: usize) -> Result<Self, Self::Error> {
+        [
+            ThreadInfoKey::RunNs,
+            ThreadInfoKey::Switches,
+            ThreadInfoKey::Class,
+            ThreadInfoKey::Priority,
+            ThreadInfoKey::Nice,
+        ]
+        .get(v)
+        .copied()
+        .ok_or(crate::Error::InvalidArgument)
+    }
 }
 
 impl SystemInfoKey {
-    pub const ALL: [SystemInfoKey; 6] = [
+    pub const ALL: [SystemInfoKey; 7] = [
         SystemInfoKey::CpuCount,
         SystemInfoKey::TotalFrames,
         SystemInfoKey::FreeFrames,
         SystemInfoKey::Cycles,
         SystemInfoKey::PageSize,
         SystemInfoKey::MonotonicNs,
+        SystemInfoKey::IdleNs,
     ];
 }
 
@@ -192,7 +269,7 @@ pub const RESERVED: [core::ops::Range<usize>; 2] = [0x50..0x60, 0x61..0x70];
 
 impl Syscall {
     /// Every assigned system call.
-    pub const ALL: [Syscall; 40] = [
+    pub const ALL: [Syscall; 42] = [
         Syscall::DebugWrite,
         Syscall::SystemInfo,
         Syscall::CapIdentify,
@@ -211,6 +288,8 @@ impl Syscall {
         Syscall::ThreadSetTls,
         Syscall::Yield,
         Syscall::ThreadKill,
+        Syscall::ThreadSetSched,
+        Syscall::ThreadInfo,
         Syscall::MemCreate,
         Syscall::AspaceCreate,
         Syscall::Map,

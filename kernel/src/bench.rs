@@ -204,8 +204,8 @@ crate::kbench!(
 
 // Benchmarks of the scheduler (`sched/` forbids unsafe code too): picking
 // the next thread and queueing the one that ran, with 10, 1,000 and 10,000
-// runnable threads spread over the priorities. The run queue is O(1), so
-// the three should agree.
+// runnable threads: real time, spread over the priorities (O(1), so the
+// three should agree), and normal (a heap by virtual time: O(log n)).
 
 /// A run-queue entry: its table slot is its number.
 #[cfg(feature = "bench")]
@@ -219,21 +219,34 @@ impl crate::sched::Slot for Runnable {
     }
 }
 
-/// `iters` times: pick the next thread, queue it again at its priority.
+/// `iters` times: pick the next thread, charge it 1 ms, queue it again.
 #[cfg(feature = "bench")]
-fn pick_with(runnable: u32, iters: u64) -> u64 {
-    let mut s = crate::sched::Scheduler::new();
-    if s.reserve_slot(runnable as usize).is_err() {
+fn pick_with(runnable: u32, class: crate::sched::Class, iters: u64) -> u64 {
+    use crate::sched::{Params, Scheduler};
+    let mut s = Scheduler::new();
+    let mut params = alloc::vec::Vec::new();
+    if s.reserve_slot(runnable as usize).is_err() || params.try_reserve(runnable as usize).is_err()
+    {
         return 0;
     }
-    let prio = |t: u32| (t % 8) as u8 * 4;
     for t in 0..runnable {
-        let _ = s.enqueue(prio(t), Runnable(t));
+        params.push(Params {
+            class,
+            prio: (t % 8) as u8 * 4,
+            nice: (t % 5) as i8,
+            ..Params::default()
+        });
+    }
+    for (t, p) in params.iter_mut().enumerate() {
+        let _ = s.enqueue(Runnable(t as u32), p, true);
     }
     let t0 = crate::arch::cycle_counter();
     for _ in 0..iters {
-        if let Some(t) = core::hint::black_box(s.pick()) {
-            let _ = s.enqueue(prio(t.0), t);
+        if let Some(t) = core::hint::black_box(s.pick())
+            && let Some(p) = params.get_mut(t.0 as usize)
+        {
+            s.charge(p, 1_000_000);
+            let _ = s.enqueue(t, p, false);
         }
     }
     crate::arch::cycle_counter().wrapping_sub(t0)
@@ -241,21 +254,42 @@ fn pick_with(runnable: u32, iters: u64) -> u64 {
 
 crate::kbench!(
     fn sched_pick_requeue_10_runnable(iters: u64) -> ticks {
-        pick_with(10, iters)
+        pick_with(10, crate::sched::Class::RoundRobin, iters)
     },
     iters = 1000
 );
 
 crate::kbench!(
     fn sched_pick_requeue_1000_runnable(iters: u64) -> ticks {
-        pick_with(1000, iters)
+        pick_with(1000, crate::sched::Class::RoundRobin, iters)
     },
     iters = 1000
 );
 
 crate::kbench!(
     fn sched_pick_requeue_10000_runnable(iters: u64) -> ticks {
-        pick_with(10_000, iters)
+        pick_with(10_000, crate::sched::Class::RoundRobin, iters)
+    },
+    iters = 1000
+);
+
+crate::kbench!(
+    fn sched_pick_requeue_normal_10_runnable(iters: u64) -> ticks {
+        pick_with(10, crate::sched::Class::Normal, iters)
+    },
+    iters = 1000
+);
+
+crate::kbench!(
+    fn sched_pick_requeue_normal_1000_runnable(iters: u64) -> ticks {
+        pick_with(1000, crate::sched::Class::Normal, iters)
+    },
+    iters = 1000
+);
+
+crate::kbench!(
+    fn sched_pick_requeue_normal_10000_runnable(iters: u64) -> ticks {
+        pick_with(10_000, crate::sched::Class::Normal, iters)
     },
     iters = 1000
 );

@@ -116,9 +116,6 @@ pub struct Ipc {
     pub fault: Option<FaultMsg>,
 }
 
-/// Default priority of new threads.
-pub const DEFAULT_PRIORITY: u8 = 10;
-
 /// What a thread is charged to its home space's pool: its TCB (about 1 KiB
 /// with the FP/SIMD state) and its thread-table slot, rounded up to a page.
 pub const TCB_PAGES: u64 = 1;
@@ -136,7 +133,12 @@ pub struct Thread {
     fpu: FpuState,
     tls: usize,
     pub(crate) state: State,
-    pub(crate) priority: u8,
+    /// Scheduling class, priority, nice, virtual run time.
+    pub(crate) sched: crate::sched::Params,
+    /// CPU time used, in clock ticks.
+    pub(crate) run_ticks: u64,
+    /// Times it was switched in.
+    pub(crate) switches: u64,
     affinity: u64,
     space: KArc<AddressSpaceObject>,
     home: Home,
@@ -163,7 +165,9 @@ impl Thread {
             fpu: FpuState::default(),
             tls: 0,
             state: State::Suspended,
-            priority: DEFAULT_PRIORITY,
+            sched: crate::sched::Params::default(),
+            run_ticks: 0,
+            switches: 0,
             affinity: u64::MAX,
             space,
             home,
@@ -186,9 +190,15 @@ impl Thread {
         self.state
     }
 
-    /// Its priority, 0 (lowest) to 31.
+    /// The priority its IPC queues order it by (its real-time priority,
+    /// 0 … 31; 0 in the normal and idle classes).
     pub fn priority(&self) -> u8 {
-        self.priority
+        self.sched.ipc_priority()
+    }
+
+    /// Its scheduling parameters.
+    pub fn sched(&self) -> &crate::sched::Params {
+        &self.sched
     }
 
     /// The CPUs it may run on, one bit each.

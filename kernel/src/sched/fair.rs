@@ -10,21 +10,18 @@
 //! woken threads are placed against ([`FairQueue::place`]), and the sum
 //! of queued weights, so a slice ([`FairQueue::slice_ns`]) is O(1).
 //!
-//! Like [`super::runq`] the queue is indexed by the thread's table slot
-//! ([`Slot`]): [`FairQueue::reserve_slot`] grows the per-slot table and the
-//! heap's capacity when a thread is made, so `push`, `remove` and
-//! `pop_min` never allocate and never fail for room. The order is an
-//! array-backed binary min-heap of slots keyed by `(vruntime, seq)`; `seq`
-//! is a push counter, so equal virtual times leave in FIFO order. Push,
-//! remove (of any queued thread) and pop are O(log n); the rest O(1).
+//! The order is a [`SlotHeap`] keyed by virtual time (FIFO among equal
+//! times), indexed by the thread's table slot ([`Slot`]):
+//! [`FairQueue::reserve_slot`] makes room when a thread is made, so
+//! `push`, `remove` and `pop_min` never allocate and never fail for room.
+//! Push, remove (of any queued thread) and pop are O(log n); the rest
+//! O(1).
 //!
-//! Invariants: heap property — every heap node's key is ≤ its children's;
-//! pos table — an entry has `item` set iff its slot is in the heap, and
-//! then `heap[entry.pos] == slot`; `total_weight` is the sum of the
-//! queued entries' weights; `heap.capacity() >= entries.len()`;
-//! `min_vruntime` never decreases. Virtual times saturate at `u64::MAX`
+//! Invariants: `total_weight` is the sum of `weights[slot]` over the
+//! queued slots; `min_vruntime` never decreases. Virtual times saturate at `u64::MAX`
 //! (centuries at nice 0, years at nice 19) rather than wrap.
 
+use super::heap::SlotHeap;
 use super::runq::Slot;
 use alloc::vec::Vec;
 use keel_abi::Error;
@@ -69,24 +66,12 @@ pub fn should_preempt(current_vruntime: u64, woken_vruntime: u64) -> bool {
     current_vruntime.saturating_sub(woken_vruntime) > WAKEUP_GRANULARITY_NS
 }
 
-#[derive(Clone, Copy)]
-struct Entry<T> {
-    /// The queued thread, `None` if this slot is not queued.
-    item: Option<T>,
-    vruntime: u64,
-    seq: u64,
-    weight: u32,
-    /// Index in `heap` while queued.
-    pos: u32,
-}
-
-/// Ready threads of the normal class by virtual time (see the module
+/// Ready threads of the normal class by virtual run time (see the module
 /// docs).
 pub struct FairQueue<T> {
-    entries: Vec<Entry<T>>,
-    /// Slots of queued threads, a min-heap on `(vruntime, seq)`.
-    heap: Vec<u32>,
-    next_seq: u64,
+    heap: SlotHeap<T>,
+    /// The weight each queued slot was pushed with.
+    weights: Vec<u32>,
     min_vruntime: u64,
     total_weight: u64,
 }
@@ -95,9 +80,8 @@ impl<T: PartialEq + Copy + Slot> FairQueue<T> {
     /// An empty queue with `min_vruntime` 0.
     pub const fn new() -> Self {
         FairQueue {
-            entries: Vec::new(),
-            heap: Vec::new(),
-            next_seq: 0,
+            heap: SlotHeap::new(),
+            weights: Vec::new(),
             min_vruntime: 0,
             total_weight: 0,
         }
@@ -106,25 +90,12 @@ impl<T: PartialEq + Copy + Slot> FairQueue<T> {
     /// Makes room for a thread with table index `slot` (done when a thread
     /// is made, so that queueing it never needs memory).
     pub fn reserve_slot(&mut self, slot: usize) -> Result<(), Error> {
-        if slot >= u32::MAX as usize {
-            return Err(Error::OutOfMemory);
-        }
-        let len = self.entries.len().max(slot + 1);
-        // Heap first: if the table then fails, extra capacity is harmless.
-        self.heap
-            .try_reserve(len - self.heap.len())
+        self.heap.reserve_slot(slot)?;
+        let more = (slot + 1).saturating_sub(self.weights.len());
+        self.weights
+            .try_reserve(more)
             .map_err(|_| Error::OutOfMemory)?;
-        self.entries
-            .try_reserve(len - self.entries.len())
-            .map_err(|_| Error::OutOfMemory)?;
-        let free = Entry {
-            item: None,
-            vruntime: 0,
-            seq: 0,
-            weight: 0,
-            pos: 0,
-        };
-        self.entries.resize(len, free);
+        self.weights.resize(self.weights.len() + more, 0);
         Ok(())
     }
 
@@ -132,49 +103,20 @@ impl<T: PartialEq + Copy + Slot> FairQueue<T> {
     /// (`OutOfMemory` if its slot was never reserved, `InvalidState` if it
     /// is queued already). Use [`Self::place`] for `vruntime` first.
     pub fn push(&mut self, t: T, vruntime: u64, nice: i8) -> Result<(), Error> {
-        let s = t.slot();
-        let pos = self.heap.len() as u32;
-        let seq = self.next_seq;
-        let e = self.entries.get_mut(s).ok_or(Error::OutOfMemory)?;
-        if e.item.is_some() {
-            return Err(Error::InvalidState);
-        }
-        let weight = weight(nice);
-        *e = Entry {
-            item: Some(t),
-            vruntime,
-            seq,
-            weight,
-            pos,
-        };
-        self.next_seq += 1;
-        self.total_weight += u64::from(weight);
-        // Within capacity: at most `entries.len() - 1` others are queued.
-        self.heap.push(s as u32);
-        self.sift_up(pos as usize);
+        let w = self.weights.get_mut(t.slot()).ok_or(Error::OutOfMemory)?;
+        self.heap.push(t, vruntime)?;
+        *w = weight(nice);
+        self.total_weight += u64::from(*w);
         Ok(())
     }
 
     /// Takes `t` out of the queue; whether it was queued.
     pub fn remove(&mut self, t: T) -> bool {
-        let s = t.slot();
-        let Some(e) = self.entries.get_mut(s) else {
-            return false;
-        };
-        if e.item != Some(t) {
+        if !self.heap.remove(t) {
             return false;
         }
-        e.item = None;
-        let (pos, weight) = (e.pos as usize, e.weight);
-        self.total_weight -= u64::from(weight);
-        let Some(last) = self.heap.pop() else {
-            return true; // unreachable while the invariants hold
-        };
-        if pos < self.heap.len() {
-            self.heap[pos] = last;
-            self.entries[last as usize].pos = pos as u32;
-            self.sift_down(pos);
-            self.sift_up(pos);
+        if let Some(w) = self.weights.get(t.slot()) {
+            self.total_weight -= u64::from(*w);
         }
         true
     }
@@ -182,8 +124,7 @@ impl<T: PartialEq + Copy + Slot> FairQueue<T> {
     /// The thread with the smallest virtual time (first queued among
     /// equals), and that time.
     pub fn peek_min(&self) -> Option<(T, u64)> {
-        let e = self.entries.get(*self.heap.first()? as usize)?;
-        Some((e.item?, e.vruntime))
+        self.heap.peek()
     }
 
     /// Takes the thread [`Self::peek_min`] names.
@@ -247,47 +188,6 @@ impl<T: PartialEq + Copy + Slot> FairQueue<T> {
         // `share <= period` since `w <= total`.
         (share as u64).max(MIN_GRANULARITY_NS)
     }
-
-    fn key(&self, pos: usize) -> (u64, u64) {
-        let e = &self.entries[self.heap[pos] as usize];
-        (e.vruntime, e.seq)
-    }
-
-    /// Swaps heap nodes `a` and `b`, keeping the pos table.
-    fn swap(&mut self, a: usize, b: usize) {
-        self.heap.swap(a, b);
-        self.entries[self.heap[a] as usize].pos = a as u32;
-        self.entries[self.heap[b] as usize].pos = b as u32;
-    }
-
-    fn sift_up(&mut self, mut i: usize) {
-        while i > 0 {
-            let parent = (i - 1) / 2;
-            if self.key(parent) <= self.key(i) {
-                break;
-            }
-            self.swap(parent, i);
-            i = parent;
-        }
-    }
-
-    fn sift_down(&mut self, mut i: usize) {
-        loop {
-            let (l, r) = (2 * i + 1, 2 * i + 2);
-            let mut least = i;
-            if l < self.heap.len() && self.key(l) < self.key(least) {
-                least = l;
-            }
-            if r < self.heap.len() && self.key(r) < self.key(least) {
-                least = r;
-            }
-            if least == i {
-                break;
-            }
-            self.swap(i, least);
-            i = least;
-        }
-    }
 }
 
 impl<T: PartialEq + Copy + Slot> Default for FairQueue<T> {
@@ -308,22 +208,13 @@ mod tests {
         q
     }
 
-    /// Checks every invariant of the module docs.
+    /// Checks the weight invariant of the module docs (the heap's own are
+    /// tested in `heap`).
     fn check<T: PartialEq + Copy + Slot + core::fmt::Debug>(q: &FairQueue<T>) {
-        assert!(q.heap.capacity() >= q.entries.len());
-        for i in 1..q.heap.len() {
-            assert!(q.key((i - 1) / 2) <= q.key(i), "heap property at {i}");
-        }
-        let mut sum = 0;
-        for (s, e) in q.entries.iter().enumerate() {
-            if let Some(t) = e.item {
-                assert_eq!(t.slot(), s);
-                assert_eq!(q.heap[e.pos as usize] as usize, s, "pos of {s}");
-                sum += u64::from(e.weight);
-            }
-        }
-        let queued = q.entries.iter().filter(|e| e.item.is_some()).count();
-        assert_eq!(queued, q.heap.len());
+        let sum: u64 = (0..q.weights.len())
+            .filter(|&s| q.heap.contains(s))
+            .map(|s| u64::from(q.weights[s]))
+            .sum();
         assert_eq!(sum, q.total_weight());
     }
 

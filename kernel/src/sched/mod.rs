@@ -1,22 +1,35 @@
 //! Scheduling: which thread runs next. Written by hand: core competence.
 //! Portable and host-tested.
 //!
-//! Today one CPU and one class: fixed priorities 0 (lowest) … 31, FIFO
-//! within a priority ([`runq`]). The scheduler keeps the run queue and the
-//! running thread; the thread table keeps each thread's state and
-//! priority (`task::Kernel` moves threads between the two, keeping the
-//! invariants below). Per-CPU queues, the CFS-like class, balancing and
-//! preemption by timer build on this.
+//! Three classes, each only running when the ones above have nothing
+//! ready (one CPU today; per-CPU queues and balancing build on this):
+//! - real time ([`Class::RoundRobin`], [`Class::Fifo`]): fixed priorities
+//!   0 (lowest) … 31, FIFO within a priority ([`runq`], an O(1) bitmap); a
+//!   round-robin thread gives way to its equals when its slice ends, a
+//!   FIFO thread only when it blocks or yields; a higher priority woken
+//!   preempts at once;
+//! - normal ([`Class::Normal`]): CFS-like, by virtual run time weighted by
+//!   the nice value ([`fair`], O(log n)), each thread's slice its weight's
+//!   share of the latency period;
+//! - idle ([`Class::Idle`]): round-robin when nothing else is ready.
+//!
+//! New threads are round-robin at priority 10 ([`Params::default`]), so
+//! threads that never ask are scheduled as fixed-priority threads, as in
+//! seL4. The scheduler keeps the run queues and the running thread; the
+//! thread table keeps each thread's state and [`Params`] (`task::Kernel`
+//! moves threads between the two, keeping the invariants below).
 //!
 //! Invariants (with `task::Kernel`): every `Ready` thread is queued once,
-//! at its priority; `Suspended` and `Running` threads are not queued;
-//! `current` is the `Running` thread, or `None` right after it died.
+//! in its class's queue (at its priority for real time); `Suspended` and
+//! `Running` threads are not queued; `current` is the `Running` thread, or
+//! `None` right after it died.
 #![forbid(unsafe_code)]
 
 pub mod fair;
 pub mod heap;
 pub mod runq;
 
+use fair::FairQueue;
 use keel_abi::Error;
 use runq::RunQueue;
 pub use runq::{PRIORITIES, Slot};
@@ -32,9 +45,73 @@ pub enum After {
     Block,
 }
 
-/// The run queue and the running thread of a CPU.
+/// A scheduling class (see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Class {
+    /// Real time, fixed priority, time-sliced among equals.
+    RoundRobin,
+    /// Real time, fixed priority, runs until it blocks or yields.
+    Fifo,
+    /// CFS-like, by weighted virtual run time.
+    Normal,
+    /// Only when nothing else is ready.
+    Idle,
+}
+
+/// Default priority of new threads.
+pub const DEFAULT_PRIORITY: u8 = 10;
+/// Default round-robin slice.
+pub const RR_SLICE_NS: u64 = 5_000_000;
+/// The shortest round-robin slice a thread may ask for.
+pub const MIN_SLICE_NS: u64 = 100_000;
+/// The longest.
+pub const MAX_SLICE_NS: u64 = 1_000_000_000;
+
+/// A thread's scheduling parameters and virtual run time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Params {
+    /// Its class.
+    pub class: Class,
+    /// Real-time priority, 0 … 31 (kept, unused, in the other classes).
+    pub prio: u8,
+    /// Nice value, -20 … 19 (normal class).
+    pub nice: i8,
+    /// Round-robin slice in ns.
+    pub slice_ns: u64,
+    /// Virtual run time in ns (normal class).
+    pub vruntime: u64,
+}
+
+impl Default for Params {
+    fn default() -> Self {
+        Params {
+            class: Class::RoundRobin,
+            prio: DEFAULT_PRIORITY,
+            nice: 0,
+            slice_ns: RR_SLICE_NS,
+            vruntime: 0,
+        }
+    }
+}
+
+impl Params {
+    /// Whether it is real time.
+    pub fn real_time(&self) -> bool {
+        matches!(self.class, Class::RoundRobin | Class::Fifo)
+    }
+
+    /// The priority IPC queues order it by: its real-time priority, 0 in
+    /// the other classes.
+    pub fn ipc_priority(&self) -> u8 {
+        if self.real_time() { self.prio } else { 0 }
+    }
+}
+
+/// The run queues and the running thread of a CPU.
 pub struct Scheduler<T> {
-    runq: RunQueue<T>,
+    rt: RunQueue<T>,
+    fair: FairQueue<T>,
+    idle: RunQueue<T>,
     current: Option<T>,
 }
 
@@ -48,7 +125,9 @@ impl<T: PartialEq + Copy + Slot> Scheduler<T> {
     /// Nothing queued, nothing running.
     pub const fn new() -> Self {
         Scheduler {
-            runq: RunQueue::new(),
+            rt: RunQueue::new(),
+            fair: FairQueue::new(),
+            idle: RunQueue::new(),
             current: None,
         }
     }
@@ -63,48 +142,101 @@ impl<T: PartialEq + Copy + Slot> Scheduler<T> {
         self.current = t;
     }
 
-    /// Queues a ready thread (`OutOfMemory` if the queue cannot grow).
-    pub fn enqueue(&mut self, prio: u8, t: T) -> Result<(), Error> {
-        self.runq.push(prio, t)
-    }
-
     /// Makes room for a thread with table index `slot`, so queueing it
     /// never allocates.
     pub fn reserve_slot(&mut self, slot: usize) -> Result<(), Error> {
-        self.runq.reserve_slot(slot)
+        self.rt.reserve_slot(slot)?;
+        self.fair.reserve_slot(slot)?;
+        self.idle.reserve_slot(slot)
     }
 
-    /// The highest priority of a ready thread.
-    pub fn highest(&self) -> Option<u8> {
-        self.runq.highest()
-    }
-
-    /// Takes a thread out of the queue (it stopped being ready).
-    pub fn dequeue(&mut self, prio: u8, t: T) {
-        self.runq.remove(prio, t);
-    }
-
-    /// Moves a queued thread to another priority.
-    pub fn requeue(&mut self, old: u8, new: u8, t: T) -> Result<(), Error> {
-        self.runq.remove(old, t);
-        self.runq.push(new, t)
-    }
-
-    /// Whether a running thread of priority `prio` keeps the CPU: after a
-    /// yield only if no other thread of its priority or higher is ready,
-    /// otherwise unless a higher-priority thread is.
-    pub fn keeps_cpu(&self, after: After, prio: u8) -> bool {
-        match (after, self.runq.highest()) {
-            (After::Block, _) => false,
-            (_, None) => true,
-            (After::Yield, Some(h)) => h < prio,
-            (After::Continue, Some(h)) => h <= prio,
+    /// Queues a ready thread in its class; a normal thread `waking` (new,
+    /// resumed or woken, not preempted) is placed against the queue's
+    /// virtual time first.
+    pub fn enqueue(&mut self, t: T, p: &mut Params, waking: bool) -> Result<(), Error> {
+        match p.class {
+            Class::RoundRobin | Class::Fifo => self.rt.push(p.prio, t),
+            Class::Normal => {
+                p.vruntime = self.fair.place(p.vruntime, waking);
+                self.fair.push(t, p.vruntime, p.nice)
+            }
+            Class::Idle => self.idle.push(0, t),
         }
     }
 
-    /// Takes the next thread to run: the first of the highest priority.
+    /// Takes a thread out of its queue (it stopped being ready).
+    pub fn dequeue(&mut self, t: T, p: &Params) {
+        match p.class {
+            Class::RoundRobin | Class::Fifo => {
+                self.rt.remove(p.prio, t);
+            }
+            Class::Normal => {
+                self.fair.remove(t);
+            }
+            Class::Idle => {
+                self.idle.remove(0, t);
+            }
+        }
+    }
+
+    /// Takes the next thread to run: real time by priority, then the
+    /// normal thread with the least virtual time, then idle.
     pub fn pick(&mut self) -> Option<T> {
-        self.runq.pop().map(|(_, t)| t)
+        if let Some((_, t)) = self.rt.pop() {
+            return Some(t);
+        }
+        if let Some((t, _)) = self.fair.pop_min() {
+            return Some(t);
+        }
+        self.idle.pop().map(|(_, t)| t)
+    }
+
+    /// Whether a running thread with `p` keeps the CPU: after a yield only
+    /// if nothing that ranks with it or above is ready, otherwise unless
+    /// something above it is.
+    pub fn keeps_cpu(&self, after: After, p: &Params) -> bool {
+        let yielding = match after {
+            After::Block => return false,
+            After::Yield => true,
+            After::Continue => false,
+        };
+        let rt = self.rt.highest();
+        match p.class {
+            Class::RoundRobin | Class::Fifo => match rt {
+                None => true,
+                Some(h) => h < p.prio || (!yielding && h == p.prio),
+            },
+            Class::Normal => rt.is_none() && (!yielding || self.fair.is_empty()),
+            Class::Idle => {
+                rt.is_none() && self.fair.is_empty() && (!yielding || self.idle.highest().is_none())
+            }
+        }
+    }
+
+    /// The slice of a running thread with `p`, in ns (`u64::MAX`: FIFO,
+    /// unlimited).
+    pub fn slice_ns(&self, p: &Params) -> u64 {
+        match p.class {
+            Class::Fifo => u64::MAX,
+            Class::RoundRobin => p.slice_ns,
+            Class::Normal => self.fair.slice_ns(p.nice),
+            Class::Idle => RR_SLICE_NS,
+        }
+    }
+
+    /// Whether a ready thread takes the CPU from a running thread with `p`
+    /// when its slice ends.
+    pub fn contended(&self, p: &Params) -> bool {
+        p.class != Class::Fifo && !self.keeps_cpu(After::Yield, p)
+    }
+
+    /// Charges a running thread with `p` for `ran_ns` of CPU (its virtual
+    /// run time, in the normal class).
+    pub fn charge(&mut self, p: &mut Params, ran_ns: u64) {
+        if p.class == Class::Normal {
+            p.vruntime = fair::charge(p.vruntime, ran_ns, p.nice);
+            self.fair.update_min(Some(p.vruntime));
+        }
     }
 }
 
@@ -112,21 +244,95 @@ impl<T: PartialEq + Copy + Slot> Scheduler<T> {
 mod tests {
     use super::*;
 
+    fn rr(prio: u8) -> Params {
+        Params {
+            prio,
+            ..Params::default()
+        }
+    }
+
+    fn class(class: Class) -> Params {
+        Params {
+            class,
+            ..Params::default()
+        }
+    }
+
     #[test]
     fn a_yield_gives_way_to_equal_priority_and_continue_only_to_higher() {
         let mut s = Scheduler::new();
         s.reserve_slot(25).unwrap();
-        assert!(s.keeps_cpu(After::Yield, 5), "nothing else is ready");
-        s.enqueue(5, 'a').unwrap();
-        assert!(!s.keeps_cpu(After::Yield, 5));
-        assert!(s.keeps_cpu(After::Continue, 5));
-        assert!(s.keeps_cpu(After::Yield, 6));
-        s.enqueue(9, 'b').unwrap();
-        assert!(!s.keeps_cpu(After::Continue, 5));
+        assert!(s.keeps_cpu(After::Yield, &rr(5)), "nothing else is ready");
+        s.enqueue('a', &mut rr(5), true).unwrap();
+        assert!(!s.keeps_cpu(After::Yield, &rr(5)));
+        assert!(s.keeps_cpu(After::Continue, &rr(5)));
+        assert!(s.keeps_cpu(After::Yield, &rr(6)));
+        assert!(s.contended(&rr(5)), "sliced among equals");
+        assert!(!s.contended(&rr(6)), "alone at its priority");
+        assert_eq!(s.slice_ns(&rr(5)), RR_SLICE_NS);
+        assert_eq!(s.slice_ns(&class(Class::Fifo)), u64::MAX);
+        assert!(!s.contended(&Params {
+            prio: 5,
+            ..class(Class::Fifo)
+        }));
+        s.enqueue('b', &mut rr(9), true).unwrap();
+        assert!(!s.keeps_cpu(After::Continue, &rr(5)));
         assert_eq!(s.pick(), Some('b'));
-        s.requeue(5, 20, 'a').unwrap();
-        assert!(!s.keeps_cpu(After::Continue, 10));
-        s.dequeue(20, 'a');
+        s.dequeue('a', &rr(5));
         assert_eq!(s.pick(), None);
+    }
+
+    #[test]
+    fn real_time_beats_normal_beats_idle() {
+        let mut s = Scheduler::new();
+        s.reserve_slot(25).unwrap();
+        s.enqueue('i', &mut class(Class::Idle), true).unwrap();
+        assert!(!s.keeps_cpu(After::Yield, &class(Class::Idle)));
+        assert!(s.keeps_cpu(After::Continue, &class(Class::Idle)));
+        assert!(s.keeps_cpu(After::Yield, &class(Class::Normal)));
+        s.enqueue('n', &mut class(Class::Normal), true).unwrap();
+        assert!(
+            !s.keeps_cpu(After::Continue, &class(Class::Idle)),
+            "normal preempts idle"
+        );
+        assert!(
+            s.keeps_cpu(After::Continue, &class(Class::Normal)),
+            "no wake-up preemption among normal"
+        );
+        assert!(!s.keeps_cpu(After::Yield, &class(Class::Normal)));
+        assert!(s.contended(&class(Class::Normal)));
+        s.enqueue('r', &mut rr(0), true).unwrap();
+        assert!(
+            !s.keeps_cpu(After::Continue, &class(Class::Normal)),
+            "real time preempts normal"
+        );
+        assert!(s.keeps_cpu(After::Yield, &rr(1)));
+        assert_eq!(
+            (s.pick(), s.pick(), s.pick(), s.pick()),
+            (Some('r'), Some('n'), Some('i'), None)
+        );
+    }
+
+    #[test]
+    fn normal_threads_run_least_virtual_time_first_and_are_charged_by_weight() {
+        let mut s = Scheduler::new();
+        s.reserve_slot(25).unwrap();
+        let (mut a, mut b) = (
+            class(Class::Normal),
+            Params {
+                nice: 5,
+                ..class(Class::Normal)
+            },
+        );
+        s.charge(&mut a, 1_000_000);
+        s.charge(&mut b, 1_000_000);
+        assert_eq!(a.vruntime, 1_000_000);
+        assert!(b.vruntime > 3 * a.vruntime, "nice 5 weighs about a third");
+        s.enqueue('b', &mut b, false).unwrap();
+        s.enqueue('a', &mut a, false).unwrap();
+        assert_eq!(s.pick(), Some('a'));
+        assert_eq!(s.pick(), Some('b'));
+        assert_eq!(a.ipc_priority(), 0);
+        assert_eq!(rr(7).ipc_priority(), 7);
     }
 }

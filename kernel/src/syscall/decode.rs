@@ -20,7 +20,9 @@ use crate::task::NOTIFICATION_BITS;
 use alloc::boxed::Box;
 use keel_abi::cap::{CapToken, NO_BADGE, ObjectType, Rights};
 use keel_abi::ipc::{MsgInfo, REGISTER_WORDS};
-use keel_abi::syscall::{MEM_EAGER, PROT_EXEC, PROT_WRITE, RANGE_COW, RANGE_MOVE, SystemInfoKey};
+use keel_abi::syscall::{
+    MEM_EAGER, PROT_EXEC, PROT_WRITE, RANGE_COW, RANGE_MOVE, SystemInfoKey, ThreadInfoKey,
+};
 use keel_abi::{Error, Syscall};
 
 /// The six argument registers of a call, as user space left them.
@@ -79,6 +81,8 @@ pub(super) enum Call {
     Suspend(ThreadId),
     Exit(isize),
     SetPriority(ThreadId, u8),
+    SetSched(ThreadId, crate::sched::Params),
+    ThreadInfo(ThreadId, ThreadInfoKey),
     SetAffinity(ThreadId, u64),
     SetTls(ThreadId, usize),
     Yield,
@@ -185,6 +189,68 @@ fn cap<T: Object>(k: &Kernel, cspace: CSpaceId, raw: usize, needed: Rights) -> R
 fn thread(k: &Kernel, cspace: CSpaceId, raw: usize) -> Result<(ThreadId, &Thread), Error> {
     let id = cap::<KArc<ThreadRef>>(k, cspace, raw, Rights::WRITE)?.id();
     Ok((id, k.thread(id)?))
+}
+
+/// The scheduling parameters `ThreadSetSched` asks for (`old` keeps the
+/// thread's virtual time and what the class leaves alone).
+fn sched_params(
+    old: crate::sched::Params,
+    class: usize,
+    param: usize,
+    slice: usize,
+) -> Result<crate::sched::Params, Error> {
+    use crate::sched::{Class, MAX_SLICE_NS, MIN_SLICE_NS, RR_SLICE_NS};
+    use keel_abi::syscall::SchedClass;
+    let prio = || {
+        u8::try_from(param)
+            .ok()
+            .filter(|&p| usize::from(p) < PRIORITIES)
+            .ok_or(Error::InvalidArgument)
+    };
+    let no_slice = || (slice == 0).then_some(()).ok_or(Error::InvalidArgument);
+    let p = match SchedClass::try_from(class)? {
+        SchedClass::RoundRobin => crate::sched::Params {
+            class: Class::RoundRobin,
+            prio: prio()?,
+            slice_ns: match slice as u64 {
+                0 => RR_SLICE_NS,
+                s if (MIN_SLICE_NS..=MAX_SLICE_NS).contains(&s) => s,
+                _ => return Err(Error::InvalidArgument),
+            },
+            ..old
+        },
+        SchedClass::Fifo => {
+            no_slice()?;
+            crate::sched::Params {
+                class: Class::Fifo,
+                prio: prio()?,
+                ..old
+            }
+        }
+        SchedClass::Normal => {
+            no_slice()?;
+            let nice = i8::try_from(param as isize)
+                .ok()
+                .filter(|n| (-20..=19).contains(n))
+                .ok_or(Error::InvalidArgument)?;
+            crate::sched::Params {
+                class: Class::Normal,
+                nice,
+                ..old
+            }
+        }
+        SchedClass::Idle => {
+            no_slice()?;
+            if param != 0 {
+                return Err(Error::InvalidArgument);
+            }
+            crate::sched::Params {
+                class: Class::Idle,
+                ..old
+            }
+        }
+    };
+    Ok(p)
 }
 
 /// The capability space `dest` names, if a capability `raw` may be put
@@ -411,6 +477,17 @@ pub(super) fn decode(
                 .ok_or(Error::InvalidArgument)?;
             let _ = t;
             Call::SetPriority(id, prio)
+        }
+        Syscall::ThreadSetSched => {
+            let [thread_raw, class, param, slice, ..] = a;
+            let (id, t) = thread(k, cs, thread_raw)?;
+            Call::SetSched(id, sched_params(*t.sched(), class, param, slice)?)
+        }
+        Syscall::ThreadInfo => {
+            let [thread_raw, key, ..] = a;
+            let id = cap::<KArc<ThreadRef>>(k, cs, thread_raw, Rights::READ)?.id();
+            k.thread(id)?;
+            Call::ThreadInfo(id, ThreadInfoKey::try_from(key)?)
         }
         Syscall::ThreadSetAffinity => {
             let [thread_raw, mask, ..] = a;

@@ -145,6 +145,8 @@ pub(super) fn invoke(k: &mut Kernel, caller: ThreadId, call: Call) -> Outcome {
             Ok(0)
         }
         Call::SetPriority(t, prio) => k.set_priority(t, prio).map(|()| 0),
+        Call::SetSched(t, params) => k.set_sched(t, params).map(|()| 0),
+        Call::ThreadInfo(t, key) => k.thread_info(t, key),
         Call::SetAffinity(t, mask) => k.thread_mut(t).map(|t| {
             t.set_affinity(mask);
             0
@@ -276,5 +278,9 @@ fn system_info(k: &Kernel, key: SystemInfoKey) -> usize {
         SystemInfoKey::Cycles => crate::arch::cycle_counter() as usize,
         SystemInfoKey::PageSize => crate::mm::object::PAGE,
         SystemInfoKey::MonotonicNs => crate::time::now_ns() as usize,
+        SystemInfoKey::IdleNs => {
+            let idle = k.idle_ticks(crate::arch::clock_ticks());
+            crate::time::ticks_to_ns(idle, crate::time::mult_for(crate::time::hz())) as usize
+        }
     }
 }

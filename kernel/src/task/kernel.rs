@@ -18,7 +18,7 @@ use crate::object::{
     AddressSpaceObject, Endpoint, EndpointId, Home, KObject, Notification, NotificationId, Orphan,
     Orphans, Thread, ThreadId, thread::State,
 };
-use crate::sched::{After, PRIORITIES, Scheduler};
+use crate::sched::{After, Class, PRIORITIES, Params, Scheduler};
 use alloc::boxed::Box;
 use keel_abi::Error;
 
@@ -192,23 +192,30 @@ impl Kernel {
         self.notifications.get(n.0).ok_or(Error::InvalidState)
     }
 
+    /// Queues thread `id` in its class's run queue and makes it `Ready`;
+    /// `waking`: it was not just preempted (see `Scheduler::enqueue`).
+    pub(crate) fn make_ready(&mut self, id: ThreadId, waking: bool) -> Result<(), Error> {
+        let t = self.threads.get_mut(id.0).ok_or(Error::InvalidState)?;
+        self.sched.enqueue(id, &mut t.sched, waking)?;
+        t.state = State::Ready;
+        Ok(())
+    }
+
     /// Makes a suspended thread runnable.
     pub fn resume(&mut self, id: ThreadId) -> Result<(), Error> {
-        let t = self.thread(id)?;
-        if t.state() != State::Suspended {
+        if self.thread(id)?.state() != State::Suspended {
             return Err(Error::InvalidState);
         }
-        self.sched.enqueue(t.priority(), id)?;
-        self.thread_mut(id)?.state = State::Ready;
-        Ok(())
+        self.make_ready(id, true)
     }
 
     /// Stops a thread until resumed.
     pub fn suspend(&mut self, id: ThreadId) -> Result<(), Error> {
         let t = self.thread(id)?;
+        let params = *t.sched();
         match t.state() {
             State::Suspended => return Err(Error::InvalidState),
-            State::Ready => self.sched.dequeue(t.priority(), id),
+            State::Ready => self.sched.dequeue(id, &params),
             State::Running => {}
             State::Blocked => self.cancel_ipc(id),
         }
@@ -216,19 +223,41 @@ impl Kernel {
         Ok(())
     }
 
-    /// Changes a thread's priority (re-queueing it if it is ready).
+    /// Makes a thread real time at priority `prio` (round-robin unless it
+    /// is FIFO already).
     pub fn set_priority(&mut self, id: ThreadId, prio: u8) -> Result<(), Error> {
-        if usize::from(prio) >= PRIORITIES {
+        let old = *self.thread(id)?.sched();
+        let class = if old.class == Class::Fifo {
+            Class::Fifo
+        } else {
+            Class::RoundRobin
+        };
+        self.set_sched(id, Params { class, prio, ..old })
+    }
+
+    /// Changes a thread's scheduling parameters (`InvalidArgument` for a
+    /// priority, nice value or slice out of range), re-queueing it if it is
+    /// ready or waits in an IPC queue.
+    pub fn set_sched(&mut self, id: ThreadId, new: Params) -> Result<(), Error> {
+        if usize::from(new.prio) >= PRIORITIES
+            || !(-20..=19).contains(&new.nice)
+            || !(crate::sched::MIN_SLICE_NS..=crate::sched::MAX_SLICE_NS).contains(&new.slice_ns)
+        {
             return Err(Error::InvalidArgument);
         }
         let t = self.thread(id)?;
-        let state = t.state();
+        let (state, old) = (t.state(), *t.sched());
         if state == State::Ready {
-            self.sched.requeue(t.priority(), prio, id)?;
+            self.sched.dequeue(id, &old);
         }
-        self.thread_mut(id)?.priority = prio;
-        if state == State::Blocked {
-            self.requeue_waiter(id);
+        // A thread entering the normal class starts from the queue's
+        // virtual time (`make_ready` places it).
+        let fresh = new.class == Class::Normal && old.class != Class::Normal;
+        self.thread_mut(id)?.sched = new;
+        match state {
+            State::Ready => self.make_ready(id, fresh)?,
+            State::Blocked => self.requeue_waiter(id),
+            _ => {}
         }
         Ok(())
     }
@@ -249,9 +278,9 @@ impl Kernel {
     /// Removes a thread for good.
     pub fn kill(&mut self, id: ThreadId) -> Result<(), Error> {
         let t = self.thread(id)?;
-        let (state, prio, cspace) = (t.state(), t.priority(), t.home().id());
+        let (state, params, cspace) = (t.state(), *t.sched(), t.home().id());
         if state == State::Ready {
-            self.sched.dequeue(prio, id);
+            self.sched.dequeue(id, &params);
         }
         self.end_ipc(id);
         let dead = self.threads.remove(id.0);
@@ -342,7 +371,7 @@ impl Kernel {
         let running = self.sched.current() == Some(cur);
         let t = self.threads.get_mut(cur.0)?;
         t.regs_mut().set_result(value);
-        (running && t.state == State::Running && self.sched.keeps_cpu(after, t.priority))
+        (running && t.state == State::Running && self.sched.keeps_cpu(after, &t.sched))
             .then(|| core::ptr::from_ref(t.regs()))
     }
 
@@ -355,21 +384,21 @@ impl Kernel {
             .current()
             .and_then(|cur| Some((cur, self.thread(cur).ok()?)))
             .filter(|(_, t)| t.state() == State::Running)
-            .map(|(cur, t)| (cur, t.priority()));
-        if let Some((cur, prio)) = running {
-            if self.sched.keeps_cpu(after, prio) {
+            .map(|(cur, t)| (cur, *t.sched()));
+        if let Some((cur, params)) = running {
+            if self.sched.keeps_cpu(after, &params) {
                 return Next::Run(cur);
             }
-            if self.sched.enqueue(prio, cur).is_err() {
+            // Its virtual time must be current before it is queued.
+            self.charge_current(crate::arch::clock_ticks());
+            if self.make_ready(cur, false).is_err() {
                 // No room to queue it: it keeps the CPU rather than being lost.
                 return Next::Run(cur);
-            }
-            if let Ok(t) = self.thread_mut(cur) {
-                t.state = State::Ready;
             }
         }
         let Some(next) = self.sched.pick() else {
             if self.waits_for_events() {
+                self.go_idle(crate::arch::clock_ticks());
                 return Next::Idle;
             }
             return Next::Done("no runnable threads are left");
@@ -394,8 +423,8 @@ impl Kernel {
                 t.state = State::Ready;
             }
         }
-        if self.current() != Some(next) {
-            self.new_slice(crate::arch::clock_ticks());
+        if self.current() != Some(next) || self.clock.idle() {
+            self.account(crate::arch::clock_ticks(), next);
         }
         let Some(n) = self.threads.get_mut(next.0) else {
             return;

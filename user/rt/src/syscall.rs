@@ -13,7 +13,7 @@
 
 use crate::arch;
 use keel_abi::cap::{CapToken, ObjectType, Rights};
-use keel_abi::syscall::SystemInfoKey;
+use keel_abi::syscall::{SchedClass, SystemInfoKey, ThreadInfoKey};
 use keel_abi::{Error, Syscall};
 
 /// A system call's decoded result.
@@ -295,6 +295,33 @@ pub fn thread_exit(code: isize) -> ! {
 pub fn thread_set_priority(thread: CapToken, priority: usize) -> Result<(), Error> {
     // SAFETY: does not touch user memory.
     unit(unsafe { syscall2(Syscall::ThreadSetPriority as usize, tok(thread), priority) })
+}
+
+/// Sets a thread's scheduling class: real-time priority (round-robin with
+/// `slice_ns`, 0 for the default, or FIFO), nice value (normal) or idle;
+/// `param` is the priority or the nice value, 0 for idle.
+pub fn thread_set_sched(
+    thread: CapToken,
+    class: SchedClass,
+    param: isize,
+    slice_ns: u64,
+) -> Result<(), Error> {
+    // SAFETY: does not touch user memory.
+    unit(unsafe {
+        syscall4(
+            Syscall::ThreadSetSched as usize,
+            tok(thread),
+            class as usize,
+            param as usize,
+            slice_ns as usize,
+        )
+    })
+}
+
+/// Reads a statistic or parameter of a thread.
+pub fn thread_info(thread: CapToken, key: ThreadInfoKey) -> SysResult {
+    // SAFETY: does not touch user memory.
+    unsafe { syscall2(Syscall::ThreadInfo as usize, tok(thread), key as usize) }
 }
 
 /// Sets the CPUs a thread may run on (bit `i` = CPU `i`).

@@ -7,19 +7,23 @@
 //! in nanoseconds are converted once, when a call is made
 //! ([`crate::time::ns_to_ticks`]).
 //!
+//! It also keeps the statistics: each thread's CPU time and switches, and
+//! the CPU's idle time, charged whenever the CPU changes hands
+//! ([`Kernel::account`]).
+//!
 //! Invariants: a thread is in `deadlines` only while `Blocked` (every way
 //! out of `Blocked` goes through `unqueue`, which takes it out); `armed` is
-//! what the hardware timer was last set to (`None` after it fired).
+//! what the hardware timer was last set to (`None` after it fired);
+//! `run_start` is when the running thread (or, with `idle_since` set, the
+//! idle stretch) was last charged up to.
 
 use super::Kernel;
 use crate::object::ThreadId;
 use crate::object::thread::{Blocked, State};
-use crate::sched::After;
 use crate::sched::heap::SlotHeap;
+use crate::sched::{After, Class};
 use keel_abi::Error;
-
-/// The round-robin time slice among ready threads of equal priority.
-pub const SLICE_NS: u64 = 5_000_000;
+use keel_abi::syscall::{SchedClass, ThreadInfoKey};
 
 /// This CPU's time-keeping.
 #[derive(Default)]
@@ -28,38 +32,127 @@ pub struct Clock {
     armed: Option<u64>,
     /// When the running thread's time slice ends.
     slice_end: u64,
-    /// [`SLICE_NS`] in ticks.
-    slice: u64,
+    /// Clock ticks per nanosecond, 32.32 fixed point (0: no clock).
+    ticks_per_ns: u64,
+    /// Nanoseconds per tick, 32.32 ([`crate::time::mult_for`]).
+    ns_per_tick: u64,
+    /// When the running thread (or the idle stretch) started.
+    run_start: u64,
+    /// Since when the CPU idles, if it does.
+    idle_since: Option<u64>,
+    /// Ticks spent idle.
+    pub(super) idle_ticks: u64,
     /// Blocked threads with a deadline, earliest first.
     pub(super) deadlines: SlotHeap<ThreadId>,
 }
 
 impl Clock {
-    /// Sets the slice length for a clock of `hz` ticks per second.
+    /// Time-keeping for a clock of `hz` ticks per second (0: none, so
+    /// slices never end).
     pub fn new(hz: u64) -> Clock {
         Clock {
-            slice: crate::time::ns_to_ticks_at(SLICE_NS, hz).max(1),
+            ticks_per_ns: u64::try_from((u128::from(hz) << 32) / 1_000_000_000).unwrap_or(0),
+            ns_per_tick: crate::time::mult_for(hz),
             ..Clock::default()
         }
+    }
+
+    /// `ns` in ticks (saturating; never without a clock).
+    fn ticks(&self, ns: u64) -> u64 {
+        if self.ticks_per_ns == 0 {
+            return u64::MAX;
+        }
+        u64::try_from((u128::from(ns) * u128::from(self.ticks_per_ns)) >> 32).unwrap_or(u64::MAX)
+    }
+
+    /// Whether the CPU idles.
+    pub fn idle(&self) -> bool {
+        self.idle_since.is_some()
     }
 }
 
 impl Kernel {
-    /// Starts a new time slice at `now` (a thread was switched in).
-    pub(super) fn new_slice(&mut self, now: u64) {
-        self.clock.slice_end = now.saturating_add(self.clock.slice);
+    /// Charges the running thread for its CPU time up to `now` (its run
+    /// time and, in the normal class, its virtual run time), or the CPU
+    /// for its idle time.
+    pub(super) fn charge_current(&mut self, now: u64) {
+        let ran = now.saturating_sub(self.clock.run_start);
+        self.clock.run_start = now;
+        if let Some(since) = self.clock.idle_since {
+            self.clock.idle_ticks += now.saturating_sub(since);
+            self.clock.idle_since = Some(now);
+            return;
+        }
+        let ns = crate::time::ticks_to_ns(ran, self.clock.ns_per_tick);
+        if let Some(t) = self.current().and_then(|c| self.threads.get_mut(c.0)) {
+            t.run_ticks += ran;
+            self.sched.charge(&mut t.sched, ns);
+        }
+    }
+
+    /// Thread `next` takes the CPU at `now`: the last one (or the idle
+    /// stretch) is charged, `next` gets a fresh slice.
+    pub(super) fn account(&mut self, now: u64, next: ThreadId) {
+        self.charge_current(now);
+        self.clock.idle_since = None;
+        if let Some(t) = self.threads.get_mut(next.0) {
+            t.switches += 1;
+        }
+        self.new_slice(now, next);
+    }
+
+    /// Starts a slice of thread `id`'s class at `now`.
+    fn new_slice(&mut self, now: u64, id: ThreadId) {
+        let ns = self
+            .threads
+            .get(id.0)
+            .map_or(u64::MAX, |t| self.sched.slice_ns(&t.sched));
+        self.clock.slice_end = now.saturating_add(self.clock.ticks(ns));
+    }
+
+    /// The CPU goes idle at `now`.
+    pub(super) fn go_idle(&mut self, now: u64) {
+        self.charge_current(now);
+        self.clock.idle_since = Some(now);
+    }
+
+    /// Ticks the CPU has idled, up to `now`.
+    pub fn idle_ticks(&self, now: u64) -> u64 {
+        let open = self.clock.idle_since.map_or(0, |s| now.saturating_sub(s));
+        self.clock.idle_ticks + open
+    }
+
+    /// A statistic of thread `id`.
+    pub fn thread_info(&self, id: ThreadId, key: ThreadInfoKey) -> Result<usize, Error> {
+        let t = self.thread(id)?;
+        let p = t.sched();
+        Ok(match key {
+            ThreadInfoKey::RunNs => {
+                crate::time::ticks_to_ns(t.run_ticks, self.clock.ns_per_tick) as usize
+            }
+            ThreadInfoKey::Switches => t.switches as usize,
+            ThreadInfoKey::Class => {
+                (match p.class {
+                    Class::Normal => SchedClass::Normal,
+                    Class::RoundRobin => SchedClass::RoundRobin,
+                    Class::Fifo => SchedClass::Fifo,
+                    Class::Idle => SchedClass::Idle,
+                }) as usize
+            }
+            ThreadInfoKey::Priority => usize::from(p.prio),
+            ThreadInfoKey::Nice => (i16::from(p.nice) + 20) as usize,
+        })
     }
 
     /// When the timer must next fire: the earliest deadline, and the end
-    /// of the running thread's slice if another thread of its priority is
-    /// ready (a higher one would already run).
+    /// of the running thread's slice if a ready thread takes over then.
     pub fn next_deadline(&self) -> Option<u64> {
         let first = self.clock.deadlines.peek().map(|(_, at)| at);
         let contended = self
             .current()
             .and_then(|c| self.thread(c).ok())
             .filter(|t| t.state() == State::Running)
-            .is_some_and(|t| self.sched.highest().is_some_and(|h| h >= t.priority()));
+            .is_some_and(|t| self.sched.contended(t.sched()));
         let slice = contended.then_some(self.clock.slice_end);
         match (first, slice) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -100,12 +193,15 @@ impl Kernel {
             // `unqueue` took it out; make sure, so the loop ends.
             self.clock.deadlines.remove(id);
         }
-        if now < self.clock.slice_end {
+        if now < self.clock.slice_end || self.clock.idle() {
             return After::Continue;
         }
         // Over: a fresh slice, whether it keeps the CPU or the next thread
-        // gets it.
-        self.new_slice(now);
+        // gets it (then `account` starts another).
+        if let Some(cur) = self.current() {
+            self.charge_current(now);
+            self.new_slice(now, cur);
+        }
         After::Yield
     }
 

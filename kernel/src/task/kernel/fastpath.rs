@@ -18,6 +18,7 @@ use crate::object::Endpoint;
 use crate::object::endpoint::{Side, Waiting};
 use crate::object::thread::{Blocked, State};
 use crate::object::{KObject, ThreadId};
+use crate::sched::After;
 use keel_abi::Syscall;
 use keel_abi::cap::{CapToken, ObjectType, Rights};
 use keel_abi::ipc::{MsgInfo, REGISTER_WORDS};
@@ -77,7 +78,6 @@ impl Kernel {
         let e = self.endpoints.get_mut(ep.0)?;
         let out = MsgInfo::new(info.label(), info.len(), 0).0 as usize;
         let words = [w0, w1, w2, w3];
-        let highest = self.sched.highest();
         if call {
             // A receiver waits, holds no other caller, and may run now.
             if e.side != Side::Recv {
@@ -85,7 +85,7 @@ impl Kernel {
             }
             let server = e.queue.head?;
             let s = self.threads.get_mut(server.0)?;
-            if s.ipc.reply_to.is_some() || highest.is_some_and(|h| h >= s.priority()) {
+            if s.ipc.reply_to.is_some() || !self.sched.keeps_cpu(After::Yield, &s.sched) {
                 return None;
             }
             // Take it off the front of the queue (usually it is alone).
@@ -118,7 +118,7 @@ impl Kernel {
         let c = self.threads.get_mut(caller.0)?;
         if !matches!(c.ipc.blocked, Some(Blocked::Reply { server }) if server == cur)
             || c.ipc.fault.is_some()
-            || highest.is_some_and(|h| h >= c.priority())
+            || !self.sched.keeps_cpu(After::Yield, &c.sched)
         {
             return None;
         }

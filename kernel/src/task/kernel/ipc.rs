@@ -196,10 +196,8 @@ impl Kernel {
             return;
         }
         t.ipc.blocked = None;
-        t.state = State::Ready;
-        let prio = t.priority();
         // Cannot fail: the thread's run-queue room was made with it.
-        let _ = self.sched.enqueue(prio, id);
+        let _ = self.make_ready(id, true);
     }
 
     /// Takes a thread out of whatever queue it waits in, and its deadline

@@ -483,4 +483,4 @@ proptest! {
     }
 }
 
-const DEFAULT: u8 = crate::object::thread::DEFAULT_PRIORITY;
+const DEFAULT: u8 = crate::sched::DEFAULT_PRIORITY;

@@ -1,14 +1,18 @@
-//! Time and preemption: sleeping against the monotonic clock, the timer
-//! waking sleepers in deadline order, and time slices that keep a CPU hog
-//! from starving the threads of its priority.
+//! Time and scheduling: sleeping against the monotonic clock, the timer
+//! waking sleepers in deadline order, time slices that keep a CPU hog from
+//! starving the threads of its priority, the scheduling classes (real
+//! time, normal by nice weight, idle) and the statistics.
 
 use super::root;
 use crate::harness::{Ctx, TestResult};
 use alloc::string::String;
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use keel_abi::Error;
+use keel_abi::cap::{NO_BADGE, Rights};
+use keel_abi::syscall::{SchedClass, SystemInfoKey, ThreadInfoKey};
 use keel_rt::syscall::{
-    now_ns, sleep_ns, sleep_until, thread_resume, thread_set_priority, thread_suspend, yield_now,
+    cap_delete, cap_derive, now_ns, sleep_ns, sleep_until, system_info, thread_info, thread_resume,
+    thread_set_priority, thread_set_sched, thread_suspend, yield_now,
 };
 use keel_rt::thread::Thread;
 
@@ -174,5 +178,170 @@ pub fn sleepers_can_be_suspended_and_killed() -> TestResult {
     yield_now().ctx("yield")?;
     u.kill().ctx("kill a sleeper")?;
     ensure_eq!(u.finished(), None);
+    Ok(())
+}
+
+/// A hog in `class` with `param` (priority or nice), counting in
+/// `COUNTS[i]`.
+fn hog_in(class: SchedClass, param: isize, i: usize) -> Result<Thread, String> {
+    let t = Thread::create(hog, i).ctx("create")?;
+    thread_set_sched(t.token(), class, param, 0).ctx("set class")?;
+    t.resume().ctx("resume")?;
+    Ok(t)
+}
+
+fn run_ns(t: &Thread) -> Result<u64, String> {
+    thread_info(t.token(), ThreadInfoKey::RunNs)
+        .map(|v| v as u64)
+        .ctx("RunNs")
+}
+
+/// Runs two hogs for `ms` while the root thread sleeps above them; their
+/// CPU times.
+fn race(a: (SchedClass, isize), b: (SchedClass, isize), ms: u64) -> Result<(u64, u64), String> {
+    let mut x = hog_in(a.0, a.1, 0)?;
+    let mut y = hog_in(b.0, b.1, 1)?;
+    sleep_ns(ms * 1_000_000).ctx("sleep")?;
+    let times = (run_ns(&x)?, run_ns(&y)?);
+    x.kill().ctx("kill")?;
+    y.kill().ctx("kill")?;
+    Ok(times)
+}
+
+pub fn equal_nice_hogs_share_the_cpu() -> TestResult {
+    at_priority(WATCHER, || {
+        let (x, y) = race((SchedClass::Normal, 0), (SchedClass::Normal, 0), 200)?;
+        ensure!(x > 0 && y > 0, "a hog never ran: {x} and {y} ns");
+        ensure!(
+            x.abs_diff(y) * 10 <= x.max(y),
+            "CPU times {x} and {y} ns differ by more than 10%"
+        );
+        Ok(())
+    })
+}
+
+pub fn nice_weights_set_the_ratio() -> TestResult {
+    at_priority(WATCHER, || {
+        // Weights 1024 and 335: nice 0 gets 3.06 times the CPU of nice 5.
+        let (x, y) = race((SchedClass::Normal, 0), (SchedClass::Normal, 5), 300)?;
+        ensure!(y > 0, "the nice-5 hog never ran");
+        let ratio = x * 100 / y;
+        ensure!(
+            (270..=345).contains(&ratio),
+            "nice 0 : nice 5 = {x} : {y} ns ({ratio}%), expected about 306%"
+        );
+        Ok(())
+    })
+}
+
+pub fn real_time_beats_normal_beats_idle() -> TestResult {
+    at_priority(WATCHER, || {
+        let (rt, normal) = race((SchedClass::RoundRobin, 1), (SchedClass::Normal, -20), 50)?;
+        ensure!(
+            rt > 0 && normal == 0,
+            "real time {rt} ns, normal {normal} ns"
+        );
+        let (normal, idle) = race((SchedClass::Normal, 19), (SchedClass::Idle, 0), 50)?;
+        ensure!(
+            normal > 0 && idle == 0,
+            "normal {normal} ns, idle {idle} ns"
+        );
+        Ok(())
+    })
+}
+
+pub fn fifo_threads_are_not_time_sliced() -> TestResult {
+    at_priority(WATCHER, || {
+        let (first, second) = race((SchedClass::Fifo, 5), (SchedClass::Fifo, 5), 50)?;
+        ensure!(
+            first > 0 && second == 0,
+            "FIFO hogs ran {first} and {second} ns"
+        );
+        let (a, b) = race((SchedClass::RoundRobin, 5), (SchedClass::RoundRobin, 5), 50)?;
+        ensure!(a > 0 && b > 0, "round-robin hogs ran {a} and {b} ns");
+        Ok(())
+    })
+}
+
+pub fn thread_set_sched_rejects_bad_arguments() -> TestResult {
+    let t = Thread::create(hog, 0).ctx("create")?;
+    let tok = t.token();
+    use SchedClass::*;
+    for (class, param, slice) in [
+        (RoundRobin, 32, 0),
+        (RoundRobin, -1, 0),
+        (RoundRobin, 5, 50_000),
+        (RoundRobin, 5, 2_000_000_000),
+        (Fifo, 5, 1_000_000),
+        (Normal, 20, 0),
+        (Normal, -21, 0),
+        (Normal, 0, 1_000_000),
+        (Idle, 1, 0),
+    ] {
+        ensure_eq!(
+            thread_set_sched(tok, class, param, slice),
+            Err(Error::InvalidArgument),
+            "{class:?} {param} {slice}"
+        );
+    }
+    // SAFETY: does not touch user memory.
+    let bad_class = unsafe {
+        keel_rt::syscall::syscall4(
+            keel_abi::Syscall::ThreadSetSched as usize,
+            tok.raw() as usize,
+            4,
+            0,
+            0,
+        )
+    };
+    ensure_eq!(bad_class, Err(Error::InvalidArgument));
+    ensure_eq!(
+        thread_info(tok, ThreadInfoKey::Class),
+        Ok(SchedClass::RoundRobin as usize),
+        "unchanged"
+    );
+    ensure_eq!(thread_set_sched(tok, Normal, -3, 0), Ok(()));
+    ensure_eq!(
+        thread_info(tok, ThreadInfoKey::Nice),
+        Ok(17),
+        "nice -3, plus 20"
+    );
+    ensure_eq!(thread_set_sched(tok, RoundRobin, 7, 200_000), Ok(()));
+    ensure_eq!(thread_info(tok, ThreadInfoKey::Priority), Ok(7));
+    // SAFETY: does not touch user memory.
+    let bad_key = unsafe {
+        keel_rt::syscall::syscall2(
+            keel_abi::Syscall::ThreadInfo as usize,
+            tok.raw() as usize,
+            5,
+        )
+    };
+    ensure_eq!(bad_key, Err(Error::InvalidArgument));
+    // A capability without WRITE cannot change the class; READ reads.
+    let read_only = cap_derive(tok, Rights::READ, NO_BADGE).ctx("derive")?;
+    ensure!(thread_set_sched(read_only, Normal, 0, 0).is_err());
+    ensure_eq!(thread_info(read_only, ThreadInfoKey::Priority), Ok(7));
+    let none = cap_derive(tok, Rights::WRITE, NO_BADGE).ctx("derive")?;
+    ensure!(thread_info(none, ThreadInfoKey::RunNs).is_err());
+    cap_delete(read_only).ctx("delete")?;
+    cap_delete(none).ctx("delete")?;
+    Ok(())
+}
+
+pub fn statistics_count_run_time_switches_and_idle() -> TestResult {
+    let r = root()?;
+    let switches = thread_info(r.thread, ThreadInfoKey::Switches).ctx("switches")?;
+    let ran = thread_info(r.thread, ThreadInfoKey::RunNs).ctx("run")?;
+    let idle = system_info(SystemInfoKey::IdleNs).ctx("idle")?;
+    // Nothing else runs: the CPU idles through the sleep.
+    sleep_ns(5_000_000).ctx("sleep")?;
+    let idle_after = system_info(SystemInfoKey::IdleNs).ctx("idle")?;
+    ensure!(
+        idle_after >= idle + 4_000_000,
+        "idle {idle} -> {idle_after} ns over a 5 ms sleep"
+    );
+    ensure!(thread_info(r.thread, ThreadInfoKey::Switches).ctx("switches")? > switches);
+    ensure!(thread_info(r.thread, ThreadInfoKey::RunNs).ctx("run")? > ran);
+    ensure!(ran > 0 && ran < now_ns() as usize);
     Ok(())
 }

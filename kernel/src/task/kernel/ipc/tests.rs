@@ -206,16 +206,14 @@ impl World {
             return;
         }
         assert_eq!(th.state(), State::Ready, "thread {t} cannot run");
-        let prio = th.priority();
+        let params = *th.sched();
         if let Some(cur) = k.current()
             && let Ok(c) = k.thread(cur)
             && c.state() == State::Running
         {
-            let p = c.priority();
-            k.sched.enqueue(p, cur).unwrap();
-            k.thread_mut(cur).unwrap().state = State::Ready;
+            k.make_ready(cur, false).unwrap();
         }
-        k.sched.dequeue(prio, t);
+        k.sched.dequeue(t, &params);
         k.switch_to(t);
     }
 
