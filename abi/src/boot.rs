@@ -8,7 +8,7 @@
 /// Value of [`RootInfo::magic`] ("KEELROOT").
 pub const ROOT_INFO_MAGIC: u64 = 0x544f_4f52_4c45_454b;
 /// Current [`RootInfo::version`].
-pub const ROOT_INFO_VERSION: u64 = 1;
+pub const ROOT_INFO_VERSION: u64 = 2;
 /// Where the information page is mapped (read-only) in the root task.
 pub const ROOT_INFO_ADDR: usize = 0x20_0000;
 /// Lowest address a user ELF image may load at (below it: the null page
@@ -44,7 +44,25 @@ pub struct RootInfo {
     /// task runs the system tests and its exit status is the run's
     /// verdict). Bit 1 ([`ROOT_FLAG_BENCH`]): a benchmark build.
     pub flags: u64,
+    /// Version 2: the device-control capability (claims interrupt lines,
+    /// I/O ports and device memory).
+    pub device_control: u64,
+    /// The console UART, for a user-space driver: its kind
+    /// (`CONSOLE_*`), register base (I/O port or physical address) and
+    /// receive interrupt line ([`NO_LINE`] if the firmware names none).
+    pub console_kind: u64,
+    pub console_base: u64,
+    pub console_irq: u64,
 }
+
+/// [`RootInfo::console_kind`]: a 16550 on x86 I/O ports.
+pub const CONSOLE_NS16550_PORT: usize = 1;
+/// A memory-mapped 16550 (byte registers, stride 1).
+pub const CONSOLE_NS16550_MMIO: usize = 2;
+/// An Arm PL011.
+pub const CONSOLE_PL011: usize = 3;
+/// [`RootInfo::console_irq`]: no interrupt line.
+pub const NO_LINE: u64 = u64::MAX;
 
 /// [`RootInfo::flags`]: test build.
 pub const ROOT_FLAG_TEST: u64 = 1;

@@ -114,11 +114,14 @@ pub enum ObjectType {
     /// A quota of physical memory that memory objects, address spaces and
     /// capability spaces are allocated from.
     MemoryPool = 12,
+    /// The right to claim interrupt lines, I/O ports and device memory
+    /// (the root task's, for drivers).
+    DeviceControl = 13,
 }
 
 impl ObjectType {
     /// Every object type, in numeric order.
-    pub const ALL: [ObjectType; 12] = [
+    pub const ALL: [ObjectType; 13] = [
         ObjectType::Endpoint,
         ObjectType::Notification,
         ObjectType::MemoryObject,
@@ -131,6 +134,7 @@ impl ObjectType {
         ObjectType::IoPortRange,
         ObjectType::MmioRegion,
         ObjectType::MemoryPool,
+        ObjectType::DeviceControl,
     ];
 }
 
@@ -242,7 +246,7 @@ mod tests {
             assert_eq!(ObjectType::try_from(*t as u8), Ok(*t));
         }
         assert_eq!(ObjectType::try_from(0), Err(crate::Error::InvalidArgument));
-        assert_eq!(ObjectType::try_from(13), Err(crate::Error::InvalidArgument));
+        assert_eq!(ObjectType::try_from(14), Err(crate::Error::InvalidArgument));
     }
 
     #[test]

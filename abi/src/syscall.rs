@@ -143,6 +143,30 @@ pub enum Syscall {
     /// ([`SystemInfoKey::MonotonicNs`]) reaches `deadline_ns`; returns at
     /// once (after a yield) if it has.
     Sleep = 0x60,
+    /// `(device_control, line, notification)`: a handler capability for
+    /// interrupt line `line` (x86 GSI, GIC INTID, PLIC source): each time
+    /// the line fires the kernel masks it and signals `notification` with
+    /// that capability's badge (1 if it has none) until the handler is
+    /// acknowledged. `InvalidArgument` for a line user space cannot have,
+    /// `AlreadyExists` if the line has a handler. Deleting the handler's
+    /// last capability masks the line and frees it.
+    IrqHandlerCreate = 0x61,
+    /// `(handler)`: the device was served: unmask the line.
+    IrqAck = 0x62,
+    /// `(device_control, base, count)`: a capability to the x86 I/O ports
+    /// `[base, base + count)` (`NotSupported` elsewhere; ports the kernel
+    /// drives are refused).
+    IoPortCreate = 0x63,
+    /// `(ports, port, width)`: read 1, 2 or 4 bytes from an I/O port of
+    /// the capability (`READ`).
+    IoPortIn = 0x64,
+    /// `(ports, port, width, value)`: write to one (`WRITE`).
+    IoPortOut = 0x65,
+    /// `(device_control, phys, pages)`: a memory object naming device
+    /// registers at physical `phys`, mapped uncached (device memory);
+    /// ranges that overlap RAM or the kernel's interrupt controller are
+    /// refused.
+    MemFromDevice = 0x66,
 }
 
 /// Modes of [`Syscall::MemFromRange`].
@@ -265,11 +289,11 @@ impl TryFrom<usize> for SystemInfoKey {
 /// Numbers reserved for processes, and the rest of interrupts and time,
 /// which arrive with their subsystems; today they answer
 /// [`crate::Error::NoSuchSyscall`].
-pub const RESERVED: [core::ops::Range<usize>; 2] = [0x50..0x60, 0x61..0x70];
+pub const RESERVED: [core::ops::Range<usize>; 2] = [0x50..0x60, 0x67..0x70];
 
 impl Syscall {
     /// Every assigned system call.
-    pub const ALL: [Syscall; 42] = [
+    pub const ALL: [Syscall; 48] = [
         Syscall::DebugWrite,
         Syscall::SystemInfo,
         Syscall::CapIdentify,
@@ -312,6 +336,12 @@ impl Syscall {
         Syscall::ThreadSetIpcBuffer,
         Syscall::ThreadSetFaultHandler,
         Syscall::Sleep,
+        Syscall::IrqHandlerCreate,
+        Syscall::IrqAck,
+        Syscall::IoPortCreate,
+        Syscall::IoPortIn,
+        Syscall::IoPortOut,
+        Syscall::MemFromDevice,
     ];
 }
 

@@ -214,3 +214,21 @@ pub(crate) fn syscall(regs: usize) -> *const super::UserRegs {
     let (number, args) = r.syscall_args();
     crate::entry::on_syscall(number, args)
 }
+
+/// No I/O ports outside x86.
+#[cfg(not(target_arch = "x86_64"))]
+pub fn io_ports_ok(_base: u32, _count: u32) -> Result<(), keel_abi::Error> {
+    Err(keel_abi::Error::NotSupported)
+}
+
+/// No I/O ports outside x86.
+#[cfg(not(target_arch = "x86_64"))]
+pub fn port_read(_port: u16, _width: u8) -> Option<u32> {
+    None
+}
+
+/// No I/O ports outside x86.
+#[cfg(not(target_arch = "x86_64"))]
+pub fn port_write(_port: u16, _width: u8, _value: u32) -> bool {
+    false
+}

@@ -121,6 +121,48 @@ pub fn timer_arm(deadline: Option<u64>) {
     TIMER.with(|t| t.set(deadline));
 }
 
+std::thread_local! {
+    /// Lines unmasked by [`irq_mask`] on this test thread (bit per line).
+    pub static UNMASKED: core::cell::Cell<u64> = const { core::cell::Cell::new(0) };
+}
+
+/// Lines 1–63 exist on the host stand-in; 0 is the kernel's.
+pub fn irq_line_ok(line: u32) -> bool {
+    (1..64).contains(&line)
+}
+
+/// Records the line's mask in [`UNMASKED`].
+pub fn irq_mask(line: u32, masked: bool) {
+    let bit = 1u64.checked_shl(line).unwrap_or(0);
+    UNMASKED.with(|u| {
+        u.set(if masked {
+            u.get() & !bit
+        } else {
+            u.get() | bit
+        })
+    });
+}
+
+/// A 16550 at port 0x3f8, as on x86.
+pub fn console_uart() -> (usize, u64) {
+    (keel_abi::boot::CONSOLE_NS16550_PORT, 0x3f8)
+}
+
+/// No I/O ports on the host stand-in.
+pub fn io_ports_ok(_base: u32, _count: u32) -> Result<(), keel_abi::Error> {
+    Err(keel_abi::Error::NotSupported)
+}
+
+/// No I/O ports.
+pub fn port_read(_port: u16, _width: u8) -> Option<u32> {
+    None
+}
+
+/// No I/O ports.
+pub fn port_write(_port: u16, _width: u8, _value: u32) -> bool {
+    false
+}
+
 /// Panics: a test ends where the CPU would wait for an interrupt.
 pub fn idle() -> ! {
     panic!("arch::idle()")

@@ -37,6 +37,21 @@
 //!   boot after `mm::kmap` and the clock. `fn timer_arm(deadline:
 //!   Option<u64>)` — fire the timer once at clock tick `deadline` (at
 //!   once if it has passed), or disarm it.
+//! - Device lines (x86 GSIs through the I/O APICs, GIC SPIs, PLIC
+//!   sources): `fn irq_line_ok(line: u32) -> bool` — whether user space
+//!   may claim it (it exists and is not the kernel's); `fn irq_mask(line,
+//!   masked: bool)` — mask it, or route it to this CPU unmasked. A line is
+//!   masked when it fires, before it is reported as
+//!   `Interrupt::Line(line)`, so a level-triggered device does not
+//!   interrupt again before its driver has served it.
+//! - Device access for drivers: `fn console_uart() -> (usize, u64)` —
+//!   the console UART's kind (`keel_abi::boot::CONSOLE_*`) and register
+//!   base; x86 I/O ports: `fn io_ports_ok(base: u32, count: u32) ->
+//!   Result<(), keel_abi::Error>` (`NotSupported` without I/O ports,
+//!   `InvalidArgument` for ports past 0xffff or that the kernel drives),
+//!   `fn port_read(port: u16, width: u8) -> Option<u32>`, `fn
+//!   port_write(port: u16, width: u8, value: u32) -> bool` (widths 1, 2,
+//!   4).
 //! - Interrupts are masked in the kernel except in `fn idle() -> !`,
 //!   which restarts this CPU's kernel stack and waits for interrupts
 //!   (`hlt`, `wfi`). An interrupt, from user mode (after saving the user
@@ -161,6 +176,7 @@ macro_rules! contract {
             breakpoint_site,
             clock_hz,
             clock_ticks,
+            console_uart,
             console_write,
             cycle_counter,
             device_windows,
@@ -171,7 +187,10 @@ macro_rules! contract {
             halt,
             idle,
             in_stack_guard,
+            io_ports_ok,
             irq_init,
+            irq_line_ok,
+            irq_mask,
             kernel_image_layout,
             kernel_root,
             kernel_virt_to_phys,
@@ -180,6 +199,8 @@ macro_rules! contract {
             load_user_root,
             max_page_size,
             phys_to_virt,
+            port_read,
+            port_write,
             print_backtrace,
             probe_read,
             save_tls,
@@ -244,6 +265,12 @@ const _: () = {
     let _: fn(&crate::bootinfo::BootInfo<'_>) -> Result<(), &'static str> = irq_init;
     let _: fn(Option<u64>) = timer_arm;
     let _: fn() -> ! = idle;
+    let _: fn(u32) -> bool = irq_line_ok;
+    let _: fn(u32, bool) = irq_mask;
+    let _: fn() -> (usize, u64) = console_uart;
+    let _: fn(u32, u32) -> Result<(), keel_abi::Error> = io_ports_ok;
+    let _: fn(u16, u8) -> Option<u32> = port_read;
+    let _: fn(u16, u8, u32) -> bool = port_write;
     let _: fn() = breakpoint;
     let _: fn() -> usize = breakpoint_site;
     let _: fn(usize) -> Result<u8, crate::trap::TrapRecord> = probe_read;

@@ -20,12 +20,14 @@
 
 pub mod aspace;
 pub mod cspace;
+pub mod device;
 pub mod endpoint;
 pub mod notification;
 pub mod thread;
 
 pub use aspace::AddressSpaceObject;
 pub use cspace::{CSpaceRef, Home};
+pub use device::{DeviceControl, IoPorts, IrqRef};
 pub use endpoint::{Endpoint, EndpointId, EndpointRef};
 pub use notification::{Notification, NotificationId, NotificationRef};
 pub use thread::{Thread, ThreadId, ThreadRef};
@@ -57,6 +59,12 @@ pub enum KObject {
     Endpoint(KArc<EndpointRef>),
     /// A notification.
     Notification(KArc<NotificationRef>),
+    /// The right to claim hardware for drivers.
+    DeviceControl(KArc<DeviceControl>),
+    /// The handler of an interrupt line.
+    Irq(KArc<IrqRef>),
+    /// A range of x86 I/O ports.
+    IoPorts(KArc<IoPorts>),
 }
 
 /// A kernel object type a capability's object can be taken as: the one
@@ -88,6 +96,9 @@ object!(CSpaceRef, CSpace, CapSpace);
 object!(MemoryPool, Pool, MemoryPool);
 object!(EndpointRef, Endpoint, Endpoint);
 object!(NotificationRef, Notification, Notification);
+object!(DeviceControl, DeviceControl, DeviceControl);
+object!(IrqRef, Irq, IrqHandler);
+object!(IoPorts, IoPorts, IoPortRange);
 
 /// An object whose last reference went, waiting for
 /// [`crate::task::Kernel::collect`].
@@ -101,6 +112,9 @@ pub enum Orphan {
     Endpoint(EndpointId),
     /// A notification to end.
     Notification(NotificationId),
+    /// An interrupt line whose handler (this serial) is gone: mask it and
+    /// free it.
+    Irq(u32, u64),
 }
 
 /// The queue of orphans of one kernel. Room for one entry is reserved for

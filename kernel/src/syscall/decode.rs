@@ -8,11 +8,12 @@ use crate::mm::kref::{KArc, try_box};
 use crate::mm::paging::Attr;
 use crate::mm::pool::MemoryPool;
 use crate::mm::user::{MemoryObject, UserAddr, copy_from_user};
+use crate::object::device::IrqBinding;
 use crate::object::endpoint::ENDPOINT_PAGES;
 use crate::object::thread::State;
 use crate::object::{
-    AddressSpaceObject, CSpaceRef, EndpointId, EndpointRef, KObject, NotificationId,
-    NotificationRef, Object, Thread, ThreadId, ThreadRef,
+    AddressSpaceObject, CSpaceRef, DeviceControl, EndpointId, EndpointRef, IoPorts, IrqRef,
+    KObject, NotificationId, NotificationRef, Object, Thread, ThreadId, ThreadRef,
 };
 use crate::sched::PRIORITIES;
 use crate::task::Kernel;
@@ -96,6 +97,17 @@ pub(super) enum Call {
         slot: u32,
         object: KObject,
     },
+    /// A handler for `line` (reserved), bound as `binding`.
+    IrqHandler {
+        cspace: CSpaceId,
+        slot: u32,
+        object: KObject,
+        line: u32,
+        binding: IrqBinding,
+    },
+    IrqAck(u32, u64),
+    PortIn(u16, u8),
+    PortOut(u16, u8, u32),
     /// Send or call (`call`) on an endpoint.
     Send {
         ep: EndpointId,
@@ -615,6 +627,91 @@ pub(super) fn decode(
                 cspace: cs,
                 slot,
                 object,
+            }
+        }
+        Syscall::IrqHandlerCreate => {
+            let [dc, line, n_raw, ..] = a;
+            cap::<KArc<DeviceControl>>(k, cs, dc, Rights::WRITE)?;
+            let line = u32::try_from(line).map_err(|_| Error::InvalidArgument)?;
+            let c = k
+                .caps
+                .lookup_as(cs, token(n_raw), ObjectType::Notification, Rights::WRITE)?;
+            let bits = match c.badge() {
+                NO_BADGE => 1,
+                b => b & NOTIFICATION_BITS,
+            };
+            let KObject::Notification(n) = c.object() else {
+                return Err(Error::WrongObjectType);
+            };
+            let notification = n.clone();
+            let slot = k.caps.reserve_slot(cs)?;
+            let serial = k.irq_reserve(line)?;
+            Call::IrqHandler {
+                cspace: cs,
+                slot,
+                object: KObject::Irq(IrqRef::new(k.orphans(), line, serial)?),
+                line,
+                binding: IrqBinding {
+                    serial,
+                    notification,
+                    bits,
+                },
+            }
+        }
+        Syscall::IrqAck => {
+            let r = cap::<KArc<IrqRef>>(k, cs, a[0], Rights::WRITE)?;
+            Call::IrqAck(r.line(), r.serial())
+        }
+        Syscall::IoPortCreate => {
+            let [dc, base, count, ..] = a;
+            cap::<KArc<DeviceControl>>(k, cs, dc, Rights::WRITE)?;
+            let (Ok(base), Ok(count)) = (u32::try_from(base), u32::try_from(count)) else {
+                return Err(Error::InvalidArgument);
+            };
+            crate::arch::io_ports_ok(base, count)?;
+            let ports = IoPorts {
+                base: u16::try_from(base).map_err(|_| Error::InvalidArgument)?,
+                count: u16::try_from(count).map_err(|_| Error::InvalidArgument)?,
+            };
+            let slot = k.caps.reserve_slot(cs)?;
+            Call::Insert {
+                cspace: cs,
+                slot,
+                object: KObject::IoPorts(KArc::try_new(ports)?),
+                ty: ObjectType::IoPortRange,
+            }
+        }
+        Syscall::IoPortIn | Syscall::IoPortOut => {
+            let [ports, port, width, value, ..] = a;
+            let write = call == Syscall::IoPortOut;
+            let rights = if write { Rights::WRITE } else { Rights::READ };
+            let p = cap::<KArc<IoPorts>>(k, cs, ports, rights)?;
+            if !matches!(width, 1 | 2 | 4) || !p.covers(port, width) {
+                return Err(Error::InvalidArgument);
+            }
+            let (port, width) = (port as u16, width as u8);
+            if write {
+                let value = u32::try_from(value).map_err(|_| Error::InvalidArgument)?;
+                Call::PortOut(port, width, value)
+            } else {
+                Call::PortIn(port, width)
+            }
+        }
+        Syscall::MemFromDevice => {
+            let [dc, phys, pages, ..] = a;
+            cap::<KArc<DeviceControl>>(k, cs, dc, Rights::WRITE)?;
+            let len = pages
+                .checked_mul(crate::mm::object::PAGE)
+                .ok_or(Error::InvalidArgument)?;
+            if phys % crate::mm::object::PAGE != 0 || !k.device_range_ok(phys as u64, len as u64) {
+                return Err(Error::InvalidArgument);
+            }
+            let slot = k.caps.reserve_slot(cs)?;
+            Call::Insert {
+                cspace: cs,
+                slot,
+                object: KObject::Memory(MemoryObject::physical(phys as u64, pages, true)?),
+                ty: ObjectType::MemoryObject,
             }
         }
         Syscall::Send | Syscall::Call => {

@@ -175,6 +175,27 @@ pub(super) fn invoke(k: &mut Kernel, caller: ThreadId, call: Call) -> Outcome {
                 _ => Err(Error::InvalidState),
             }
         }
+        Call::IrqHandler {
+            cspace,
+            slot,
+            object,
+            line,
+            binding,
+        } => {
+            k.irq_bind(line, binding);
+            insert(k, cspace, slot, object, ObjectType::IrqHandler)
+        }
+        Call::IrqAck(line, serial) => k.irq_ack(line, serial).map(|()| 0),
+        Call::PortIn(port, width) => crate::arch::port_read(port, width)
+            .map(|v| v as usize)
+            .ok_or(Error::NotSupported),
+        Call::PortOut(port, width, value) => {
+            if crate::arch::port_write(port, width, value) {
+                Ok(0)
+            } else {
+                Err(Error::NotSupported)
+            }
+        }
         Call::Send {
             ep,
             badge,

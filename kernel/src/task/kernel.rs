@@ -43,6 +43,7 @@ pub struct Kernel {
     root_exit: isize,
     cpu_count: usize,
     clock: clock::Clock,
+    devices: device::Devices,
 }
 
 /// What runs next on this CPU.
@@ -74,6 +75,7 @@ impl Kernel {
             root_exit: -1,
             cpu_count,
             clock: clock::Clock::new(crate::time::hz()),
+            devices: device::Devices::default(),
         })
     }
 
@@ -257,7 +259,9 @@ impl Kernel {
         match state {
             State::Ready => self.make_ready(id, fresh)?,
             State::Blocked => self.requeue_waiter(id),
-            _ => {}
+            // Its slice follows its new class from now.
+            State::Running => self.new_slice(crate::arch::clock_ticks(), id),
+            State::Suspended => {}
         }
         Ok(())
     }
@@ -340,6 +344,7 @@ impl Kernel {
                 }
                 Orphan::Endpoint(id) => self.destroy_endpoint(id),
                 Orphan::Notification(id) => self.destroy_notification(id),
+                Orphan::Irq(line, serial) => self.irq_release(line, serial),
             }
         }
     }
@@ -451,6 +456,7 @@ impl Kernel {
 }
 
 mod clock;
+mod device;
 mod fastpath;
 mod ipc;
 

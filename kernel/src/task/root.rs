@@ -17,10 +17,10 @@ use crate::mm::object::PAGE;
 use crate::mm::paging::Attr;
 use crate::mm::pool::MemoryPool;
 use crate::mm::user::{MemoryObject, boot_module_bytes, write_object};
-use crate::object::{AddressSpaceObject, CSpaceRef, KObject, ThreadRef};
+use crate::object::{AddressSpaceObject, CSpaceRef, DeviceControl, KObject, ThreadRef};
 use keel_abi::Error;
 use keel_abi::boot::{
-    ROOT_FLAG_TEST, ROOT_INFO_ADDR, ROOT_INFO_MAGIC, ROOT_INFO_VERSION, ROOT_STACK_PAGES,
+    NO_LINE, ROOT_FLAG_TEST, ROOT_INFO_ADDR, ROOT_INFO_MAGIC, ROOT_INFO_VERSION, ROOT_STACK_PAGES,
     ROOT_STACK_TOP, RootInfo,
 };
 use keel_abi::cap::{CapToken, NO_BADGE, ObjectType, Rights};
@@ -59,6 +59,20 @@ pub fn load(k: &mut Kernel, info: &BootInfo<'_>, flags: u64) -> Result<(), RootE
         .find(|r| r.kind == RegionKind::BootModule)
         .ok_or(RootError::NoModule)?;
     let file = boot_module_bytes(module).ok_or(RootError::NoModule)?;
+    // Drivers may map device registers, never RAM or the interrupt
+    // controller the kernel drives.
+    let mut forbidden = alloc::vec::Vec::new();
+    forbidden
+        .try_reserve(info.memory.regions().len() + 8)
+        .map_err(|_| Error::OutOfMemory)?;
+    forbidden.extend(info.memory.regions().iter().map(|r| (r.start, r.end)));
+    forbidden.extend(
+        info.irq
+            .windows()
+            .iter()
+            .map(|&(s, l)| (s, s.saturating_add(l))),
+    );
+    k.set_forbidden(forbidden);
     let image = elf::parse(file, arch::ELF_MACHINE).map_err(RootError::Elf)?;
 
     let free = crate::mm::frame_stats().map_or(0, |s| s.1);
@@ -144,6 +158,13 @@ pub fn load(k: &mut Kernel, info: &BootInfo<'_>, flags: u64) -> Result<(), RootE
         Rights::ALL,
     )?;
 
+    let t_devices = insert(
+        k,
+        KObject::DeviceControl(KArc::try_new(DeviceControl)?),
+        ObjectType::DeviceControl,
+        Rights::ALL,
+    )?;
+    let (console_kind, console_base) = crate::arch::console_uart();
     let root_info = RootInfo {
         magic: ROOT_INFO_MAGIC,
         version: ROOT_INFO_VERSION,
@@ -156,6 +177,10 @@ pub fn load(k: &mut Kernel, info: &BootInfo<'_>, flags: u64) -> Result<(), RootE
         pool_pages,
         cpu_count: info.cpu_count as u64,
         flags,
+        device_control: t_devices,
+        console_kind: console_kind as u64,
+        console_base,
+        console_irq: info.irq.uart.map_or(NO_LINE, |l| u64::from(l.number)),
     };
     let page = MemoryObject::anonymous_charged(1, true, Some(pool.clone()))?;
     let fields = [
@@ -170,8 +195,12 @@ pub fn load(k: &mut Kernel, info: &BootInfo<'_>, flags: u64) -> Result<(), RootE
         root_info.pool_pages,
         root_info.cpu_count,
         root_info.flags,
+        root_info.device_control,
+        root_info.console_kind,
+        root_info.console_base,
+        root_info.console_irq,
     ];
-    const _: () = assert!(core::mem::size_of::<RootInfo>() == 11 * 8);
+    const _: () = assert!(core::mem::size_of::<RootInfo>() == 15 * 8);
     for (i, f) in fields.iter().enumerate() {
         write_object(&page, i * 8, &f.to_le_bytes())?;
     }

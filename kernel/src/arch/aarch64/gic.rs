@@ -2,8 +2,10 @@
 //! interface, v3 through the ICC system registers and this CPU's
 //! redistributor), found from the device tree and mapped as device memory
 //! through the direct map; the EL1 virtual timer (CNTV, compared against
-//! CNTVCT_EL0, the clock), whose PPI the device tree names; and the idle
-//! loop. PSTATE.I stays set in the kernel except while idle.
+//! CNTVCT_EL0, the clock), whose PPI the device tree names; shared
+//! peripheral interrupts (SPIs) for user-space drivers, routed to this CPU
+//! when claimed and disabled when they fire until acknowledged; and the
+//! idle loop. PSTATE.I stays set in the kernel except while idle.
 
 use super::phys_to_virt;
 use crate::bootinfo::{BootInfo, Controller};
@@ -13,7 +15,11 @@ use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
 const GICD_CTLR: usize = 0x000;
 const GICD_TYPER: usize = 0x004;
+const GICD_IGROUPR: usize = 0x080;
+const GICD_ISENABLER: usize = 0x100;
 const GICD_ICENABLER: usize = 0x180;
+const GICD_ITARGETSR: usize = 0x800;
+const GICD_IROUTER: usize = 0x6000;
 const GICC_CTLR: usize = 0x000;
 const GICC_PMR: usize = 0x004;
 const GICC_IAR: usize = 0x00c;
@@ -36,6 +42,8 @@ static DIST: AtomicUsize = AtomicUsize::new(0);
 static CPU_IF: AtomicUsize = AtomicUsize::new(0);
 /// The virtual timer's INTID.
 static TIMER_INTID: AtomicU32 = AtomicU32::new(u32::MAX);
+/// INTIDs the distributor implements (SPIs are 32 up to this).
+static LINES: AtomicU32 = AtomicU32::new(0);
 
 fn reg(base: usize, off: usize) -> *mut u32 {
     (base + off) as *mut u32
@@ -87,8 +95,9 @@ pub fn init(info: &BootInfo<'_>) -> Result<(), &'static str> {
     // as device memory; the offsets are the architected registers. The
     // system-register writes configure only this CPU's interrupt delivery.
     unsafe {
-        let lines = ((read(dist, GICD_TYPER) & 0x1f) + 1) * 32;
-        for n in 1..lines / 32 {
+        let lines = (((read(dist, GICD_TYPER) & 0x1f) + 1) * 32).min(1020);
+        LINES.store(lines, Ordering::Relaxed);
+        for n in 1..lines.div_ceil(32) {
             write(dist, GICD_ICENABLER + 4 * n as usize, u32::MAX);
         }
         let ppis = if v3 {
@@ -135,6 +144,41 @@ pub fn init(info: &BootInfo<'_>) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// Whether user space may claim INTID `line` (an SPI the GIC has).
+pub fn line_ok(line: u32) -> bool {
+    (32..LINES.load(Ordering::Relaxed)).contains(&line)
+}
+
+/// Disables SPI `line`, or routes it to this CPU (group 1) and enables
+/// it.
+pub fn line_mask(line: u32, masked: bool) {
+    if !line_ok(line) {
+        return;
+    }
+    let dist = DIST.load(Ordering::Relaxed);
+    let (word, bit) = (4 * (line / 32) as usize, 1u32 << (line % 32));
+    let byte = line as usize;
+    // SAFETY: `dist` is the distributor's direct-map address (`init`), and
+    // `line` one of its SPIs, so every register offset is inside its
+    // window; these registers only route and enable interrupts.
+    unsafe {
+        if masked {
+            write(dist, GICD_ICENABLER + word, bit);
+            return;
+        }
+        core::ptr::write_volatile(reg(dist, IPRIORITYR).cast::<u8>().add(byte), PRIORITY);
+        if CPU_IF.load(Ordering::Relaxed) == 0 {
+            let group = read(dist, GICD_IGROUPR + word);
+            write(dist, GICD_IGROUPR + word, group | bit);
+            let route = reg(dist, GICD_IROUTER + 8 * byte).cast::<u64>();
+            core::ptr::write_volatile(route, 0);
+        } else {
+            core::ptr::write_volatile(reg(dist, GICD_ITARGETSR).cast::<u8>().add(byte), 1);
+        }
+        write(dist, GICD_ISENABLER + word, bit);
+    }
+}
+
 /// Arms the virtual timer to fire once at CNTVCT_EL0 = `deadline`, or
 /// disables it.
 pub fn timer_arm(deadline: Option<u64>) {
@@ -176,6 +220,7 @@ pub fn interrupt() -> Option<Interrupt> {
         timer_arm(None);
         Interrupt::Timer
     } else {
+        line_mask(intid, true);
         Interrupt::Line(intid)
     };
     if cpu == 0 {

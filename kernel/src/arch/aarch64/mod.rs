@@ -26,7 +26,9 @@ mod pl011;
 mod user;
 
 pub use self::exception::{breakpoint, breakpoint_site, probe_read};
-pub use self::gic::{idle, init as irq_init, timer_arm};
+pub use self::gic::{
+    idle, init as irq_init, line_mask as irq_mask, line_ok as irq_line_ok, timer_arm,
+};
 pub use self::mm::{
     FLUSH_NEW_ENTRIES, KERNEL_ROOT_ENTRIES, PageFormat, asid_count, device_windows, flush_all,
     flush_page, kernel_image_layout, kernel_root, kernel_virt_to_phys, load_kernel_root,
@@ -34,6 +36,7 @@ pub use self::mm::{
 };
 pub use self::user::{ELF_MACHINE, FpuState, UserRegs, enter_user, load_tls, save_tls};
 pub use super::common::user_copy;
+pub use super::common::{io_ports_ok, port_read, port_write};
 
 use core::arch::asm;
 use core::sync::atomic::{AtomicBool, Ordering};
@@ -49,6 +52,11 @@ pub const DIRECT_MAP_BASE: usize = 0xFFFF_8000_0000_0000;
 /// manager maps more.
 pub fn phys_to_virt(p: u64) -> usize {
     DIRECT_MAP_BASE.wrapping_add(p as usize)
+}
+
+/// The console UART: the PL011.
+pub fn console_uart() -> (usize, u64) {
+    (keel_abi::boot::CONSOLE_PL011, pl011::PL011_PHYS)
 }
 
 /// Polled output on the PL011 UART.

@@ -1,29 +1,99 @@
 //! Interrupts on RISC-V: the supervisor timer through the SBI (`set_timer`
 //! takes an absolute `time` value, so a deadline in clock ticks is armed
-//! as is), enabled in `sie`, and the idle loop. `sstatus.SIE` stays clear
-//! in the kernel except while idle.
+//! as is), device lines through the PLIC the device tree describes (the
+//! boot hart's supervisor context; a source is disabled when it is
+//! claimed until its driver acknowledges it), both enabled in `sie`, and
+//! the idle loop. `sstatus.SIE` stays clear in the kernel except while
+//! idle.
 
+use super::phys_to_virt;
 use super::user::this_cpu;
+use crate::bootinfo::Controller;
 use crate::trap::Interrupt;
 use core::arch::asm;
-use core::sync::atomic::Ordering;
+use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
 /// `scause` of the supervisor timer interrupt (with the interrupt bit).
 const TIMER: usize = super::traps::SCAUSE_INTERRUPT | 5;
-/// `sie.STIE`.
+/// `scause` of the supervisor external interrupt.
+const EXTERNAL: usize = super::traps::SCAUSE_INTERRUPT | 9;
+/// `sie.STIE`, `sie.SEIE`.
 const SIE_STIE: usize = 1 << 5;
+const SIE_SEIE: usize = 1 << 9;
+
+/// Direct-map address of the PLIC (0: none).
+static PLIC: AtomicUsize = AtomicUsize::new(0);
+/// Its number of sources and the boot hart's S-mode context.
+static SOURCES: AtomicU32 = AtomicU32::new(0);
+static CONTEXT: AtomicU32 = AtomicU32::new(0);
+
+/// A PLIC register: priority of source `n` at `4n`, the context's enable
+/// bits at `0x2000 + 0x80 ctx`, its threshold and claim/complete at
+/// `0x20_0000 + 0x1000 ctx` (+0, +4).
+fn plic(off: usize) -> *mut u32 {
+    (PLIC.load(Ordering::Relaxed) + off) as *mut u32
+}
+
+fn context_base() -> usize {
+    0x20_0000 + 0x1000 * CONTEXT.load(Ordering::Relaxed) as usize
+}
+
+/// Whether user space may claim PLIC source `line`.
+pub fn line_ok(line: u32) -> bool {
+    PLIC.load(Ordering::Relaxed) != 0 && (1..=SOURCES.load(Ordering::Relaxed)).contains(&line)
+}
+
+/// Disables source `line` for the boot hart, or enables it at priority 1.
+pub fn line_mask(line: u32, masked: bool) {
+    if !line_ok(line) {
+        return;
+    }
+    let enable =
+        0x2000 + 0x80 * CONTEXT.load(Ordering::Relaxed) as usize + 4 * (line / 32) as usize;
+    let bit = 1u32 << (line % 32);
+    // SAFETY: the PLIC's window is mapped as device memory (one of
+    // `BootInfo::irq`'s windows) and `line` is one of its sources, so the
+    // offsets are inside it; these registers only route interrupts.
+    unsafe {
+        if !masked {
+            plic(4 * line as usize).write_volatile(1);
+        }
+        let bits = plic(enable).read_volatile();
+        plic(enable).write_volatile(if masked { bits & !bit } else { bits | bit });
+    }
+}
 
 /// Enables the supervisor timer interrupt, disarmed.
-pub fn init(_info: &crate::bootinfo::BootInfo<'_>) -> Result<(), &'static str> {
+pub fn init(info: &crate::bootinfo::BootInfo<'_>) -> Result<(), &'static str> {
     if sbi_rt::probe_extension(sbi_rt::Timer).is_unavailable() {
         return Err("the SBI has no timer extension");
     }
     timer_arm(None);
-    // SAFETY: setting `sie.STIE` only lets the timer interrupt be taken
+    let mut sie = SIE_STIE;
+    if let Some(Controller::Plic {
+        regs,
+        sources,
+        context,
+    }) = &info.irq.controller
+    {
+        PLIC.store(phys_to_virt(regs.0), Ordering::Relaxed);
+        SOURCES.store((*sources).min(1023), Ordering::Relaxed);
+        CONTEXT.store(*context, Ordering::Relaxed);
+        for line in 1..=SOURCES.load(Ordering::Relaxed) {
+            line_mask(line, true);
+        }
+        // SAFETY: as in `line_mask`: threshold 0 lets every enabled
+        // source through.
+        unsafe { plic(context_base()).write_volatile(0) };
+        sie |= SIE_SEIE;
+        log::info!("interrupts: SBI timer, PLIC at {:#x}", regs.0);
+    } else {
+        log::info!("interrupts: SBI timer (no PLIC)");
+    }
+    // SAFETY: setting `sie.STIE`/`SEIE` only lets those interrupts be taken
     // where `sstatus.SIE` is set (user mode and `idle`), which the trap
     // entry handles.
-    unsafe { asm!("csrs sie, {}", in(reg) SIE_STIE, options(nomem, nostack)) };
-    log::info!("interrupts: SBI timer");
+    unsafe { asm!("csrs sie, {}", in(reg) sie, options(nomem, nostack)) };
     Ok(())
 }
 
@@ -40,6 +110,19 @@ pub fn interrupt(scause: usize) -> Option<Interrupt> {
         TIMER => {
             timer_arm(None);
             Some(Interrupt::Timer)
+        }
+        EXTERNAL if PLIC.load(Ordering::Relaxed) != 0 => {
+            let claim = plic(context_base() + 4);
+            // SAFETY: as in `line_mask`: reading claims the highest pending
+            // source, writing it back completes it.
+            let line = unsafe { claim.read_volatile() };
+            if line == 0 {
+                return None;
+            }
+            line_mask(line, true);
+            // SAFETY: as above.
+            unsafe { claim.write_volatile(line) };
+            Some(Interrupt::Line(line))
         }
         _ => None,
     }

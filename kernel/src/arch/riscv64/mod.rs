@@ -17,7 +17,9 @@ mod mm;
 mod traps;
 mod user;
 
-pub use self::irq::{idle, init as irq_init, timer_arm};
+pub use self::irq::{
+    idle, init as irq_init, line_mask as irq_mask, line_ok as irq_line_ok, timer_arm,
+};
 pub use self::mm::{
     FLUSH_NEW_ENTRIES, KERNEL_ROOT_ENTRIES, PageFormat, asid_count, device_windows, flush_all,
     flush_page, in_stack_guard, kernel_image_layout, kernel_root, kernel_virt_to_phys,
@@ -25,6 +27,7 @@ pub use self::mm::{
 };
 pub use self::user::{ELF_MACHINE, FpuState, UserRegs, enter_user, load_tls, save_tls};
 pub use super::common::user_copy;
+pub use super::common::{io_ports_ok, port_read, port_write};
 
 use crate::trap::TrapRecord;
 use core::arch::asm;
@@ -37,6 +40,11 @@ pub const DIRECT_MAP_BASE: usize = 0xFFFF_8000_0000_0000;
 /// Virtual minus physical address of every byte of the kernel image
 /// (linked at `0xFFFF_FFFF_8000_0000 + (phys - 0x8000_0000)`).
 pub const KERNEL_VIRT_OFFSET: u64 = 0xFFFF_FFFF_8000_0000 - 0x8000_0000;
+
+/// The console UART: the memory-mapped 16550.
+pub fn console_uart() -> (usize, u64) {
+    (keel_abi::boot::CONSOLE_NS16550_MMIO, UART_PHYS)
+}
 
 /// Physical address of the 16550 UART on QEMU `virt`.
 const UART_PHYS: u64 = 0x1000_0000;

@@ -35,7 +35,10 @@ mod user;
 mod usercopy;
 
 pub use super::common::user_copy;
-pub use apic::{idle, init as irq_init, timer_arm};
+pub use apic::{
+    idle, init as irq_init, io_ports_ok, line_mask as irq_mask, line_ok as irq_line_ok, port_read,
+    port_write, timer_arm,
+};
 pub use mm::{
     FLUSH_NEW_ENTRIES, KERNEL_ROOT_ENTRIES, PageFormat, asid_count, device_windows, flush_all,
     flush_page, kernel_image_layout, kernel_root, kernel_virt_to_phys, load_kernel_root,
@@ -60,6 +63,14 @@ pub const KERNEL_LOAD_PHYS: u64 = 0x10_0000;
 /// `p < BOOT_DIRECT_MAP_SIZE` until the memory manager maps more).
 pub const fn phys_to_virt(p: u64) -> usize {
     DIRECT_MAP_BASE + p as usize
+}
+
+/// The console UART: a 16550 at I/O port 0x3f8 (COM1).
+pub fn console_uart() -> (usize, u64) {
+    (
+        keel_abi::boot::CONSOLE_NS16550_PORT,
+        u64::from(serial::COM1),
+    )
 }
 
 /// Writes bytes to the serial console (polled).

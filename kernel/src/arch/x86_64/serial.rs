@@ -7,7 +7,7 @@
 
 use x86_64::instructions::port::Port;
 
-const COM1: u16 = 0x3f8;
+pub(super) const COM1: u16 = 0x3f8;
 /// Line status register bit: transmit holding register empty.
 const LSR_THRE: u8 = 1 << 5;
 /// Polls of the line status register before giving up on one byte.

@@ -102,7 +102,7 @@ impl Kernel {
     }
 
     /// Starts a slice of thread `id`'s class at `now`.
-    fn new_slice(&mut self, now: u64, id: ThreadId) {
+    pub(super) fn new_slice(&mut self, now: u64, id: ThreadId) {
         let ns = self
             .threads
             .get(id.0)
@@ -224,6 +224,9 @@ impl Kernel {
     /// Whether the run must wait for time or an interrupt rather than end
     /// when no thread is ready.
     pub(super) fn waits_for_events(&self) -> bool {
-        !self.clock.deadlines.is_empty()
+        !self.clock.deadlines.is_empty() || self.has_irq_handlers()
     }
 }
+
+#[cfg(test)]
+mod tests;
