@@ -167,6 +167,11 @@ pub enum Syscall {
     /// ranges that overlap RAM or the kernel's interrupt controller are
     /// refused.
     MemFromDevice = 0x66,
+    /// `(deadline_ns)`: the caller's next system call, if it blocks in IPC
+    /// (`Send`, `Call` until the reply, `Recv`, `ReplyRecv`, `Wait`),
+    /// fails with `TimedOut` once the monotonic clock reaches
+    /// `deadline_ns`; 0 arms nothing.
+    IpcTimeout = 0x67,
 }
 
 /// Modes of [`Syscall::MemFromRange`].
@@ -289,11 +294,11 @@ impl TryFrom<usize> for SystemInfoKey {
 /// Numbers reserved for processes, and the rest of interrupts and time,
 /// which arrive with their subsystems; today they answer
 /// [`crate::Error::NoSuchSyscall`].
-pub const RESERVED: [core::ops::Range<usize>; 2] = [0x50..0x60, 0x67..0x70];
+pub const RESERVED: [core::ops::Range<usize>; 2] = [0x50..0x60, 0x68..0x70];
 
 impl Syscall {
     /// Every assigned system call.
-    pub const ALL: [Syscall; 48] = [
+    pub const ALL: [Syscall; 49] = [
         Syscall::DebugWrite,
         Syscall::SystemInfo,
         Syscall::CapIdentify,
@@ -342,6 +347,7 @@ impl Syscall {
         Syscall::IoPortIn,
         Syscall::IoPortOut,
         Syscall::MemFromDevice,
+        Syscall::IpcTimeout,
     ];
 }
 

@@ -105,6 +105,11 @@ pub struct Ipc {
     pub grant: bool,
     /// The one-shot reply capability: the caller it received last.
     pub reply_to: Option<ThreadId>,
+    /// The deadline (clock ticks) of the operation it is in: it fails
+    /// with `TimedOut` if still blocked then.
+    pub timeout: Option<u64>,
+    /// The deadline `IpcTimeout` armed for its next system call.
+    pub next_timeout: Option<u64>,
     /// Its IPC buffer page (0: none).
     pub buffer: usize,
     /// Where its faults go: the endpoint and the badge of the capability

@@ -89,6 +89,8 @@ pub(super) enum Call {
     Yield,
     /// Block until this clock tick.
     Sleep(u64),
+    /// Arm (or not) a deadline for the caller's next call.
+    IpcTimeout(Option<u64>),
     Kill(ThreadId),
     /// A new endpoint or notification (its table room reserved, its pool
     /// charged, its capability's slot reserved).
@@ -524,6 +526,11 @@ pub(super) fn decode(
             Call::SetTls(id, base)
         }
         Syscall::Yield => Call::Yield,
+        Syscall::IpcTimeout => match (a[0], crate::time::hz()) {
+            (0, _) => Call::IpcTimeout(None),
+            (_, 0) => return Err(Error::NotSupported),
+            (ns, _) => Call::IpcTimeout(Some(crate::time::ns_to_ticks(ns as u64))),
+        },
         Syscall::Sleep => match crate::time::hz() {
             0 => return Err(Error::NotSupported),
             _ => Call::Sleep(crate::time::ns_to_ticks(a[0] as u64)),

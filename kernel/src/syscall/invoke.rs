@@ -21,6 +21,10 @@ pub(super) fn invoke(k: &mut Kernel, caller: ThreadId, call: Call) -> Outcome {
                 after: After::Yield,
             };
         }
+        Call::IpcTimeout(deadline) => k.thread_mut(caller).map(|t| {
+            t.ipc.next_timeout = deadline;
+            0
+        }),
         Call::Sleep(deadline) => {
             return Outcome {
                 value: Ok(0),

@@ -84,6 +84,10 @@ pub fn dispatch(
     number: usize,
     args: [usize; 6],
 ) -> Outcome {
+    // A deadline armed by `IpcTimeout` applies to this call only.
+    if let Ok(t) = k.thread_mut(caller) {
+        t.ipc.timeout = t.ipc.next_timeout.take();
+    }
     let outcome = match decode(k, caller, cspace, number, Args(args)) {
         Ok(call) => invoke(k, caller, call),
         Err(e) => Outcome::value(Err(e)),

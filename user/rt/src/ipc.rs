@@ -182,6 +182,37 @@ pub fn wait(ntfn: CapToken) -> Result<u64, Error> {
     ipc(Syscall::Wait, tok(ntfn), 0, [0; 4]).map(|m| m.info.0)
 }
 
+/// Makes the caller's next system call fail with `TimedOut` if it is
+/// still blocked in IPC when the monotonic clock reaches `deadline_ns`
+/// (0: no deadline).
+pub fn ipc_timeout(deadline_ns: u64) -> Result<(), Error> {
+    ipc(Syscall::IpcTimeout, deadline_ns as usize, 0, [0; 4]).map(|_| ())
+}
+
+/// [`recv`] that gives up with `TimedOut` at `deadline_ns`.
+pub fn recv_until(ep: CapToken, flags: u64, deadline_ns: u64) -> Result<Message, Error> {
+    ipc_timeout(deadline_ns)?;
+    recv(ep, flags)
+}
+
+/// [`call`] that gives up with `TimedOut` at `deadline_ns` (sending or
+/// waiting for the reply).
+pub fn call_until(
+    ep: CapToken,
+    info: MsgInfo,
+    words: [u64; REGISTER_WORDS],
+    deadline_ns: u64,
+) -> Result<Message, Error> {
+    ipc_timeout(deadline_ns)?;
+    call(ep, info, words)
+}
+
+/// [`wait`] that gives up with `TimedOut` at `deadline_ns`.
+pub fn wait_until(ntfn: CapToken, deadline_ns: u64) -> Result<u64, Error> {
+    ipc_timeout(deadline_ns)?;
+    wait(ntfn)
+}
+
 /// Returns and clears the notification's word (0 if nothing was
 /// signalled); never blocks.
 pub fn poll(ntfn: CapToken) -> Result<u64, Error> {

@@ -61,6 +61,9 @@ impl Kernel {
             return None;
         }
         let t = self.threads.get(cur.0)?;
+        if t.ipc.next_timeout.is_some() {
+            return None;
+        }
         let needed = if call { Rights::WRITE } else { Rights::READ };
         let cap = self
             .caps

@@ -179,7 +179,8 @@ impl Kernel {
             Blocked::Recv { ep } => (Queue::Endpoint(ep), Side::Recv),
             Blocked::Wait { n } => (Queue::Notification(n), Side::Idle),
             Blocked::Doomed => (Queue::Doomed, Side::Idle),
-            Blocked::Reply { .. } | Blocked::Sleep => return,
+            Blocked::Reply { .. } => return self.arm_timeout(id),
+            Blocked::Sleep => return,
         };
         if let (Queue::Endpoint(ep), side) = q
             && let Some(e) = self.endpoints.get_mut(ep.0)
@@ -187,6 +188,14 @@ impl Kernel {
             e.side = side;
         }
         self.link(q.0, id);
+        self.arm_timeout(id);
+    }
+
+    /// Gives a thread blocking in IPC the deadline of its operation.
+    fn arm_timeout(&mut self, id: ThreadId) {
+        if let Some(d) = self.thread(id).ok().and_then(|t| t.ipc.timeout) {
+            self.set_deadline(id, d);
+        }
     }
 
     /// Makes a blocked thread ready (its result already written).
@@ -196,6 +205,7 @@ impl Kernel {
             return;
         }
         t.ipc.blocked = None;
+        t.ipc.timeout = None;
         // Cannot fail: the thread's run-queue room was made with it.
         let _ = self.make_ready(id, true);
     }
@@ -664,6 +674,8 @@ impl Kernel {
         }
         if let Ok(t) = self.thread_mut(cur) {
             t.ipc.fault = Some(fault);
+            // A fault waits for its handler without a deadline.
+            t.ipc.timeout = None;
         }
         let (sent, _) = self.send(cur, ep, badge, false, true, false);
         if sent.is_err()

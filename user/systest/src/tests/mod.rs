@@ -55,6 +55,7 @@ pub const ALL: &[Test] = &[
     test!(time::fifo_threads_are_not_time_sliced),
     test!(time::thread_set_sched_rejects_bad_arguments),
     test!(time::statistics_count_run_time_switches_and_idle),
+    test!(time::ipc_gives_up_at_its_deadline),
     test!(basic::unknown_syscalls_are_refused),
     test!(basic::syscall_preserves_registers),
     test!(caps::identify_root_caps),

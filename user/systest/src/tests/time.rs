@@ -10,6 +10,7 @@ use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use keel_abi::Error;
 use keel_abi::cap::{NO_BADGE, Rights};
 use keel_abi::syscall::{SchedClass, SystemInfoKey, ThreadInfoKey};
+use keel_rt::ipc;
 use keel_rt::syscall::{
     cap_delete, cap_derive, now_ns, sleep_ns, sleep_until, system_info, thread_info, thread_resume,
     thread_set_priority, thread_set_sched, thread_suspend, yield_now,
@@ -343,5 +344,68 @@ pub fn statistics_count_run_time_switches_and_idle() -> TestResult {
     ensure!(thread_info(r.thread, ThreadInfoKey::Switches).ctx("switches")? > switches);
     ensure!(thread_info(r.thread, ThreadInfoKey::RunNs).ctx("run")? > ran);
     ensure!(ran > 0 && ran < now_ns() as usize);
+    Ok(())
+}
+
+/// Receives once on the endpoint `arg`, then never replies.
+fn silent_server(arg: usize) -> i32 {
+    let ep = keel_abi::cap::CapToken::from_raw(arg as u64);
+    if ipc::recv(ep, 0).is_err() {
+        return 1;
+    }
+    let _ = sleep_until(u64::MAX);
+    0
+}
+
+/// Signals the notification `arg` after 3 ms.
+fn late_signaller(arg: usize) -> i32 {
+    let _ = sleep_ns(3_000_000);
+    match ipc::signal(keel_abi::cap::CapToken::from_raw(arg as u64), 4) {
+        Ok(()) => 0,
+        Err(_) => 1,
+    }
+}
+
+pub fn ipc_gives_up_at_its_deadline() -> TestResult {
+    let r = root()?;
+    let ep = ipc::endpoint_create(r.pool).ctx("endpoint")?;
+    let n = ipc::notification_create(r.pool).ctx("notification")?;
+    // Nobody sends, nobody signals: each gives up at its deadline.
+    let t0 = now_ns();
+    let got = ipc::recv_until(ep, 0, t0 + 2_000_000);
+    ensure!(
+        matches!(got, Err(Error::TimedOut)),
+        "recv: {:?}",
+        got.map(|m| m.info)
+    );
+    ensure!(now_ns() >= t0 + 2_000_000, "recv gave up early");
+    let t1 = now_ns();
+    ensure_eq!(ipc::wait_until(n, t1 + 1_000_000), Err(Error::TimedOut));
+    ensure!(now_ns() >= t1 + 1_000_000, "wait gave up early");
+    // A server that takes the call and never replies: the caller gives up.
+    let server = Thread::spawn(silent_server, ep.raw() as usize).ctx("server")?;
+    let got = ipc::call_until(
+        ep,
+        keel_abi::ipc::MsgInfo::new(1, 0, 0),
+        [0; 4],
+        now_ns() + 2_000_000,
+    );
+    ensure!(
+        matches!(got, Err(Error::TimedOut)),
+        "call: {:?}",
+        got.map(|m| m.info)
+    );
+    drop(server);
+    // The deadline is for the next call only: this wait outlives it.
+    let signaller = Thread::spawn(late_signaller, n.raw() as usize).ctx("signaller")?;
+    ipc::ipc_timeout(now_ns() + 1_000_000).ctx("arm")?;
+    yield_now().ctx("the call the deadline applies to")?;
+    ensure_eq!(ipc::wait(n), Ok(4));
+    ensure_eq!(signaller.join(100), Some(0));
+    // Signalled before the deadline: the bits, not an error.
+    ipc::signal(n, 2).ctx("signal")?;
+    ensure_eq!(ipc::wait_until(n, now_ns() + 1_000_000), Ok(2));
+    cap_delete(ep).ctx("delete")?;
+    cap_delete(n).ctx("delete")?;
     Ok(())
 }
