@@ -117,11 +117,13 @@ pub enum ObjectType {
     /// The right to claim interrupt lines, I/O ports and device memory
     /// (the root task's, for drivers).
     DeviceControl = 13,
+    /// A one-shot or periodic timer signalling a notification.
+    Timer = 14,
 }
 
 impl ObjectType {
     /// Every object type, in numeric order.
-    pub const ALL: [ObjectType; 13] = [
+    pub const ALL: [ObjectType; 14] = [
         ObjectType::Endpoint,
         ObjectType::Notification,
         ObjectType::MemoryObject,
@@ -135,6 +137,7 @@ impl ObjectType {
         ObjectType::MmioRegion,
         ObjectType::MemoryPool,
         ObjectType::DeviceControl,
+        ObjectType::Timer,
     ];
 }
 
@@ -246,7 +249,7 @@ mod tests {
             assert_eq!(ObjectType::try_from(*t as u8), Ok(*t));
         }
         assert_eq!(ObjectType::try_from(0), Err(crate::Error::InvalidArgument));
-        assert_eq!(ObjectType::try_from(14), Err(crate::Error::InvalidArgument));
+        assert_eq!(ObjectType::try_from(15), Err(crate::Error::InvalidArgument));
     }
 
     #[test]

@@ -172,6 +172,14 @@ pub enum Syscall {
     /// fails with `TimedOut` once the monotonic clock reaches
     /// `deadline_ns`; 0 arms nothing.
     IpcTimeout = 0x67,
+    /// `(pool, notification)`: a timer (one page of `pool`, `WRITE`)
+    /// that signals `notification` (`WRITE`) with that capability's badge
+    /// (1 if it has none) when it fires; created disarmed.
+    TimerCreate = 0x68,
+    /// `(timer, deadline_ns, period_ns)`: fire at `deadline_ns` on the
+    /// monotonic clock, then every `period_ns` (0: once; else at least
+    /// 100 µs); `deadline_ns` 0 disarms. Needs `WRITE`.
+    TimerSet = 0x69,
 }
 
 /// Modes of [`Syscall::MemFromRange`].
@@ -294,11 +302,11 @@ impl TryFrom<usize> for SystemInfoKey {
 /// Numbers reserved for processes, and the rest of interrupts and time,
 /// which arrive with their subsystems; today they answer
 /// [`crate::Error::NoSuchSyscall`].
-pub const RESERVED: [core::ops::Range<usize>; 2] = [0x50..0x60, 0x68..0x70];
+pub const RESERVED: [core::ops::Range<usize>; 2] = [0x50..0x60, 0x6a..0x70];
 
 impl Syscall {
     /// Every assigned system call.
-    pub const ALL: [Syscall; 49] = [
+    pub const ALL: [Syscall; 51] = [
         Syscall::DebugWrite,
         Syscall::SystemInfo,
         Syscall::CapIdentify,
@@ -348,6 +356,8 @@ impl Syscall {
         Syscall::IoPortOut,
         Syscall::MemFromDevice,
         Syscall::IpcTimeout,
+        Syscall::TimerCreate,
+        Syscall::TimerSet,
     ];
 }
 

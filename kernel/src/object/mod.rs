@@ -24,6 +24,7 @@ pub mod device;
 pub mod endpoint;
 pub mod notification;
 pub mod thread;
+pub mod timer;
 
 pub use aspace::AddressSpaceObject;
 pub use cspace::{CSpaceRef, Home};
@@ -31,6 +32,7 @@ pub use device::{DeviceControl, IoPorts, IrqRef};
 pub use endpoint::{Endpoint, EndpointId, EndpointRef};
 pub use notification::{Notification, NotificationId, NotificationRef};
 pub use thread::{Thread, ThreadId, ThreadRef};
+pub use timer::{Timer, TimerId, TimerRef};
 
 use crate::cap::CSpaceId;
 use crate::mm::kref::KArc;
@@ -65,6 +67,8 @@ pub enum KObject {
     Irq(KArc<IrqRef>),
     /// A range of x86 I/O ports.
     IoPorts(KArc<IoPorts>),
+    /// A timer.
+    Timer(KArc<TimerRef>),
 }
 
 /// A kernel object type a capability's object can be taken as: the one
@@ -99,6 +103,7 @@ object!(NotificationRef, Notification, Notification);
 object!(DeviceControl, DeviceControl, DeviceControl);
 object!(IrqRef, Irq, IrqHandler);
 object!(IoPorts, IoPorts, IoPortRange);
+object!(TimerRef, Timer, Timer);
 
 /// An object whose last reference went, waiting for
 /// [`crate::task::Kernel::collect`].
@@ -115,6 +120,8 @@ pub enum Orphan {
     /// An interrupt line whose handler (this serial) is gone: mask it and
     /// free it.
     Irq(u32, u64),
+    /// A timer to disarm and end.
+    Timer(TimerId),
 }
 
 /// The queue of orphans of one kernel. Room for one entry is reserved for

@@ -13,7 +13,8 @@ use crate::object::endpoint::ENDPOINT_PAGES;
 use crate::object::thread::State;
 use crate::object::{
     AddressSpaceObject, CSpaceRef, DeviceControl, EndpointId, EndpointRef, IoPorts, IrqRef,
-    KObject, NotificationId, NotificationRef, Object, Thread, ThreadId, ThreadRef,
+    KObject, NotificationId, NotificationRef, Object, Thread, ThreadId, ThreadRef, Timer, TimerId,
+    TimerRef,
 };
 use crate::sched::PRIORITIES;
 use crate::task::Kernel;
@@ -108,6 +109,15 @@ pub(super) enum Call {
         binding: IrqBinding,
     },
     IrqAck(u32, u64),
+    /// A new timer (its table room reserved, its pool charged, its
+    /// capability's slot reserved).
+    Timer {
+        cspace: CSpaceId,
+        slot: u32,
+        object: KObject,
+        timer: Timer,
+    },
+    SetTimer(TimerId, Option<u64>, u64),
     PortIn(u16, u8),
     PortOut(u16, u8, u32),
     /// Send or call (`call`) on an endpoint.
@@ -664,6 +674,46 @@ pub(super) fn decode(
                     bits,
                 },
             }
+        }
+        Syscall::TimerCreate => {
+            let [pool_raw, n_raw, ..] = a;
+            let pool = cap::<KArc<MemoryPool>>(k, cs, pool_raw, Rights::WRITE)?;
+            let c = k
+                .caps
+                .lookup_as(cs, token(n_raw), ObjectType::Notification, Rights::WRITE)?;
+            let bits = match c.badge() {
+                NO_BADGE => 1,
+                b => b & NOTIFICATION_BITS,
+            };
+            let KObject::Notification(n) = c.object() else {
+                return Err(Error::WrongObjectType);
+            };
+            let notification = n.clone();
+            let slot = k.caps.reserve_slot(cs)?;
+            let id = k.reserve_timer()?;
+            pool.charge(ENDPOINT_PAGES)?;
+            Call::Timer {
+                cspace: cs,
+                slot,
+                object: KObject::Timer(TimerRef::new(k.orphans(), id, Some(pool))?),
+                timer: Timer {
+                    notification,
+                    bits,
+                    period: 0,
+                },
+            }
+        }
+        Syscall::TimerSet => {
+            let [timer_raw, deadline, period, ..] = a;
+            let id = cap::<KArc<TimerRef>>(k, cs, timer_raw, Rights::WRITE)?.id();
+            if crate::time::hz() == 0 {
+                return Err(Error::NotSupported);
+            }
+            if period != 0 && (period as u64) < crate::sched::MIN_SLICE_NS {
+                return Err(Error::InvalidArgument);
+            }
+            let deadline = (deadline != 0).then(|| crate::time::ns_to_ticks(deadline as u64));
+            Call::SetTimer(id, deadline, crate::time::ns_to_ticks(period as u64))
         }
         Syscall::IrqAck => {
             let r = cap::<KArc<IrqRef>>(k, cs, a[0], Rights::WRITE)?;

@@ -189,6 +189,19 @@ pub(super) fn invoke(k: &mut Kernel, caller: ThreadId, call: Call) -> Outcome {
             k.irq_bind(line, binding);
             insert(k, cspace, slot, object, ObjectType::IrqHandler)
         }
+        Call::Timer {
+            cspace,
+            slot,
+            object,
+            timer,
+        } => match (&object, k.add_timer(timer)) {
+            (KObject::Timer(r), Ok(id)) if id == r.id() => {
+                insert(k, cspace, slot, object, ObjectType::Timer)
+            }
+            // Cannot happen: decode reserved the entry and predicted the id.
+            _ => Err(Error::InvalidState),
+        },
+        Call::SetTimer(id, deadline, period) => k.set_timer(id, deadline, period).map(|()| 0),
         Call::IrqAck(line, serial) => k.irq_ack(line, serial).map(|()| 0),
         Call::PortIn(port, width) => crate::arch::port_read(port, width)
             .map(|v| v as usize)

@@ -16,7 +16,7 @@ use crate::mm::kref::{KArc, try_box};
 use crate::object::endpoint::Waiting;
 use crate::object::{
     AddressSpaceObject, Endpoint, EndpointId, Home, KObject, Notification, NotificationId, Orphan,
-    Orphans, Thread, ThreadId, thread::State,
+    Orphans, Thread, ThreadId, Timer, thread::State,
 };
 use crate::sched::{After, Class, PRIORITIES, Params, Scheduler};
 use alloc::boxed::Box;
@@ -29,6 +29,7 @@ pub struct Kernel {
     threads: Arena<Box<Thread>>,
     endpoints: Arena<Endpoint>,
     notifications: Arena<Notification>,
+    timers: Arena<Timer>,
     sched: Scheduler<ThreadId>,
     orphans: KArc<Orphans>,
     /// Faulted threads whose processes die after the current call.
@@ -65,6 +66,7 @@ impl Kernel {
             threads: Arena::new(),
             endpoints: Arena::new(),
             notifications: Arena::new(),
+            timers: Arena::new(),
             sched: Scheduler::new(),
             orphans: Orphans::new()?,
             doomed: Waiting::default(),
@@ -345,6 +347,7 @@ impl Kernel {
                 Orphan::Endpoint(id) => self.destroy_endpoint(id),
                 Orphan::Notification(id) => self.destroy_notification(id),
                 Orphan::Irq(line, serial) => self.irq_release(line, serial),
+                Orphan::Timer(id) => self.destroy_timer(id),
             }
         }
     }

@@ -362,6 +362,28 @@ pub fn sleep_ns(ns: u64) -> Result<(), Error> {
     sleep_until(now_ns().saturating_add(ns))
 }
 
+/// A disarmed timer charged to `pool` that signals `ntfn` (with that
+/// capability's badge, or 1) when it fires.
+pub fn timer_create(pool: CapToken, ntfn: CapToken) -> Result<CapToken, Error> {
+    // SAFETY: `TimerCreate` does not touch user memory.
+    unsafe { syscall2(Syscall::TimerCreate as usize, tok(pool), tok(ntfn)) }
+        .map(|v| CapToken::from_raw(v as u64))
+}
+
+/// Arms `timer` for `deadline_ns` on the monotonic clock and then every
+/// `period_ns` (0: once); `deadline_ns` 0 disarms it.
+pub fn timer_set(timer: CapToken, deadline_ns: u64, period_ns: u64) -> Result<(), Error> {
+    // SAFETY: `TimerSet` does not touch user memory.
+    unit(unsafe {
+        syscall3(
+            Syscall::TimerSet as usize,
+            tok(timer),
+            deadline_ns as usize,
+            period_ns as usize,
+        )
+    })
+}
+
 /// Kills a thread.
 pub fn thread_kill(thread: CapToken) -> Result<(), Error> {
     // SAFETY: does not touch the caller's memory (a killed thread's stack

@@ -18,8 +18,8 @@
 //! idle stretch) was last charged up to.
 
 use super::Kernel;
-use crate::object::ThreadId;
 use crate::object::thread::{Blocked, State};
+use crate::object::{ThreadId, Timer, TimerId};
 use crate::sched::heap::SlotHeap;
 use crate::sched::{After, Class};
 use keel_abi::Error;
@@ -44,6 +44,8 @@ pub struct Clock {
     pub(super) idle_ticks: u64,
     /// Blocked threads with a deadline, earliest first.
     pub(super) deadlines: SlotHeap<ThreadId>,
+    /// Armed timer objects, earliest first.
+    timers: SlotHeap<TimerId>,
 }
 
 impl Clock {
@@ -147,7 +149,12 @@ impl Kernel {
     /// When the timer must next fire: the earliest deadline, and the end
     /// of the running thread's slice if a ready thread takes over then.
     pub fn next_deadline(&self) -> Option<u64> {
-        let first = self.clock.deadlines.peek().map(|(_, at)| at);
+        let thread = self.clock.deadlines.peek().map(|(_, at)| at);
+        let timer = self.clock.timers.peek().map(|(_, at)| at);
+        let first = match (thread, timer) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         let contended = self
             .current()
             .and_then(|c| self.thread(c).ok())
@@ -193,6 +200,24 @@ impl Kernel {
             // `unqueue` took it out; make sure, so the loop ends.
             self.clock.deadlines.remove(id);
         }
+        while let Some((id, at)) = self.clock.timers.peek().filter(|&(_, at)| at <= now) {
+            self.clock.timers.pop();
+            let Some(t) = self.timers.get(id.0) else {
+                continue;
+            };
+            let (n, bits, period) = (t.notification.id(), t.bits, t.period);
+            let _ = self.signal(n, bits);
+            if period > 0 {
+                // The next period after now (missed ones are skipped).
+                let next = at.saturating_add(period);
+                let next = if next > now {
+                    next
+                } else {
+                    now.saturating_add(period)
+                };
+                let _ = self.clock.timers.push(id, next);
+            }
+        }
         if now < self.clock.slice_end || self.clock.idle() {
             return After::Continue;
         }
@@ -224,7 +249,44 @@ impl Kernel {
     /// Whether the run must wait for time or an interrupt rather than end
     /// when no thread is ready.
     pub(super) fn waits_for_events(&self) -> bool {
-        !self.clock.deadlines.is_empty() || self.has_irq_handlers()
+        !self.clock.deadlines.is_empty() || !self.clock.timers.is_empty() || self.has_irq_handlers()
+    }
+
+    /// Makes room for a new timer; returns the id the next
+    /// [`Self::add_timer`] will give it.
+    pub fn reserve_timer(&mut self) -> Result<TimerId, Error> {
+        self.timers.reserve()?;
+        let id = TimerId(self.timers.next_id());
+        self.clock.timers.reserve_slot(id.0.index() as usize)?;
+        Ok(id)
+    }
+
+    /// Puts a new, disarmed timer into the table.
+    pub fn add_timer(&mut self, timer: Timer) -> Result<TimerId, Error> {
+        self.timers.insert(timer).map(TimerId)
+    }
+
+    /// Arms timer `id` for tick `deadline` and then every `period` ticks
+    /// (0: once), or disarms it (`deadline` `None`).
+    pub fn set_timer(
+        &mut self,
+        id: TimerId,
+        deadline: Option<u64>,
+        period: u64,
+    ) -> Result<(), Error> {
+        let t = self.timers.get_mut(id.0).ok_or(Error::InvalidState)?;
+        t.period = period;
+        self.clock.timers.remove(id);
+        if let Some(d) = deadline {
+            self.clock.timers.push(id, d)?;
+        }
+        Ok(())
+    }
+
+    /// Ends timer `id` (its last capability went).
+    pub(super) fn destroy_timer(&mut self, id: TimerId) {
+        self.clock.timers.remove(id);
+        self.timers.remove(id.0);
     }
 }
 

@@ -56,6 +56,8 @@ pub const ALL: &[Test] = &[
     test!(time::thread_set_sched_rejects_bad_arguments),
     test!(time::statistics_count_run_time_switches_and_idle),
     test!(time::ipc_gives_up_at_its_deadline),
+    test!(time::timers_fire_once_or_periodically_until_disarmed),
+    test!(time::timer_calls_reject_bad_arguments),
     test!(basic::unknown_syscalls_are_refused),
     test!(basic::syscall_preserves_registers),
     test!(caps::identify_root_caps),

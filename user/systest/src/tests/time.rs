@@ -13,7 +13,7 @@ use keel_abi::syscall::{SchedClass, SystemInfoKey, ThreadInfoKey};
 use keel_rt::ipc;
 use keel_rt::syscall::{
     cap_delete, cap_derive, now_ns, sleep_ns, sleep_until, system_info, thread_info, thread_resume,
-    thread_set_priority, thread_set_sched, thread_suspend, yield_now,
+    thread_set_priority, thread_set_sched, thread_suspend, timer_create, timer_set, yield_now,
 };
 use keel_rt::thread::Thread;
 
@@ -407,5 +407,68 @@ pub fn ipc_gives_up_at_its_deadline() -> TestResult {
     ensure_eq!(ipc::wait_until(n, now_ns() + 1_000_000), Ok(2));
     cap_delete(ep).ctx("delete")?;
     cap_delete(n).ctx("delete")?;
+    Ok(())
+}
+
+pub fn timers_fire_once_or_periodically_until_disarmed() -> TestResult {
+    let r = root()?;
+    let n = ipc::notification_create(r.pool).ctx("notification")?;
+    let badged = cap_derive(n, Rights::ALL, 0x20).ctx("badge")?;
+    let timer = timer_create(r.pool, badged).ctx("timer")?;
+    // One-shot: fires once, at or after its deadline, with the badge.
+    let deadline = now_ns() + 2_000_000;
+    timer_set(timer, deadline, 0).ctx("arm")?;
+    ensure_eq!(ipc::wait(n), Ok(0x20));
+    ensure!(now_ns() >= deadline, "fired before its deadline");
+    sleep_ns(3_000_000).ctx("sleep")?;
+    ensure_eq!(ipc::poll(n), Ok(0), "a one-shot timer fired twice");
+    // Periodic: fires every period until disarmed.
+    let start = now_ns();
+    timer_set(timer, start + 1_000_000, 1_000_000).ctx("arm periodic")?;
+    for _ in 0..5 {
+        ensure_eq!(ipc::wait(n), Ok(0x20));
+    }
+    ensure!(
+        now_ns() >= start + 5_000_000,
+        "five periods took less than 5 ms"
+    );
+    timer_set(timer, 0, 0).ctx("disarm")?;
+    let _ = ipc::poll(n);
+    sleep_ns(3_000_000).ctx("sleep")?;
+    ensure_eq!(ipc::poll(n), Ok(0), "a disarmed timer fired");
+    // Deleting the timer disarms it too.
+    timer_set(timer, now_ns() + 1_000_000, 1_000_000).ctx("arm again")?;
+    cap_delete(timer).ctx("delete")?;
+    sleep_ns(3_000_000).ctx("sleep")?;
+    ensure_eq!(ipc::poll(n), Ok(0), "a deleted timer fired");
+    cap_delete(badged).ctx("delete")?;
+    cap_delete(n).ctx("delete")?;
+    Ok(())
+}
+
+pub fn timer_calls_reject_bad_arguments() -> TestResult {
+    let r = root()?;
+    let n = ipc::notification_create(r.pool).ctx("notification")?;
+    let timer = timer_create(r.pool, n).ctx("timer")?;
+    ensure_eq!(
+        timer_set(timer, now_ns(), 50_000),
+        Err(Error::InvalidArgument),
+        "period below 100 µs"
+    );
+    ensure_eq!(timer_set(n, now_ns(), 0), Err(Error::WrongObjectType));
+    let read_only = cap_derive(n, Rights::READ, NO_BADGE).ctx("derive")?;
+    ensure!(
+        timer_create(r.pool, read_only).is_err(),
+        "a notification without WRITE"
+    );
+    ensure!(timer_create(n, n).is_err(), "a notification is not a pool");
+    let timer_ro = cap_derive(timer, Rights::READ, NO_BADGE).ctx("derive")?;
+    ensure!(
+        timer_set(timer_ro, now_ns(), 0).is_err(),
+        "a timer without WRITE"
+    );
+    for c in [timer_ro, read_only, timer, n] {
+        cap_delete(c).ctx("delete")?;
+    }
     Ok(())
 }
