@@ -197,7 +197,7 @@ pub fn on_interrupt(irq: Interrupt) -> *const UserRegs {
         let after = match irq {
             Interrupt::Timer => k.on_timer(arch::clock_ticks()),
             Interrupt::Line(n) => {
-                kprintln!("keel: interrupt line {n} has no handler");
+                k.irq_fired(n);
                 After::Continue
             }
         };

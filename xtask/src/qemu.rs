@@ -155,6 +155,90 @@ pub fn run_captured_with(
     Ok(Outcome { status, lines })
 }
 
+/// What a scripted console session ([`run_conversation`]) saw.
+pub struct Conversation {
+    /// Every output line (QEMU's stderr last, prefixed `qemu: `).
+    pub lines: Vec<String>,
+    /// Whether the trigger line appeared (and the input was sent).
+    pub triggered: bool,
+    /// Whether a line containing the expected text followed.
+    pub answered: bool,
+}
+
+/// Boots with QEMU's standard input piped to the serial console: once an
+/// output line contains `trigger` (within `limit`), writes `input` to it,
+/// then waits (at most `reply_limit` more) for a line containing `expect`.
+/// QEMU is killed when that line comes or time is up.
+pub fn run_conversation(
+    boot: &Boot<'_>,
+    trigger: &str,
+    input: &[u8],
+    expect: &str,
+    (limit, reply_limit): (Duration, Duration),
+) -> Result<Conversation> {
+    let symbols = Symbolizer::new(boot.image);
+    let mut child = boot
+        .command()
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {}", boot.arch.qemu_binary()))?;
+    let mut stdin = child.stdin.take().context("QEMU stdin")?;
+    let stdout = child.stdout.take().context("QEMU stdout")?;
+    let stderr = child.stderr.take().context("QEMU stderr")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stdout).split(b'\n').map_while(|l| l.ok()) {
+            let text = String::from_utf8_lossy(&line)
+                .trim_end_matches('\r')
+                .to_string();
+            if tx.send(symbols.annotate(&text)).is_err() {
+                break;
+            }
+        }
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut BufReader::new(stderr), &mut s);
+        s
+    });
+    let mut deadline = std::time::Instant::now() + limit;
+    let (mut lines, mut triggered, mut answered) = (Vec::new(), false, false);
+    while !answered {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let Ok(line) = rx.recv_timeout(left) else {
+            break; // time is up, or QEMU ended
+        };
+        if triggered {
+            answered = line.contains(expect);
+        } else if line.contains(trigger) {
+            stdin.write_all(input)?;
+            stdin.flush()?;
+            triggered = true;
+            deadline = deadline.min(std::time::Instant::now() + reply_limit);
+        }
+        lines.push(line);
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    drop(stdin);
+    lines.extend(rx.iter());
+    let _ = reader.join();
+    let errors = err_reader.join().unwrap_or_default();
+    lines.extend(
+        errors
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| format!("qemu: {l}")),
+    );
+    Ok(Conversation {
+        lines,
+        triggered,
+        answered,
+    })
+}
+
 /// `cargo xtask run`: QEMU owns the terminal's input; its output passes
 /// through the symbolizer.
 pub fn run_interactive(boot: &Boot<'_>) -> Result<()> {

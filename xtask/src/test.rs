@@ -4,8 +4,9 @@
 //! architecture: clippy on the kernel target and on the user programs, the
 //! root task's build, the in-kernel test suite booted in QEMU followed by
 //! the root task's system tests (`user/systest`, passed as the boot
-//! module), and boots that must fail in a controlled way (bad command line,
-//! kernel stack overflow). Each check and each individual test (host,
+//! module), boots that must fail in a controlled way (bad command line,
+//! kernel stack overflow), and the normal run's console, echoed by the
+//! root task's user-space UART driver. Each check and each individual test (host,
 //! kernel or user) counts once; the last line printed is
 //! `N passed, N failed`.
 
@@ -20,6 +21,9 @@ use std::time::Duration;
 
 /// How long one test boot may take before it counts as hung.
 const BOOT_LIMIT: Duration = Duration::from_secs(180);
+/// How long the normal run may take to run its tests and start the
+/// console driver, and then to echo a line.
+const ECHO_LIMITS: (Duration, Duration) = (Duration::from_secs(120), Duration::from_secs(10));
 
 #[derive(Default)]
 struct Tally {
@@ -120,6 +124,7 @@ pub fn run(arches: &[Arch]) -> Result<bool> {
                 tally.record(&format!("build test kernel ({})", arch.name()), false);
             }
         }
+        console_echoed(&mut tally, arch, root)?;
     }
 
     section("summary");
@@ -433,6 +438,53 @@ fn numa_nodes_used(tally: &mut Tally, arch: Arch, image: &Path) -> Result<()> {
         ),
         ok,
     );
+    Ok(())
+}
+
+/// The normal run (`cargo xtask run`'s kernel and root task): once the
+/// root task's user-space console driver says it is listening, a line typed
+/// on the serial console must come back.
+fn console_echoed(tally: &mut Tally, arch: Arch, root: Option<&Path>) -> Result<()> {
+    const READY: &str = "uart: echoing console input";
+    const TYPED: &str = "keel echo test";
+    let name = format!(
+        "{} echoes console input through the user-space UART driver",
+        arch.name()
+    );
+    let Some(root) = root else {
+        tally.record(&name, false);
+        return Ok(());
+    };
+    let image = match toolchain::build_kernel(arch, Flavor::Run, false) {
+        Ok(image) => image,
+        Err(e) => {
+            println!("{e:#}");
+            tally.record(&name, false);
+            return Ok(());
+        }
+    };
+    // As `cargo xtask run` boots it.
+    let boot = Boot::headless(arch, &image, 1, "256M", "").with_initrd(Some(root));
+    let input = format!("{TYPED}\r");
+    let talk = qemu::run_conversation(&boot, READY, input.as_bytes(), TYPED, ECHO_LIMITS)?;
+    if !talk.answered {
+        for line in talk.lines.iter().rev().take(20).rev() {
+            println!("    {line}");
+        }
+        println!(
+            "{}: {}",
+            arch.name(),
+            if talk.triggered {
+                format!("the typed line was not echoed within {:?}", ECHO_LIMITS.1)
+            } else {
+                format!(
+                    "the console driver did not start within {:?}",
+                    ECHO_LIMITS.0
+                )
+            }
+        );
+    }
+    tally.record(&name, talk.answered);
     Ok(())
 }
 

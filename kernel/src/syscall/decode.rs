@@ -8,13 +8,11 @@ use crate::mm::kref::{KArc, try_box};
 use crate::mm::paging::Attr;
 use crate::mm::pool::MemoryPool;
 use crate::mm::user::{MemoryObject, UserAddr, copy_from_user};
-use crate::object::device::IrqBinding;
 use crate::object::endpoint::ENDPOINT_PAGES;
 use crate::object::thread::State;
 use crate::object::{
-    AddressSpaceObject, CSpaceRef, DeviceControl, EndpointId, EndpointRef, IoPorts, IrqRef,
-    KObject, NotificationId, NotificationRef, Object, Thread, ThreadId, ThreadRef, Timer, TimerId,
-    TimerRef,
+    AddressSpaceObject, CSpaceRef, EndpointId, EndpointRef, KObject, NotificationId,
+    NotificationRef, Object, Thread, ThreadId, ThreadRef,
 };
 use crate::sched::PRIORITIES;
 use crate::task::Kernel;
@@ -22,9 +20,7 @@ use crate::task::NOTIFICATION_BITS;
 use alloc::boxed::Box;
 use keel_abi::cap::{CapToken, NO_BADGE, ObjectType, Rights};
 use keel_abi::ipc::{MsgInfo, REGISTER_WORDS};
-use keel_abi::syscall::{
-    MEM_EAGER, PROT_EXEC, PROT_WRITE, RANGE_COW, RANGE_MOVE, SystemInfoKey, ThreadInfoKey,
-};
+use keel_abi::syscall::{MEM_EAGER, PROT_EXEC, PROT_WRITE, RANGE_COW, RANGE_MOVE, SystemInfoKey};
 use keel_abi::{Error, Syscall};
 
 /// The six argument registers of a call, as user space left them.
@@ -83,15 +79,9 @@ pub(super) enum Call {
     Suspend(ThreadId),
     Exit(isize),
     SetPriority(ThreadId, u8),
-    SetSched(ThreadId, crate::sched::Params),
-    ThreadInfo(ThreadId, ThreadInfoKey),
     SetAffinity(ThreadId, u64),
     SetTls(ThreadId, usize),
     Yield,
-    /// Block until this clock tick.
-    Sleep(u64),
-    /// Arm (or not) a deadline for the caller's next call.
-    IpcTimeout(Option<u64>),
     Kill(ThreadId),
     /// A new endpoint or notification (its table room reserved, its pool
     /// charged, its capability's slot reserved).
@@ -100,26 +90,7 @@ pub(super) enum Call {
         slot: u32,
         object: KObject,
     },
-    /// A handler for `line` (reserved), bound as `binding`.
-    IrqHandler {
-        cspace: CSpaceId,
-        slot: u32,
-        object: KObject,
-        line: u32,
-        binding: IrqBinding,
-    },
-    IrqAck(u32, u64),
-    /// A new timer (its table room reserved, its pool charged, its
-    /// capability's slot reserved).
-    Timer {
-        cspace: CSpaceId,
-        slot: u32,
-        object: KObject,
-        timer: Timer,
-    },
-    SetTimer(TimerId, Option<u64>, u64),
-    PortIn(u16, u8),
-    PortOut(u16, u8, u32),
+
     /// Send or call (`call`) on an endpoint.
     Send {
         ep: EndpointId,
@@ -170,7 +141,7 @@ pub(super) enum Call {
     },
 }
 
-fn token(raw: usize) -> CapToken {
+pub(super) fn token(raw: usize) -> CapToken {
     CapToken::from_raw(raw as u64)
 }
 
@@ -204,77 +175,24 @@ fn rights_for(attr: Attr) -> Rights {
 }
 
 /// The object `raw` names in `cspace`, which must be a `T` with `needed`.
-fn cap<T: Object>(k: &Kernel, cspace: CSpaceId, raw: usize, needed: Rights) -> Result<T, Error> {
+pub(super) fn cap<T: Object>(
+    k: &Kernel,
+    cspace: CSpaceId,
+    raw: usize,
+    needed: Rights,
+) -> Result<T, Error> {
     let c = k.caps.lookup_as(cspace, token(raw), T::TYPE, needed)?;
     T::from_object(c.object()).ok_or(Error::WrongObjectType)
 }
 
 /// A live thread `raw` names, with the right to control it.
-fn thread(k: &Kernel, cspace: CSpaceId, raw: usize) -> Result<(ThreadId, &Thread), Error> {
+pub(super) fn thread(
+    k: &Kernel,
+    cspace: CSpaceId,
+    raw: usize,
+) -> Result<(ThreadId, &Thread), Error> {
     let id = cap::<KArc<ThreadRef>>(k, cspace, raw, Rights::WRITE)?.id();
     Ok((id, k.thread(id)?))
-}
-
-/// The scheduling parameters `ThreadSetSched` asks for (`old` keeps the
-/// thread's virtual time and what the class leaves alone).
-fn sched_params(
-    old: crate::sched::Params,
-    class: usize,
-    param: usize,
-    slice: usize,
-) -> Result<crate::sched::Params, Error> {
-    use crate::sched::{Class, MAX_SLICE_NS, MIN_SLICE_NS, RR_SLICE_NS};
-    use keel_abi::syscall::SchedClass;
-    let prio = || {
-        u8::try_from(param)
-            .ok()
-            .filter(|&p| usize::from(p) < PRIORITIES)
-            .ok_or(Error::InvalidArgument)
-    };
-    let no_slice = || (slice == 0).then_some(()).ok_or(Error::InvalidArgument);
-    let p = match SchedClass::try_from(class)? {
-        SchedClass::RoundRobin => crate::sched::Params {
-            class: Class::RoundRobin,
-            prio: prio()?,
-            slice_ns: match slice as u64 {
-                0 => RR_SLICE_NS,
-                s if (MIN_SLICE_NS..=MAX_SLICE_NS).contains(&s) => s,
-                _ => return Err(Error::InvalidArgument),
-            },
-            ..old
-        },
-        SchedClass::Fifo => {
-            no_slice()?;
-            crate::sched::Params {
-                class: Class::Fifo,
-                prio: prio()?,
-                ..old
-            }
-        }
-        SchedClass::Normal => {
-            no_slice()?;
-            let nice = i8::try_from(param as isize)
-                .ok()
-                .filter(|n| (-20..=19).contains(n))
-                .ok_or(Error::InvalidArgument)?;
-            crate::sched::Params {
-                class: Class::Normal,
-                nice,
-                ..old
-            }
-        }
-        SchedClass::Idle => {
-            no_slice()?;
-            if param != 0 {
-                return Err(Error::InvalidArgument);
-            }
-            crate::sched::Params {
-                class: Class::Idle,
-                ..old
-            }
-        }
-    };
-    Ok(p)
 }
 
 /// The capability space `dest` names, if a capability `raw` may be put
@@ -502,17 +420,6 @@ pub(super) fn decode(
             let _ = t;
             Call::SetPriority(id, prio)
         }
-        Syscall::ThreadSetSched => {
-            let [thread_raw, class, param, slice, ..] = a;
-            let (id, t) = thread(k, cs, thread_raw)?;
-            Call::SetSched(id, sched_params(*t.sched(), class, param, slice)?)
-        }
-        Syscall::ThreadInfo => {
-            let [thread_raw, key, ..] = a;
-            let id = cap::<KArc<ThreadRef>>(k, cs, thread_raw, Rights::READ)?.id();
-            k.thread(id)?;
-            Call::ThreadInfo(id, ThreadInfoKey::try_from(key)?)
-        }
         Syscall::ThreadSetAffinity => {
             let [thread_raw, mask, ..] = a;
             let (id, _) = thread(k, cs, thread_raw)?;
@@ -536,15 +443,6 @@ pub(super) fn decode(
             Call::SetTls(id, base)
         }
         Syscall::Yield => Call::Yield,
-        Syscall::IpcTimeout => match (a[0], crate::time::hz()) {
-            (0, _) => Call::IpcTimeout(None),
-            (_, 0) => return Err(Error::NotSupported),
-            (ns, _) => Call::IpcTimeout(Some(crate::time::ns_to_ticks(ns as u64))),
-        },
-        Syscall::Sleep => match crate::time::hz() {
-            0 => return Err(Error::NotSupported),
-            _ => Call::Sleep(crate::time::ns_to_ticks(a[0] as u64)),
-        },
         Syscall::ThreadKill => Call::Kill(thread(k, cs, a[0])?.0),
         Syscall::MemCreate => {
             let [pool, pages, flags, ..] = a;
@@ -644,131 +542,6 @@ pub(super) fn decode(
                 cspace: cs,
                 slot,
                 object,
-            }
-        }
-        Syscall::IrqHandlerCreate => {
-            let [dc, line, n_raw, ..] = a;
-            cap::<KArc<DeviceControl>>(k, cs, dc, Rights::WRITE)?;
-            let line = u32::try_from(line).map_err(|_| Error::InvalidArgument)?;
-            let c = k
-                .caps
-                .lookup_as(cs, token(n_raw), ObjectType::Notification, Rights::WRITE)?;
-            let bits = match c.badge() {
-                NO_BADGE => 1,
-                b => b & NOTIFICATION_BITS,
-            };
-            let KObject::Notification(n) = c.object() else {
-                return Err(Error::WrongObjectType);
-            };
-            let notification = n.clone();
-            let slot = k.caps.reserve_slot(cs)?;
-            let serial = k.irq_reserve(line)?;
-            Call::IrqHandler {
-                cspace: cs,
-                slot,
-                object: KObject::Irq(IrqRef::new(k.orphans(), line, serial)?),
-                line,
-                binding: IrqBinding {
-                    serial,
-                    notification,
-                    bits,
-                },
-            }
-        }
-        Syscall::TimerCreate => {
-            let [pool_raw, n_raw, ..] = a;
-            let pool = cap::<KArc<MemoryPool>>(k, cs, pool_raw, Rights::WRITE)?;
-            let c = k
-                .caps
-                .lookup_as(cs, token(n_raw), ObjectType::Notification, Rights::WRITE)?;
-            let bits = match c.badge() {
-                NO_BADGE => 1,
-                b => b & NOTIFICATION_BITS,
-            };
-            let KObject::Notification(n) = c.object() else {
-                return Err(Error::WrongObjectType);
-            };
-            let notification = n.clone();
-            let slot = k.caps.reserve_slot(cs)?;
-            let id = k.reserve_timer()?;
-            pool.charge(ENDPOINT_PAGES)?;
-            Call::Timer {
-                cspace: cs,
-                slot,
-                object: KObject::Timer(TimerRef::new(k.orphans(), id, Some(pool))?),
-                timer: Timer {
-                    notification,
-                    bits,
-                    period: 0,
-                },
-            }
-        }
-        Syscall::TimerSet => {
-            let [timer_raw, deadline, period, ..] = a;
-            let id = cap::<KArc<TimerRef>>(k, cs, timer_raw, Rights::WRITE)?.id();
-            if crate::time::hz() == 0 {
-                return Err(Error::NotSupported);
-            }
-            if period != 0 && (period as u64) < crate::sched::MIN_SLICE_NS {
-                return Err(Error::InvalidArgument);
-            }
-            let deadline = (deadline != 0).then(|| crate::time::ns_to_ticks(deadline as u64));
-            Call::SetTimer(id, deadline, crate::time::ns_to_ticks(period as u64))
-        }
-        Syscall::IrqAck => {
-            let r = cap::<KArc<IrqRef>>(k, cs, a[0], Rights::WRITE)?;
-            Call::IrqAck(r.line(), r.serial())
-        }
-        Syscall::IoPortCreate => {
-            let [dc, base, count, ..] = a;
-            cap::<KArc<DeviceControl>>(k, cs, dc, Rights::WRITE)?;
-            let (Ok(base), Ok(count)) = (u32::try_from(base), u32::try_from(count)) else {
-                return Err(Error::InvalidArgument);
-            };
-            crate::arch::io_ports_ok(base, count)?;
-            let ports = IoPorts {
-                base: u16::try_from(base).map_err(|_| Error::InvalidArgument)?,
-                count: u16::try_from(count).map_err(|_| Error::InvalidArgument)?,
-            };
-            let slot = k.caps.reserve_slot(cs)?;
-            Call::Insert {
-                cspace: cs,
-                slot,
-                object: KObject::IoPorts(KArc::try_new(ports)?),
-                ty: ObjectType::IoPortRange,
-            }
-        }
-        Syscall::IoPortIn | Syscall::IoPortOut => {
-            let [ports, port, width, value, ..] = a;
-            let write = call == Syscall::IoPortOut;
-            let rights = if write { Rights::WRITE } else { Rights::READ };
-            let p = cap::<KArc<IoPorts>>(k, cs, ports, rights)?;
-            if !matches!(width, 1 | 2 | 4) || !p.covers(port, width) {
-                return Err(Error::InvalidArgument);
-            }
-            let (port, width) = (port as u16, width as u8);
-            if write {
-                let value = u32::try_from(value).map_err(|_| Error::InvalidArgument)?;
-                Call::PortOut(port, width, value)
-            } else {
-                Call::PortIn(port, width)
-            }
-        }
-        Syscall::MemFromDevice => {
-            let [dc, phys, pages, ..] = a;
-            cap::<KArc<DeviceControl>>(k, cs, dc, Rights::WRITE)?;
-            let len = pages
-                .checked_mul(crate::mm::object::PAGE)
-                .ok_or(Error::InvalidArgument)?;
-            if phys % crate::mm::object::PAGE != 0 || !k.device_range_ok(phys as u64, len as u64) {
-                return Err(Error::InvalidArgument);
-            }
-            let slot = k.caps.reserve_slot(cs)?;
-            Call::Insert {
-                cspace: cs,
-                slot,
-                object: KObject::Memory(MemoryObject::physical(phys as u64, pages, true)?),
-                ty: ObjectType::MemoryObject,
             }
         }
         Syscall::Send | Syscall::Call => {

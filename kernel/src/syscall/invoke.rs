@@ -21,16 +21,6 @@ pub(super) fn invoke(k: &mut Kernel, caller: ThreadId, call: Call) -> Outcome {
                 after: After::Yield,
             };
         }
-        Call::IpcTimeout(deadline) => k.thread_mut(caller).map(|t| {
-            t.ipc.next_timeout = deadline;
-            0
-        }),
-        Call::Sleep(deadline) => {
-            return Outcome {
-                value: Ok(0),
-                after: k.sleep(caller, deadline, crate::arch::clock_ticks()),
-            };
-        }
         Call::SystemInfo(key) => Ok(system_info(k, key)),
         Call::DebugWrite { space, at, len } => {
             let mut buf = [0u8; 256];
@@ -149,8 +139,6 @@ pub(super) fn invoke(k: &mut Kernel, caller: ThreadId, call: Call) -> Outcome {
             Ok(0)
         }
         Call::SetPriority(t, prio) => k.set_priority(t, prio).map(|()| 0),
-        Call::SetSched(t, params) => k.set_sched(t, params).map(|()| 0),
-        Call::ThreadInfo(t, key) => k.thread_info(t, key),
         Call::SetAffinity(t, mask) => k.thread_mut(t).map(|t| {
             t.set_affinity(mask);
             0
@@ -177,40 +165,6 @@ pub(super) fn invoke(k: &mut Kernel, caller: ThreadId, call: Call) -> Outcome {
                 Ok(true) => insert(k, cspace, slot, object, ty),
                 // Cannot happen: decode reserved the entry and predicted the id.
                 _ => Err(Error::InvalidState),
-            }
-        }
-        Call::IrqHandler {
-            cspace,
-            slot,
-            object,
-            line,
-            binding,
-        } => {
-            k.irq_bind(line, binding);
-            insert(k, cspace, slot, object, ObjectType::IrqHandler)
-        }
-        Call::Timer {
-            cspace,
-            slot,
-            object,
-            timer,
-        } => match (&object, k.add_timer(timer)) {
-            (KObject::Timer(r), Ok(id)) if id == r.id() => {
-                insert(k, cspace, slot, object, ObjectType::Timer)
-            }
-            // Cannot happen: decode reserved the entry and predicted the id.
-            _ => Err(Error::InvalidState),
-        },
-        Call::SetTimer(id, deadline, period) => k.set_timer(id, deadline, period).map(|()| 0),
-        Call::IrqAck(line, serial) => k.irq_ack(line, serial).map(|()| 0),
-        Call::PortIn(port, width) => crate::arch::port_read(port, width)
-            .map(|v| v as usize)
-            .ok_or(Error::NotSupported),
-        Call::PortOut(port, width, value) => {
-            if crate::arch::port_write(port, width, value) {
-                Ok(0)
-            } else {
-                Err(Error::NotSupported)
             }
         }
         Call::Send {
@@ -295,7 +249,7 @@ fn token_value(t: CapToken) -> usize {
 }
 
 /// The original capability to a new object, into the slot decode reserved.
-fn insert(
+pub(super) fn insert(
     k: &mut Kernel,
     cspace: crate::cap::CSpaceId,
     slot: u32,

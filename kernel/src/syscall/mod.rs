@@ -24,6 +24,7 @@
 
 mod decode;
 mod invoke;
+mod time;
 
 use decode::{Args, decode};
 use invoke::invoke;
@@ -85,13 +86,18 @@ pub fn dispatch(
     args: [usize; 6],
 ) -> Outcome {
     // A deadline armed by `IpcTimeout` applies to this call only.
-    if let Ok(t) = k.thread_mut(caller) {
-        t.ipc.timeout = t.ipc.next_timeout.take();
-    }
-    let outcome = match decode(k, caller, cspace, number, Args(args)) {
-        Ok(call) => invoke(k, caller, call),
-        Err(e) => Outcome::value(Err(e)),
+    let timed = k.start_timeout(caller);
+    // Interrupts and time decode into their own form (`time`), so the
+    // common calls' stays small.
+    let decoded = if time::handles(number) {
+        time::decode(k, caller, cspace, number, Args(args)).map(|c| time::invoke(k, caller, c))
+    } else {
+        decode(k, caller, cspace, number, Args(args)).map(|c| invoke(k, caller, c))
     };
+    let outcome = decoded.unwrap_or_else(|e| Outcome::value(Err(e)));
+    if timed && outcome.after != crate::sched::After::Block {
+        k.end_timeout(caller);
+    }
     // End what lost its last reference in the call (one load if nothing).
     k.collect();
     outcome

@@ -202,6 +202,8 @@ impl Kernel {
         let t = self.threads.get_mut(id.0).ok_or(Error::InvalidState)?;
         self.sched.enqueue(id, &mut t.sched, waking)?;
         t.state = State::Ready;
+        // A ready thread may make the running one's slice end matter.
+        self.clock.touch();
         Ok(())
     }
 
@@ -288,6 +290,7 @@ impl Kernel {
         if state == State::Ready {
             self.sched.dequeue(id, &params);
         }
+        let _ = self.arm_next_timeout(id, None);
         self.end_ipc(id);
         let dead = self.threads.remove(id.0);
         if self.current() == Some(id) {
@@ -398,7 +401,9 @@ impl Kernel {
                 return Next::Run(cur);
             }
             // Its virtual time must be current before it is queued.
-            self.charge_current(crate::arch::clock_ticks());
+            if params.class == Class::Normal {
+                self.charge_current(crate::arch::clock_ticks());
+            }
             if self.make_ready(cur, false).is_err() {
                 // No room to queue it: it keeps the CPU rather than being lost.
                 return Next::Run(cur);
@@ -422,23 +427,36 @@ impl Kernel {
     }
 
     fn switch_to(&mut self, next: ThreadId) {
-        if let Some(cur) = self.current()
-            && cur != next
-            && let Ok(t) = self.thread_mut(cur)
+        let cur = self.current();
+        let fresh = cur != Some(next) || self.clock.idle();
+        let now = crate::arch::clock_ticks();
+        // The CPU changes hands: the last thread is charged (or the idle
+        // stretch counted), `next` gets a fresh slice. One lookup each.
+        let ran = if fresh { self.clock.start_run(now) } else { 0 };
+        if let Some(c) = cur
+            && let Some(t) = self.threads.get_mut(c.0)
         {
-            t.save_cpu_state();
-            if t.state == State::Running {
-                t.state = State::Ready;
+            if c != next {
+                t.save_cpu_state();
+                if t.state == State::Running {
+                    t.state = State::Ready;
+                }
             }
-        }
-        if self.current() != Some(next) || self.clock.idle() {
-            self.account(crate::arch::clock_ticks(), next);
+            t.run_ticks += ran;
+            if t.sched.class == Class::Normal {
+                self.sched.charge(&mut t.sched, self.clock.ns(ran));
+            }
         }
         let Some(n) = self.threads.get_mut(next.0) else {
             return;
         };
         n.load_cpu_state();
         n.state = State::Running;
+        if fresh {
+            n.switches += 1;
+            let ticks = self.clock.slice_ticks(&self.sched, &n.sched);
+            self.clock.set_slice(now, ticks);
+        }
         let same = self
             .loaded
             .as_ref()

@@ -67,7 +67,11 @@ pub fn irq_ack(handler: CapToken) -> Result<(), Error> {
 /// `NotSupported` on architectures without I/O ports; `InvalidArgument`
 /// for an empty range, one past port 0xffff, or one overlapping ports the
 /// kernel drives.
-pub fn io_port_create(device_control: CapToken, base: usize, count: usize) -> Result<CapToken, Error> {
+pub fn io_port_create(
+    device_control: CapToken,
+    base: usize,
+    count: usize,
+) -> Result<CapToken, Error> {
     // SAFETY: device calls do not touch user memory.
     unsafe {
         syscall3(
@@ -107,7 +111,11 @@ pub fn io_port_out(ports: CapToken, port: usize, width: usize, value: u32) -> Re
 /// `phys` (page-aligned), mapped uncached. `InvalidArgument` for an
 /// unaligned or empty range or one that overlaps RAM or the interrupt
 /// controller.
-pub fn mem_from_device(device_control: CapToken, phys: usize, pages: usize) -> Result<CapToken, Error> {
+pub fn mem_from_device(
+    device_control: CapToken,
+    phys: usize,
+    pages: usize,
+) -> Result<CapToken, Error> {
     // SAFETY: device calls do not touch user memory.
     unsafe {
         syscall3(

@@ -33,6 +33,8 @@ pub mod console;
 mod arch;
 pub mod channel;
 #[cfg(target_os = "none")]
+pub mod device;
+#[cfg(target_os = "none")]
 pub mod entry;
 #[cfg(target_os = "none")]
 mod heap;
@@ -45,6 +47,7 @@ pub mod registry;
 pub mod syscall;
 #[cfg(target_os = "none")]
 pub mod thread;
+pub mod uart;
 
 #[cfg(target_os = "none")]
 pub use entry::root_info;

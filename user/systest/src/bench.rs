@@ -140,6 +140,21 @@ const BENCHES: &[Bench] = &[
         iters: 1000,
         func: crate::tests::channels::channel_ring_only,
     },
+    Bench {
+        name: "timer_interrupt_entry_to_return",
+        iters: 20,
+        func: crate::bench_time::timer_interrupt_entry_to_return,
+    },
+    Bench {
+        name: "timer_irq_to_user_handler_wakeup",
+        iters: 20,
+        func: crate::bench_time::timer_irq_to_user_handler_wakeup,
+    },
+    Bench {
+        name: "preemption_switch",
+        iters: 20,
+        func: crate::bench_time::preemption_switch,
+    },
 ];
 
 /// Runs every benchmark and prints one line each.

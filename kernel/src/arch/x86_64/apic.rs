@@ -155,9 +155,11 @@ fn trigger_of(gsi: u32) -> Trigger {
     }
 }
 
-/// Whether user space may claim device line `gsi`.
+/// Whether user space may claim device line `gsi`: any an I/O APIC
+/// serves, but GSI 0 (the legacy PICs' input) and 2 (the PIT's, ISA IRQ
+/// 0 on PCs).
 pub fn line_ok(gsi: u32) -> bool {
-    gsi < MAX_GSI && ioapic_of(gsi).is_some()
+    gsi < MAX_GSI && gsi != 0 && gsi != 2 && ioapic_of(gsi).is_some()
 }
 
 /// Masks (`true`) or routes to this CPU, unmasked, device line `gsi`.

@@ -21,15 +21,20 @@ use super::Kernel;
 use crate::object::thread::{Blocked, State};
 use crate::object::{ThreadId, Timer, TimerId};
 use crate::sched::heap::SlotHeap;
-use crate::sched::{After, Class};
+use crate::sched::{After, Class, Params, Scheduler};
 use keel_abi::Error;
 use keel_abi::syscall::{SchedClass, ThreadInfoKey};
 
 /// This CPU's time-keeping.
 #[derive(Default)]
 pub struct Clock {
-    /// What the hardware timer is armed with.
+    /// What the hardware timer is armed with: it fires no later.
     armed: Option<u64>,
+    /// Something happened that may want the timer earlier (a deadline, a
+    /// ready thread, a new slice).
+    dirty: bool,
+    /// The default round-robin slice in ticks.
+    rr_ticks: u64,
     /// When the running thread's time slice ends.
     slice_end: u64,
     /// Clock ticks per nanosecond, 32.32 fixed point (0: no clock).
@@ -46,17 +51,29 @@ pub struct Clock {
     pub(super) deadlines: SlotHeap<ThreadId>,
     /// Armed timer objects, earliest first.
     timers: SlotHeap<TimerId>,
+    /// Threads with an `IpcTimeout` deadline for their next call.
+    next_timeouts: usize,
 }
 
 impl Clock {
     /// Time-keeping for a clock of `hz` ticks per second (0: none, so
     /// slices never end).
     pub fn new(hz: u64) -> Clock {
-        Clock {
+        let mut c = Clock {
             ticks_per_ns: u64::try_from((u128::from(hz) << 32) / 1_000_000_000).unwrap_or(0),
             ns_per_tick: crate::time::mult_for(hz),
             ..Clock::default()
-        }
+        };
+        c.rr_ticks = c.ticks(crate::sched::RR_SLICE_NS);
+        c
+    }
+
+    /// Notes that the running thread's slice end may now matter (a thread
+    /// became ready, or the slice is new): the timer may be wanted
+    /// earlier ([`Kernel::program_timer`]), unless it fires by then anyway.
+    #[inline]
+    pub fn touch(&mut self) {
+        self.dirty |= self.armed.is_none_or(|a| a > self.slice_end);
     }
 
     /// `ns` in ticks (saturating; never without a clock).
@@ -71,6 +88,40 @@ impl Clock {
     pub fn idle(&self) -> bool {
         self.idle_since.is_some()
     }
+
+    /// A new stretch on the CPU starts at `now`: the ticks the running
+    /// thread had since the last one (0 if the CPU idled: that time is
+    /// counted as idle).
+    pub(super) fn start_run(&mut self, now: u64) -> u64 {
+        let ran = now.saturating_sub(self.run_start);
+        self.run_start = now;
+        match self.idle_since.take() {
+            Some(since) => {
+                self.idle_ticks += now.saturating_sub(since);
+                0
+            }
+            None => ran,
+        }
+    }
+
+    /// `ticks` in nanoseconds.
+    pub(super) fn ns(&self, ticks: u64) -> u64 {
+        crate::time::ticks_to_ns(ticks, self.ns_per_tick)
+    }
+
+    /// The slice of a thread with `p` in ticks.
+    pub(super) fn slice_ticks(&self, sched: &Scheduler<ThreadId>, p: &Params) -> u64 {
+        if p.class == Class::RoundRobin && p.slice_ns == crate::sched::RR_SLICE_NS {
+            return self.rr_ticks;
+        }
+        self.ticks(sched.slice_ns(p))
+    }
+
+    /// Starts a slice of `ticks` at `now`.
+    pub(super) fn set_slice(&mut self, now: u64, ticks: u64) {
+        self.slice_end = now.saturating_add(ticks);
+        self.touch();
+    }
 }
 
 impl Kernel {
@@ -78,38 +129,28 @@ impl Kernel {
     /// time and, in the normal class, its virtual run time), or the CPU
     /// for its idle time.
     pub(super) fn charge_current(&mut self, now: u64) {
-        let ran = now.saturating_sub(self.clock.run_start);
-        self.clock.run_start = now;
-        if let Some(since) = self.clock.idle_since {
-            self.clock.idle_ticks += now.saturating_sub(since);
+        let idle = self.clock.idle();
+        let ran = self.clock.start_run(now);
+        if idle {
+            // Still idle: `start_run` counted the stretch so far.
             self.clock.idle_since = Some(now);
             return;
         }
-        let ns = crate::time::ticks_to_ns(ran, self.clock.ns_per_tick);
         if let Some(t) = self.current().and_then(|c| self.threads.get_mut(c.0)) {
             t.run_ticks += ran;
-            self.sched.charge(&mut t.sched, ns);
+            if t.sched.class == Class::Normal {
+                self.sched.charge(&mut t.sched, self.clock.ns(ran));
+            }
         }
-    }
-
-    /// Thread `next` takes the CPU at `now`: the last one (or the idle
-    /// stretch) is charged, `next` gets a fresh slice.
-    pub(super) fn account(&mut self, now: u64, next: ThreadId) {
-        self.charge_current(now);
-        self.clock.idle_since = None;
-        if let Some(t) = self.threads.get_mut(next.0) {
-            t.switches += 1;
-        }
-        self.new_slice(now, next);
     }
 
     /// Starts a slice of thread `id`'s class at `now`.
     pub(super) fn new_slice(&mut self, now: u64, id: ThreadId) {
-        let ns = self
+        let ticks = self
             .threads
             .get(id.0)
-            .map_or(u64::MAX, |t| self.sched.slice_ns(&t.sched));
-        self.clock.slice_end = now.saturating_add(self.clock.ticks(ns));
+            .map_or(u64::MAX, |t| self.clock.slice_ticks(&self.sched, &t.sched));
+        self.clock.set_slice(now, ticks);
     }
 
     /// The CPU goes idle at `now`.
@@ -167,10 +208,23 @@ impl Kernel {
         }
     }
 
-    /// Arms the hardware timer for [`Self::next_deadline`] if that changed.
+    /// Arms the hardware timer for [`Self::next_deadline`] if that is
+    /// earlier than what it is armed for. A timer armed too early just
+    /// fires and is armed again (`on_timer`), so moving a deadline later
+    /// costs nothing now: a thread switching in (a later slice end) does
+    /// not reprogram the hardware.
+    #[inline]
     pub fn program_timer(&mut self) {
+        if !self.clock.dirty {
+            return;
+        }
+        self.clock.dirty = false;
         let want = self.next_deadline();
-        if want != self.clock.armed {
+        let earlier = match (want, self.clock.armed) {
+            (Some(w), Some(a)) => w < a,
+            (w, a) => w.is_some() && a.is_none(),
+        };
+        if earlier {
             crate::arch::timer_arm(want);
             self.clock.armed = want;
         }
@@ -181,6 +235,7 @@ impl Kernel {
     /// running thread's slice is over.
     pub fn on_timer(&mut self, now: u64) -> After {
         self.clock.armed = None;
+        self.clock.dirty = true;
         while let Some((id, at)) = self.clock.deadlines.peek() {
             if at > now {
                 break;
@@ -240,9 +295,42 @@ impl Kernel {
         After::Block
     }
 
+    /// Arms (or, with `None`, disarms) a deadline for `id`'s next call.
+    pub fn arm_next_timeout(&mut self, id: ThreadId, deadline: Option<u64>) -> Result<(), Error> {
+        let t = self.threads.get_mut(id.0).ok_or(Error::InvalidState)?;
+        let before = core::mem::replace(&mut t.ipc.next_timeout, deadline).is_some();
+        self.clock.next_timeouts =
+            self.clock.next_timeouts + usize::from(deadline.is_some()) - usize::from(before);
+        Ok(())
+    }
+
+    /// A call of `id` starts: the deadline armed for it becomes the
+    /// call's; whether there is one. One load when no thread armed any.
+    #[inline]
+    pub fn start_timeout(&mut self, id: ThreadId) -> bool {
+        if self.clock.next_timeouts == 0 {
+            return false;
+        }
+        let Some(t) = self.threads.get_mut(id.0) else {
+            return false;
+        };
+        t.ipc.timeout = t.ipc.next_timeout.take();
+        let timed = t.ipc.timeout.is_some();
+        self.clock.next_timeouts -= usize::from(timed);
+        timed
+    }
+
+    /// The call of `id` ended without blocking: its deadline is spent.
+    pub fn end_timeout(&mut self, id: ThreadId) {
+        if let Some(t) = self.threads.get_mut(id.0) {
+            t.ipc.timeout = None;
+        }
+    }
+
     /// Gives blocked thread `id` a deadline (its room in the heap was made
     /// with the thread, so this cannot fail).
     pub(super) fn set_deadline(&mut self, id: ThreadId, deadline: u64) {
+        self.clock.dirty = true;
         let _ = self.clock.deadlines.push(id, deadline);
     }
 
@@ -276,6 +364,7 @@ impl Kernel {
     ) -> Result<(), Error> {
         let t = self.timers.get_mut(id.0).ok_or(Error::InvalidState)?;
         t.period = period;
+        self.clock.dirty = true;
         self.clock.timers.remove(id);
         if let Some(d) = deadline {
             self.clock.timers.push(id, d)?;

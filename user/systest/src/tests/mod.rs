@@ -9,6 +9,7 @@
 mod basic;
 mod caps;
 pub mod channels;
+mod devices;
 mod faults;
 pub mod ipc;
 mod leaks;
@@ -151,6 +152,14 @@ pub const ALL: &[Test] = &[
     test!(channels::channel_benchmarks_run),
     test!(zero_copy::page_ranges_move_and_share_through_ipc),
     test!(zero_copy::page_range_transfer_refuses_bad_arguments),
+    test!(devices::irq_handler_create_rejects_bad_lines),
+    test!(devices::line_zero_is_refused),
+    test!(devices::irq_handler_create_needs_rights),
+    test!(devices::irq_line_is_bound_once_and_freed_with_its_last_capability),
+    test!(devices::killing_a_driver_releases_its_irq),
+    test!(devices::io_ports_are_x86_only_and_checked),
+    test!(devices::mem_from_device_refuses_ram_and_the_interrupt_controller),
+    test!(devices::interrupts_reach_user_space_until_acknowledged),
     test!(leaks::everything_was_returned),
 ];
 
