@@ -10,7 +10,8 @@
 //!   preempts at once;
 //! - normal ([`Class::Normal`]): CFS-like, by virtual run time weighted by
 //!   the nice value ([`fair`], O(log n)), each thread's slice its weight's
-//!   share of the latency period;
+//!   share of the latency period; a thread woken with a virtual time more
+//!   than the wake-up granularity below the running one's preempts it;
 //! - idle ([`Class::Idle`]): round-robin when nothing else is ready.
 //!
 //! New threads are round-robin at priority 10 ([`Params::default`]), so
@@ -207,7 +208,16 @@ impl<T: PartialEq + Copy + Slot> Scheduler<T> {
                 None => true,
                 Some(h) => h < p.prio || (!yielding && h == p.prio),
             },
-            Class::Normal => rt.is_none() && (!yielding || self.fair.is_empty()),
+            // A normal thread gives way to one woken with a virtual time
+            // well below its own (CFS's wake-up preemption).
+            Class::Normal => {
+                rt.is_none()
+                    && match self.fair.peek_min() {
+                        None => true,
+                        Some(_) if yielding => false,
+                        Some((_, v)) => !fair::should_preempt(p.vruntime, v),
+                    }
+            }
             Class::Idle => {
                 rt.is_none() && self.fair.is_empty() && (!yielding || self.idle.highest().is_none())
             }
@@ -298,7 +308,7 @@ mod tests {
         );
         assert!(
             s.keeps_cpu(After::Continue, &class(Class::Normal)),
-            "no wake-up preemption among normal"
+            "equal virtual times"
         );
         assert!(!s.keeps_cpu(After::Yield, &class(Class::Normal)));
         assert!(s.contended(&class(Class::Normal)));
@@ -312,6 +322,27 @@ mod tests {
             (s.pick(), s.pick(), s.pick(), s.pick()),
             (Some('r'), Some('n'), Some('i'), None)
         );
+    }
+
+    #[test]
+    fn a_normal_thread_woken_well_behind_preempts() {
+        let mut s = Scheduler::new();
+        s.reserve_slot(25).unwrap();
+        let mut cur = class(Class::Normal);
+        s.charge(&mut cur, 10_000_000);
+        // Placed 3 ms (the sleeper credit) below the floor of 10 ms.
+        let mut sleeper = class(Class::Normal);
+        s.enqueue('s', &mut sleeper, true).unwrap();
+        assert_eq!(sleeper.vruntime, 10_000_000 - fair::SLEEPER_CREDIT_NS);
+        assert!(!s.keeps_cpu(After::Continue, &cur), "woken 3 ms behind");
+        s.dequeue('s', &sleeper);
+        let mut close = Params {
+            vruntime: 9_500_000,
+            ..class(Class::Normal)
+        };
+        s.enqueue('c', &mut close, false).unwrap();
+        assert!(s.keeps_cpu(After::Continue, &cur), "within the granularity");
+        assert!(!s.keeps_cpu(After::Yield, &cur));
     }
 
     #[test]

@@ -9,7 +9,7 @@
 //!
 //! It also keeps the statistics: each thread's CPU time and switches, and
 //! the CPU's idle time, charged whenever the CPU changes hands
-//! ([`Kernel::account`]).
+//! (`Kernel::switch_to`).
 //!
 //! Invariants: a thread is in `deadlines` only while `Blocked` (every way
 //! out of `Blocked` goes through `unqueue`, which takes it out); `armed` is
@@ -277,7 +277,7 @@ impl Kernel {
             return After::Continue;
         }
         // Over: a fresh slice, whether it keeps the CPU or the next thread
-        // gets it (then `account` starts another).
+        // gets it (then `switch_to` starts another).
         if let Some(cur) = self.current() {
             self.charge_current(now);
             self.new_slice(now, cur);
