@@ -195,7 +195,7 @@ impl<T: PartialEq + Copy + Slot> Scheduler<T> {
     /// Whether a running thread with `p` keeps the CPU: after a yield only
     /// if nothing that ranks with it or above is ready, otherwise unless
     /// something above it is.
-    #[inline]
+    #[inline(always)]
     pub fn keeps_cpu(&self, after: After, p: &Params) -> bool {
         let yielding = match after {
             After::Block => return false,

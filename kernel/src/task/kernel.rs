@@ -427,6 +427,13 @@ impl Kernel {
     }
 
     fn switch_to(&mut self, next: ThreadId) {
+        self.switch_cpu(next, true);
+    }
+
+    /// [`Self::switch_to`]; `slice`: `next` starts a fresh time slice (the
+    /// IPC fast path passes `false`: the partner runs on the rest of the
+    /// caller's slice, time donation).
+    fn switch_cpu(&mut self, next: ThreadId, slice: bool) {
         let cur = self.current();
         let fresh = cur != Some(next) || self.clock.idle();
         let now = crate::arch::clock_ticks();
@@ -454,8 +461,10 @@ impl Kernel {
         n.state = State::Running;
         if fresh {
             n.switches += 1;
-            let ticks = self.clock.slice_ticks(&self.sched, &n.sched);
-            self.clock.set_slice(now, ticks);
+            if slice {
+                let ticks = self.clock.slice_ticks(&self.sched, &n.sched);
+                self.clock.set_slice(now, ticks);
+            }
         }
         let same = self
             .loaded

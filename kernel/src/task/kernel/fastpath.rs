@@ -107,7 +107,7 @@ impl Kernel {
             c.ipc.badge = badge;
             c.state = State::Blocked;
             c.ipc.blocked = Some(Blocked::Reply { server });
-            self.switch_to(server);
+            self.switch_cpu(server, false);
             return self.regs_of(server);
         }
         // ReplyRecv: the caller waits for this reply, no sender waits on
@@ -144,7 +144,7 @@ impl Kernel {
         } else {
             self.block(cur, Blocked::Recv { ep });
         }
-        self.switch_to(caller);
+        self.switch_cpu(caller, false);
         self.regs_of(caller)
     }
 }
