@@ -89,12 +89,14 @@ pub fn dispatch(
     let timed = k.start_timeout(caller);
     // Interrupts and time decode into their own form (`time`), so the
     // common calls' stays small.
-    let decoded = if time::handles(number) {
-        time::decode(k, caller, cspace, number, Args(args)).map(|c| time::invoke(k, caller, c))
+    let outcome = if time::handles(number) {
+        time::dispatch(k, caller, cspace, number, Args(args))
     } else {
-        decode(k, caller, cspace, number, Args(args)).map(|c| invoke(k, caller, c))
+        match decode(k, caller, cspace, number, Args(args)) {
+            Ok(call) => invoke(k, caller, call),
+            Err(e) => Outcome::value(Err(e)),
+        }
     };
-    let outcome = decoded.unwrap_or_else(|e| Outcome::value(Err(e)));
     if timed && outcome.after != crate::sched::After::Block {
         k.end_timeout(caller);
     }

@@ -30,6 +30,22 @@ pub(super) fn handles(n: usize) -> bool {
     (0x60..0x70).contains(&n) || (0x29..=0x2a).contains(&n)
 }
 
+/// Decodes and invokes a call of the block (kept out of line: the common
+/// calls' path stays as lean as it was).
+#[inline(never)]
+pub(super) fn dispatch(
+    k: &mut Kernel,
+    caller: ThreadId,
+    cs: CSpaceId,
+    number: usize,
+    args: Args,
+) -> Outcome {
+    match decode(k, caller, cs, number, args) {
+        Ok(call) => invoke(k, caller, call),
+        Err(e) => Outcome::value(Err(e)),
+    }
+}
+
 /// A decoded call of the block.
 pub(super) enum TimeCall {
     /// Block until this clock tick.
