@@ -227,9 +227,9 @@ mod x86_64;
 contract!(x86_64);
 
 // The host stand-in exists for host tests only.
-#[cfg(all(test, not(target_os = "none")))]
+#[cfg(test)]
 pub mod host;
-#[cfg(all(test, not(target_os = "none")))]
+#[cfg(test)]
 contract!(host);
 
 /// Shared by the bare-metal architectures; private to `arch/`.

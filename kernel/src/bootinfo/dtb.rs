@@ -29,7 +29,7 @@
 use super::numa::{self, NumaMap, NumaRange};
 use super::{
     BootInfo, BootInfoError, Controller, InterruptHw, Line, MAX_REGIONS, MemoryMap, MemoryRegion,
-    PhysReader, RegionKind, Trigger, Window,
+    PhysReader, RegionKind, Trigger, Window, push,
 };
 use arrayvec::ArrayVec;
 
@@ -44,6 +44,7 @@ const TOKEN_END: u32 = 9;
 pub const MAX_SIZE: u64 = 2 << 20;
 /// Deepest node nesting accepted; real trees are a handful of levels deep.
 const MAX_DEPTH: usize = 16;
+type RawRegions = ArrayVec<MemoryRegion, { 2 * MAX_REGIONS }>;
 
 fn be32(data: &[u8], off: usize) -> Option<u32> {
     let b = data.get(off..off.checked_add(4)?)?;
@@ -236,22 +237,21 @@ struct Node<'a> {
 }
 
 impl Node<'_> {
-    const fn new(role: Role, name: &str) -> Self {
-        let memory_name = matches!(name.as_bytes(), [b'm', b'e', b'm', b'o', b'r', b'y', ..]);
+    fn new(role: Role, name: &str) -> Self {
         Node {
             role,
             child_cells: (2, 1),
-            is_memory_type: matches!(role, Role::TopLevel) && memory_name,
+            is_memory_type: role == Role::TopLevel && name.starts_with("memory"),
             enabled: true,
             reg: None,
             numa_node: None,
-            dev: Dev::EMPTY,
+            dev: Dev::default(),
         }
     }
 }
 
 /// A node's interrupt-related properties.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Default)]
 struct Dev<'a> {
     compatible: &'a [u8],
     interrupts: Option<&'a [u8]>,
@@ -281,16 +281,6 @@ const LEVEL_HIGH: Trigger = Trigger {
 };
 
 impl<'a> Dev<'a> {
-    const EMPTY: Dev<'static> = Dev {
-        compatible: &[],
-        interrupts: None,
-        interrupt_parent: None,
-        phandle: None,
-        interrupt_cells: None,
-        ndev: None,
-        interrupts_extended: None,
-    };
-
     fn prop(&mut self, name: &str, value: &'a [u8]) {
         let cell = (value.len() == 4).then(|| be32(value, 0)).flatten();
         match name {
@@ -384,17 +374,11 @@ impl<'a> IrqScan<'a> {
                 .and_then(|reg| reg_entry(reg, cells, i))
                 .filter(|&(base, len): &Window| len > 0 && base.checked_add(len).is_some())
         };
-        let (w0, w1) = (win(0), win(1));
+        let (w0, w01) = (win(0), win(0).zip(win(1)));
         let hw = if dev.is(GIC_V2) {
-            Some(
-                w0.zip(w1)
-                    .map(|(dist, cpu)| Controller::GicV2 { dist, cpu }),
-            )
+            Some(w01.map(|(dist, cpu)| Controller::GicV2 { dist, cpu }))
         } else if dev.is(GIC_V3) {
-            Some(
-                w0.zip(w1)
-                    .map(|(dist, redist)| Controller::GicV3 { dist, redist }),
-            )
+            Some(w01.map(|(dist, redist)| Controller::GicV3 { dist, redist }))
         } else if dev.is(PLIC) {
             let context = match dev.interrupts_extended {
                 None => Some(1),
@@ -466,7 +450,7 @@ fn stdout_node<'a>(dt: Blob<'a>, stdout: &'a str) -> Option<Dev<'a>> {
             }
         });
     }
-    let mut dev = Dev::EMPTY;
+    let mut dev = Dev::default();
     node_props(dt, path, |name, value| dev.prop(name, value)).then_some(dev)
 }
 
@@ -526,7 +510,7 @@ fn push_reg(
     reg: &[u8],
     cells: (u32, u32),
     kind: RegionKind,
-    out: &mut ArrayVec<MemoryRegion, { 2 * MAX_REGIONS }>,
+    out: &mut RawRegions,
 ) -> Result<(), BootInfoError> {
     let (ac, sc) = cells;
     if !(1..=2).contains(&ac) || sc > 2 {
@@ -544,8 +528,7 @@ fn push_reg(
         let (addr, size) = reg_entry(reg, cells, i).ok_or(BootInfoError::Truncated("reg"))?;
         let region = MemoryRegion::from_len(addr, size, kind)
             .ok_or(BootInfoError::Malformed("reg range wraps around"))?;
-        out.try_push(region)
-            .map_err(|_| BootInfoError::TooManyRegions)?;
+        push(out, region)?;
     }
     Ok(())
 }
@@ -599,11 +582,9 @@ pub fn parse<'a>(
     reserved: &[MemoryRegion],
 ) -> Result<BootInfo<'a>, BootInfoError> {
     let dt = Blob::new(blob)?;
-    let mut regions: ArrayVec<MemoryRegion, { 2 * MAX_REGIONS }> = ArrayVec::new();
+    let mut regions: RawRegions = ArrayVec::new();
     for r in reserved {
-        regions
-            .try_push(*r)
-            .map_err(|_| BootInfoError::TooManyRegions)?;
+        push(&mut regions, *r)?;
     }
 
     // Memory reservation block: (address, size) pairs ending in (0, 0).
@@ -616,9 +597,7 @@ pub fn parse<'a>(
         }
         let r = MemoryRegion::from_len(addr, size, RegionKind::Reserved)
             .ok_or(BootInfoError::Malformed("reservation wraps around"))?;
-        regions
-            .try_push(r)
-            .map_err(|_| BootInfoError::TooManyRegions)?;
+        push(&mut regions, r)?;
         off += 16;
     }
 
@@ -737,14 +716,8 @@ pub fn parse<'a>(
     if let (Some(start), Some(end)) = (initrd_start, initrd_end)
         && start < end
     {
-        let r = MemoryRegion {
-            start,
-            end,
-            kind: RegionKind::BootModule,
-        };
-        regions
-            .try_push(r)
-            .map_err(|_| BootInfoError::TooManyRegions)?;
+        let kind = RegionKind::BootModule;
+        push(&mut regions, MemoryRegion { start, end, kind })?;
     }
     let numa = match numa_raw.map(NumaMap::build) {
         Some(Ok(map)) => map,

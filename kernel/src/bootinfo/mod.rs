@@ -140,6 +140,16 @@ impl core::fmt::Display for BootInfoError {
     }
 }
 
+/// Appends `r` to `regions`; [`BootInfoError::TooManyRegions`] if full.
+fn push<const N: usize>(
+    regions: &mut ArrayVec<MemoryRegion, N>,
+    r: MemoryRegion,
+) -> Result<(), BootInfoError> {
+    regions
+        .try_push(r)
+        .map_err(|_| BootInfoError::TooManyRegions)
+}
+
 /// The normalised physical memory map (see the module invariants).
 #[derive(Clone, Debug, Default)]
 pub struct MemoryMap {
@@ -156,9 +166,7 @@ impl MemoryMap {
     pub fn build(raw: impl IntoIterator<Item = MemoryRegion>) -> Result<MemoryMap, BootInfoError> {
         let mut input: ArrayVec<MemoryRegion, { 2 * MAX_REGIONS }> = ArrayVec::new();
         for r in raw.into_iter().filter(|r| !r.is_empty()) {
-            input
-                .try_push(r)
-                .map_err(|_| BootInfoError::TooManyRegions)?;
+            push(&mut input, r)?;
         }
         // Elementary intervals: between consecutive distinct boundaries the
         // set of covering input regions is constant.
@@ -202,9 +210,7 @@ impl MemoryMap {
             last.end = r.end;
             return Ok(());
         }
-        self.regions
-            .try_push(r)
-            .map_err(|_| BootInfoError::TooManyRegions)
+        push(&mut self.regions, r)
     }
 
     /// Shrinks usable regions to whole pages; a usable region with no whole

@@ -12,7 +12,7 @@
 //! memory-map array, command-line strings, the module list) are reserved as
 //! [`RegionKind::BootInfo`]; modules as [`RegionKind::BootModule`].
 
-use super::{BootInfoError, MAX_REGIONS, MemoryMap, MemoryRegion, PhysReader, RegionKind};
+use super::{BootInfoError, MAX_REGIONS, MemoryMap, MemoryRegion, PhysReader, RegionKind, push};
 use arrayvec::ArrayVec;
 
 /// `eax` at entry from a Multiboot 1 loader.
@@ -80,10 +80,6 @@ pub fn parse<'a>(
         cmdline,
         rsdp,
     })
-}
-
-fn push(raw: &mut RawRegions, r: MemoryRegion) -> Result<(), BootInfoError> {
-    raw.try_push(r).map_err(|_| BootInfoError::TooManyRegions)
 }
 
 fn reserve(raw: &mut RawRegions, start: u64, len: u64) -> Result<(), BootInfoError> {

@@ -14,10 +14,10 @@ use crate::cap::CSpaceId;
 use crate::mm::kref::KArc;
 use crate::mm::pool::MemoryPool;
 use crate::mm::user::MemoryObject;
-use crate::object::ThreadRef;
 use crate::object::device::IrqBinding;
 use crate::object::endpoint::ENDPOINT_PAGES;
 use crate::object::{DeviceControl, IoPorts, IrqRef, KObject, ThreadId, Timer, TimerId, TimerRef};
+use crate::object::{NotificationRef, ThreadRef};
 use crate::sched::PRIORITIES;
 use crate::task::{Kernel, NOTIFICATION_BITS};
 use keel_abi::cap::{NO_BADGE, ObjectType, Rights};
@@ -28,6 +28,26 @@ use keel_abi::{Error, Syscall};
 /// `ThreadInfo` and the 0x60 block.
 pub(super) fn handles(n: usize) -> bool {
     (0x60..0x70).contains(&n) || (0x29..=0x2a).contains(&n)
+}
+
+/// The notification `raw` names (needs `WRITE`) and the bits it is
+/// signalled with: its capability's badge, or 1.
+fn signal_target(
+    k: &Kernel,
+    cs: CSpaceId,
+    raw: usize,
+) -> Result<(KArc<NotificationRef>, u64), Error> {
+    let c = k
+        .caps
+        .lookup_as(cs, token(raw), ObjectType::Notification, Rights::WRITE)?;
+    let KObject::Notification(n) = c.object() else {
+        return Err(Error::WrongObjectType);
+    };
+    let bits = match c.badge() {
+        NO_BADGE => 1,
+        b => b & NOTIFICATION_BITS,
+    };
+    Ok((n.clone(), bits))
 }
 
 /// Decodes and invokes a call of the block (kept out of line: the common
@@ -107,17 +127,7 @@ pub(super) fn decode(
             let [dc, line, n_raw, ..] = a;
             cap::<KArc<DeviceControl>>(k, cs, dc, Rights::WRITE)?;
             let line = u32::try_from(line).map_err(|_| Error::InvalidArgument)?;
-            let c = k
-                .caps
-                .lookup_as(cs, token(n_raw), ObjectType::Notification, Rights::WRITE)?;
-            let bits = match c.badge() {
-                NO_BADGE => 1,
-                b => b & NOTIFICATION_BITS,
-            };
-            let KObject::Notification(n) = c.object() else {
-                return Err(Error::WrongObjectType);
-            };
-            let notification = n.clone();
+            let (notification, bits) = signal_target(k, cs, n_raw)?;
             let slot = k.caps.reserve_slot(cs)?;
             let serial = k.irq_reserve(line)?;
             TimeCall::IrqHandler {
@@ -135,17 +145,7 @@ pub(super) fn decode(
         Syscall::TimerCreate => {
             let [pool_raw, n_raw, ..] = a;
             let pool = cap::<KArc<MemoryPool>>(k, cs, pool_raw, Rights::WRITE)?;
-            let c = k
-                .caps
-                .lookup_as(cs, token(n_raw), ObjectType::Notification, Rights::WRITE)?;
-            let bits = match c.badge() {
-                NO_BADGE => 1,
-                b => b & NOTIFICATION_BITS,
-            };
-            let KObject::Notification(n) = c.object() else {
-                return Err(Error::WrongObjectType);
-            };
-            let notification = n.clone();
+            let (notification, bits) = signal_target(k, cs, n_raw)?;
             let slot = k.caps.reserve_slot(cs)?;
             let id = k.reserve_timer()?;
             pool.charge(ENDPOINT_PAGES)?;
@@ -259,7 +259,6 @@ fn sched_params(
             .filter(|&p| usize::from(p) < PRIORITIES)
             .ok_or(Error::InvalidArgument)
     };
-    let no_slice = || (slice == 0).then_some(()).ok_or(Error::InvalidArgument);
     let p = match SchedClass::try_from(class)? {
         SchedClass::RoundRobin => crate::sched::Params {
             class: Class::RoundRobin,
@@ -271,16 +270,12 @@ fn sched_params(
             },
             ..old
         },
-        SchedClass::Fifo => {
-            no_slice()?;
-            crate::sched::Params {
-                class: Class::Fifo,
-                prio: prio()?,
-                ..old
-            }
-        }
-        SchedClass::Normal => {
-            no_slice()?;
+        SchedClass::Fifo if slice == 0 => crate::sched::Params {
+            class: Class::Fifo,
+            prio: prio()?,
+            ..old
+        },
+        SchedClass::Normal if slice == 0 => {
             let nice = i8::try_from(param as isize)
                 .ok()
                 .filter(|n| (-20..=19).contains(n))
@@ -291,16 +286,12 @@ fn sched_params(
                 ..old
             }
         }
-        SchedClass::Idle => {
-            no_slice()?;
-            if param != 0 {
-                return Err(Error::InvalidArgument);
-            }
-            crate::sched::Params {
-                class: Class::Idle,
-                ..old
-            }
-        }
+        SchedClass::Idle if slice == 0 && param == 0 => crate::sched::Params {
+            class: Class::Idle,
+            ..old
+        },
+        // A slice for a class without one, or a parameter for `Idle`.
+        _ => return Err(Error::InvalidArgument),
     };
     Ok(p)
 }
@@ -342,13 +333,9 @@ pub(super) fn invoke(k: &mut Kernel, caller: ThreadId, call: TimeCall) -> Outcom
         TimeCall::PortIn(port, width) => crate::arch::port_read(port, width)
             .map(|v| v as usize)
             .ok_or(Error::NotSupported),
-        TimeCall::PortOut(port, width, value) => {
-            if crate::arch::port_write(port, width, value) {
-                Ok(0)
-            } else {
-                Err(Error::NotSupported)
-            }
-        }
+        TimeCall::PortOut(port, width, value) => crate::arch::port_write(port, width, value)
+            .then_some(0)
+            .ok_or(Error::NotSupported),
         TimeCall::SetSched(t, params) => k.set_sched(t, params).map(|()| 0),
         TimeCall::ThreadInfo(t, key) => k.thread_info(t, key),
         TimeCall::Insert {

@@ -192,20 +192,13 @@ impl Kernel {
     pub fn next_deadline(&self) -> Option<u64> {
         let thread = self.clock.deadlines.peek().map(|(_, at)| at);
         let timer = self.clock.timers.peek().map(|(_, at)| at);
-        let first = match (thread, timer) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
         let contended = self
             .current()
             .and_then(|c| self.thread(c).ok())
             .filter(|t| t.state() == State::Running)
             .is_some_and(|t| self.sched.contended(t.sched()));
         let slice = contended.then_some(self.clock.slice_end);
-        match (first, slice) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [thread, timer, slice].into_iter().flatten().min()
     }
 
     /// Arms the hardware timer for [`Self::next_deadline`] if that is
@@ -220,10 +213,7 @@ impl Kernel {
         }
         self.clock.dirty = false;
         let want = self.next_deadline();
-        let earlier = match (want, self.clock.armed) {
-            (Some(w), Some(a)) => w < a,
-            (w, a) => w.is_some() && a.is_none(),
-        };
+        let earlier = want.is_some_and(|w| self.clock.armed.is_none_or(|a| w < a));
         if earlier {
             crate::arch::timer_arm(want);
             self.clock.armed = want;

@@ -33,12 +33,8 @@ impl Kernel {
         let Some(end) = start.checked_add(len) else {
             return false;
         };
-        len > 0
-            && !self
-                .devices
-                .forbidden
-                .iter()
-                .any(|&(s, e)| start < e && s < end)
+        let forbidden = &self.devices.forbidden;
+        len > 0 && !forbidden.iter().any(|&(s, e)| start < e && s < end)
     }
 
     /// Checks that `line` may get a handler (`InvalidArgument`: no such
@@ -48,18 +44,13 @@ impl Kernel {
         if !crate::arch::irq_line_ok(line) {
             return Err(Error::InvalidArgument);
         }
-        let i = line as usize;
-        if self.devices.irqs.get(i).is_some_and(Option::is_some) {
+        let (i, irqs) = (line as usize, &mut self.devices.irqs);
+        if irqs.get(i).is_some_and(Option::is_some) {
             return Err(Error::AlreadyExists);
         }
-        let more = (i + 1).saturating_sub(self.devices.irqs.len());
-        self.devices
-            .irqs
-            .try_reserve(more)
-            .map_err(|_| Error::OutOfMemory)?;
-        self.devices
-            .irqs
-            .resize_with(self.devices.irqs.len() + more, || None);
+        let more = (i + 1).saturating_sub(irqs.len());
+        irqs.try_reserve(more).map_err(|_| Error::OutOfMemory)?;
+        irqs.resize_with(irqs.len() + more, || None);
         self.devices.serial += 1;
         Ok(self.devices.serial)
     }
@@ -97,13 +88,12 @@ impl Kernel {
     /// `line` fired (the architecture masked it): signal its handler's
     /// notification; a line without one stays masked.
     pub fn irq_fired(&mut self, line: u32) {
-        let target = self
+        let binding = self
             .devices
             .irqs
             .get(line as usize)
-            .and_then(Option::as_ref)
-            .map(|b| (b.notification.id(), b.bits));
-        match target {
+            .and_then(Option::as_ref);
+        match binding.map(|b| (b.notification.id(), b.bits)) {
             Some((n, bits)) => {
                 let _ = self.signal(n, bits);
             }
