@@ -14,11 +14,8 @@
 //! an orphan and ended: every thread still waiting on it is woken with
 //! `Disconnected`.
 
-use super::{Orphan, OrphanSlot, Orphans, ThreadId};
+use super::{Orphan, ThreadId};
 use crate::arena::Id;
-use crate::mm::kref::KArc;
-use crate::mm::pool::MemoryPool;
-use keel_abi::Error;
 
 /// What an endpoint or a notification is charged to its pool: its table
 /// entry and bookkeeping, rounded up to a page.
@@ -65,42 +62,11 @@ pub struct Endpoint {
     pub side: Side,
 }
 
-/// A capability's reference to an endpoint.
-pub struct EndpointRef {
-    id: EndpointId,
-    pool: Option<KArc<MemoryPool>>,
-    slot: OrphanSlot,
-}
+/// A capability's reference to an endpoint (see [`super::TableRef`]).
+pub type EndpointRef = super::TableRef<EndpointId>;
 
-impl EndpointRef {
-    /// A reference to endpoint `id`, which is charged to `pool` already;
-    /// the charge is credited when the reference goes (or at once if this
-    /// fails).
-    pub fn new(
-        orphans: &KArc<Orphans>,
-        id: EndpointId,
-        pool: Option<KArc<MemoryPool>>,
-    ) -> Result<KArc<EndpointRef>, Error> {
-        let credit = |pool: &Option<KArc<MemoryPool>>| {
-            if let Some(p) = pool {
-                p.credit(ENDPOINT_PAGES);
-            }
-        };
-        let slot = Orphans::reserve(orphans).inspect_err(|_| credit(&pool))?;
-        KArc::try_new(EndpointRef { id, pool, slot })
-    }
-
-    /// The endpoint (stale once it is gone).
-    pub fn id(&self) -> EndpointId {
-        self.id
-    }
-}
-
-impl Drop for EndpointRef {
-    fn drop(&mut self) {
-        if let Some(p) = &self.pool {
-            p.credit(ENDPOINT_PAGES);
-        }
-        self.slot.queue(Orphan::Endpoint(self.id));
+impl From<EndpointId> for Orphan {
+    fn from(id: EndpointId) -> Orphan {
+        Orphan::Endpoint(id)
     }
 }

@@ -105,6 +105,48 @@ object!(IrqRef, Irq, IrqHandler);
 object!(IoPorts, IoPorts, IoPortRange);
 object!(TimerRef, Timer, Timer);
 
+/// A capability's reference to an object in one of the kernel's tables
+/// (endpoints, notifications, timers: `I` is its id), charged
+/// [`endpoint::ENDPOINT_PAGES`] to a pool: when the last reference goes,
+/// the pages are credited and the object is queued as an orphan.
+pub struct TableRef<I: Copy + Into<Orphan>> {
+    id: I,
+    pool: Option<KArc<MemoryPool>>,
+    slot: OrphanSlot,
+}
+
+impl<I: Copy + Into<Orphan>> TableRef<I> {
+    /// A reference to object `id`, which is charged to `pool` already;
+    /// the charge is credited when the reference goes (or at once if this
+    /// fails).
+    pub fn new(
+        orphans: &KArc<Orphans>,
+        id: I,
+        pool: Option<KArc<MemoryPool>>,
+    ) -> Result<KArc<Self>, Error> {
+        let slot = Orphans::reserve(orphans).inspect_err(|_| {
+            if let Some(p) = &pool {
+                p.credit(endpoint::ENDPOINT_PAGES);
+            }
+        })?;
+        KArc::try_new(TableRef { id, pool, slot })
+    }
+
+    /// The object (stale once it is gone).
+    pub fn id(&self) -> I {
+        self.id
+    }
+}
+
+impl<I: Copy + Into<Orphan>> Drop for TableRef<I> {
+    fn drop(&mut self) {
+        if let Some(p) = &self.pool {
+            p.credit(endpoint::ENDPOINT_PAGES);
+        }
+        self.slot.queue(self.id.into());
+    }
+}
+
 /// An object whose last reference went, waiting for
 /// [`crate::task::Kernel::collect`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

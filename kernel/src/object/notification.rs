@@ -12,12 +12,9 @@
 //! when its last reference goes (waiters woken with `Disconnected`, the
 //! bound thread unbound).
 
-use super::endpoint::{ENDPOINT_PAGES, Waiting};
-use super::{Orphan, OrphanSlot, Orphans, ThreadId};
+use super::endpoint::Waiting;
+use super::{Orphan, ThreadId};
 use crate::arena::Id;
-use crate::mm::kref::KArc;
-use crate::mm::pool::MemoryPool;
-use keel_abi::Error;
 
 /// Names a notification; stale once it is gone.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,40 +31,11 @@ pub struct Notification {
     pub bound: Option<ThreadId>,
 }
 
-/// A capability's reference to a notification.
-pub struct NotificationRef {
-    id: NotificationId,
-    pool: Option<KArc<MemoryPool>>,
-    slot: OrphanSlot,
-}
+/// A capability's reference to a notification (see [`super::TableRef`]).
+pub type NotificationRef = super::TableRef<NotificationId>;
 
-impl NotificationRef {
-    /// A reference to notification `id`, already charged to `pool` (the
-    /// charge is credited when the reference goes, or at once on failure).
-    pub fn new(
-        orphans: &KArc<Orphans>,
-        id: NotificationId,
-        pool: Option<KArc<MemoryPool>>,
-    ) -> Result<KArc<NotificationRef>, Error> {
-        let slot = Orphans::reserve(orphans).inspect_err(|_| {
-            if let Some(p) = &pool {
-                p.credit(ENDPOINT_PAGES);
-            }
-        })?;
-        KArc::try_new(NotificationRef { id, pool, slot })
-    }
-
-    /// The notification (stale once it is gone).
-    pub fn id(&self) -> NotificationId {
-        self.id
-    }
-}
-
-impl Drop for NotificationRef {
-    fn drop(&mut self) {
-        if let Some(p) = &self.pool {
-            p.credit(ENDPOINT_PAGES);
-        }
-        self.slot.queue(Orphan::Notification(self.id));
+impl From<NotificationId> for Orphan {
+    fn from(id: NotificationId) -> Orphan {
+        Orphan::Notification(id)
     }
 }

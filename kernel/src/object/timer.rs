@@ -8,12 +8,9 @@
 //! ended (taken out of the heap) when its last reference goes. It holds a
 //! reference to its notification, which so lives at least as long.
 
-use super::endpoint::ENDPOINT_PAGES;
-use super::{NotificationRef, Orphan, OrphanSlot, Orphans};
+use super::{NotificationRef, Orphan};
 use crate::arena::Id;
 use crate::mm::kref::KArc;
-use crate::mm::pool::MemoryPool;
-use keel_abi::Error;
 
 /// Names a timer; stale once it is gone.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,40 +32,11 @@ pub struct Timer {
     pub period: u64,
 }
 
-/// A capability's reference to a timer.
-pub struct TimerRef {
-    id: TimerId,
-    pool: Option<KArc<MemoryPool>>,
-    slot: OrphanSlot,
-}
+/// A capability's reference to a timer (see [`super::TableRef`]).
+pub type TimerRef = super::TableRef<TimerId>;
 
-impl TimerRef {
-    /// A reference to timer `id`, already charged to `pool` (credited when
-    /// the reference goes, or at once on failure).
-    pub fn new(
-        orphans: &KArc<Orphans>,
-        id: TimerId,
-        pool: Option<KArc<MemoryPool>>,
-    ) -> Result<KArc<TimerRef>, Error> {
-        let slot = Orphans::reserve(orphans).inspect_err(|_| {
-            if let Some(p) = &pool {
-                p.credit(ENDPOINT_PAGES);
-            }
-        })?;
-        KArc::try_new(TimerRef { id, pool, slot })
-    }
-
-    /// The timer (stale once it is gone).
-    pub fn id(&self) -> TimerId {
-        self.id
-    }
-}
-
-impl Drop for TimerRef {
-    fn drop(&mut self) {
-        if let Some(p) = &self.pool {
-            p.credit(ENDPOINT_PAGES);
-        }
-        self.slot.queue(Orphan::Timer(self.id));
+impl From<TimerId> for Orphan {
+    fn from(id: TimerId) -> Orphan {
+        Orphan::Timer(id)
     }
 }
