@@ -8,44 +8,31 @@
 //! goes, the line is queued as an orphan and the kernel masks it and frees
 //! it for another driver (so killing a driver releases its lines).
 
-use super::{NotificationRef, Orphan, OrphanSlot, Orphans};
+use super::{NotificationRef, Orphan};
 use crate::mm::kref::KArc;
-use keel_abi::Error;
 
 /// The right to claim interrupt lines, I/O ports and device memory.
 pub struct DeviceControl;
 
-/// A capability's reference to the handler of one interrupt line.
-pub struct IrqRef {
-    line: u32,
-    /// Tells this handler from a later one of the same line.
-    serial: u64,
-    slot: OrphanSlot,
-}
-
-impl IrqRef {
-    /// A reference to the handler of `line` with `serial`.
-    pub fn new(orphans: &KArc<Orphans>, line: u32, serial: u64) -> Result<KArc<IrqRef>, Error> {
-        let slot = Orphans::reserve(orphans)?;
-        KArc::try_new(IrqRef { line, serial, slot })
-    }
-
+/// Names the handler of an interrupt line: the line, and the serial
+/// number that tells it from a later handler of the same line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IrqId {
     /// The line.
-    pub fn line(&self) -> u32 {
-        self.line
-    }
+    pub line: u32,
+    /// The handler's serial number.
+    pub serial: u64,
+}
 
-    /// Its serial number.
-    pub fn serial(&self) -> u64 {
-        self.serial
+impl From<IrqId> for Orphan {
+    fn from(id: IrqId) -> Orphan {
+        Orphan::Irq(id.line, id.serial)
     }
 }
 
-impl Drop for IrqRef {
-    fn drop(&mut self) {
-        self.slot.queue(Orphan::Irq(self.line, self.serial));
-    }
-}
+/// A capability's reference to the handler of one interrupt line
+/// (uncharged: [`super::TableRef`] with no pool).
+pub type IrqRef = super::TableRef<IrqId>;
 
 /// What a claimed line does when it fires.
 pub struct IrqBinding {

@@ -106,9 +106,10 @@ object!(IoPorts, IoPorts, IoPortRange);
 object!(TimerRef, Timer, Timer);
 
 /// A capability's reference to an object in one of the kernel's tables
-/// (endpoints, notifications, timers: `I` is its id), charged
-/// [`endpoint::ENDPOINT_PAGES`] to a pool: when the last reference goes,
-/// the pages are credited and the object is queued as an orphan.
+/// (endpoints, notifications, timers, interrupt handlers: `I` is its id),
+/// charged [`endpoint::ENDPOINT_PAGES`] to a pool if it has one: when the
+/// last reference goes, the pages are credited and the object is queued as
+/// an orphan.
 pub struct TableRef<I: Copy + Into<Orphan>> {
     id: I,
     pool: Option<KArc<MemoryPool>>,

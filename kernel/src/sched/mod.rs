@@ -167,17 +167,11 @@ impl<T: PartialEq + Copy + Slot> Scheduler<T> {
 
     /// Takes a thread out of its queue (it stopped being ready).
     pub fn dequeue(&mut self, t: T, p: &Params) {
-        match p.class {
-            Class::RoundRobin | Class::Fifo => {
-                self.rt.remove(p.prio, t);
-            }
-            Class::Normal => {
-                self.fair.remove(t);
-            }
-            Class::Idle => {
-                self.idle.remove(0, t);
-            }
-        }
+        let _gone = match p.class {
+            Class::RoundRobin | Class::Fifo => self.rt.remove(p.prio, t),
+            Class::Normal => self.fair.remove(t),
+            Class::Idle => self.idle.remove(0, t),
+        };
     }
 
     /// Takes the next thread to run: real time by priority, then the

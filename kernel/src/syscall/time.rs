@@ -14,7 +14,7 @@ use crate::cap::CSpaceId;
 use crate::mm::kref::KArc;
 use crate::mm::pool::MemoryPool;
 use crate::mm::user::MemoryObject;
-use crate::object::device::IrqBinding;
+use crate::object::device::{IrqBinding, IrqId};
 use crate::object::endpoint::ENDPOINT_PAGES;
 use crate::object::{DeviceControl, IoPorts, IrqRef, KObject, ThreadId, Timer, TimerId, TimerRef};
 use crate::object::{NotificationRef, ThreadRef};
@@ -133,7 +133,7 @@ pub(super) fn decode(
             TimeCall::IrqHandler {
                 cspace: cs,
                 slot,
-                object: KObject::Irq(IrqRef::new(k.orphans(), line, serial)?),
+                object: KObject::Irq(IrqRef::new(k.orphans(), IrqId { line, serial }, None)?),
                 line,
                 binding: IrqBinding {
                     serial,
@@ -174,7 +174,7 @@ pub(super) fn decode(
         }
         Syscall::IrqAck => {
             let r = cap::<KArc<IrqRef>>(k, cs, a[0], Rights::WRITE)?;
-            TimeCall::IrqAck(r.line(), r.serial())
+            TimeCall::IrqAck(r.id().line, r.id().serial)
         }
         Syscall::IoPortCreate => {
             let [dc, base, count, ..] = a;
