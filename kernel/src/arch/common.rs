@@ -223,12 +223,6 @@ pub fn io_ports_ok(_base: u32, _count: u32) -> Result<(), keel_abi::Error> {
 
 /// No I/O ports outside x86.
 #[cfg(not(target_arch = "x86_64"))]
-pub fn port_read(_port: u16, _width: u8) -> Option<u32> {
+pub fn port_io(_port: u16, _width: u8, _value: Option<u32>) -> Option<u32> {
     None
-}
-
-/// No I/O ports outside x86.
-#[cfg(not(target_arch = "x86_64"))]
-pub fn port_write(_port: u16, _width: u8, _value: u32) -> bool {
-    false
 }

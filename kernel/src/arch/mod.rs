@@ -49,9 +49,9 @@
 //!   base; x86 I/O ports: `fn io_ports_ok(base: u32, count: u32) ->
 //!   Result<(), keel_abi::Error>` (`NotSupported` without I/O ports,
 //!   `InvalidArgument` for ports past 0xffff or that the kernel drives),
-//!   `fn port_read(port: u16, width: u8) -> Option<u32>`, `fn
-//!   port_write(port: u16, width: u8, value: u32) -> bool` (widths 1, 2,
-//!   4).
+//!   `fn port_io(port: u16, width: u8, value: Option<u32>) ->
+//!   Option<u32>` (read, or write `value`; widths 1, 2, 4; `None` without
+//!   I/O ports or for a bad width).
 //! - Interrupts are masked in the kernel except in `fn idle() -> !`,
 //!   which restarts this CPU's kernel stack and waits for interrupts
 //!   (`hlt`, `wfi`). An interrupt, from user mode (after saving the user
@@ -199,8 +199,7 @@ macro_rules! contract {
             load_user_root,
             max_page_size,
             phys_to_virt,
-            port_read,
-            port_write,
+            port_io,
             print_backtrace,
             probe_read,
             save_tls,
@@ -269,8 +268,7 @@ const _: () = {
     let _: fn(u32, bool) = irq_mask;
     let _: fn() -> (usize, u64) = console_uart;
     let _: fn(u32, u32) -> Result<(), keel_abi::Error> = io_ports_ok;
-    let _: fn(u16, u8) -> Option<u32> = port_read;
-    let _: fn(u16, u8, u32) -> bool = port_write;
+    let _: fn(u16, u8, Option<u32>) -> Option<u32> = port_io;
     let _: fn() = breakpoint;
     let _: fn() -> usize = breakpoint_site;
     let _: fn(usize) -> Result<u8, crate::trap::TrapRecord> = probe_read;

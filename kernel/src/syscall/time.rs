@@ -92,8 +92,8 @@ pub(super) enum TimeCall {
     SetTimer(TimerId, Option<u64>, u64),
     SetSched(ThreadId, crate::sched::Params),
     ThreadInfo(ThreadId, ThreadInfoKey),
-    PortIn(u16, u8),
-    PortOut(u16, u8, u32),
+    /// Read (`None`) or write an I/O port.
+    Port(u16, u8, Option<u32>),
     /// A new capability to `object` in the reserved slot.
     Insert {
         cspace: CSpaceId,
@@ -203,13 +203,11 @@ pub(super) fn decode(
             if !matches!(width, 1 | 2 | 4) || !p.covers(port, width) {
                 return Err(Error::InvalidArgument);
             }
-            let (port, width) = (port as u16, width as u8);
-            if write {
-                let value = u32::try_from(value).map_err(|_| Error::InvalidArgument)?;
-                TimeCall::PortOut(port, width, value)
-            } else {
-                TimeCall::PortIn(port, width)
-            }
+            let value = match write {
+                true => Some(u32::try_from(value).map_err(|_| Error::InvalidArgument)?),
+                false => None,
+            };
+            TimeCall::Port(port as u16, width as u8, value)
         }
         Syscall::MemFromDevice => {
             let [dc, phys, pages, ..] = a;
@@ -330,11 +328,8 @@ pub(super) fn invoke(k: &mut Kernel, caller: ThreadId, call: TimeCall) -> Outcom
         },
         TimeCall::SetTimer(id, deadline, period) => k.set_timer(id, deadline, period).map(|()| 0),
         TimeCall::IrqAck(line, serial) => k.irq_ack(line, serial).map(|()| 0),
-        TimeCall::PortIn(port, width) => crate::arch::port_read(port, width)
+        TimeCall::Port(port, width, value) => crate::arch::port_io(port, width, value)
             .map(|v| v as usize)
-            .ok_or(Error::NotSupported),
-        TimeCall::PortOut(port, width, value) => crate::arch::port_write(port, width, value)
-            .then_some(0)
             .ok_or(Error::NotSupported),
         TimeCall::SetSched(t, params) => k.set_sched(t, params).map(|()| 0),
         TimeCall::ThreadInfo(t, key) => k.thread_info(t, key),

@@ -27,7 +27,7 @@ pub use self::mm::{
 };
 pub use self::user::{ELF_MACHINE, FpuState, UserRegs, enter_user, load_tls, save_tls};
 pub use super::common::user_copy;
-pub use super::common::{io_ports_ok, port_read, port_write};
+pub use super::common::{io_ports_ok, port_io};
 
 use crate::trap::TrapRecord;
 use core::arch::asm;

@@ -296,36 +296,26 @@ pub fn io_ports_ok(base: u32, count: u32) -> Result<(), keel_abi::Error> {
     }
 }
 
-/// Reads `width` (1, 2 or 4) bytes from I/O port `port`.
-pub fn port_read(port: u16, width: u8) -> Option<u32> {
+/// Reads (`value` `None`) or writes `width` (1, 2 or 4) bytes at I/O
+/// port `port`; the value read, or 0 after a write (`None`: bad width).
+pub fn port_io(port: u16, width: u8, value: Option<u32>) -> Option<u32> {
     use x86_64::instructions::port::Port;
     // SAFETY: the caller (the system-call decoder) checked that the port
     // range belongs to the calling driver's I/O-port capability, whose
-    // ranges exclude the ports the kernel drives; a port read touches no
-    // kernel memory.
+    // ranges exclude the ports the kernel drives; port I/O touches no
+    // kernel memory. The truncating casts keep the width's low bytes.
     unsafe {
-        Some(match width {
-            1 => u32::from(Port::<u8>::new(port).read()),
-            2 => u32::from(Port::<u16>::new(port).read()),
-            4 => Port::<u32>::new(port).read(),
+        match (width, value) {
+            (1, Some(v)) => Port::<u8>::new(port).write(v as u8),
+            (2, Some(v)) => Port::<u16>::new(port).write(v as u16),
+            (4, Some(v)) => Port::<u32>::new(port).write(v),
+            (1, None) => return Some(u32::from(Port::<u8>::new(port).read())),
+            (2, None) => return Some(u32::from(Port::<u16>::new(port).read())),
+            (4, None) => return Some(Port::<u32>::new(port).read()),
             _ => return None,
-        })
-    }
-}
-
-/// Writes `width` (1, 2 or 4) bytes to I/O port `port`.
-pub fn port_write(port: u16, width: u8, value: u32) -> bool {
-    use x86_64::instructions::port::Port;
-    // SAFETY: as in `port_read`.
-    unsafe {
-        match width {
-            1 => Port::<u8>::new(port).write(value as u8),
-            2 => Port::<u16>::new(port).write(value as u16),
-            4 => Port::<u32>::new(port).write(value),
-            _ => return false,
         }
     }
-    true
+    Some(0)
 }
 
 /// Waits for interrupts forever on a fresh kernel stack, with interrupts

@@ -36,8 +36,8 @@ mod usercopy;
 
 pub use super::common::user_copy;
 pub use apic::{
-    idle, init as irq_init, io_ports_ok, line_mask as irq_mask, line_ok as irq_line_ok, port_read,
-    port_write, timer_arm,
+    idle, init as irq_init, io_ports_ok, line_mask as irq_mask, line_ok as irq_line_ok, port_io,
+    timer_arm,
 };
 pub use mm::{
     FLUSH_NEW_ENTRIES, KERNEL_ROOT_ENTRIES, PageFormat, asid_count, device_windows, flush_all,
