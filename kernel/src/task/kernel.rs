@@ -449,10 +449,7 @@ impl Kernel {
                     t.state = State::Ready;
                 }
             }
-            t.run_ticks += ran;
-            if t.sched.class == Class::Normal {
-                self.sched.charge(&mut t.sched, self.clock.ns(ran));
-            }
+            self.clock.charge(&mut self.sched, t, ran);
         }
         let Some(n) = self.threads.get_mut(next.0) else {
             return;

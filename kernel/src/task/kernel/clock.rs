@@ -19,7 +19,7 @@
 
 use super::Kernel;
 use crate::object::thread::{Blocked, State};
-use crate::object::{ThreadId, Timer, TimerId};
+use crate::object::{Thread, ThreadId, Timer, TimerId};
 use crate::sched::heap::SlotHeap;
 use crate::sched::{After, Class, Params, Scheduler};
 use keel_abi::Error;
@@ -104,9 +104,16 @@ impl Clock {
         }
     }
 
-    /// `ticks` in nanoseconds.
-    pub(super) fn ns(&self, ticks: u64) -> u64 {
-        crate::time::ticks_to_ns(ticks, self.ns_per_tick)
+    /// Charges thread `t` for `ran` ticks on the CPU: its run time and,
+    /// in the normal class, its virtual run time.
+    pub(super) fn charge(&self, sched: &mut Scheduler<ThreadId>, t: &mut Thread, ran: u64) {
+        t.run_ticks += ran;
+        if t.sched.class == Class::Normal {
+            sched.charge(
+                &mut t.sched,
+                crate::time::ticks_to_ns(ran, self.ns_per_tick),
+            );
+        }
     }
 
     /// The slice of a thread with `p` in ticks.
@@ -137,10 +144,7 @@ impl Kernel {
             return;
         }
         if let Some(t) = self.current().and_then(|c| self.threads.get_mut(c.0)) {
-            t.run_ticks += ran;
-            if t.sched.class == Class::Normal {
-                self.sched.charge(&mut t.sched, self.clock.ns(ran));
-            }
+            self.clock.charge(&mut self.sched, t, ran);
         }
     }
 
