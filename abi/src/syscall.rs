@@ -180,6 +180,12 @@ pub enum Syscall {
     /// monotonic clock, then every `period_ns` (0: once; else at least
     /// 100 µs); `deadline_ns` 0 disarms. Needs `WRITE`.
     TimerSet = 0x69,
+    /// `(device_control, cpu, online)`: takes CPU `cpu` offline (`online`
+    /// 0: its threads move to the other CPUs, it takes no interrupts) or
+    /// brings it back (1). `InvalidArgument` for the boot CPU (it takes
+    /// the device interrupts, so it is never offline) or a CPU that did
+    /// not come up, `InvalidState` if it already is. Needs `WRITE`.
+    CpuSetOnline = 0x6a,
 }
 
 /// Modes of [`Syscall::MemFromRange`].
@@ -208,6 +214,11 @@ pub enum SystemInfoKey {
     MonotonicNs = 5,
     /// Nanoseconds this CPU has spent idle, waiting for an interrupt.
     IdleNs = 6,
+    /// The online CPUs, one bit per CPU index (`CpuCount` counts those
+    /// that came up at boot, online or not).
+    OnlineCpus = 7,
+    /// The index of the CPU the caller runs on.
+    CurrentCpu = 8,
 }
 
 /// A scheduling class ([`Syscall::ThreadSetSched`]); each runs only when
@@ -256,6 +267,8 @@ pub enum ThreadInfoKey {
     Priority = 3,
     /// Its nice value plus 20, 0–39 (results are never negative).
     Nice = 4,
+    /// The CPU it runs or is queued on, else the one it ran on last.
+    Cpu = 5,
 }
 
 impl TryFrom<usize> for ThreadInfoKey {
@@ -268,6 +281,7 @@ impl TryFrom<usize> for ThreadInfoKey {
             ThreadInfoKey::Class,
             ThreadInfoKey::Priority,
             ThreadInfoKey::Nice,
+            ThreadInfoKey::Cpu,
         ]
         .get(v)
         .copied()
@@ -276,7 +290,7 @@ impl TryFrom<usize> for ThreadInfoKey {
 }
 
 impl SystemInfoKey {
-    pub const ALL: [SystemInfoKey; 7] = [
+    pub const ALL: [SystemInfoKey; 9] = [
         SystemInfoKey::CpuCount,
         SystemInfoKey::TotalFrames,
         SystemInfoKey::FreeFrames,
@@ -284,6 +298,8 @@ impl SystemInfoKey {
         SystemInfoKey::PageSize,
         SystemInfoKey::MonotonicNs,
         SystemInfoKey::IdleNs,
+        SystemInfoKey::OnlineCpus,
+        SystemInfoKey::CurrentCpu,
     ];
 }
 
@@ -302,11 +318,11 @@ impl TryFrom<usize> for SystemInfoKey {
 /// Numbers reserved for processes, and the rest of interrupts and time,
 /// which arrive with their subsystems; today they answer
 /// [`crate::Error::NoSuchSyscall`].
-pub const RESERVED: [core::ops::Range<usize>; 2] = [0x50..0x60, 0x6a..0x70];
+pub const RESERVED: [core::ops::Range<usize>; 2] = [0x50..0x60, 0x6b..0x70];
 
 impl Syscall {
     /// Every assigned system call.
-    pub const ALL: [Syscall; 51] = [
+    pub const ALL: [Syscall; 52] = [
         Syscall::DebugWrite,
         Syscall::SystemInfo,
         Syscall::CapIdentify,
@@ -358,6 +374,7 @@ impl Syscall {
         Syscall::IpcTimeout,
         Syscall::TimerCreate,
         Syscall::TimerSet,
+        Syscall::CpuSetOnline,
     ];
 }
 

@@ -14,6 +14,7 @@
 //! slots holding values; no index reaches `u32::MAX` (free for "none").
 #![forbid(unsafe_code)]
 
+use crate::mm::kref::{ensure, oom};
 use alloc::vec::Vec;
 use keel_abi::Error;
 
@@ -52,6 +53,16 @@ struct Slot<T> {
     value: Option<T>,
 }
 
+impl<T> Slot<T> {
+    /// The id of the value in this slot, which is slot `index`.
+    fn id(&self, index: u32) -> Id {
+        Id {
+            index,
+            generation: self.generation,
+        }
+    }
+}
+
 /// A table of `T`s named by generation-checked [`Id`]s.
 pub struct Arena<T> {
     slots: Vec<Slot<T>>,
@@ -88,19 +99,14 @@ impl<T> Arena<T> {
         if self.free_head != NONE {
             return Ok(());
         }
-        if self.slots.len() >= self.limit as usize {
-            return Err(Error::OutOfMemory);
-        }
-        self.slots.try_reserve(1).map_err(|_| Error::OutOfMemory)
+        ensure(self.slots.len() < self.limit as usize, Error::OutOfMemory)?;
+        self.slots.try_reserve(1).map_err(oom)
     }
 
     /// The id the next [`Self::insert`] will return, if it succeeds.
     pub fn next_id(&self) -> Id {
         match self.slots.get(self.free_head as usize) {
-            Some(s) => Id {
-                index: self.free_head,
-                generation: s.generation,
-            },
+            Some(s) => s.id(self.free_head),
             None => Id {
                 index: self.slots.len() as u32,
                 generation: 0,
@@ -111,21 +117,16 @@ impl<T> Arena<T> {
     /// Stores `value`; `OutOfMemory` if no slot is free and the table
     /// cannot grow (the value is dropped).
     pub fn insert(&mut self, value: T) -> Result<Id, Error> {
-        let index = if self.free_head != NONE {
-            self.free_head
-        } else {
-            if self.slots.len() >= self.limit as usize {
-                return Err(Error::OutOfMemory);
-            }
-            self.slots.try_reserve(1).map_err(|_| Error::OutOfMemory)?;
+        self.reserve()?;
+        if self.free_head == NONE {
+            self.free_head = self.slots.len() as u32;
             self.slots.push(Slot {
                 generation: 0,
                 next_free: NONE,
                 value: None,
             });
-            self.free_head = (self.slots.len() - 1) as u32;
-            self.free_head
-        };
+        }
+        let index = self.free_head;
         let slot = self
             .slots
             .get_mut(index as usize)
@@ -134,10 +135,7 @@ impl<T> Arena<T> {
         slot.next_free = NONE;
         slot.value = Some(value);
         self.live += 1;
-        Ok(Id {
-            index,
-            generation: slot.generation,
-        })
+        Ok(slot.id(index))
     }
 
     /// The value `id` names, if it is still there.
@@ -162,21 +160,13 @@ impl<T> Arena<T> {
     /// (for links that store bare indices).
     pub fn at(&self, index: u32) -> Option<(Id, &T)> {
         let s = self.slots.get(index as usize)?;
-        let id = Id {
-            index,
-            generation: s.generation,
-        };
-        s.value.as_ref().map(|v| (id, v))
+        Some((s.id(index), s.value.as_ref()?))
     }
 
     /// [`Self::at`], mutably.
     pub fn at_mut(&mut self, index: u32) -> Option<(Id, &mut T)> {
         let s = self.slots.get_mut(index as usize)?;
-        let id = Id {
-            index,
-            generation: s.generation,
-        };
-        s.value.as_mut().map(|v| (id, v))
+        Some((s.id(index), s.value.as_mut()?))
     }
 
     /// Takes the value `id` names out; the slot's generation moves on, so
@@ -210,29 +200,17 @@ impl<T> Arena<T> {
 
     /// Every live value with its id, in index order.
     pub fn iter(&self) -> impl Iterator<Item = (Id, &T)> {
-        self.slots.iter().enumerate().filter_map(|(i, s)| {
-            let id = Id {
-                index: i as u32,
-                generation: s.generation,
-            };
-            s.value.as_ref().map(|v| (id, v))
-        })
+        let slots = self.slots.iter().zip(0..);
+        slots.filter_map(|(s, i)| Some((s.id(i), s.value.as_ref()?)))
     }
 
     /// The first live value's id at slot `index` or above: a walk that
     /// allows removing values as it goes.
     pub fn next_live_from(&self, index: u32) -> Option<Id> {
-        let start = index as usize;
-        self.slots
-            .get(start..)?
-            .iter()
-            .zip(start..)
-            .find_map(|(s, i)| {
-                s.value.as_ref().map(|_| Id {
-                    index: i as u32,
-                    generation: s.generation,
-                })
-            })
+        let slots = self.slots.get(index as usize..)?.iter();
+        slots
+            .zip(index..)
+            .find_map(|(s, i)| Some(s.id(i)).filter(|_| s.value.is_some()))
     }
 
     /// A test hook: sets the generation of empty slot `index` (to reach

@@ -56,6 +56,7 @@ pub fn kernel_main(info: Result<BootInfo<'_>, BootInfoError>) -> ! {
     if let Err(e) = crate::arch::irq_init(&info) {
         boot_error(format_args!("cannot set up interrupts: {e}"));
     }
+    crate::smp::start_cpus(&info);
 
     if cfg!(feature = "ktest") && cmdline.crash_stack {
         kprintln!("overflowing the kernel stack on purpose (crash=stack)");
@@ -89,7 +90,7 @@ fn start_root_task(info: &BootInfo<'_>, mode: RunMode) -> ! {
         RunMode::Bench => ROOT_FLAG_BENCH,
         RunMode::Normal => 0,
     };
-    let loaded = Kernel::new(info.cpu_count)
+    let loaded = Kernel::new(crate::smp::count())
         .map_err(RootError::Kernel)
         .and_then(|mut k| {
             crate::task::root::load(&mut k, info, flags)?;

@@ -7,7 +7,7 @@
 //! taken while printing cannot deadlock the report.
 
 use core::fmt::{self, Write};
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use spin::Mutex;
 
 struct Serial;
@@ -32,11 +32,25 @@ pub fn _print(args: fmt::Arguments<'_>) {
     }
 }
 
+/// The CPU reporting a fatal error (`usize::MAX`: none).
+static FATAL_CPU: AtomicUsize = AtomicUsize::new(usize::MAX);
+
 /// Switches the console to lock-free output for a report that ends the
-/// kernel. Returns `true` if the kernel was already on a fatal path (a fault
-/// inside the fault report), in which case the caller should stop at once.
+/// kernel, and stops every other CPU (`smp::stop_others`), so one CPU
+/// prints one report. Returns `true` if this CPU was already on a fatal
+/// path (a fault inside the fault report), in which case the caller
+/// should stop at once; a second CPU failing meanwhile just halts.
 pub fn enter_fatal() -> bool {
-    FATAL.swap(true, Ordering::Relaxed)
+    let me = crate::arch::cpu_index();
+    match FATAL_CPU.compare_exchange(usize::MAX, me, Ordering::AcqRel, Ordering::Acquire) {
+        Ok(_) => {
+            crate::smp::stop_others();
+            FATAL.store(true, Ordering::Release);
+            false
+        }
+        Err(cpu) if cpu == me => true,
+        Err(_) => crate::arch::halt(),
+    }
 }
 
 /// Prints to the kernel console.

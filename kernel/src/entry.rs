@@ -14,10 +14,10 @@
 use crate::arch::{self, UserRegs};
 use crate::object::thread::FaultMsg;
 use crate::sched::After;
+use crate::smp::BigLock;
 use crate::task::{Kernel, Next};
 use crate::trap::{Interrupt, UserFault};
 use keel_abi::harness::{EXIT_CRASH, EXIT_FAIL, EXIT_PASS};
-use spin::Mutex;
 
 /// How a run of the root task ends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,12 +40,15 @@ struct Running {
     mode: RunMode,
 }
 
-static KERNEL: Mutex<Option<Running>> = Mutex::new(None);
+static KERNEL: BigLock<Option<Running>> = BigLock::new(None);
 
 fn with_kernel<R>(f: impl FnOnce(&mut Running) -> R) -> R {
     let mut guard = KERNEL.lock();
     match guard.as_mut() {
-        Some(r) => f(r),
+        Some(r) => {
+            r.kernel.enter(arch::cpu_index());
+            f(r)
+        }
         None => {
             kprintln!("keel: entry from user mode before the kernel state exists");
             arch::exit(EXIT_CRASH)
@@ -59,6 +62,7 @@ impl Running {
     fn next(&mut self, after: After) -> *const UserRegs {
         let next = self.kernel.schedule(after);
         self.kernel.program_timer();
+        self.kernel.share_work();
         match next {
             Next::Run(id) => match self.kernel.regs_of(id) {
                 Some(regs) => regs,
@@ -142,6 +146,7 @@ pub fn on_syscall(number: usize, args: [usize; 6]) -> *const UserRegs {
         if let Some(regs) = k.return_to(cur, value, outcome.after) {
             // The call may have readied a thread of the caller's priority.
             k.program_timer();
+            k.share_work();
             return regs;
         }
         r.next(outcome.after)
@@ -192,6 +197,13 @@ pub fn on_user_fault(fault: UserFault) -> *const UserRegs {
 /// the threads whose deadline passed and ends time slices; a thread of
 /// higher priority woken takes the CPU at once.
 pub fn on_interrupt(irq: Interrupt) -> *const UserRegs {
+    if irq == Interrupt::Ipi {
+        crate::smp::on_ipi();
+    }
+    // Before the run starts, other CPUs only answer IPIs.
+    if !crate::smp::running() && arch::cpu_index() != 0 {
+        arch::idle()
+    }
     resume(with_kernel(|r| {
         let k = &mut r.kernel;
         let after = match irq {
@@ -200,6 +212,7 @@ pub fn on_interrupt(irq: Interrupt) -> *const UserRegs {
                 k.irq_fired(n);
                 After::Continue
             }
+            Interrupt::Ipi => After::Continue,
         };
         k.collect();
         r.next(after)
@@ -212,7 +225,11 @@ pub fn start(kernel: Kernel, mode: RunMode) -> ! {
         let mut guard = KERNEL.lock();
         *guard = Some(Running { kernel, mode });
         match guard.as_mut() {
-            Some(r) => r.next(After::Continue),
+            Some(r) => {
+                r.kernel.start_cpus();
+                crate::smp::start_running();
+                r.next(After::Continue)
+            }
             None => arch::halt(),
         }
     };

@@ -38,6 +38,8 @@ pub mod mm;
 pub mod object;
 pub mod sched;
 #[cfg(any(test, target_os = "none"))]
+pub mod smp;
+#[cfg(any(test, target_os = "none"))]
 pub mod syscall;
 pub mod task;
 #[cfg(any(test, target_os = "none"))]

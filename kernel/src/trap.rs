@@ -60,6 +60,8 @@ pub enum Interrupt {
     Timer,
     /// Device line `n` (x86 GSI, GIC INTID, PLIC source).
     Line(u32),
+    /// Another CPU called `arch::send_ipi` for this one.
+    Ipi,
 }
 
 /// A synchronous exception taken in user mode. The thread's registers

@@ -82,15 +82,49 @@ pub fn run(arches: &[Arch]) -> Result<()> {
                 r.name, r.median, r.min, r.iters
             );
         }
+        // Several CPUs: -icount runs them in turn on one clock, so these
+        // rows are multi-threaded TCG wall time.
+        let smp = Boot::headless(arch, &image, 4, "256M", "").with_initrd(Some(&root));
+        let outcome = qemu::run_captured(&smp, Duration::from_secs(600), false)?;
+        let smp_rows: Vec<Row> = outcome.lines.iter().filter_map(|l| parse_line(l)).collect();
+        if outcome.status != Some(EXIT_PASS) || smp_rows.is_empty() {
+            for l in &outcome.lines {
+                println!("{l}");
+            }
+            failed.push(arch.name());
+        }
+        println!(
+            "\n{} -smp 4 — TCG wall-clock ns per operation (multi-threaded TCG, no -icount)",
+            arch.name()
+        );
+        for r in &smp_rows {
+            println!(
+                "{:<52} {:>12.1} {:>12.1} {:>8}",
+                r.name, r.median, r.min, r.iters
+            );
+        }
+        let table = |rows: &[Row]| {
+            rows.iter()
+                .map(|r| {
+                    json!({
+                        "name": r.name, "median": r.median, "min": r.min,
+                        "iters": r.iters, "batches": r.batches,
+                    })
+                })
+                .collect::<Vec<_>>()
+        };
         let doc = json!({
             "arch": arch.name(),
             "unit": "guest instructions per operation",
             "method": "QEMU TCG -icount shift=0,sleep=off; median and min over batches",
             "qemu_args": format!("{:?}", boot.command()),
-            "benchmarks": rows.iter().map(|r| json!({
-                "name": r.name, "median": r.median, "min": r.min,
-                "iters": r.iters, "batches": r.batches,
-            })).collect::<Vec<_>>(),
+            "benchmarks": table(&rows),
+            "smp": {
+                "unit": "TCG wall-clock ns per operation",
+                "method": "QEMU multi-threaded TCG, -smp 4, no -icount; median and min over batches",
+                "qemu_args": format!("{:?}", smp.command()),
+                "benchmarks": table(&smp_rows),
+            },
         });
         let path = out_dir.join(format!("{}.json", arch.name()));
         std::fs::write(&path, serde_json::to_string_pretty(&doc)?)?;

@@ -109,10 +109,12 @@ pub fn run(arches: &[Arch]) -> Result<bool> {
         let root = root.as_deref();
         match toolchain::build_kernel(arch, Flavor::Test, false) {
             Ok(image) => {
-                kernel_tests(&mut tally, arch, &image, root, None)?;
+                for smp in [1, 2, 4] {
+                    kernel_tests(&mut tally, arch, &image, root, None, smp)?;
+                }
                 // The other interrupt controller of the same machine.
                 if let Some(m) = arch.alternate_machine() {
-                    kernel_tests(&mut tally, arch, &image, root, Some(m))?;
+                    kernel_tests(&mut tally, arch, &image, root, Some(m), 4)?;
                 }
                 bad_cmdline_refused(&mut tally, arch, &image, root)?;
                 stack_overflow_reported(&mut tally, arch, &image, root)?;
@@ -215,19 +217,28 @@ fn kernel_tests(
     image: &Path,
     root: Option<&Path>,
     machine: Option<&str>,
+    smp: u32,
 ) -> Result<()> {
     let name = match machine {
-        Some(m) => format!("{} ({m})", arch.name()),
-        None => arch.name().to_string(),
+        Some(m) => format!("{} ({m}) -smp {smp}", arch.name()),
+        None => format!("{} -smp {smp}", arch.name()),
     };
     let extra: Vec<&str> = machine.map(|m| vec!["-machine", m]).unwrap_or_default();
-    // Under -icount the clock is the instruction count: time slices,
-    // sleeps and fairness are the same on every run and every host.
+    // One CPU runs under -icount, where the clock is the instruction
+    // count: time slices, sleeps and fairness are the same on every run
+    // and every host. Several run as multi-threaded TCG, in parallel on
+    // the host's cores (-icount runs them in turn on one thread, where a
+    // CPU that spins can keep the others from running at all).
     let boot = Boot {
-        icount: true,
-        ..Boot::headless(arch, image, 2, "256M", "").with_initrd(root)
+        icount: smp == 1,
+        ..Boot::headless(arch, image, smp, "256M", "").with_initrd(root)
     };
     let outcome = qemu::run_captured_with(&boot, &extra, BOOT_LIMIT, true)?;
+    let online = format!("smp: {smp} CPUs online");
+    tally.record(
+        &format!("{name}: every CPU came up"),
+        outcome.lines.iter().any(|l| l == &online),
+    );
     let (mut passed, mut failed) = (0, 0);
     for line in &outcome.lines {
         let Some(rest) = line.strip_prefix(TEST_PREFIX) else {

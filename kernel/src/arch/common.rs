@@ -215,6 +215,20 @@ pub(crate) fn syscall(regs: usize) -> *const super::UserRegs {
     crate::entry::on_syscall(number, args)
 }
 
+/// One round of a busy wait: lets the CPU (or QEMU's `-icount` mode,
+/// which runs the CPUs in turn) go on with another CPU's work: AArch64
+/// `yield` (Rust's `spin_loop` is `isb` there, which does not end the
+/// turn), `pause` elsewhere.
+pub fn spin_wait() {
+    #[cfg(target_arch = "aarch64")]
+    // SAFETY: `yield` is a hint with no effect on memory or registers.
+    unsafe {
+        core::arch::asm!("yield", options(nomem, nostack, preserves_flags))
+    };
+    #[cfg(not(target_arch = "aarch64"))]
+    core::hint::spin_loop();
+}
+
 /// No I/O ports outside x86.
 #[cfg(not(target_arch = "x86_64"))]
 pub fn io_ports_ok(_base: u32, _count: u32) -> Result<(), keel_abi::Error> {

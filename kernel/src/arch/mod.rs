@@ -60,6 +60,30 @@
 //!   the registers to `enter_user` (or itself goes to `idle`); the timer is
 //!   disarmed when it is reported. Spurious interrupts resume what they
 //!   interrupted.
+//! - SMP (CPU indices `0..bootinfo::MAX_CPUS`, 0 the boot CPU):
+//!   `fn cpu_index() -> usize` — this CPU's index, from its per-CPU
+//!   register (x86 GS block, AArch64 TPIDR_EL1, RISC-V `sscratch` block),
+//!   cheap and valid from the first Rust code on every CPU. `fn
+//!   cpu_hw_id() -> u64` — this CPU's hardware id as
+//!   `BootInfo::cpu_ids` lists it (local APIC id, MPIDR affinity, hart
+//!   id). `fn cpu_start(info, index, hw_id) -> Result<(), &str>` — starts
+//!   the CPU `hw_id` as CPU `index` (x86 INIT-SIPI-SIPI through a
+//!   real-mode trampoline below 1 MiB, AArch64 PSCI `CPU_ON` through
+//!   `info.psci`, RISC-V SBI HSM `hart_start`) on a kernel stack of its
+//!   own with a guard page under it (and its own exception stacks;
+//!   `in_stack_guard` knows them all). The new CPU loads the kernel page
+//!   tables, enables FP/SIMD and its trap vector as the boot CPU does,
+//!   sets up its interrupt-controller interface (local APIC, GIC CPU
+//!   interface or redistributor, PLIC context) with its timer disarmed
+//!   and IPIs enabled, and calls `crate::smp::cpu_main(index) -> !` with
+//!   interrupts masked. `Err` when the hardware or firmware refuses at
+//!   once; it does not wait for the CPU (the caller waits, bounded, for
+//!   `cpu_main` to check in). `fn send_ipi(index: usize)` — interrupts
+//!   CPU `index`, which reports `Interrupt::Ipi` to `entry::on_interrupt`
+//!   when it takes it (in user mode or idle; IPIs not yet taken may
+//!   coalesce). Device lines are routed to the boot CPU, whichever CPU
+//!   unmasks them. `fn spin_wait()` — one round of a busy wait that lets
+//!   other CPUs (and QEMU's `-icount`, which runs them in turn) go on.
 //! - `fn breakpoint()` — executes the architecture's breakpoint instruction
 //!   at `breakpoint_site`; the trap handler records a
 //!   [`crate::trap::TrapCause::Breakpoint`] with `crate::trap::record` and
@@ -178,6 +202,9 @@ macro_rules! contract {
             clock_ticks,
             console_uart,
             console_write,
+            cpu_hw_id,
+            cpu_index,
+            cpu_start,
             cycle_counter,
             device_windows,
             enter_user,
@@ -203,6 +230,7 @@ macro_rules! contract {
             print_backtrace,
             probe_read,
             save_tls,
+            send_ipi,
             timer_arm,
             unload_user_root,
             user_copy,
@@ -225,8 +253,10 @@ mod x86_64;
 #[cfg(all(target_os = "none", target_arch = "x86_64"))]
 contract!(x86_64);
 
-// The host stand-in exists for host tests only.
+// The host stand-in exists for host tests only (test support, so it
+// lives with the tests).
 #[cfg(test)]
+#[path = "tests/host.rs"]
 pub mod host;
 #[cfg(test)]
 contract!(host);
@@ -239,8 +269,13 @@ mod common;
 // Only bare-metal builds enable `ktest`.
 #[cfg(feature = "ktest")]
 mod tests;
+/// One round of a busy wait (shared by the bare-metal architectures).
+#[cfg(target_os = "none")]
+pub use self::common::spin_wait;
 #[cfg(target_os = "none")]
 use self::common::*;
+#[cfg(test)]
+pub use self::host::spin_wait;
 
 // The type of every item of the contract, checked for whichever module is
 // selected.
@@ -269,6 +304,11 @@ const _: () = {
     let _: fn() -> (usize, u64) = console_uart;
     let _: fn(u32, u32) -> Result<(), keel_abi::Error> = io_ports_ok;
     let _: fn(u16, u8, Option<u32>) -> Option<u32> = port_io;
+    let _: fn() -> usize = cpu_index;
+    let _: fn() -> u64 = cpu_hw_id;
+    let _: fn(&crate::bootinfo::BootInfo<'_>, usize, u64) -> Result<(), &'static str> = cpu_start;
+    let _: fn(usize) = send_ipi;
+    let _: fn() = spin_wait;
     let _: fn() = breakpoint;
     let _: fn() -> usize = breakpoint_site;
     let _: fn(usize) -> Result<u8, crate::trap::TrapRecord> = probe_read;

@@ -1,10 +1,10 @@
 //! ACPI table parsing: the CPU count, the interrupt hardware and NUMA
 //! memory affinity. Find the RSDP (the copy the boot loader handed over, or
 //! by scanning the EBDA and the BIOS area 0xE0000–0xFFFFF as PC firmware
-//! places it), follow the XSDT or RSDT to the MADT and count the enabled
-//! processor Local APIC / x2APIC entries and read the APIC addresses and
-//! interrupt source overrides, and to the SRAT and read its enabled memory
-//! affinity entries.
+//! places it), follow the XSDT or RSDT to the MADT and count (and list the
+//! ids of) the enabled processor Local APIC / x2APIC entries and read the
+//! APIC addresses and interrupt source overrides, and to the SRAT and read
+//! its enabled memory affinity entries.
 //!
 //! The tables are firmware input and are treated as untrusted: every table
 //! is checksummed and length-checked, every read goes through a
@@ -15,7 +15,7 @@
 //! supplies only the reader.
 
 use super::numa::{self, DomainNumbering, NumaMap, NumaRange};
-use super::{Controller, InterruptHw, IoApic, Line, PhysReader, Trigger};
+use super::{Controller, InterruptHw, IoApic, Line, MAX_CPUS, PhysReader, Trigger, u32_at, u64_at};
 use arrayvec::ArrayVec;
 
 /// Largest system description table accepted.
@@ -29,66 +29,48 @@ const SRAT_ENTRIES_OFFSET: usize = 48;
 const SRAT_MEMORY: u8 = 1;
 const SRAT_MEMORY_LEN: usize = 40;
 
-fn u32_at(b: &[u8], off: usize) -> Option<u32> {
-    Some(u32::from_le_bytes(
-        b.get(off..off.checked_add(4)?)?.try_into().ok()?,
-    ))
-}
-
-fn u64_at(b: &[u8], off: usize) -> Option<u64> {
-    Some(u64::from_le_bytes(
-        b.get(off..off.checked_add(8)?)?.try_into().ok()?,
-    ))
-}
-
 fn checksum_ok(b: &[u8]) -> bool {
     b.iter().fold(0u8, |sum, &x| sum.wrapping_add(x)) == 0
 }
 
-/// Counts the enabled CPUs the MADT describes. `rsdp` is the address of an
+/// The enabled CPUs the MADT describes: how many, and the local APIC ids
+/// of the first [`MAX_CPUS`] in table order. `rsdp` is the address of an
 /// RSDP copy the boot loader handed over, if any; if it is absent or
 /// invalid the BIOS areas are scanned.
-pub fn cpu_count<'a>(mem: &impl PhysReader<'a>, rsdp: Option<u64>) -> Result<usize, &'static str> {
-    let rsdp = rsdp_of(mem, rsdp)?;
-    let madt =
-        find_table(mem, rsdp, b"APIC", "MADT has a bad checksum or length")?.ok_or("no MADT")?;
-    match count_enabled_cpus(madt)? {
-        0 => Err("MADT lists no enabled CPU"),
-        n => Ok(n),
+pub fn cpus<'a>(mem: &impl PhysReader<'a>, rsdp: Option<u64>) -> Result<Cpus, &'static str> {
+    match enabled_cpus(madt(mem, rsdp)?)? {
+        (0, _) => Err("MADT lists no enabled CPU"),
+        cpus => Ok(cpus),
     }
 }
+
+/// A CPU count and the APIC ids of the first [`MAX_CPUS`] CPUs.
+pub type Cpus = (usize, ArrayVec<u64, MAX_CPUS>);
 
 /// The interrupt hardware the MADT describes: the local APIC (the 64-bit
 /// address override, type 5, if present), the I/O APICs (type 1; the first
 /// four), and the UART's line: ISA IRQ 4 through its interrupt source
 /// override (type 2) if any, else GSI 4, edge-triggered, active high; the
 /// UART is `None` if the override's flags use a reserved value. `rsdp` as
-/// for [`cpu_count`].
+/// for [`cpus`].
 pub fn interrupt_hw<'a>(
     mem: &impl PhysReader<'a>,
     rsdp: Option<u64>,
 ) -> Result<InterruptHw, &'static str> {
-    let rsdp = rsdp_of(mem, rsdp)?;
-    let madt =
-        find_table(mem, rsdp, b"APIC", "MADT has a bad checksum or length")?.ok_or("no MADT")?;
+    let madt = madt(mem, rsdp)?;
     let lapic = u32_at(madt, SDT_HEADER_LEN).ok_or("MADT shorter than its header")?;
     let (mut lapic, mut ioapics) = (u64::from(lapic), ArrayVec::new());
     let short = "MADT entry too short";
-    let mut uart = Some(Line {
-        number: 4,
-        trigger: Trigger::default(), // ISA: edge, active high
-    });
+    let (number, trigger) = (4, Trigger::default()); // ISA: edge, active high
+    let mut uart = Some(Line { number, trigger });
     let mut overridden = false;
     for entry in madt_entries(madt) {
         let entry = entry?;
         let field = |at| u32_at(entry, at).ok_or(short);
         match (entry.first(), entry.len()) {
             (Some(1), 12..) => {
-                let io = IoApic {
-                    base: field(4)?.into(),
-                    gsi_base: field(8)?,
-                };
-                let _ = ioapics.try_push(io);
+                let (base, gsi_base) = (field(4)?.into(), field(8)?);
+                let _ = ioapics.try_push(IoApic { base, gsi_base });
             }
             // An override of bus 0 (ISA) IRQ 4; the first one counts.
             (Some(2), 10..) if entry.get(2..4) == Some(&[0, 4]) && !overridden => {
@@ -120,16 +102,20 @@ pub fn interrupt_hw<'a>(
 }
 
 /// The NUMA node of each memory range the SRAT describes, or `Ok(None)`
-/// when there is no SRAT (one node). `rsdp` as for [`cpu_count`].
+/// when there is no SRAT (one node). `rsdp` as for [`cpus`].
 pub fn numa_map<'a>(
     mem: &impl PhysReader<'a>,
     rsdp: Option<u64>,
 ) -> Result<Option<NumaMap>, &'static str> {
     let rsdp = rsdp_of(mem, rsdp)?;
-    match find_table(mem, rsdp, b"SRAT", "SRAT has a bad checksum or length")? {
-        Some(srat) => memory_affinity(srat).map(Some),
-        None => Ok(None),
-    }
+    let srat = find_table(mem, rsdp, b"SRAT", "SRAT has a bad checksum or length")?;
+    srat.map(memory_affinity).transpose()
+}
+
+/// The MADT, through the RSDP as for [`cpus`].
+fn madt<'a>(mem: &impl PhysReader<'a>, rsdp: Option<u64>) -> Result<&'a [u8], &'static str> {
+    let rsdp = rsdp_of(mem, rsdp)?;
+    find_table(mem, rsdp, b"APIC", "MADT has a bad checksum or length")?.ok_or("no MADT")
 }
 
 /// The RSDP the boot loader handed over if valid, else one found in the
@@ -192,13 +178,10 @@ fn find_table<'a>(
     invalid: &'static str,
 ) -> Result<Option<&'a [u8]>, &'static str> {
     let xsdt = u64_at(rsdp, 24).filter(|&a| a != 0);
+    let rsdt = u32_at(rsdp, 16).map(u64::from);
     let (root, entry_len, root_signature) = match xsdt {
         Some(addr) => (addr, 8, b"XSDT"),
-        None => (
-            u32_at(rsdp, 16).map(u64::from).ok_or("RSDP too short")?,
-            4,
-            b"RSDT",
-        ),
+        None => (rsdt.ok_or("RSDP too short")?, 4, b"RSDT"),
     };
     let root = table(mem, root).ok_or("root table (RSDT/XSDT) invalid")?;
     if root.get(..4) != Some(&root_signature[..]) {
@@ -251,21 +234,17 @@ fn memory_affinity(srat: &[u8]) -> Result<NumaMap, &'static str> {
         }
         let field = |at, what| u32_at(entry, at).ok_or(what);
         let (domain, flags) = (field(2, "SRAT domain")?, field(28, "SRAT flags")?);
-        let base = u64_at(entry, 8).ok_or("SRAT base")?;
+        let start = u64_at(entry, 8).ok_or("SRAT base")?;
         let size = u64_at(entry, 16).ok_or("SRAT length")?;
         if flags & 1 == 0 || size == 0 {
             continue;
         }
-        let end = base
+        let end = start
             .checked_add(size)
             .ok_or("SRAT memory range wraps around")?;
         let node = domains.node(domain);
         ranges
-            .try_push(NumaRange {
-                start: base,
-                end,
-                node,
-            })
+            .try_push(NumaRange { start, end, node })
             .map_err(|_| "SRAT has too many memory ranges")?;
     }
     NumaMap::build(ranges).map_err(|_| "SRAT memory ranges do not fit")
@@ -293,20 +272,24 @@ fn madt_entries(madt: &[u8]) -> impl Iterator<Item = Result<&[u8], &'static str>
     })
 }
 
-/// Counts enabled Processor Local APIC (type 0) and Local x2APIC (type 9)
-/// entries.
-fn count_enabled_cpus(madt: &[u8]) -> Result<usize, &'static str> {
-    let mut count = 0;
+/// Counts the enabled (flags bit 0) Processor Local APIC (type 0: id at
+/// 3, flags at 4) and Local x2APIC (type 9: id at 4, flags at 8) entries
+/// and lists their ids.
+fn enabled_cpus(madt: &[u8]) -> Result<Cpus, &'static str> {
+    let (mut count, mut ids) = (0, ArrayVec::new());
     for entry in madt_entries(madt) {
         let entry = entry?;
-        let flags = match (entry.first(), entry.len()) {
-            (Some(0), 8..) => u32_at(entry, 4),
-            (Some(9), 16..) => u32_at(entry, 8),
+        let cpu = match (entry.first(), entry.len()) {
+            (Some(0), 8..) => entry.get(3).map(|&id| u32::from(id)).zip(u32_at(entry, 4)),
+            (Some(9), 16..) => u32_at(entry, 4).zip(u32_at(entry, 8)),
             _ => None,
         };
-        count += usize::from(flags.is_some_and(|f| f & 1 != 0));
+        if let Some((id, _)) = cpu.filter(|&(_, flags)| flags & 1 != 0) {
+            count += 1;
+            let _ = ids.try_push(id.into());
+        }
     }
-    Ok(count)
+    Ok((count, ids))
 }
 
 #[cfg(test)]
@@ -391,6 +374,10 @@ mod tests {
         sdt(b"SRAT", SRAT_ENTRIES_OFFSET, entries)
     }
 
+    fn cpu_count(mem: &&Ram, rsdp: Option<u64>) -> Result<usize, &'static str> {
+        super::cpus(mem, rsdp).map(|(n, _)| n)
+    }
+
     fn cpus(ram: &Ram) -> Result<usize, &'static str> {
         cpu_count(&ram, Some(RSDP))
     }
@@ -427,6 +414,43 @@ mod tests {
             let ram = machine(xsdt, &[srat(&[]), m.clone()]);
             assert_eq!(cpus(&ram), Ok(3), "xsdt: {xsdt}");
         }
+    }
+
+    /// A Local APIC (type 0) or, if `id` does not fit a byte, a Local
+    /// x2APIC (type 9) entry.
+    fn apic(id: u32, flags: u32) -> Vec<u8> {
+        let mut e = match u8::try_from(id) {
+            Ok(id) => vec![0, 8, 0, id],
+            Err(_) => [&[9, 16, 0, 0][..], &id.to_le_bytes()].concat(),
+        };
+        e.extend(flags.to_le_bytes());
+        e.resize(e[1].into(), 0);
+        e
+    }
+
+    #[test]
+    fn madt_lists_the_ids_of_enabled_cpus() {
+        let ids = |entries: &[Vec<u8>]| {
+            let refs: Vec<&[u8]> = entries.iter().map(Vec::as_slice).collect();
+            let (n, ids) = super::cpus(&&machine(true, &[madt(&refs)]), Some(RSDP)).unwrap();
+            (n, ids.to_vec())
+        };
+        // Online-capable (bit 1) but not enabled: neither counted nor listed.
+        let got = ids(&[
+            apic(0, 1),
+            IOAPIC.into(),
+            apic(7, 2),
+            apic(0x100, 1),
+            apic(3, 3),
+        ]);
+        assert_eq!(got, (3, vec![0, 0x100, 3]));
+        let got = ids(&[X2APIC_ON.into(), LAPIC_OFF.into(), apic(u32::MAX, 1)]);
+        assert_eq!(got, (2, vec![0x100, 0xffff_ffff]));
+        // Past MAX_CPUS, counted but not listed.
+        let many: Vec<Vec<u8>> = (0..20).map(|i| apic(i * 2, 1)).collect();
+        let (n, listed) = ids(&many);
+        assert_eq!(n, 20);
+        assert_eq!(listed, (0..16).map(|i| i * 2).collect::<Vec<u64>>());
     }
 
     #[test]

@@ -7,7 +7,10 @@
 //! Extracted: memory nodes (`/memory*`, or any top-level node with
 //! `device_type = "memory"`), `/memreserve/` entries, `/reserved-memory`
 //! children, `/chosen` `bootargs` and `linux,initrd-start/end`, the CPU
-//! count (`/cpus/cpu*` whose `status` is absent or "okay"), and the NUMA
+//! count (`/cpus/cpu*` whose `status` is absent or "okay") and their ids
+//! (`reg`: one address of `/cpus` `#address-cells`, 1 or 2; a CPU whose
+//! `reg` is missing or not that is counted but not listed), the PSCI
+//! conduit (`method` of an `arm,psci*` node: "hvc" or "smc"), and the NUMA
 //! node of each memory range (a memory node's `numa-node-id`, a 32-bit
 //! node number, tags all of its `reg` ranges; numbers of
 //! [`numa::MAX_NODES`] or more share the last node). NUMA information is
@@ -26,12 +29,14 @@
 //! ignored. Malformed interrupt information leaves that part `None`; it
 //! never fails the parse.
 
+use super::BootInfoError::{self, Malformed, Missing, Truncated};
 use super::numa::{self, NumaMap, NumaRange};
 use super::{
-    BootInfo, BootInfoError, Controller, InterruptHw, Line, MAX_REGIONS, MemoryMap, MemoryRegion,
-    PhysReader, RegionKind, Trigger, Window, push,
+    BootInfo, Controller, InterruptHw, Line, MAX_REGIONS, MemoryMap, MemoryRegion, PhysReader,
+    Psci, RegionKind, Trigger, Window, push,
 };
 use arrayvec::ArrayVec;
+use core::ffi::CStr;
 
 const MAGIC: u32 = 0xd00d_feed;
 const HEADER_LEN: usize = 40;
@@ -60,16 +65,14 @@ fn be64(data: &[u8], off: usize) -> Option<u64> {
 /// hand to [`parse`].
 pub fn total_size(header: &[u8]) -> Result<usize, BootInfoError> {
     if header.len() < HEADER_LEN {
-        return Err(BootInfoError::Truncated("device tree header"));
+        return Err(Truncated("device tree header"));
     }
     if be32(header, 0) != Some(MAGIC) {
-        return Err(BootInfoError::Missing("device tree (bad magic)"));
+        return Err(Missing("device tree (bad magic)"));
     }
-    let size = be32(header, 4).ok_or(BootInfoError::Truncated("device tree header"))? as usize;
+    let size = be32(header, 4).ok_or(Truncated("device tree header"))? as usize;
     if size < HEADER_LEN {
-        return Err(BootInfoError::Malformed(
-            "device tree totalsize smaller than its header",
-        ));
+        return Err(Malformed("device tree totalsize smaller than its header"));
     }
     Ok(size)
 }
@@ -85,45 +88,73 @@ struct Blob<'a> {
 impl<'a> Blob<'a> {
     fn new(blob: &'a [u8]) -> Result<Blob<'a>, BootInfoError> {
         let size = total_size(blob)?;
-        let blob = blob.get(..size).ok_or(BootInfoError::Truncated(
-            "device tree shorter than its totalsize",
-        ))?;
+        let blob = blob
+            .get(..size)
+            .ok_or(Truncated("device tree shorter than its totalsize"))?;
         let field = |i: usize| be32(blob, 4 * i).map(|v| v as usize).unwrap_or(usize::MAX);
         let (off_struct, off_strings, off_rsvmap, version) =
             (field(2), field(3), field(4), field(5));
         if version < 17 {
-            return Err(BootInfoError::Malformed(
-                "device tree version older than 17",
-            ));
+            return Err(Malformed("device tree version older than 17"));
         }
         let (size_strings, size_struct) = (field(8), field(9));
         let block = |off: usize, len: usize, what| {
             off.checked_add(len)
                 .and_then(|end| blob.get(off..end))
-                .ok_or(BootInfoError::Truncated(what))
+                .ok_or(Truncated(what))
         };
         Ok(Blob {
             structs: block(off_struct, size_struct, "device tree structure block")?,
             strings: block(off_strings, size_strings, "device tree strings block")?,
             rsvmap: blob
                 .get(off_rsvmap..)
-                .ok_or(BootInfoError::Truncated("device tree reservation map"))?,
+                .ok_or(Truncated("device tree reservation map"))?,
         })
     }
 
-    fn string(&self, off: usize) -> Result<&'a str, BootInfoError> {
-        let s = self
-            .strings
-            .get(off..)
-            .ok_or(BootInfoError::Malformed("property name offset"))?;
-        cstr(s).ok_or(BootInfoError::Malformed("property name"))
+    /// The structure block's tokens up to `FDT_END`; stops after an error.
+    fn tokens(self) -> impl Iterator<Item = Result<Tok<'a>, BootInfoError>> {
+        let mut pos = Some(0);
+        core::iter::from_fn(move || {
+            let tok = self.token(pos.as_mut()?);
+            pos = pos.filter(|_| matches!(tok, Ok(Some(_))));
+            tok.transpose()
+        })
     }
 
-    fn tokens(self) -> Tokens<'a> {
-        Tokens {
-            dt: self,
-            pos: 0,
-            done: false,
+    /// The token at `*pos` (NOPs skipped), moving `*pos` past it.
+    fn token(&self, pos: &mut usize) -> Result<Option<Tok<'a>>, BootInfoError> {
+        let s = self.structs;
+        let align = |n: usize, what| n.checked_next_multiple_of(4).ok_or(Malformed(what));
+        loop {
+            let token = be32(s, *pos).ok_or(Truncated("structure block ends without FDT_END"))?;
+            let at = *pos + 4;
+            *pos = at;
+            return match token {
+                TOKEN_BEGIN_NODE => {
+                    let name = s.get(at..).and_then(cstr).ok_or(Malformed("node name"))?;
+                    *pos = align(at + name.len() + 1, "node name")?;
+                    Ok(Some(Tok::Begin(name)))
+                }
+                TOKEN_END_NODE => Ok(Some(Tok::End)),
+                TOKEN_PROP => {
+                    let len = be32(s, at).ok_or(Truncated("property"))? as usize;
+                    let name_off = be32(s, at + 4).ok_or(Truncated("property"))? as usize;
+                    let start = at + 8;
+                    let value = start
+                        .checked_add(len)
+                        .and_then(|end| s.get(start..end))
+                        .ok_or(Truncated("property value"))?;
+                    *pos = align(start + len, "property length")?;
+                    let name = self.strings.get(name_off..);
+                    let name = name.ok_or(Malformed("property name offset"))?;
+                    let name = cstr(name).ok_or(Malformed("property name"))?;
+                    Ok(Some(Tok::Prop(name, value)))
+                }
+                TOKEN_NOP => continue,
+                TOKEN_END => Ok(None),
+                _ => Err(Malformed("unknown structure token")),
+            };
         }
     }
 }
@@ -135,78 +166,9 @@ enum Tok<'a> {
     Prop(&'a str, &'a [u8]),
 }
 
-/// The structure block's tokens up to `FDT_END`; stops after an error.
-struct Tokens<'a> {
-    dt: Blob<'a>,
-    pos: usize,
-    done: bool,
-}
-
-impl<'a> Iterator for Tokens<'a> {
-    type Item = Result<Tok<'a>, BootInfoError>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        if self.done {
-            return None;
-        }
-        let tok = self.step();
-        self.done = !matches!(tok, Ok(Some(_)));
-        tok.transpose()
-    }
-}
-
-impl<'a> Tokens<'a> {
-    fn step(&mut self) -> Result<Option<Tok<'a>>, BootInfoError> {
-        let s = self.dt.structs;
-        loop {
-            let token = be32(s, self.pos).ok_or(BootInfoError::Truncated(
-                "structure block ends without FDT_END",
-            ))?;
-            let pos = self.pos + 4;
-            self.pos = pos;
-            return match token {
-                TOKEN_BEGIN_NODE => {
-                    let name = s
-                        .get(pos..)
-                        .and_then(cstr)
-                        .ok_or(BootInfoError::Malformed("node name"))?;
-                    self.pos = align4(pos + name.len() + 1)
-                        .ok_or(BootInfoError::Malformed("node name"))?;
-                    Ok(Some(Tok::Begin(name)))
-                }
-                TOKEN_END_NODE => Ok(Some(Tok::End)),
-                TOKEN_PROP => {
-                    let len = be32(s, pos).ok_or(BootInfoError::Truncated("property"))? as usize;
-                    let name_off =
-                        be32(s, pos + 4).ok_or(BootInfoError::Truncated("property"))? as usize;
-                    let start = pos + 8;
-                    let value = start
-                        .checked_add(len)
-                        .and_then(|end| s.get(start..end))
-                        .ok_or(BootInfoError::Truncated("property value"))?;
-                    self.pos =
-                        align4(start + len).ok_or(BootInfoError::Malformed("property length"))?;
-                    Ok(Some(Tok::Prop(self.dt.string(name_off)?, value)))
-                }
-                TOKEN_NOP => continue,
-                TOKEN_END => Ok(None),
-                _ => Err(BootInfoError::Malformed("unknown structure token")),
-            };
-        }
-    }
-}
-
 /// The NUL-terminated UTF-8 string at the start of `data`.
 fn cstr(data: &[u8]) -> Option<&str> {
-    let end = data.iter().position(|&b| b == 0)?;
-    core::str::from_utf8(data.get(..end)?).ok()
-}
-
-const fn align4(n: usize) -> Option<usize> {
-    match n.checked_add(3) {
-        Some(v) => Some(v & !3),
-        None => None,
-    }
+    CStr::from_bytes_until_nul(data).ok()?.to_str().ok()
 }
 
 /// What a node is, for the few nodes the kernel cares about.
@@ -233,6 +195,8 @@ struct Node<'a> {
     reg: Option<&'a [u8]>,
     /// A well-formed `numa-node-id`.
     numa_node: Option<u32>,
+    /// The PSCI node's `method`.
+    method: Option<&'a str>,
     dev: Dev<'a>,
 }
 
@@ -245,6 +209,7 @@ impl Node<'_> {
             enabled: true,
             reg: None,
             numa_node: None,
+            method: None,
             dev: Dev::default(),
         }
     }
@@ -296,9 +261,8 @@ impl<'a> Dev<'a> {
     }
 
     fn is(&self, names: &[&str]) -> bool {
-        self.compatible
-            .split(|&b| b == 0)
-            .any(|c| names.iter().any(|n| n.as_bytes() == c))
+        let mut compatible = self.compatible.split(|&b| b == 0);
+        compatible.any(|c| names.iter().any(|n| n.as_bytes() == c))
     }
 
     /// Entry `index` of `interrupts`, read as `ctl`'s specifier.
@@ -333,10 +297,8 @@ impl<'a> Dev<'a> {
             8 => (true, true),
             _ => return None,
         };
-        Some(Line {
-            number,
-            trigger: Trigger { level, active_low },
-        })
+        let trigger = Trigger { level, active_low };
+        Some(Line { number, trigger })
     }
 }
 
@@ -387,15 +349,12 @@ impl<'a> IrqScan<'a> {
                     .and_then(|c| u32::try_from(c).ok()),
                 Some(_) => None,
             };
-            Some(
-                w0.zip(dev.ndev)
-                    .zip(context)
-                    .map(|((regs, sources), context)| Controller::Plic {
-                        regs,
-                        sources,
-                        context,
-                    }),
-            )
+            let plic = w0.zip(dev.ndev).zip(context);
+            Some(plic.map(|((regs, sources), context)| Controller::Plic {
+                regs,
+                sources,
+                context,
+            }))
         } else {
             None
         };
@@ -442,8 +401,7 @@ impl<'a> IrqScan<'a> {
 fn stdout_node<'a>(dt: Blob<'a>, stdout: &'a str) -> Option<Dev<'a>> {
     let mut path = stdout.split(':').next().unwrap_or(stdout);
     if !path.starts_with('/') {
-        let alias = path;
-        path = "";
+        let alias = core::mem::take(&mut path);
         node_props(dt, "/aliases", |name, value| {
             if name == alias {
                 path = cstr(value).unwrap_or("");
@@ -490,13 +448,16 @@ fn node_props<'a>(dt: Blob<'a>, path: &str, mut f: impl FnMut(&'a str, &'a [u8])
     false
 }
 
+/// The length in bytes of a `reg` entry of `(address, size)` cells;
+/// `None` for cells other than 1–2 address and 0–2 size cells.
+fn reg_len((ac, sc): (u32, u32)) -> Option<usize> {
+    ((1..=2).contains(&ac) && sc <= 2).then_some(4 * (ac + sc) as usize)
+}
+
 /// Entry `i` of a `reg` property as `(address, size)`; `None` past its end
-/// or for cells other than 1–2 address and 0–2 size cells.
+/// or for unsupported cells (see [`reg_len`]).
 fn reg_entry(reg: &[u8], (ac, sc): (u32, u32), i: usize) -> Option<(u64, u64)> {
-    if !(1..=2).contains(&ac) || sc > 2 {
-        return None;
-    }
-    let off = i.checked_mul(4 * (ac + sc) as usize)?;
+    let off = i.checked_mul(reg_len((ac, sc))?)?;
     let read = |off: usize, cells| match cells {
         0 => Some(0),
         1 => be32(reg, off).map(u64::from),
@@ -512,22 +473,14 @@ fn push_reg(
     kind: RegionKind,
     out: &mut RawRegions,
 ) -> Result<(), BootInfoError> {
-    let (ac, sc) = cells;
-    if !(1..=2).contains(&ac) || sc > 2 {
-        return Err(BootInfoError::Malformed(
-            "unsupported #address-cells/#size-cells",
-        ));
-    }
-    let entry = 4 * (ac + sc) as usize;
+    let entry = reg_len(cells).ok_or(Malformed("unsupported #address-cells/#size-cells"))?;
     if !reg.len().is_multiple_of(entry) {
-        return Err(BootInfoError::Malformed(
-            "reg length is not a whole number of entries",
-        ));
+        return Err(Malformed("reg length is not a whole number of entries"));
     }
     for i in 0..reg.len() / entry {
-        let (addr, size) = reg_entry(reg, cells, i).ok_or(BootInfoError::Truncated("reg"))?;
-        let region = MemoryRegion::from_len(addr, size, kind)
-            .ok_or(BootInfoError::Malformed("reg range wraps around"))?;
+        let (addr, size) = reg_entry(reg, cells, i).ok_or(Truncated("reg"))?;
+        let region =
+            MemoryRegion::from_len(addr, size, kind).ok_or(Malformed("reg range wraps around"))?;
         push(out, region)?;
     }
     Ok(())
@@ -550,7 +503,7 @@ pub fn parse_at<'a>(
     mem: &impl PhysReader<'a>,
     kernel: MemoryRegion,
 ) -> Result<BootInfo<'a>, BootInfoError> {
-    const MISSING: BootInfoError = BootInfoError::Missing("device tree");
+    const MISSING: BootInfoError = Missing("device tree");
     // The specification requires 8-byte alignment.
     if phys == 0 || !phys.is_multiple_of(8) {
         return Err(MISSING);
@@ -558,19 +511,13 @@ pub fn parse_at<'a>(
     let header = mem.bytes(phys, HEADER_LEN as u64).ok_or(MISSING)?;
     let size = total_size(header)? as u64;
     if size > MAX_SIZE {
-        return Err(BootInfoError::Malformed("device tree larger than 2 MiB"));
+        return Err(Malformed("device tree larger than 2 MiB"));
     }
-    let blob = mem.bytes(phys, size).ok_or(BootInfoError::Truncated(
-        "device tree runs into unreadable memory",
-    ))?;
-    let reserved = [
-        kernel,
-        MemoryRegion {
-            start: phys,
-            end: phys + size,
-            kind: RegionKind::BootInfo,
-        },
-    ];
+    let blob = mem
+        .bytes(phys, size)
+        .ok_or(Truncated("device tree runs into unreadable memory"))?;
+    let (start, end, kind) = (phys, phys + size, RegionKind::BootInfo);
+    let reserved = [kernel, MemoryRegion { start, end, kind }];
     parse(blob, "devicetree", &reserved)
 }
 
@@ -588,28 +535,27 @@ pub fn parse<'a>(
     }
 
     // Memory reservation block: (address, size) pairs ending in (0, 0).
-    let mut off = 0;
-    loop {
-        let addr = be64(dt.rsvmap, off).ok_or(BootInfoError::Truncated("reservation map"))?;
-        let size = be64(dt.rsvmap, off + 8).ok_or(BootInfoError::Truncated("reservation map"))?;
-        if addr == 0 && size == 0 {
+    for off in (0..).step_by(16) {
+        let entry = be64(dt.rsvmap, off).zip(be64(dt.rsvmap, off + 8));
+        let (addr, size) = entry.ok_or(Truncated("reservation map"))?;
+        if (addr, size) == (0, 0) {
             break;
         }
         let r = MemoryRegion::from_len(addr, size, RegionKind::Reserved)
-            .ok_or(BootInfoError::Malformed("reservation wraps around"))?;
+            .ok_or(Malformed("reservation wraps around"))?;
         push(&mut regions, r)?;
-        off += 16;
     }
 
     let mut stack: ArrayVec<Node<'a>, MAX_DEPTH> = ArrayVec::new();
     let mut cmdline = "";
     let (mut initrd_start, mut initrd_end) = (None, None);
-    let mut cpus = 0usize;
+    let (mut cpus, mut cpu_ids, mut psci) = (0usize, ArrayVec::new(), None);
     let mut timebase_hz = None;
     // `None` once there were too many NUMA ranges to keep.
     let mut numa_raw: Option<ArrayVec<NumaRange, { numa::MAX_RAW_NUMA_RANGES }>> =
         Some(ArrayVec::new());
     let mut irq = IrqScan::default();
+    let cells = |value: &[u8], what| be32(value, 0).ok_or(Malformed(what));
     for tok in dt.tokens() {
         match tok? {
             Tok::Begin(name) => {
@@ -627,12 +573,10 @@ pub fn parse<'a>(
                 };
                 stack
                     .try_push(Node::new(role, base))
-                    .map_err(|_| BootInfoError::Malformed("device tree nested too deeply"))?;
+                    .map_err(|_| Malformed("device tree nested too deeply"))?;
             }
             Tok::End => {
-                let node = stack
-                    .pop()
-                    .ok_or(BootInfoError::Malformed("unbalanced end of node"))?;
+                let node = stack.pop().ok_or(Malformed("unbalanced end of node"))?;
                 let parent_cells = stack.last().map_or((2, 1), |p| p.child_cells);
                 let kind = match node.role {
                     Role::TopLevel if node.is_memory_type => Some(RegionKind::Usable),
@@ -642,76 +586,74 @@ pub fn parse<'a>(
                 if let (Some(kind), Some(reg), true) = (kind, node.reg, node.enabled) {
                     let first = regions.len();
                     push_reg(reg, parent_cells, kind, &mut regions)?;
-                    if let (RegionKind::Usable, Some(id)) = (kind, node.numa_node) {
-                        for r in regions.get(first..).unwrap_or_default() {
-                            let range = NumaRange {
-                                start: r.start,
-                                end: r.end,
-                                node: numa::cap_node(id),
-                            };
-                            if numa_raw
-                                .as_mut()
-                                .is_some_and(|v| v.try_push(range).is_err())
-                            {
-                                numa_raw = None;
-                            }
+                    if kind == RegionKind::Usable
+                        && let (Some(id), Some(raw)) = (node.numa_node, numa_raw.as_mut())
+                    {
+                        let node = numa::cap_node(id);
+                        let new = regions.get(first..).unwrap_or_default().iter();
+                        let tag = |&MemoryRegion { start, end, .. }| NumaRange { start, end, node };
+                        if new.map(tag).try_for_each(|r| raw.try_push(r)).is_err() {
+                            numa_raw = None;
                         }
                     }
                 }
                 if node.role == Role::Cpu && node.enabled {
                     cpus += 1;
+                    let one = reg_len(parent_cells);
+                    if let Some(reg) = node.reg.filter(|r| Some(r.len()) == one)
+                        && let Some((id, _)) = reg_entry(reg, parent_cells, 0)
+                    {
+                        let _ = cpu_ids.try_push(id);
+                    }
+                }
+                let mut compatible = node.dev.compatible.split(|&b| b == 0);
+                if node.enabled && compatible.any(|c| c.starts_with(b"arm,psci")) {
+                    psci = psci.or(match node.method {
+                        Some("hvc") => Some(Psci::Hvc),
+                        Some("smc") => Some(Psci::Smc),
+                        _ => None,
+                    });
                 }
                 irq.node(&node, parent_cells);
             }
             Tok::Prop(name, value) => {
                 let node = stack
                     .last_mut()
-                    .ok_or(BootInfoError::Malformed("property outside a node"))?;
+                    .ok_or(Malformed("property outside a node"))?;
+                let (top, chosen) = (node.role == Role::TopLevel, node.role == Role::Chosen);
                 match name {
-                    "#address-cells" => {
-                        node.child_cells.0 =
-                            be32(value, 0).ok_or(BootInfoError::Malformed("#address-cells"))?
-                    }
-                    "#size-cells" => {
-                        node.child_cells.1 =
-                            be32(value, 0).ok_or(BootInfoError::Malformed("#size-cells"))?
-                    }
+                    "#address-cells" => node.child_cells.0 = cells(value, "#address-cells")?,
+                    "#size-cells" => node.child_cells.1 = cells(value, "#size-cells")?,
                     "reg" => node.reg = Some(value),
+                    "method" => node.method = cstr(value),
                     "numa-node-id" => {
                         node.numa_node = (value.len() == 4).then(|| be32(value, 0)).flatten();
-                        if node.numa_node.is_none() && node.role == Role::TopLevel {
+                        if node.numa_node.is_none() && top {
                             log::warn!("device tree: numa-node-id is not 4 bytes; ignored");
                         }
                     }
-                    "device_type" => {
-                        node.is_memory_type |=
-                            node.role == Role::TopLevel && cstr(value) == Some("memory")
-                    }
+                    "device_type" => node.is_memory_type |= top && cstr(value) == Some("memory"),
                     "status" => node.enabled = matches!(cstr(value), Some("okay" | "ok")),
                     // In `/cpus` (or, on some boards, each `cpu`): the
                     // first one found is taken.
                     "timebase-frequency" if matches!(node.role, Role::Cpus | Role::Cpu) => {
                         timebase_hz = timebase_hz.or(prop_u32_or_u64(value)).filter(|&hz| hz > 0);
                     }
-                    "bootargs" if node.role == Role::Chosen => {
+                    "bootargs" if chosen => {
                         let text = value.split(|&b| b == 0).next().unwrap_or(&[]);
                         cmdline = core::str::from_utf8(text)
                             .map_err(|_| BootInfoError::CmdlineNotUtf8)?;
                     }
-                    "linux,initrd-start" if node.role == Role::Chosen => {
-                        initrd_start = prop_u32_or_u64(value)
-                    }
-                    "linux,initrd-end" if node.role == Role::Chosen => {
-                        initrd_end = prop_u32_or_u64(value)
-                    }
-                    "stdout-path" if node.role == Role::Chosen => irq.stdout = cstr(value),
+                    "linux,initrd-start" if chosen => initrd_start = prop_u32_or_u64(value),
+                    "linux,initrd-end" if chosen => initrd_end = prop_u32_or_u64(value),
+                    "stdout-path" if chosen => irq.stdout = cstr(value),
                     _ => node.dev.prop(name, value),
                 }
             }
         }
     }
     if !stack.is_empty() {
-        return Err(BootInfoError::Malformed("FDT_END inside a node"));
+        return Err(Malformed("FDT_END inside a node"));
     }
     if let (Some(start), Some(end)) = (initrd_start, initrd_end)
         && start < end
@@ -735,6 +677,8 @@ pub fn parse<'a>(
         memory: MemoryMap::build(regions)?,
         cmdline,
         cpu_count: cpus.max(1),
+        cpu_ids,
+        psci,
         numa,
         timebase_hz,
         irq: irq.finish(dt),
@@ -1051,6 +995,57 @@ mod tests {
         assert_eq!((other.timer, other.uart), (good.timer, None));
         let spi = with(&gic_reg, &timer, &[("interrupts", &[0, 988, 4])]);
         assert_eq!(spi.uart, None);
+    }
+
+    #[test]
+    fn cpu_ids_and_psci_conduit() {
+        let blobs = [QEMU_GICV2, QEMU_GICV3, QEMU_RISCV, &virt_like(2, true)];
+        let psci = [Some(Psci::Hvc), Some(Psci::Hvc), None, None];
+        for (blob, psci) in blobs.into_iter().zip(psci) {
+            let info = parse(blob, "devicetree", &[]).unwrap();
+            assert_eq!((&info.cpu_ids[..], info.psci), (&[0, 1][..], psci));
+        }
+        // Two-cell MPIDRs; a disabled CPU; CPUs without a `reg`, with a
+        // short or an oversized one (counted, not listed); PSCI by `smc`,
+        // and a `method` on a node that is not PSCI.
+        let cpus = |w: &mut FdtWriter, cells: u32, cpus: &[(&str, &[u32])]| {
+            let n = w.begin_node("cpus").unwrap();
+            w.property_u32("#address-cells", cells).unwrap();
+            w.property_u32("#size-cells", 0).unwrap();
+            for (name, reg) in cpus {
+                let cpu = w.begin_node(name).unwrap();
+                if name.ends_with("off") {
+                    w.property_string("status", "disabled").unwrap();
+                }
+                if !reg.is_empty() {
+                    w.property_array_u32("reg", reg).unwrap();
+                }
+                w.end_node(cpu).unwrap();
+            }
+            w.end_node(n).unwrap();
+        };
+        let blob = tree(|w| {
+            for (name, compatible, method) in [("x", "y", "hvc"), ("psci", "arm,psci-0.2", "smc")] {
+                let n = w.begin_node(name).unwrap();
+                w.property_string("compatible", compatible).unwrap();
+                w.property_string("method", method).unwrap();
+                w.end_node(n).unwrap();
+            }
+            #[rustfmt::skip]
+            cpus(w, 2, &[("cpu@0", &[0, 0]), ("cpu@off", &[0, 7]), ("cpu@1", &[]),
+                ("cpu@2", &[2]), ("cpu@3", &[0, 3, 0]), ("cpu@100000100", &[1, 0x100])]);
+        });
+        let info = parse(&blob, "devicetree", &[]).unwrap();
+        assert_eq!(info.cpu_count, 5);
+        assert_eq!(&info.cpu_ids[..], &[0, 0x1_0000_0100]);
+        assert_eq!(info.psci, Some(Psci::Smc));
+        // Ids of more than two cells are not listed either.
+        let blob = tree(|w| cpus(w, 3, &[("cpu@0", &[0, 0, 1])]));
+        let info = parse(&blob, "devicetree", &[]).unwrap();
+        assert_eq!(
+            (info.cpu_count, info.cpu_ids.len(), info.psci),
+            (1, 0, None)
+        );
     }
 
     fn kinds_at(info: &BootInfo<'_>, addr: u64) -> Option<RegionKind> {

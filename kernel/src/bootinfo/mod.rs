@@ -89,11 +89,8 @@ pub struct MemoryRegion {
 impl MemoryRegion {
     /// A region from a start address and a length; `None` if it wraps.
     pub fn from_len(start: u64, len: u64, kind: RegionKind) -> Option<MemoryRegion> {
-        Some(MemoryRegion {
-            start,
-            end: start.checked_add(len)?,
-            kind,
-        })
+        let end = start.checked_add(len)?;
+        Some(MemoryRegion { start, end, kind })
     }
 
     /// Length in bytes.
@@ -128,16 +125,26 @@ pub enum BootInfoError {
 impl core::fmt::Display for BootInfoError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
-            BootInfoError::Missing(what) => write!(f, "boot information missing: {what}"),
-            BootInfoError::Truncated(what) => write!(f, "boot information truncated: {what}"),
-            BootInfoError::Malformed(what) => write!(f, "boot information malformed: {what}"),
-            BootInfoError::NoMemoryMap => write!(f, "no usable memory reported by the firmware"),
-            BootInfoError::TooManyRegions => {
-                write!(f, "memory map has more than {MAX_REGIONS} regions")
-            }
-            BootInfoError::CmdlineNotUtf8 => write!(f, "kernel command line is not UTF-8"),
+            Self::Missing(what) => write!(f, "boot information missing: {what}"),
+            Self::Truncated(what) => write!(f, "boot information truncated: {what}"),
+            Self::Malformed(what) => write!(f, "boot information malformed: {what}"),
+            Self::NoMemoryMap => write!(f, "no usable memory reported by the firmware"),
+            Self::TooManyRegions => write!(f, "memory map has more than {MAX_REGIONS} regions"),
+            Self::CmdlineNotUtf8 => write!(f, "kernel command line is not UTF-8"),
         }
     }
+}
+
+/// The little-endian `u32` at `off` in `b`, if it lies inside.
+fn u32_at(b: &[u8], off: usize) -> Option<u32> {
+    let bytes = b.get(off..off.checked_add(4)?)?;
+    Some(u32::from_le_bytes(bytes.try_into().ok()?))
+}
+
+/// The little-endian `u64` at `off` in `b`, if it lies inside.
+fn u64_at(b: &[u8], off: usize) -> Option<u64> {
+    let bytes = b.get(off..off.checked_add(8)?)?;
+    Some(u64::from_le_bytes(bytes.try_into().ok()?))
 }
 
 /// Appends `r` to `regions`; [`BootInfoError::TooManyRegions`] if full.
@@ -148,6 +155,19 @@ fn push<const N: usize>(
     regions
         .try_push(r)
         .map_err(|_| BootInfoError::TooManyRegions)
+}
+
+/// The elementary intervals `(start, end)` of `ranges`, in address order:
+/// the pieces between consecutive distinct boundaries, over each of which
+/// the set of covering ranges is constant. `N` holds every boundary.
+fn elementary<const N: usize>(
+    ranges: impl Iterator<Item = (u64, u64)>,
+) -> impl Iterator<Item = (u64, u64)> {
+    let mut bounds: ArrayVec<u64, N> = ranges.flat_map(|(start, end)| [start, end]).collect();
+    bounds.sort_unstable();
+    (1..bounds.len())
+        .map(move |i| (bounds[i - 1], bounds[i]))
+        .filter(|(lo, hi)| lo != hi)
 }
 
 /// The normalised physical memory map (see the module invariants).
@@ -168,31 +188,12 @@ impl MemoryMap {
         for r in raw.into_iter().filter(|r| !r.is_empty()) {
             push(&mut input, r)?;
         }
-        // Elementary intervals: between consecutive distinct boundaries the
-        // set of covering input regions is constant.
-        let mut bounds: ArrayVec<u64, { 4 * MAX_REGIONS }> = ArrayVec::new();
-        for r in &input {
-            bounds.push(r.start);
-            bounds.push(r.end);
-        }
-        bounds.sort_unstable();
         let mut map = MemoryMap::default();
-        for pair in bounds.windows(2) {
-            let (lo, hi) = (pair[0], pair[1]);
-            if lo == hi {
-                continue;
-            }
-            let kind = input
-                .iter()
-                .filter(|r| r.start <= lo && hi <= r.end)
-                .map(|r| r.kind)
-                .max();
-            if let Some(kind) = kind {
-                map.push_merged(MemoryRegion {
-                    start: lo,
-                    end: hi,
-                    kind,
-                })?;
+        let bounds = input.iter().map(|r| (r.start, r.end));
+        for (start, end) in elementary::<{ 4 * MAX_REGIONS }>(bounds) {
+            let covering = input.iter().filter(|r| r.start <= start && end <= r.end);
+            if let Some(kind) = covering.map(|r| r.kind).max() {
+                map.push_merged(MemoryRegion { start, end, kind })?;
             }
         }
         map.align_usable();
@@ -216,16 +217,11 @@ impl MemoryMap {
     /// Shrinks usable regions to whole pages; a usable region with no whole
     /// page left is dropped (its bytes are simply not reported).
     fn align_usable(&mut self) {
-        for r in self
-            .regions
-            .iter_mut()
-            .filter(|r| r.kind == RegionKind::Usable)
-        {
-            r.start = r
-                .start
-                .checked_next_multiple_of(PAGE_SIZE)
-                .unwrap_or(u64::MAX);
-            r.end = r.end / PAGE_SIZE * PAGE_SIZE;
+        for r in self.regions.iter_mut() {
+            if r.kind == RegionKind::Usable {
+                let start = r.start.checked_next_multiple_of(PAGE_SIZE);
+                (r.start, r.end) = (start.unwrap_or(u64::MAX), r.end / PAGE_SIZE * PAGE_SIZE);
+            }
         }
         self.regions.retain(|r| r.start < r.end);
     }
@@ -276,6 +272,13 @@ pub struct BootInfo<'a> {
     pub cmdline: &'a str,
     /// Number of CPUs the firmware describes (at least 1).
     pub cpu_count: usize,
+    /// Hardware ids of the enabled CPUs the firmware describes, in its
+    /// order, at most [`MAX_CPUS`] (x86 local APIC ids from the MADT,
+    /// AArch64 MPIDR affinity values and RISC-V hart ids from the device
+    /// tree's `/cpus/cpu@*` `reg`); empty when the firmware lists none.
+    pub cpu_ids: ArrayVec<u64, MAX_CPUS>,
+    /// How to call PSCI (AArch64: the device tree's `/psci` `method`).
+    pub psci: Option<Psci>,
     /// NUMA node of each memory range (ACPI SRAT, device-tree
     /// `numa-node-id`); empty when the firmware describes none (one node).
     pub numa: NumaMap,
@@ -286,6 +289,18 @@ pub struct BootInfo<'a> {
     /// The interrupt hardware the firmware describes (ACPI MADT, device
     /// tree); `Default` (nothing) when it describes none.
     pub irq: InterruptHw,
+}
+
+/// The most CPUs Keel runs on (more are reported and left off).
+pub const MAX_CPUS: usize = 16;
+
+/// The PSCI conduit (AArch64 firmware calls for CPU bring-up).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Psci {
+    /// `hvc #0` (firmware in EL2, QEMU's default at EL1).
+    Hvc,
+    /// `smc #0` (firmware in EL3).
+    Smc,
 }
 
 /// A physical register window: `(base, length)` in bytes.
@@ -375,10 +390,9 @@ impl InterruptHw {
         let mut out = ArrayVec::new();
         match &self.controller {
             Some(Controller::Apic { lapic, ioapics }) => {
-                out.push((*lapic, PAGE_SIZE));
-                for io in ioapics.iter().take(7) {
-                    out.push((io.base, PAGE_SIZE));
-                }
+                let bases =
+                    core::iter::once(*lapic).chain(ioapics.iter().take(7).map(|io| io.base));
+                out.extend(bases.map(|base| (base, PAGE_SIZE)));
             }
             Some(Controller::GicV2 { dist, cpu }) => out.extend([*dist, *cpu]),
             Some(Controller::GicV3 { dist, redist }) => out.extend([*dist, *redist]),

@@ -12,8 +12,10 @@
 //! memory-map array, command-line strings, the module list) are reserved as
 //! [`RegionKind::BootInfo`]; modules as [`RegionKind::BootModule`].
 
-use super::{BootInfoError, MAX_REGIONS, MemoryMap, MemoryRegion, PhysReader, RegionKind, push};
+use super::BootInfoError::{self, Malformed, Missing, Truncated};
+use super::{MAX_REGIONS, MemoryMap, MemoryRegion, PhysReader, RegionKind, push, u32_at, u64_at};
 use arrayvec::ArrayVec;
+use core::ffi::CStr;
 
 /// `eax` at entry from a Multiboot 1 loader.
 pub const MB1_BOOTLOADER_MAGIC: u32 = 0x2bad_b002;
@@ -44,6 +46,9 @@ pub struct Multiboot<'a> {
 }
 
 type RawRegions = ArrayVec<MemoryRegion, { 2 * MAX_REGIONS }>;
+const UNTERMINATED: BootInfoError = Malformed("string not NUL-terminated");
+const NOT_MULTIBOOT: BootInfoError =
+    Missing("Multiboot magic (not started by a Multiboot boot loader)");
 
 /// Parses the information a Multiboot loader left at physical `info` and
 /// signalled with `magic`. `kernel` is the kernel image's physical range,
@@ -55,23 +60,14 @@ pub fn parse<'a>(
     kernel: MemoryRegion,
 ) -> Result<Multiboot<'a>, BootInfoError> {
     if info == 0 && (magic == MB1_BOOTLOADER_MAGIC || magic == MB2_BOOTLOADER_MAGIC) {
-        return Err(BootInfoError::Missing(
-            "Multiboot information pointer is null",
-        ));
+        return Err(Missing("Multiboot information pointer is null"));
     }
     let mut raw = RawRegions::new();
     push(&mut raw, kernel)?;
-    let (protocol, cmdline, rsdp) = match magic {
-        MB1_BOOTLOADER_MAGIC => ("multiboot1", parse_mb1(info, mem, &mut raw)?, None),
-        MB2_BOOTLOADER_MAGIC => {
-            let (cmdline, rsdp) = parse_mb2(info, mem, &mut raw)?;
-            ("multiboot2", cmdline, rsdp)
-        }
-        _ => {
-            return Err(BootInfoError::Missing(
-                "Multiboot magic (not started by a Multiboot boot loader)",
-            ));
-        }
+    let (protocol, (cmdline, rsdp)) = match magic {
+        MB1_BOOTLOADER_MAGIC => ("multiboot1", (parse_mb1(info, mem, &mut raw)?, None)),
+        MB2_BOOTLOADER_MAGIC => ("multiboot2", parse_mb2(info, mem, &mut raw)?),
+        _ => return Err(NOT_MULTIBOOT),
     };
     let cmdline = core::str::from_utf8(cmdline).map_err(|_| BootInfoError::CmdlineNotUtf8)?;
     Ok(Multiboot {
@@ -84,18 +80,8 @@ pub fn parse<'a>(
 
 fn reserve(raw: &mut RawRegions, start: u64, len: u64) -> Result<(), BootInfoError> {
     let r = MemoryRegion::from_len(start, len, RegionKind::BootInfo)
-        .ok_or(BootInfoError::Malformed("boot information range wraps"))?;
+        .ok_or(Malformed("boot information range wraps"))?;
     push(raw, r)
-}
-
-fn u32_at(b: &[u8], off: usize) -> Option<u32> {
-    let bytes = b.get(off..off.checked_add(4)?)?;
-    Some(u32::from_le_bytes(bytes.try_into().ok()?))
-}
-
-fn u64_at(b: &[u8], off: usize) -> Option<u64> {
-    let bytes = b.get(off..off.checked_add(8)?)?;
-    Some(u64::from_le_bytes(bytes.try_into().ok()?))
 }
 
 /// A firmware memory-map type (the same codes in Multiboot 1, 2 and E820).
@@ -110,31 +96,24 @@ fn region_kind(ty: u32) -> RegionKind {
 }
 
 /// The NUL-terminated string at physical `addr` (without the NUL), read
-/// at most [`MAX_STRING`] bytes far.
-fn c_string<'a>(mem: &impl PhysReader<'a>, addr: u64) -> Result<&'a [u8], BootInfoError> {
+/// at most [`MAX_STRING`] bytes far; reserves it (with the NUL).
+fn c_string<'a>(
+    mem: &impl PhysReader<'a>,
+    addr: u64,
+    raw: &mut RawRegions,
+) -> Result<&'a [u8], BootInfoError> {
+    const UNREADABLE: BootInfoError = Truncated("string runs off readable memory");
     for len in 0..MAX_STRING as u64 {
-        let at = addr.checked_add(len).ok_or(BootInfoError::Truncated(
-            "string runs off the address space",
-        ))?;
-        let byte = mem
-            .bytes(at, 1)
-            .ok_or(BootInfoError::Truncated("string runs off readable memory"))?;
-        if byte.first() == Some(&0) {
-            return mem
-                .bytes(addr, len)
-                .ok_or(BootInfoError::Truncated("string runs off readable memory"));
+        let at = addr
+            .checked_add(len)
+            .ok_or(Truncated("string runs off the address space"))?;
+        if mem.bytes(at, 1).ok_or(UNREADABLE)?.first() == Some(&0) {
+            let s = mem.bytes(addr, len).ok_or(UNREADABLE)?;
+            reserve(raw, addr, len + 1)?;
+            return Ok(s);
         }
     }
-    Err(BootInfoError::Malformed("string not NUL-terminated"))
-}
-
-/// The NUL-terminated string in `b` (without the NUL).
-fn c_string_in(b: &[u8]) -> Result<&[u8], BootInfoError> {
-    let nul = b
-        .iter()
-        .position(|&c| c == 0)
-        .ok_or(BootInfoError::Malformed("string not NUL-terminated"))?;
-    Ok(b.get(..nul).unwrap_or_default())
+    Err(UNTERMINATED)
 }
 
 /// Drops the first word (the kernel image path) of a Multiboot 1 command
@@ -142,10 +121,7 @@ fn c_string_in(b: &[u8]) -> Result<&[u8], BootInfoError> {
 /// "<image> <arguments>"; GRUB 2's `multiboot` command passes only the
 /// arguments, so the caller skips this for it.
 fn strip_image_path(cmdline: &[u8]) -> &[u8] {
-    let rest = match cmdline.iter().position(|&c| c == b' ') {
-        Some(i) => cmdline.get(i..).unwrap_or_default(),
-        None => &[],
-    };
+    let rest = cmdline.splitn(2, |&c| c == b' ').nth(1).unwrap_or_default();
     let start = rest.iter().position(|&c| c != b' ').unwrap_or(rest.len());
     rest.get(start..).unwrap_or_default()
 }
@@ -167,7 +143,7 @@ fn parse_mb1<'a>(
     let flags = mem
         .bytes(info, 4)
         .and_then(|b| u32_at(b, 0))
-        .ok_or(BootInfoError::Truncated("Multiboot information unreadable"))?;
+        .ok_or(Truncated("Multiboot information unreadable"))?;
     let len = MB1_FIELD_END
         .iter()
         .enumerate()
@@ -177,25 +153,17 @@ fn parse_mb1<'a>(
         .unwrap_or(4);
     let mbi = mem
         .bytes(info, len)
-        .ok_or(BootInfoError::Truncated("Multiboot information structure"))?;
+        .ok_or(Truncated("Multiboot information structure"))?;
     reserve(raw, info, len)?;
-    let field = |off| {
-        u32_at(mbi, off)
-            .map(u64::from)
-            .ok_or(BootInfoError::Truncated("field"))
-    };
+    let field = |off| u32_at(mbi, off).map(u64::from).ok_or(Truncated("field"));
 
     if flags & MB1_MMAP != 0 {
         let (length, addr) = (field(44)?, field(48)?);
         mb1_mmap(mem, addr, length, raw)?;
     } else if flags & MB1_MEM != 0 {
-        let (lower_kib, upper_kib) = (field(4)?, field(8)?);
-        push_usable(raw, 0, lower_kib * 1024)?;
-        push_usable(raw, 1 << 20, upper_kib * 1024)?;
+        push_meminfo(raw, field(4)?, field(8)?)?;
     } else {
-        return Err(BootInfoError::Missing(
-            "Multiboot 1 memory map (flags bits 0 and 6 clear)",
-        ));
+        return Err(Missing("Multiboot 1 memory map (flags bits 0 and 6 clear)"));
     }
 
     if flags & MB1_MODS != 0 {
@@ -205,34 +173,25 @@ fn parse_mb1<'a>(
         }
         let list = mem
             .bytes(addr, count * 16)
-            .ok_or(BootInfoError::Truncated("Multiboot 1 module list"))?;
+            .ok_or(Truncated("Multiboot 1 module list"))?;
         reserve(raw, addr, count * 16)?;
         for m in list.chunks_exact(16) {
-            let (start, end, name) = (
-                u32_at(m, 0).unwrap_or_default(),
-                u32_at(m, 4).unwrap_or_default(),
-                u32_at(m, 8).unwrap_or_default(),
-            );
-            push_module(raw, start.into(), end.into())?;
-            if name != 0 {
-                let s = c_string(mem, name.into())?;
-                reserve(raw, name.into(), s.len() as u64 + 1)?;
+            let field = |at| u64::from(u32_at(m, at).unwrap_or_default());
+            push_module(raw, field(0), field(4))?;
+            if field(8) != 0 {
+                c_string(mem, field(8), raw)?;
             }
         }
     }
 
     let mut loader: &[u8] = &[];
     if flags & MB1_LOADER_NAME != 0 {
-        let addr = field(64)?;
-        loader = c_string(mem, addr)?;
-        reserve(raw, addr, loader.len() as u64 + 1)?;
+        loader = c_string(mem, field(64)?, raw)?;
     }
     if flags & MB1_CMDLINE == 0 {
         return Ok(&[]);
     }
-    let addr = field(16)?;
-    let cmdline = c_string(mem, addr)?;
-    reserve(raw, addr, cmdline.len() as u64 + 1)?;
+    let cmdline = c_string(mem, field(16)?, raw)?;
     if loader.starts_with(b"GRUB 2") {
         Ok(cmdline)
     } else {
@@ -240,24 +199,23 @@ fn parse_mb1<'a>(
     }
 }
 
-fn push_usable(raw: &mut RawRegions, start: u64, len: u64) -> Result<(), BootInfoError> {
-    let r = MemoryRegion::from_len(start, len, RegionKind::Usable)
-        .ok_or(BootInfoError::Malformed("memory region wraps"))?;
-    push(raw, r)
+/// The basic memory information (Multiboot 1 flag bit 0, Multiboot 2 tag
+/// 4): KiB of RAM below 1 MiB, and from 1 MiB up.
+fn push_meminfo(raw: &mut RawRegions, lower_kib: u64, upper_kib: u64) -> Result<(), BootInfoError> {
+    for (start, kib) in [(0, lower_kib), (1 << 20, upper_kib)] {
+        let r = MemoryRegion::from_len(start, kib * 1024, RegionKind::Usable)
+            .ok_or(Malformed("memory region wraps"))?;
+        push(raw, r)?;
+    }
+    Ok(())
 }
 
 fn push_module(raw: &mut RawRegions, start: u64, end: u64) -> Result<(), BootInfoError> {
     if end < start {
-        return Err(BootInfoError::Malformed("module ends before it starts"));
+        return Err(Malformed("module ends before it starts"));
     }
-    push(
-        raw,
-        MemoryRegion {
-            start,
-            end,
-            kind: RegionKind::BootModule,
-        },
-    )
+    let kind = RegionKind::BootModule;
+    push(raw, MemoryRegion { start, end, kind })
 }
 
 /// Multiboot 1 memory map: entries of `size: u32` (not counting itself),
@@ -268,46 +226,36 @@ fn mb1_mmap<'a>(
     length: u64,
     raw: &mut RawRegions,
 ) -> Result<(), BootInfoError> {
-    let map = mem.bytes(addr, length).ok_or(BootInfoError::Truncated(
-        "Multiboot 1 memory map runs off readable memory",
-    ))?;
+    let map = mem
+        .bytes(addr, length)
+        .ok_or(Truncated("Multiboot 1 memory map runs off readable memory"))?;
     reserve(raw, addr, length)?;
     let mut off = 0usize;
     while off < map.len() {
-        let size = u32_at(map, off).ok_or(BootInfoError::Truncated(
-            "Multiboot 1 memory-map entry header",
-        ))? as usize;
+        let size = u32_at(map, off).ok_or(Truncated("Multiboot 1 memory-map entry header"))?;
+        let size = size as usize;
         if size < 20 {
-            return Err(BootInfoError::Malformed(
-                "Multiboot 1 memory-map entry size",
-            ));
+            return Err(Malformed("Multiboot 1 memory-map entry size"));
         }
         let entry = off
             .checked_add(4)
             .and_then(|s| map.get(s..s.checked_add(size)?))
-            .ok_or(BootInfoError::Truncated("Multiboot 1 memory-map entry"))?;
-        let (base, len, ty) = (
-            u64_at(entry, 0).unwrap_or_default(),
-            u64_at(entry, 8).unwrap_or_default(),
-            u32_at(entry, 16).unwrap_or_default(),
-        );
-        push_firmware(raw, base, len, ty)?;
+            .ok_or(Truncated("Multiboot 1 memory-map entry"))?;
+        push_firmware(raw, entry)?;
         off += 4 + size;
     }
     Ok(())
 }
 
-fn push_firmware(raw: &mut RawRegions, base: u64, len: u64, ty: u32) -> Result<(), BootInfoError> {
+/// A memory-map entry of Multiboot 1 or 2: `base: u64`, `length: u64`,
+/// `type: u32`.
+fn push_firmware(raw: &mut RawRegions, entry: &[u8]) -> Result<(), BootInfoError> {
+    let start = u64_at(entry, 0).unwrap_or_default();
+    let len = u64_at(entry, 8).unwrap_or_default();
+    let kind = region_kind(u32_at(entry, 16).unwrap_or_default());
     // A region running past the top of the address space is clipped there.
-    let end = base.saturating_add(len);
-    push(
-        raw,
-        MemoryRegion {
-            start: base,
-            end,
-            kind: region_kind(ty),
-        },
-    )
+    let end = start.saturating_add(len);
+    push(raw, MemoryRegion { start, end, kind })
 }
 
 // Multiboot 2 tag types.
@@ -327,23 +275,17 @@ fn parse_mb2<'a>(
     raw: &mut RawRegions,
 ) -> Result<Mb2Parsed<'a>, BootInfoError> {
     if !info.is_multiple_of(8) {
-        return Err(BootInfoError::Malformed(
-            "Multiboot 2 information not 8-byte aligned",
-        ));
+        return Err(Malformed("Multiboot 2 information not 8-byte aligned"));
     }
     let total = mem
         .bytes(info, 8)
         .and_then(|b| u32_at(b, 0))
-        .ok_or(BootInfoError::Truncated(
-            "Multiboot 2 information unreadable",
-        ))?;
-    let total = u64::from(total);
+        .map(u64::from)
+        .ok_or(Truncated("Multiboot 2 information unreadable"))?;
     if !(16..=MAX_MB2_INFO).contains(&total) {
-        return Err(BootInfoError::Malformed(
-            "Multiboot 2 information total size",
-        ));
+        return Err(Malformed("Multiboot 2 information total size"));
     }
-    let blob = mem.bytes(info, total).ok_or(BootInfoError::Truncated(
+    let blob = mem.bytes(info, total).ok_or(Truncated(
         "Multiboot 2 information runs off readable memory",
     ))?;
     reserve(raw, info, total)?;
@@ -353,21 +295,20 @@ fn parse_mb2<'a>(
     let mut modules = 0usize;
     let mut off = 8usize;
     loop {
-        let (ty, size) = match (u32_at(blob, off), u32_at(blob, off + 4)) {
-            (Some(ty), Some(size)) => (ty, size as usize),
-            _ => {
-                return Err(BootInfoError::Malformed(
-                    "Multiboot 2 information has no end tag",
-                ));
-            }
-        };
+        let (ty, size) = u32_at(blob, off)
+            .zip(u32_at(blob, off + 4))
+            .ok_or(Malformed("Multiboot 2 information has no end tag"))?;
+        let size = size as usize;
         let tag = (size >= 8)
             .then(|| blob.get(off..off.checked_add(size)?))
             .flatten()
-            .ok_or(BootInfoError::Malformed("Multiboot 2 tag size"))?;
+            .ok_or(Malformed("Multiboot 2 tag size"))?;
         match ty {
             MB2_TAG_END => break,
-            MB2_TAG_CMDLINE => cmdline = c_string_in(tag.get(8..).unwrap_or_default())?,
+            MB2_TAG_CMDLINE => {
+                let s = CStr::from_bytes_until_nul(tag.get(8..).unwrap_or_default());
+                cmdline = s.map_err(|_| UNTERMINATED)?.to_bytes();
+            }
             MB2_TAG_MODULE => {
                 modules += 1;
                 if modules > MAX_MODULES {
@@ -375,12 +316,10 @@ fn parse_mb2<'a>(
                 }
                 let (start, end) = u32_at(tag, 8)
                     .zip(u32_at(tag, 12))
-                    .ok_or(BootInfoError::Malformed("Multiboot 2 module tag too short"))?;
+                    .ok_or(Malformed("Multiboot 2 module tag too short"))?;
                 push_module(raw, start.into(), end.into())?;
             }
-            MB2_TAG_BASIC_MEMINFO => {
-                meminfo = u32_at(tag, 8).zip(u32_at(tag, 12));
-            }
+            MB2_TAG_BASIC_MEMINFO => meminfo = u32_at(tag, 8).zip(u32_at(tag, 12)),
             MB2_TAG_MMAP => {
                 mb2_mmap(tag, raw)?;
                 have_mmap = true;
@@ -395,14 +334,12 @@ fn parse_mb2<'a>(
         }
         off = off
             .checked_add(size.next_multiple_of(8))
-            .ok_or(BootInfoError::Malformed("Multiboot 2 tag size"))?;
+            .ok_or(Malformed("Multiboot 2 tag size"))?;
     }
     if !have_mmap {
-        let (lower_kib, upper_kib) = meminfo.ok_or(BootInfoError::Missing(
-            "Multiboot 2 memory map (tags 4 and 6)",
-        ))?;
-        push_usable(raw, 0, u64::from(lower_kib) * 1024)?;
-        push_usable(raw, 1 << 20, u64::from(upper_kib) * 1024)?;
+        let (lower_kib, upper_kib) =
+            meminfo.ok_or(Missing("Multiboot 2 memory map (tags 4 and 6)"))?;
+        push_meminfo(raw, lower_kib.into(), upper_kib.into())?;
     }
     Ok((cmdline, rsdp))
 }
@@ -411,23 +348,14 @@ fn parse_mb2<'a>(
 /// offset 8, then entries of `base: u64`, `length: u64`, `type: u32`,
 /// `reserved: u32` (at least 24 bytes each).
 fn mb2_mmap(tag: &[u8], raw: &mut RawRegions) -> Result<(), BootInfoError> {
-    let entry_size = u32_at(tag, 8).ok_or(BootInfoError::Malformed(
-        "Multiboot 2 memory-map tag too short",
-    ))? as usize;
+    let entry_size = u32_at(tag, 8).ok_or(Malformed("Multiboot 2 memory-map tag too short"))?;
     if entry_size < 24 {
-        return Err(BootInfoError::Malformed(
-            "Multiboot 2 memory-map entry size",
-        ));
+        return Err(Malformed("Multiboot 2 memory-map entry size"));
     }
-    for e in tag.get(16..).unwrap_or_default().chunks_exact(entry_size) {
-        let (base, len, ty) = (
-            u64_at(e, 0).unwrap_or_default(),
-            u64_at(e, 8).unwrap_or_default(),
-            u32_at(e, 16).unwrap_or_default(),
-        );
-        push_firmware(raw, base, len, ty)?;
-    }
-    Ok(())
+    let entries = tag.get(16..).unwrap_or_default();
+    entries
+        .chunks_exact(entry_size as usize)
+        .try_for_each(|e| push_firmware(raw, e))
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@
 //! listed first wins), and too many ranges or an impossible node give a
 //! [`NumaError`], never a panic. Callers treat an error as "one node".
 
-use super::{MemoryMap, RegionKind};
+use super::MemoryMap;
 use arrayvec::ArrayVec;
 
 /// Most NUMA nodes the kernel distinguishes. Firmware node numbers and
@@ -64,10 +64,9 @@ impl DomainNumbering {
         if let Some(i) = self.seen.iter().position(|&d| d == domain) {
             return i as u8;
         }
-        match self.seen.try_push(domain) {
-            Ok(()) => (self.seen.len() - 1) as u8,
-            Err(_) => (MAX_NODES - 1) as u8,
-        }
+        // Once `seen` is full, its last entry's node: MAX_NODES - 1.
+        let _ = self.seen.try_push(domain);
+        (self.seen.len() - 1) as u8
     }
 }
 
@@ -88,32 +87,18 @@ impl NumaMap {
             }
             input.try_push(r).map_err(|_| NumaError::TooManyRanges)?;
         }
-        // Elementary intervals: between consecutive distinct boundaries the
-        // set of covering input ranges is constant.
-        let mut bounds: ArrayVec<u64, { 2 * MAX_RAW_NUMA_RANGES }> = ArrayVec::new();
-        for r in &input {
-            bounds.push(r.start);
-            bounds.push(r.end);
-        }
-        bounds.sort_unstable();
         let mut map = NumaMap::default();
-        for pair in bounds.windows(2) {
-            let (lo, hi) = (pair[0], pair[1]);
-            if lo == hi {
-                continue;
-            }
-            let Some(first) = input.iter().find(|r| r.start <= lo && hi <= r.end) else {
+        let bounds = input.iter().map(|r| (r.start, r.end));
+        for (start, end) in super::elementary::<{ 2 * MAX_RAW_NUMA_RANGES }>(bounds) {
+            let Some(first) = input.iter().find(|r| r.start <= start && end <= r.end) else {
                 continue;
             };
+            let node = first.node;
             match map.ranges.last_mut() {
-                Some(last) if last.end == lo && last.node == first.node => last.end = hi,
+                Some(last) if last.end == start && last.node == node => last.end = end,
                 _ => map
                     .ranges
-                    .try_push(NumaRange {
-                        start: lo,
-                        end: hi,
-                        node: first.node,
-                    })
+                    .try_push(NumaRange { start, end, node })
                     .map_err(|_| NumaError::TooManyRanges)?,
             }
         }
@@ -159,11 +144,7 @@ impl NumaMap {
         loop {
             // spans[kind][allocator node] = (lowest start, highest end).
             let mut spans = [[None::<(u64, u64)>; MAX_NODES]; 2];
-            let usable = memory
-                .regions()
-                .iter()
-                .filter(|r| r.kind == RegionKind::Usable);
-            for piece in usable.flat_map(|r| self.split(r.start, r.end)) {
+            for piece in memory.usable().flat_map(|r| self.split(r.start, r.end)) {
                 let node = usize::from(plan.node(piece.node));
                 let low = (0, piece.start, piece.end.min(split_at));
                 let high = (1, piece.start.max(split_at), piece.end);
@@ -201,12 +182,10 @@ fn fold_needed(spans: &[[Option<(u64, u64)>; MAX_NODES]; 2], max_zones: usize) -
     if zones <= max_zones {
         return None;
     }
-    let mut present = (0..MAX_NODES).filter(|&n| spans.iter().any(|k| k[n].is_some()));
-    let (mut lower, mut highest) = (None, present.next()?);
-    for n in present {
-        (lower, highest) = (Some(highest), n);
-    }
-    Some((highest as u8, lower? as u8))
+    let mut present = (0..MAX_NODES)
+        .rev()
+        .filter(|&n| spans.iter().any(|k| k[n].is_some()));
+    Some((present.next()? as u8, present.next()? as u8))
 }
 
 /// Firmware node → the node whose zones the frame allocator puts its
@@ -256,33 +235,21 @@ impl Iterator for Split<'_> {
         if self.pos >= self.end {
             return None;
         }
-        let next = self.ranges.iter().find(|r| r.end > self.pos);
-        let piece = match next {
-            Some(r) if r.start <= self.pos => NumaRange {
-                start: self.pos,
-                end: r.end.min(self.end),
-                node: r.node,
-            },
-            Some(r) => NumaRange {
-                start: self.pos,
-                end: r.start.min(self.end),
-                node: 0,
-            },
-            None => NumaRange {
-                start: self.pos,
-                end: self.end,
-                node: 0,
-            },
+        let (start, next) = (self.pos, self.ranges.iter().find(|r| r.end > self.pos));
+        let (end, node) = match next {
+            Some(r) if r.start <= start => (r.end.min(self.end), r.node),
+            Some(r) => (r.start.min(self.end), 0),
+            None => (self.end, 0),
         };
-        self.pos = piece.end;
-        Some(piece)
+        self.pos = end;
+        Some(NumaRange { start, end, node })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bootinfo::MemoryRegion;
+    use crate::bootinfo::{MemoryRegion, RegionKind};
     use proptest::prelude::*;
 
     const MIB: u64 = 1 << 20;

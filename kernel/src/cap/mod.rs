@@ -60,6 +60,7 @@ mod tree;
 mod tests;
 
 use crate::arena::{Arena, Id};
+use crate::mm::kref::ensure;
 use keel_abi::Error;
 use keel_abi::cap::{CapToken, NO_BADGE, ObjectType, Rights};
 pub use space::CapSpace;
@@ -120,6 +121,16 @@ pub struct Cap<O> {
 }
 
 impl<O> Cap<O> {
+    fn new(object: O, ty: ObjectType, rights: Rights, badge: u64) -> Cap<O> {
+        Cap {
+            object,
+            ty,
+            rights,
+            badge,
+            revoking: false,
+        }
+    }
+
     /// The object.
     pub fn object(&self) -> &O {
         &self.object
@@ -212,13 +223,9 @@ impl<O> CapSystem<O> {
         ty: ObjectType,
         needed: Rights,
     ) -> Result<&Cap<O>, Error> {
-        if token.type_code() != ty as u8 {
-            return Err(Error::WrongObjectType);
-        }
+        ensure(token.type_code() == ty as u8, Error::WrongObjectType)?;
         let cap = self.lookup(id, token)?;
-        if !cap.rights.contains(needed) {
-            return Err(Error::AccessDenied);
-        }
+        ensure(cap.rights.contains(needed), Error::AccessDenied)?;
         Ok(cap)
     }
 
@@ -233,14 +240,7 @@ impl<O> CapSystem<O> {
         badge: u64,
     ) -> Result<CapToken, Error> {
         self.space(id)?;
-        let cap = Cap {
-            object,
-            ty,
-            rights,
-            badge,
-            revoking: false,
-        };
-        self.place(id.index(), dest, cap, NIL)
+        self.place(id.index(), dest, Cap::new(object, ty, rights, badge), NIL)
     }
 
     /// Mints a child of `src` in the same space with `rights` (a subset of
@@ -276,8 +276,10 @@ impl<O> CapSystem<O> {
         self.copy(from, src, to, dest, rights, NO_BADGE, Rights::GRANT)
     }
 
+    /// [`Self::derive`] (`from == to`, no `needed` right) or [`Self::grant`]
+    /// (`needed` = [`Rights::GRANT`], no badge) of `src` into space `to`.
     #[allow(clippy::too_many_arguments)]
-    fn copy(
+    pub fn copy(
         &mut self,
         from: CSpaceId,
         src: CapToken,
@@ -292,17 +294,12 @@ impl<O> CapSystem<O> {
     {
         self.check_copy(from, src, to, rights, badge, needed)?;
         let parent = self.lookup(from, src)?;
-        let child = Cap {
-            object: parent.object.clone(),
-            ty: parent.ty,
-            rights,
-            badge: if badge == NO_BADGE {
-                parent.badge
-            } else {
-                badge
-            },
-            revoking: false,
+        let badge = if badge == NO_BADGE {
+            parent.badge
+        } else {
+            badge
         };
+        let child = Cap::new(parent.object.clone(), parent.ty, rights, badge);
         self.place(to.index(), dest, child, slot_ref(from.index(), src.index()))
     }
 
@@ -320,12 +317,10 @@ impl<O> CapSystem<O> {
         needed: Rights,
     ) -> Result<(), Error> {
         let parent = self.lookup(from, src)?;
-        if !parent.rights.contains(rights) || !parent.rights.contains(needed) {
-            return Err(Error::AccessDenied);
-        }
-        if parent.revoking || (badge != NO_BADGE && parent.badge != NO_BADGE) {
-            return Err(Error::InvalidState);
-        }
+        let allowed = parent.rights.contains(rights) && parent.rights.contains(needed);
+        ensure(allowed, Error::AccessDenied)?;
+        let badged = badge != NO_BADGE && parent.badge != NO_BADGE;
+        ensure(!parent.revoking && !badged, Error::InvalidState)?;
         self.space(to).map(|_| ())
     }
 
@@ -333,12 +328,9 @@ impl<O> CapSystem<O> {
     /// succeed given a free slot, without changing anything.
     pub fn check_delegate(&self, from: CSpaceId, src: CapToken, to: CSpaceId) -> Result<(), Error> {
         let cap = self.lookup(from, src)?;
-        if from != to && !cap.rights.contains(Rights::GRANT) {
-            return Err(Error::AccessDenied);
-        }
-        if cap.revoking {
-            return Err(Error::InvalidState);
-        }
+        let allowed = from == to || cap.rights.contains(Rights::GRANT);
+        ensure(allowed, Error::AccessDenied)?;
+        ensure(!cap.revoking, Error::InvalidState)?;
         self.space(to).map(|_| ())
     }
 
@@ -380,8 +372,7 @@ impl<O> CapSystem<O> {
     ) -> Result<CapToken, Error> {
         self.check_delegate(from, src, to)?;
         let index = self.space_mut(to.index())?.take(dest)?;
-        let old = slot_ref(from.index(), src.index());
-        let links = self.links(old);
+        let links = self.links(slot_ref(from.index(), src.index()));
         let Some(cap) = self.space_mut(from.index())?.release(src.index()) else {
             return Err(Error::InvalidCapability); // unreachable: looked up above
         };
@@ -401,8 +392,8 @@ impl<O> CapSystem<O> {
     /// Removes the capability in slot `r` from the tree and its space.
     fn remove(&mut self, r: u64) -> Option<O> {
         self.detach(r);
-        let cap = self.space_mut((r >> 32) as u32).ok()?.release(r as u32)?;
-        Some(cap.object)
+        let space = self.space_mut((r >> 32) as u32).ok()?;
+        space.release(r as u32).map(|cap| cap.object)
     }
 
     /// Removes up to `budget` descendants of `token` (in any space), passing
@@ -416,12 +407,9 @@ impl<O> CapSystem<O> {
         budget: usize,
         dropped: &mut impl FnMut(O),
     ) -> Result<Progress, Error> {
-        if budget == 0 {
-            return Err(Error::InvalidArgument);
-        }
-        if !self.lookup(id, token)?.rights.contains(Rights::REVOKE) {
-            return Err(Error::AccessDenied);
-        }
+        ensure(budget > 0, Error::InvalidArgument)?;
+        let rights = self.lookup(id, token)?.rights;
+        ensure(rights.contains(Rights::REVOKE), Error::AccessDenied)?;
         let root = slot_ref(id.index(), token.index());
         for _ in 0..budget {
             let child = self.links(root).first;
@@ -451,9 +439,7 @@ impl<O> CapSystem<O> {
         budget: usize,
         dropped: &mut impl FnMut(O),
     ) -> Result<Progress, Error> {
-        if budget == 0 {
-            return Err(Error::InvalidArgument);
-        }
+        ensure(budget > 0, Error::InvalidArgument)?;
         self.space(id)?;
         let mut work = budget;
         loop {

@@ -26,6 +26,7 @@
 
 use super::tree::Links;
 use super::{Cap, Dest};
+use crate::mm::kref::{ensure, oom};
 use alloc::vec::Vec;
 use keel_abi::Error;
 use keel_abi::cap::CapToken;
@@ -105,15 +106,12 @@ impl<O> CapSpace<O> {
 
     /// An empty space for up to `max_slots` capabilities.
     pub(super) fn new(max_slots: u32) -> Result<Self, Error> {
-        if max_slots == 0 || max_slots > Self::MAX_SLOTS {
-            return Err(Error::InvalidArgument);
-        }
+        let valid = (1..=Self::MAX_SLOTS).contains(&max_slots);
+        ensure(valid, Error::InvalidArgument)?;
         let pages = max_slots.div_ceil(Self::L2_SLOTS);
         let words = pages.div_ceil(64);
         let mut summary = Vec::new();
-        summary
-            .try_reserve_exact(words as usize)
-            .map_err(|_| Error::OutOfMemory)?;
+        summary.try_reserve_exact(words as usize).map_err(oom)?;
         summary.extend((0..words).map(|w| low_bits(pages - w * 64)));
         Ok(CapSpace {
             l1: Vec::new(),
@@ -129,14 +127,9 @@ impl<O> CapSpace<O> {
     /// comparison of the slot's tag with the token.
     #[inline]
     pub fn lookup(&self, token: CapToken) -> Result<&Cap<O>, Error> {
-        match self.slot(token.index()) {
-            Some(Slot {
-                tag,
-                cap: Some(cap),
-                ..
-            }) if *tag == token.raw() => Ok(cap),
-            _ => Err(Error::InvalidCapability),
-        }
+        let slot = self.slot(token.index()).filter(|s| s.tag == token.raw());
+        slot.and_then(|s| s.cap.as_ref())
+            .ok_or(Error::InvalidCapability)
     }
 
     /// Live capabilities.
@@ -173,24 +166,17 @@ impl<O> CapSpace<O> {
     /// asked for) and returns its index; the caller must [`Self::fill`] it.
     /// Fails without changing anything.
     pub(super) fn take(&mut self, dest: Dest) -> Result<u32, Error> {
-        if self.dying.is_some() {
-            return Err(Error::InvalidState);
-        }
+        ensure(self.dying.is_none(), Error::InvalidState)?;
         let index = match dest {
             Dest::Any => self.find_free()?,
             Dest::At(index) => {
-                if index >= self.max_slots {
-                    return Err(Error::InvalidArgument);
-                }
+                ensure(index < self.max_slots, Error::InvalidArgument)?;
                 let free = self.ensure_page(index / Self::L2_SLOTS)?;
                 if free & (1 << (index % Self::L2_SLOTS)) == 0 {
                     let occupied = self.slot(index).is_some_and(|s| s.cap.is_some());
+                    ensure(!occupied, Error::AlreadyExists)?;
                     // Not occupied: the slot's generations are exhausted.
-                    return Err(if occupied {
-                        Error::AlreadyExists
-                    } else {
-                        Error::OutOfMemory
-                    });
+                    return Err(Error::OutOfMemory);
                 }
                 index
             }
@@ -203,38 +189,29 @@ impl<O> CapSpace<O> {
     /// The lowest free slot, its page allocated, without taking it: a
     /// [`Dest::At`] of it cannot then fail for room.
     pub(super) fn find_free(&mut self) -> Result<u32, Error> {
-        if self.dying.is_some() {
-            return Err(Error::InvalidState);
-        }
-        if self.top == 0 {
-            return Err(Error::OutOfMemory);
-        }
+        ensure(self.dying.is_none(), Error::InvalidState)?;
+        ensure(self.top != 0, Error::OutOfMemory)?;
         let w = self.top.trailing_zeros();
         let word = self.summary.get(w as usize).copied().unwrap_or_default();
         let page = w * 64 + word.trailing_zeros();
         let free = self.ensure_page(page)?;
-        if free == 0 {
-            return Err(Error::OutOfMemory);
-        }
+        ensure(free != 0, Error::OutOfMemory)?;
         Ok(page * Self::L2_SLOTS + free.trailing_zeros())
     }
 
     /// Puts `cap` with `links` into the slot [`Self::take`] reserved and
     /// returns its token.
     pub(super) fn fill(&mut self, index: u32, cap: Cap<O>, links: Links) -> CapToken {
-        let ty = cap.ty;
-        match self.slot_mut(index) {
-            Some(slot) => {
-                let token = CapToken::new(index, (slot.tag >> 32) as u32, ty);
-                *slot = Slot {
-                    tag: token.raw(),
-                    cap: Some(cap),
-                    links,
-                };
-                token
-            }
-            None => CapToken::NULL,
-        }
+        let Some(slot) = self.slot_mut(index) else {
+            return CapToken::NULL;
+        };
+        let token = CapToken::new(index, (slot.tag >> 32) as u32, cap.ty);
+        *slot = Slot {
+            tag: token.raw(),
+            cap: Some(cap),
+            links,
+        };
+        token
     }
 
     /// Empties an occupied slot and returns its capability; advances the
@@ -269,14 +246,11 @@ impl<O> CapSpace<O> {
 
     /// Makes sure page `page` is allocated; returns its free mask.
     fn ensure_page(&mut self, page: u32) -> Result<u64, Error> {
-        if page >= self.max_slots.div_ceil(Self::L2_SLOTS) {
-            return Err(Error::OutOfMemory);
-        }
+        let pages = self.max_slots.div_ceil(Self::L2_SLOTS);
+        ensure(page < pages, Error::OutOfMemory)?;
         let p = page as usize;
         if self.l1.len() <= p {
-            self.l1
-                .try_reserve(p + 1 - self.l1.len())
-                .map_err(|_| Error::OutOfMemory)?;
+            self.l1.try_reserve(p + 1 - self.l1.len()).map_err(oom)?;
             self.l1.resize_with(p + 1, || Page {
                 free: 0,
                 used: 0,
@@ -289,7 +263,7 @@ impl<O> CapSpace<O> {
             let mut slots = Vec::new();
             slots
                 .try_reserve_exact(Self::L2_SLOTS as usize)
-                .map_err(|_| Error::OutOfMemory)?;
+                .map_err(oom)?;
             slots.extend((0..Self::L2_SLOTS).map(|i| Slot {
                 tag: u64::from(page * Self::L2_SLOTS + i),
                 cap: None,

@@ -95,28 +95,18 @@ impl<O> CapSystem<O> {
         let (is_first, is_last) = (n.prev == NIL, n.next == NIL);
         // What fills the gap: the child list, or nothing.
         let (head, tail) = if n.first != NIL {
-            (n.first, n.last)
-        } else {
-            (n.next, n.prev)
-        };
-        if n.first != NIL {
             let single = n.first == n.last;
+            // A child at an end of the new sibling list knows the parent.
+            let up = |end: bool| if end { n.up } else { NIL };
             self.edit(n.first, |l| {
                 l.prev = n.prev;
-                l.up = if is_first || (single && is_last) {
-                    n.up
-                } else {
-                    NIL
-                };
+                l.up = up(is_first || (single && is_last));
             });
             self.edit(n.last, |l| {
                 l.next = n.next;
-                l.up = if is_last || (single && is_first) {
-                    n.up
-                } else {
-                    NIL
-                };
+                l.up = up(is_last || (single && is_first));
             });
+            (n.first, n.last)
         } else {
             // The neighbours that become ends learn the parent.
             if is_first {
@@ -125,35 +115,34 @@ impl<O> CapSystem<O> {
             if is_last {
                 self.edit(n.prev, |l| l.up = n.up);
             }
-        }
-        if is_first {
-            self.edit(n.up, |l| l.first = head);
-        } else {
-            self.edit(n.prev, |l| l.next = head);
-        }
-        if is_last {
-            self.edit(n.up, |l| l.last = tail);
-        } else {
-            self.edit(n.next, |l| l.prev = tail);
-        }
+            (n.next, n.prev)
+        };
+        self.point_neighbours(n, head, tail);
         self.edit(node, |l| *l = Links::NONE);
     }
 
     /// The node with links `n` has moved from its old slot to `to` (which
     /// already holds `n`): points its neighbours at `to`.
     pub(super) fn relocate(&mut self, n: Links, to: u64) {
-        if n.prev == NIL {
-            self.edit(n.up, |l| l.first = to);
-        } else {
-            self.edit(n.prev, |l| l.next = to);
-        }
-        if n.next == NIL {
-            self.edit(n.up, |l| l.last = to);
-        } else {
-            self.edit(n.next, |l| l.prev = to);
-        }
+        self.point_neighbours(n, to, to);
         self.edit(n.first, |l| l.up = to);
         self.edit(n.last, |l| l.up = to);
+    }
+
+    /// Points what led to the node with links `n` at `head` instead (its
+    /// previous sibling, or its parent if it is first) and what led back
+    /// to it at `tail` (its next sibling, or its parent if it is last).
+    fn point_neighbours(&mut self, n: Links, head: u64, tail: u64) {
+        if n.prev == NIL {
+            self.edit(n.up, |l| l.first = head);
+        } else {
+            self.edit(n.prev, |l| l.next = head);
+        }
+        if n.next == NIL {
+            self.edit(n.up, |l| l.last = tail);
+        } else {
+            self.edit(n.next, |l| l.prev = tail);
+        }
     }
 
     /// The parent of `node` (walks to the head of its sibling list; tests

@@ -31,7 +31,7 @@
 //!
 //! [`fault`]: AddressSpace::fault
 
-use super::kref::KArc;
+use super::kref::{KArc, ensure, oom};
 use super::machine::Machine;
 use super::object::{Backing, MemObject, PAGE};
 use super::paging::{Attr, ENTRIES, LEVELS, MapError, Mapping, PageSize, PageTable, TableMemory};
@@ -95,14 +95,24 @@ impl<M: Machine> Region<M> {
         self.offset + (va - self.start) / PAGE
     }
 
+    /// Its part from `start` on, as a region mapping `object`.
+    fn from(&self, start: usize, object: KArc<MemObject<M>>) -> Region<M> {
+        Region {
+            start,
+            object,
+            offset: self.object_page(start),
+            ..*self
+        }
+    }
+
     fn leaf_attr(&self, shared: bool) -> Attr {
         let mut a = self.attr | Attr::USER;
-        if shared {
-            a.remove(Attr::WRITE);
-        }
-        if let Backing::Physical { device: true, .. } = self.object.backing() {
-            a |= Attr::DEVICE;
-        }
+        a.set(Attr::WRITE, self.attr.contains(Attr::WRITE) && !shared);
+        let device = matches!(
+            self.object.backing(),
+            Backing::Physical { device: true, .. }
+        );
+        a.set(Attr::DEVICE, device);
         a
     }
 }
@@ -113,6 +123,9 @@ pub struct AddressSpace<M: Machine> {
     regions: Vec<Region<M>>,
     /// Address-space id in the low 16 bits, its `mm::asid` generation above.
     tag: u64,
+    /// The CPUs that loaded it (bit per CPU): their TLBs may hold its
+    /// translations.
+    cpus: u64,
     /// The pool every page table is charged to (none: kernel-owned).
     pool: Option<KArc<MemoryPool>>,
     /// A 2 MiB block no region touches whose (empty) leaf table, with the
@@ -172,10 +185,9 @@ fn map_err(e: MapError) -> Error {
 }
 
 fn check_attr(attr: Attr) -> Result<(), Error> {
-    if !(Attr::WRITE | Attr::EXEC).contains(attr) || attr.contains(Attr::WRITE | Attr::EXEC) {
-        return Err(Error::InvalidArgument);
-    }
-    Ok(())
+    let wx = Attr::WRITE | Attr::EXEC;
+    let valid = wx.contains(attr) && !attr.contains(wx);
+    ensure(valid, Error::InvalidArgument)
 }
 
 /// The end of `[va, va + pages * PAGE)` if it is a page-aligned, non-empty
@@ -185,10 +197,8 @@ fn check_range(va: usize, pages: usize) -> Result<usize, Error> {
         .checked_mul(PAGE)
         .and_then(|len| va.checked_add(len))
         .ok_or(Error::InvalidArgument)?;
-    if pages == 0 || !va.is_multiple_of(PAGE) || va < USER_BASE || end > USER_END {
-        return Err(Error::InvalidArgument);
-    }
-    Ok(end)
+    let valid = pages > 0 && va.is_multiple_of(PAGE) && va >= USER_BASE && end <= USER_END;
+    ensure(valid, Error::InvalidArgument).map(|()| end)
 }
 
 impl<M: Machine> AddressSpace<M> {
@@ -206,6 +216,7 @@ impl<M: Machine> AddressSpace<M> {
             table,
             regions: Vec::new(),
             tag: u64::from(asid),
+            cpus: 0,
             pool,
             kept: None,
         })
@@ -236,14 +247,21 @@ impl<M: Machine> AddressSpace<M> {
         self.tag = tag;
     }
 
+    /// Notes that the CPUs of mask `cpus` loaded the space.
+    pub fn loaded_on(&mut self, cpus: u64) {
+        self.cpus |= cpus;
+    }
+
     /// Makes sure no TLB keeps the old translation of `va` (see the module
-    /// invariants). A free function over the two fields it needs, so callers
-    /// can hold borrows of the regions.
-    fn flush(tag: &mut u64, root: u64, va: usize) {
-        if M::is_loaded(root) {
-            M::flush_page(*tag as u16, va);
-        } else {
-            *tag = 0;
+    /// invariants), or with `None` any walk cached through freed tables. A
+    /// free function over the fields it needs, so callers can hold borrows
+    /// of the regions.
+    fn flush(tag: &mut u64, cpus: u64, root: u64, va: Option<usize>) {
+        M::shootdown(cpus);
+        match (M::is_loaded(root), va) {
+            (true, Some(va)) => M::flush_page(*tag as u16, va),
+            (true, None) => M::flush_space(*tag as u16),
+            (false, _) => *tag = 0,
         }
     }
 
@@ -254,11 +272,16 @@ impl<M: Machine> AddressSpace<M> {
 
     /// Index of the region containing `va`.
     fn find(&self, va: usize) -> Option<usize> {
-        let i = self
-            .regions
-            .partition_point(|r| r.start <= va)
-            .checked_sub(1)?;
+        let after = self.regions.partition_point(|r| r.start <= va);
+        let i = after.checked_sub(1)?;
         (self.regions.get(i)?.end > va).then_some(i)
+    }
+
+    /// The region containing `va` (`BadAddress` if none).
+    fn region(&self, va: usize) -> Result<&Region<M>, Error> {
+        self.find(va)
+            .and_then(|i| self.regions.get(i))
+            .ok_or(Error::BadAddress)
     }
 
     fn maps_object(&self, object: &KArc<MemObject<M>>) -> bool {
@@ -277,17 +300,15 @@ impl<M: Machine> AddressSpace<M> {
     ) -> Result<(), Error> {
         check_attr(attr)?;
         let end = check_range(va, pages)?;
-        if offset.checked_add(pages).is_none_or(|e| e > object.pages()) {
-            return Err(Error::InvalidArgument);
-        }
+        let in_object = offset
+            .checked_add(pages)
+            .is_some_and(|e| e <= object.pages());
+        ensure(in_object, Error::InvalidArgument)?;
 
         let at = self.regions.partition_point(|r| r.start < end);
-        if at > 0 && self.regions.get(at - 1).is_some_and(|r| r.end > va) {
-            return Err(Error::AlreadyExists);
-        }
-        self.regions
-            .try_reserve(1)
-            .map_err(|_| Error::OutOfMemory)?;
+        let overlap = at > 0 && self.regions.get(at - 1).is_some_and(|r| r.end > va);
+        ensure(!overlap, Error::AlreadyExists)?;
+        self.regions.try_reserve(1).map_err(oom)?;
         if !self.maps_object(&object) {
             object.add_space()?;
         }
@@ -301,17 +322,12 @@ impl<M: Machine> AddressSpace<M> {
         };
         // Map what already has frames, so device and eager memory need no
         // faults.
-        let mut result = Ok(());
-        for page in 0..pages {
-            let i = offset + page;
-            if let Some(pa) = region.object.present(i) {
-                let a = region.leaf_attr(region.object.is_shared(i));
-                if let Err(e) = self.install(va + page * PAGE, pa, a) {
-                    result = Err(e);
-                    break;
-                }
-            }
-        }
+        let result = (0..pages)
+            .filter_map(|p| Some((p, region.object.present(offset + p)?)))
+            .try_for_each(|(p, pa)| {
+                let a = region.leaf_attr(region.object.is_shared(offset + p));
+                self.install(va + p * PAGE, pa, a)
+            });
         self.regions.insert(at, region);
         if result.is_err() {
             // Undone completely: no new table kept.
@@ -333,11 +349,7 @@ impl<M: Machine> AddressSpace<M> {
     /// After tables were unlinked from the tree: no TLB may keep a cached
     /// walk through them.
     fn flush_walks(&mut self) {
-        if M::is_loaded(self.table.root()) {
-            M::flush_space(self.asid());
-        } else {
-            self.tag = 0;
-        }
+        Self::flush(&mut self.tag, self.cpus, self.table.root(), None);
     }
 
     /// Points the page at `va` to `pa` with `attr`, replacing any mapping.
@@ -345,7 +357,7 @@ impl<M: Machine> AddressSpace<M> {
         let mut t = charged::<M>(&self.pool);
         let replaced = self.table.unmap(&mut t, va).is_ok();
         if replaced {
-            Self::flush(&mut self.tag, self.table.root(), va);
+            Self::flush(&mut self.tag, self.cpus, self.table.root(), Some(va));
         }
         if let Err(e) = self.table.map(&mut t, va, pa, PageSize::Size4K, attr) {
             // The walk may have linked new tables before it ran out and
@@ -354,14 +366,14 @@ impl<M: Machine> AddressSpace<M> {
             return Err(map_err(e));
         }
         if M::FLUSH_NEW_ENTRIES && !replaced {
-            Self::flush(&mut self.tag, self.table.root(), va);
+            Self::flush(&mut self.tag, self.cpus, self.table.root(), Some(va));
         }
         Ok(())
     }
 
     fn unmap_page(&mut self, va: usize) {
         if self.table.unmap(&mut M::tables(), va).is_ok() {
-            Self::flush(&mut self.tag, self.table.root(), va);
+            Self::flush(&mut self.tag, self.cpus, self.table.root(), Some(va));
         }
     }
 
@@ -376,18 +388,9 @@ impl<M: Machine> AddressSpace<M> {
         if r.start == at {
             return Ok(());
         }
-        let upper = Region {
-            start: at,
-            end: r.end,
-            object: r.object.clone(),
-            offset: r.object_page(at),
-            attr: r.attr,
-            max: r.max,
-        };
+        let upper = r.from(at, r.object.clone());
         // Reserve before shortening `r`, so a failure changes nothing.
-        self.regions
-            .try_reserve(1)
-            .map_err(|_| Error::OutOfMemory)?;
+        self.regions.try_reserve(1).map_err(oom)?;
         if let Some(r) = self.regions.get_mut(i) {
             r.end = at;
         }
@@ -479,11 +482,8 @@ impl<M: Machine> AddressSpace<M> {
         let end = check_range(va, pages)?;
         let mut at = va;
         while at < end {
-            let i = self.find(at).ok_or(Error::BadAddress)?;
-            let r = self.regions.get(i).ok_or(Error::BadAddress)?;
-            if !r.max.contains(attr) {
-                return Err(Error::AccessDenied);
-            }
+            let r = self.region(at)?;
+            ensure(r.max.contains(attr), Error::AccessDenied)?;
             at = r.end;
         }
         self.split_at(va)?;
@@ -492,16 +492,13 @@ impl<M: Machine> AddressSpace<M> {
         let hi = self.regions.partition_point(|r| r.start < end);
         let mut t = M::tables();
         for i in lo..hi {
-            let Some(r) = self.regions.get_mut(i) else {
-                break;
-            };
-            r.attr = attr;
+            self.regions[i].attr = attr;
             let r = &self.regions[i];
             for page in (r.start..r.end).step_by(PAGE) {
                 if self.table.translate(&t, page).is_some() {
                     let a = r.leaf_attr(r.object.is_shared(r.object_page(page)));
                     if self.table.protect(&mut t, page, a).is_ok() {
-                        Self::flush(&mut self.tag, self.table.root(), page);
+                        Self::flush(&mut self.tag, self.cpus, self.table.root(), Some(page));
                     }
                 }
             }
@@ -513,16 +510,13 @@ impl<M: Machine> AddressSpace<M> {
     /// copy-on-write sharing on a write, and maps the page. `BadAddress` if
     /// no region allows the access. Returns the frame now mapped.
     pub fn fault(&mut self, va: usize, access: Access) -> Result<u64, Error> {
-        let i = self.find(va).ok_or(Error::BadAddress)?;
-        let r = self.regions.get(i).ok_or(Error::BadAddress)?;
+        let r = self.region(va)?;
         let allowed = match access {
             Access::Read => true,
             Access::Write => r.attr.contains(Attr::WRITE),
             Access::Exec => r.attr.contains(Attr::EXEC),
         };
-        if !allowed {
-            return Err(Error::BadAddress);
-        }
+        ensure(allowed, Error::BadAddress)?;
         let page_va = va & !(PAGE - 1);
         let page = r.object_page(page_va);
         let object = r.object.clone();
@@ -535,11 +529,7 @@ impl<M: Machine> AddressSpace<M> {
         } else {
             (object.frame(page)?, object.is_shared(page))
         };
-        let attr = self
-            .regions
-            .get(i)
-            .ok_or(Error::BadAddress)?
-            .leaf_attr(shared);
+        let attr = self.region(va)?.leaf_attr(shared);
         self.install(page_va, pa, attr)?;
         Ok(pa)
     }
@@ -551,13 +541,8 @@ impl<M: Machine> AddressSpace<M> {
             .regions
             .iter()
             .filter(|r| KArc::ptr_eq(&r.object, object))
-            .filter_map(|r| {
-                let first = r.offset;
-                let last = r.offset + (r.end - r.start) / PAGE;
-                (first..last)
-                    .contains(&page)
-                    .then(|| r.start + (page - first) * PAGE)
-            })
+            .filter(|r| (r.offset..r.object_page(r.end)).contains(&page))
+            .map(|r| r.start + (page - r.offset) * PAGE)
             .filter(|&va| va != except)
             .collect();
         for va in views {
@@ -575,9 +560,7 @@ impl<M: Machine> AddressSpace<M> {
         {
             return Ok(m.pa);
         }
-        if va >= USER_END {
-            return Err(Error::BadAddress);
-        }
+        ensure(va < USER_END, Error::BadAddress)?;
         self.fault(va, access).map(|pa| pa + (va % PAGE) as u64)
     }
 
@@ -595,13 +578,8 @@ impl<M: Machine> AddressSpace<M> {
         pool: Option<KArc<MemoryPool>>,
     ) -> Result<KArc<MemObject<M>>, Error> {
         let end = check_range(va, pages)?;
-        let r = self
-            .find(va)
-            .and_then(|i| self.regions.get(i))
-            .ok_or(Error::BadAddress)?;
-        if end > r.end {
-            return Err(Error::BadAddress);
-        }
+        let r = self.region(va)?;
+        ensure(end <= r.end, Error::BadAddress)?;
         // Only this mapping may reach the pages: another (here or in
         // another space) would keep the moved frames, or write under the
         // copy-on-write snapshot.
@@ -610,21 +588,13 @@ impl<M: Machine> AddressSpace<M> {
             .iter()
             .filter(|x| KArc::ptr_eq(&x.object, &r.object))
             .count();
-        if r.object.backing() != Backing::Anonymous || r.object.spaces() != 1 || views != 1 {
-            return Err(Error::InvalidState);
-        }
-        let offset = r.offset + (va - r.start) / PAGE;
-        let attr = r.attr;
+        let only = r.object.backing() == Backing::Anonymous && r.object.spaces() == 1;
+        ensure(only && views == 1, Error::InvalidState)?;
+        let (offset, attr, object) = (r.object_page(va), r.attr, r.object.clone());
         // Unmapping the middle of a region splits it twice: room first, so
         // that nothing can fail once the frames have moved.
-        self.regions
-            .try_reserve(2)
-            .map_err(|_| Error::OutOfMemory)?;
-        let r = self
-            .regions
-            .get(self.find(va).ok_or(Error::BadAddress)?)
-            .ok_or(Error::BadAddress)?;
-        let new = r.object.split_off(offset, pages, take, pool)?;
+        self.regions.try_reserve(2).map_err(oom)?;
+        let new = object.split_off(offset, pages, take, pool)?;
         if take {
             // Cannot fail for lack of memory: unmapping only frees tables.
             self.unmap(va, pages)?;
@@ -637,15 +607,11 @@ impl<M: Machine> AddressSpace<M> {
     /// Write-protects the mapped pages of `[start, end)` (mapped with
     /// `attr`), whose frames became shared copy-on-write.
     fn write_protect(&mut self, start: usize, end: usize, attr: Attr) {
-        let mut t = M::tables();
+        let (mut t, attr) = (M::tables(), (attr - Attr::WRITE) | Attr::USER);
         for page in (start..end).step_by(PAGE) {
-            if self.table.translate(&t, page).is_some()
-                && self
-                    .table
-                    .protect(&mut t, page, (attr - Attr::WRITE) | Attr::USER)
-                    .is_ok()
-            {
-                Self::flush(&mut self.tag, self.table.root(), page);
+            // Unmapped pages are left alone (`protect` refuses them).
+            if self.table.protect(&mut t, page, attr).is_ok() {
+                Self::flush(&mut self.tag, self.cpus, self.table.root(), Some(page));
             }
         }
     }
@@ -655,10 +621,7 @@ impl<M: Machine> AddressSpace<M> {
     /// write-protected), shared memory stays shared.
     pub fn clone_cow(&mut self, asid: u16) -> Result<AddressSpace<M>, Error> {
         let mut child = AddressSpace::new(asid, self.pool.clone())?;
-        child
-            .regions
-            .try_reserve(self.regions.len())
-            .map_err(|_| Error::OutOfMemory)?;
+        child.regions.try_reserve(self.regions.len()).map_err(oom)?;
         // Objects already cloned: (original, copy).
         let mut cloned: Vec<[KArc<MemObject<M>>; 2]> = Vec::new();
         for i in 0..self.regions.len() {
@@ -671,22 +634,15 @@ impl<M: Machine> AddressSpace<M> {
                 copy.clone()
             } else {
                 let copy = r.object.cow_clone()?;
-                cloned.try_reserve(1).map_err(|_| Error::OutOfMemory)?;
+                cloned.try_reserve(1).map_err(oom)?;
                 cloned.push([r.object.clone(), copy.clone()]);
                 copy
             };
             if !child.maps_object(&object) {
                 object.add_space()?;
             }
-            let (start, end, offset, attr, max) = (r.start, r.end, r.offset, r.attr, r.max);
-            child.regions.push(Region {
-                start,
-                end,
-                object,
-                offset,
-                attr,
-                max,
-            });
+            let (start, end, attr) = (r.start, r.end, r.attr);
+            child.regions.push(r.from(start, object));
             if private && attr.contains(Attr::WRITE) {
                 self.write_protect(start, end, attr);
             }

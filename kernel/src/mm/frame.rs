@@ -27,6 +27,7 @@
 //!   buddy lists cannot see it) and its `info` is `HOT`; it counts as free in
 //!   [`FrameAllocator::free_frames`] but not in the zone statistics.
 
+use super::kref::ensure;
 use arrayvec::ArrayVec;
 
 /// Frame size in bytes.
@@ -41,7 +42,7 @@ pub const DMA_LIMIT: u64 = 16 << 20;
 pub const MAX_ZONES: usize = 8;
 
 /// CPUs with a hot list of their own.
-pub const MAX_CPUS: usize = 16;
+pub const MAX_CPUS: usize = crate::bootinfo::MAX_CPUS;
 /// Frames a hot list holds at most, and moves to or from the buddy lists
 /// at once.
 const HOT_MAX: usize = 64;
@@ -70,6 +71,13 @@ pub struct FrameMeta {
 impl FrameMeta {
     /// Metadata bytes needed per frame, for sizing the boot-time carve-out.
     pub const SIZE: usize = core::mem::size_of::<FrameMeta>();
+    /// A frame on no list, heading no block.
+    const UNLINKED: FrameMeta = FrameMeta {
+        next: NONE,
+        prev: NONE,
+        info: 0,
+        extra_refs: 0,
+    };
 }
 
 /// The kind of a zone.
@@ -112,19 +120,6 @@ pub enum InitError {
     SpanTooLarge,
 }
 
-#[derive(Clone, Copy, Debug)]
-struct Zone {
-    kind: ZoneKind,
-    node: u8,
-    /// Frame-index range `[start, end)` relative to the allocator's base.
-    start: u32,
-    end: u32,
-    heads: [u32; ORDERS],
-    free_blocks: [u32; ORDERS],
-    free_frames: u64,
-    total_frames: u64,
-}
-
 /// Statistics of one zone.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ZoneStats {
@@ -142,6 +137,15 @@ pub struct ZoneStats {
     pub free_blocks: [u32; ORDERS],
 }
 
+#[derive(Clone, Copy, Debug)]
+struct Zone {
+    /// Frame-index range `[start, end)` relative to the allocator's base.
+    start: u32,
+    end: u32,
+    heads: [u32; ORDERS],
+    stats: ZoneStats,
+}
+
 /// The allocator. Metadata lives in caller-provided slices (carved out of
 /// RAM at boot; a `Vec` in host tests).
 pub struct FrameAllocator<'m> {
@@ -153,7 +157,6 @@ pub struct FrameAllocator<'m> {
     free_frames: u64,
     peak_used: u64,
     hot: [ArrayVec<u32, HOT_MAX>; MAX_CPUS],
-    hot_frames: u64,
 }
 
 impl<'m> FrameAllocator<'m> {
@@ -169,18 +172,10 @@ impl<'m> FrameAllocator<'m> {
         meta: &'m mut [FrameMeta],
         bitmap: &'m mut [u64],
     ) -> Result<Self, InitError> {
-        if meta.len() >= NONE as usize {
-            return Err(InitError::SpanTooLarge);
-        }
-        if bitmap.len() < meta.len().div_ceil(64) {
-            return Err(InitError::MetadataTooSmall);
-        }
-        meta.fill(FrameMeta {
-            next: NONE,
-            prev: NONE,
-            info: 0,
-            extra_refs: 0,
-        });
+        ensure(meta.len() < NONE as usize, InitError::SpanTooLarge)?;
+        let room = bitmap.len() >= meta.len().div_ceil(64);
+        ensure(room, InitError::MetadataTooSmall)?;
+        meta.fill(FrameMeta::UNLINKED);
         bitmap.fill(u64::MAX);
         Ok(FrameAllocator {
             base,
@@ -191,7 +186,6 @@ impl<'m> FrameAllocator<'m> {
             free_frames: 0,
             peak_used: 0,
             hot: core::array::from_fn(|_| ArrayVec::new()),
-            hot_frames: 0,
         })
     }
 
@@ -213,23 +207,18 @@ impl<'m> FrameAllocator<'m> {
             let zone = &mut self.zones[z];
             zone.start = zone.start.min(a);
             zone.end = zone.end.max(b);
-            zone.total_frames += u64::from(b - a);
+            zone.stats.total_frames += u64::from(b - a);
             self.total_frames += u64::from(b - a);
             // Free in the largest naturally aligned blocks that fit.
             let mut i = a;
             while i < b {
-                let mut order = MAX_ORDER;
-                while order > 0
-                    && (!(u64::from(i) + self.base).is_multiple_of(1 << order)
-                        || i + (1 << order) > b)
-                {
-                    order -= 1;
-                }
-                for f in i..i + (1 << order) {
-                    self.clear_bit(f);
-                }
+                let fits = |o: usize| {
+                    (u64::from(i) + self.base).is_multiple_of(1 << o) && i + (1 << o) <= b
+                };
+                let order = (1..=MAX_ORDER).rev().find(|&o| fits(o)).unwrap_or(0);
+                self.set_bits(i, order, false);
                 self.free_frames += 1 << order;
-                self.zones[z].free_frames += 1 << order;
+                self.zones[z].stats.free_frames += 1 << order;
                 self.push(z, i, order);
                 i += 1 << order;
             }
@@ -239,24 +228,23 @@ impl<'m> FrameAllocator<'m> {
     }
 
     fn zone_for(&mut self, kind: ZoneKind, node: u8, lo: Pfn, hi: Pfn) -> Result<usize, InitError> {
-        if let Some(i) = self
-            .zones
-            .iter()
-            .position(|z| z.kind == kind && z.node == node)
-        {
+        let same = |z: &Zone| z.stats.kind == kind && z.stats.node == node;
+        if let Some(i) = self.zones.iter().position(same) {
             return Ok(i);
         }
         let (a, b) = ((lo - self.base) as u32, (hi - self.base) as u32);
         self.zones
             .try_push(Zone {
-                kind,
-                node,
                 start: a,
                 end: b,
                 heads: [NONE; ORDERS],
-                free_blocks: [0; ORDERS],
-                free_frames: 0,
-                total_frames: 0,
+                stats: ZoneStats {
+                    kind,
+                    node,
+                    total_frames: 0,
+                    free_frames: 0,
+                    free_blocks: [0; ORDERS],
+                },
             })
             .map_err(|_| InitError::TooManyZones)?;
         Ok(self.zones.len() - 1)
@@ -268,28 +256,17 @@ impl<'m> FrameAllocator<'m> {
         if order > MAX_ORDER {
             return None;
         }
-        // Candidate zones in preference order: preferred node first, normal
-        // before DMA unless DMA was asked for.
-        let mut best: Option<(u8, usize)> = None;
-        for (i, z) in self.zones.iter().enumerate() {
-            let allowed = match zone {
-                ZoneRequest::Dma => z.kind == ZoneKind::Dma,
-                ZoneRequest::Any => true,
-            };
-            if !allowed || !(order..ORDERS).any(|o| z.heads[o] != NONE) {
-                continue;
-            }
-            let rank = u8::from(node.is_some_and(|n| n != z.node)) * 2
-                + u8::from(z.kind == ZoneKind::Dma && zone == ZoneRequest::Any);
-            if best.is_none_or(|(r, _)| rank < r) {
-                best = Some((rank, i));
-            }
-        }
-        let (_, z) = best?;
-        let mut o = order;
-        while self.zones[z].heads[o] == NONE {
-            o += 1;
-        }
+        // The first zone with a large enough block in preference order:
+        // preferred node first, normal before DMA unless DMA was asked for.
+        let dma = |z: &Zone| z.stats.kind == ZoneKind::Dma;
+        let any = zone == ZoneRequest::Any;
+        let zones = self.zones.iter().enumerate();
+        let (z, _) = zones
+            .filter(|(_, z)| (any || dma(z)) && (order..ORDERS).any(|o| z.heads[o] != NONE))
+            .min_by_key(|(_, z)| {
+                u8::from(node.is_some_and(|n| n != z.stats.node)) * 2 + u8::from(dma(z) && any)
+            })?;
+        let mut o = (order..ORDERS).find(|&o| self.zones[z].heads[o] != NONE)?;
         let block = self.zones[z].heads[o];
         self.unlink(z, block, o);
         // Split down, returning upper halves to the lists.
@@ -297,11 +274,9 @@ impl<'m> FrameAllocator<'m> {
             o -= 1;
             self.push(z, block + (1 << o), o);
         }
-        for f in block..block + (1 << order) {
-            self.set_bit(f);
-        }
+        self.set_bits(block, order, true);
         self.meta[block as usize].info = ALLOC_HEAD | order as u8;
-        self.zones[z].free_frames -= 1 << order;
+        self.zones[z].stats.free_frames -= 1 << order;
         self.free_frames -= 1 << order;
         self.peak_used = self.peak_used.max(self.total_frames - self.free_frames);
         Some(self.base + u64::from(block))
@@ -309,26 +284,15 @@ impl<'m> FrameAllocator<'m> {
 
     /// Frees a block returned by [`Self::alloc`] with the same `order`.
     pub fn free(&mut self, pfn: Pfn, order: usize) -> Result<(), FreeError> {
-        let idx = pfn
-            .checked_sub(self.base)
-            .filter(|i| *i < self.meta.len() as u64)
-            .ok_or(FreeError::OutOfRange)? as u32;
-        if !self.bit(idx) || self.meta[idx as usize].info == HOT {
-            return Err(FreeError::NotAllocated);
-        }
-        if order > MAX_ORDER || self.meta[idx as usize].info != ALLOC_HEAD | order as u8 {
-            return Err(FreeError::WrongBlock);
-        }
+        let idx = self.allocated(pfn, order)?;
         let z = self
             .zones
             .iter()
             .position(|z| z.start <= idx && idx < z.end)
             .ok_or(FreeError::OutOfRange)?;
         self.meta[idx as usize].info = 0;
-        for f in idx..idx + (1 << order) {
-            self.clear_bit(f);
-        }
-        self.zones[z].free_frames += 1 << order;
+        self.set_bits(idx, order, false);
+        self.zones[z].stats.free_frames += 1 << order;
         self.free_frames += 1 << order;
         // Coalesce with free buddies of equal order in the same zone.
         let (mut block, mut o) = (idx, order);
@@ -352,21 +316,25 @@ impl<'m> FrameAllocator<'m> {
         Ok(())
     }
 
-    /// The metadata of the allocated single frame `pfn`.
-    fn single(&mut self, pfn: Pfn) -> Result<&mut FrameMeta, FreeError> {
+    /// The index of `pfn`, which must be the first frame of an allocated
+    /// block of `order`: not free, not on a hot list (`NotAllocated`), and
+    /// not inside or of another order (`WrongBlock`).
+    fn allocated(&self, pfn: Pfn, order: usize) -> Result<u32, FreeError> {
         let idx = pfn
             .checked_sub(self.base)
             .filter(|i| *i < self.meta.len() as u64)
-            .ok_or(FreeError::OutOfRange)? as usize;
-        if !self.bit(idx as u32) || self.meta[idx].info == HOT {
-            return Err(FreeError::NotAllocated);
-        }
-        let m = &mut self.meta[idx];
-        if m.info == ALLOC_HEAD {
-            Ok(m)
-        } else {
-            Err(FreeError::WrongBlock)
-        }
+            .ok_or(FreeError::OutOfRange)? as u32;
+        let info = self.meta[idx as usize].info;
+        ensure(self.bit(idx) && info != HOT, FreeError::NotAllocated)?;
+        let head = order <= MAX_ORDER && info == ALLOC_HEAD | order as u8;
+        ensure(head, FreeError::WrongBlock)?;
+        Ok(idx)
+    }
+
+    /// The metadata of the allocated single frame `pfn`.
+    fn single(&mut self, pfn: Pfn) -> Result<&mut FrameMeta, FreeError> {
+        let idx = self.allocated(pfn, 0)?;
+        Ok(&mut self.meta[idx as usize])
     }
 
     /// Adds a reference to the allocated single frame `pfn` (it is shared
@@ -399,7 +367,6 @@ impl<'m> FrameAllocator<'m> {
         self.meta[idx as usize].info = ALLOC_HEAD;
         self.meta[idx as usize].extra_refs = 0;
         self.free_frames -= 1;
-        self.hot_frames -= 1;
         self.peak_used = self.peak_used.max(self.total_frames - self.free_frames);
         Some(self.base + u64::from(idx))
     }
@@ -408,24 +375,13 @@ impl<'m> FrameAllocator<'m> {
     /// to the buddy lists if the list is full. Errors as [`Self::free`].
     pub fn free_hot(&mut self, cpu: usize, pfn: Pfn) -> Result<(), FreeError> {
         let cpu = cpu % MAX_CPUS;
-        let idx = pfn
-            .checked_sub(self.base)
-            .filter(|i| *i < self.meta.len() as u64)
-            .ok_or(FreeError::OutOfRange)? as u32;
-        let info = self.meta[idx as usize].info;
-        if !self.bit(idx) || info == HOT {
-            return Err(FreeError::NotAllocated);
-        }
-        if info != ALLOC_HEAD {
-            return Err(FreeError::WrongBlock);
-        }
+        let idx = self.allocated(pfn, 0)?;
         if self.hot[cpu].is_full() {
             self.drain(cpu, HOT_BATCH);
         }
         self.meta[idx as usize].info = HOT;
         self.hot[cpu].push(idx);
         self.free_frames += 1;
-        self.hot_frames += 1;
         Ok(())
     }
 
@@ -445,7 +401,6 @@ impl<'m> FrameAllocator<'m> {
                 break;
             }
             self.free_frames += 1;
-            self.hot_frames += 1;
         }
         self.peak_used = peak;
     }
@@ -460,13 +415,13 @@ impl<'m> FrameAllocator<'m> {
             };
             self.meta[idx as usize].info = ALLOC_HEAD;
             self.free_frames -= 1;
-            self.hot_frames -= 1;
             // Cannot fail: the frame is an allocated single frame.
             let _ = self.free(self.base + u64::from(idx), 0);
         }
     }
 
     /// Returns every hot-list frame to the buddy lists.
+    #[cfg(test)]
     pub fn drain_hot(&mut self) {
         for cpu in 0..MAX_CPUS {
             self.drain(cpu, HOT_MAX);
@@ -475,7 +430,7 @@ impl<'m> FrameAllocator<'m> {
 
     /// Frames on hot lists.
     pub fn hot_frames(&self) -> u64 {
-        self.hot_frames
+        self.hot.iter().map(|h| h.len() as u64).sum()
     }
 
     /// References to the allocated single frame `pfn` (0 if it is not one).
@@ -484,6 +439,7 @@ impl<'m> FrameAllocator<'m> {
     }
 
     /// Whether the frame is allocated (or never was free).
+    #[cfg(test)]
     pub fn is_allocated(&self, pfn: Pfn) -> bool {
         match pfn.checked_sub(self.base) {
             Some(i) if i < self.meta.len() as u64 => {
@@ -510,13 +466,7 @@ impl<'m> FrameAllocator<'m> {
 
     /// Per-zone statistics.
     pub fn zone_stats(&self) -> impl Iterator<Item = ZoneStats> + '_ {
-        self.zones.iter().map(|z| ZoneStats {
-            kind: z.kind,
-            node: z.node,
-            total_frames: z.total_frames,
-            free_frames: z.free_frames,
-            free_blocks: z.free_blocks,
-        })
+        self.zones.iter().map(|z| z.stats)
     }
 
     fn push(&mut self, z: usize, block: u32, order: usize) {
@@ -531,7 +481,7 @@ impl<'m> FrameAllocator<'m> {
             self.meta[head as usize].prev = block;
         }
         self.zones[z].heads[order] = block;
-        self.zones[z].free_blocks[order] += 1;
+        self.zones[z].stats.free_blocks[order] += 1;
     }
 
     fn unlink(&mut self, z: usize, block: u32, order: usize) {
@@ -544,25 +494,20 @@ impl<'m> FrameAllocator<'m> {
         if next != NONE {
             self.meta[next as usize].prev = prev;
         }
-        self.meta[block as usize] = FrameMeta {
-            next: NONE,
-            prev: NONE,
-            info: 0,
-            extra_refs: 0,
-        };
-        self.zones[z].free_blocks[order] -= 1;
+        self.meta[block as usize] = FrameMeta::UNLINKED;
+        self.zones[z].stats.free_blocks[order] -= 1;
     }
 
     fn bit(&self, i: u32) -> bool {
         self.bitmap[(i / 64) as usize] & (1 << (i % 64)) != 0
     }
 
-    fn set_bit(&mut self, i: u32) {
-        self.bitmap[(i / 64) as usize] |= 1 << (i % 64);
-    }
-
-    fn clear_bit(&mut self, i: u32) {
-        self.bitmap[(i / 64) as usize] &= !(1 << (i % 64));
+    /// Sets (`on`) or clears the bits of the block of `order` at `block`.
+    fn set_bits(&mut self, block: u32, order: usize, on: bool) {
+        for i in block..block + (1 << order) {
+            let (word, bit) = (&mut self.bitmap[(i / 64) as usize], 1 << (i % 64));
+            *word = if on { *word | bit } else { *word & !bit };
+        }
     }
 }
 

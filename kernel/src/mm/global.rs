@@ -10,7 +10,8 @@
 //! NUMA range is node 0.
 
 use super::frame::{
-    DMA_LIMIT, FRAME_SIZE, FrameAllocator, FrameMeta, InitError, MAX_ZONES, Pfn, ZoneRequest,
+    DMA_LIMIT, FRAME_SIZE, FrameAllocator, FrameMeta, FreeError, InitError, MAX_ZONES, Pfn,
+    ZoneRequest,
 };
 use crate::bootinfo::MemoryMap;
 use crate::bootinfo::numa::{NodePlan, NumaMap};
@@ -49,7 +50,7 @@ pub enum MmInitError {
     /// No usable region is large enough for the allocator's metadata.
     NoRoomForMetadata,
     /// The allocator rejected the memory map.
-    Allocator(super::frame::InitError),
+    Allocator(InitError),
 }
 
 /// Builds the global frame allocator from `map`, tagging memory with the
@@ -78,8 +79,7 @@ pub fn init(map: &MemoryMap, numa: &NumaMap) -> Result<(), MmInitError> {
     let frames = hi.saturating_sub(lo);
     let (meta_len, bitmap_len) = FrameAllocator::metadata_len(frames);
     let meta_bytes = (meta_len * FrameMeta::SIZE).next_multiple_of(8);
-    let need = (meta_bytes + bitmap_len * 8) as u64;
-    let need = need.next_multiple_of(FRAME_SIZE);
+    let need = ((meta_bytes + bitmap_len * 8) as u64).next_multiple_of(FRAME_SIZE);
     let (carve_start, _) = low()
         .find(|(s, e)| e - s >= need)
         .ok_or(MmInitError::NoRoomForMetadata)?;
@@ -100,11 +100,7 @@ pub fn init(map: &MemoryMap, numa: &NumaMap) -> Result<(), MmInitError> {
     let mut alloc = FrameAllocator::new(lo, meta, bitmap).map_err(MmInitError::Allocator)?;
     for (s, e) in low() {
         // Skip the metadata carve-out.
-        let (s, e) = if s == carve_start {
-            (s + need, e)
-        } else {
-            (s, e)
-        };
+        let s = if s == carve_start { s + need } else { s };
         add_free_by_node(&mut alloc, numa, s, e).map_err(MmInitError::Allocator)?;
     }
     *FRAMES.lock() = Some(alloc);
@@ -125,9 +121,10 @@ pub fn add_memory_above_boot_limit(map: &MemoryMap) -> Result<(), MmInitError> {
     Ok(())
 }
 
-/// The hot list this CPU uses. One CPU runs the kernel until SMP lands;
-/// then this becomes the current CPU's index.
-const CPU: usize = 0;
+/// The hot list this CPU uses: its own.
+fn cpu() -> usize {
+    crate::arch::cpu_index()
+}
 
 /// Allocates `2^order` contiguous frames; returns the first frame's
 /// physical address. Single frames come from this CPU's hot list.
@@ -136,38 +133,43 @@ pub fn alloc_frames(order: usize, zone: ZoneRequest) -> Option<u64> {
     let mut guard = FRAMES.lock();
     let a = guard.as_mut()?;
     let pfn = if order == 0 && zone == ZoneRequest::Any {
-        a.alloc_hot(CPU)
+        a.alloc_hot(cpu())
     } else {
         a.alloc(order, zone, None)
     };
     pfn.map(|pfn| pfn * FRAME_SIZE)
 }
 
+/// Runs `f` on the allocator and the frame number of `phys`
+/// (`OutOfRange` before [`init`]).
+fn with_frame<R>(
+    phys: u64,
+    f: impl FnOnce(&mut FrameAllocator<'static>, Pfn) -> Result<R, FreeError>,
+) -> Result<R, FreeError> {
+    let pfn: Pfn = phys / FRAME_SIZE;
+    FRAMES
+        .lock()
+        .as_mut()
+        .map_or(Err(FreeError::OutOfRange), |a| f(a, pfn))
+}
+
 /// Frees a block from [`alloc_frames`].
 #[inline]
-pub fn free_frames(phys: u64, order: usize) -> Result<(), super::frame::FreeError> {
-    let pfn: Pfn = phys / FRAME_SIZE;
-    match FRAMES.lock().as_mut() {
-        Some(a) if order == 0 => a.free_hot(CPU, pfn),
-        Some(a) => a.free(pfn, order),
-        None => Err(super::frame::FreeError::OutOfRange),
-    }
+pub fn free_frames(phys: u64, order: usize) -> Result<(), FreeError> {
+    with_frame(phys, |a, pfn| match order {
+        0 => a.free_hot(cpu(), pfn),
+        _ => a.free(pfn, order),
+    })
 }
 
 /// Adds a copy-on-write reference to the allocated single frame at `phys`.
-pub fn share_frame(phys: u64) -> Result<u32, super::frame::FreeError> {
-    match FRAMES.lock().as_mut() {
-        Some(a) => a.share(phys / FRAME_SIZE),
-        None => Err(super::frame::FreeError::OutOfRange),
-    }
+pub fn share_frame(phys: u64) -> Result<u32, FreeError> {
+    with_frame(phys, |a, pfn| a.share(pfn))
 }
 
 /// Drops a reference to the single frame at `phys`; the last one frees it.
-pub fn release_frame(phys: u64) -> Result<bool, super::frame::FreeError> {
-    match FRAMES.lock().as_mut() {
-        Some(a) => a.release(CPU, phys / FRAME_SIZE),
-        None => Err(super::frame::FreeError::OutOfRange),
-    }
+pub fn release_frame(phys: u64) -> Result<bool, FreeError> {
+    with_frame(phys, |a, pfn| a.release(cpu(), pfn))
 }
 
 /// References to the single frame at `phys` (0 if it is not allocated).

@@ -3,17 +3,20 @@
 //!
 //! Allocation failure returns null (so `try_reserve`-style callers get an
 //! error); nothing here panics on exhaustion. The slab allocator keeps
-//! per-CPU object caches; one lock still serialises the heap (one CPU runs
-//! the kernel until SMP, which makes `CPU` the current CPU's index).
+//! per-CPU object caches, each CPU using its own; one lock still
+//! serialises the heap (nearly always taken under the kernel lock, so it
+//! is uncontended; see `smp`).
 
 use super::frame::ZoneRequest;
-use super::slab::{ClassStats, PageSource, SlabAllocator};
+use super::slab::{PageSource, SlabAllocator};
 use core::alloc::{GlobalAlloc, Layout};
 use core::ptr::NonNull;
 use spin::Mutex;
 
-/// The CPU whose object caches this CPU uses (see the module docs).
-const CPU: usize = 0;
+/// The CPU whose object caches this CPU uses: its own.
+fn cpu() -> usize {
+    crate::arch::cpu_index()
+}
 
 /// Pages for the slab allocator: frames, addressed through the direct map.
 pub struct FramePages;
@@ -49,7 +52,7 @@ unsafe impl GlobalAlloc for KernelHeap {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         self.0
             .lock()
-            .alloc(CPU, layout.size(), layout.align())
+            .alloc(cpu(), layout.size(), layout.align())
             .map_or(core::ptr::null_mut(), NonNull::as_ptr)
     }
 
@@ -58,30 +61,9 @@ unsafe impl GlobalAlloc for KernelHeap {
         if let Some(p) = NonNull::new(ptr) {
             // SAFETY: GlobalAlloc's contract: `ptr` came from `alloc` with
             // this layout.
-            unsafe { self.0.lock().free(CPU, p, layout.size(), layout.align()) }
+            unsafe { self.0.lock().free(cpu(), p, layout.size(), layout.align()) }
         }
     }
-}
-
-/// Prints per-class heap statistics.
-pub fn print_heap_stats() {
-    let heap = HEAP.0.lock();
-    for ClassStats {
-        object_size,
-        slabs,
-        objects_in_use,
-        cached,
-        allocs,
-        frees,
-    } in heap.class_stats()
-    {
-        if allocs > 0 {
-            kprintln!(
-                "  slab {object_size:>4} B: {slabs} slabs, {objects_in_use} in use, {cached} cached, {allocs} allocs, {frees} frees"
-            );
-        }
-    }
-    kprintln!("  large: {} pages", heap.large_pages());
 }
 
 crate::ktest!(

@@ -29,10 +29,6 @@ pub struct KernelMapStats {
     pub image_pages: u64,
 }
 
-fn is_ram(kind: RegionKind) -> bool {
-    !matches!(kind, RegionKind::Reserved | RegionKind::Bad)
-}
-
 /// Builds the kernel page tables and switches to them: the direct map of
 /// RAM, the architecture's device windows and `devices` (the interrupt
 /// controller's registers) as device memory, and the kernel image.
@@ -42,7 +38,8 @@ pub fn init(map: &MemoryMap, devices: &[(u64, u64)]) -> Result<KernelMapStats, M
     let mut stats = KernelMapStats::default();
     // RAM regions rounded out to pages and merged where they touch.
     let mut ram: Vec<(u64, u64)> = Vec::new();
-    for r in map.regions().iter().filter(|r| is_ram(r.kind)) {
+    let ram_kind = |k: RegionKind| !matches!(k, RegionKind::Reserved | RegionKind::Bad);
+    for r in map.regions().iter().filter(|r| ram_kind(r.kind)) {
         let (s, e) = (r.start & !0xfff, r.end.next_multiple_of(0x1000));
         match ram.last_mut() {
             Some(last) if s <= last.1 => last.1 = last.1.max(e),

@@ -5,6 +5,9 @@
 //! Invariant: `ptr` points to a live `Inner<T>` allocated with
 //! `Layout::new::<Inner<T>>()`, whose `count` equals the number of `KArc`s
 //! pointing to it; the last one to drop frees it.
+//!
+//! With it, the small helpers of the kernel's fallible paths: [`try_box`],
+//! [`oom`] and [`ensure`].
 
 use core::alloc::Layout;
 use core::ptr::NonNull;
@@ -78,6 +81,16 @@ pub fn try_box<T>(value: T) -> Result<alloc::boxed::Box<T>, Error> {
         ptr.as_ptr().write(value);
         Ok(alloc::boxed::Box::from_raw(ptr.as_ptr()))
     }
+}
+
+/// `OutOfMemory` for a failed fallible allocation (`Vec::try_reserve`).
+pub fn oom<E>(_: E) -> Error {
+    Error::OutOfMemory
+}
+
+/// `Err(e)` unless `ok`: one check of an argument or a state.
+pub fn ensure<E>(ok: bool, e: E) -> Result<(), E> {
+    if ok { Ok(()) } else { Err(e) }
 }
 
 impl<T> Clone for KArc<T> {

@@ -48,6 +48,9 @@ pub trait Machine: 'static + Sized {
     /// space `asid`, cached walks through its page tables included (after
     /// some of its tables were freed).
     fn flush_space(asid: u16);
+    /// Invalidates the TLBs of the CPUs of mask `cpus` (bit per CPU) other
+    /// than this one, and waits until they have (SMP shootdown).
+    fn shootdown(cpus: u64);
     /// Called before the tree at `root` is freed: the kernel stops using
     /// it (switches away if it is loaded).
     fn release_root(root: u64);

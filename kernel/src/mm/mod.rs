@@ -38,8 +38,10 @@ pub mod kmap;
 #[cfg(target_os = "none")]
 pub use global::*;
 
-// In host tests, the frame allocator's stand-in under the same names.
+// In host tests, the frame allocator's stand-in under the same names
+// (test support, so it lives with the tests).
 #[cfg(test)]
+#[path = "tests/host.rs"]
 mod host;
 #[cfg(test)]
 pub use host::*;

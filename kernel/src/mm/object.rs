@@ -16,7 +16,7 @@
 //! - Dropping an anonymous object drops one reference to each of its
 //!   present frames.
 
-use super::kref::KArc;
+use super::kref::{KArc, ensure, oom};
 use super::machine::Machine;
 use super::pool::MemoryPool;
 use keel_abi::Error;
@@ -62,42 +62,31 @@ pub struct MemObject<M: Machine> {
 }
 
 impl<M: Machine> MemObject<M> {
-    /// An anonymous object of `pages` pages; `eager` allocates and zeroes
-    /// every frame now, otherwise pages are allocated on first touch.
+    /// [`Self::anonymous_charged`] to no pool.
+    #[cfg(any(test, feature = "ktest", feature = "bench"))]
     pub fn anonymous(pages: usize, eager: bool) -> Result<KArc<Self>, Error> {
         Self::anonymous_charged(pages, eager, None)
     }
 
-    /// Like [`Self::anonymous`], charging `pages` to `pool` for the
-    /// object's lifetime.
+    /// An anonymous object of `pages` pages, charged to `pool` for its
+    /// lifetime; `eager` allocates and zeroes every frame now, otherwise
+    /// pages are allocated on first touch.
     pub fn anonymous_charged(
         pages: usize,
         eager: bool,
         pool: Option<KArc<MemoryPool>>,
     ) -> Result<KArc<Self>, Error> {
-        if pages == 0 || pages > isize::MAX as usize / PAGE {
-            return Err(Error::InvalidArgument);
-        }
+        let valid = pages > 0 && pages <= isize::MAX as usize / PAGE;
+        ensure(valid, Error::InvalidArgument)?;
         let mut frames = alloc::vec::Vec::new();
-        frames
-            .try_reserve_exact(pages)
-            .map_err(|_| Error::OutOfMemory)?;
+        frames.try_reserve_exact(pages).map_err(oom)?;
         // Charged last: from here on the object's drop credits it back.
         if let Some(q) = &pool {
             q.charge(pages as u64)?;
         }
         frames.resize(pages, ABSENT);
-        let obj = KArc::try_new(MemObject {
-            backing: Backing::Anonymous,
-            pages,
-            pool,
-            state: Mutex::new(State {
-                frames,
-                spaces: 0,
-                cow: false,
-            }),
-            _machine: core::marker::PhantomData,
-        })?; // On failure the dropped value credits the pool back.
+        // On failure the dropped value credits the pool back.
+        let obj = Self::make(Backing::Anonymous, pages, pool, frames, false)?;
         if eager {
             // On failure `obj` drops and releases what was allocated.
             for i in 0..pages {
@@ -110,20 +99,30 @@ impl<M: Machine> MemObject<M> {
     /// An object naming `pages` pages of physical memory at `base`.
     pub fn physical(base: u64, pages: usize, device: bool) -> Result<KArc<Self>, Error> {
         let len = (pages as u64).checked_mul(PAGE as u64);
-        if pages == 0
-            || !base.is_multiple_of(PAGE as u64)
-            || len.and_then(|l| base.checked_add(l)).is_none()
-        {
-            return Err(Error::InvalidArgument);
-        }
+        let fits = len.and_then(|l| base.checked_add(l)).is_some();
+        let valid = pages > 0 && base.is_multiple_of(PAGE as u64) && fits;
+        ensure(valid, Error::InvalidArgument)?;
+        let backing = Backing::Physical { base, device };
+        Self::make(backing, pages, None, alloc::vec::Vec::new(), false)
+    }
+
+    /// A new object of `pages` pages backed by `backing` (and `frames`, if
+    /// anonymous), charged to `pool`.
+    fn make(
+        backing: Backing,
+        pages: usize,
+        pool: Option<KArc<MemoryPool>>,
+        frames: alloc::vec::Vec<u64>,
+        cow: bool,
+    ) -> Result<KArc<Self>, Error> {
         KArc::try_new(MemObject {
-            backing: Backing::Physical { base, device },
+            backing,
             pages,
-            pool: None,
+            pool,
             state: Mutex::new(State {
-                frames: alloc::vec::Vec::new(),
+                frames,
                 spaces: 0,
-                cow: false,
+                cow,
             }),
             _machine: core::marker::PhantomData,
         })
@@ -142,9 +141,7 @@ impl<M: Machine> MemObject<M> {
 
     /// The frame of page `i`, allocating a zeroed one if it has none yet.
     pub fn frame(&self, i: usize) -> Result<u64, Error> {
-        if i >= self.pages {
-            return Err(Error::InvalidArgument);
-        }
+        ensure(i < self.pages, Error::InvalidArgument)?;
         let mut st = self.state.lock();
         match self.backing {
             Backing::Physical { base, .. } => Ok(base + (i * PAGE) as u64),
@@ -199,26 +196,12 @@ impl<M: Machine> MemObject<M> {
     /// A new anonymous object with the same contents, sharing every
     /// present frame copy-on-write. Both objects become `cow`.
     pub fn cow_clone(&self) -> Result<KArc<Self>, Error> {
-        if self.backing != Backing::Anonymous {
-            return Err(Error::InvalidState);
-        }
+        ensure(self.backing == Backing::Anonymous, Error::InvalidState)?;
         let mut frames = alloc::vec::Vec::new();
-        frames
-            .try_reserve_exact(self.pages)
-            .map_err(|_| Error::OutOfMemory)?;
+        frames.try_reserve_exact(self.pages).map_err(oom)?;
         let mut st = self.state.lock();
         frames.extend_from_slice(&st.frames);
-        let copy = KArc::try_new(MemObject {
-            backing: Backing::Anonymous,
-            pages: self.pages,
-            pool: None,
-            state: Mutex::new(State {
-                frames,
-                spaces: 0,
-                cow: true,
-            }),
-            _machine: core::marker::PhantomData,
-        })?;
+        let copy = Self::make(Backing::Anonymous, self.pages, None, frames, true)?;
         st.cow = true;
         for &f in st.frames.iter().filter(|&&f| f != ABSENT) {
             M::share_frame(f);
@@ -238,9 +221,8 @@ impl<M: Machine> MemObject<M> {
         pool: Option<KArc<MemoryPool>>,
     ) -> Result<KArc<Self>, Error> {
         let end = offset.checked_add(pages).ok_or(Error::InvalidArgument)?;
-        if self.backing != Backing::Anonymous || pages == 0 || end > self.pages {
-            return Err(Error::InvalidArgument);
-        }
+        let valid = self.backing == Backing::Anonymous && pages > 0 && end <= self.pages;
+        ensure(valid, Error::InvalidArgument)?;
         let new = Self::anonymous_charged(pages, false, pool)?;
         let mut st = self.state.lock();
         let mut nst = new.state.lock();
@@ -266,9 +248,7 @@ impl<M: Machine> MemObject<M> {
     /// a copy-on-write object already mapped by another space.
     pub(super) fn add_space(&self) -> Result<(), Error> {
         let mut st = self.state.lock();
-        if st.cow && st.spaces > 0 {
-            return Err(Error::InvalidState);
-        }
+        ensure(!st.cow || st.spaces == 0, Error::InvalidState)?;
         st.spaces += 1;
         Ok(())
     }

@@ -24,6 +24,7 @@
 //! allocator is undefined behaviour, as for any `GlobalAlloc`; the kernel
 //! only frees what it allocated.
 
+use arrayvec::ArrayVec;
 use core::ptr::{self, NonNull};
 
 /// Page (and slab) size.
@@ -39,11 +40,7 @@ pub const MAX_CPUS: usize = super::frame::MAX_CPUS;
 const MAGAZINE: usize = 16;
 
 /// One CPU's cache of free objects of one class.
-#[derive(Clone, Copy)]
-struct Magazine {
-    len: usize,
-    objects: [*mut u8; MAGAZINE],
-}
+type Magazine = ArrayVec<*mut u8, MAGAZINE>;
 
 /// Where slabs' pages come from.
 pub trait PageSource {
@@ -90,6 +87,7 @@ pub struct ClassStats {
 #[derive(Clone, Copy)]
 struct Class {
     partial: *mut SlabHeader,
+    /// Its statistics (`object_size` filled in when they are read).
     stats: ClassStats,
 }
 
@@ -143,20 +141,11 @@ impl<S: PageSource> SlabAllocator<S> {
                 frees: 0,
             },
         };
-        let mut classes = [EMPTY; CLASSES.len()];
-        let mut i = 0;
-        while i < CLASSES.len() {
-            classes[i].stats.object_size = CLASSES[i];
-            i += 1;
-        }
-        const MAG: Magazine = Magazine {
-            len: 0,
-            objects: [ptr::null_mut(); MAGAZINE],
-        };
+        const CPU: [Magazine; CLASSES.len()] = [const { Magazine::new_const() }; CLASSES.len()];
         SlabAllocator {
             source,
-            classes,
-            caches: [[MAG; CLASSES.len()]; MAX_CPUS],
+            classes: [EMPTY; CLASSES.len()],
+            caches: [CPU; MAX_CPUS],
             large_pages: 0,
         }
     }
@@ -168,16 +157,15 @@ impl<S: PageSource> SlabAllocator<S> {
         match class_of(size, align) {
             Some(c) => {
                 let cpu = cpu % MAX_CPUS;
-                if self.caches[cpu][c].len == 0 {
+                if self.caches[cpu][c].is_empty() {
                     self.refill(cpu, c);
                 }
-                let m = &mut self.caches[cpu][c];
-                m.len = m.len.checked_sub(1)?;
+                let obj = self.caches[cpu][c].pop()?;
                 let st = &mut self.classes[c].stats;
                 st.cached -= 1;
                 st.objects_in_use += 1;
                 st.allocs += 1;
-                NonNull::new(m.objects[m.len])
+                NonNull::new(obj)
             }
             None if align <= PAGE => {
                 let order = pages_order(size);
@@ -200,13 +188,11 @@ impl<S: PageSource> SlabAllocator<S> {
         match class_of(size, align) {
             Some(c) => {
                 let cpu = cpu % MAX_CPUS;
-                if self.caches[cpu][c].len == MAGAZINE {
+                if self.caches[cpu][c].is_full() {
                     // SAFETY: the magazine holds in-use objects of class `c`.
                     unsafe { self.flush(cpu, c, MAGAZINE / 2) };
                 }
-                let m = &mut self.caches[cpu][c];
-                m.objects[m.len] = ptr.as_ptr();
-                m.len += 1;
+                self.caches[cpu][c].push(ptr.as_ptr());
                 let st = &mut self.classes[c].stats;
                 st.cached += 1;
                 st.objects_in_use -= 1;
@@ -232,9 +218,7 @@ impl<S: PageSource> SlabAllocator<S> {
             let Some(obj) = self.alloc_object(c) else {
                 return;
             };
-            let m = &mut self.caches[cpu][c];
-            m.objects[m.len] = obj.as_ptr();
-            m.len += 1;
+            self.caches[cpu][c].push(obj.as_ptr());
             self.classes[c].stats.cached += 1;
         }
     }
@@ -249,12 +233,9 @@ impl<S: PageSource> SlabAllocator<S> {
     #[inline(never)]
     unsafe fn flush(&mut self, cpu: usize, c: usize, n: usize) {
         for _ in 0..n {
-            let m = &mut self.caches[cpu][c];
-            let Some(len) = m.len.checked_sub(1) else {
+            let Some(obj) = self.caches[cpu][c].pop() else {
                 return;
             };
-            m.len = len;
-            let obj = m.objects[len];
             self.classes[c].stats.cached -= 1;
             if let Some(obj) = NonNull::new(obj) {
                 // SAFETY: by the function's contract.
@@ -385,11 +366,17 @@ impl<S: PageSource> SlabAllocator<S> {
     }
 
     /// Per-class statistics.
+    #[cfg(test)]
     pub fn class_stats(&self) -> impl Iterator<Item = ClassStats> + '_ {
-        self.classes.iter().map(|c| c.stats)
+        let sizes = CLASSES.into_iter();
+        (self.classes.iter().zip(sizes)).map(|(c, object_size)| ClassStats {
+            object_size,
+            ..c.stats
+        })
     }
 
     /// Pages held by requests larger than the biggest class.
+    #[cfg(test)]
     pub fn large_pages(&self) -> usize {
         self.large_pages
     }

@@ -24,6 +24,7 @@ use super::machine::Machine;
 use super::object::{MemObject, PAGE};
 use super::{KernelTables, alloc_frames, frame_refs, release_frame, share_frame};
 use crate::arch;
+use crate::bootinfo::MAX_CPUS;
 use core::sync::atomic::{AtomicU64, Ordering};
 use keel_abi::Error;
 use spin::Mutex;
@@ -84,13 +85,15 @@ impl Machine for KernelMachine {
     }
 
     fn is_loaded(root: u64) -> bool {
-        LOADED.load(Ordering::Relaxed) == root
+        loaded().load(Ordering::Relaxed) == root
     }
 
     fn flush_page(asid: u16, va: usize) {
-        // One CPU runs the kernel for now; SMP adds the shootdown of other
-        // CPUs that have this space loaded here.
         arch::flush_page(asid, va);
+    }
+
+    fn shootdown(cpus: u64) {
+        crate::smp::shootdown(cpus);
     }
 
     fn flush_space(_asid: u16) {
@@ -100,7 +103,7 @@ impl Machine for KernelMachine {
     }
 
     fn release_root(root: u64) {
-        if LOADED.load(Ordering::Relaxed) == root {
+        if loaded().load(Ordering::Relaxed) == root {
             unload();
         }
     }
@@ -112,8 +115,20 @@ pub type UserSpace = AddressSpace<KernelMachine>;
 pub type MemoryObject = MemObject<KernelMachine>;
 
 static ASIDS: Mutex<Asids> = Mutex::new(Asids::new(1));
-/// Root of the loaded user space, 0 for none.
-static LOADED: AtomicU64 = AtomicU64::new(0);
+/// Root of the user space each CPU has loaded, 0 for none.
+static LOADED: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
+/// The id generation each CPU's TLB last flushed for (`mm::asid`).
+static GENERATION: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
+
+/// This CPU's slot of a per-CPU table.
+fn this_cpu<T>(table: &[T; MAX_CPUS]) -> &T {
+    &table[arch::cpu_index() % MAX_CPUS]
+}
+
+/// The root this CPU has loaded.
+fn loaded() -> &'static AtomicU64 {
+    this_cpu(&LOADED)
+}
 
 /// Sets up address-space ids; called once at boot.
 pub fn init() {
@@ -124,20 +139,24 @@ pub fn init() {
 pub fn load(space: &mut UserSpace) {
     let (tag, flush) = ASIDS.lock().assign(space.tag());
     space.set_tag(tag);
-    if flush == Flush::All {
+    space.loaded_on(1 << (arch::cpu_index() % MAX_CPUS));
+    // A new generation (begun here or on another CPU) hands out ids that
+    // this CPU's TLB may still hold entries of.
+    let fresh = this_cpu(&GENERATION).swap(tag >> 16, Ordering::Relaxed) != tag >> 16;
+    if flush == Flush::All || (fresh && tag != 0) {
         arch::flush_all();
     }
     // SAFETY: `space` shares the kernel half of the current kernel root
     // (or the kernel has a root of its own), and before its tables are
     // freed `release_root` unloads it.
     unsafe { arch::load_user_root(space.root(), space.asid(), flush == Flush::Asid) };
-    LOADED.store(space.root(), Ordering::Relaxed);
+    loaded().store(space.root(), Ordering::Relaxed);
 }
 
 /// Leaves no user address space loaded.
 pub fn unload() {
     arch::unload_user_root();
-    LOADED.store(0, Ordering::Relaxed);
+    loaded().store(0, Ordering::Relaxed);
 }
 
 /// Calls `f(offset, user_addr, len, phys)` for each page-bounded chunk of
@@ -190,7 +209,7 @@ unsafe fn copy_chunk(loaded: bool, dst: *mut u8, src: *const u8, len: usize) -> 
 /// Never on a hosted target: there the host stand-in of the architecture
 /// has no user mode, and copies go through the direct map.
 fn is_loaded(space: &UserSpace) -> bool {
-    cfg!(target_os = "none") && LOADED.load(Ordering::Relaxed) == space.root()
+    cfg!(target_os = "none") && loaded().load(Ordering::Relaxed) == space.root()
 }
 
 fn user_side(loaded: bool, user: usize, pa: u64) -> usize {
@@ -519,7 +538,7 @@ crate::ktest!(
             load(&mut s);
             drop(s);
             // Dropping the loaded space unloaded it.
-            kassert_eq!(LOADED.load(Ordering::Relaxed), 0);
+            kassert_eq!(loaded().load(Ordering::Relaxed), 0);
             Ok(())
         })
     }

@@ -55,10 +55,8 @@ pub struct IoPorts {
 impl IoPorts {
     /// Whether `width` bytes at `port` lie inside the range.
     pub fn covers(&self, port: usize, width: usize) -> bool {
-        let (base, end) = (
-            usize::from(self.base),
-            usize::from(self.base) + usize::from(self.count),
-        );
+        let base = usize::from(self.base);
+        let end = base + usize::from(self.count);
         port >= base && port.checked_add(width).is_some_and(|e| e <= end)
     }
 }

@@ -35,7 +35,7 @@ pub use thread::{Thread, ThreadId, ThreadRef};
 pub use timer::{Timer, TimerId, TimerRef};
 
 use crate::cap::CSpaceId;
-use crate::mm::kref::KArc;
+use crate::mm::kref::{KArc, oom};
 use crate::mm::pool::MemoryPool;
 use crate::mm::user::MemoryObject;
 use alloc::vec::Vec;
@@ -170,6 +170,7 @@ pub enum Orphan {
 /// The queue of orphans of one kernel. Room for one entry is reserved for
 /// every live [`OrphanSlot`] and every queued entry not yet taken, so
 /// queueing from `Drop` never allocates and never fails.
+#[derive(Default)]
 pub struct Orphans {
     queue: Mutex<OrphanQueue>,
     /// Whether `queue` may be non-empty: one load on every system call's
@@ -177,6 +178,7 @@ pub struct Orphans {
     queued: AtomicBool,
 }
 
+#[derive(Default)]
 struct OrphanQueue {
     entries: Vec<Orphan>,
     /// Live slots plus queued entries: the capacity `entries` must have.
@@ -186,13 +188,7 @@ struct OrphanQueue {
 impl Orphans {
     /// An empty queue.
     pub fn new() -> Result<KArc<Orphans>, Error> {
-        KArc::try_new(Orphans {
-            queue: Mutex::new(OrphanQueue {
-                entries: Vec::new(),
-                owed: 0,
-            }),
-            queued: AtomicBool::new(false),
-        })
+        KArc::try_new(Orphans::default())
     }
 
     /// Reserves room in `orphans` for one object's last reference.
@@ -200,9 +196,7 @@ impl Orphans {
         let mut q = orphans.queue.lock();
         let owed = q.owed + 1;
         let more = owed.saturating_sub(q.entries.len());
-        q.entries
-            .try_reserve(more)
-            .map_err(|_| Error::OutOfMemory)?;
+        q.entries.try_reserve(more).map_err(oom)?;
         q.owed = owed;
         Ok(OrphanSlot {
             orphans: orphans.clone(),

@@ -144,6 +144,8 @@ pub struct Thread {
     pub(crate) run_ticks: u64,
     /// Times it was switched in.
     pub(crate) switches: u64,
+    /// The CPU it runs or is queued on, else the one it ran on last.
+    pub(crate) cpu: usize,
     affinity: u64,
     space: KArc<AddressSpaceObject>,
     home: Home,
@@ -173,6 +175,7 @@ impl Thread {
             sched: crate::sched::Params::default(),
             run_ticks: 0,
             switches: 0,
+            cpu: 0,
             affinity: u64::MAX,
             space,
             home,

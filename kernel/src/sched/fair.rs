@@ -127,6 +127,11 @@ impl<T: PartialEq + Copy + Slot> FairQueue<T> {
         self.heap.peek()
     }
 
+    /// The queued threads, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = T> + '_ {
+        self.heap.iter()
+    }
+
     /// Takes the thread [`Self::peek_min`] names.
     pub fn pop_min(&mut self) -> Option<(T, u64)> {
         let (t, v) = self.peek_min()?;

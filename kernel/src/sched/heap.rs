@@ -63,6 +63,11 @@ impl<T: Copy + Slot> SlotHeap<T> {
         self.heap.try_reserve(want).map_err(|_| Error::OutOfMemory)
     }
 
+    /// The items, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = T> + '_ {
+        self.heap.iter().map(|e| e.item)
+    }
+
     /// Items queued.
     pub fn len(&self) -> usize {
         self.heap.len()

@@ -1,8 +1,10 @@
 //! Scheduling: which thread runs next. Written by hand: core competence.
 //! Portable and host-tested.
 //!
-//! Three classes, each only running when the ones above have nothing
-//! ready (one CPU today; per-CPU queues and balancing build on this):
+//! One [`Scheduler`] per CPU (its run queues and running thread);
+//! `task::Kernel` places woken threads, steals for idle CPUs and balances
+//! between them. Three classes, each only running when the ones above have
+//! nothing ready:
 //! - real time ([`Class::RoundRobin`], [`Class::Fifo`]): fixed priorities
 //!   0 (lowest) … 31, FIFO within a priority ([`runq`], an O(1) bitmap); a
 //!   round-robin thread gives way to its equals when its slice ends, a
@@ -114,6 +116,7 @@ pub struct Scheduler<T> {
     fair: FairQueue<T>,
     idle: RunQueue<T>,
     current: Option<T>,
+    queued: usize,
 }
 
 impl<T: PartialEq + Copy + Slot> Default for Scheduler<T> {
@@ -130,6 +133,7 @@ impl<T: PartialEq + Copy + Slot> Scheduler<T> {
             fair: FairQueue::new(),
             idle: RunQueue::new(),
             current: None,
+            queued: 0,
         }
     }
 
@@ -155,35 +159,55 @@ impl<T: PartialEq + Copy + Slot> Scheduler<T> {
     /// resumed or woken, not preempted) is placed against the queue's
     /// virtual time first.
     pub fn enqueue(&mut self, t: T, p: &mut Params, waking: bool) -> Result<(), Error> {
-        match p.class {
+        self.queued += 1;
+        let r = match p.class {
             Class::RoundRobin | Class::Fifo => self.rt.push(p.prio, t),
             Class::Normal => {
                 p.vruntime = self.fair.place(p.vruntime, waking);
                 self.fair.push(t, p.vruntime, p.nice)
             }
             Class::Idle => self.idle.push(0, t),
-        }
+        };
+        self.queued -= usize::from(r.is_err());
+        r
     }
 
     /// Takes a thread out of its queue (it stopped being ready).
     pub fn dequeue(&mut self, t: T, p: &Params) {
-        let _gone = match p.class {
+        let gone = match p.class {
             Class::RoundRobin | Class::Fifo => self.rt.remove(p.prio, t),
             Class::Normal => self.fair.remove(t),
             Class::Idle => self.idle.remove(0, t),
         };
+        self.queued -= usize::from(gone);
     }
 
     /// Takes the next thread to run: real time by priority, then the
     /// normal thread with the least virtual time, then idle.
     pub fn pick(&mut self) -> Option<T> {
-        if let Some((_, t)) = self.rt.pop() {
-            return Some(t);
-        }
-        if let Some((t, _)) = self.fair.pop_min() {
-            return Some(t);
-        }
-        self.idle.pop().map(|(_, t)| t)
+        let t = match self.rt.pop() {
+            Some((_, t)) => Some(t),
+            None => match self.fair.pop_min() {
+                Some((t, _)) => Some(t),
+                None => self.idle.pop().map(|(_, t)| t),
+            },
+        };
+        self.queued -= usize::from(t.is_some());
+        t
+    }
+
+    /// Threads queued.
+    pub fn queued(&self) -> usize {
+        self.queued
+    }
+
+    /// The queued threads in about the order they would run (real time by
+    /// priority, normal, idle), for another CPU to steal one.
+    pub fn iter(&self) -> impl Iterator<Item = T> + '_ {
+        self.rt
+            .iter()
+            .chain(self.fair.iter())
+            .chain(self.idle.iter())
     }
 
     /// Whether a running thread with `p` keeps the CPU: after a yield only

@@ -146,6 +146,18 @@ impl<T: PartialEq + Copy + Slot> RunQueue<T> {
     pub fn is_empty(&self) -> bool {
         self.bitmap == 0
     }
+
+    /// The queued threads, highest priority first, FIFO within one.
+    pub fn iter(&self) -> impl Iterator<Item = T> + '_ {
+        self.ends.iter().rev().flat_map(move |&(head, _)| {
+            let mut s = head;
+            core::iter::from_fn(move || {
+                let l = self.links.get(s as usize)?;
+                s = l.next;
+                l.item
+            })
+        })
+    }
 }
 
 impl<T: PartialEq + Copy + Slot> Default for RunQueue<T> {

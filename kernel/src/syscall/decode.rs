@@ -2,9 +2,9 @@
 //! checked and reserved, with no visible effect (see the parent module).
 
 use super::{DEBUG_WRITE_MAX, USER_CSPACE_MAX_SLOTS};
-use crate::cap::{CSpaceId, CapSpace, NewSpace};
+use crate::cap::{CSpaceId, Cap, CapSpace, NewSpace};
 use crate::mm::aspace::USER_END;
-use crate::mm::kref::{KArc, try_box};
+use crate::mm::kref::{KArc, ensure, try_box};
 use crate::mm::paging::Attr;
 use crate::mm::pool::MemoryPool;
 use crate::mm::user::{MemoryObject, UserAddr, copy_from_user};
@@ -45,7 +45,7 @@ pub(super) enum Call {
         slot: u32,
         rights: Rights,
         badge: u64,
-        grant: bool,
+        needed: Rights,
     },
     Delegate {
         from: CSpaceId,
@@ -55,7 +55,9 @@ pub(super) enum Call {
     },
     Delete(CSpaceId, CapToken),
     Revoke(CSpaceId, CapToken),
-    /// A new object's original capability into a reserved slot.
+    /// A new object's original capability into a reserved slot (a new
+    /// endpoint or notification has its table room reserved and its pool
+    /// charged).
     Insert {
         cspace: CSpaceId,
         slot: u32,
@@ -83,14 +85,6 @@ pub(super) enum Call {
     SetTls(ThreadId, usize),
     Yield,
     Kill(ThreadId),
-    /// A new endpoint or notification (its table room reserved, its pool
-    /// charged, its capability's slot reserved).
-    IpcObject {
-        cspace: CSpaceId,
-        slot: u32,
-        object: KObject,
-    },
-
     /// Send or call (`call`) on an endpoint.
     Send {
         ep: EndpointId,
@@ -153,9 +147,7 @@ fn rights(raw: usize) -> Result<Rights, Error> {
 }
 
 fn prot(raw: usize) -> Result<Attr, Error> {
-    if raw & !(PROT_WRITE | PROT_EXEC) != 0 {
-        return Err(Error::InvalidArgument);
-    }
+    ensure(raw & !(PROT_WRITE | PROT_EXEC) == 0, Error::InvalidArgument)?;
     let mut a = Attr::empty();
     a.set(Attr::WRITE, raw & PROT_WRITE != 0);
     a.set(Attr::EXEC, raw & PROT_EXEC != 0);
@@ -164,14 +156,10 @@ fn prot(raw: usize) -> Result<Attr, Error> {
 
 /// Rights a mapping with `attr` needs on the memory object.
 fn rights_for(attr: Attr) -> Rights {
-    let mut r = Rights::READ;
-    if attr.contains(Attr::WRITE) {
-        r = r | Rights::WRITE;
-    }
-    if attr.contains(Attr::EXEC) {
-        r = r | Rights::EXECUTE;
-    }
-    r
+    [(Attr::WRITE, Rights::WRITE), (Attr::EXEC, Rights::EXECUTE)]
+        .into_iter()
+        .filter(|&(a, _)| attr.contains(a))
+        .fold(Rights::READ, |r, (_, x)| r | x)
 }
 
 /// The object `raw` names in `cspace`, which must be a `T` with `needed`.
@@ -181,8 +169,18 @@ pub(super) fn cap<T: Object>(
     raw: usize,
     needed: Rights,
 ) -> Result<T, Error> {
+    cap_and(k, cspace, raw, needed).map(|(o, _)| o)
+}
+
+/// Like [`cap`], with the capability itself (for its badge and rights).
+fn cap_and<T: Object>(
+    k: &Kernel,
+    cspace: CSpaceId,
+    raw: usize,
+    needed: Rights,
+) -> Result<(T, &Cap<KObject>), Error> {
     let c = k.caps.lookup_as(cspace, token(raw), T::TYPE, needed)?;
-    T::from_object(c.object()).ok_or(Error::WrongObjectType)
+    Ok((T::from_object(c.object()).ok_or(Error::WrongObjectType)?, c))
 }
 
 /// A live thread `raw` names, with the right to control it.
@@ -200,10 +198,8 @@ pub(super) fn thread(
 /// (`object::cspace`), so no cycle can keep spaces alive.
 fn destination(k: &Kernel, cspace: CSpaceId, raw: usize, dest: usize) -> Result<CSpaceId, Error> {
     let to = cap::<KArc<CSpaceRef>>(k, cspace, dest, Rights::WRITE)?;
-    if let KObject::CSpace(r) = k.caps.lookup(cspace, token(raw))?.object()
-        && !r.may_go_into(&to)
-    {
-        return Err(Error::InvalidArgument);
+    if let KObject::CSpace(r) = k.caps.lookup(cspace, token(raw))?.object() {
+        ensure(r.may_go_into(&to), Error::InvalidArgument)?;
     }
     Ok(to.id())
 }
@@ -212,45 +208,28 @@ fn destination(k: &Kernel, cspace: CSpaceId, raw: usize, dest: usize) -> Result<
 /// than the registers (or with capabilities) needs a readable IPC buffer.
 fn message_info(k: &Kernel, caller: ThreadId, raw: usize) -> Result<MsgInfo, Error> {
     let info = MsgInfo(raw as u64);
-    if !info.check() {
-        return Err(Error::InvalidArgument);
-    }
+    ensure(info.check(), Error::InvalidArgument)?;
     if info.len() > REGISTER_WORDS || info.caps() > 0 {
         let t = k.thread(caller)?;
         let buffer = t.ipc.buffer;
-        if buffer == 0 {
-            return Err(Error::InvalidArgument);
-        }
+        ensure(buffer != 0, Error::InvalidArgument)?;
         // One byte proves the page (the whole buffer) readable.
         copy_from_user(&mut t.space().lock(), UserAddr::new(buffer), &mut [0u8; 1])?;
     }
     Ok(info)
 }
 
-/// The capabilities a sender lists in its IPC buffer: each must exist and
-/// have `GRANT`.
+/// The `n` capabilities a sender lists in its IPC buffer (none read if
+/// `n` is 0): each must exist and have `GRANT`.
 fn check_caps(k: &Kernel, caller: ThreadId, cs: CSpaceId, n: usize) -> Result<(), Error> {
+    if n == 0 {
+        return Ok(());
+    }
     for token in k.sent_caps(caller, n)? {
         let c = k.caps.lookup(cs, token)?;
-        if !c.rights().contains(Rights::GRANT) {
-            return Err(Error::AccessDenied);
-        }
+        ensure(c.rights().contains(Rights::GRANT), Error::AccessDenied)?;
     }
     Ok(())
-}
-
-fn endpoint(o: &KObject) -> Result<EndpointId, Error> {
-    match o {
-        KObject::Endpoint(r) => Ok(r.id()),
-        _ => Err(Error::WrongObjectType),
-    }
-}
-
-fn notification(o: &KObject) -> Result<NotificationId, Error> {
-    match o {
-        KObject::Notification(r) => Ok(r.id()),
-        _ => Err(Error::WrongObjectType),
-    }
 }
 
 /// Decodes call `number` with `args` from thread `caller`, whose capability
@@ -269,9 +248,7 @@ pub(super) fn decode(
     Ok(match call {
         Syscall::DebugWrite => {
             let [ptr, len, ..] = a;
-            if len > DEBUG_WRITE_MAX {
-                return Err(Error::InvalidArgument);
-            }
+            ensure(len <= DEBUG_WRITE_MAX, Error::InvalidArgument)?;
             let space = k.thread(caller)?.space().clone();
             Call::DebugWrite {
                 space,
@@ -284,29 +261,17 @@ pub(super) fn decode(
             let c = k.caps.lookup(cs, token(a[0]))?;
             Call::Value(((c.object_type() as usize) << 8) | c.rights().bits() as usize)
         }
-        Syscall::CapDerive => {
-            let [cap_raw, rights_raw, badge, ..] = a;
-            let (src, rights) = (token(cap_raw), rights(rights_raw)?);
-            let badge = badge as u64;
-            k.caps
-                .check_copy(cs, src, cs, rights, badge, Rights::NONE)?;
-            let slot = k.caps.reserve_slot(cs)?;
-            Call::Copy {
-                from: cs,
-                src,
-                to: cs,
-                slot,
-                rights,
-                badge,
-                grant: false,
-            }
-        }
-        Syscall::CapGrant => {
-            let [cap_raw, dest, rights_raw, ..] = a;
-            let (src, rights) = (token(cap_raw), rights(rights_raw)?);
-            let to = destination(k, cs, cap_raw, dest)?;
-            k.caps
-                .check_copy(cs, src, to, rights, NO_BADGE, Rights::GRANT)?;
+        Syscall::CapDerive | Syscall::CapGrant => {
+            // Derive: (cap, rights, badge); grant: (cap, space, rights).
+            let grant = call == Syscall::CapGrant;
+            let [cap_raw, b, c, ..] = a;
+            let (src, rights) = (token(cap_raw), rights(if grant { c } else { b })?);
+            let (to, badge, needed) = if grant {
+                (destination(k, cs, cap_raw, b)?, NO_BADGE, Rights::GRANT)
+            } else {
+                (cs, c as u64, Rights::NONE)
+            };
+            k.caps.check_copy(cs, src, to, rights, badge, needed)?;
             let slot = k.caps.reserve_slot(to)?;
             Call::Copy {
                 from: cs,
@@ -314,8 +279,8 @@ pub(super) fn decode(
                 to,
                 slot,
                 rights,
-                badge: NO_BADGE,
-                grant: true,
+                badge,
+                needed,
             }
         }
         Syscall::CapDelegate => {
@@ -338,17 +303,15 @@ pub(super) fn decode(
         }
         Syscall::CapRevoke => {
             let src = token(a[0]);
-            if !k.caps.lookup(cs, src)?.rights().contains(Rights::REVOKE) {
-                return Err(Error::AccessDenied);
-            }
+            let revoke = k.caps.lookup(cs, src)?.rights().contains(Rights::REVOKE);
+            ensure(revoke, Error::AccessDenied)?;
             Call::Revoke(cs, src)
         }
         Syscall::CapSpaceCreate => {
             let [pool, slots, ..] = a;
             let pool = cap::<KArc<MemoryPool>>(k, cs, pool, Rights::WRITE)?;
-            if slots == 0 || slots > USER_CSPACE_MAX_SLOTS {
-                return Err(Error::InvalidArgument);
-            }
+            let valid = (1..=USER_CSPACE_MAX_SLOTS).contains(&slots);
+            ensure(valid, Error::InvalidArgument)?;
             let depth = k.thread(caller)?.home().depth();
             let depth = depth.checked_add(1).ok_or(Error::InvalidArgument)?;
             let slot = k.caps.reserve_slot(cs)?;
@@ -379,12 +342,13 @@ pub(super) fn decode(
             };
             // A killed process's space is gone even while references remain.
             k.caps.space(home.id())?;
-            if entry >= USER_END || stack > USER_END {
-                return Err(Error::InvalidArgument);
-            }
+            let valid = entry < USER_END && stack <= USER_END;
+            ensure(valid, Error::InvalidArgument)?;
             let slot = k.caps.reserve_slot(cs)?;
             k.reserve_thread()?;
-            let thread = try_box(Thread::new(space, home, entry, stack, arg)?)?;
+            let mut thread = try_box(Thread::new(space, home, entry, stack, arg)?)?;
+            // It may run where its creator may (as Linux's threads inherit).
+            thread.set_affinity(k.thread(caller)?.affinity());
             // Names the thread `invoke` will add (the kernel lock is held
             // from here to there, so no other thread can take its slot).
             let reference = ThreadRef::new(k.orphans(), k.next_thread_id())?;
@@ -395,51 +359,37 @@ pub(super) fn decode(
                 reference,
             }
         }
-        Syscall::ThreadResume => {
+        Syscall::ThreadResume | Syscall::ThreadSuspend => {
             let (id, t) = thread(k, cs, a[0])?;
-            if t.state() != State::Suspended {
-                return Err(Error::InvalidState);
+            // Only a suspended thread resumes, and only another suspends.
+            match (call, t.state() == State::Suspended) {
+                (Syscall::ThreadResume, true) => Call::Resume(id),
+                (Syscall::ThreadSuspend, false) => Call::Suspend(id),
+                _ => return Err(Error::InvalidState),
             }
-            Call::Resume(id)
-        }
-        Syscall::ThreadSuspend => {
-            let (id, t) = thread(k, cs, a[0])?;
-            if t.state() == State::Suspended {
-                return Err(Error::InvalidState);
-            }
-            Call::Suspend(id)
         }
         Syscall::ThreadExit => Call::Exit(a[0] as isize),
         Syscall::ThreadSetPriority => {
             let [thread_raw, prio, ..] = a;
-            let (id, t) = thread(k, cs, thread_raw)?;
+            let (id, _) = thread(k, cs, thread_raw)?;
             let prio = u8::try_from(prio)
                 .ok()
                 .filter(|&p| usize::from(p) < PRIORITIES)
                 .ok_or(Error::InvalidArgument)?;
-            let _ = t;
             Call::SetPriority(id, prio)
         }
         Syscall::ThreadSetAffinity => {
             let [thread_raw, mask, ..] = a;
             let (id, _) = thread(k, cs, thread_raw)?;
-            let cpus = k.cpu_count().min(64);
-            let online = if cpus >= 64 {
-                u64::MAX
-            } else {
-                (1u64 << cpus) - 1
-            };
-            if mask as u64 & online == 0 {
-                return Err(Error::InvalidArgument);
-            }
+            let cpus = k.cpu_count().min(64) as u32;
+            let online = 1u64.checked_shl(cpus).map_or(u64::MAX, |b| b - 1);
+            ensure(mask as u64 & online != 0, Error::InvalidArgument)?;
             Call::SetAffinity(id, mask as u64)
         }
         Syscall::ThreadSetTls => {
             let [thread_raw, base, ..] = a;
             let (id, _) = thread(k, cs, thread_raw)?;
-            if base >= USER_END {
-                return Err(Error::InvalidArgument);
-            }
+            ensure(base < USER_END, Error::InvalidArgument)?;
             Call::SetTls(id, base)
         }
         Syscall::Yield => Call::Yield,
@@ -447,9 +397,8 @@ pub(super) fn decode(
         Syscall::MemCreate => {
             let [pool, pages, flags, ..] = a;
             let pool = cap::<KArc<MemoryPool>>(k, cs, pool, Rights::WRITE)?;
-            if flags & !MEM_EAGER != 0 || pages == 0 {
-                return Err(Error::InvalidArgument);
-            }
+            let valid = flags & !MEM_EAGER == 0 && pages != 0;
+            ensure(valid, Error::InvalidArgument)?;
             let slot = k.caps.reserve_slot(cs)?;
             let obj = MemoryObject::anonymous_charged(pages, flags & MEM_EAGER != 0, Some(pool))?;
             Call::Insert {
@@ -529,37 +478,33 @@ pub(super) fn decode(
             let pool = cap::<KArc<MemoryPool>>(k, cs, a[0], Rights::WRITE)?;
             let slot = k.caps.reserve_slot(cs)?;
             // Each reference owns the charge from when it is made.
-            let object = if call == Syscall::EndpointCreate {
+            let (object, ty) = if call == Syscall::EndpointCreate {
                 let id = k.reserve_endpoint()?;
                 pool.charge(ENDPOINT_PAGES)?;
-                KObject::Endpoint(EndpointRef::new(k.orphans(), id, Some(pool))?)
+                let r = EndpointRef::new(k.orphans(), id, Some(pool))?;
+                (KObject::Endpoint(r), ObjectType::Endpoint)
             } else {
                 let id = k.reserve_notification()?;
                 pool.charge(ENDPOINT_PAGES)?;
-                KObject::Notification(NotificationRef::new(k.orphans(), id, Some(pool))?)
+                let r = NotificationRef::new(k.orphans(), id, Some(pool))?;
+                (KObject::Notification(r), ObjectType::Notification)
             };
-            Call::IpcObject {
+            Call::Insert {
                 cspace: cs,
                 slot,
                 object,
+                ty,
             }
         }
         Syscall::Send | Syscall::Call => {
             let [ep_raw, info_raw, ..] = a;
             let info = message_info(k, caller, info_raw)?;
-            let c = k
-                .caps
-                .lookup_as(cs, token(ep_raw), ObjectType::Endpoint, Rights::WRITE)?;
+            let (ep, c) = cap_and::<KArc<EndpointRef>>(k, cs, ep_raw, Rights::WRITE)?;
             let (badge, grant) = (c.badge(), c.rights().contains(Rights::GRANT));
-            let ep = endpoint(c.object())?;
-            if info.caps() > 0 {
-                if !grant {
-                    return Err(Error::AccessDenied);
-                }
-                check_caps(k, caller, cs, info.caps())?;
-            }
+            ensure(grant || info.caps() == 0, Error::AccessDenied)?;
+            check_caps(k, caller, cs, info.caps())?;
             Call::Send {
-                ep,
+                ep: ep.id(),
                 badge,
                 grant,
                 call: call == Syscall::Call,
@@ -571,43 +516,30 @@ pub(super) fn decode(
             let reply = call == Syscall::ReplyRecv;
             let info = if reply {
                 let info = message_info(k, caller, info_raw)?;
-                if info.caps() > 0 {
-                    check_caps(k, caller, cs, info.caps())?;
-                }
+                check_caps(k, caller, cs, info.caps())?;
                 info
             } else {
                 MsgInfo(info_raw as u64)
             };
-            if !info.check() || (!reply && info.0 & !MsgInfo::USER_FLAGS != 0) {
-                return Err(Error::InvalidArgument);
-            }
-            let c = k
-                .caps
-                .lookup_as(cs, token(ep_raw), ObjectType::Endpoint, Rights::READ)?;
+            let flags = reply || info.0 & !MsgInfo::USER_FLAGS == 0;
+            ensure(info.check() && flags, Error::InvalidArgument)?;
             Call::Recv {
-                ep: endpoint(c.object())?,
+                ep: cap::<KArc<EndpointRef>>(k, cs, ep_raw, Rights::READ)?.id(),
                 reply,
                 nonblock: info.has(MsgInfo::NONBLOCK),
             }
         }
         Syscall::Reply => {
             let info = message_info(k, caller, a[1])?;
-            if info.caps() > 0 {
-                check_caps(k, caller, cs, info.caps())?;
-            }
+            check_caps(k, caller, cs, info.caps())?;
             Call::Reply
         }
         Syscall::Signal => {
             let [n_raw, bits, ..] = a;
-            if bits as u64 & !NOTIFICATION_BITS != 0 {
-                return Err(Error::InvalidArgument);
-            }
-            let c = k
-                .caps
-                .lookup_as(cs, token(n_raw), ObjectType::Notification, Rights::WRITE)?;
-            let badge = c.badge();
-            let n = notification(c.object())?;
-            Call::Signal(n, bits as u64 | badge)
+            let bits = bits as u64;
+            ensure(bits & !NOTIFICATION_BITS == 0, Error::InvalidArgument)?;
+            let (n, c) = cap_and::<KArc<NotificationRef>>(k, cs, n_raw, Rights::WRITE)?;
+            Call::Signal(n.id(), bits | c.badge())
         }
         Syscall::Wait | Syscall::Poll => {
             let n = cap::<KArc<NotificationRef>>(k, cs, a[0], Rights::READ)?.id();
@@ -618,40 +550,28 @@ pub(super) fn decode(
             let (id, t) = thread(k, cs, thread_raw)?;
             let bound = t.ipc.bound.is_some();
             if n_raw == 0 {
-                if !bound {
-                    return Err(Error::InvalidState);
-                }
+                ensure(bound, Error::InvalidState)?;
                 Call::Bind(id, None)
             } else {
                 let n = cap::<KArc<NotificationRef>>(k, cs, n_raw, Rights::READ)?;
-                if bound || k.notification(n.id())?.bound.is_some() {
-                    return Err(Error::AlreadyExists);
-                }
+                let free = !bound && k.notification(n.id())?.bound.is_none();
+                ensure(free, Error::AlreadyExists)?;
                 Call::Bind(id, Some(n))
             }
         }
         Syscall::ThreadSetIpcBuffer => {
             let [thread_raw, va, ..] = a;
             let (id, _) = thread(k, cs, thread_raw)?;
-            if va % crate::mm::object::PAGE != 0 || va >= USER_END {
-                return Err(Error::InvalidArgument);
-            }
+            let aligned = va.is_multiple_of(crate::mm::object::PAGE);
+            ensure(aligned && va < USER_END, Error::InvalidArgument)?;
             Call::SetIpcBuffer(id, va)
         }
         Syscall::ThreadSetFaultHandler => {
             let [thread_raw, ep_raw, ..] = a;
             let (id, _) = thread(k, cs, thread_raw)?;
-            let handler = if ep_raw == 0 {
-                None
-            } else {
-                let c = k
-                    .caps
-                    .lookup_as(cs, token(ep_raw), ObjectType::Endpoint, Rights::WRITE)?;
-                let badge = c.badge();
-                Some((
-                    KArc::<EndpointRef>::from_object(c.object()).ok_or(Error::WrongObjectType)?,
-                    badge,
-                ))
+            let handler = match ep_raw {
+                0 => None,
+                raw => Some(cap_and(k, cs, raw, Rights::WRITE).map(|(ep, c)| (ep, c.badge()))?),
             };
             Call::SetFaultHandler(id, handler)
         }

@@ -15,31 +15,22 @@ use keel_abi::syscall::SystemInfoKey;
 pub(super) fn invoke(k: &mut Kernel, caller: ThreadId, call: Call) -> Outcome {
     let value = match call {
         Call::Value(v) => Ok(v),
-        Call::Yield => {
-            return Outcome {
-                value: Ok(0),
-                after: After::Yield,
-            };
-        }
+        Call::Yield => return ipc((Ok(0), After::Yield)),
         Call::SystemInfo(key) => Ok(system_info(k, key)),
         Call::DebugWrite { space, at, len } => {
             let mut buf = [0u8; 256];
-            let mut done = 0;
-            let mut result = Ok(len);
-            while done < len {
-                let n = (len - done).min(buf.len());
-                let (Some(chunk), Some(from)) = (buf.get_mut(..n), at.offset(done)) else {
-                    result = Err(Error::BadAddress);
-                    break;
-                };
-                if let Err(e) = copy_from_user(&mut space.lock(), from, chunk) {
-                    result = Err(e);
-                    break;
-                }
-                crate::arch::console_write(chunk);
-                done += n;
-            }
-            result
+            let step = buf.len();
+            (0..len)
+                .step_by(step)
+                .try_for_each(|done| {
+                    let n = (len - done).min(step);
+                    let chunk = buf.get_mut(..n).ok_or(Error::BadAddress)?;
+                    let from = at.offset(done).ok_or(Error::BadAddress)?;
+                    copy_from_user(&mut space.lock(), from, chunk)?;
+                    crate::arch::console_write(chunk);
+                    Ok(())
+                })
+                .map(|()| len)
         }
         Call::Copy {
             from,
@@ -48,28 +39,23 @@ pub(super) fn invoke(k: &mut Kernel, caller: ThreadId, call: Call) -> Outcome {
             slot,
             rights,
             badge,
-            grant,
-        } => if grant {
-            k.caps.grant(from, src, to, Dest::At(slot), rights)
-        } else {
-            k.caps.derive(from, src, Dest::At(slot), rights, badge)
-        }
-        .map(token_value),
+            needed,
+        } => k
+            .caps
+            .copy(from, src, to, Dest::At(slot), rights, badge, needed)
+            .map(token_value),
         Call::Delegate {
             from,
             src,
             to,
             slot,
-        } => match k.caps.delegate(from, src, to, Dest::At(slot)) {
-            Ok(t) => {
-                // A thread waiting through the moved token waits no more.
-                if let Ok(o) = k.caps.lookup(to, t).map(|c| c.object().clone()) {
-                    k.recheck_waiters(o);
-                }
-                Ok(token_value(t))
+        } => k.caps.delegate(from, src, to, Dest::At(slot)).map(|t| {
+            // A thread waiting through the moved token waits no more.
+            if let Ok(o) = k.caps.lookup(to, t).map(|c| c.object().clone()) {
+                k.recheck_waiters(o);
             }
-            Err(e) => Err(e),
-        },
+            token_value(t)
+        }),
         Call::Delete(cspace, t) => k.caps.delete(cspace, t).map(|object| {
             k.recheck_waiters(object);
             0
@@ -87,31 +73,32 @@ pub(super) fn invoke(k: &mut Kernel, caller: ThreadId, call: Call) -> Outcome {
             if let Some(o) = seen {
                 k.recheck_waiters(o);
             }
-            match r {
-                Ok(Progress::Done) => Ok(0),
-                Ok(Progress::More) => Ok(1),
-                Err(e) => Err(e),
-            }
+            r.map(|p| usize::from(p == Progress::More))
         }
         Call::Insert {
             cspace,
             slot,
             object,
             ty,
-        } => insert(k, cspace, slot, object, ty),
+        } => match &object {
+            // A new endpoint or notification first takes the table entry
+            // decode reserved (cannot fail: it also predicted the id).
+            KObject::Endpoint(r) if k.add_endpoint() != Ok(r.id()) => Err(Error::InvalidState),
+            KObject::Notification(r) if k.add_notification() != Ok(r.id()) => {
+                Err(Error::InvalidState)
+            }
+            _ => insert(k, cspace, slot, object, ty),
+        },
         Call::CSpaceCreate {
             cspace,
             slot,
             new,
             reference,
         } => match k.caps.install_space(*new) {
-            Ok(id) if id == reference.id() => insert(
-                k,
-                cspace,
-                slot,
-                KObject::CSpace(reference),
-                ObjectType::CapSpace,
-            ),
+            Ok(id) if id == reference.id() => {
+                let object = KObject::CSpace(reference);
+                insert(k, cspace, slot, object, ObjectType::CapSpace)
+            }
             // Cannot happen: decode reserved the entry and predicted the id.
             _ => Err(Error::InvalidState),
         },
@@ -121,13 +108,10 @@ pub(super) fn invoke(k: &mut Kernel, caller: ThreadId, call: Call) -> Outcome {
             thread,
             reference,
         } => match k.add_thread(thread) {
-            Ok(id) if id == reference.id() => insert(
-                k,
-                cspace,
-                slot,
-                KObject::Thread(reference),
-                ObjectType::Thread,
-            ),
+            Ok(id) if id == reference.id() => {
+                let object = KObject::Thread(reference);
+                insert(k, cspace, slot, object, ObjectType::Thread)
+            }
             // Cannot happen: decode reserved the slot and predicted the id.
             Ok(id) => k.kill(id).and(Err(Error::InvalidState)),
             Err(e) => Err(e),
@@ -139,34 +123,9 @@ pub(super) fn invoke(k: &mut Kernel, caller: ThreadId, call: Call) -> Outcome {
             Ok(0)
         }
         Call::SetPriority(t, prio) => k.set_priority(t, prio).map(|()| 0),
-        Call::SetAffinity(t, mask) => k.thread_mut(t).map(|t| {
-            t.set_affinity(mask);
-            0
-        }),
+        Call::SetAffinity(t, mask) => k.set_affinity(t, mask).map(|()| 0),
         Call::SetTls(t, value) => k.set_tls(t, value).map(|()| 0),
         Call::Kill(t) => k.kill(t).map(|()| 0),
-        Call::IpcObject {
-            cspace,
-            slot,
-            object,
-        } => {
-            let (made, ty) = match &object {
-                KObject::Endpoint(r) => (
-                    k.add_endpoint().map(|id| id == r.id()),
-                    ObjectType::Endpoint,
-                ),
-                KObject::Notification(r) => (
-                    k.add_notification().map(|id| id == r.id()),
-                    ObjectType::Notification,
-                ),
-                _ => (Ok(false), ObjectType::Endpoint),
-            };
-            match made {
-                Ok(true) => insert(k, cspace, slot, object, ty),
-                // Cannot happen: decode reserved the entry and predicted the id.
-                _ => Err(Error::InvalidState),
-            }
-        }
         Call::Send {
             ep,
             badge,
@@ -216,16 +175,11 @@ pub(super) fn invoke(k: &mut Kernel, caller: ThreadId, call: Call) -> Outcome {
             va,
             pages,
             take,
-        } => match space.lock().split_off(va.get(), pages, take, Some(pool)) {
-            Ok(obj) => insert(
-                k,
-                cspace,
-                slot,
-                KObject::Memory(obj),
-                ObjectType::MemoryObject,
-            ),
-            Err(e) => Err(e),
-        },
+        } => {
+            let obj = space.lock().split_off(va.get(), pages, take, Some(pool));
+            let ty = ObjectType::MemoryObject;
+            obj.and_then(|o| insert(k, cspace, slot, KObject::Memory(o), ty))
+        }
         Call::Unmap { space, va, pages } => space.lock().unmap(va.get(), pages).map(|()| 0),
         Call::Protect {
             space,
@@ -234,10 +188,7 @@ pub(super) fn invoke(k: &mut Kernel, caller: ThreadId, call: Call) -> Outcome {
             attr,
         } => space.lock().protect(va.get(), pages, attr).map(|()| 0),
     };
-    Outcome {
-        value,
-        after: After::Continue,
-    }
+    Outcome::value(value)
 }
 
 fn ipc((value, after): crate::task::IpcOutcome) -> Outcome {
@@ -274,5 +225,7 @@ fn system_info(k: &Kernel, key: SystemInfoKey) -> usize {
             let idle = k.idle_ticks(crate::arch::clock_ticks());
             crate::time::ticks_to_ns(idle, crate::time::mult_for(crate::time::hz())) as usize
         }
+        SystemInfoKey::OnlineCpus => k.online_mask() as usize,
+        SystemInfoKey::CurrentCpu => k.this_cpu(),
     }
 }

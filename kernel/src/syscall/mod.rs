@@ -72,6 +72,7 @@ pub fn light(number: usize, args: [usize; 6]) -> Option<isize> {
         SystemInfoKey::PageSize => Some(crate::mm::object::PAGE as isize),
         SystemInfoKey::Cycles => Some(crate::arch::cycle_counter() as isize),
         SystemInfoKey::MonotonicNs => Some(crate::time::now_ns() as isize),
+        SystemInfoKey::CurrentCpu => Some(crate::arch::cpu_index() as isize),
         _ => None,
     }
 }

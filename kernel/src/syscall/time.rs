@@ -1,7 +1,7 @@
 //! System calls of scheduling, interrupts and time (the 0x60 block and
 //! `ThreadSetSched`/`ThreadInfo`): sleeping, IPC deadlines, timers,
-//! scheduling classes and statistics, interrupt lines, I/O ports and
-//! device memory.
+//! scheduling classes and statistics, CPU hotplug, interrupt lines, I/O
+//! ports and device memory.
 //! Decode, then invoke, as in the rest of `syscall`; kept in their own
 //! [`TimeCall`] so that the common calls' decoded form stays small (every
 //! system call moves it).
@@ -91,6 +91,8 @@ pub(super) enum TimeCall {
     },
     SetTimer(TimerId, Option<u64>, u64),
     SetSched(ThreadId, crate::sched::Params),
+    /// Take a CPU offline or bring it back.
+    SetOnline(usize, bool),
     ThreadInfo(ThreadId, ThreadInfoKey),
     /// Read (`None`) or write an I/O port.
     Port(u16, u8, Option<u32>),
@@ -226,6 +228,14 @@ pub(super) fn decode(
                 ty: ObjectType::MemoryObject,
             }
         }
+        Syscall::CpuSetOnline => {
+            let [dc, cpu, online, ..] = a;
+            cap::<KArc<DeviceControl>>(k, cs, dc, Rights::WRITE)?;
+            match online {
+                0 | 1 => TimeCall::SetOnline(cpu, online == 1),
+                _ => return Err(Error::InvalidArgument),
+            }
+        }
         Syscall::ThreadSetSched => {
             let [thread_raw, class, param, slice, ..] = a;
             let (id, t) = thread(k, cs, thread_raw)?;
@@ -332,6 +342,7 @@ pub(super) fn invoke(k: &mut Kernel, caller: ThreadId, call: TimeCall) -> Outcom
             .map(|v| v as usize)
             .ok_or(Error::NotSupported),
         TimeCall::SetSched(t, params) => k.set_sched(t, params).map(|()| 0),
+        TimeCall::SetOnline(cpu, online) => k.set_online(cpu, online).map(|()| 0),
         TimeCall::ThreadInfo(t, key) => k.thread_info(t, key),
         TimeCall::Insert {
             cspace,

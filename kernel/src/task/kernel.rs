@@ -18,7 +18,7 @@ use crate::object::{
     AddressSpaceObject, Endpoint, EndpointId, Home, KObject, Notification, NotificationId, Orphan,
     Orphans, Thread, ThreadId, Timer, thread::State,
 };
-use crate::sched::{After, Class, PRIORITIES, Params, Scheduler};
+use crate::sched::{After, Class, PRIORITIES, Params};
 use alloc::boxed::Box;
 use keel_abi::Error;
 
@@ -30,11 +30,9 @@ pub struct Kernel {
     endpoints: Arena<Endpoint>,
     notifications: Arena<Notification>,
     timers: Arena<Timer>,
-    sched: Scheduler<ThreadId>,
     orphans: KArc<Orphans>,
     /// Faulted threads whose processes die after the current call.
     doomed: Waiting,
-    loaded: Option<KArc<AddressSpaceObject>>,
     root: Option<CSpaceId>,
     /// Live threads of the root task.
     root_threads: usize,
@@ -42,8 +40,11 @@ pub struct Kernel {
     root_done: bool,
     /// Exit code of the root task's last thread to exit (-1 if none has).
     root_exit: isize,
-    cpu_count: usize,
     clock: clock::Clock,
+    /// Each CPU's state (see `cpu`), one per CPU that came up.
+    cpus: alloc::vec::Vec<cpu::Cpu>,
+    /// The CPU this entry runs on.
+    this: usize,
     devices: device::Devices,
 }
 
@@ -59,24 +60,30 @@ pub enum Next {
 }
 
 impl Kernel {
-    /// No threads, no capability spaces.
+    /// No threads, no capability spaces; `cpu_count` CPUs (at least one,
+    /// at most `bootinfo::MAX_CPUS`), all offline until `start_cpus`
+    /// but this one (CPU 0).
     pub fn new(cpu_count: usize) -> Result<Kernel, Error> {
+        let n = cpu_count.clamp(1, crate::bootinfo::MAX_CPUS);
+        let mut cpus = alloc::vec::Vec::new();
+        cpus.try_reserve_exact(n).map_err(|_| Error::OutOfMemory)?;
+        cpus.resize_with(n, cpu::Cpu::default);
+        cpus[0].online = true;
         Ok(Kernel {
             caps: CapSystem::new(),
             threads: Arena::new(),
             endpoints: Arena::new(),
             notifications: Arena::new(),
             timers: Arena::new(),
-            sched: Scheduler::new(),
             orphans: Orphans::new()?,
             doomed: Waiting::default(),
-            loaded: None,
             root: None,
             root_threads: 0,
             root_done: false,
             root_exit: -1,
-            cpu_count,
             clock: clock::Clock::new(crate::time::hz()),
+            cpus,
+            this: 0,
             devices: device::Devices::default(),
         })
     }
@@ -87,9 +94,9 @@ impl Kernel {
         &self.orphans
     }
 
-    /// CPUs the machine has.
+    /// CPUs the kernel runs on (those that came up).
     pub fn cpu_count(&self) -> usize {
-        self.cpu_count
+        self.cpus.len()
     }
 
     /// Names the root task's capability space (its end ends the run).
@@ -109,9 +116,9 @@ impl Kernel {
         }
     }
 
-    /// The running thread.
+    /// The thread running on this CPU.
     pub fn current(&self) -> Option<ThreadId> {
-        self.sched.current()
+        self.cpu().sched.current()
     }
 
     /// The live thread `id` (`InvalidState` once it is gone).
@@ -135,7 +142,9 @@ impl Kernel {
         self.threads.reserve()?;
         let slot = self.threads.next_id().index() as usize;
         self.clock.deadlines.reserve_slot(slot)?;
-        self.sched.reserve_slot(slot)
+        self.cpus
+            .iter_mut()
+            .try_for_each(|c| c.sched.reserve_slot(slot))
     }
 
     /// The id the next [`Self::add_thread`] will return.
@@ -144,8 +153,9 @@ impl Kernel {
     }
 
     /// Puts a new (suspended) thread into the table.
-    pub fn add_thread(&mut self, thread: Box<Thread>) -> Result<ThreadId, Error> {
+    pub fn add_thread(&mut self, mut thread: Box<Thread>) -> Result<ThreadId, Error> {
         let root = Some(thread.home().id()) == self.root;
+        thread.cpu = self.this;
         self.reserve_thread()?;
         let id = self.threads.insert(thread).map(ThreadId)?;
         self.root_threads += usize::from(root);
@@ -196,17 +206,6 @@ impl Kernel {
         self.notifications.get(n.0).ok_or(Error::InvalidState)
     }
 
-    /// Queues thread `id` in its class's run queue and makes it `Ready`;
-    /// `waking`: it was not just preempted (see `Scheduler::enqueue`).
-    pub(crate) fn make_ready(&mut self, id: ThreadId, waking: bool) -> Result<(), Error> {
-        let t = self.threads.get_mut(id.0).ok_or(Error::InvalidState)?;
-        self.sched.enqueue(id, &mut t.sched, waking)?;
-        t.state = State::Ready;
-        // A ready thread may make the running one's slice end matter.
-        self.clock.touch();
-        Ok(())
-    }
-
     /// Makes a suspended thread runnable.
     pub fn resume(&mut self, id: ThreadId) -> Result<(), Error> {
         if self.thread(id)?.state() != State::Suspended {
@@ -218,11 +217,10 @@ impl Kernel {
     /// Stops a thread until resumed.
     pub fn suspend(&mut self, id: ThreadId) -> Result<(), Error> {
         let t = self.thread(id)?;
-        let params = *t.sched();
         match t.state() {
             State::Suspended => return Err(Error::InvalidState),
-            State::Ready => self.sched.dequeue(id, &params),
-            State::Running => {}
+            State::Ready => self.dequeue(id),
+            State::Running => self.recheck(id),
             State::Blocked => self.cancel_ipc(id),
         }
         self.thread_mut(id)?.state = State::Suspended;
@@ -254,7 +252,7 @@ impl Kernel {
         let t = self.thread(id)?;
         let (state, old) = (t.state(), *t.sched());
         if state == State::Ready {
-            self.sched.dequeue(id, &old);
+            self.dequeue(id);
         }
         // A thread entering the normal class starts from the queue's
         // virtual time (`make_ready` places it).
@@ -263,8 +261,11 @@ impl Kernel {
         match state {
             State::Ready => self.make_ready(id, fresh)?,
             State::Blocked => self.requeue_waiter(id),
-            // Its slice follows its new class from now.
-            State::Running => self.new_slice(crate::arch::clock_ticks(), id),
+            // Its slice follows its new class from now (on its CPU).
+            State::Running if self.current() == Some(id) => {
+                self.new_slice(crate::arch::clock_ticks(), id)
+            }
+            State::Running => self.recheck(id),
             State::Suspended => {}
         }
         Ok(())
@@ -286,17 +287,15 @@ impl Kernel {
     /// Removes a thread for good.
     pub fn kill(&mut self, id: ThreadId) -> Result<(), Error> {
         let t = self.thread(id)?;
-        let (state, params, cspace) = (t.state(), *t.sched(), t.home().id());
+        let (state, cspace) = (t.state(), t.home().id());
         if state == State::Ready {
-            self.sched.dequeue(id, &params);
+            self.dequeue(id);
         }
         let _ = self.arm_next_timeout(id, None);
         self.end_ipc(id);
-        let dead = self.threads.remove(id.0);
-        if self.current() == Some(id) {
-            self.sched.set_current(None);
+        if let Some(dead) = self.threads.remove(id.0) {
+            self.bury(id, dead);
         }
-        drop(dead);
         // Counted here, once per thread death, not on every scheduling.
         if Some(cspace) == self.root {
             self.root_threads = self.root_threads.saturating_sub(1);
@@ -379,10 +378,13 @@ impl Kernel {
         if after == After::Block {
             return None;
         }
-        let running = self.sched.current() == Some(cur);
+        let running = self.current() == Some(cur);
+        let (online, bit) = (self.online(), 1 << self.this);
+        let c = &self.cpus[self.this];
         let t = self.threads.get_mut(cur.0)?;
         t.regs_mut().set_result(value);
-        (running && t.state == State::Running && self.sched.keeps_cpu(after, &t.sched))
+        let here = online && t.affinity() & bit != 0;
+        (running && t.state == State::Running && here && c.sched.keeps_cpu(after, &t.sched))
             .then(|| core::ptr::from_ref(t.regs()))
     }
 
@@ -391,13 +393,17 @@ impl Kernel {
         if self.root_done {
             return Next::Done("the root task exited");
         }
+        if !self.online() {
+            self.park();
+            return Next::Idle;
+        }
         let running = self
             .current()
             .and_then(|cur| Some((cur, self.thread(cur).ok()?)))
             .filter(|(_, t)| t.state() == State::Running)
-            .map(|(cur, t)| (cur, *t.sched()));
-        if let Some((cur, params)) = running {
-            if self.sched.keeps_cpu(after, &params) {
+            .map(|(cur, t)| (cur, *t.sched(), t.affinity() & (1 << self.this) != 0));
+        if let Some((cur, params, here)) = running {
+            if here && self.cpu().sched.keeps_cpu(after, &params) {
                 return Next::Run(cur);
             }
             // Its virtual time must be current before it is queued.
@@ -409,8 +415,8 @@ impl Kernel {
                 return Next::Run(cur);
             }
         }
-        let Some(next) = self.sched.pick() else {
-            if self.waits_for_events() {
+        let Some(next) = self.pick() else {
+            if self.waits_for_events() || self.others_busy() {
                 self.go_idle(crate::arch::clock_ticks());
                 return Next::Idle;
             }
@@ -434,55 +440,58 @@ impl Kernel {
     /// IPC fast path passes `false`: the partner runs on the rest of the
     /// caller's slice, time donation).
     fn switch_cpu(&mut self, next: ThreadId, slice: bool) {
-        let cur = self.current();
-        let fresh = cur != Some(next) || self.clock.idle();
+        let c = &mut self.cpus[self.this];
+        let cur = c.sched.current();
+        let fresh = cur != Some(next) || c.clock.idle();
         let now = crate::arch::clock_ticks();
         // The CPU changes hands: the last thread is charged (or the idle
         // stretch counted), `next` gets a fresh slice. One lookup each.
-        let ran = if fresh { self.clock.start_run(now) } else { 0 };
-        if let Some(c) = cur
-            && let Some(t) = self.threads.get_mut(c.0)
+        let ran = if fresh { c.clock.start_run(now) } else { 0 };
+        if let Some(cu) = cur
+            && let Some(t) = self.threads.get_mut(cu.0)
         {
-            if c != next {
+            if cu != next {
                 t.save_cpu_state();
                 if t.state == State::Running {
                     t.state = State::Ready;
                 }
             }
-            self.clock.charge(&mut self.sched, t, ran);
+            self.clock.charge(&mut c.sched, t, ran);
         }
         let Some(n) = self.threads.get_mut(next.0) else {
             return;
         };
         n.load_cpu_state();
         n.state = State::Running;
+        n.cpu = self.this;
         if fresh {
             n.switches += 1;
             if slice {
-                let ticks = self.clock.slice_ticks(&self.sched, &n.sched);
-                self.clock.set_slice(now, ticks);
+                let ticks = self.clock.slice_ticks(&c.sched, &n.sched);
+                c.clock.set_slice(now, ticks);
             }
         }
-        let same = self
+        let same = c
             .loaded
             .as_ref()
             .is_some_and(|l| KArc::ptr_eq(l, n.space()));
         let space = (!same).then(|| n.space().clone());
-        self.sched.set_current(Some(next));
+        c.sched.set_current(Some(next));
         if let Some(space) = space {
             crate::mm::user::load(&mut space.lock());
-            self.loaded = Some(space);
+            c.loaded = Some(space);
         }
     }
 
-    /// Leaves no user address space loaded (the run is over).
+    /// Leaves no user address space loaded on this CPU (the run is over).
     pub fn unload(&mut self) {
         crate::mm::user::unload();
-        self.loaded = None;
+        self.cpu_mut().loaded = None;
     }
 }
 
 mod clock;
+mod cpu;
 mod device;
 mod fastpath;
 mod ipc;

@@ -175,7 +175,7 @@ pub fn load(k: &mut Kernel, info: &BootInfo<'_>, flags: u64) -> Result<(), RootE
         thread: t_thread,
         boot_image_bytes: module.len(),
         pool_pages,
-        cpu_count: info.cpu_count as u64,
+        cpu_count: k.cpu_count() as u64,
         flags,
         device_control: t_devices,
         console_kind: console_kind as u64,

@@ -330,6 +330,26 @@ pub fn thread_set_affinity(thread: CapToken, mask: usize) -> Result<(), Error> {
     unit(unsafe { syscall2(Syscall::ThreadSetAffinity as usize, tok(thread), mask) })
 }
 
+/// The index of the CPU the caller runs on (answered without the kernel
+/// lock).
+pub fn current_cpu() -> usize {
+    system_info(SystemInfoKey::CurrentCpu).unwrap_or(0)
+}
+
+/// Takes CPU `cpu` offline or brings it back (needs the device-control
+/// capability).
+pub fn cpu_set_online(device_control: CapToken, cpu: usize, online: bool) -> Result<(), Error> {
+    // SAFETY: does not touch user memory.
+    unit(unsafe {
+        syscall3(
+            Syscall::CpuSetOnline as usize,
+            tok(device_control),
+            cpu,
+            usize::from(online),
+        )
+    })
+}
+
 /// Sets a thread's thread-local storage base (FS base, `TPIDR_EL0`, `tp`).
 /// The runtime itself keeps nothing there.
 pub fn thread_set_tls(thread: CapToken, base: usize) -> Result<(), Error> {

@@ -9,8 +9,9 @@
 //!
 //! Invariants: a stack slot is owned by at most one [`Thread`]; it returns
 //! to the pool only once its thread can no longer run (it finished, or
-//! `ThreadKill` / the kernel removed it), otherwise it is leaked. There is
-//! no preemption yet, so waiting ([`Thread::join`]) yields.
+//! `ThreadKill` / the kernel removed it), otherwise it is leaked. Waiting
+//! ([`Thread::join`]) yields, then sleeps (the thread may run on another
+//! CPU).
 
 use crate::arch;
 use crate::syscall::{self, cap_delete, thread_kill, thread_resume, yield_now};
@@ -95,6 +96,58 @@ pub(crate) extern "C" fn thread_main(block: *const StartBlock) -> i32 {
     code
 }
 
+/// Creates a suspended thread running `func(arg)` on the stack ending at
+/// `top` (16-aligned), its start block at the top.
+///
+/// # Safety
+/// The stack below `top` is the new thread's alone for as long as it runs.
+unsafe fn start_on(
+    aspace: CapToken,
+    cspace: CapToken,
+    top: usize,
+    func: fn(usize) -> i32,
+    arg: usize,
+) -> Result<(CapToken, *const StartBlock), Error> {
+    let block = (top - size_of::<StartBlock>()) as *mut StartBlock;
+    // SAFETY: the block lies at the top of the stack the caller gave this
+    // thread, aligned (the top and the block are 16-aligned).
+    unsafe {
+        block.write(StartBlock {
+            done: AtomicU32::new(0),
+            code: AtomicI32::new(0),
+            func,
+            arg,
+        })
+    };
+    let entry = arch::__keel_thread_entry as *const () as usize;
+    // SAFETY: `entry` is the runtime's thread entry and the stack below
+    // the block is the new thread's.
+    let token =
+        unsafe { syscall::thread_create(aspace, cspace, entry, block as usize, block as usize) }?;
+    Ok((token, block))
+}
+
+/// Starts a thread of this program running `func(arg)` on the caller's
+/// stack ending at `top` (16-aligned), for programs that need more
+/// threads than the pool has stacks; returns its capability. The caller
+/// kills it (or sees it finish) and deletes the capability.
+///
+/// # Safety
+/// The stack below `top` is the new thread's alone until it can no longer
+/// run.
+pub unsafe fn spawn_on(top: usize, func: fn(usize) -> i32, arg: usize) -> Result<CapToken, Error> {
+    let aspace = crate::root_info()
+        .map(|i| CapToken::from_raw(i.aspace))
+        .ok_or(Error::InvalidState)?;
+    // SAFETY: the caller's promise.
+    let (token, _) = unsafe { start_on(aspace, CapToken::NULL, top, func, arg) }?;
+    if let Err(e) = thread_resume(token) {
+        let _ = cap_delete(token);
+        return Err(e);
+    }
+    Ok(token)
+}
+
 /// A thread of this program, running `func(arg)` on a pool stack. Dropping
 /// it kills the thread if it has not finished, and frees its capability.
 pub struct Thread {
@@ -125,25 +178,9 @@ impl Thread {
         let slot = take_stack().ok_or(Error::OutOfMemory)?;
         let stack = POOL.stacks.get(slot).ok_or(Error::InvalidState)?;
         let top = stack.0.get() as usize + STACK_BYTES;
-        let block = (top - size_of::<StartBlock>()) as *mut StartBlock;
-        // SAFETY: the block lies at the top of the stack slot this call
-        // owns, aligned (the stack and the block are 16-aligned); no thread
-        // runs on the slot yet.
-        unsafe {
-            block.write(StartBlock {
-                done: AtomicU32::new(0),
-                code: AtomicI32::new(0),
-                func,
-                arg,
-            })
-        };
-        let entry = arch::__keel_thread_entry as *const () as usize;
-        // SAFETY: `entry` is the runtime's thread entry and the stack below
-        // the block is owned by the new thread.
-        match unsafe {
-            syscall::thread_create(aspace, cspace, entry, block as usize, block as usize)
-        } {
-            Ok(token) => Ok(Thread {
+        // SAFETY: the stack slot is this call's, and no thread runs on it.
+        match unsafe { start_on(aspace, cspace, top, func, arg) } {
+            Ok((token, block)) => Ok(Thread {
                 token,
                 slot: Some(slot),
                 block,
@@ -181,14 +218,20 @@ impl Thread {
         (b.done.load(Ordering::Acquire) != 0).then(|| b.code.load(Ordering::Relaxed))
     }
 
-    /// Yields until the thread has finished, at most `max_yields` times;
-    /// the function's return value, or `None` if it has not finished.
+    /// Waits until the thread has finished: yields at most `max_yields`
+    /// times, then (it may be running on another CPU) sleeps in 1 ms steps
+    /// for up to `max_yields` ms more; the function's return value, or
+    /// `None` if it has not finished.
     pub fn join(&self, max_yields: usize) -> Option<i32> {
-        for _ in 0..max_yields {
+        for i in 0..2 * max_yields {
             if let Some(code) = self.finished() {
                 return Some(code);
             }
-            let _ = yield_now();
+            let _ = if i < max_yields {
+                yield_now()
+            } else {
+                syscall::sleep_ns(1_000_000)
+            };
         }
         self.finished()
     }

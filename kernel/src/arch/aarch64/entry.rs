@@ -9,7 +9,7 @@
 //! physical load address, so until it has jumped to the higher half it uses
 //! only PC-relative addressing (`adr`/`adrp`) and touches no stack. In order:
 //! 1. mask DAIF; at EL2, configure EL1 as AArch64 with untrapped timers,
-//!    FP/SIMD and PMU, and `eret` to EL1h;
+//!    FP/SIMD and PMU, and `eret` to EL1h (`keel_cpu_el1`);
 //! 2. make SCTLR_EL1 known (MMU, caches and alignment checks off) and enable
 //!    FP/SIMD (CPACR_EL1.FPEN) for user threads and `FpuState` — the kernel
 //!    itself is built soft-float and never uses FP/SIMD registers;
@@ -25,16 +25,20 @@
 //!    TTBR0: a temporary identity map of the GiB holding the image;
 //! 5. program MAIR/TCR/TTBRs, turn on the MMU and caches and jump to the
 //!    image's virtual address;
-//! 6. in the higher half: set SP to the top of the boot stack and VBAR_EL1,
-//!    disable TTBR0 walks (TCR_EL1.EPD0) and invalidate the TLB, so no low
-//!    mapping remains;
-//! 7. call [`keel_aarch64_main`] with the saved `x0`, which sets up the
-//!    memory-management hardware (`super::mm::init`: TTBR0 on an empty table,
-//!    ASID size, PAN), installs the per-CPU block (`super::user`), enables
-//!    the cycle counter, parses the device tree and never returns.
+//! 6. in the higher half (`keel_cpu_high`): set SP to the top of the boot
+//!    stack (recorded, with the overflow stack's, in CPU 0's per-CPU block,
+//!    see `super::user`), TPIDR_EL1 to that block and VBAR_EL1, disable
+//!    TTBR0 walks (TCR_EL1.EPD0) and invalidate the TLB, so no low mapping
+//!    remains;
+//! 7. call [`keel_aarch64_main`] with the saved `x0`, which sets up this
+//!    CPU ([`init_cpu`]), parses the device tree and never returns.
 //!
-//! Only the boot CPU runs this code: QEMU `virt` holds the other CPUs in
-//! PSCI's powered-off state until they are started with CPU_ON.
+//! A CPU started later (`super::smp::cpu_start`, PSCI CPU_ON) enters
+//! `keel_ap_start` at its physical address with `x0` = its index and
+//! shares steps 1–2 (`keel_cpu_el1`), 5 (`keel_mmu_on`, with the boot
+//! identity map, which stays in `.bss`, in TTBR0 and the kernel's root
+//! from `KEEL_AP_TTBR1` in TTBR1) and 6 (with its own block and stack),
+//! then calls `super::smp`'s `keel_aarch64_ap_main`.
 //!
 //! The page tables are written with the data cache off. QEMU does not model
 //! caches; on hardware this relies on the loader leaving no dirty cache lines
@@ -82,13 +86,7 @@ const DESC_AP_KERNEL_RO: u64 = 0b10 << 6;
 const BLOCK_DEVICE: u64 =
     DESC_BLOCK | (ATTR_DEVICE << 2) | DESC_AP_KERNEL_RW | DESC_AF | DESC_PXN | DESC_UXN;
 /// A 1 GiB Normal write-back inner-shareable block, never executable.
-const BLOCK_RAM: u64 = DESC_BLOCK
-    | (ATTR_NORMAL << 2)
-    | DESC_AP_KERNEL_RW
-    | DESC_SH_INNER
-    | DESC_AF
-    | DESC_PXN
-    | DESC_UXN;
+const BLOCK_RAM: u64 = (BLOCK_DEVICE & !(0b111 << 2)) | (ATTR_NORMAL << 2) | DESC_SH_INNER;
 /// A 1 GiB Normal block executable at EL1 (the temporary identity map).
 const BLOCK_IDENT: u64 = BLOCK_RAM & !DESC_PXN;
 /// A 4 KiB Normal write-back page, read-write, never executable (L3
@@ -99,28 +97,18 @@ const PAGE_RO: u64 = PAGE_RW | DESC_AP_KERNEL_RO;
 /// A read-only page executable at EL1: text.
 const PAGE_TEXT: u64 = PAGE_RO & !DESC_PXN;
 
-// TCR_EL1 fields. IPS (bits 34:32) is filled in from ID_AA64MMFR0_EL1.
+// TCR_EL1 fields for TTBR0; TTBR1's (T1SZ, IRGN1, ORGN1, SH1, TG1) are the
+// same 16 bits higher, except that TG1 encodes 4 KiB differently. IPS (bits
+// 34:32) is filled in from ID_AA64MMFR0_EL1.
 const TCR_T0SZ: u64 = 16;
 const TCR_EPD0: u64 = 1 << 7;
 const TCR_IRGN0_WBWA: u64 = 0b01 << 8;
 const TCR_ORGN0_WBWA: u64 = 0b01 << 10;
 const TCR_SH0_INNER: u64 = 0b11 << 12;
 const TCR_TG0_4K: u64 = 0b00 << 14;
-const TCR_T1SZ: u64 = 16 << 16;
-const TCR_IRGN1_WBWA: u64 = 0b01 << 24;
-const TCR_ORGN1_WBWA: u64 = 0b01 << 26;
-const TCR_SH1_INNER: u64 = 0b11 << 28;
 const TCR_TG1_4K: u64 = 0b10 << 30;
-const TCR: u64 = TCR_T0SZ
-    | TCR_IRGN0_WBWA
-    | TCR_ORGN0_WBWA
-    | TCR_SH0_INNER
-    | TCR_TG0_4K
-    | TCR_T1SZ
-    | TCR_IRGN1_WBWA
-    | TCR_ORGN1_WBWA
-    | TCR_SH1_INNER
-    | TCR_TG1_4K;
+const TCR_HALF: u64 = TCR_T0SZ | TCR_IRGN0_WBWA | TCR_ORGN0_WBWA | TCR_SH0_INNER | TCR_TG0_4K;
+const TCR: u64 = TCR_HALF | (TCR_HALF << 16) | TCR_TG1_4K;
 
 /// SCTLR_EL1 bits that are RES1 in ARMv8.0 (11, 20, 22, 23, 28, 29); with
 /// everything else clear: MMU, caches and alignment checks off, little-endian.
@@ -184,49 +172,7 @@ _start:
     .ascii  "ARM\x64"               // magic
     .word   0                       // res5 (no PE header)
 8:  mov     x19, x0
-    msr     daifset, #0xf
-
-    mrs     x9, CurrentEL
-    ubfx    x9, x9, #2, #2
-    cmp     x9, #1
-    b.eq    3f
-    cmp     x9, #2
-    b.eq    2f
-1:  wfe                             // EL3/EL0 entry is not supported
-    b       1b
-
-2:  // EL2 -> EL1.
-    ldr     x9, ={hcr}
-    msr     hcr_el2, x9
-    mov     x9, #{cnthctl}
-    msr     cnthctl_el2, x9
-    msr     cntvoff_el2, xzr
-    mov     x9, #{cptr}
-    msr     cptr_el2, x9
-    msr     hstr_el2, xzr
-    mrs     x9, pmcr_el0            // MDCR_EL2.HPMN = all counters to EL1,
-    ubfx    x9, x9, #11, #5         // no PMU or debug traps
-    msr     mdcr_el2, x9
-    mrs     x9, midr_el1
-    msr     vpidr_el2, x9
-    mrs     x9, mpidr_el1
-    msr     vmpidr_el2, x9
-    msr     vttbr_el2, xzr
-    ldr     x9, ={sctlr_res1}
-    msr     sctlr_el1, x9
-    mov     x9, #{spsr}
-    msr     spsr_el2, x9
-    adr     x9, 3f
-    msr     elr_el2, x9
-    isb
-    eret
-
-3:  // EL1, MMU off.
-    ldr     x9, ={sctlr_res1}
-    msr     sctlr_el1, x9
-    ldr     x9, ={cpacr}
-    msr     cpacr_el1, x9
-    isb
+    bl      keel_cpu_el1
 
     // Zero .bss (16-byte aligned at both ends; plain stores, the MMU is
     // off so memory is Device-nGnRnE and DC ZVA would fault).
@@ -253,12 +199,10 @@ _start:
     str     x2, [x1]
     ldr     x2, ={block_ram}
     mov     x4, #{gib}
+    .irp    off, 8, 16, 24
     add     x2, x2, x4
-    str     x2, [x1, #8]
-    add     x2, x2, x4
-    str     x2, [x1, #16]
-    add     x2, x2, x4
-    str     x2, [x1, #24]
+    str     x2, [x1, #\off]
+    .endr
 
     // Kernel image: L1 -> L2 -> the contiguous L3 tables, which map
     // 2 MiB each from x20 = the 2 MiB boundary at or below the image's
@@ -313,7 +257,69 @@ _start:
     orr     x2, x2, x5, lsl #30
     str     x2, [x1, x6, lsl #3]
 
-    // Translation regime.
+    adrp    x1, keel_boot_l0_high
+    bl      keel_mmu_on
+    ldr     x9, =keel_boot_high
+    br      x9
+    .ltorg
+    .size _start, . - _start
+
+    // keel_cpu_el1: from EL2 or EL1 with the MMU off to EL1h with DAIF
+    // masked, SCTLR_EL1 known and FP/SIMD enabled; returns to x30 (at
+    // EL1). Clobbers x9.
+    .type keel_cpu_el1, %function
+keel_cpu_el1:
+    msr     daifset, #0xf
+    mrs     x9, CurrentEL
+    ubfx    x9, x9, #2, #2
+    cmp     x9, #1
+    b.eq    3f
+    cmp     x9, #2
+    b.eq    2f
+1:  wfe                             // EL3/EL0 entry is not supported
+    b       1b
+
+2:  // EL2 -> EL1.
+    ldr     x9, ={hcr}
+    msr     hcr_el2, x9
+    mov     x9, #{cnthctl}
+    msr     cnthctl_el2, x9
+    msr     cntvoff_el2, xzr
+    mov     x9, #{cptr}
+    msr     cptr_el2, x9
+    msr     hstr_el2, xzr
+    mrs     x9, pmcr_el0            // MDCR_EL2.HPMN = all counters to EL1,
+    ubfx    x9, x9, #11, #5         // no PMU or debug traps
+    msr     mdcr_el2, x9
+    mrs     x9, midr_el1
+    msr     vpidr_el2, x9
+    mrs     x9, mpidr_el1
+    msr     vmpidr_el2, x9
+    msr     vttbr_el2, xzr
+    ldr     x9, ={sctlr_res1}
+    msr     sctlr_el1, x9
+    mov     x9, #{spsr}
+    msr     spsr_el2, x9
+    adr     x9, 3f
+    msr     elr_el2, x9
+    isb
+    eret
+
+3:  // EL1, MMU off.
+    ldr     x9, ={sctlr_res1}
+    msr     sctlr_el1, x9
+    ldr     x9, ={cpacr}
+    msr     cpacr_el1, x9
+    isb
+    ret
+    .ltorg
+    .size keel_cpu_el1, . - keel_cpu_el1
+
+    // keel_mmu_on(x0 = TTBR0, x1 = TTBR1): programs the translation regime
+    // and turns on the MMU and caches; returns to x30, which x0 must map
+    // (identity). Clobbers x9-x11.
+    .type keel_mmu_on, %function
+keel_mmu_on:
     ldr     x9, ={mair}
     msr     mair_el1, x9
     mrs     x10, id_aa64mmfr0_el1   // IPS = PARange, at most 48 bits
@@ -325,8 +331,7 @@ _start:
     orr     x9, x9, x10, lsl #32
     msr     tcr_el1, x9
     msr     ttbr0_el1, x0
-    adrp    x9, keel_boot_l0_high
-    msr     ttbr1_el1, x9
+    msr     ttbr1_el1, x1
     dsb     ish
     isb
     tlbi    vmalle1
@@ -335,17 +340,47 @@ _start:
     ldr     x9, ={sctlr_on}
     msr     sctlr_el1, x9
     isb
+    ret
+    .ltorg
+    .size keel_mmu_on, . - keel_mmu_on
 
-    ldr     x9, =keel_boot_high
+    // A CPU started by `cpu_start` (PSCI CPU_ON) arrives here at its
+    // physical address, MMU off, x0 = its index; it reuses the boot
+    // identity map (TTBR0) to turn the MMU on with the kernel's root.
+    .global keel_ap_start
+    .type keel_ap_start, %function
+keel_ap_start:
+    mov     x19, x0
+    bl      keel_cpu_el1
+    adrp    x0, keel_boot_l0_low
+    adrp    x1, KEEL_AP_TTBR1
+    ldr     x1, [x1, :lo12:KEEL_AP_TTBR1]
+    bl      keel_mmu_on
+    ldr     x21, =KEEL_CPUS
+    add     x21, x21, x19, lsl #{cpu_shift}
+    ldr     x22, =keel_aarch64_ap_main
+    ldr     x9, =keel_cpu_high
     br      x9
     .ltorg
-    .size _start, . - _start
+    .size keel_ap_start, . - keel_ap_start
 
     .section .text.keel_boot_high, "ax"
     .type keel_boot_high, %function
 keel_boot_high:
+    ldr     x21, =KEEL_CPUS
     ldr     x9, =__boot_stack_top
+    str     x9, [x21, #{cpu_stack_top}]
+    ldr     x9, =__overflow_stack_top
+    str     x9, [x21, #{cpu_overflow_top}]
+    ldr     x22, =keel_aarch64_main
+    // Fall through.
+
+    // keel_cpu_high: in the higher half, x21 = this CPU's per-CPU block
+    // (its stacks filled in), x22 = the Rust function to call with x19.
+keel_cpu_high:
+    ldr     x9, [x21, #{cpu_stack_top}]
     mov     sp, x9
+    msr     tpidr_el1, x21
     adrp    x9, keel_vectors
     add     x9, x9, :lo12:keel_vectors
     msr     vbar_el1, x9
@@ -361,9 +396,10 @@ keel_boot_high:
     mov     x29, xzr
     mov     x30, xzr
     mov     x0, x19
-    bl      keel_aarch64_main
+    blr     x22
 6:  wfe
     b       6b
+    .ltorg
     .size keel_boot_high, . - keel_boot_high
 
     .section .bss.keel_boot_page_tables, "aw", %nobits
@@ -375,8 +411,7 @@ keel_boot_l1_kernel: .space 4096
 keel_boot_l0_low:    .space 4096
 keel_boot_l1_ident:  .space 4096
 keel_boot_l2_kernel: .space 4096
-    .global keel_boot_l3_kernel
-    .global keel_boot_l3_kernel_end
+    .global keel_boot_l3_kernel, keel_boot_l3_kernel_end
 keel_boot_l3_kernel: .space 4096 * {image_l3_tables}
 keel_boot_l3_kernel_end:
 "#,
@@ -403,6 +438,9 @@ keel_boot_l3_kernel_end:
     sctlr_on = const SCTLR_MMU_ON,
     epd0 = const TCR_EPD0,
     image_flags = const IMAGE_FLAGS,
+    cpu_shift = const super::user::CPU_BLOCK_SHIFT,
+    cpu_stack_top = const super::user::CPU_STACK_TOP,
+    cpu_overflow_top = const super::user::CPU_OVERFLOW_TOP,
 );
 
 /// log2 of the size of a kernel stack (the boot stack: 64 KiB, linker.ld's
@@ -412,8 +450,8 @@ keel_boot_l3_kernel_end:
 /// multiple of 64 KiB, so every stack address has bit `KERNEL_STACK_SHIFT`
 /// clear, and the 64 KiB below it (its guard) is never mapped and has that
 /// bit set. The vector entry tests the bit to detect a trap frame that would
-/// not fit on the stack (it cannot push anything to find out). Any future
-/// kernel stack must keep this shape.
+/// not fit on the stack (it cannot push anything to find out). Every kernel
+/// stack keeps this shape (the other CPUs' too, `super::smp`).
 pub const KERNEL_STACK_SHIFT: u32 = 16;
 
 unsafe extern "C" {
@@ -435,10 +473,8 @@ unsafe extern "C" {
 /// The kernel image's virtual range `[start, end)`, including `.bss`, the
 /// stacks and their guards, and the boot page tables.
 pub fn kernel_image_range() -> (usize, usize) {
-    (
-        (&raw const __kernel_start) as usize,
-        (&raw const __kernel_end) as usize,
-    )
+    let (start, end) = (&raw const __kernel_start, &raw const __kernel_end);
+    (start as usize, end as usize)
 }
 
 /// The boot CPU's stack.
@@ -446,18 +482,21 @@ pub fn boot_stack() -> Range<usize> {
     (&raw const __boot_stack_bottom) as usize..(&raw const __boot_stack_top) as usize
 }
 
-/// The stack the vector entry switches to when a trap frame would not fit
-/// on the interrupted stack.
+/// The boot CPU's overflow stack, where the vector entry switches when a
+/// trap frame would not fit on the interrupted stack.
 pub fn overflow_stack() -> Range<usize> {
     (&raw const __overflow_stack_bottom) as usize..(&raw const __overflow_stack_top) as usize
 }
 
-/// The unmapped guards below [`boot_stack`] and [`overflow_stack`].
-pub fn stack_guards() -> [Range<usize>; 2] {
-    [
-        (&raw const __boot_stack_guard) as usize..(&raw const __boot_stack_bottom) as usize,
-        (&raw const __overflow_stack_guard) as usize..(&raw const __overflow_stack_bottom) as usize,
-    ]
+/// Every kernel stack in use as `(guard, stack)`, the unmapped guard below
+/// each: the boot CPU's kernel and overflow stacks, then those of the CPUs
+/// `cpu_start` prepared.
+pub fn stacks() -> impl Iterator<Item = (Range<usize>, Range<usize>)> {
+    let (boot, overflow) = (boot_stack(), overflow_stack());
+    let boot_guard = (&raw const __boot_stack_guard) as usize..boot.start;
+    let overflow_guard = (&raw const __overflow_stack_guard) as usize..overflow.start;
+    let boot_cpu = [(boot_guard, boot), (overflow_guard, overflow)];
+    boot_cpu.into_iter().chain(super::smp::ap_stacks())
 }
 
 /// The mapped parts of the kernel image with their attributes, exactly as
@@ -487,10 +526,17 @@ pub fn image_virt_to_phys(v: usize) -> u64 {
 /// the loader left in `x0`.
 #[unsafe(no_mangle)]
 extern "C" fn keel_aarch64_main(x0: u64) -> ! {
-    super::mm::init();
-    super::user::init_boot_cpu();
-    super::enable_cycle_counter();
+    init_cpu();
     crate::boot::kernel_main(boot_info(x0))
+}
+
+/// The first Rust code on every CPU: the memory-management hardware
+/// (`super::mm::init`: TTBR0 on an empty table, ASID size, PAN), the EL0
+/// and debug registers, the cycle counter.
+pub fn init_cpu() {
+    super::mm::init();
+    super::user::init_cpu();
+    super::enable_cycle_counter();
 }
 
 /// Finds, validates and parses the device tree: at `x0` if non-zero, else
@@ -499,11 +545,8 @@ extern "C" fn keel_aarch64_main(x0: u64) -> ! {
 /// readable, so a bogus pointer gives an error rather than a fault.
 fn boot_info(x0: u64) -> Result<BootInfo<'static>, BootInfoError> {
     let phys = if x0 != 0 { x0 } else { DTB_DEFAULT_PHYS };
-    let (start, end) = kernel_image_range();
-    let kernel = MemoryRegion {
-        start: image_virt_to_phys(start),
-        end: image_virt_to_phys(end),
-        kind: RegionKind::Kernel,
-    };
+    let (kind, (start, end)) = (RegionKind::Kernel, kernel_image_range());
+    let (start, end) = (image_virt_to_phys(start), image_virt_to_phys(end));
+    let kernel = MemoryRegion { start, end, kind };
     dtb::parse_at(phys, &crate::arch::ProbedDirectMap { floor: GIB }, kernel)
 }

@@ -23,8 +23,8 @@
 //! folding x0 into SP and back) that the new frame lies on the stack and not
 //! in the guard below it (see `entry::KERNEL_STACK_SHIFT`). If not — a kernel
 //! stack overflow, or a trap taken with the stack nearly full — it switches
-//! to the overflow stack (`entry::overflow_stack`, itself above an unmapped
-//! guard), builds the frame there (kind [`OVERFLOW_KIND`]; the EL0
+//! to this CPU's overflow stack (its per-CPU block's `overflow_top`, see
+//! `user`; itself above an unmapped guard), builds the frame there (kind [`OVERFLOW_KIND`]; the EL0
 //! thread-ID registers are clobbered as scratch) and the dispatcher reports
 //! a kernel stack overflow through [`crate::trap::fatal`]: as the page fault
 //! in the guard when that is what trapped (so `fatal` names the guard page),
@@ -88,15 +88,17 @@ enum VectorKind {
     Lower32,
 }
 
-// ESR_EL1.EC values handled here.
-const EC_UNKNOWN: u64 = 0x00;
+// ESR_EL1.EC values handled here (`EC_UNKNOWN` and `EC_BRK` also for EL0,
+// in `user`).
+pub(super) const EC_UNKNOWN: u64 = 0x00;
 const EC_INSTRUCTION_ABORT_SAME_EL: u64 = 0x21;
 const EC_DATA_ABORT_SAME_EL: u64 = 0x25;
-const EC_BRK: u64 = 0x3c;
+pub(super) const EC_BRK: u64 = 0x3c;
 /// ESR_EL1.ISS.WnR for data aborts: the access was a write.
 const ESR_WNR: u64 = 1 << 6;
 
 core::arch::global_asm!(
+    asm_pairs!(),
     r#"
     .section .text.keel_vectors, "ax"
     .balign 2048
@@ -134,8 +136,8 @@ keel_stack_overflow:
     msr     tpidrro_el0, x0
     sub     x0, sp, x0
     msr     tpidr_el0, x0
-    adrp    x0, __overflow_stack_top
-    add     x0, x0, :lo12:__overflow_stack_top
+    mrs     x0, tpidr_el1
+    ldr     x0, [x0, #{cpu_overflow_top}]
     mov     sp, x0
     sub     sp, sp, #{frame_size}
     mrs     x0, tpidr_el0
@@ -146,20 +148,8 @@ keel_stack_overflow:
 
     .type keel_trap_common, %function
 keel_trap_common:
-    stp     x2, x3, [sp, #16]
-    stp     x4, x5, [sp, #32]
-    stp     x6, x7, [sp, #48]
-    stp     x8, x9, [sp, #64]
-    stp     x10, x11, [sp, #80]
-    stp     x12, x13, [sp, #96]
-    stp     x14, x15, [sp, #112]
-    stp     x16, x17, [sp, #128]
-    stp     x18, x19, [sp, #144]
-    stp     x20, x21, [sp, #160]
-    stp     x22, x23, [sp, #176]
-    stp     x24, x25, [sp, #192]
-    stp     x26, x27, [sp, #208]
-    stp     x28, x29, [sp, #224]
+    pairs   stp, sp, 16, 16, x2, x3, x4, x5, x6, x7, x8, x9, x10, x11, x12, x13, x14, x15
+    pairs   stp, sp, 128, 16, x16, x17, x18, x19, x20, x21, x22, x23, x24, x25, x26, x27, x28, x29
     str     x30, [sp, #240]
     cmp     x0, #8
     b.hs    1f
@@ -193,20 +183,8 @@ keel_trap_common:
     b.hs    3f
     msr     sp_el0, x1
 3:  ldp     x0, x1, [sp]
-    ldp     x2, x3, [sp, #16]
-    ldp     x4, x5, [sp, #32]
-    ldp     x6, x7, [sp, #48]
-    ldp     x8, x9, [sp, #64]
-    ldp     x10, x11, [sp, #80]
-    ldp     x12, x13, [sp, #96]
-    ldp     x14, x15, [sp, #112]
-    ldp     x16, x17, [sp, #128]
-    ldp     x18, x19, [sp, #144]
-    ldp     x20, x21, [sp, #160]
-    ldp     x22, x23, [sp, #176]
-    ldp     x24, x25, [sp, #192]
-    ldp     x26, x27, [sp, #208]
-    ldp     x28, x29, [sp, #224]
+    pairs   ldp, sp, 16, 16, x2, x3, x4, x5, x6, x7, x8, x9, x10, x11, x12, x13, x14, x15
+    pairs   ldp, sp, 128, 16, x16, x17, x18, x19, x20, x21, x22, x23, x24, x25, x26, x27, x28, x29
     ldr     x30, [sp, #240]
     add     sp, sp, #{frame_size}
     eret
@@ -231,8 +209,7 @@ keel_probe_read:
     .popsection
 
     .section .text.keel_breakpoint, "ax"
-    .global keel_breakpoint
-    .global keel_breakpoint_site
+    .global keel_breakpoint, keel_breakpoint_site
     .type keel_breakpoint, %function
 keel_breakpoint:
 keel_breakpoint_site:
@@ -244,14 +221,14 @@ keel_breakpoint_site:
     // `-semihosting` HLT is undefined; the dispatcher then skips it and x0
     // comes back unchanged.
     .section .text.keel_semihost, "ax"
-    .global keel_semihost
-    .global keel_semihost_site
+    .global keel_semihost, keel_semihost_site
     .type keel_semihost, %function
 keel_semihost:
 keel_semihost_site:
     hlt     #0xf000
     ret
     .size keel_semihost, . - keel_semihost
+    .purgem pairs
 "#,
     frame_size = const FRAME_SIZE,
     off_sp = const OFF_SP,
@@ -260,11 +237,11 @@ keel_semihost_site:
     off_record = const OFF_RECORD,
     stack_shift = const super::entry::KERNEL_STACK_SHIFT,
     overflow_kind = const OVERFLOW_KIND,
+    cpu_overflow_top = const super::user::CPU_OVERFLOW_TOP,
 );
 
-/// The `kind` of a trap frame built on the overflow stack because the
-/// interrupted stack had no room for it. (The overflow stack serves one CPU
-/// at a time: the report ends the kernel.)
+/// The `kind` of a trap frame built on this CPU's overflow stack because
+/// the interrupted stack had no room for it.
 const OVERFLOW_KIND: u64 = 16;
 
 /// The value pair `keel_probe_read` returns in x0/x1.
@@ -292,10 +269,8 @@ pub fn probe_read(addr: usize) -> Result<u8, TrapRecord> {
         return Ok(r.value as u8);
     }
     // The dispatcher recorded the fault just before resuming at the fixup.
-    Err(crate::trap::last().0.unwrap_or(TrapRecord {
-        cause: TrapCause::Other(0),
-        pc: 0,
-    }))
+    let (cause, pc) = (TrapCause::Other(0), 0);
+    Err(crate::trap::last().0.unwrap_or(TrapRecord { cause, pc }))
 }
 
 /// See [`crate::arch`]: executes `brk #0` at [`breakpoint_site`].
@@ -326,30 +301,9 @@ pub unsafe fn semihost(op: u64, param: usize) -> u64 {
 /// Edits to `frame` (ELR, registers) take effect on return.
 #[unsafe(no_mangle)]
 extern "C" fn keel_trap_dispatch(frame: &mut TrapFrame) {
-    if frame.kind == OVERFLOW_KIND {
-        let frame = &*frame;
-        let far = frame.far as usize;
-        let cause =
-            if (frame.esr >> 26) & 0x3f == EC_DATA_ABORT_SAME_EL && super::in_stack_guard(far) {
-                // `trap::fatal` adds the "kernel stack overflow" line.
-                TrapCause::PageFault {
-                    addr: far,
-                    write: frame.esr & ESR_WNR != 0,
-                    exec: false,
-                }
-            } else {
-                TrapCause::Machine("kernel stack overflow")
-            };
-        crate::trap::fatal(
-            TrapRecord {
-                cause,
-                pc: frame.elr as usize,
-            },
-            || dump_registers(frame, VectorKind::CurrentSpx),
-            || trap_backtrace(frame, cause),
-        )
-    }
+    let overflow = frame.kind == OVERFLOW_KIND;
     let group = match frame.kind / 4 {
+        _ if overflow => VectorKind::CurrentSpx,
         0 => VectorKind::CurrentSp0,
         1 => VectorKind::CurrentSpx,
         2 => VectorKind::Lower64,
@@ -369,7 +323,14 @@ extern "C" fn keel_trap_dispatch(frame: &mut TrapFrame) {
         }
     }
     let pc = frame.elr as usize;
+    // `trap::fatal` adds the "kernel stack overflow" line to a fault in a
+    // stack guard.
+    let in_guard = overflow
+        && (frame.esr >> 26) & 0x3f == EC_DATA_ABORT_SAME_EL
+        && super::in_stack_guard(frame.far as usize);
     let cause = match (group, frame.kind % 4) {
+        _ if in_guard => abort(frame, false),
+        _ if overflow => TrapCause::Machine("kernel stack overflow"),
         (VectorKind::CurrentSpx, 0) => match classify_sync(frame) {
             Some(cause) => cause,
             None => return,
@@ -382,6 +343,7 @@ extern "C" fn keel_trap_dispatch(frame: &mut TrapFrame) {
     let record = TrapRecord { cause, pc };
     if group == VectorKind::CurrentSpx
         && frame.kind.is_multiple_of(4)
+        && !overflow
         && let Some(fixup) = crate::arch::fixup_for(frame.elr as usize).map(|f| f as u64)
     {
         crate::trap::record(record);
@@ -399,40 +361,27 @@ extern "C" fn keel_trap_dispatch(frame: &mut TrapFrame) {
 /// Prints the frames of the code a trap interrupted (frame #0, the trapping
 /// PC, is printed by `trap::fatal`).
 fn trap_backtrace(frame: &TrapFrame, cause: TrapCause) {
-    let mut first = 1;
-    if let TrapCause::PageFault { exec: true, .. } = cause {
-        // A jump to a bad address: the caller never set up a frame record,
-        // but its return address is still in the link register.
-        print_frame(first, frame.x[30] as usize);
-        first += 1;
+    // A jump to a bad address: the caller never set up a frame record, but
+    // its return address is still in the link register.
+    let jumped = matches!(cause, TrapCause::PageFault { exec: true, .. });
+    if jumped {
+        print_frame(1, frame.x[30] as usize);
     }
-    super::walk_frames_from(frame.x[29] as usize, first);
+    super::walk_frames_from(frame.x[29] as usize, 1 + usize::from(jumped));
 }
 
 /// Decodes a synchronous exception taken from EL1. Returns `None` when it
 /// has been handled and the kernel should resume at `frame.elr`.
 fn classify_sync(frame: &mut TrapFrame) -> Option<TrapCause> {
-    let ec = (frame.esr >> 26) & 0x3f;
-    let far = frame.far as usize;
-    match ec {
+    match (frame.esr >> 26) & 0x3f {
         EC_BRK => {
-            crate::trap::record(TrapRecord {
-                cause: TrapCause::Breakpoint,
-                pc: frame.elr as usize,
-            });
+            let (cause, pc) = (TrapCause::Breakpoint, frame.elr as usize);
+            crate::trap::record(TrapRecord { cause, pc });
             frame.elr += 4;
             None
         }
-        EC_DATA_ABORT_SAME_EL => Some(TrapCause::PageFault {
-            addr: far,
-            write: frame.esr & ESR_WNR != 0,
-            exec: false,
-        }),
-        EC_INSTRUCTION_ABORT_SAME_EL => Some(TrapCause::PageFault {
-            addr: far,
-            write: false,
-            exec: true,
-        }),
+        EC_DATA_ABORT_SAME_EL => Some(abort(frame, false)),
+        EC_INSTRUCTION_ABORT_SAME_EL => Some(abort(frame, true)),
         EC_UNKNOWN if frame.elr as usize == (&raw const keel_semihost_site) as usize => {
             // `hlt #0xf000` without `-semihosting`: skip it.
             frame.elr += 4;
@@ -443,28 +392,25 @@ fn classify_sync(frame: &mut TrapFrame) -> Option<TrapCause> {
     }
 }
 
+/// The page fault an instruction (`exec`) or data abort taken from EL1
+/// reports.
+fn abort(frame: &TrapFrame, exec: bool) -> TrapCause {
+    let (addr, write) = (frame.far as usize, !exec && frame.esr & ESR_WNR != 0);
+    TrapCause::PageFault { addr, write, exec }
+}
+
 fn dump_registers(frame: &TrapFrame, group: VectorKind) {
-    kprintln!(
-        "vector {} ({:?}), ESR_EL1.EC {:#04x}",
-        frame.kind,
-        group,
-        (frame.esr >> 26) & 0x3f
-    );
-    for row in frame.x.chunks(4).enumerate() {
-        let (i, regs) = row;
+    let (kind, ec) = (frame.kind, (frame.esr >> 26) & 0x3f);
+    kprintln!("vector {kind} ({group:?}), ESR_EL1.EC {ec:#04x}");
+    for (i, regs) in frame.x.chunks(4).enumerate() {
         for (j, value) in regs.iter().enumerate() {
-            let n = i * 4 + j;
-            kprint!("  x{n:<2} {value:#018x}");
+            kprint!("  x{:<2} {value:#018x}", i * 4 + j);
         }
         kprintln!();
     }
-    kprintln!(
-        "  sp  {:#018x}  elr {:#018x}  spsr {:#010x}",
-        frame.sp,
-        frame.elr,
-        frame.spsr
-    );
-    kprintln!("  esr {:#018x}  far {:#018x}", frame.esr, frame.far);
+    let (sp, elr, spsr, esr, far) = (frame.sp, frame.elr, frame.spsr, frame.esr, frame.far);
+    kprintln!("  sp  {sp:#018x}  elr {elr:#018x}  spsr {spsr:#010x}");
+    kprintln!("  esr {esr:#018x}  far {far:#018x}");
 }
 
 /// Prints one backtrace line.

@@ -17,9 +17,11 @@
 //!   (SCTLR_EL1.SPAN is clear, so every exception entry sets it again)
 //!   except inside `keel_user_copy`, which clears it around the copy and sets
 //!   it again on every way out, including the fault fixups.
-//! - TLB maintenance uses the inner-shareable (broadcast) forms, preceded by
-//!   `dsb ishst` so page-table writes are visible to the walkers and
-//!   followed by `dsb ish; isb`.
+//! - TLB maintenance is preceded by `dsb ishst`, so page-table writes are
+//!   visible to the walkers. [`flush_page`] and [`flush_all`] invalidate
+//!   this CPU's TLB only (`dsb nsh; isb` after; other CPUs are shot down
+//!   by IPI, `crate::smp::shootdown`); switching roots uses the
+//!   inner-shareable (broadcast) forms, followed by `dsb ish; isb`.
 
 use super::entry;
 use crate::mm::paging::{Attr, PageSize};
@@ -70,16 +72,12 @@ fn empty_table_phys() -> u64 {
     entry::image_virt_to_phys((&raw const EMPTY_TABLE) as usize)
 }
 
-/// Called once on the boot CPU, before any other Rust code: points TTBR0 at
+/// Called on every CPU before any other Rust code: points TTBR0 at
 /// the empty table with ASID 0 and enables TTBR0 walks, selects 16-bit ASIDs
 /// if implemented, and turns on PAN if implemented.
 pub(super) fn init() {
-    let (mmfr0, mmfr1): (u64, u64);
-    // SAFETY: reading ID registers has no side effects.
-    unsafe {
-        asm!("mrs {}, id_aa64mmfr0_el1", out(reg) mmfr0, options(nomem, nostack, preserves_flags));
-        asm!("mrs {}, id_aa64mmfr1_el1", out(reg) mmfr1, options(nomem, nostack, preserves_flags));
-    }
+    let mmfr0 = read_sysreg!("id_aa64mmfr0_el1", nomem);
+    let mmfr1 = read_sysreg!("id_aa64mmfr1_el1", nomem);
     // ID_AA64MMFR0_EL1.ASIDBits (7:4): 0b0010 = 16 bits, else 8.
     let asid16 = (mmfr0 >> 4) & 0xf == 0b0010;
     // ID_AA64MMFR1_EL1.PAN (23:20): non-zero = FEAT_PAN.
@@ -156,10 +154,7 @@ pub fn device_windows() -> &'static [(u64, u64)] {
 
 /// The physical address of the kernel's root table (TTBR1_EL1).
 pub fn kernel_root() -> u64 {
-    let ttbr1: u64;
-    // SAFETY: reading TTBR1_EL1 has no side effects.
-    unsafe { asm!("mrs {}, ttbr1_el1", out(reg) ttbr1, options(nomem, nostack, preserves_flags)) };
-    ttbr1 & TTBR_BADDR
+    read_sysreg!("ttbr1_el1", nomem) & TTBR_BADDR
 }
 
 /// Installs `root` as the kernel's root table (TTBR1_EL1) and invalidates
@@ -241,26 +236,24 @@ pub fn unload_user_root() {
 
 /// Usable ASIDs (ASID 0 is reserved for "no user tree"): 256 or 65536.
 pub fn asid_count() -> usize {
-    if ASID_16.load(Ordering::Relaxed) {
-        1 << 16
-    } else {
-        1 << 8
-    }
+    let wide = ASID_16.load(Ordering::Relaxed);
+    1 << if wide { 16 } else { 8 }
 }
 
 fn tlbi_va(va: usize) -> u64 {
     (va as u64 >> 12) & TLBI_VA_MASK
 }
 
-/// Invalidates the translation of the user page at `va` tagged `asid`.
+/// Invalidates this CPU's translation of the user page at `va` tagged
+/// `asid`.
 pub fn flush_page(asid: u16, va: usize) {
     let arg = tlbi_va(va) | (u64::from(asid) << ASID_SHIFT);
     // SAFETY: invalidating TLB entries only drops cached translations.
     unsafe {
         asm!(
             "dsb ishst",
-            "tlbi vae1is, {a}",
-            "dsb ish",
+            "tlbi vae1, {a}",
+            "dsb nsh",
             "isb",
             a = in(reg) arg,
             options(nostack, preserves_flags),
@@ -268,14 +261,15 @@ pub fn flush_page(asid: u16, va: usize) {
     }
 }
 
-/// Invalidates every translation (all ASIDs, kernel and user).
+/// Invalidates every translation of this CPU (all ASIDs, kernel and
+/// user).
 pub fn flush_all() {
     // SAFETY: as for `flush_page`.
     unsafe {
         asm!(
             "dsb ishst",
-            "tlbi vmalle1is",
-            "dsb ish",
+            "tlbi vmalle1",
+            "dsb nsh",
             "isb",
             options(nostack, preserves_flags)
         );
@@ -422,7 +416,7 @@ mod checks {
                     kassert!(kernel.translate(&mem, va).is_none(), "{:#x} mapped", va);
                 }
             }
-            for g in entry::stack_guards() {
+            for (g, _) in entry::stacks() {
                 kassert!(kernel.translate(&mem, g.start).is_none());
                 kassert!(kernel.translate(&mem, g.end - 1).is_none());
             }
@@ -439,10 +433,7 @@ mod checks {
         fn asids_and_roots() {
             let n = asid_count();
             kassert!(n == 256 || n == 65536, "asid_count {}", n);
-            let ttbr0: u64;
-            // SAFETY: reading TTBR0_EL1 has no side effects.
-            unsafe { asm!("mrs {}, ttbr0_el1", out(reg) ttbr0, options(nomem, nostack)) };
-            kassert_eq!(ttbr0, empty_table_phys());
+            kassert_eq!(read_sysreg!("ttbr0_el1", nomem), empty_table_phys());
             kassert_eq!(max_page_size(), PageSize::Size1G);
             Ok(())
         }

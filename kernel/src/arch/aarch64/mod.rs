@@ -3,10 +3,12 @@
 //!
 //! Submodules: `entry` (boot from EL2/EL1 to the higher half, device-tree
 //! discovery), `exception` (vector table, trap frame, dispatcher, fixup
-//! table), `gic` (interrupt controller, virtual timer, idle loop), `mm` (page-table format, TLB and translation-register operations,
-//! user copies, the kernel image layout), `pl011` (console UART), `user`
-//! (user registers, FP/SIMD state, TLS, the per-CPU block, entry to and from
-//! EL0). This file holds the remaining items of the [`crate::arch`] contract.
+//! table), `gic` (interrupt controller, virtual timer, IPIs, idle loop),
+//! `mm` (page-table format, TLB and translation-register operations, user
+//! copies, the kernel image layout), `pl011` (console UART), `smp`
+//! (starting the other CPUs), `user` (user registers, FP/SIMD state, TLS,
+//! the per-CPU blocks, entry to and from EL0). This file holds the
+//! remaining items of the [`crate::arch`] contract.
 //!
 //! Address-space invariants after boot (see `entry` and `mm`): TTBR0 holds
 //! an empty table with the reserved ASID 0 until a user tree is loaded, so
@@ -15,28 +17,67 @@
 //! first GiB as device memory) and the kernel image at
 //! [`entry::KERNEL_VIRT_BASE`] + (phys - [`entry::KERNEL_PHYS_BASE`]) section
 //! by section with 4 KiB pages (text RX, rodata R, data/bss and stacks RW),
-//! leaving the guards below the boot and overflow stacks unmapped; nothing
-//! else is mapped.
+//! leaving the guards below the boot and overflow stacks unmapped, and the
+//! stacks of each started CPU (`smp`) above unmapped guards; nothing else
+//! is mapped.
+
+/// The assembler macro `pairs op, base, offset, step, r0, r1, …` for the
+/// `global_asm!` blocks that save and restore register files: `op r0, r1,
+/// [base, #offset]`, then the next two registers at `offset + step`, and so
+/// on. A block that uses it starts with `asm_pairs!()` and ends with
+/// `.purgem pairs`, so each block defines it once.
+macro_rules! asm_pairs {
+    () => {
+        r"
+    .macro pairs op, base, off, step, a, b, rest:vararg
+    \op     \a, \b, [\base, #(\off)]
+    .ifnb \rest
+    pairs   \op, \base, (\off + \step), \step, \rest
+    .endif
+    .endm
+"
+    };
+}
+
+/// Reads the system register `$reg` (`mrs`), one whose read has no side
+/// effects. With `nomem`, the compiler may move memory accesses across the
+/// read; without it (the counters), it may not.
+macro_rules! read_sysreg {
+    ($reg:literal $(, $nomem:ident)?) => {{
+        let v: u64;
+        // SAFETY: the macro's callers name only registers whose read has no
+        // side effects.
+        unsafe {
+            core::arch::asm!(
+                concat!("mrs {}, ", $reg),
+                out(reg) v,
+                options($($nomem,)? nostack, preserves_flags)
+            )
+        };
+        v
+    }};
+}
 
 mod entry;
 mod exception;
 mod gic;
 mod mm;
 mod pl011;
+mod smp;
 mod user;
 
 pub use self::exception::{breakpoint, breakpoint_site, probe_read};
 pub use self::gic::{
-    idle, init as irq_init, line_mask as irq_mask, line_ok as irq_line_ok, timer_arm,
+    idle, init as irq_init, line_mask as irq_mask, line_ok as irq_line_ok, send_ipi, timer_arm,
 };
 pub use self::mm::{
     FLUSH_NEW_ENTRIES, KERNEL_ROOT_ENTRIES, PageFormat, asid_count, device_windows, flush_all,
     flush_page, kernel_image_layout, kernel_root, kernel_virt_to_phys, load_kernel_root,
     load_user_root, max_page_size, unload_user_root,
 };
-pub use self::user::{ELF_MACHINE, FpuState, UserRegs, enter_user, load_tls, save_tls};
-pub use super::common::user_copy;
-pub use super::common::{io_ports_ok, port_io};
+pub use self::smp::cpu_start;
+pub use self::user::{ELF_MACHINE, FpuState, UserRegs, cpu_index, enter_user, load_tls, save_tls};
+pub use super::common::{io_ports_ok, port_io, user_copy};
 
 use core::arch::asm;
 use core::sync::atomic::{AtomicBool, Ordering};
@@ -95,10 +136,7 @@ static PMU_CYCLES: AtomicBool = AtomicBool::new(false);
 /// Enables the PMU cycle counter for EL0 and EL1 (not EL2), from zero. On a
 /// CPU without PMUv3, [`cycle_counter`] falls back to the generic timer.
 fn enable_cycle_counter() {
-    let dfr0: u64;
-    // SAFETY: reading an ID register has no side effects.
-    unsafe { asm!("mrs {}, id_aa64dfr0_el1", out(reg) dfr0, options(nomem, nostack)) };
-    let pmu_version = (dfr0 >> 8) & 0xf;
+    let pmu_version = (read_sysreg!("id_aa64dfr0_el1", nomem) >> 8) & 0xf;
     if pmu_version == 0 || pmu_version == 0xf {
         return;
     }
@@ -139,10 +177,7 @@ pub fn clock_ticks() -> u64 {
 
 /// The clock's rate: CNTFRQ_EL0, which firmware sets (0 if it did not).
 pub fn clock_hz(_info: &crate::bootinfo::BootInfo<'_>) -> Option<u64> {
-    let hz: u64;
-    // SAFETY: reading CNTFRQ_EL0 has no side effects.
-    unsafe { asm!("mrs {}, cntfrq_el0", out(reg) hz, options(nomem, nostack, preserves_flags)) };
-    (hz != 0).then_some(hz)
+    Some(read_sysreg!("cntfrq_el0", nomem)).filter(|&hz| hz != 0)
 }
 
 /// The PMU cycle counter (PMCCNTR_EL0), which QEMU advances once per guest
@@ -150,37 +185,41 @@ pub fn clock_hz(_info: &crate::bootinfo::BootInfo<'_>) -> Option<u64> {
 /// without a PMU.
 #[inline]
 pub fn cycle_counter() -> u64 {
-    let v: u64;
+    // The cycle counter is enabled at boot if there is one; CNTVCT_EL0 is
+    // readable at EL1 (CNTHCTL_EL2 set at boot).
     if PMU_CYCLES.load(Ordering::Relaxed) {
-        // SAFETY: the cycle counter was enabled at boot; reading it has no
-        // side effects.
-        unsafe { asm!("mrs {}, pmccntr_el0", out(reg) v, options(nostack, preserves_flags)) };
+        read_sysreg!("pmccntr_el0")
     } else {
-        // SAFETY: CNTVCT_EL0 is readable at EL1 (CNTHCTL_EL2 set at boot).
-        unsafe { asm!("mrs {}, cntvct_el0", out(reg) v, options(nostack, preserves_flags)) };
+        read_sysreg!("cntvct_el0")
     }
-    v
 }
 
-/// Whether `addr` lies in the unmapped guard below the boot stack or the
-/// overflow stack.
+/// This CPU's MPIDR_EL1 affinity fields (Aff3, Aff2, Aff1, Aff0), as the
+/// device tree's `/cpus` `reg` gives them.
+pub fn cpu_hw_id() -> u64 {
+    read_sysreg!("mpidr_el1", nomem) & 0xff_00ff_ffff
+}
+
+/// Whether `addr` lies in the unmapped guard below a kernel or overflow
+/// stack of any CPU.
 pub fn in_stack_guard(addr: usize) -> bool {
-    entry::stack_guards().iter().any(|g| g.contains(&addr))
+    entry::stacks().any(|(guard, _)| guard.contains(&addr))
 }
 
 /// Reads the frame record `{caller x29, return address}` at `fp`, if it lies
-/// inside one mapped part of the kernel image (the stacks, or data).
+/// inside one mapped part of the kernel image (data) or one stack.
 fn read_frame_record(fp: usize) -> Option<(usize, usize)> {
     let end = fp.checked_add(16)?;
-    let mapped = entry::image_sections()
-        .iter()
-        .any(|(r, _)| r.start <= fp && end <= r.end);
+    let mapped = (entry::image_sections().into_iter().map(|(r, _)| r))
+        .chain(entry::stacks().map(|(_, s)| s))
+        .any(|r| r.start <= fp && end <= r.end);
     if !mapped || !fp.is_multiple_of(8) {
         return None;
     }
     let p = fp as *const usize;
     // SAFETY: `fp..fp + 16` is 8-aligned and inside one part of the kernel
-    // image that the kernel page tables map readable for the whole run.
+    // image or one stack, which the kernel page tables map readable for the
+    // whole run.
     Some(unsafe { (p.read_volatile(), p.add(1).read_volatile()) })
 }
 

@@ -5,10 +5,12 @@
 //! vector table in `exception`), which saves the thread's registers and
 //! hands the SVC or fault to the portable side (`crate::task`).
 //!
-//! Per-CPU block ([`PerCpu`]; TPIDR_EL1 holds its address from boot on):
-//! offset 0 `stack_top` (the top of this CPU's kernel stack; CPU 0: the boot
-//! stack), offset 8 `user_regs` (the [`UserRegs`] the next entry from EL0
-//! saves into).
+//! Per-CPU blocks ([`PerCpu`], one per CPU index in `KEEL_CPUS`; the entry
+//! code points TPIDR_EL1 at this CPU's before any Rust code runs, so
+//! [`cpu_index`] is the block's index): offset 0 `stack_top` (the top of
+//! this CPU's kernel stack; CPU 0: the boot stack), offset 8 `user_regs`
+//! (the [`UserRegs`] the next entry from EL0 saves into), offset 16
+//! `overflow_top` (the top of its overflow stack, `exception`).
 //!
 //! [`UserRegs`] layout (bytes): x0–x30 at `8 * n`, SP_EL0 at 248, the PC
 //! (ELR_EL1) at 256, PSTATE (SPSR_EL1) at 264.
@@ -47,7 +49,8 @@
 //!   kernel runs. Only `keel_fpu_save`/`keel_fpu_restore` (and the tests'
 //!   helpers) touch them; check with `llvm-objdump -d`.
 
-use super::entry;
+use super::exception::{EC_BRK, EC_UNKNOWN};
+use crate::bootinfo::MAX_CPUS;
 use crate::mm::aspace::Access;
 use crate::trap::UserFault;
 use core::arch::asm;
@@ -87,23 +90,17 @@ impl UserRegs {
     /// A thread about to run at `entry` with stack pointer `stack` and
     /// `arg` in x0, at EL0 with interrupts unmasked.
     pub fn new(entry: usize, stack: usize, arg: usize) -> UserRegs {
-        let mut regs = UserRegs {
-            sp: stack as u64,
-            pc: entry as u64,
-            pstate: SPSR_EL0T,
-            ..UserRegs::default()
-        };
-        regs.x[0] = arg as u64;
-        regs
+        let mut x = [0; 31];
+        x[0] = arg as u64;
+        let (sp, pc, pstate) = (stack as u64, entry as u64, SPSR_EL0T);
+        UserRegs { x, sp, pc, pstate }
     }
 
     /// The system-call number (x8) and arguments (x0–x5).
     pub fn syscall_args(&self) -> (usize, [usize; 6]) {
         let x = &self.x;
-        (
-            x[8] as usize,
-            [x[0], x[1], x[2], x[3], x[4], x[5]].map(|v| v as usize),
-        )
+        let args = [x[0], x[1], x[2], x[3], x[4], x[5]].map(|v| v as usize);
+        (x[8] as usize, args)
     }
 
     /// Sets the system-call result (x0).
@@ -130,9 +127,11 @@ impl UserRegs {
 }
 
 /// A thread's FP/SIMD state: q0–q31, FPCR, FPSR (layout fixed for the
-/// save/restore assembly).
+/// save/restore assembly). The default is all registers zero, FPCR 0
+/// (round to nearest, no traps, no flush to zero, default NaN off) and FPSR
+/// 0 (no flags).
 #[repr(C, align(16))]
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct FpuState {
     /// q0–q31 as (low, high) 64-bit halves.
     q: [[u64; 2]; 32],
@@ -142,18 +141,6 @@ pub struct FpuState {
 
 const _: () = assert!(core::mem::offset_of!(FpuState, fpcr) == 512);
 const _: () = assert!(core::mem::offset_of!(FpuState, fpsr) == 520);
-
-impl Default for FpuState {
-    /// All registers zero; FPCR 0 (round to nearest, no traps, no flush to
-    /// zero, default NaN off), FPSR 0 (no flags).
-    fn default() -> FpuState {
-        FpuState {
-            q: [[0; 2]; 32],
-            fpcr: 0,
-            fpsr: 0,
-        }
-    }
-}
 
 impl FpuState {
     /// Saves this CPU's FP/SIMD registers into `self`.
@@ -175,10 +162,7 @@ impl FpuState {
 /// The thread's TLS base: TPIDR_EL0, which user code may have changed, so
 /// it is read back rather than `current` returned.
 pub fn save_tls(_current: usize) -> usize {
-    let v: usize;
-    // SAFETY: reading TPIDR_EL0 has no side effects.
-    unsafe { asm!("mrs {}, tpidr_el0", out(reg) v, options(nomem, nostack, preserves_flags)) };
-    v
+    read_sysreg!("tpidr_el0", nomem) as usize
 }
 
 /// Sets the TLS base register (TPIDR_EL0) for the thread about to run.
@@ -199,33 +183,68 @@ pub fn load_tls(value: usize) {
 /// kernel stack may be used again: the stack is reset.
 pub unsafe fn enter_user(regs: *const UserRegs) -> ! {
     // SAFETY: guaranteed by the caller; TPIDR_EL1 points at this CPU's
-    // block since `init_boot_cpu`.
+    // block since the entry code.
     unsafe { keel_enter_user(regs) }
 }
 
-/// This CPU's kernel stack and current user registers, reached through
+/// A CPU's kernel stacks and current user registers, reached through
 /// TPIDR_EL1 by the entry assembly.
-#[repr(C)]
-struct PerCpu {
+#[repr(C, align(64))]
+pub(super) struct PerCpu {
     /// The top of this CPU's kernel stack: SP_EL1 at every entry from EL0.
     stack_top: AtomicUsize,
     /// The `UserRegs` of the thread running at EL0 (written by
     /// `keel_enter_user`).
     user_regs: AtomicUsize,
+    /// The top of this CPU's overflow stack.
+    overflow_top: AtomicUsize,
 }
 
-const CPU_STACK_TOP: usize = core::mem::offset_of!(PerCpu, stack_top);
+pub(super) const CPU_STACK_TOP: usize = core::mem::offset_of!(PerCpu, stack_top);
 const CPU_USER_REGS: usize = core::mem::offset_of!(PerCpu, user_regs);
+pub(super) const CPU_OVERFLOW_TOP: usize = core::mem::offset_of!(PerCpu, overflow_top);
+/// log2 of the size of a block: `KEEL_CPUS + (index << CPU_BLOCK_SHIFT)`.
+pub(super) const CPU_BLOCK_SHIFT: u32 = 6;
+const _: () = assert!(core::mem::size_of::<PerCpu>() == 1 << CPU_BLOCK_SHIFT);
 
-/// The boot CPU's block.
-static BOOT_CPU: PerCpu = PerCpu {
-    stack_top: AtomicUsize::new(0),
-    user_regs: AtomicUsize::new(0),
-};
+/// The per-CPU blocks, by CPU index (the boot CPU's stacks are filled in
+/// by `entry`'s assembly, the others' by [`set_stacks`]).
+#[unsafe(no_mangle)]
+static KEEL_CPUS: [PerCpu; MAX_CPUS] = [const {
+    PerCpu {
+        stack_top: AtomicUsize::new(0),
+        user_regs: AtomicUsize::new(0),
+        overflow_top: AtomicUsize::new(0),
+    }
+}; MAX_CPUS];
+
+/// TPIDR_EL1: this CPU's block.
+fn this_cpu_addr() -> usize {
+    read_sysreg!("tpidr_el1", nomem) as usize
+}
+
+/// This CPU's block.
+fn this_cpu() -> &'static PerCpu {
+    &KEEL_CPUS[cpu_index()]
+}
+
+/// This CPU's index: that of its block, which TPIDR_EL1 points at.
+#[inline]
+pub fn cpu_index() -> usize {
+    this_cpu_addr().wrapping_sub(KEEL_CPUS.as_ptr() as usize) >> CPU_BLOCK_SHIFT
+}
+
+/// Records the stacks CPU `index` will run on (before it starts).
+pub(super) fn set_stacks(index: usize, stack_top: usize, overflow_top: usize) {
+    if let Some(cpu) = KEEL_CPUS.get(index) {
+        cpu.stack_top.store(stack_top, Ordering::Relaxed);
+        cpu.overflow_top.store(overflow_top, Ordering::Relaxed);
+    }
+}
 
 /// The top of this CPU's kernel stack.
 pub(super) fn kernel_stack_top() -> usize {
-    BOOT_CPU.stack_top.load(Ordering::Relaxed)
+    this_cpu().stack_top.load(Ordering::Relaxed)
 }
 
 /// An IRQ taken at EL0 (the common stub saved the user state in `frame`):
@@ -235,17 +254,12 @@ pub(super) fn user_interrupt(
     frame: &super::exception::TrapFrame,
     irq: Option<crate::trap::Interrupt>,
 ) -> ! {
-    let regs = BOOT_CPU.user_regs.load(Ordering::Relaxed) as *mut UserRegs;
-    let saved = UserRegs {
-        x: frame.x,
-        sp: frame.sp,
-        pc: frame.elr,
-        pstate: frame.spsr,
-    };
+    let regs = this_cpu().user_regs.load(Ordering::Relaxed) as *mut UserRegs;
+    let (x, sp, pc, pstate) = (frame.x, frame.sp, frame.elr, frame.spsr);
     // SAFETY: `regs` is what the last `enter_user` on this CPU ran, which
     // the portable side keeps valid and unaliased until this entry has
     // saved into it (the contract of `enter_user`).
-    unsafe { regs.write(saved) };
+    unsafe { regs.write(UserRegs { x, sp, pc, pstate }) };
     let next = match irq {
         Some(irq) => crate::entry::on_interrupt(irq),
         None => regs.cast_const(),
@@ -259,39 +273,31 @@ pub(super) fn user_interrupt(
 /// channel traps); software step, kernel debug and monitor debug events off.
 const MDSCR_USER: u64 = 1 << 12;
 
-/// Called once on the boot CPU before any user code runs: its kernel stack
-/// for entries from EL0 is the boot stack; TPIDR_EL1 = its block; the EL0
-/// thread-ID registers start at zero; debug state is known (MDSCR_EL1).
-pub(super) fn init_boot_cpu() {
-    BOOT_CPU
-        .stack_top
-        .store(entry::boot_stack().end, Ordering::Relaxed);
-    // SAFETY: TPIDR_EL1 is reserved for the per-CPU block (nothing else in
-    // the kernel uses it); zeroing the EL0 thread-ID registers only affects
-    // what user code reads there; MDSCR_EL1 only controls debug events
-    // (none are set up) and EL0's access to the debug channel.
+/// Called on every CPU before any user code runs (TPIDR_EL1 and the
+/// stacks are set by then): the EL0 thread-ID registers start at zero;
+/// debug state is known (MDSCR_EL1).
+pub(super) fn init_cpu() {
+    // SAFETY: zeroing the EL0 thread-ID registers only affects what user
+    // code reads there; MDSCR_EL1 only controls debug events (none are set
+    // up) and EL0's access to the debug channel.
     unsafe {
         asm!(
-            "msr tpidr_el1, {cpu}",
             "msr tpidrro_el0, xzr",
             "msr tpidr_el0, xzr",
             "msr mdscr_el1, {mdscr}",
             "isb",
-            cpu = in(reg) (&raw const BOOT_CPU) as usize,
             mdscr = in(reg) MDSCR_USER,
             options(nomem, nostack, preserves_flags),
         );
     }
 }
 
-// ESR_EL1.EC values of exceptions from EL0.
-const EC_UNKNOWN: u64 = 0x00;
+// ESR_EL1.EC values of exceptions from EL0 (and `EC_UNKNOWN`, `EC_BRK`).
 const EC_SVC64: u64 = 0x15;
 const EC_INSTRUCTION_ABORT_LOWER: u64 = 0x20;
 const EC_PC_ALIGNMENT: u64 = 0x22;
 const EC_DATA_ABORT_LOWER: u64 = 0x24;
 const EC_SP_ALIGNMENT: u64 = 0x26;
-const EC_BRK: u64 = 0x3c;
 /// ISS of data aborts: WnR (the access was a write) and CM (a cache
 /// maintenance instruction, reported with WnR set: a read for us).
 const ISS_WNR: u64 = 1 << 6;
@@ -308,19 +314,16 @@ fn user_fault(esr: u64, far: u64, sp: u64) -> UserFault {
     let ec = (esr >> 26) & 0x3f;
     let fsc = esr & 0x3f;
     let addr = far as usize;
+    let access = match ec {
+        EC_INSTRUCTION_ABORT_LOWER => Access::Exec,
+        _ if esr & ISS_WNR != 0 && esr & ISS_CM == 0 => Access::Write,
+        _ => Access::Read,
+    };
     match ec {
-        EC_DATA_ABORT_LOWER if fsc <= FSC_LAST_MMU => {
-            let write = esr & ISS_WNR != 0 && esr & ISS_CM == 0;
-            UserFault::PageFault {
-                addr,
-                access: if write { Access::Write } else { Access::Read },
-            }
+        EC_DATA_ABORT_LOWER | EC_INSTRUCTION_ABORT_LOWER if fsc <= FSC_LAST_MMU => {
+            UserFault::PageFault { addr, access }
         }
         EC_DATA_ABORT_LOWER if fsc == FSC_ALIGNMENT => UserFault::Alignment { addr },
-        EC_INSTRUCTION_ABORT_LOWER if fsc <= FSC_LAST_MMU => UserFault::PageFault {
-            addr,
-            access: Access::Exec,
-        },
         EC_UNKNOWN => UserFault::IllegalInstruction,
         EC_BRK => UserFault::Breakpoint,
         EC_PC_ALIGNMENT => UserFault::Alignment { addr },
@@ -335,12 +338,10 @@ fn user_fault(esr: u64, far: u64, sp: u64) -> UserFault {
 #[unsafe(no_mangle)]
 extern "C" fn keel_user_sync(esr: u64, far: u64) -> *const UserRegs {
     if (esr >> 26) & 0x3f == EC_SVC64 {
-        return crate::arch::common::syscall(BOOT_CPU.user_regs.load(Ordering::Relaxed));
+        return crate::arch::common::syscall(this_cpu().user_regs.load(Ordering::Relaxed));
     }
-    let sp: u64;
-    // SAFETY: reading SP_EL0 (still the user's stack pointer) has no side
-    // effects.
-    unsafe { asm!("mrs {}, sp_el0", out(reg) sp, options(nomem, nostack, preserves_flags)) };
+    // SP_EL0 is still the user's stack pointer.
+    let sp = read_sysreg!("sp_el0", nomem);
     crate::entry::on_user_fault(user_fault(esr, far, sp))
 }
 
@@ -351,6 +352,7 @@ unsafe extern "C" {
 }
 
 core::arch::global_asm!(
+    asm_pairs!(),
     r#"
     .section .text.keel_user_entry, "ax"
     // Reached from the lower-EL synchronous vector with every register
@@ -361,20 +363,8 @@ keel_user_sync_entry:
     stp     x0, x1, [sp, #-16]!
     mrs     x0, tpidr_el1
     ldr     x0, [x0, #{cpu_user_regs}]
-    stp     x2, x3, [x0, #16]
-    stp     x4, x5, [x0, #32]
-    stp     x6, x7, [x0, #48]
-    stp     x8, x9, [x0, #64]
-    stp     x10, x11, [x0, #80]
-    stp     x12, x13, [x0, #96]
-    stp     x14, x15, [x0, #112]
-    stp     x16, x17, [x0, #128]
-    stp     x18, x19, [x0, #144]
-    stp     x20, x21, [x0, #160]
-    stp     x22, x23, [x0, #176]
-    stp     x24, x25, [x0, #192]
-    stp     x26, x27, [x0, #208]
-    stp     x28, x29, [x0, #224]
+    pairs   stp, x0, 16, 16, x2, x3, x4, x5, x6, x7, x8, x9, x10, x11, x12, x13, x14, x15
+    pairs   stp, x0, 128, 16, x16, x17, x18, x19, x20, x21, x22, x23, x24, x25, x26, x27, x28, x29
     ldp     x2, x3, [sp], #16
     stp     x2, x3, [x0]
     mrs     x2, sp_el0
@@ -406,24 +396,13 @@ keel_enter_user:
     msr     elr_el1, x2
     msr     spsr_el1, x3
     msr     sp_el0, x4
-    ldp     x2, x3, [x0, #16]
-    ldp     x4, x5, [x0, #32]
-    ldp     x6, x7, [x0, #48]
-    ldp     x8, x9, [x0, #64]
-    ldp     x10, x11, [x0, #80]
-    ldp     x12, x13, [x0, #96]
-    ldp     x14, x15, [x0, #112]
-    ldp     x16, x17, [x0, #128]
-    ldp     x18, x19, [x0, #144]
-    ldp     x20, x21, [x0, #160]
-    ldp     x22, x23, [x0, #176]
-    ldp     x24, x25, [x0, #192]
-    ldp     x26, x27, [x0, #208]
-    ldp     x28, x29, [x0, #224]
+    pairs   ldp, x0, 16, 16, x2, x3, x4, x5, x6, x7, x8, x9, x10, x11, x12, x13, x14, x15
+    pairs   ldp, x0, 128, 16, x16, x17, x18, x19, x20, x21, x22, x23, x24, x25, x26, x27, x28, x29
     ldr     x30, [x0, #{off_x30}]
     ldp     x0, x1, [x0]
     eret
     .size keel_enter_user, . - keel_enter_user
+    .purgem pairs
 "#,
     cpu_user_regs = const CPU_USER_REGS,
     cpu_stack_top = const CPU_STACK_TOP,
@@ -437,6 +416,7 @@ keel_enter_user:
 // The only kernel code that touches FP/SIMD registers. The assembler needs
 // the FP and SIMD extensions named: the softfloat target disables them.
 core::arch::global_asm!(
+    asm_pairs!(),
     r#"
     .section .text.keel_fpu, "ax"
     .arch_extension fp
@@ -446,22 +426,8 @@ core::arch::global_asm!(
     .global keel_fpu_save
     .type keel_fpu_save, %function
 keel_fpu_save:
-    stp     q0, q1, [x0, #0]
-    stp     q2, q3, [x0, #32]
-    stp     q4, q5, [x0, #64]
-    stp     q6, q7, [x0, #96]
-    stp     q8, q9, [x0, #128]
-    stp     q10, q11, [x0, #160]
-    stp     q12, q13, [x0, #192]
-    stp     q14, q15, [x0, #224]
-    stp     q16, q17, [x0, #256]
-    stp     q18, q19, [x0, #288]
-    stp     q20, q21, [x0, #320]
-    stp     q22, q23, [x0, #352]
-    stp     q24, q25, [x0, #384]
-    stp     q26, q27, [x0, #416]
-    stp     q28, q29, [x0, #448]
-    stp     q30, q31, [x0, #480]
+    pairs   stp, x0, 0, 32, q0, q1, q2, q3, q4, q5, q6, q7, q8, q9, q10, q11, q12, q13, q14, q15
+    pairs   stp, x0, 256, 32, q16, q17, q18, q19, q20, q21, q22, q23, q24, q25, q26, q27, q28, q29, q30, q31
     mrs     x1, fpcr
     mrs     x2, fpsr
     str     x1, [x0, #512]
@@ -473,22 +439,8 @@ keel_fpu_save:
     .global keel_fpu_restore
     .type keel_fpu_restore, %function
 keel_fpu_restore:
-    ldp     q0, q1, [x0, #0]
-    ldp     q2, q3, [x0, #32]
-    ldp     q4, q5, [x0, #64]
-    ldp     q6, q7, [x0, #96]
-    ldp     q8, q9, [x0, #128]
-    ldp     q10, q11, [x0, #160]
-    ldp     q12, q13, [x0, #192]
-    ldp     q14, q15, [x0, #224]
-    ldp     q16, q17, [x0, #256]
-    ldp     q18, q19, [x0, #288]
-    ldp     q20, q21, [x0, #320]
-    ldp     q22, q23, [x0, #352]
-    ldp     q24, q25, [x0, #384]
-    ldp     q26, q27, [x0, #416]
-    ldp     q28, q29, [x0, #448]
-    ldp     q30, q31, [x0, #480]
+    pairs   ldp, x0, 0, 32, q0, q1, q2, q3, q4, q5, q6, q7, q8, q9, q10, q11, q12, q13, q14, q15
+    pairs   ldp, x0, 256, 32, q16, q17, q18, q19, q20, q21, q22, q23, q24, q25, q26, q27, q28, q29, q30, q31
     ldr     x1, [x0, #512]
     ldr     x2, [x0, #520]
     msr     fpcr, x1
@@ -496,6 +448,7 @@ keel_fpu_restore:
     ret
     .size keel_fpu_restore, . - keel_fpu_restore
 
+    .purgem pairs
     .arch_extension nosimd
     .arch_extension nofp
 "#
@@ -536,6 +489,7 @@ keel_test_fp_get:
 
 #[cfg(feature = "ktest")]
 mod tests {
+    use super::super::entry;
     use super::*;
 
     /// v7 (low, high) and FPCR, as `keel_test_fp_get` stores them.
@@ -709,16 +663,12 @@ mod tests {
 
     crate::ktest!(
         fn per_cpu_block_is_installed() {
-            let tpidr: usize;
-            // SAFETY: reading TPIDR_EL1 has no side effects.
-            unsafe { asm!("mrs {}, tpidr_el1", out(reg) tpidr, options(nomem, nostack)) };
-            kassert_eq!(tpidr, &raw const BOOT_CPU as usize);
-            kassert_eq!(
-                BOOT_CPU.stack_top.load(Ordering::Relaxed),
-                entry::boot_stack().end
-            );
-            kassert_eq!(CPU_STACK_TOP, 0);
-            kassert_eq!(CPU_USER_REGS, 8);
+            kassert_eq!(this_cpu_addr(), &raw const KEEL_CPUS[0] as usize);
+            kassert_eq!(cpu_index(), 0);
+            kassert_eq!(kernel_stack_top(), entry::boot_stack().end);
+            let overflow = KEEL_CPUS[0].overflow_top.load(Ordering::Relaxed);
+            kassert_eq!(overflow, entry::overflow_stack().end);
+            kassert_eq!((CPU_STACK_TOP, CPU_USER_REGS, CPU_OVERFLOW_TOP), (0, 8, 16));
             Ok(())
         }
     );

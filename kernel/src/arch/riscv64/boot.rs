@@ -1,35 +1,47 @@
 //! RISC-V boot: the `_start` entry OpenSBI jumps to, the boot page tables,
-//! the switch to the higher half, and the device-tree hand-off to
-//! [`crate::boot::kernel_main`].
+//! the switch to the higher half, the device-tree hand-off to
+//! [`crate::boot::kernel_main`], and the start of the other harts
+//! ([`cpu_start`], through `keel_ap_entry`).
 //!
-//! Entry state (OpenSBI 1.1 `fw_dynamic`/`fw_jump` on QEMU virt): S-mode,
-//! MMU off (`satp` = 0), `a0` = hart id, `a1` = physical address of the
-//! device tree, interrupts off. Until the jump to the higher half `_start`
-//! runs at its physical address and uses only PC-relative addressing
-//! (`lla`), so every symbol it names resolves to its physical address.
+//! Entry state (OpenSBI 1.1 `fw_dynamic`/`fw_jump` on QEMU virt, and SBI
+//! HSM `hart_start` alike): S-mode, MMU off (`satp` = 0), `a0` = hart id,
+//! `a1` = physical address of the device tree (`_start`) or the CPU index
+//! (`keel_ap_entry`, the `opaque` of `hart_start`), interrupts off. Until
+//! the jump to the higher half the code runs at its physical address and
+//! uses only PC-relative addressing (`lla`), so every symbol it names
+//! resolves to its physical address. OpenSBI may boot the kernel on any
+//! hart: that one is CPU 0 whatever its hart id.
 //!
-//! Invariants established before any Rust code runs:
-//! - exactly one hart (the first to claim `BOOT_HART_CLAIMED`) continues;
-//!   any other hart that enters parks in a `wfi` loop with interrupts off;
+//! Invariants established before any Rust code runs on a CPU:
+//! - exactly one hart (the first to claim `BOOT_HART_CLAIMED`) enters
+//!   through `_start` and continues; any other hart that enters there
+//!   parks in a `wfi` loop with interrupts off. The others enter through
+//!   `keel_ap_entry`, which shares every step below except the claim, the
+//!   `.bss` clearing and the building of the boot tables;
 //! - `sstatus.FS` = Off: the kernel never uses the FP registers, which
 //!   belong to user threads (see `user`; FP instructions in the kernel
 //!   trap as illegal);
-//! - `.bss` is zero;
-//! - `satp` is Sv48 over the first boot tables: the first 4 GiB of physical
+//! - `.bss` is zero (cleared by the boot hart);
+//! - `satp` is Sv48 over the boot tables: the first 4 GiB of physical
 //!   space at [`super::DIRECT_MAP_BASE`] (RW, global), the 1 GiB holding the
-//!   kernel at `0xFFFF_FFFF_8000_0000` (RWX, global), and nothing in the
-//!   lower half (the identity map used for the switch is removed and the
-//!   TLB flushed before `keel_riscv_main` runs);
-//! - `sp` is the top of the 64 KiB boot stack (virtual; see linker.ld),
-//!   `s0` = `ra` = 0 so frame-pointer walks stop there, `stvec` points at
-//!   the trap entry, `sscratch` = 0 and `tp` = the boot CPU's `PerCpu`
-//!   block, whose kernel stack is the boot stack (the "in the kernel"
-//!   convention of the trap entry), and `sstatus.SUM` = 0 (no kernel access
-//!   to user pages outside `user_copy`).
+//!   kernel at `0xFFFF_FFFF_8000_0000` (RWX, global), and the identity map
+//!   of that GiB (not global) used for the switch. The boot tables are
+//!   never changed again, so every hart takes the same way in; each CPU
+//!   then moves to the kernel tree with a full TLB flush (`mm::init` on
+//!   the boot CPU, `keel_riscv_main` on the others), which maps nothing in
+//!   the lower half;
+//! - `tp` = this CPU's `PerCpu` block (`user::CPUS[index]`), `sp` the top
+//!   of its kernel stack (the boot stack on CPU 0; `cpu_start` set up the
+//!   others' blocks), `s0` = `ra` = 0 so frame-pointer walks stop there,
+//!   `stvec` points at the trap entry, `sscratch` = 0 (the "in the kernel"
+//!   convention of the trap entry), and `sstatus.SUM` = 0 (no kernel
+//!   access to user pages outside `user_copy`).
 //!
-//! `keel_riscv_main` then replaces the gigapage over the image with
-//! per-section 4 KiB mappings ([`super::mm::remap_kernel_image`]): text RX,
-//! read-only data R, data RW, and the stack guard pages unmapped.
+//! `keel_riscv_main` then, on the boot CPU, replaces the gigapage over the
+//! image with per-section 4 KiB mappings (`mm::init`):
+//! text RX, read-only data R, data RW, and the stack guard pages unmapped.
+//! On another CPU it enables that CPU's interrupts and calls
+//! [`crate::smp::cpu_main`].
 //!
 //! A CPU without Sv48 (the `satp` write does not stick) gets a clear
 //! message on the UART and QEMU exits with `EXIT_BOOT_ERROR`; an Sv39
@@ -49,10 +61,12 @@ const PTE_A: u64 = 1 << 6;
 const PTE_D: u64 = 1 << 7;
 /// Direct-map gigapages: data only.
 const PTE_DIRECT: u64 = PTE_V | PTE_R | PTE_W | PTE_A | PTE_D | PTE_G;
-/// The kernel image's gigapage, used only until `keel_riscv_main` maps the
-/// image per section (W^X, guard pages left out).
+/// The kernel image's gigapage, used by each CPU only until it moves to the
+/// kernel tree, which maps the image per section (W^X, guard pages left
+/// out).
 const PTE_KERNEL: u64 = PTE_V | PTE_R | PTE_W | PTE_X | PTE_A | PTE_D | PTE_G;
-/// The temporary identity gigapage (not global: it is torn down).
+/// The identity gigapage (not global: only the switch to the higher half
+/// uses it).
 const PTE_IDENTITY: u64 = PTE_V | PTE_R | PTE_W | PTE_X | PTE_A | PTE_D;
 
 /// Physical base of the gigapage that holds the kernel image.
@@ -68,19 +82,27 @@ _start:
     .option push
     .option norelax
     .option arch, +a
+    mv      s2, a1                  # device tree (physical)
+    li      s3, 0                   # CPU index
+    j       1f
+
+    # hart_start's entry for the other CPUs (`cpu_start`).
+    .globl keel_ap_entry
+keel_ap_entry:
+    li      s2, 0
+    mv      s3, a1                  # CPU index
+1:  mv      s1, a0                  # hart id
     csrw    sie, zero
     csrci   sstatus, 2              # SIE = 0
     li      t0, {sstatus_fs_mask} | {sstatus_sum}
     csrc    sstatus, t0             # FP unit off, no access to user pages
+    bnez    s3, .Lpaging            # the boot hart built the tables
 
     # The first hart to arrive boots; any other parks.
     lla     t0, keel_boot_hart_claimed
     li      t1, 1
     amoswap.w.aq t1, t1, (t0)
     bnez    t1, .Lpark
-
-    mv      s1, a0                  # hart id
-    mv      s2, a1                  # device tree (physical)
 
     # Zero .bss (8-byte aligned bounds, see linker.ld).
     lla     t0, __bss_start
@@ -91,26 +113,17 @@ _start:
     j       1b
 2:
     # Root table: [0] identity L1, [256] direct-map L1, [511] kernel L1.
-    lla     t0, keel_boot_l0
-    lla     t1, keel_boot_identity_l1
+    .macro keel_boot_link table, index
+    lla     t1, \table
     srli    t1, t1, 12
     slli    t1, t1, 10
     ori     t1, t1, {pte_v}
-    sd      t1, 0(t0)
-    lla     t1, keel_boot_direct_l1
-    srli    t1, t1, 12
-    slli    t1, t1, 10
-    ori     t1, t1, {pte_v}
-    li      t2, 256 * 8
-    add     t2, t2, t0
+    lla     t2, keel_boot_l0 + \index * 8
     sd      t1, 0(t2)
-    lla     t1, keel_boot_kernel_l1
-    srli    t1, t1, 12
-    slli    t1, t1, 10
-    ori     t1, t1, {pte_v}
-    li      t2, 511 * 8
-    add     t2, t2, t0
-    sd      t1, 0(t2)
+    .endm
+    keel_boot_link keel_boot_identity_l1, 0
+    keel_boot_link keel_boot_direct_l1, 256
+    keel_boot_link keel_boot_kernel_l1, 511
 
     # Direct map: physical [0, 4 GiB) as four RW gigapages.
     lla     t0, keel_boot_direct_l1
@@ -125,9 +138,7 @@ _start:
 
     # Kernel gigapage at 0xFFFF_FFFF_8000_0000 (L1 index 510) and the
     # identity gigapage at the same physical address (L1 index 2).
-    lla     t0, keel_boot_kernel_l1
-    li      t1, 510 * 8
-    add     t0, t0, t1
+    lla     t0, keel_boot_kernel_l1 + 510 * 8
     li      t1, {pte_kernel}
     sd      t1, 0(t0)
     lla     t0, keel_boot_identity_l1
@@ -135,6 +146,7 @@ _start:
     sd      t1, {id_index} * 8(t0)
 
     # Order the table stores before the walks, then enable Sv48.
+.Lpaging:
     sfence.vma
     lla     t0, keel_boot_l0
     srli    t0, t0, 12
@@ -154,20 +166,20 @@ _start:
     jr      t1
 
 .Lhigh:
-    lla     sp, __boot_stack_top
-    # Drop the identity map.
-    lla     t0, keel_boot_l0
-    sd      zero, 0(t0)
-    sfence.vma
-    lla     t0, {trap_entry}
+    lla     tp, {cpus}
+    slli    t0, s3, {cpu_size_log2}
+    add     tp, tp, t0              # this CPU's PerCpu
+    ld      sp, {cpu_kernel_sp}(tp)
+    bnez    s3, 2f
+    lla     sp, __boot_stack_top    # the boot CPU's block is set up in Rust
+2:  lla     t0, {trap_entry}
     csrw    stvec, t0
     csrw    sscratch, zero
-    lla     tp, {boot_cpu}
-    sd      sp, {cpu_kernel_sp}(tp)
     li      s0, 0
     li      ra, 0
     mv      a0, s1
     mv      a1, s2
+    mv      a2, s3
     call    {main}
     j       .Lpark
 
@@ -217,7 +229,8 @@ keel_boot_identity_l1:
     trap_entry = sym super::traps::keel_trap_entry,
     main = sym keel_riscv_main,
     sstatus_fs_mask = const super::user::SSTATUS_FS_MASK,
-    boot_cpu = sym super::user::BOOT_CPU,
+    cpus = sym super::user::CPUS,
+    cpu_size_log2 = const super::user::PER_CPU_SIZE_LOG2,
     cpu_kernel_sp = const core::mem::offset_of!(super::user::PerCpu, kernel_sp),
     sstatus_sum = const super::mm::SSTATUS_SUM,
     pte_v = const PTE_V,
@@ -232,21 +245,48 @@ keel_boot_identity_l1:
     boot_error = const EXIT_BOOT_ERROR,
 );
 
-/// The first Rust code: runs on the boot hart, in the higher half, with the
-/// invariants listed in the module documentation.
-extern "C" fn keel_riscv_main(_hart_id: usize, dtb_phys: usize) -> ! {
+/// The first Rust code on every CPU, in the higher half with the
+/// invariants listed in the module documentation: CPU `index` on hart
+/// `hart_id`, with the device tree's address on the boot CPU (index 0).
+extern "C" fn keel_riscv_main(hart_id: usize, dtb_phys: usize, index: usize) -> ! {
+    if index != 0 {
+        // SAFETY: the kernel tree maps the image, the direct map and this
+        // CPU's stacks (`cpu_start` mapped them before starting it).
+        unsafe { super::mm::use_kernel_root() };
+        super::irq::init_cpu(false);
+        crate::smp::cpu_main(index)
+    }
+    super::user::CPUS[0].set_up(0, hart_id);
     super::mm::init();
     crate::boot::kernel_main(boot_info(dtb_phys as u64))
 }
 
-/// Physical range of the kernel image.
-fn kernel_image() -> MemoryRegion {
-    let start = &raw const __kernel_start as u64;
-    let end = &raw const __kernel_end as u64;
-    MemoryRegion {
-        start: start.wrapping_sub(KERNEL_VIRT_OFFSET),
-        end: end.wrapping_sub(KERNEL_VIRT_OFFSET),
-        kind: RegionKind::Kernel,
+unsafe extern "C" {
+    /// Where a hart started by [`cpu_start`] enters (physical; only its
+    /// address is used).
+    fn keel_ap_entry();
+}
+
+/// Starts hart `hw_id` as CPU `index` through the SBI HSM extension: its
+/// stacks are mapped and its `PerCpu` block set up first; it enters at
+/// `keel_ap_entry` with `a1` = `index`. Does not wait for it (but yields
+/// to it, `irq::yield_cpu`).
+pub fn cpu_start(_info: &BootInfo<'_>, index: usize, hw_id: u64) -> Result<(), &'static str> {
+    let cpu = super::user::CPUS.get(index).filter(|_| index != 0);
+    let cpu = cpu.ok_or("no such CPU index")?;
+    super::mm::map_cpu_stacks(index).map_err(|_| "no memory for its stacks' page tables")?;
+    cpu.set_up(index, hw_id as usize);
+    // The block and the page tables before the hart runs.
+    core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
+    let entry = super::kernel_virt_to_phys(keel_ap_entry as *const () as usize);
+    // SBI error codes (SBI specification, "Standard SBI Errors").
+    match sbi_rt::hart_start(hw_id as usize, entry as usize, index).error as isize {
+        0 => Ok(()),
+        -2 => Err("the SBI has no HSM extension"),
+        -3 => Err("SBI hart_start: no such hart"),
+        -5 => Err("SBI hart_start: entry address refused"),
+        -6 => Err("SBI hart_start: the hart is already started"),
+        _ => Err("SBI hart_start failed"),
     }
 }
 
@@ -257,5 +297,11 @@ fn boot_info(dtb_phys: u64) -> Result<BootInfo<'static>, BootInfoError> {
     let ram = crate::arch::ProbedDirectMap {
         floor: KERNEL_PHYS_BASE,
     };
-    dtb::parse_at(dtb_phys, &ram, kernel_image())
+    // The kernel image's physical range.
+    let kernel = MemoryRegion {
+        start: super::kernel_virt_to_phys(&raw const __kernel_start as usize),
+        end: super::kernel_virt_to_phys(&raw const __kernel_end as usize),
+        kind: RegionKind::Kernel,
+    };
+    dtb::parse_at(dtb_phys, &ram, kernel)
 }

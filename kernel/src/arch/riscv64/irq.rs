@@ -1,10 +1,12 @@
 //! Interrupts on RISC-V: the supervisor timer through the SBI (`set_timer`
 //! takes an absolute `time` value, so a deadline in clock ticks is armed
-//! as is), device lines through the PLIC the device tree describes (the
-//! boot hart's supervisor context; a source is disabled when it is
-//! claimed until its driver acknowledges it), both enabled in `sie`, and
-//! the idle loop. `sstatus.SIE` stays clear in the kernel except while
-//! idle.
+//! as is; it is per hart), IPIs through the SBI IPI extension (a
+//! supervisor software interrupt on the target hart), device lines
+//! through the PLIC the device tree describes (the boot hart's supervisor
+//! context only, whichever CPU unmasks a line, so only the boot CPU
+//! enables external interrupts; a source is disabled when it is claimed
+//! until its driver acknowledges it), all enabled in `sie`, and the idle
+//! loop. `sstatus.SIE` stays clear in the kernel except while idle.
 
 use super::phys_to_virt;
 use super::user::this_cpu;
@@ -13,11 +15,15 @@ use crate::trap::Interrupt;
 use core::arch::asm;
 use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
-/// `scause` of the supervisor timer interrupt (with the interrupt bit).
+/// `scause` of the supervisor software interrupt (an IPI), with the
+/// interrupt bit.
+const SOFTWARE: usize = super::traps::SCAUSE_INTERRUPT | 1;
+/// `scause` of the supervisor timer interrupt.
 const TIMER: usize = super::traps::SCAUSE_INTERRUPT | 5;
 /// `scause` of the supervisor external interrupt.
 const EXTERNAL: usize = super::traps::SCAUSE_INTERRUPT | 9;
-/// `sie.STIE`, `sie.SEIE`.
+/// `sie.SSIE` (also `sip.SSIP`), `sie.STIE`, `sie.SEIE`.
+const SIE_SSIE: usize = 1 << 1;
 const SIE_STIE: usize = 1 << 5;
 const SIE_SEIE: usize = 1 << 9;
 
@@ -26,6 +32,9 @@ static PLIC: AtomicUsize = AtomicUsize::new(0);
 /// Its number of sources and the boot hart's S-mode context.
 static SOURCES: AtomicU32 = AtomicU32::new(0);
 static CONTEXT: AtomicU32 = AtomicU32::new(0);
+/// Serialises changes to the enable bits: any CPU unmasks lines (system
+/// calls), the boot CPU masks them as they fire, outside the kernel lock.
+static ENABLES: spin::Mutex<()> = spin::Mutex::new(());
 
 /// A PLIC register: priority of source `n` at `4n`, the context's enable
 /// bits at `0x2000 + 0x80 ctx`, its threshold and claim/complete at
@@ -43,7 +52,8 @@ pub fn line_ok(line: u32) -> bool {
     PLIC.load(Ordering::Relaxed) != 0 && (1..=SOURCES.load(Ordering::Relaxed)).contains(&line)
 }
 
-/// Disables source `line` for the boot hart, or enables it at priority 1.
+/// Disables source `line` for the boot hart, or enables it at priority 1
+/// (for the boot hart only, whichever CPU calls this).
 pub fn line_mask(line: u32, masked: bool) {
     if !line_ok(line) {
         return;
@@ -51,6 +61,7 @@ pub fn line_mask(line: u32, masked: bool) {
     let enable =
         0x2000 + 0x80 * CONTEXT.load(Ordering::Relaxed) as usize + 4 * (line / 32) as usize;
     let bit = 1u32 << (line % 32);
+    let _guard = ENABLES.lock();
     // SAFETY: the PLIC's window is mapped as device memory (one of
     // `BootInfo::irq`'s windows) and `line` is one of its sources, so the
     // offsets are inside it; these registers only route interrupts.
@@ -63,14 +74,12 @@ pub fn line_mask(line: u32, masked: bool) {
     }
 }
 
-/// Enables the supervisor timer interrupt, disarmed.
+/// Sets up the PLIC and the boot CPU's interrupts ([`init_cpu`]).
 pub fn init(info: &crate::bootinfo::BootInfo<'_>) -> Result<(), &'static str> {
     if sbi_rt::probe_extension(sbi_rt::Timer).is_unavailable() {
         return Err("the SBI has no timer extension");
     }
-    timer_arm(None);
-    let mut sie = SIE_STIE;
-    if let Some(Controller::Plic {
+    let plic = if let Some(Controller::Plic {
         regs,
         sources,
         context,
@@ -85,19 +94,39 @@ pub fn init(info: &crate::bootinfo::BootInfo<'_>) -> Result<(), &'static str> {
         // SAFETY: as in `line_mask`: threshold 0 lets every enabled
         // source through.
         unsafe { plic(context_base()).write_volatile(0) };
-        sie |= SIE_SEIE;
-        log::info!("interrupts: SBI timer, PLIC at {:#x}", regs.0);
+        log::info!("interrupts: SBI timer and IPIs, PLIC at {:#x}", regs.0);
+        true
     } else {
-        log::info!("interrupts: SBI timer (no PLIC)");
-    }
-    // SAFETY: setting `sie.STIE`/`SEIE` only lets those interrupts be taken
-    // where `sstatus.SIE` is set (user mode and `idle`), which the trap
-    // entry handles.
-    unsafe { asm!("csrs sie, {}", in(reg) sie, options(nomem, nostack)) };
+        log::info!("interrupts: SBI timer and IPIs (no PLIC)");
+        false
+    };
+    init_cpu(plic);
     Ok(())
 }
 
-/// Arms the timer to fire once at `time` value `deadline`, or disarms it.
+/// This CPU's interrupts: its timer disarmed; the timer, IPIs and, with
+/// `external` (the boot CPU, which the PLIC lines are routed to), device
+/// interrupts enabled in `sie`.
+pub(super) fn init_cpu(external: bool) {
+    timer_arm(None);
+    let sie = SIE_STIE | SIE_SSIE | if external { SIE_SEIE } else { 0 };
+    // SAFETY: setting `sie` bits only lets those interrupts be taken where
+    // `sstatus.SIE` is set (user mode and `idle`), which the trap entry
+    // handles.
+    unsafe { asm!("csrs sie, {}", in(reg) sie, options(nomem, nostack)) };
+}
+
+/// Interrupts CPU `index` (a supervisor software interrupt on its hart,
+/// through the SBI).
+pub fn send_ipi(index: usize) {
+    if let Some(cpu) = super::user::CPUS.get(index) {
+        let hart = cpu.hart_id.load(Ordering::Relaxed);
+        let _ = sbi_rt::send_ipi(sbi_rt::HartMask::from_mask_base(1, hart));
+    }
+}
+
+/// Arms this CPU's timer to fire once at `time` value `deadline`, or
+/// disarms it.
 pub fn timer_arm(deadline: Option<u64>) {
     // `u64::MAX` is never reached: disarmed (and `sip.STIP` cleared).
     let _ = sbi_rt::set_timer(deadline.unwrap_or(u64::MAX));
@@ -107,6 +136,12 @@ pub fn timer_arm(deadline: Option<u64>) {
 /// one the kernel enabled, ignored).
 pub fn interrupt(scause: usize) -> Option<Interrupt> {
     match scause {
+        SOFTWARE => {
+            // SAFETY: clearing `sip.SSIP` acknowledges the IPI; IPIs that
+            // arrive meanwhile coalesce with it.
+            unsafe { asm!("csrc sip, {}", in(reg) SIE_SSIE, options(nomem, nostack)) };
+            Some(Interrupt::Ipi)
+        }
         TIMER => {
             timer_arm(None);
             Some(Interrupt::Timer)

@@ -11,10 +11,18 @@
 //!   [`kernel_image_layout`]: text RX, read-only data R, data and stacks RW,
 //!   the stack guard pages unmapped. Those tables come from a static pool
 //!   in `.bss` and are never freed.
+//! - Every CPU has a kernel stack and, above it, an emergency stack, each
+//!   with an unmapped guard page below it ([`cpu_stacks`]). The boot
+//!   CPU's are in the layout; the other CPUs' ([`AP_STACKS`]) are not,
+//!   and [`map_cpu_stacks`] maps each CPU's into the kernel tree when it
+//!   is started.
 //! - `sstatus.SUM` is set only inside `keel_user_copy`, whose every load and
 //!   store is in the exception-fixup table; the trap entry clears it for the
 //!   handler.
 
+use super::{SIFIVE_TEST_PHYS, UART_PHYS};
+use crate::bootinfo::MAX_CPUS;
+use crate::mm::KernelTables;
 use crate::mm::paging::{Attr, ENTRIES, MapError, PageSize, PageTable, RiscV, TableMemory};
 use arrayvec::ArrayVec;
 use core::arch::asm;
@@ -61,21 +69,85 @@ unsafe extern "C" {
     static __emergency_stack_top: u8;
 }
 
-/// Bottoms of the kernel stacks; each has a guard page below it.
-fn stack_bottoms() -> [usize; 2] {
+/// The kernel stack of every CPU but the boot CPU (whose stack is the
+/// 64 KiB boot stack, linker.ld).
+const AP_STACK_SIZE: usize = 32 * 1024;
+/// The emergency stack of every CPU but the boot CPU (the same size as the
+/// boot CPU's, linker.ld).
+const AP_EMERGENCY_STACK_SIZE: usize = 16 * 1024;
+/// One such CPU's stacks: guard page, kernel stack, guard page, emergency
+/// stack.
+const AP_SLOT: usize = PAGE + AP_STACK_SIZE + PAGE + AP_EMERGENCY_STACK_SIZE;
+
+/// The stacks of CPUs `1..MAX_CPUS`, one [`AP_SLOT`] each, in `.bss`. They
+/// are left out of [`kernel_image_layout`] (which has no room for their
+/// guard pages) and mapped, without the guard pages, by
+/// [`map_cpu_stacks`] when the CPU is started.
+#[repr(C, align(4096))]
+struct ApStacks(core::cell::UnsafeCell<[[u8; AP_SLOT]; MAX_CPUS - 1]>);
+
+// SAFETY: the kernel only takes the address of `AP_STACKS`; each slot's
+// memory is used only as stacks by the one CPU it belongs to.
+unsafe impl Sync for ApStacks {}
+
+static AP_STACKS: ApStacks = ApStacks(core::cell::UnsafeCell::new([[0; AP_SLOT]; MAX_CPUS - 1]));
+
+/// The range [`AP_STACKS`] occupies.
+fn ap_stacks() -> Range<usize> {
+    let start = AP_STACKS.0.get() as usize;
+    start..start + (MAX_CPUS - 1) * AP_SLOT
+}
+
+/// CPU `index`'s (below `MAX_CPUS`) kernel stack and emergency stack. Each
+/// has an unmapped guard page right below it, and the emergency stack lies
+/// above the kernel stack (the trap entry relies on both, see `traps`).
+pub(super) fn cpu_stacks(index: usize) -> [Range<usize>; 2] {
+    if index == 0 {
+        return [
+            &raw const __boot_stack_bottom as usize..&raw const __boot_stack_top as usize,
+            &raw const __emergency_stack_bottom as usize..&raw const __emergency_stack_top as usize,
+        ];
+    }
+    let kernel = ap_stacks().start + (index - 1) * AP_SLOT + PAGE;
+    let emergency = kernel + AP_STACK_SIZE + PAGE;
     [
-        &raw const __boot_stack_bottom as usize,
-        &raw const __emergency_stack_bottom as usize,
+        kernel..kernel + AP_STACK_SIZE,
+        emergency..emergency + AP_EMERGENCY_STACK_SIZE,
     ]
 }
 
-/// Tops of the kernel stacks, in the order of [`stack_bottoms`].
-#[cfg(feature = "ktest")]
-fn stack_tops() -> [usize; 2] {
-    [
-        &raw const __boot_stack_top as usize,
-        &raw const __emergency_stack_top as usize,
-    ]
+/// Maps CPU `index`'s stacks (not their guard pages) into the kernel tree,
+/// which every user tree shares. Called on the boot CPU by `cpu_start`
+/// only, before that CPU runs; the boot CPU's stacks are in the layout.
+pub(super) fn map_cpu_stacks(index: usize) -> Result<(), MapError> {
+    // SAFETY: the kernel tree's tables are frames of the global allocator
+    // (`mm::kmap`), which `KernelTables` reaches through the direct map;
+    // only the boot CPU changes the kernel tree's image part, here, while
+    // no other CPU touches these pages.
+    let mut tree = unsafe { PageTable::<RiscV>::from_root(kernel_root()) };
+    for stack in cpu_stacks(index) {
+        for va in stack.step_by(PAGE) {
+            let pa = kernel_virt_to_phys(va);
+            let rw = Attr::WRITE | Attr::GLOBAL;
+            match tree.map(&mut KernelTables, va, pa, PageSize::Size4K, rw) {
+                // A CPU whose start failed may be started again.
+                Ok(()) | Err(MapError::AlreadyMapped) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    flush_all();
+    Ok(())
+}
+
+/// Whether the kernel may read `addr`: it lies in the image, not in a
+/// guard page, and among the APs' stacks only in this CPU's own.
+pub(super) fn image_readable(addr: usize) -> bool {
+    let image = &raw const super::__kernel_start as usize..&raw const super::__kernel_end as usize;
+    let own = cpu_stacks(super::cpu_index());
+    image.contains(&addr)
+        && !in_stack_guard(addr)
+        && (!ap_stacks().contains(&addr) || own.iter().any(|s| s.contains(&addr)))
 }
 
 /// The largest leaf: Sv48 has gigapages.
@@ -84,23 +156,25 @@ pub fn max_page_size() -> PageSize {
 }
 
 /// The kernel image's sections (virtual, 4 KiB-aligned) with their
-/// attributes, without the stack guard pages.
+/// attributes, without the stack guard pages and the APs' stacks.
 pub fn kernel_image_layout() -> ArrayVec<(Range<usize>, Attr), 8> {
     let text = &raw const __text_start as usize..&raw const __text_end as usize;
     let rodata = &raw const __rodata_start as usize..&raw const __rodata_end as usize;
-    let [boot, emergency] = stack_bottoms();
+    let [boot, emergency] = cpu_stacks(0);
+    let aps = ap_stacks();
     let end = &raw const super::__kernel_end as usize;
     let rw = Attr::WRITE | Attr::GLOBAL;
     let mut out = ArrayVec::new();
     for section in [
         (text, Attr::EXEC | Attr::GLOBAL),
         (rodata, Attr::GLOBAL),
-        // .data and .bss up to the boot stack's guard page, the boot stack
-        // (and what follows it) up to the emergency stack's guard page, and
-        // the emergency stack to the end.
-        (&raw const __data_start as usize..boot - PAGE, rw),
-        (boot..emergency - PAGE, rw),
-        (emergency..end, rw),
+        // .data and .bss around the APs' stacks (a .bss static) and up to
+        // the boot stack's guard page, the boot stack up to the emergency
+        // stack's guard page, and the emergency stack to the end.
+        (&raw const __data_start as usize..aps.start, rw),
+        (aps.end..boot.start - PAGE, rw),
+        (boot.start..emergency.start - PAGE, rw),
+        (emergency.start..end, rw),
     ] {
         if !section.0.is_empty() {
             out.push(section);
@@ -117,25 +191,26 @@ pub fn kernel_virt_to_phys(va: usize) -> u64 {
 /// Device registers the kernel reaches through the direct map: the UART
 /// and the `sifive_test` exit device.
 pub fn device_windows() -> &'static [(u64, u64)] {
-    &[
-        (super::UART_PHYS, 0x1000),
-        (super::SIFIVE_TEST_PHYS, 0x1000),
-    ]
+    &[(UART_PHYS, 0x1000), (SIFIVE_TEST_PHYS, 0x1000)]
 }
 
-/// Whether `addr` lies in the guard page under the boot or the emergency
-/// stack.
+/// Whether `addr` lies in the guard page under a CPU's kernel or
+/// emergency stack.
 pub fn in_stack_guard(addr: usize) -> bool {
-    stack_bottoms()
-        .iter()
-        .any(|&bottom| (bottom - PAGE..bottom).contains(&addr))
+    (0..MAX_CPUS)
+        .flat_map(cpu_stacks)
+        .any(|stack| (stack.start - PAGE..stack.start).contains(&addr))
 }
 
 fn satp_read() -> u64 {
-    let satp: u64;
-    // SAFETY: reading `satp` has no side effects.
-    unsafe { asm!("csrr {}, satp", out(reg) satp, options(nomem, nostack, preserves_flags)) };
-    satp
+    riscv::register::satp::read().bits() as u64
+}
+
+/// The `satp` value for the Sv48 tree `root` under ASID `asid`.
+fn satp(root: u64, asid: u16) -> u64 {
+    SATP_MODE_SV48
+        | ((u64::from(asid) & SATP_ASID_MASK) << SATP_ASID_SHIFT)
+        | ((root >> 12) & SATP_PPN_MASK)
 }
 
 /// Physical address of the kernel's root page table.
@@ -150,7 +225,18 @@ pub fn kernel_root() -> u64 {
 /// stacks and the direct map as the current tree does.
 pub unsafe fn load_kernel_root(root: u64) {
     KERNEL_ROOT.store(root, Ordering::Relaxed);
-    let satp = SATP_MODE_SV48 | ((root >> 12) & SATP_PPN_MASK);
+    // SAFETY: the caller's guarantee.
+    unsafe { use_kernel_root() }
+}
+
+/// Points this CPU's `satp` at the kernel tree (ASID 0) and flushes its
+/// whole TLB, global entries included.
+///
+/// # Safety
+/// The kernel tree must map the kernel image, this CPU's stacks and the
+/// direct map as the current tree does.
+pub(super) unsafe fn use_kernel_root() {
+    let satp = satp(kernel_root(), 0);
     // SAFETY: by the caller's guarantee the kernel stays mapped; the fences
     // order earlier page-table stores before the switch and drop every
     // stale translation after it.
@@ -165,9 +251,7 @@ pub unsafe fn load_kernel_root(root: u64) {
 /// are those of the kernel root, `asid` below [`asid_count`], and without
 /// `flush` the TLB entries tagged `asid` must belong to this tree.
 pub unsafe fn load_user_root(root: u64, asid: u16, flush: bool) {
-    let satp = SATP_MODE_SV48
-        | ((asid as u64 & SATP_ASID_MASK) << SATP_ASID_SHIFT)
-        | ((root >> 12) & SATP_PPN_MASK);
+    let satp = satp(root, asid);
     // SAFETY: the kernel half is shared, so the kernel keeps running; the
     // fence after the switch removes stale entries of this ASID (global
     // kernel entries are kept).
@@ -185,7 +269,7 @@ pub unsafe fn load_user_root(root: u64, asid: u16, flush: bool) {
 /// non-global entries of ASID 0 are dropped, since a user tree may have
 /// run under ASID 0 when the CPU has no others.
 pub fn unload_user_root() {
-    let satp = SATP_MODE_SV48 | ((kernel_root() >> 12) & SATP_PPN_MASK);
+    let satp = satp(kernel_root(), 0);
     // SAFETY: the kernel root maps the kernel (it is what boot installed or
     // `load_kernel_root` was given); a register holding 0 as `rs2` names
     // ASID 0, which leaves the global kernel entries alone.
@@ -292,11 +376,8 @@ unsafe impl TableMemory for BootTables {
         if self.used == BOOT_POOL_TABLES {
             return None;
         }
-        let table = BOOT_POOL
-            .0
-            .get()
-            .cast::<[u64; ENTRIES]>()
-            .wrapping_add(self.used);
+        let pool = BOOT_POOL.0.get().cast::<[u64; ENTRIES]>();
+        let table = pool.wrapping_add(self.used);
         self.used += 1;
         Some(kernel_virt_to_phys(table as usize))
     }
@@ -348,13 +429,8 @@ fn map_kernel_image(boot_root: u64) -> Result<u64, MapError> {
     tree.share_root_entries(&mut mem, &boot, image_slot + 1..KERNEL_ROOT_ENTRIES.end);
     for (range, attr) in kernel_image_layout() {
         for va in range.step_by(PAGE) {
-            tree.map(
-                &mut mem,
-                va,
-                kernel_virt_to_phys(va),
-                PageSize::Size4K,
-                attr,
-            )?;
+            let pa = kernel_virt_to_phys(va);
+            tree.map(&mut mem, va, pa, PageSize::Size4K, attr)?;
         }
     }
     Ok(tree.root())
@@ -366,7 +442,6 @@ mod checks {
     use super::*;
     #[cfg(feature = "ktest")]
     use crate::arch::tests::with_user_page;
-    use crate::mm::KernelTables;
     #[cfg(feature = "bench")]
     use crate::mm::alloc_frames;
     #[cfg(feature = "bench")]
@@ -387,46 +462,44 @@ mod checks {
     }
 
     crate::ktest!(
-        fn stack_layout_and_emergency_stack_guard() {
+        fn every_started_cpu_has_guarded_kernel_and_emergency_stacks() {
             // The running (boot) stack's guard is checked on every
-            // architecture (`arch::tests`); here the layout and the
-            // emergency stack's guard.
-            // SAFETY: the kernel root's tables are boot-pool or allocator
-            // frames, reachable through the direct map; only read here.
+            // architecture (`arch::tests`); here both stacks of every CPU
+            // that came up, in the order the trap entry relies on.
+            // SAFETY: the kernel root's tables are allocator frames,
+            // reachable through the direct map; only read here.
             let kernel = unsafe { PageTable::<PageFormat>::from_root(kernel_root()) };
-            let align = super::super::traps::KERNEL_STACK_ALIGN;
-            let [_, emergency] = stack_bottoms();
-            for (bottom, top) in stack_bottoms().into_iter().zip(stack_tops()) {
-                // The trap entry's overflow check relies on these.
-                kassert_eq!(bottom % align, 0);
-                kassert!(top - bottom <= align / 2);
-                let guard = bottom - PAGE;
-                kassert!(kernel.translate(&KernelTables, guard).is_none());
-                kassert!(kernel.translate(&KernelTables, bottom).is_some());
-                kassert!(!in_stack_guard(guard - 1));
-                if bottom != emergency {
-                    continue;
+            let aps = ap_stacks();
+            let [boot, _] = cpu_stacks(0);
+            kassert!(&raw const __data_start as usize <= aps.start && aps.end < boot.start);
+            for cpu in 0..crate::smp::count() {
+                let [stack, emergency] = cpu_stacks(cpu);
+                kassert!(stack.end < emergency.start, "cpu {}", cpu);
+                for s in [stack, emergency] {
+                    let guard = s.start - PAGE;
+                    kassert!(kernel.translate(&KernelTables, guard).is_none());
+                    kassert!(kernel.translate(&KernelTables, s.start).is_some());
+                    kassert!(kernel.translate(&KernelTables, s.end - PAGE).is_some());
+                    for addr in [guard, s.start - 1] {
+                        kassert_eq!(probe_cause(addr), Some(fault(addr, false)));
+                        kassert!(in_stack_guard(addr));
+                    }
+                    kassert!(!in_stack_guard(guard - 1) && !in_stack_guard(s.start));
                 }
-                for addr in [guard, bottom - 1] {
-                    kassert_eq!(probe_cause(addr), Some(fault(addr, false)));
-                    kassert!(in_stack_guard(addr));
-                }
-                kassert!(!in_stack_guard(bottom));
             }
             // The current stack lies in the boot stack.
             let sp: usize;
             // SAFETY: reads the stack pointer only.
             unsafe { asm!("mv {}, sp", out(reg) sp, options(nomem, nostack, preserves_flags)) };
-            let [boot, emergency] = stack_bottoms();
-            kassert!((boot..emergency - PAGE).contains(&sp));
+            kassert!(boot.contains(&sp));
             Ok(())
         }
     );
 
     crate::ktest!(
         fn trap_with_sp_at_or_below_a_stack_bottom_runs_on_the_emergency_stack() {
-            let [boot, _] = stack_bottoms();
-            let [_, frame_top] = stack_tops();
+            let [boot, emergency] = cpu_stacks(0);
+            let (boot, frame_top) = (boot.start, emergency.end);
             let target = crate::trap::UNMAPPED_KERNEL_ADDR;
             // Near the bottom of the boot stack, and inside its guard page.
             for low_sp in [boot + 256, boot - 64] {

@@ -4,12 +4,15 @@
 //! frame-pointer walker; the memory-management items (Sv48, ASIDs,
 //! `sfence.vma`, `user_copy`) are in `mm`; user mode (`UserRegs`,
 //! `FpuState`, `enter_user` and the U-mode trap path) in `user` and `traps`;
-//! the timer and the idle loop in `irq`.
+//! the timer, IPIs and the idle loop in `irq`; starting the other CPUs in
+//! `boot`.
 //!
-//! Invariants: everything here runs after `boot::_start` switched to the
-//! higher half, so devices are reached through the direct map (the first
-//! 4 GiB of physical space at [`DIRECT_MAP_BASE`]); the kernel runs with
-//! interrupts masked, except in `irq::idle`.
+//! Invariants: everything here runs after `boot::_start` (or
+//! `keel_ap_entry`) switched to the higher half, so devices are reached
+//! through the direct map (the first 4 GiB of physical space at
+//! [`DIRECT_MAP_BASE`]); the kernel runs with interrupts masked, except
+//! in `irq::idle`; in the kernel `tp` holds this CPU's per-CPU block
+//! (`user::PerCpu`), which gives [`cpu_index`].
 
 mod boot;
 mod irq;
@@ -17,15 +20,18 @@ mod mm;
 mod traps;
 mod user;
 
+pub use self::boot::cpu_start;
 pub use self::irq::{
-    idle, init as irq_init, line_mask as irq_mask, line_ok as irq_line_ok, timer_arm,
+    idle, init as irq_init, line_mask as irq_mask, line_ok as irq_line_ok, send_ipi, timer_arm,
 };
 pub use self::mm::{
     FLUSH_NEW_ENTRIES, KERNEL_ROOT_ENTRIES, PageFormat, asid_count, device_windows, flush_all,
     flush_page, in_stack_guard, kernel_image_layout, kernel_root, kernel_virt_to_phys,
     load_kernel_root, load_user_root, max_page_size, unload_user_root,
 };
-pub use self::user::{ELF_MACHINE, FpuState, UserRegs, enter_user, load_tls, save_tls};
+pub use self::user::{
+    ELF_MACHINE, FpuState, UserRegs, cpu_hw_id, cpu_index, enter_user, load_tls, save_tls,
+};
 pub use super::common::user_copy;
 pub use super::common::{io_ports_ok, port_io};
 
@@ -83,10 +89,9 @@ pub fn console_write(bytes: &[u8]) {
 /// Makes QEMU exit with `status` through the `sifive_test` device
 /// (`(status << 16) | 0x3333` = FAIL with code; 0x5555 = PASS, exit 0).
 pub fn exit(status: i32) -> ! {
-    let value: u32 = if status == 0 {
-        0x5555
-    } else {
-        ((status as u32) << 16) | 0x3333
+    let value: u32 = match status {
+        0 => 0x5555,
+        _ => ((status as u32) << 16) | 0x3333,
     };
     // SAFETY: the test device lies in the direct-mapped first GiB; a 32-bit
     // store to its only register is its documented interface.
@@ -159,9 +164,7 @@ pub fn breakpoint_site() -> usize {
 /// Reads the byte at `addr`. A page or access fault is caught through the
 /// exception-fixup table and returned as its [`TrapRecord`].
 pub fn probe_read(addr: usize) -> Result<u8, TrapRecord> {
-    let value: usize;
-    let scause: usize;
-    let pc: usize;
+    let (value, scause, pc): (usize, usize, usize);
     // SAFETY: the load at label 1 is listed in `__ex_table`: if it faults,
     // the trap handler resumes at label 2 with a0 = stval, a1 = scause,
     // a2 = faulting PC (see `traps`); otherwise a1 stays 0. A successful
@@ -183,36 +186,32 @@ pub fn probe_read(addr: usize) -> Result<u8, TrapRecord> {
             clobber_abi("C"),
         )
     };
-    if scause == 0 {
-        Ok(value as u8)
-    } else {
-        Err(TrapRecord {
-            cause: traps::classify(scause, value),
-            pc,
-        })
+    let cause = traps::classify(scause, value);
+    match scause {
+        0 => Ok(value as u8),
+        _ => Err(TrapRecord { cause, pc }),
     }
 }
 
 unsafe extern "C" {
-    // The whole image (linker.ld); the boot stack lies inside it, in .bss.
+    // The whole image (linker.ld); the kernel stacks lie inside it, in .bss.
     static __kernel_start: u8;
     static __kernel_end: u8;
 }
 
 /// Reads the frame record `(caller_fp, return_address)` below frame
-/// pointer `fp`, if it lies inside the kernel image (which holds the
-/// kernel stacks) and outside the stack guard pages. The RISC-V frame
-/// layout keeps `ra` at `fp - 8` and the caller's `fp` at `fp - 16`.
+/// pointer `fp`, if the kernel may read it (`mm::image_readable`: in the
+/// image, which holds the kernel stacks, outside the guard pages and
+/// other CPUs' stacks). The RISC-V frame layout keeps `ra` at `fp - 8` and
+/// the caller's `fp` at `fp - 16`.
 fn frame_record(fp: usize) -> Option<(usize, usize)> {
-    let lo = &raw const __kernel_start as usize;
-    let hi = &raw const __kernel_end as usize;
     let record = fp.checked_sub(16)?;
-    if record < lo || fp > hi || in_stack_guard(record) || in_stack_guard(fp - 8) {
+    if !mm::image_readable(record) || !mm::image_readable(fp - 8) {
         return None;
     }
-    // SAFETY: `[fp - 16, fp)` lies inside the kernel image and outside its
-    // unmapped guard pages, so it is mapped and readable for the kernel's
-    // whole life; `walk_frames` only passes 8-byte-aligned values.
+    // SAFETY: `[fp - 16, fp)` lies in mapped kernel memory that stays
+    // mapped for the kernel's whole life; `walk_frames` only passes
+    // 8-byte-aligned values.
     unsafe {
         let caller_fp = (record as *const usize).read_volatile();
         let ret = ((fp - 8) as *const usize).read_volatile();

@@ -12,7 +12,7 @@
 //! returns the `UserRegs` to enter next, which `keel_enter_user` restores
 //! before `sret`.
 //!
-//! `sscratch` convention:
+//! `sscratch` convention (see `user`):
 //! - while the CPU runs kernel code, `sscratch` = 0 and `tp` = this CPU's
 //!   `PerCpu` block;
 //! - while it runs user code, `sscratch` = that block (`keel_enter_user`
@@ -27,18 +27,17 @@
 //! the kernel convention, so a fault while saving into the `UserRegs` would
 //! be reported as a kernel fault.
 //!
-//! Kernel stack overflow: every kernel stack is at most
-//! [`KERNEL_STACK_ALIGN`]` / 2` bytes with its bottom aligned to
-//! [`KERNEL_STACK_ALIGN`] and an unmapped guard page below it (linker.ld), so
-//! bit [`STACK_CHECK_BIT`] of an address in a stack is 0 and of an address
-//! up to half an alignment below it is 1. On a trap from the kernel the
-//! entry checks that bit of `sp - STACK_RESERVE` using `sp` alone (the
-//! interrupted `sp` is kept in `sscratch` meanwhile); if it is set, saving
-//! the frame would run into the guard page (or already has), so the entry
-//! switches to the emergency stack and the handler runs there: a fault in a
-//! guard page is reported as a stack overflow by [`crate::trap::fatal`], a
-//! fault with a fixup resumes as usual. (One emergency stack: per-CPU ones
-//! come with SMP.)
+//! Kernel stack overflow: every CPU's kernel stack has an unmapped guard
+//! page below it, and above it (with its own guard page) the CPU's
+//! emergency stack (`mm::cpu_stacks`). An entry from the kernel compares
+//! the interrupted `sp` with the block's `stack_floor`, [`STACK_RESERVE`]
+//! above the kernel stack's bottom (`t0` is parked in the block
+//! meanwhile): below it, saving the frame would run into the guard page
+//! (or already has), so the entry switches to the top of the CPU's
+//! emergency stack and the handler runs there: a fault in a guard page is
+//! reported as a stack overflow by [`crate::trap::fatal`], a fault with a
+//! fixup resumes as usual. A trap taken on the emergency stack itself is
+//! above the floor and saves its frame there.
 //!
 //! `sstatus.SUM` is cleared while the handler runs and restored by `sret`
 //! from the saved `sstatus`. An entry from user mode also turns `sstatus.FS`
@@ -73,10 +72,8 @@ pub struct TrapFrame {
 }
 
 const FRAME_SIZE: usize = core::mem::size_of::<TrapFrame>();
-const _: () = assert!(
-    FRAME_SIZE.is_multiple_of(16),
-    "the trap frame keeps sp 16-byte aligned"
-);
+// The trap frame keeps sp 16-byte aligned.
+const _: () = assert!(FRAME_SIZE.is_multiple_of(16));
 
 use super::user::{
     ECALL_FROM_U, PerCpu, SSTATUS_FS_INITIAL, SSTATUS_FS_MASK, SSTATUS_SIE, SSTATUS_SPIE,
@@ -84,14 +81,9 @@ use super::user::{
 };
 use core::mem::offset_of;
 
-/// Alignment of every kernel stack's bottom, twice the largest kernel stack
-/// (`KERNEL_STACK_ALIGN` in linker.ld).
-pub const KERNEL_STACK_ALIGN: usize = 128 * 1024;
-/// The address bit that is 0 inside a kernel stack and 1 just below it.
-const STACK_CHECK_BIT: u32 = KERNEL_STACK_ALIGN.trailing_zeros() - 1;
 /// Stack the entry wants to find below the interrupted `sp`: the trap frame
-/// plus room for the dispatcher (the largest `addi` immediate).
-const STACK_RESERVE: usize = 2048;
+/// plus room for the dispatcher.
+pub(super) const STACK_RESERVE: usize = 2048;
 const _: () = assert!(STACK_RESERVE >= FRAME_SIZE + 1024);
 
 /// `scause` interrupt bit.
@@ -125,27 +117,25 @@ core::arch::global_asm!(
 keel_trap_entry:
     csrrw   sp, sscratch, sp
     bnez    sp, .Lfrom_user         # from user: sp = this CPU's PerCpu
+    sd      t0, {cpu_kernel_scratch}(tp)
     csrr    sp, sscratch            # from kernel: the kernel sp (sscratch keeps it)
-    addi    sp, sp, -{stack_reserve}
-    srli    sp, sp, {stack_check_bit}
-    andi    sp, sp, 1
-    bnez    sp, 3f                  # would reach the guard page
-    csrr    sp, sscratch
-1:  addi    sp, sp, -{frame_size}
+    ld      t0, {cpu_stack_floor}(tp)
+    bgeu    sp, t0, 1f
+    ld      sp, {cpu_emergency_sp}(tp) # would reach the guard page
+1:  ld      t0, {cpu_kernel_scratch}(tp)
+    addi    sp, sp, -{frame_size}
     sd      x1, 1 * 8(sp)
     .irp n, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31
     sd      x\n, \n * 8(sp)
     .endr
     csrrw   t0, sscratch, zero      # interrupted sp, and sscratch = 0
     sd      t0, 2 * 8(sp)
-    csrr    t0, sepc
-    sd      t0, {sepc}(sp)
-    csrr    t0, sstatus
-    sd      t0, {sstatus}(sp)
-    csrr    t0, scause
-    sd      t0, {scause}(sp)
-    csrr    t0, stval
-    sd      t0, {stval}(sp)
+    .set    .Ltrap_csr_at, {sepc}       # sepc, sstatus, scause, stval: in order
+    .irp    csr, sepc, sstatus, scause, stval
+    csrr    t0, \csr
+    sd      t0, .Ltrap_csr_at(sp)
+    .set    .Ltrap_csr_at, .Ltrap_csr_at + 8
+    .endr
     li      t0, {sstatus_sum}
     csrc    sstatus, t0
 
@@ -164,9 +154,6 @@ keel_trap_entry:
     .endr
     ld      sp, 2 * 8(sp)
     sret
-
-3:  lla     sp, __emergency_stack_top
-    j       1b
 
 .Lfrom_user:                        # sp = PerCpu, sscratch = user sp
     sd      tp, {cpu_scratch} + 0(sp)
@@ -232,10 +219,9 @@ keel_enter_user:
     frame_size = const FRAME_SIZE,
     sepc = const offset_of!(TrapFrame, sepc),
     sstatus = const offset_of!(TrapFrame, sstatus),
-    scause = const offset_of!(TrapFrame, scause),
-    stval = const offset_of!(TrapFrame, stval),
-    stack_reserve = const STACK_RESERVE,
-    stack_check_bit = const STACK_CHECK_BIT,
+    cpu_kernel_scratch = const offset_of!(PerCpu, kernel_scratch),
+    cpu_stack_floor = const offset_of!(PerCpu, stack_floor),
+    cpu_emergency_sp = const offset_of!(PerCpu, emergency_sp),
     sstatus_sum = const super::mm::SSTATUS_SUM,
     dispatch = sym trap_dispatch,
     cpu_kernel_sp = const offset_of!(PerCpu, kernel_sp),
@@ -262,22 +248,15 @@ pub fn classify(scause: usize, stval: usize) -> TrapCause {
     if scause & SCAUSE_INTERRUPT != 0 {
         return TrapCause::Other(scause as u64);
     }
+    let fault = |write, exec| TrapCause::PageFault {
+        addr: stval,
+        write,
+        exec,
+    };
     match scause {
-        INSTRUCTION_ACCESS_FAULT | INSTRUCTION_PAGE_FAULT => TrapCause::PageFault {
-            addr: stval,
-            write: false,
-            exec: true,
-        },
-        LOAD_ACCESS_FAULT | LOAD_PAGE_FAULT => TrapCause::PageFault {
-            addr: stval,
-            write: false,
-            exec: false,
-        },
-        STORE_ACCESS_FAULT | STORE_PAGE_FAULT => TrapCause::PageFault {
-            addr: stval,
-            write: true,
-            exec: false,
-        },
+        INSTRUCTION_ACCESS_FAULT | INSTRUCTION_PAGE_FAULT => fault(false, true),
+        LOAD_ACCESS_FAULT | LOAD_PAGE_FAULT => fault(false, false),
+        STORE_ACCESS_FAULT | STORE_PAGE_FAULT => fault(true, false),
         ILLEGAL_INSTRUCTION => TrapCause::IllegalInstruction,
         BREAKPOINT => TrapCause::Breakpoint,
         other => TrapCause::Other(other as u64),
@@ -303,11 +282,8 @@ extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
         // with their address space loaded; this abandons the idle stack.
         unsafe { super::enter_user(crate::entry::on_interrupt(irq)) }
     }
-    let cause = classify(frame.scause, frame.stval);
-    let record = TrapRecord {
-        cause,
-        pc: frame.sepc,
-    };
+    let (cause, pc) = (classify(frame.scause, frame.stval), frame.sepc);
+    let record = TrapRecord { cause, pc };
     match cause {
         TrapCause::Breakpoint if from_kernel => {
             // SAFETY: the CPU just fetched and executed the instruction at
@@ -321,9 +297,7 @@ extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
         TrapCause::PageFault { .. } if from_kernel => {
             if let Some(fixup) = crate::arch::fixup_for(frame.sepc) {
                 crate::trap::record(record);
-                frame.x[10] = frame.stval;
-                frame.x[11] = frame.scause;
-                frame.x[12] = frame.sepc;
+                frame.x[10..13].copy_from_slice(&[frame.stval, frame.scause, frame.sepc]);
                 frame.sepc = fixup;
                 return;
             }
@@ -345,18 +319,17 @@ const REG_NAMES: [&str; 32] = [
 ];
 
 fn dump_registers(frame: &TrapFrame) {
-    kprintln!(
-        "  sepc    {:#018x}  sstatus {:#018x}  scause  {:#018x}",
-        frame.sepc,
-        frame.sstatus,
-        frame.scause
-    );
-    kprintln!(
-        "  stval   {:#018x}  satp    {:#018x}",
-        frame.stval,
-        riscv::register::satp::read().bits()
-    );
-    if frame.scause == ILLEGAL_INSTRUCTION && is_fp_instruction(frame.stval) {
+    let TrapFrame {
+        sepc,
+        sstatus,
+        scause,
+        stval,
+        ..
+    } = *frame;
+    let satp = riscv::register::satp::read().bits();
+    kprintln!("  sepc    {sepc:#018x}  sstatus {sstatus:#018x}  scause  {scause:#018x}");
+    kprintln!("  stval   {stval:#018x}  satp    {satp:#018x}");
+    if scause == ILLEGAL_INSTRUCTION && is_fp_instruction(stval) {
         kprintln!("  (an FP instruction: the kernel runs with sstatus.FS off and must not use FP)");
     }
     dump_gprs(&frame.x);

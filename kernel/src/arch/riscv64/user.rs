@@ -5,11 +5,13 @@
 //! next to the kernel-mode half it shares the vector with.
 //!
 //! Invariants:
-//! - While a CPU runs the kernel, `tp` holds its [`PerCpu`] block and
+//! - Every CPU has its own [`PerCpu`] block (in [`CPUS`], by CPU index).
+//!   While a CPU runs the kernel, from its first instruction in the higher
+//!   half on and in every trap handler, `tp` holds its block and
 //!   `sscratch` is 0; while it runs user code, `sscratch` holds the block
-//!   and `tp` is the user's. (Rust code never uses `tp` or `gp`: LLVM
-//!   reserves them, and the kernel has no thread-locals and no
-//!   `__global_pointer$`.)
+//!   and `tp` is the user's (its TLS). So [`cpu_index`] is one load
+//!   through `tp`. (Rust code never uses `tp` or `gp`: LLVM reserves them,
+//!   and the kernel has no thread-locals and no `__global_pointer$`.)
 //! - Every entry from U-mode saves all user registers into the
 //!   [`UserRegs`] that the last [`enter_user`] on this CPU restored, then
 //!   runs the handler from the top of this CPU's kernel stack: nothing is
@@ -29,6 +31,7 @@
 //! - TLS is `tp`, a saved register: [`UserRegs::set_tls`] writes it and
 //!   [`save_tls`]/[`load_tls`] have nothing to do.
 
+use crate::bootinfo::MAX_CPUS;
 use crate::mm::aspace::Access;
 use crate::trap::{TrapCause, TrapRecord, UserFault};
 use core::arch::asm;
@@ -84,8 +87,7 @@ impl UserRegs {
 
     /// The system-call number (`a7`) and arguments (`a0`..`a5`).
     pub fn syscall_args(&self) -> (usize, [usize; 6]) {
-        let [a0, a1, a2, a3, a4, a5] = [10, 11, 12, 13, 14, 15].map(|r| self.x[r]);
-        (self.x[A7], [a0, a1, a2, a3, a4, a5])
+        (self.x[A7], core::array::from_fn(|i| self.x[A0 + i]))
     }
 
     /// Sets the system-call result (`a0`).
@@ -190,28 +192,70 @@ impl FpuState {
 }
 
 /// What the trap entry needs to know about a CPU, reached through `tp` in
-/// the kernel and through `sscratch` in user mode. The offsets are used by
-/// the assembly in `traps`.
+/// the kernel and through `sscratch` in user mode; one per CPU index
+/// ([`CPUS`]). The offsets are used by the assembly in `traps` and `boot`.
 #[repr(C, align(64))]
 pub(super) struct PerCpu {
     /// Top of this CPU's kernel stack, where every entry from U-mode
-    /// starts. Set once at boot.
+    /// starts.
     pub kernel_sp: AtomicUsize,
     /// The [`UserRegs`] the next entry from U-mode saves into (the last
     /// one `enter_user` restored).
     pub user_regs: AtomicUsize,
     /// The user's `tp`, `sp` and `t0` while the entry frees registers.
     pub scratch: [AtomicUsize; 3],
+    /// `t0` while an entry from the kernel checks the interrupted `sp`.
+    pub kernel_scratch: AtomicUsize,
+    /// The lowest interrupted `sp` an entry from the kernel saves its frame
+    /// below: the kernel stack's bottom plus `traps::STACK_RESERVE`.
+    pub stack_floor: AtomicUsize,
+    /// Top of this CPU's emergency stack, where an entry from the kernel
+    /// below `stack_floor` runs.
+    pub emergency_sp: AtomicUsize,
+    /// This CPU's index ([`cpu_index`]).
+    pub index: AtomicUsize,
+    /// This CPU's hart id ([`cpu_hw_id`]).
+    pub hart_id: AtomicUsize,
 }
 
-/// The boot CPU's block (the only CPU until SMP bring-up, which adds one
-/// per CPU). `_start` points `tp` at it and sets `kernel_sp` to the top of
-/// the boot stack.
-pub(super) static BOOT_CPU: PerCpu = PerCpu {
-    kernel_sp: AtomicUsize::new(0),
-    user_regs: AtomicUsize::new(0),
-    scratch: [const { AtomicUsize::new(0) }; 3],
-};
+/// `log2` of the size of a [`PerCpu`] block (the entry code indexes
+/// [`CPUS`] by shifting).
+pub(super) const PER_CPU_SIZE_LOG2: u32 = size_of::<PerCpu>().trailing_zeros();
+const _: () = assert!(size_of::<PerCpu>().is_power_of_two());
+
+impl PerCpu {
+    /// Makes this the block of CPU `index`, hart `hart_id`, with the stacks
+    /// `mm::cpu_stacks(index)`. Runs before the CPU does (`cpu_start`) or
+    /// as its first Rust code (the boot CPU).
+    pub(super) fn set_up(&self, index: usize, hart_id: usize) {
+        let [kernel, emergency] = super::mm::cpu_stacks(index);
+        let reserve = super::traps::STACK_RESERVE;
+        for (field, value) in [
+            (&self.kernel_sp, kernel.end),
+            (&self.stack_floor, kernel.start + reserve),
+            (&self.emergency_sp, emergency.end),
+            (&self.index, index),
+            (&self.hart_id, hart_id),
+        ] {
+            field.store(value, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The per-CPU blocks, by CPU index. `boot::_start` points `tp` at the
+/// boot CPU's (index 0), `cpu_start`'s CPUs at theirs.
+pub(super) static CPUS: [PerCpu; MAX_CPUS] = [const {
+    PerCpu {
+        kernel_sp: AtomicUsize::new(0),
+        user_regs: AtomicUsize::new(0),
+        scratch: [const { AtomicUsize::new(0) }; 3],
+        kernel_scratch: AtomicUsize::new(0),
+        stack_floor: AtomicUsize::new(0),
+        emergency_sp: AtomicUsize::new(0),
+        index: AtomicUsize::new(0),
+        hart_id: AtomicUsize::new(0),
+    }
+}; MAX_CPUS];
 
 /// This CPU's block.
 pub(super) fn this_cpu() -> &'static PerCpu {
@@ -222,6 +266,16 @@ pub(super) fn this_cpu() -> &'static PerCpu {
         asm!("mv {}, tp", out(reg) tp, options(nomem, nostack, preserves_flags));
         &*(tp as *const PerCpu)
     }
+}
+
+/// This CPU's index: 0 on the boot CPU.
+pub fn cpu_index() -> usize {
+    this_cpu().index.load(Ordering::Relaxed)
+}
+
+/// This CPU's hart id (`a0` at its entry).
+pub fn cpu_hw_id() -> u64 {
+    this_cpu().hart_id.load(Ordering::Relaxed) as u64
 }
 
 /// Restores `*regs` and returns to user mode. This CPU's kernel stack is
@@ -283,9 +337,7 @@ pub(super) extern "C" fn user_trap(scause: usize, stval: usize) -> *const crate:
 
 /// Reports a trap from U-mode the kernel has no handler for: a kernel bug.
 fn unexpected_user_trap(scause: usize, stval: usize) -> ! {
-    let regs = this_cpu()
-        .user_regs
-        .load(core::sync::atomic::Ordering::Relaxed) as *const UserRegs;
+    let regs = this_cpu().user_regs.load(Ordering::Relaxed) as *const UserRegs;
     // SAFETY: the entry just saved the user state into this `UserRegs`,
     // which `enter_user`'s caller keeps valid until the entry hands it on.
     let regs = unsafe { &*regs };
@@ -479,19 +531,23 @@ mod checks {
 
     crate::ktest!(
         fn per_cpu_block_is_set_up() {
-            unsafe extern "C" {
-                static __boot_stack_top: u8;
-            }
             let cpu = this_cpu();
-            kassert!(core::ptr::eq(cpu, &BOOT_CPU));
-            kassert_eq!(
-                cpu.kernel_sp.load(Ordering::Relaxed),
-                &raw const __boot_stack_top as usize
-            );
+            kassert!(core::ptr::eq(cpu, &CPUS[0]));
+            kassert_eq!(cpu_index(), 0);
+            let [kernel, emergency] = super::super::mm::cpu_stacks(0);
+            kassert_eq!(cpu.kernel_sp.load(Ordering::Relaxed), kernel.end);
+            kassert_eq!(cpu.emergency_sp.load(Ordering::Relaxed), emergency.end);
             let sscratch: usize;
             // SAFETY: reads `sscratch` only.
             unsafe { asm!("csrr {}, sscratch", out(reg) sscratch, options(nomem, nostack)) };
             kassert_eq!(sscratch, 0, "sscratch is 0 in the kernel");
+            // Every other CPU that came up has its own block and stacks.
+            for (i, other) in CPUS.iter().enumerate().take(crate::smp::count()).skip(1) {
+                kassert_eq!(other.index.load(Ordering::Relaxed), i);
+                let top = other.kernel_sp.load(Ordering::Relaxed);
+                kassert_eq!(top, super::super::mm::cpu_stacks(i)[0].end);
+                kassert!(!kernel.contains(&(top - 1)));
+            }
             Ok(())
         }
     );

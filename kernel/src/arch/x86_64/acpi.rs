@@ -1,33 +1,29 @@
-//! The CPU count, NUMA map and interrupt hardware from ACPI at boot: reads
-//! the tables through the boot direct map (they lie in reserved memory,
-//! which the kernel's own page tables do not map) with the portable,
-//! host-tested parser in [`crate::bootinfo::acpi`], and falls back to one
-//! CPU, one NUMA node or no interrupt information, with a warning, when the
-//! tables are missing or malformed.
+//! The CPUs, NUMA map and interrupt hardware from ACPI at boot: reads the
+//! tables through the boot direct map (they lie in reserved memory, which
+//! the kernel's own page tables do not map) with the portable, host-tested
+//! parser in [`crate::bootinfo::acpi`], and falls back to one CPU (with no
+//! ids listed), one NUMA node or no interrupt information, with a warning,
+//! when the tables are missing or malformed.
 
 use crate::bootinfo::{InterruptHw, NumaMap, PhysReader, acpi};
 
-/// What [`acpi::cpu_count`] found at boot.
-pub static BOOT_CPU_COUNT: spin::Once<Result<usize, &'static str>> = spin::Once::new();
+/// What [`acpi::cpus`] found at boot.
+pub static BOOT_CPUS: spin::Once<Result<acpi::Cpus, &'static str>> = spin::Once::new();
 
-/// The CPU count (at least 1) and NUMA map the ACPI tables describe.
-/// `rsdp` is the RSDP copy the boot loader handed over, if any.
-pub fn topology<'a>(mem: &impl PhysReader<'a>, rsdp: Option<u64>) -> (usize, NumaMap) {
-    let cpu_count = match *BOOT_CPU_COUNT.call_once(|| acpi::cpu_count(mem, rsdp)) {
-        Ok(n) => n,
-        Err(why) => {
-            log::warn!("ACPI: {why}; assuming 1 CPU");
-            1
-        }
-    };
-    let numa = match acpi::numa_map(mem, rsdp) {
-        Ok(map) => map.unwrap_or_default(),
-        Err(why) => {
-            log::warn!("ACPI SRAT ignored: {why}; assuming one NUMA node");
-            NumaMap::default()
-        }
-    };
-    (cpu_count, numa)
+/// The CPU count (at least 1), the CPUs' APIC ids and the NUMA map the
+/// ACPI tables describe. `rsdp` is the RSDP copy the boot loader handed
+/// over, if any.
+pub fn topology<'a>(mem: &impl PhysReader<'a>, rsdp: Option<u64>) -> (acpi::Cpus, NumaMap) {
+    let cpus = BOOT_CPUS.call_once(|| acpi::cpus(mem, rsdp));
+    let cpus = cpus.clone().unwrap_or_else(|why| {
+        log::warn!("ACPI: {why}; assuming 1 CPU");
+        (1, Default::default())
+    });
+    let numa = acpi::numa_map(mem, rsdp).unwrap_or_else(|why| {
+        log::warn!("ACPI SRAT ignored: {why}; assuming one NUMA node");
+        None
+    });
+    (cpus, numa.unwrap_or_default())
 }
 
 /// The interrupt hardware the MADT describes (nothing, with a warning, if
@@ -41,8 +37,9 @@ pub fn interrupt_hw<'a>(mem: &impl PhysReader<'a>, rsdp: Option<u64>) -> Interru
 
 crate::ktest!(
     fn machine_reports_at_least_one_cpu() {
-        let n = BOOT_CPU_COUNT.get();
-        kassert!(matches!(n, Some(Ok(1..))), "{:?}", n);
+        let cpus = BOOT_CPUS.get();
+        let ok = matches!(cpus, Some(Ok((n @ 1.., ids))) if ids.len() == (*n).min(ids.capacity()));
+        kassert!(ok, "{:?}", cpus);
         Ok(())
     }
 );

@@ -1,21 +1,24 @@
 //! Interrupts on x86_64: the legacy PICs remapped out of the exception
-//! vectors and masked, the local APIC (xAPIC registers, found from the
-//! MADT, mapped uncached through the direct map) with its timer in one-shot
-//! mode, calibrated against the clock (the TSC), and the idle loop.
+//! vectors and masked, the local APICs (xAPIC registers, found from the
+//! MADT, mapped uncached through the direct map; every CPU sees its own
+//! at the same address) with their timers in one-shot mode, calibrated
+//! once against the clock (the TSC), IPIs, and the idle loop.
 //!
 //! Device lines (GSIs) go through the I/O APICs the MADT lists, each
 //! redirection entry masked until user space claims and acknowledges the
-//! line; the kernel masks a line when it fires (so a level-triggered one
-//! does not fire again before its driver has served the device).
+//! line, and routed to the boot CPU; the kernel masks a line when it fires
+//! (so a level-triggered one does not fire again before its driver has
+//! served the device).
 //!
-//! Vectors: 32 the timer, [`VEC_LINE_BASE`]` + n` device line (GSI) `n`,
-//! 255 the APIC's spurious vector (never acknowledged). The timer's count
+//! Vectors: 32 the timer, [`VEC_LINE_BASE`]` + n` device line (GSI) `n`
+//! (below [`VEC_IPI`]), [`VEC_IPI`] the inter-processor interrupt, 255
+//! the APIC's spurious vector (never acknowledged). The timer's count
 //! is relative, so [`timer_arm`] converts the absolute TSC deadline with
 //! the measured ratio; a deadline past what the 32-bit count reaches fires
 //! early and the portable side simply re-arms.
 
 use super::{clock_ticks, phys_to_virt};
-use crate::bootinfo::{BootInfo, Controller, Line, Trigger};
+use crate::bootinfo::{BootInfo, Controller, Line, MAX_CPUS, Trigger};
 use core::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use x86_64::instructions::port::Port;
 
@@ -23,12 +26,17 @@ use x86_64::instructions::port::Port;
 pub const VEC_TIMER: u64 = 32;
 /// Device line (GSI) `n` arrives on vector `VEC_LINE_BASE + n`.
 pub const VEC_LINE_BASE: u64 = 48;
+/// The inter-processor interrupt's vector.
+pub const VEC_IPI: u64 = 0xf0;
 /// The APIC's spurious-interrupt vector.
 pub const VEC_SPURIOUS: u64 = 255;
 
+const REG_ID: usize = 0x20;
 const REG_TPR: usize = 0x80;
 const REG_EOI: usize = 0xb0;
 const REG_SVR: usize = 0xf0;
+const REG_ICR_LOW: usize = 0x300;
+const REG_ICR_HIGH: usize = 0x310;
 const REG_LVT_TIMER: usize = 0x320;
 const REG_LVT_ERROR: usize = 0x370;
 const REG_TIMER_INIT: usize = 0x380;
@@ -36,12 +44,16 @@ const REG_TIMER_CURRENT: usize = 0x390;
 const REG_TIMER_DIVIDE: usize = 0x3e0;
 const SVR_ENABLE: u32 = 1 << 8;
 const LVT_MASKED: u32 = 1 << 16;
+/// ICR: INIT and STARTUP delivery modes, send pending, level assert.
+const ICR_INIT: u32 = 5 << 8;
+const ICR_STARTUP: u32 = 6 << 8;
+const ICR_PENDING: u32 = 1 << 12;
+const ICR_ASSERT: u32 = 1 << 14;
 /// Divide configuration 0b1011: count at the full APIC timer rate.
 const DIVIDE_BY_1: u32 = 0b1011;
-const MSR_APIC_BASE: u32 = 0x1b;
 
-/// GSIs with a vector (`VEC_LINE_BASE + gsi < VEC_SPURIOUS`).
-const MAX_GSI: u32 = (VEC_SPURIOUS - VEC_LINE_BASE) as u32;
+/// GSIs with a vector (`VEC_LINE_BASE + gsi < VEC_IPI`).
+const MAX_GSI: u32 = (VEC_IPI - VEC_LINE_BASE) as u32;
 
 /// An I/O APIC: direct-map address of its window (0: none), first GSI,
 /// number of redirection entries.
@@ -66,6 +78,9 @@ static UART_LINE: AtomicU32 = AtomicU32::new(u32::MAX);
 static LAPIC: AtomicUsize = AtomicUsize::new(0);
 /// APIC timer counts per TSC tick, 32.32 fixed point.
 static COUNTS_PER_TICK: AtomicU64 = AtomicU64::new(0);
+/// The local APIC id of each CPU index ([`NO_CPU`]: none).
+static APIC_IDS: [AtomicU32; MAX_CPUS] = [const { AtomicU32::new(NO_CPU) }; MAX_CPUS];
+const NO_CPU: u32 = u32::MAX;
 
 fn read(reg: usize) -> u32 {
     let base = LAPIC.load(Ordering::Relaxed);
@@ -86,17 +101,12 @@ fn write(reg: usize, value: u32) {
 /// Remaps the legacy PICs to vectors 32–47 (so a stray one is never taken
 /// for an exception) and masks every line.
 fn mask_pics() {
-    let (mut c1, mut d1, mut c2, mut d2) = (
-        Port::<u8>::new(0x20),
-        Port::<u8>::new(0x21),
-        Port::<u8>::new(0xa0),
-        Port::<u8>::new(0xa1),
-    );
-    // SAFETY: ports 0x20/0x21/0xa0/0xa1 are the two 8259 PICs; the ICW1–4
-    // sequence reprograms their vector bases, then all lines are masked.
-    // Only interrupt delivery changes.
-    unsafe {
-        for (cmd, data, base, cascade) in [(&mut c1, &mut d1, 32, 4), (&mut c2, &mut d2, 40, 2)] {
+    for (port, base, cascade) in [(0x20, 32, 4), (0xa0, 40, 2)] {
+        let (mut cmd, mut data) = (Port::<u8>::new(port), Port::<u8>::new(port + 1));
+        // SAFETY: ports 0x20/0x21/0xa0/0xa1 are the two 8259 PICs; the
+        // ICW1–4 sequence reprograms their vector bases, then all lines are
+        // masked. Only interrupt delivery changes.
+        unsafe {
             cmd.write(0x11);
             data.write(base);
             data.write(cascade);
@@ -129,11 +139,8 @@ fn ioapic_write(base: usize, reg: u32, value: u32) {
 /// The I/O APIC window and entry index serving `gsi`.
 fn ioapic_of(gsi: u32) -> Option<(usize, u32)> {
     IOAPICS.iter().find_map(|io| {
-        let (base, first) = (
-            io.base.load(Ordering::Relaxed),
-            io.gsi_base.load(Ordering::Relaxed),
-        );
-        let n = gsi.checked_sub(first)?;
+        let base = io.base.load(Ordering::Relaxed);
+        let n = gsi.checked_sub(io.gsi_base.load(Ordering::Relaxed))?;
         (base != 0 && n < io.count.load(Ordering::Relaxed)).then_some((base, n))
     })
 }
@@ -142,17 +149,12 @@ fn ioapic_of(gsi: u32) -> Option<(usize, u32)> {
 /// (below 16: edge, active high) or PCI (level, active low).
 fn trigger_of(gsi: u32) -> Trigger {
     let uart = UART_LINE.load(Ordering::Relaxed);
-    if uart != u32::MAX && uart & 0xffff == gsi {
-        return Trigger {
-            level: uart & (1 << 16) != 0,
-            active_low: uart & (1 << 17) != 0,
-        };
-    }
-    let pci = gsi >= 16;
-    Trigger {
-        level: pci,
-        active_low: pci,
-    }
+    let (level, active_low) = if uart != u32::MAX && uart & 0xffff == gsi {
+        (uart & (1 << 16) != 0, uart & (1 << 17) != 0)
+    } else {
+        (gsi >= 16, gsi >= 16)
+    };
+    Trigger { level, active_low }
 }
 
 /// Whether user space may claim device line `gsi`: any an I/O APIC
@@ -162,7 +164,7 @@ pub fn line_ok(gsi: u32) -> bool {
     gsi < MAX_GSI && gsi != 0 && gsi != 2 && ioapic_of(gsi).is_some()
 }
 
-/// Masks (`true`) or routes to this CPU, unmasked, device line `gsi`.
+/// Masks (`true`) or routes to the boot CPU, unmasked, device line `gsi`.
 pub fn line_mask(gsi: u32, masked: bool) {
     let Some((base, n)) = ioapic_of(gsi).filter(|_| gsi < MAX_GSI) else {
         return;
@@ -172,8 +174,9 @@ pub fn line_mask(gsi: u32, masked: bool) {
         | (u32::from(t.active_low) << 13)
         | (u32::from(t.level) << 15)
         | (u32::from(masked) << 16);
-    // Destination: the boot CPU's local APIC (ID 0, physical mode).
-    ioapic_write(base, 0x11 + 2 * n, 0);
+    // Destination: the boot CPU's local APIC (physical mode).
+    let boot_cpu = APIC_IDS[0].load(Ordering::Relaxed);
+    ioapic_write(base, 0x11 + 2 * n, boot_cpu << 24);
     ioapic_write(base, 0x10 + 2 * n, low);
 }
 
@@ -200,36 +203,28 @@ fn init_ioapics(info: &BootInfo<'_>) {
 }
 
 /// Sets up interrupts on the boot CPU: PICs masked, the I/O APICs' lines
-/// masked, the local APIC enabled with its timer stopped, the timer
-/// calibrated.
+/// masked, the local APIC enabled with its timer stopped ([`init_local`]),
+/// the timer calibrated.
 pub fn init(info: &BootInfo<'_>) -> Result<(), &'static str> {
     mask_pics();
-    let phys = match &info.irq.controller {
-        Some(Controller::Apic { lapic, .. }) => *lapic,
-        _ => return Err("the ACPI MADT describes no local APIC"),
+    let Some(Controller::Apic { lapic: phys, .. }) = info.irq.controller else {
+        return Err("the ACPI MADT describes no local APIC");
     };
     init_ioapics(info);
-    // SAFETY: reading IA32_APIC_BASE has no side effects.
-    let msr = unsafe { x86_64::registers::model_specific::Msr::new(MSR_APIC_BASE).read() };
+    let (_, msr) = x86_64::registers::model_specific::ApicBase::read_raw();
     if msr & (1 << 11) == 0 {
         return Err("the local APIC is disabled (IA32_APIC_BASE)");
     }
     LAPIC.store(phys_to_virt(phys), Ordering::Relaxed);
-    write(REG_SVR, SVR_ENABLE | VEC_SPURIOUS as u32);
-    write(REG_TPR, 0);
-    write(REG_LVT_ERROR, LVT_MASKED);
-    write(REG_TIMER_DIVIDE, DIVIDE_BY_1);
-    write(REG_LVT_TIMER, LVT_MASKED | VEC_TIMER as u32);
+    init_local();
+    APIC_IDS[0].store(cpu_hw_id() as u32, Ordering::Relaxed);
     // Calibrate: count down from the top for 1 ms of the clock.
-    let hz = crate::time::hz();
-    if hz == 0 {
+    if crate::time::hz() == 0 {
         return Err("no clock rate to calibrate the APIC timer against");
     }
     write(REG_TIMER_INIT, u32::MAX);
     let start = clock_ticks();
-    while clock_ticks().wrapping_sub(start) < hz / 1000 {
-        core::hint::spin_loop();
-    }
+    delay_us(1000);
     let counted = u64::from(u32::MAX - read(REG_TIMER_CURRENT));
     let ticks = clock_ticks().wrapping_sub(start).max(1);
     write(REG_TIMER_INIT, 0);
@@ -237,10 +232,73 @@ pub fn init(info: &BootInfo<'_>) -> Result<(), &'static str> {
         return Err("the APIC timer does not count");
     }
     COUNTS_PER_TICK.store((counted << 32) / ticks, Ordering::Relaxed);
-    log::info!(
-        "interrupts: local APIC at {phys:#x}, timer {} MHz",
-        counted / 1000
-    );
+    let mhz = counted / 1000;
+    log::info!("interrupts: local APIC at {phys:#x}, timer {mhz} MHz");
+    Ok(())
+}
+
+/// Enables this CPU's local APIC: the spurious vector, every priority
+/// accepted (TPR 0), the error interrupt masked, the timer one-shot at
+/// the full rate, masked and stopped. IPIs can arrive from here on.
+pub fn init_local() {
+    write(REG_SVR, SVR_ENABLE | VEC_SPURIOUS as u32);
+    write(REG_TPR, 0);
+    write(REG_LVT_ERROR, LVT_MASKED);
+    write(REG_TIMER_DIVIDE, DIVIDE_BY_1);
+    write(REG_LVT_TIMER, LVT_MASKED | VEC_TIMER as u32);
+    write(REG_TIMER_INIT, 0);
+}
+
+/// Spins for `us` microseconds of the clock.
+fn delay_us(us: u64) {
+    let (start, ticks) = (clock_ticks(), crate::time::hz() * us / 1_000_000);
+    while clock_ticks().wrapping_sub(start) < ticks {
+        core::hint::spin_loop();
+    }
+}
+
+/// This CPU's local APIC id (the MADT's name for it). After [`init`].
+pub fn cpu_hw_id() -> u64 {
+    u64::from(read(REG_ID) >> 24)
+}
+
+/// Sends the interrupt command `low` to the local APIC `apic_id`
+/// (physical destination); whether the APIC took it (not still pending
+/// after a while).
+fn send(apic_id: u32, low: u32) -> bool {
+    // What this CPU wrote before reaches the target first: x86 keeps
+    // stores in order, the uncached ICR write included, and the fence
+    // keeps the compiler from moving them after it.
+    core::sync::atomic::compiler_fence(Ordering::SeqCst);
+    write(REG_ICR_HIGH, apic_id << 24);
+    write(REG_ICR_LOW, low);
+    (0..1_000_000).any(|_| read(REG_ICR_LOW) & ICR_PENDING == 0)
+}
+
+/// Interrupts CPU `index` with [`VEC_IPI`] (nothing if it was never
+/// started).
+pub fn send_ipi(index: usize) {
+    let id = APIC_IDS.get(index).map(|id| id.load(Ordering::Relaxed));
+    if let Some(id) = id.filter(|&id| id != NO_CPU) {
+        send(id, ICR_ASSERT | VEC_IPI as u32);
+    }
+}
+
+/// Starts the CPU whose local APIC id is `apic_id` as CPU `index` at the
+/// real-mode code in the page at `page` (below 1 MiB): INIT, 10 ms,
+/// STARTUP, 200 µs, STARTUP, as Intel's MP specification says. Does not
+/// wait for the CPU; `Err` if the local APIC does not take a command.
+pub fn start_cpu(index: usize, apic_id: u32, page: u64) -> Result<(), &'static str> {
+    APIC_IDS[index].store(apic_id, Ordering::Relaxed);
+    let startup = ICR_STARTUP | ICR_ASSERT | (page >> 12) as u32;
+    let init = ICR_INIT | ICR_ASSERT;
+    // Each command after the delay in microseconds.
+    for (delay, low) in [(0, init), (10_000, startup), (200, startup)] {
+        delay_us(delay);
+        if !send(apic_id, low) {
+            return Err("the local APIC did not take INIT-SIPI-SIPI");
+        }
+    }
     Ok(())
 }
 
@@ -269,7 +327,8 @@ pub fn interrupt(vector: u64) -> Option<crate::trap::Interrupt> {
     let irq = match vector {
         VEC_SPURIOUS => return None,
         VEC_TIMER => Interrupt::Timer,
-        v if v >= VEC_LINE_BASE => {
+        VEC_IPI => Interrupt::Ipi,
+        v if (VEC_LINE_BASE..VEC_IPI).contains(&v) => {
             let gsi = (v - VEC_LINE_BASE) as u32;
             line_mask(gsi, true);
             Interrupt::Line(gsi)
@@ -287,10 +346,10 @@ const KERNEL_PORTS: [(u32, u32); 5] = [(0x20, 2), (0xa0, 2), (0x40, 4), (0x61, 1
 
 /// Whether a driver may have ports `[base, base + count)`.
 pub fn io_ports_ok(base: u32, count: u32) -> Result<(), keel_abi::Error> {
-    let end = base
+    match base
         .checked_add(count)
-        .filter(|&e| count > 0 && e <= 0x1_0000);
-    match end {
+        .filter(|&e| count > 0 && e <= 0x1_0000)
+    {
         Some(end) if !KERNEL_PORTS.iter().any(|&(s, n)| base < s + n && s < end) => Ok(()),
         _ => Err(keel_abi::Error::InvalidArgument),
     }
@@ -299,7 +358,6 @@ pub fn io_ports_ok(base: u32, count: u32) -> Result<(), keel_abi::Error> {
 /// Reads (`value` `None`) or writes `width` (1, 2 or 4) bytes at I/O
 /// port `port`; the value read, or 0 after a write (`None`: bad width).
 pub fn port_io(port: u16, width: u8, value: Option<u32>) -> Option<u32> {
-    use x86_64::instructions::port::Port;
     // SAFETY: the caller (the system-call decoder) checked that the port
     // range belongs to the calling driver's I/O-port capability, whose
     // ranges exclude the ports the kernel drives; port I/O touches no
@@ -318,7 +376,7 @@ pub fn port_io(port: u16, width: u8, value: Option<u32>) -> Option<u32> {
     Some(0)
 }
 
-/// Waits for interrupts forever on a fresh kernel stack, with interrupts
+/// Waits for interrupts forever on this CPU's fresh kernel stack, with interrupts
 /// enabled; each one is handled (`trap`) and leaves through `enter_user`
 /// or another `idle`, never returning here.
 pub fn idle() -> ! {

@@ -16,9 +16,9 @@
 //!      pages);
 //!    - PML4[511] → PDPT[510] → one PD → four page tables mapping the
 //!      kernel image (4 KiB pages, global, per-section permissions, the
-//!      page under each kernel stack — boot, double-fault and NMI — left
-//!      unmapped as a guard: exactly the ranges of
-//!      `super::mm::kernel_image_layout`);
+//!      page under each of the boot CPU's stacks — boot, double-fault and
+//!      NMI — left unmapped as a guard, and so are the other CPUs' stacks:
+//!      exactly the ranges of `super::mm::kernel_image_layout`);
 //!    - PML4[0] → the same PD: the image identity-mapped, only to survive
 //!      turning paging on;
 //! 4. enables PAE, LME, NXE, paging and write protection, loads a minimal
@@ -26,20 +26,29 @@
 //!
 //! The 64-bit code jumps to the higher half, switches to the boot stack,
 //! reloads the GDT through its higher-half address, removes the identity
-//! mapping (PML4[0]) and calls [`keel_boot64`].
+//! mapping (PML4[0]), points the GS base at CPU 0's per-CPU block (so
+//! `cpu_index` works from the first Rust code) and calls [`keel_boot64`].
+//!
+//! Stacks (all in `.bss.keel_boot`, each over an unmapped guard page):
+//! the boot CPU's kernel, double-fault and NMI stacks, then those of CPUs
+//! 1 to `MAX_CPUS - 1` ([`cpu_stacks`]), which `smp::cpu_start` maps.
 
 use super::{KERNEL_LOAD_PHYS, KERNEL_VMA_OFFSET};
-use crate::bootinfo::PhysReader;
 use crate::bootinfo::multiboot;
 use crate::bootinfo::{BootInfo, BootInfoError, MemoryRegion, RegionKind};
+use crate::bootinfo::{MAX_CPUS, PhysReader};
 use keel_abi::harness::EXIT_BOOT_ERROR;
 
 /// Size of the boot CPU's kernel stack.
 pub const BOOT_STACK_SIZE: usize = 64 * 1024;
 /// Size of each interrupt stack (double faults, NMIs).
 pub const IST_STACK_SIZE: usize = 16 * 1024;
+/// Size of the kernel stack of each CPU but the boot CPU.
+pub const CPU_STACK_SIZE: usize = 32 * 1024;
 /// Size of the unmapped guard under each kernel stack.
 pub const GUARD_SIZE: usize = 4096;
+/// One CPU's stacks with their guards (CPUs 1 and up).
+const CPU_STACKS_SIZE: usize = 3 * GUARD_SIZE + CPU_STACK_SIZE + 2 * IST_STACK_SIZE;
 
 core::arch::global_asm!(
     // ---------------------------------------------------------------
@@ -120,9 +129,7 @@ core::arch::global_asm!(
     "keel_boot_pd_kernel: .skip 4096",
     "keel_boot_pt_kernel: .skip 4 * 4096",
     // Each stack sits on an unmapped guard page (sizes are page multiples).
-    ".global keel_boot_stack_guard, keel_boot_stack_bottom, keel_boot_stack_top",
-    ".global keel_df_stack_guard, keel_df_stack_bottom, keel_df_stack_top",
-    ".global keel_nmi_stack_guard, keel_nmi_stack_bottom, keel_nmi_stack_top",
+    ".global keel_boot_stack_guard, keel_cpu_stacks, keel_cpu_stacks_end",
     "keel_boot_stack_guard: .skip {guard_size}",
     "keel_boot_stack_bottom: .skip {stack_size}",
     "keel_boot_stack_top:",
@@ -132,6 +139,8 @@ core::arch::global_asm!(
     "keel_nmi_stack_guard: .skip {guard_size}",
     "keel_nmi_stack_bottom: .skip {ist_size}",
     "keel_nmi_stack_top:",
+    "keel_cpu_stacks: .skip {cpu_stacks_size}",
+    "keel_cpu_stacks_end:",
     //
     // ---------------------------------------------------------------
     // 32-bit entry (protected mode, paging off, physical addresses).
@@ -175,36 +184,29 @@ core::arch::global_asm!(
     "mov eax, offset keel_boot_pd_kernel - {koff} + 3",
     "mov dword ptr [keel_boot_pdpt_ident - {koff}], eax",
     "mov dword ptr [keel_boot_pdpt_kernel - {koff} + 510 * 8], eax",
+    // `count` entries from edi on: low word eax + i * step, high word
+    // `high`.
+    ".macro keel_boot_fill count, step, high",
+    "mov ecx, \\count",
+    "1:",
+    "mov dword ptr [edi], eax",
+    "mov dword ptr [edi + 4], \\high",
+    "add eax, \\step",
+    "add edi, 8",
+    "dec ecx",
+    "jnz 1b",
+    ".endm",
     // Direct map: PDPT_direct[0..4] → four PDs of 2 MiB pages, RW, NX.
     "mov eax, offset keel_boot_pd_direct - {koff} + 3",
     "mov edi, offset keel_boot_pdpt_direct - {koff}",
-    "mov ecx, 4",
-    "2:",
-    "mov dword ptr [edi], eax",
-    "add eax, 4096",
-    "add edi, 8",
-    "dec ecx",
-    "jnz 2b",
+    "keel_boot_fill 4, 4096, 0",
     "mov eax, 0x183",                           // present, writable, 2 MiB page, global
     "mov edi, offset keel_boot_pd_direct - {koff}",
-    "mov ecx, 4 * 512",
-    "2:",
-    "mov dword ptr [edi], eax",
-    "mov dword ptr [edi + 4], 0x80000000",      // NX
-    "add eax, 0x200000",
-    "add edi, 8",
-    "dec ecx",
-    "jnz 2b",
+    "keel_boot_fill 2048, 0x200000, 0x80000000", // NX
     // Kernel PD[0..4] → the four page tables.
     "mov eax, offset keel_boot_pt_kernel - {koff} + 3",
     "mov edi, offset keel_boot_pd_kernel - {koff}",
-    "mov ecx, 4",
-    "2:",
-    "mov dword ptr [edi], eax",
-    "add eax, 4096",
-    "add edi, 8",
-    "dec ecx",
-    "jnz 2b",
+    "keel_boot_fill 4, 4096, 0",
     // Kernel image pages: eax = physical page, edi = its PTE.
     "mov eax, offset __kernel_start_phys",
     "mov edi, eax",
@@ -213,7 +215,12 @@ core::arch::global_asm!(
     "2:",
     "cmp eax, offset __kernel_end_phys",
     "jae 5f",
-    // The guard pages stay unmapped.
+    // The guard pages and the other CPUs' stacks stay unmapped.
+    "cmp eax, offset keel_cpu_stacks - {koff}",
+    "jb 6f",
+    "cmp eax, offset keel_cpu_stacks_end - {koff}",
+    "jb 4f",
+    "6:",
     "cmp eax, offset keel_boot_stack_guard - {koff}",
     "je 4f",
     "cmp eax, offset keel_df_stack_guard - {koff}",
@@ -298,6 +305,12 @@ core::arch::global_asm!(
     "mov qword ptr [rip + keel_boot_pml4], 0",
     "mov rax, cr3",
     "mov cr3, rax",
+    // GS base (MSR 0xC0000101) = CPU 0's per-CPU block.
+    "lea rax, [rip + {per_cpu}]",
+    "mov rdx, rax",
+    "shr rdx, 32",
+    "mov ecx, 0xC0000101",
+    "wrmsr",
     "mov edi, ebp",                             // magic (zero-extended)
     "mov esi, esi",                             // information address
     "xor ebp, ebp",                             // ends the frame-pointer chain
@@ -308,6 +321,8 @@ core::arch::global_asm!(
     ist_size = const IST_STACK_SIZE,
     guard_size = const GUARD_SIZE,
     boot_error_exit = const (EXIT_BOOT_ERROR - 1) / 2,
+    cpu_stacks_size = const (MAX_CPUS - 1) * CPU_STACKS_SIZE,
+    per_cpu = sym super::user::PER_CPU,
     entry = sym keel_boot64,
 );
 
@@ -316,14 +331,8 @@ unsafe extern "C" {
     static __kernel_end: u8;
     static keel_boot_pml4: u8;
     static keel_boot_stack_guard: u8;
-    static keel_boot_stack_bottom: u8;
-    static keel_boot_stack_top: u8;
-    static keel_df_stack_guard: u8;
-    static keel_df_stack_bottom: u8;
-    static keel_df_stack_top: u8;
-    static keel_nmi_stack_guard: u8;
-    static keel_nmi_stack_bottom: u8;
-    static keel_nmi_stack_top: u8;
+    static keel_cpu_stacks: u8;
+    static keel_cpu_stacks_end: u8;
 }
 
 /// A kernel stack in `.bss.keel_boot`: `[bottom, top)`, with the unmapped
@@ -338,44 +347,37 @@ pub struct KernelStack {
     pub top: usize,
 }
 
-/// The boot CPU's kernel stack.
-pub fn boot_stack() -> KernelStack {
-    KernelStack {
-        guard: (&raw const keel_boot_stack_guard) as usize,
-        bottom: (&raw const keel_boot_stack_bottom) as usize,
-        top: (&raw const keel_boot_stack_top) as usize,
-    }
+/// CPU `index`'s kernel, double-fault (IST1) and NMI (IST2) stacks (each
+/// CPU's three lie one after the other, each over its guard page).
+pub fn cpu_stacks(index: usize) -> [KernelStack; 3] {
+    let others = &raw const keel_cpu_stacks as usize;
+    let (mut at, kernel_size) = match index {
+        0 => (&raw const keel_boot_stack_guard as usize, BOOT_STACK_SIZE),
+        _ => (others + (index - 1) * CPU_STACKS_SIZE, CPU_STACK_SIZE),
+    };
+    [kernel_size, IST_STACK_SIZE, IST_STACK_SIZE].map(|size| {
+        let s = KernelStack {
+            guard: at,
+            bottom: at + GUARD_SIZE,
+            top: at + GUARD_SIZE + size,
+        };
+        at = s.top;
+        s
+    })
 }
 
-/// The double-fault stack (IST1).
-pub fn double_fault_stack() -> KernelStack {
-    KernelStack {
-        guard: (&raw const keel_df_stack_guard) as usize,
-        bottom: (&raw const keel_df_stack_bottom) as usize,
-        top: (&raw const keel_df_stack_top) as usize,
-    }
+/// Every CPU's stacks, in address order.
+pub fn kernel_stacks() -> impl Iterator<Item = KernelStack> {
+    (0..MAX_CPUS).flat_map(cpu_stacks)
 }
 
-/// The NMI stack (IST2).
-pub fn nmi_stack() -> KernelStack {
-    KernelStack {
-        guard: (&raw const keel_nmi_stack_guard) as usize,
-        bottom: (&raw const keel_nmi_stack_bottom) as usize,
-        top: (&raw const keel_nmi_stack_top) as usize,
-    }
-}
-
-/// Every kernel stack, in address order.
-pub fn kernel_stacks() -> [KernelStack; 3] {
-    [boot_stack(), double_fault_stack(), nmi_stack()]
-}
-
-/// The kernel image (code, data and `.bss`), virtual `[start, end)`.
-pub fn kernel_image() -> (usize, usize) {
-    (
-        (&raw const __kernel_start) as usize,
-        (&raw const __kernel_end) as usize,
-    )
+/// The parts of the image the kernel page tables leave unmapped, in
+/// address order: the boot CPU's three guard pages, then the other CPUs'
+/// stacks (mapped, but for their guards, as each CPU starts).
+pub fn image_holes() -> [core::ops::Range<usize>; 4] {
+    let [a, b, c] = cpu_stacks(0).map(|s| s.guard..s.bottom);
+    let cpus = (&raw const keel_cpu_stacks) as usize..(&raw const keel_cpu_stacks_end) as usize;
+    [a, b, c, cpus]
 }
 
 /// Physical memory read through the boot direct map, for the boot
@@ -406,30 +408,32 @@ impl PhysReader<'static> for DirectMap {
 /// the loader's `magic` and the physical address of its information.
 extern "C" fn keel_boot64(magic: u32, info: u32) -> ! {
     super::serial::init();
-    super::cpu::init();
+    super::cpu::init(0);
     super::mm::init();
     // Early warnings (e.g. from the ACPI scan) are printed at the default
     // level; `kernel_main` applies the command line's `log=` later.
     crate::console::init_logger(crate::cmdline::LogLevel::Info);
     super::mm::log_features();
-    crate::boot::kernel_main(boot_info(magic, info))
+    crate::boot::kernel_main(boot_info(magic, info).and_then(super::smp::reserve_start_page))
 }
 
 fn boot_info(magic: u32, info: u32) -> Result<BootInfo<'static>, BootInfoError> {
-    let (start, end) = kernel_image();
+    // The kernel image: code, data and `.bss`.
     let kernel = MemoryRegion {
-        start: (start - KERNEL_VMA_OFFSET) as u64,
-        end: (end - KERNEL_VMA_OFFSET) as u64,
+        start: super::kernel_virt_to_phys(&raw const __kernel_start as usize),
+        end: super::kernel_virt_to_phys(&raw const __kernel_end as usize),
         kind: RegionKind::Kernel,
     };
     debug_assert_eq!(kernel.start, KERNEL_LOAD_PHYS);
     let mb = multiboot::parse(magic, info.into(), &DirectMap, kernel)?;
-    let (cpu_count, numa) = super::acpi::topology(&DirectMap, mb.rsdp);
+    let ((cpu_count, cpu_ids), numa) = super::acpi::topology(&DirectMap, mb.rsdp);
     Ok(BootInfo {
         protocol: mb.protocol,
         memory: mb.memory,
         cmdline: mb.cmdline,
         cpu_count,
+        cpu_ids,
+        psci: None,
         numa,
         timebase_hz: None,
         irq: super::acpi::interrupt_hw(&DirectMap, mb.rsdp),

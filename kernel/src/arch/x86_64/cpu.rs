@@ -1,5 +1,5 @@
-//! Per-CPU descriptor tables: the GDT with its TSS, and the stacks the TSS
-//! names. Currently for the boot CPU only.
+//! Per-CPU descriptor tables: each CPU's GDT with its TSS, and the stacks
+//! the TSS names.
 //!
 //! GDT layout (fixed; the `syscall`/`sysret` MSRs in `user.rs` rely on
 //! it): 0x08 kernel code, 0x10 kernel data (the pair `syscall` loads from
@@ -9,17 +9,15 @@
 //! with RPL 3 from STAR[63:48] = 0x18), 0x30 the TSS. There is no LDT.
 //! The TSS gives entries from ring 3 this CPU's kernel stack (RSP0: the top
 //! of the boot stack on the boot CPU), and double faults (IST1) and NMIs
-//! (IST2) stacks of their own (defined in `boot.rs`, each over an unmapped
+//! (IST2) stacks of their own (`boot::cpu_stacks`, each over an unmapped
 //! guard page), so they are reported even when the kernel stack is
-//! exhausted.
-//!
-//! The legacy 8259 interrupt controllers are remapped to vectors 0x20–0x2f
-//! (away from the exception vectors) and masked: user code runs with
-//! interrupts enabled, and nothing handles device interrupts yet.
+//! exhausted. Each CPU has its own TSS (the CPU marks a loaded TSS busy),
+//! hence its own GDT; all share the IDT.
 
+use crate::bootinfo::MAX_CPUS;
 use spin::Once;
 use x86_64::VirtAddr;
-use x86_64::instructions::segmentation::{CS, DS, ES, FS, GS, SS, Segment};
+use x86_64::instructions::segmentation::{CS, DS, ES, FS, SS, Segment};
 use x86_64::instructions::tables::load_tss;
 use x86_64::registers::segmentation::SegmentSelector;
 use x86_64::structures::gdt::{Descriptor, GlobalDescriptorTable};
@@ -39,22 +37,24 @@ pub const USER_SS: u16 = 0x20 | 3;
 /// User 64-bit code selector with RPL 3.
 pub const USER_CS: u16 = 0x28 | 3;
 
-static TSS: Once<TaskStateSegment> = Once::new();
-static GDT: Once<(GlobalDescriptorTable, SegmentSelector)> = Once::new();
+static TSS: [Once<TaskStateSegment>; MAX_CPUS] = [const { Once::new() }; MAX_CPUS];
+static GDT: [Once<(GlobalDescriptorTable, SegmentSelector)>; MAX_CPUS] =
+    [const { Once::new() }; MAX_CPUS];
 
-/// Loads the GDT, the segment registers, the TSS and the IDT on the boot
-/// CPU. Called once, first thing in the Rust entry.
-pub fn init() {
-    let tss = TSS.call_once(|| {
+/// Loads CPU `index`'s GDT, segment registers and TSS, the IDT, and its
+/// per-CPU block and system-call MSRs (`user::init`). Called once per
+/// CPU, first thing in its Rust entry.
+pub fn init(index: usize) {
+    let [kernel, double_fault, nmi] = super::boot::cpu_stacks(index);
+    let tss = TSS[index].call_once(|| {
         let mut tss = TaskStateSegment::new();
         let top = |s: super::boot::KernelStack| VirtAddr::new(s.top as u64);
-        tss.interrupt_stack_table[usize::from(IST_DOUBLE_FAULT - 1)] =
-            top(super::boot::double_fault_stack());
-        tss.interrupt_stack_table[usize::from(IST_NMI - 1)] = top(super::boot::nmi_stack());
-        tss.privilege_stack_table[0] = VirtAddr::new(super::user::kernel_stack_top() as u64);
+        tss.interrupt_stack_table[usize::from(IST_DOUBLE_FAULT - 1)] = top(double_fault);
+        tss.interrupt_stack_table[usize::from(IST_NMI - 1)] = top(nmi);
+        tss.privilege_stack_table[0] = top(kernel);
         tss
     });
-    let (gdt, tss_sel) = GDT.call_once(|| {
+    let (gdt, tss_sel) = GDT[index].call_once(|| {
         let mut gdt = GlobalDescriptorTable::new();
         gdt.append(Descriptor::kernel_code_segment());
         gdt.append(Descriptor::kernel_data_segment());
@@ -73,50 +73,26 @@ pub fn init() {
     // SAFETY: the GDT just loaded has a 64-bit ring-0 code segment at
     // KERNEL_CS, a ring-0 data segment at 0x10 and a valid, not yet busy
     // TSS descriptor at `tss_sel` whose TSS lives for the rest of the run.
+    // GS keeps the null selector and the base (this CPU's block) the entry
+    // code set: loading a selector would clear the base.
     unsafe {
         CS::set_reg(code);
         SS::set_reg(data);
         DS::set_reg(data);
         ES::set_reg(data);
         FS::set_reg(SegmentSelector(0));
-        GS::set_reg(SegmentSelector(0));
         load_tss(*tss_sel);
     }
     super::trap::init();
-    mask_legacy_pic();
-    super::user::init();
+    super::user::init(index, kernel.top);
 }
 
-/// TSS.RSP0: the stack entries from ring 3 start on.
+/// This CPU's TSS.RSP0: the stack entries from ring 3 start on.
 #[cfg(feature = "ktest")]
 pub fn rsp0() -> usize {
-    TSS.get()
+    TSS[super::user::cpu_index()]
+        .get()
         .map_or(0, |tss| tss.privilege_stack_table[0].as_u64() as usize)
-}
-
-/// Remaps the two 8259 PICs to vectors 0x20–0x2f and masks every line.
-fn mask_legacy_pic() {
-    use x86_64::instructions::port::Port;
-    let mut master_cmd = Port::<u8>::new(0x20);
-    let mut master_data = Port::<u8>::new(0x21);
-    let mut slave_cmd = Port::<u8>::new(0xa0);
-    let mut slave_data = Port::<u8>::new(0xa1);
-    // SAFETY: the standard initialisation sequence of the PC's 8259 pair
-    // (ICW1: edge, cascade, ICW4 follows; ICW2: vector base; ICW3: slave
-    // on line 2; ICW4: 8086 mode), then all lines masked. Touches only the
-    // PICs, which nothing else programs; interrupts are off.
-    unsafe {
-        master_cmd.write(0x11);
-        slave_cmd.write(0x11);
-        master_data.write(0x20);
-        slave_data.write(0x28);
-        master_data.write(4);
-        slave_data.write(2);
-        master_data.write(1);
-        slave_data.write(1);
-        master_data.write(0xff);
-        slave_data.write(0xff);
-    }
 }
 
 crate::ktest!(

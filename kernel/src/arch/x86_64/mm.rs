@@ -17,11 +17,12 @@
 //!   (root entries [`KERNEL_ROOT_ENTRIES`]); it is what CR3 holds whenever
 //!   no user tree is loaded.
 
-use super::boot::kernel_stacks;
+use super::boot::image_holes;
 use crate::mm::paging::{Attr, PageSize};
 use core::arch::x86_64::{__cpuid, __cpuid_count};
 use core::ops::Range;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use x86_64::registers::control::{Cr0, Cr4};
 
 /// The page-table entry layout.
 pub type PageFormat = crate::mm::paging::X86;
@@ -56,31 +57,9 @@ const CR3_ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
 /// Number of PCIDs (12 bits).
 const PCID_COUNT: usize = 4096;
 
-fn read_cr0() -> u64 {
-    let v;
-    // SAFETY: reading CR0 at CPL 0 has no side effects.
-    unsafe {
-        core::arch::asm!("mov {}, cr0", out(reg) v, options(nomem, nostack, preserves_flags))
-    };
-    v
-}
-
-fn read_cr3() -> u64 {
-    let v;
-    // SAFETY: reading CR3 at CPL 0 has no side effects.
-    unsafe {
-        core::arch::asm!("mov {}, cr3", out(reg) v, options(nomem, nostack, preserves_flags))
-    };
-    v
-}
-
-fn read_cr4() -> u64 {
-    let v;
-    // SAFETY: reading CR4 at CPL 0 has no side effects.
-    unsafe {
-        core::arch::asm!("mov {}, cr4", out(reg) v, options(nomem, nostack, preserves_flags))
-    };
-    v
+pub(super) fn read_cr3() -> u64 {
+    let (root, low) = x86_64::registers::control::Cr3::read_raw();
+    root.start_address().as_u64() | u64::from(low)
 }
 
 /// # Safety
@@ -93,29 +72,14 @@ unsafe fn write_cr3(v: u64) {
     unsafe { core::arch::asm!("mov cr3, {}", in(reg) v, options(nostack, preserves_flags)) };
 }
 
-/// # Safety
-/// `v` must be a CR4 value valid for this CPU that keeps paging as the
-/// kernel relies on it (PAE on; SMAP only with `SMAP_ENABLED` in step).
-unsafe fn write_cr4(v: u64) {
-    // SAFETY: guaranteed by the caller.
-    unsafe { core::arch::asm!("mov cr4, {}", in(reg) v, options(nostack, preserves_flags)) };
-}
-
 /// Detects and enables the paging features of the boot CPU and records the
 /// kernel root. Called once, early in the Rust entry.
 pub fn init() {
     let max_leaf = __cpuid(0).eax;
     let leaf1 = __cpuid(1);
-    let leaf7_ebx = if max_leaf >= 7 {
-        __cpuid_count(7, 0).ebx
-    } else {
-        0
-    };
-    let ext1_edx = if __cpuid(0x8000_0000).eax >= 0x8000_0001 {
-        __cpuid(0x8000_0001).edx
-    } else {
-        0
-    };
+    let leaf7_ebx = (max_leaf >= 7).then(|| __cpuid_count(7, 0).ebx);
+    let ext1 = (__cpuid(0x8000_0000).eax >= 0x8000_0001).then(|| __cpuid(0x8000_0001).edx);
+    let (leaf7_ebx, ext1_edx) = (leaf7_ebx.unwrap_or(0), ext1.unwrap_or(0));
     let pge = leaf1.edx & (1 << 13) != 0;
     let pcid = leaf1.ecx & (1 << 17) != 0;
     let smep = leaf7_ebx & (1 << 7) != 0;
@@ -124,7 +88,7 @@ pub fn init() {
 
     let cr3 = read_cr3();
     KERNEL_ROOT.store(cr3 & CR3_ADDR_MASK, Ordering::Relaxed);
-    let mut cr4 = read_cr4();
+    let mut cr4 = Cr4::read_raw();
     for (has, bit) in [
         (pge, CR4_PGE),
         (smep, CR4_SMEP),
@@ -142,34 +106,26 @@ pub fn init() {
     // SMAP), their global bits are meant, CR3's PCID is 0 (PCIDE). No user
     // memory is accessed before `SMAP_ENABLED` is set just below, and
     // nothing runs concurrently (one CPU, interrupts masked).
-    unsafe { write_cr4(cr4) };
-    let cr4 = read_cr4();
+    unsafe { Cr4::write_raw(cr4) };
+    let cr4 = Cr4::read_raw();
     PGE_ENABLED.store(cr4 & CR4_PGE != 0, Ordering::Relaxed);
     SMEP_ENABLED.store(cr4 & CR4_SMEP != 0, Ordering::Relaxed);
     SMAP_ENABLED.store(cr4 & CR4_SMAP != 0, Ordering::Relaxed);
     PCID_ENABLED.store(cr4 & CR4_PCIDE != 0, Ordering::Relaxed);
     // The trampoline sets WP; the kernel depends on it for read-only user
     // pages (copy-on-write), so check rather than assume.
-    let cr0 = read_cr0();
+    let cr0 = Cr0::read_raw();
     if cr0 & CR0_WP == 0 {
         // SAFETY: setting CR0.WP only makes the CPU honour read-only
         // pages for the kernel too; every page the kernel writes is
         // mapped writable.
-        unsafe {
-            core::arch::asm!("mov cr0, {}", in(reg) cr0 | CR0_WP, options(nostack, preserves_flags))
-        };
+        unsafe { Cr0::write_raw(cr0 | CR0_WP) };
     }
 }
 
 /// Prints which paging features are on (after the console logger is up).
 pub fn log_features() {
-    let on = |b: &AtomicBool| {
-        if b.load(Ordering::Relaxed) {
-            "on"
-        } else {
-            "off"
-        }
-    };
+    let on = |b: &AtomicBool| ["off", "on"][usize::from(b.load(Ordering::Relaxed))];
     log::info!(
         "x86_64 paging: SMEP {}, SMAP {}, PCID {}, global pages {}, 1 GiB pages {}",
         on(&SMEP_ENABLED),
@@ -200,28 +156,28 @@ unsafe extern "C" {
 
 /// The kernel image's sections as virtual ranges with their attributes:
 /// `.text` executable, `.rodata` (with `.ktests`, `.kbenches` and
-/// `__ex_table`) read-only, `.data` and `.bss` writable, all global; the
-/// guard page under each kernel stack (all in `.bss`) is left out. The
-/// ranges are page-aligned, in address order, and with the guard pages
-/// they cover the image exactly.
+/// `__ex_table`) read-only, `.data` and `.bss` writable, all global; left
+/// out are the guard pages under the boot CPU's stacks and the whole area
+/// of the other CPUs' stacks (`boot::image_holes`: their guards would not
+/// fit in the list; `cpu_start` maps a CPU's stacks, without guards, when
+/// it starts it). The ranges are page-aligned, in address order, and with
+/// the holes they cover the image exactly.
 pub fn kernel_image_layout() -> arrayvec::ArrayVec<(Range<usize>, Attr), 8> {
     let start = (&raw const __kernel_start) as usize;
     let text_end = (&raw const __text_end) as usize;
     let rodata_end = (&raw const __rodata_end) as usize;
     let end = (&raw const __kernel_end) as usize;
     let mut out = arrayvec::ArrayVec::new();
-    // At most 2 + 3 + 1 = 6 entries: `push` cannot overflow the 8.
+    // At most 2 + 4 + 1 = 7 entries: `push` cannot overflow the 8.
     out.push((start..text_end, Attr::EXEC | Attr::GLOBAL));
     out.push((text_end..rodata_end, Attr::GLOBAL));
     let mut from = rodata_end;
-    for stack in kernel_stacks() {
-        if from < stack.guard {
-            out.push((from..stack.guard, Attr::WRITE | Attr::GLOBAL));
+    // Writable between the holes, up to the end (an empty last hole).
+    for hole in image_holes().into_iter().chain(core::iter::once(end..end)) {
+        if from < hole.start {
+            out.push((from..hole.start, Attr::WRITE | Attr::GLOBAL));
         }
-        from = stack.bottom;
-    }
-    if from < end {
-        out.push((from..end, Attr::WRITE | Attr::GLOBAL));
+        from = hole.end;
     }
     out
 }
@@ -310,21 +266,20 @@ fn invlpg(va: usize) {
 /// address-space id is `asid` (`invlpg` acts on the current PCID only;
 /// entries of trees that are not loaded are dropped by loading them with
 /// `flush`).
-pub fn flush_page(asid: u16, va: usize) {
-    let _ = asid;
+pub fn flush_page(_asid: u16, va: usize) {
     invlpg(va);
 }
 
 /// Drops every TLB entry on this CPU: global ones and those of every PCID
 /// (toggling CR4.PGE does all of that).
 pub fn flush_all() {
-    let cr4 = read_cr4();
+    let cr4 = Cr4::read_raw();
     if cr4 & CR4_PGE != 0 {
         // SAFETY: clearing and restoring PGE changes no mapping; the CPU
         // flushes all TLB entries of all PCIDs on each write.
         unsafe {
-            write_cr4(cr4 & !CR4_PGE);
-            write_cr4(cr4);
+            Cr4::write_raw(cr4 & !CR4_PGE);
+            Cr4::write_raw(cr4);
         }
     } else {
         // SAFETY: reloading the current CR3 (with bit 63 clear) keeps the
@@ -354,6 +309,7 @@ fn test_user_tree(
 
 #[cfg(feature = "ktest")]
 mod tests {
+    use super::super::boot::kernel_stacks;
     use super::*;
     use crate::arch::tests::{USER_VA, with_user_page};
     use crate::mm::KernelTables;
@@ -417,18 +373,19 @@ mod tests {
         fn kernel_image_layout_covers_the_image_but_the_stack_guards() {
             // That each section is mapped as described is checked on every
             // architecture (`arch::tests`); here that the sections
-            // cover the whole image except exactly the guard pages.
+            // cover the whole image except exactly the holes: the boot
+            // CPU's guard pages and the other CPUs' stacks.
             let layout = kernel_image_layout();
             let tree = current_kernel_tree();
             let mem = KernelTables;
             let start = (&raw const __kernel_start) as usize;
             let end = (&raw const __kernel_end) as usize;
             let mut at = start;
-            let mut guards = kernel_stacks().map(|s| s.guard).into_iter();
+            let mut holes = image_holes().into_iter();
             for (range, _) in &layout {
                 if range.start != at {
-                    kassert_eq!(Some(at), guards.next());
-                    kassert_eq!(range.start, at + super::super::boot::GUARD_SIZE);
+                    let hole = holes.next();
+                    kassert_eq!(Some(at..range.start), hole);
                 }
                 // In 4 KiB pages.
                 for va in range.clone().step_by(4096) {
@@ -443,7 +400,7 @@ mod tests {
                 at = range.end;
             }
             kassert_eq!(at, end);
-            kassert_eq!(guards.next(), None);
+            kassert_eq!(holes.next(), None);
             for s in kernel_stacks() {
                 kassert_eq!(tree.translate(&mem, s.guard), None);
             }
@@ -455,7 +412,7 @@ mod tests {
         fn paging_features_are_consistent() {
             let pcid = PCID_ENABLED.load(Ordering::Relaxed);
             kassert_eq!(asid_count(), if pcid { 4096 } else { 1 });
-            kassert!(read_cr0() & CR0_WP != 0);
+            kassert!(Cr0::read_raw() & CR0_WP != 0);
             kassert!(device_windows().is_empty());
             // Reloading the kernel root is checked on every architecture
             // (`arch::tests`); here that CR3 holds it.

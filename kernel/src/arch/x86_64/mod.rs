@@ -3,8 +3,8 @@
 //! paging hardware and TLB control (`mm`), user-memory copies
 //! (`usercopy`), user mode: `syscall` entry, return to ring 3, saved
 //! registers and FP state (`user`), the COM1 console (`serial`) and the
-//! CPU count and NUMA map from ACPI (`acpi`), interrupts, the timer and
-//! the idle loop (`apic`).
+//! CPU count and NUMA map from ACPI (`acpi`), interrupts, the timer,
+//! IPIs and the idle loop (`apic`), starting the other CPUs (`smp`).
 //!
 //! Memory layout kept by this module (48-bit virtual addresses):
 //! - physical `P` in the first [`BOOT_DIRECT_MAP_SIZE`] bytes is mapped
@@ -12,15 +12,17 @@
 //! - the kernel image, loaded at physical 1 MiB, runs at
 //!   [`KERNEL_VMA_OFFSET`]` + P` with `.text` read/execute, `.rodata`
 //!   read-only and `.data`/`.bss` read/write no-execute, except the guard
-//!   page under each kernel stack (boot, double-fault, NMI), which stays
-//!   unmapped;
+//!   page under each kernel stack (every CPU's kernel, double-fault and
+//!   NMI stacks), which stays unmapped (and each other CPU's stacks until
+//!   it is started);
 //! - nothing else is mapped in the kernel half; the lower half is empty
 //!   once the boot trampoline has left its identity mapping, and belongs
 //!   to the user address space loaded later.
 //!
 //! Interrupts stay masked in the kernel (it is not preemptible) except in
 //! the idle loop (`apic`); exceptions arrive through the IDT set up before
-//! any Rust code beyond the entry runs. User code runs with interrupts
+//! any Rust code beyond the entry runs. Each CPU has its own GDT, TSS,
+//! stacks and per-CPU block (GS base); [`cpu_index`] reads the block. User code runs with interrupts
 //! enabled: the local APIC's one-shot timer and device lines (`apic`; the
 //! legacy PICs are masked).
 
@@ -30,22 +32,24 @@ mod boot;
 mod cpu;
 mod mm;
 mod serial;
+mod smp;
 mod trap;
 mod user;
 mod usercopy;
 
 pub use super::common::user_copy;
 pub use apic::{
-    idle, init as irq_init, io_ports_ok, line_mask as irq_mask, line_ok as irq_line_ok, port_io,
-    timer_arm,
+    cpu_hw_id, idle, init as irq_init, io_ports_ok, line_mask as irq_mask, line_ok as irq_line_ok,
+    port_io, send_ipi, timer_arm,
 };
 pub use mm::{
     FLUSH_NEW_ENTRIES, KERNEL_ROOT_ENTRIES, PageFormat, asid_count, device_windows, flush_all,
     flush_page, kernel_image_layout, kernel_root, kernel_virt_to_phys, load_kernel_root,
     load_user_root, max_page_size, unload_user_root,
 };
+pub use smp::cpu_start;
 pub use trap::print_backtrace;
-pub use user::{ELF_MACHINE, FpuState, UserRegs, enter_user, load_tls, save_tls};
+pub use user::{ELF_MACHINE, FpuState, UserRegs, cpu_index, enter_user, load_tls, save_tls};
 
 /// Architecture name printed in the boot banner.
 pub const NAME: &str = "x86_64";
@@ -67,10 +71,7 @@ pub const fn phys_to_virt(p: u64) -> usize {
 
 /// The console UART: a 16550 at I/O port 0x3f8 (COM1).
 pub fn console_uart() -> (usize, u64) {
-    (
-        keel_abi::boot::CONSOLE_NS16550_PORT,
-        u64::from(serial::COM1),
-    )
+    (keel_abi::boot::CONSOLE_NS16550_PORT, serial::COM1.into())
 }
 
 /// Writes bytes to the serial console (polled).
@@ -134,11 +135,7 @@ fn pit_measure() -> Option<u64> {
     use x86_64::instructions::port::Port;
     const PIT_HZ: u64 = 1_193_182;
     const COUNT: u16 = 11_932;
-    let (mut gate, mut mode, mut ch2) = (
-        Port::<u8>::new(0x61),
-        Port::<u8>::new(0x43),
-        Port::<u8>::new(0x42),
-    );
+    let [mut gate, mut mode, mut ch2] = [0x61, 0x43, 0x42].map(Port::<u8>::new);
     // SAFETY: ports 0x61 (speaker/gate), 0x43 (PIT mode) and 0x42 (PIT
     // channel 2) belong to the PIT, which nothing else uses; the speaker
     // output stays off.
@@ -149,18 +146,11 @@ fn pit_measure() -> Option<u64> {
         ch2.write((COUNT & 0xff) as u8);
         ch2.write((COUNT >> 8) as u8);
         let start = cycle_counter();
-        let mut spins = 0u64;
         // OUT2 (bit 5) rises when the count reaches zero.
-        while gate.read() & 0x20 == 0 {
-            spins += 1;
-            if spins > 100_000_000 {
-                gate.write(g);
-                return None;
-            }
-        }
+        let risen = (0..100_000_000).any(|_| gate.read() & 0x20 != 0);
         let ticks = cycle_counter().wrapping_sub(start);
         gate.write(g);
-        Some(ticks * PIT_HZ / u64::from(COUNT))
+        risen.then(|| ticks * PIT_HZ / u64::from(COUNT))
     }
 }
 
@@ -168,11 +158,9 @@ fn pit_measure() -> Option<u64> {
 /// `-icount shift=0`.
 #[inline]
 pub fn cycle_counter() -> u64 {
-    let (lo, hi): (u32, u32);
     // SAFETY: rdtsc only reads the TSC (CR4.TSD is clear, and we are at
     // CPL 0 anyway).
-    unsafe { core::arch::asm!("rdtsc", out("eax") lo, out("edx") hi, options(nomem, nostack)) };
-    (u64::from(hi) << 32) | u64::from(lo)
+    unsafe { core::arch::x86_64::_rdtsc() }
 }
 
 unsafe extern "C" {
@@ -199,11 +187,9 @@ pub fn breakpoint_site() -> usize {
 }
 
 /// Whether `addr` is in the unmapped guard page under one of the kernel
-/// stacks (boot, double-fault, NMI).
+/// stacks (every CPU's kernel, double-fault and NMI stacks).
 pub fn in_stack_guard(addr: usize) -> bool {
-    boot::kernel_stacks()
-        .iter()
-        .any(|s| (s.guard..s.bottom).contains(&addr))
+    boot::kernel_stacks().any(|s| (s.guard..s.bottom).contains(&addr))
 }
 
 /// Reads the byte at `addr`; a fault is recorded and returned instead of
@@ -213,9 +199,6 @@ pub fn probe_read(addr: usize) -> Result<u8, crate::trap::TrapRecord> {
     // table, so any fault on it resumes at the fixup, which returns
     // u64::MAX; it follows the C ABI.
     let value = unsafe { keel_probe_read(addr) };
-    match u8::try_from(value) {
-        Ok(byte) => Ok(byte),
-        // The trap handler recorded the fault before resuming at the fixup.
-        Err(_) => Err(trap::last_fixup()),
-    }
+    // On a fault the trap handler recorded it before resuming at the fixup.
+    u8::try_from(value).map_err(|_| trap::last_fixup())
 }

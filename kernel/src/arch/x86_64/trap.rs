@@ -22,7 +22,10 @@
 //! Traps from ring 3 (the saved CS has RPL 3) arrive on TSS.RSP0, the top
 //! of the CPU's kernel stack; the common stub executes `swapgs` for them
 //! only (see `user.rs` for the GS invariant), and the dispatcher hands them
-//! to `user::user_trap`, which never returns here.
+//! to `user::user_trap`, which never returns here. An NMI, double fault or
+//! machine check from ring 0 may have interrupted ring 0 running with the
+//! user's GS: the dispatcher restores the kernel's first (they are fatal,
+//! so nothing needs to swap back).
 //!
 //! A kernel stack overflow touches the guard page under the stack; the CPU
 //! cannot push the page fault's frame there either, so the fault becomes a
@@ -30,46 +33,24 @@
 //! the guard address (CR2) that it is.
 
 use super::cpu::{IST_DOUBLE_FAULT, IST_NMI, KERNEL_CS};
+use super::user::UserRegs;
 use crate::trap::{TrapCause, TrapRecord};
 use spin::{Mutex, Once};
 use x86_64::VirtAddr;
 use x86_64::instructions::tables::lidt;
+use x86_64::registers::control::{Cr0, Cr4};
 use x86_64::structures::DescriptorTablePointer;
 
 /// The registers saved on every trap, lowest address first.
 #[repr(C)]
-#[derive(Clone, Copy, Debug)]
+#[derive(Debug)]
 pub struct TrapFrame {
-    /// R15, saved by the common trap entry.
-    pub r15: u64,
-    /// R14, saved by the common trap entry.
-    pub r14: u64,
-    /// R13, saved by the common trap entry.
-    pub r13: u64,
-    /// R12, saved by the common trap entry.
-    pub r12: u64,
-    /// R11, saved by the common trap entry.
-    pub r11: u64,
-    /// R10, saved by the common trap entry.
-    pub r10: u64,
-    /// R9, saved by the common trap entry.
-    pub r9: u64,
-    /// R8, saved by the common trap entry.
-    pub r8: u64,
-    /// RBP, saved by the common trap entry.
-    pub rbp: u64,
-    /// RDI, saved by the common trap entry.
-    pub rdi: u64,
-    /// RSI, saved by the common trap entry.
-    pub rsi: u64,
-    /// RDX, saved by the common trap entry.
-    pub rdx: u64,
-    /// RCX, saved by the common trap entry.
-    pub rcx: u64,
-    /// RBX, saved by the common trap entry.
-    pub rbx: u64,
-    /// RAX, saved by the common trap entry.
-    pub rax: u64,
+    /// The general-purpose registers, saved by the common trap entry in
+    /// `UserRegs` layout. Its `rsp`, `rip` and `rflags` slots hold no
+    /// register (the CPU saved those in the fields below).
+    pub regs: UserRegs,
+    /// Keeps the stack 16-byte aligned.
+    padding: u64,
     /// The vector number, pushed by the stub.
     pub vector: u64,
     /// Pushed by the CPU, or 0 by the stub.
@@ -120,42 +101,25 @@ core::arch::global_asm!(
     "je 1f",
     "clac",
     "1:",
-    "pushq %rax",
-    "pushq %rbx",
-    "pushq %rcx",
-    "pushq %rdx",
-    "pushq %rsi",
-    "pushq %rdi",
-    "pushq %rbp",
-    "pushq %r8",
-    "pushq %r9",
-    "pushq %r10",
-    "pushq %r11",
-    "pushq %r12",
-    "pushq %r13",
-    "pushq %r14",
-    "pushq %r15",
+    // `TrapFrame::regs` and the padding: the slots of RIP, RFLAGS and the
+    // padding are left as they are, RSP's gets the kernel's (unused).
+    "subq $24, %rsp",
+    ".irp reg, r15, r14, r13, r12, r11, r10, r9, r8, rsp, rbp, rdi, rsi, rdx, rcx, rbx, rax",
+    "pushq %\\reg",
+    ".endr",
     "cld",
     // The CPU aligned the stack to 16 before pushing its 5-word frame;
-    // with the 2 stub words and 15 registers rsp is 16-byte aligned again.
+    // with the 2 stub words and 19 more rsp is 16-byte aligned again.
     "movq %rsp, %rdi",
     "call {dispatch}",
-    "popq %r15",
-    "popq %r14",
-    "popq %r13",
-    "popq %r12",
-    "popq %r11",
-    "popq %r10",
-    "popq %r9",
-    "popq %r8",
-    "popq %rbp",
-    "popq %rdi",
-    "popq %rsi",
-    "popq %rdx",
-    "popq %rcx",
-    "popq %rbx",
-    "popq %rax",
-    "addq $16, %rsp",
+    ".irp reg, rax, rbx, rcx, rdx, rsi, rdi, rbp",
+    "popq %\\reg",
+    ".endr",
+    "addq $8, %rsp",                            // the RSP slot
+    ".irp reg, r8, r9, r10, r11, r12, r13, r14, r15",
+    "popq %\\reg",
+    ".endr",
+    "addq $40, %rsp",                           // 3 slots, the vector, the error code
     // Back to ring 3 (only if a handler ever returns there): user GS.
     "testb $3, 8(%rsp)",
     "jz 1f",
@@ -211,20 +175,6 @@ const INTERRUPT_GATE: u8 = 0x8e;
 /// The same with DPL 3: user code may raise it with `int`.
 const USER_INTERRUPT_GATE: u8 = 0xee;
 
-impl Gate {
-    fn new(handler: u64, ist: u8, type_attr: u8) -> Gate {
-        Gate {
-            offset_low: handler as u16,
-            selector: KERNEL_CS,
-            ist,
-            type_attr,
-            offset_mid: (handler >> 16) as u16,
-            offset_high: (handler >> 32) as u32,
-            reserved: 0,
-        }
-    }
-}
-
 #[repr(C, align(16))]
 struct Idt([Gate; 256]);
 
@@ -235,17 +185,25 @@ pub fn init() {
     let idt = IDT.call_once(|| {
         let stubs = (&raw const keel_trap_stubs) as u64;
         Idt(core::array::from_fn(|vector| {
+            let handler = stubs + 16 * vector as u64;
             let ist = match vector {
                 2 => IST_NMI,
                 8 => IST_DOUBLE_FAULT,
                 _ => 0,
             };
-            let type_attr = if vector as u64 == VEC_BREAKPOINT {
-                USER_INTERRUPT_GATE
-            } else {
-                INTERRUPT_GATE
+            let type_attr = match vector as u64 {
+                VEC_BREAKPOINT => USER_INTERRUPT_GATE,
+                _ => INTERRUPT_GATE,
             };
-            Gate::new(stubs + 16 * vector as u64, ist, type_attr)
+            Gate {
+                offset_low: handler as u16,
+                selector: KERNEL_CS,
+                ist,
+                type_attr,
+                offset_mid: (handler >> 16) as u16,
+                offset_high: (handler >> 32) as u32,
+                reserved: 0,
+            }
         }))
     });
     let ptr = DescriptorTablePointer {
@@ -288,7 +246,11 @@ extern "C" fn keel_trap_dispatch(frame: &mut TrapFrame) {
     // Read CR2 first: nothing below may fault, but be certain.
     let cr2 = x86_64::registers::control::Cr2::read_raw();
     let from_user = frame.cs & 3 != 0;
-    if from_user && !matches!(frame.vector, VEC_NMI | VEC_DOUBLE_FAULT | VEC_MACHINE_CHECK) {
+    let fatal = matches!(frame.vector, VEC_NMI | VEC_DOUBLE_FAULT | VEC_MACHINE_CHECK);
+    if fatal && !from_user {
+        super::user::ensure_kernel_gs();
+    }
+    if from_user && !fatal {
         let fault = super::user::classify(frame.vector, frame.error_code, cr2);
         super::user::user_trap(frame, fault);
     }
@@ -301,34 +263,24 @@ extern "C" fn keel_trap_dispatch(frame: &mut TrapFrame) {
         // with their address space loaded; this abandons the idle stack.
         unsafe { super::enter_user(crate::entry::on_interrupt(irq)) }
     }
-    let pc = frame.rip as usize;
+    // #BP is a trap: rip is after the one-byte int3.
+    let breakpoint = frame.vector == VEC_BREAKPOINT;
+    let pc = (frame.rip as usize).wrapping_sub(usize::from(breakpoint));
+    // A double fault may be a page fault whose frame could not be pushed
+    // because the stack pointer was in a guard page: CR2 is the guard
+    // address the push hit, next to the interrupted stack pointer.
+    let overflow = frame.vector == VEC_DOUBLE_FAULT
+        && super::in_stack_guard(cr2 as usize)
+        && cr2.abs_diff(frame.rsp) <= 4096;
     let cause = match frame.vector {
-        VEC_BREAKPOINT => {
-            // #BP is a trap: rip is after the one-byte int3.
-            let pc = pc.wrapping_sub(1);
-            crate::trap::record(TrapRecord {
-                cause: TrapCause::Breakpoint,
-                pc,
-            });
-            return;
-        }
-        VEC_PAGE_FAULT => TrapCause::PageFault {
+        VEC_BREAKPOINT => TrapCause::Breakpoint,
+        // The push that overflowed is a write (a double fault's error code
+        // is 0).
+        v if v == VEC_PAGE_FAULT || overflow => TrapCause::PageFault {
             addr: cr2 as usize,
-            write: frame.error_code & PF_WRITE != 0,
+            write: overflow || frame.error_code & PF_WRITE != 0,
             exec: frame.error_code & PF_INSTRUCTION != 0,
         },
-        // A page fault whose frame could not be pushed because the stack
-        // pointer was in a guard page: CR2 is the guard address the push
-        // hit, next to the interrupted stack pointer. The push is a write.
-        VEC_DOUBLE_FAULT
-            if super::in_stack_guard(cr2 as usize) && cr2.abs_diff(frame.rsp) <= 4096 =>
-        {
-            TrapCause::PageFault {
-                addr: cr2 as usize,
-                write: true,
-                exec: false,
-            }
-        }
         VEC_DIVIDE => TrapCause::DivideError,
         VEC_INVALID_OPCODE => TrapCause::IllegalInstruction,
         VEC_NMI => TrapCause::Machine("NMI"),
@@ -337,6 +289,10 @@ extern "C" fn keel_trap_dispatch(frame: &mut TrapFrame) {
         v => TrapCause::Other(v),
     };
     let record = TrapRecord { cause, pc };
+    if breakpoint {
+        crate::trap::record(record);
+        return;
+    }
     // Faults at a listed kernel PC (a #PF, or a #GP from a non-canonical
     // address) resume at the fixup.
     if !from_user
@@ -352,66 +308,39 @@ extern "C" fn keel_trap_dispatch(frame: &mut TrapFrame) {
     crate::trap::fatal(
         record,
         || dump_registers(frame, cr2),
-        || backtrace_from(frame.rbp as usize, 1),
+        || backtrace_from(frame.regs.rbp as usize, 1),
     )
 }
 
 fn dump_registers(f: &TrapFrame, cr2: u64) {
-    let (cr0, cr3, cr4): (u64, u64, u64);
-    // SAFETY: reading control registers at CPL 0 has no side effects.
-    unsafe {
-        core::arch::asm!("mov {}, cr0", out(reg) cr0, options(nomem, nostack));
-        core::arch::asm!("mov {}, cr3", out(reg) cr3, options(nomem, nostack));
-        core::arch::asm!("mov {}, cr4", out(reg) cr4, options(nomem, nostack));
-    }
+    let (cr0, cr3, cr4) = (Cr0::read_raw(), super::mm::read_cr3(), Cr4::read_raw());
     let efer = x86_64::registers::model_specific::Efer::read_raw();
     kprintln!("vector {} error code {:#x}", f.vector, f.error_code);
-    kprintln!(
-        "rax {:#018x} rbx {:#018x} rcx {:#018x} rdx {:#018x}",
-        f.rax,
-        f.rbx,
-        f.rcx,
-        f.rdx
-    );
-    kprintln!(
-        "rsi {:#018x} rdi {:#018x} rbp {:#018x} rsp {:#018x}",
-        f.rsi,
-        f.rdi,
-        f.rbp,
-        f.rsp
-    );
-    kprintln!(
-        "r8  {:#018x} r9  {:#018x} r10 {:#018x} r11 {:#018x}",
-        f.r8,
-        f.r9,
-        f.r10,
-        f.r11
-    );
-    kprintln!(
-        "r12 {:#018x} r13 {:#018x} r14 {:#018x} r15 {:#018x}",
-        f.r12,
-        f.r13,
-        f.r14,
-        f.r15
-    );
-    kprintln!(
-        "rip {:#018x} rflags {:#010x} cs {:#06x} ss {:#06x}",
-        f.rip,
-        f.rflags,
-        f.cs,
-        f.ss
-    );
+    let names = [
+        "rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp", "r8", "r9", "r10", "r11", "r12",
+        "r13", "r14", "r15",
+    ];
+    let r = &f.regs;
+    let values = [
+        r.rax, r.rbx, r.rcx, r.rdx, r.rsi, r.rdi, r.rbp, f.rsp, r.r8, r.r9, r.r10, r.r11, r.r12,
+        r.r13, r.r14, r.r15,
+    ];
+    // Four a line.
+    for (i, (name, v)) in names.iter().zip(values).enumerate() {
+        kprint!("{name:<3} {v:#018x}{}", if i % 4 == 3 { "\n" } else { " " });
+    }
+    let (rip, rflags, cs, ss) = (f.rip, f.rflags, f.cs, f.ss);
+    kprintln!("rip {rip:#018x} rflags {rflags:#010x} cs {cs:#06x} ss {ss:#06x}");
     kprintln!("cr0 {cr0:#010x} cr2 {cr2:#018x} cr3 {cr3:#010x} cr4 {cr4:#010x} efer {efer:#x}");
 }
 
-/// Whether `[addr, addr + 16)` lies inside one of the kernel's stacks.
+/// Whether `[addr, addr + 16)` lies inside one of this CPU's stacks.
 fn on_kernel_stack(addr: usize) -> bool {
-    let Some(end) = addr.checked_add(16) else {
-        return false;
-    };
-    super::boot::kernel_stacks()
+    let end = addr.checked_add(16);
+    let stacks = super::boot::cpu_stacks(super::user::cpu_index());
+    stacks
         .iter()
-        .any(|s| s.bottom <= addr && end <= s.top)
+        .any(|s| s.bottom <= addr && end.is_some_and(|end| end <= s.top))
 }
 
 /// Prints the frame-pointer chain starting at `fp`, numbering from `first`.
@@ -474,13 +403,19 @@ crate::ktest!(
 crate::ktest!(
     fn every_kernel_stack_has_a_guard_below_it() {
         // The running (boot) stack's guard is checked on every architecture
-        // (`arch::tests`); here the layout and the stacks the
-        // portable test cannot name: the IST stacks for #DF and NMI.
-        let boot = super::boot::boot_stack();
+        // (`arch::tests`); here the layout and the stacks the portable
+        // test cannot name: the IST stacks for #DF and NMI, and the stacks
+        // of the other CPUs (mapped once started).
+        let boot = super::boot::cpu_stacks(0)[0];
         kassert!(boot.top - boot.bottom >= 64 * 1024);
         for s in super::boot::kernel_stacks() {
             kassert_eq!(s.guard + super::boot::GUARD_SIZE, s.bottom);
+            kassert!(crate::arch::in_stack_guard(s.guard));
             kassert!(!crate::arch::in_stack_guard(s.guard - 1));
+        }
+        let started = crate::smp::started_mask();
+        let cpus = (0..crate::bootinfo::MAX_CPUS).filter(|&c| started & (1 << c) != 0);
+        for s in cpus.flat_map(super::boot::cpu_stacks) {
             if s.bottom == boot.bottom {
                 continue;
             }

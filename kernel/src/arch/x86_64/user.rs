@@ -8,20 +8,25 @@
 //!
 //! | offset | field | |
 //! |---|---|---|
-//! | 0 | `this` | the block's own address |
-//! | 8 | `kernel_stack_top` | top of this CPU's kernel stack (= TSS.RSP0) |
-//! | 16 | `user_rsp` | scratch: the user RSP during the `syscall` entry |
-//! | 24 | `regs` | the `*mut UserRegs` being run (set by `enter_user`) |
+//! | 0 | `kernel_stack_top` | top of this CPU's kernel stack (= TSS.RSP0) |
+//! | 8 | `user_rsp` | scratch: the user RSP during the `syscall` entry |
+//! | 16 | `regs` | the `*mut UserRegs` being run (set by `enter_user`) |
+//! | 24 | `index` | the CPU's index ([`cpu_index`]; constant once set) |
 //!
 //! GS invariant: in ring 0 the GS base (MSR `IA32_GS_BASE`) is this CPU's
 //! block and `IA32_KERNEL_GS_BASE` holds the user's GS base; in ring 3
-//! the other way round. Every entry from ring 3 (`syscall`, and the trap
-//! stubs when the saved CS has RPL 3) executes `swapgs` first, every exit
-//! to ring 3 last. Traps taken in ring 0 never `swapgs` and never use GS,
-//! so an NMI or machine check in the few instructions where ring 0 runs
-//! with the user's GS (entry and exit) is harmless. CR4.FSGSBASE stays
-//! off: user code cannot write the FS or GS base directly (loading a
-//! segment selector can only set it to 0).
+//! the other way round. The boot code sets the GS base before the first
+//! Rust code runs on each CPU (`boot.rs`, `smp.rs`). Every entry from
+//! ring 3 (`syscall`, and the trap stubs when the saved CS has RPL 3)
+//! executes `swapgs` first, every exit to ring 3 last. Traps taken in
+//! ring 0 do not `swapgs` in the stub; of those, only an NMI, double
+//! fault or machine check can arrive in the few instructions where ring
+//! 0 runs with the user's GS (entry and exit), and they are fatal: the
+//! dispatcher puts the kernel's GS back for them ([`ensure_kernel_gs`])
+//! before anything reads the block. CR4.FSGSBASE stays off: user code
+//! cannot write the FS or GS base directly (loading a segment selector
+//! can only set it to 0), so the user's GS base is never a kernel
+//! address.
 //!
 //! Entry from ring 3:
 //! - `syscall` (LSTAR = `keel_syscall_entry`, FMASK clears IF, TF, DF,
@@ -57,16 +62,20 @@
 //! register, and the FP/SIMD state, comes back unchanged. No kernel value
 //! reaches user registers: every register is reloaded from `*regs`.
 
-use super::boot::boot_stack;
 use super::trap::{
     PF_INSTRUCTION, PF_USER, PF_WRITE, TrapFrame, VEC_BREAKPOINT, VEC_DIVIDE, VEC_INVALID_OPCODE,
     VEC_PAGE_FAULT,
 };
+use crate::bootinfo::MAX_CPUS;
 use crate::mm::aspace::Access;
 use crate::trap::UserFault;
 use core::mem::offset_of;
 use core::sync::atomic::{AtomicUsize, Ordering};
-use x86_64::registers::model_specific::Msr;
+use x86_64::VirtAddr;
+use x86_64::registers::model_specific::{
+    Efer, FsBase, GsBase, KernelGsBase, LStar, Msr, SFMask, Star,
+};
+use x86_64::registers::rflags::RFlags;
 
 /// `e_machine` of x86_64 ELF files (`EM_X86_64`).
 pub const ELF_MACHINE: u16 = 62;
@@ -148,10 +157,8 @@ impl UserRegs {
     /// The system-call number (RAX) and arguments (RDI, RSI, RDX, R10, R8,
     /// R9), as `keel_abi::Syscall` documents.
     pub fn syscall_args(&self) -> (usize, [usize; 6]) {
-        (
-            self.rax as usize,
-            [self.rdi, self.rsi, self.rdx, self.r10, self.r8, self.r9].map(|r| r as usize),
-        )
+        let args = [self.rdi, self.rsi, self.rdx, self.r10, self.r8, self.r9];
+        (self.rax as usize, args.map(|r| r as usize))
     }
 
     /// Sets the system call's result (RAX).
@@ -175,9 +182,7 @@ impl UserRegs {
 
     /// The TLS base is the FS base, outside the saved registers (see
     /// [`save_tls`] / [`load_tls`]): nothing to do here.
-    pub fn set_tls(&mut self, value: usize) {
-        let _ = value;
-    }
+    pub fn set_tls(&mut self, _value: usize) {}
 }
 
 /// The FP/SIMD state in the FXSAVE64 format: x87, MMX, XMM0–15, MXCSR.
@@ -234,133 +239,117 @@ impl FpuState {
     }
 }
 
-const MSR_EFER: u32 = 0xc000_0080;
-const MSR_STAR: u32 = 0xc000_0081;
-const MSR_LSTAR: u32 = 0xc000_0082;
 const MSR_CSTAR: u32 = 0xc000_0083;
 const MSR_SYSENTER_CS: u32 = 0x174;
-const MSR_FMASK: u32 = 0xc000_0084;
-const MSR_FS_BASE: u32 = 0xc000_0100;
-const MSR_GS_BASE: u32 = 0xc000_0101;
-const MSR_KERNEL_GS_BASE: u32 = 0xc000_0102;
 const EFER_SCE: u64 = 1;
-
-fn read_msr(msr: u32) -> u64 {
-    // SAFETY: only called with architectural MSRs that exist on every
-    // x86_64 CPU (EFER, the SYSCALL MSRs, the segment bases); reading
-    // them has no side effects.
-    unsafe { Msr::new(msr).read() }
-}
-
-/// # Safety
-/// `value` must be valid for `msr` and keep the kernel's invariants (see
-/// the module documentation).
-unsafe fn write_msr(msr: u32, value: u64) {
-    // SAFETY: guaranteed by the caller.
-    unsafe { Msr::new(msr).write(value) };
-}
-
-/// Whether `v` is a canonical 48-bit virtual address.
-fn is_canonical(v: u64) -> bool {
-    ((v as i64) << 16 >> 16) as u64 == v
-}
 
 /// The thread-local-storage base of the thread that ran last on this CPU:
 /// the FS base, read back because user code can change it (loading FS
 /// with a selector sets the base to 0). `current` is ignored.
-pub fn save_tls(current: usize) -> usize {
-    let _ = current;
-    read_msr(MSR_FS_BASE) as usize
+pub fn save_tls(_current: usize) -> usize {
+    FsBase::read().as_u64() as usize
 }
 
 /// Sets the FS base for the next thread. A non-canonical value (which the
 /// MSR refuses with #GP) loads 0 instead.
 pub fn load_tls(value: usize) {
-    let value = if is_canonical(value as u64) {
-        value as u64
-    } else {
-        0
-    };
-    // SAFETY: a canonical FS base; the kernel does not use FS.
-    unsafe { write_msr(MSR_FS_BASE, value) };
+    // A canonical FS base; the kernel does not use FS.
+    FsBase::write(VirtAddr::try_new(value as u64).unwrap_or(VirtAddr::zero()));
 }
 
 /// A CPU's block, reached through the GS base in ring 0 (layout in the
 /// module documentation; the assembly uses the field offsets).
 #[repr(C, align(64))]
 pub struct PerCpu {
-    this: AtomicUsize,
     kernel_stack_top: AtomicUsize,
     user_rsp: AtomicUsize,
     regs: AtomicUsize,
+    index: AtomicUsize,
 }
 
-/// The boot CPU's block (secondary CPUs get theirs with SMP bring-up).
-static BOOT_CPU: PerCpu = PerCpu {
-    this: AtomicUsize::new(0),
-    kernel_stack_top: AtomicUsize::new(0),
-    user_rsp: AtomicUsize::new(0),
-    regs: AtomicUsize::new(0),
-};
+/// Every CPU's block, by CPU index (set by [`init`]).
+pub(super) static PER_CPU: [PerCpu; MAX_CPUS] = [const {
+    PerCpu {
+        kernel_stack_top: AtomicUsize::new(0),
+        user_rsp: AtomicUsize::new(0),
+        regs: AtomicUsize::new(0),
+        index: AtomicUsize::new(0),
+    }
+}; MAX_CPUS];
 
-/// This CPU's block.
-fn this_cpu() -> &'static PerCpu {
-    let this: usize;
-    // SAFETY: in ring 0 the GS base is this CPU's block (module
-    // invariant, set up by `init` before any user code ran), whose first
-    // word is its own address; the load has no side effects.
+/// This CPU's index: one load from its block.
+#[inline]
+pub fn cpu_index() -> usize {
+    let index;
+    // SAFETY: in ring 0 the GS base is this CPU's block (the GS
+    // invariant, which holds from the first Rust code on every CPU and
+    // which the dispatcher restores for the traps that may find it
+    // broken); `index` is set by `init` before anything on the CPU reads
+    // it and never changes, and kernel code never moves to another CPU,
+    // so the load is pure.
     unsafe {
         core::arch::asm!(
             "mov {}, qword ptr gs:[{off}]",
-            out(reg) this,
-            off = const offset_of!(PerCpu, this),
-            options(nostack, readonly, preserves_flags)
+            out(reg) index,
+            off = const offset_of!(PerCpu, index),
+            options(nostack, pure, readonly, preserves_flags)
         )
     };
-    // SAFETY: `this` points to a `PerCpu` in a static (the invariant
-    // above), which lives forever.
-    unsafe { &*(this as *const PerCpu) }
+    index
+}
+
+/// Restores the GS invariant for a trap taken in ring 0 that may have
+/// interrupted the instructions around a `swapgs` (NMI, double fault,
+/// machine check, all fatal: nothing swaps back). The blocks are in the
+/// kernel half, the user's GS base never is.
+pub fn ensure_kernel_gs() {
+    if (GsBase::read().as_u64() as i64) >= 0 {
+        // SAFETY: the GS base is the user's, so `IA32_KERNEL_GS_BASE`
+        // holds this CPU's block: swapping them establishes the invariant.
+        unsafe { core::arch::asm!("swapgs", options(nostack, preserves_flags)) };
+    }
+}
+
+/// This CPU's block.
+fn this_cpu() -> &'static PerCpu {
+    &PER_CPU[cpu_index()]
 }
 
 /// The top of this CPU's kernel stack (also TSS.RSP0), on which every
 /// entry from user mode starts.
 pub fn kernel_stack_top() -> usize {
-    boot_stack().top
+    this_cpu().kernel_stack_top.load(Ordering::Relaxed)
 }
 
-/// Sets up user-mode entry on the boot CPU: the per-CPU block and GS
-/// bases, the SYSCALL MSRs, the initial FP/SIMD state. Called once after
-/// the GDT, TSS and IDT are loaded.
-pub fn init() {
-    let block = &BOOT_CPU;
-    block
-        .this
-        .store(block as *const PerCpu as usize, Ordering::Relaxed);
-    block
-        .kernel_stack_top
-        .store(kernel_stack_top(), Ordering::Relaxed);
-    let star = (u64::from(super::cpu::USER_BASE_SELECTOR) << 48)
-        | (u64::from(super::cpu::KERNEL_CS) << 32);
-    // SAFETY: GS base = the block and KERNEL_GS_BASE = 0 (the user's GS
-    // base until user code changes it) establish the module's GS
-    // invariant in ring 0; nothing used GS before. STAR names the GDT's
-    // kernel code/data pair (0x08, 0x10) for `syscall` and its user
-    // data / 64-bit code pair at 0x18 + 8 and + 16 for `sysretq`; LSTAR
-    // is the entry below, which runs with the flags FMASK leaves
-    // (interrupts off); EFER.SCE only enables the instructions. User code
-    // cannot run in compatibility mode (the GDT has no 32-bit code
-    // segment), so CSTAR is never used; it names the same entry rather
-    // than address 0, whatever happens. SYSENTER_CS = 0 makes `sysenter`
-    // a #GP.
+/// Sets up user-mode entry on CPU `index`: its per-CPU block (with
+/// `stack_top`, = TSS.RSP0) and GS bases, the SYSCALL MSRs, the initial
+/// FP/SIMD state. Called once per CPU after its GDT, TSS and IDT are
+/// loaded.
+pub fn init(index: usize, stack_top: usize) {
+    let block = &PER_CPU[index];
+    block.kernel_stack_top.store(stack_top, Ordering::Relaxed);
+    block.index.store(index, Ordering::Relaxed);
+    let entry = VirtAddr::new(keel_syscall_entry as *const () as u64);
+    // GS base = the block (already so since the entry code) and
+    // KERNEL_GS_BASE = 0 (the user's GS base until user code changes it)
+    // establish the module's GS invariant in ring 0. LSTAR is the entry
+    // below, which runs with the flags FMASK leaves (interrupts off).
+    GsBase::write(VirtAddr::from_ptr(block));
+    KernelGsBase::write(VirtAddr::zero());
+    LStar::write(entry);
+    SFMask::write(RFlags::from_bits_retain(SYSCALL_FMASK));
+    // SAFETY: STAR names the GDT's kernel code/data pair (0x08, 0x10) for
+    // `syscall` and its user data / 64-bit code pair at 0x18 + 8 and + 16
+    // for `sysretq`; EFER.SCE only enables the instructions, whose MSRs
+    // are all set. User code cannot run in compatibility mode (the GDT
+    // has no 32-bit code segment), so CSTAR is never used; it names the
+    // same entry rather than address 0, whatever happens. SYSENTER_CS = 0
+    // makes `sysenter` a #GP.
     unsafe {
-        write_msr(MSR_GS_BASE, block as *const PerCpu as u64);
-        write_msr(MSR_KERNEL_GS_BASE, 0);
-        write_msr(MSR_STAR, star);
-        write_msr(MSR_LSTAR, keel_syscall_entry as *const () as u64);
-        write_msr(MSR_CSTAR, keel_syscall_entry as *const () as u64);
-        write_msr(MSR_SYSENTER_CS, 0);
-        write_msr(MSR_FMASK, SYSCALL_FMASK);
-        write_msr(MSR_EFER, read_msr(MSR_EFER) | EFER_SCE);
+        Star::write_raw(super::cpu::USER_BASE_SELECTOR, super::cpu::KERNEL_CS);
+        Msr::new(MSR_CSTAR).write(entry.as_u64());
+        Msr::new(MSR_SYSENTER_CS).write(0);
+        Efer::write_raw(Efer::read_raw() | EFER_SCE);
     }
     FpuState::default().restore();
 }
@@ -368,6 +357,13 @@ pub fn init() {
 core::arch::global_asm!(
     ".section .text.keel_user, \"ax\"",
     ".balign 16",
+    // `.Lur_<reg>`: the offset of each `UserRegs` field (declaration order,
+    // 8 bytes each; checked below).
+    ".set .Lur_at, 0",
+    ".irp reg, rax, rbx, rcx, rdx, rsi, rdi, rbp, rsp, r8, r9, r10, r11, r12, r13, r14, r15, rip, rflags",
+    ".set .Lur_\\reg, .Lur_at",
+    ".set .Lur_at, .Lur_at + 8",
+    ".endr",
     // ---------------------------------------------------------------
     // syscall: RCX = user RIP, R11 = user RFLAGS, RSP = user RSP, ring 0
     // with interrupts off; GS is still the user's.
@@ -377,25 +373,13 @@ core::arch::global_asm!(
     "swapgs",
     "mov qword ptr gs:[{pc_user_rsp}], rsp",
     "mov rsp, qword ptr gs:[{pc_regs}]",
-    "mov [rsp + {r_rax}], rax",
-    "mov [rsp + {r_rbx}], rbx",
-    "mov [rsp + {r_rcx}], rcx",
-    "mov [rsp + {r_rdx}], rdx",
-    "mov [rsp + {r_rsi}], rsi",
-    "mov [rsp + {r_rdi}], rdi",
-    "mov [rsp + {r_rbp}], rbp",
-    "mov [rsp + {r_r8}], r8",
-    "mov [rsp + {r_r9}], r9",
-    "mov [rsp + {r_r10}], r10",
-    "mov [rsp + {r_r11}], r11",
-    "mov [rsp + {r_r12}], r12",
-    "mov [rsp + {r_r13}], r13",
-    "mov [rsp + {r_r14}], r14",
-    "mov [rsp + {r_r15}], r15",
-    "mov [rsp + {r_rip}], rcx",
-    "mov [rsp + {r_rflags}], r11",
+    ".irp reg, rax, rbx, rcx, rdx, rsi, rdi, rbp, r8, r9, r10, r11, r12, r13, r14, r15",
+    "mov [rsp + .Lur_\\reg], \\reg",
+    ".endr",
+    "mov [rsp + .Lur_rip], rcx",
+    "mov [rsp + .Lur_rflags], r11",
     "mov rax, qword ptr gs:[{pc_user_rsp}]",
-    "mov [rsp + {r_rsp}], rax",
+    "mov [rsp + .Lur_rsp], rax",
     "mov rsp, qword ptr gs:[{pc_stack_top}]",
     "xor ebp, ebp",                             // ends the frame-pointer chain
     "call {on_syscall}",
@@ -409,61 +393,41 @@ core::arch::global_asm!(
     "mov rsp, qword ptr gs:[{pc_stack_top}]",
     "xor ebp, ebp",
     "2:",
-    "mov rcx, [rdi + {r_rip}]",
+    "mov rcx, [rdi + .Lur_rip]",
     "mov rax, rcx",
     "shr rax, {user_pc_bits}",
     "jnz 5f",                                   // not a user PC
     "mov qword ptr gs:[{pc_regs}], rdi",
-    "mov r11, [rdi + {r_rflags}]",
+    "mov r11, [rdi + .Lur_rflags]",
     "mov rax, {rflags_user}",
     "and r11, rax",
     "or r11, {rflags_forced}",
     // SYSRET leaves RCX = RIP and R11 = RFLAGS: only right if the saved
     // registers say so; it also cannot single-step like IRETQ.
-    "cmp rcx, [rdi + {r_rcx}]",
+    "cmp rcx, [rdi + .Lur_rcx]",
     "jne 3f",
-    "cmp r11, [rdi + {r_r11}]",
+    "cmp r11, [rdi + .Lur_r11]",
     "jne 3f",
     "test r11, {rflags_tf}",
     "jnz 3f",
-    "mov rax, [rdi + {r_rax}]",
-    "mov rbx, [rdi + {r_rbx}]",
-    "mov rdx, [rdi + {r_rdx}]",
-    "mov rsi, [rdi + {r_rsi}]",
-    "mov rbp, [rdi + {r_rbp}]",
-    "mov r8, [rdi + {r_r8}]",
-    "mov r9, [rdi + {r_r9}]",
-    "mov r10, [rdi + {r_r10}]",
-    "mov r12, [rdi + {r_r12}]",
-    "mov r13, [rdi + {r_r13}]",
-    "mov r14, [rdi + {r_r14}]",
-    "mov r15, [rdi + {r_r15}]",
-    "mov rsp, [rdi + {r_rsp}]",
-    "mov rdi, [rdi + {r_rdi}]",
+    ".irp reg, rax, rbx, rdx, rsi, rbp, r8, r9, r10, r12, r13, r14, r15",
+    "mov \\reg, [rdi + .Lur_\\reg]",
+    ".endr",
+    "mov rsp, [rdi + .Lur_rsp]",
+    "mov rdi, [rdi + .Lur_rdi]",
     "swapgs",
     "sysretq",
     // IRETQ: the full frame, then every register.
     "3:",
     "push {user_ss}",
-    "push qword ptr [rdi + {r_rsp}]",
+    "push qword ptr [rdi + .Lur_rsp]",
     "push r11",
     "push {user_cs}",
     "push rcx",
-    "mov rax, [rdi + {r_rax}]",
-    "mov rbx, [rdi + {r_rbx}]",
-    "mov rcx, [rdi + {r_rcx}]",
-    "mov rdx, [rdi + {r_rdx}]",
-    "mov rsi, [rdi + {r_rsi}]",
-    "mov rbp, [rdi + {r_rbp}]",
-    "mov r8, [rdi + {r_r8}]",
-    "mov r9, [rdi + {r_r9}]",
-    "mov r10, [rdi + {r_r10}]",
-    "mov r11, [rdi + {r_r11}]",
-    "mov r12, [rdi + {r_r12}]",
-    "mov r13, [rdi + {r_r13}]",
-    "mov r14, [rdi + {r_r14}]",
-    "mov r15, [rdi + {r_r15}]",
-    "mov rdi, [rdi + {r_rdi}]",
+    ".irp reg, rax, rbx, rcx, rdx, rsi, rbp, r8, r9, r10, r11, r12, r13, r14, r15",
+    "mov \\reg, [rdi + .Lur_\\reg]",
+    ".endr",
+    "mov rdi, [rdi + .Lur_rdi]",
     "swapgs",
     "iretq",
     // A PC user mode cannot run: a fault of the thread, not of the kernel.
@@ -474,24 +438,6 @@ core::arch::global_asm!(
     pc_user_rsp = const offset_of!(PerCpu, user_rsp),
     pc_regs = const offset_of!(PerCpu, regs),
     pc_stack_top = const offset_of!(PerCpu, kernel_stack_top),
-    r_rax = const offset_of!(UserRegs, rax),
-    r_rbx = const offset_of!(UserRegs, rbx),
-    r_rcx = const offset_of!(UserRegs, rcx),
-    r_rdx = const offset_of!(UserRegs, rdx),
-    r_rsi = const offset_of!(UserRegs, rsi),
-    r_rdi = const offset_of!(UserRegs, rdi),
-    r_rbp = const offset_of!(UserRegs, rbp),
-    r_rsp = const offset_of!(UserRegs, rsp),
-    r_r8 = const offset_of!(UserRegs, r8),
-    r_r9 = const offset_of!(UserRegs, r9),
-    r_r10 = const offset_of!(UserRegs, r10),
-    r_r11 = const offset_of!(UserRegs, r11),
-    r_r12 = const offset_of!(UserRegs, r12),
-    r_r13 = const offset_of!(UserRegs, r13),
-    r_r14 = const offset_of!(UserRegs, r14),
-    r_r15 = const offset_of!(UserRegs, r15),
-    r_rip = const offset_of!(UserRegs, rip),
-    r_rflags = const offset_of!(UserRegs, rflags),
     user_pc_bits = const USER_PC_END.trailing_zeros(),
     rflags_user = const RFLAGS_USER,
     rflags_forced = const RFLAGS_IF | RFLAGS_FIXED,
@@ -500,6 +446,14 @@ core::arch::global_asm!(
     user_ss = const super::cpu::USER_SS,
     on_syscall = sym keel_on_syscall,
     bad_pc = sym keel_bad_user_pc,
+);
+
+/// The assembly's `.Lur_*` offsets: 18 fields, in order, 8 bytes each.
+const _: () = assert!(
+    offset_of!(UserRegs, rsp) == 7 * 8
+        && offset_of!(UserRegs, r8) == 8 * 8
+        && offset_of!(UserRegs, rflags) == 17 * 8
+        && size_of::<UserRegs>() == 18 * 8
 );
 
 unsafe extern "C" {
@@ -586,26 +540,8 @@ pub fn classify(vector: u64, error_code: u64, cr2: u64) -> Option<UserFault> {
 /// thread again.
 pub fn user_trap(frame: &TrapFrame, fault: Option<UserFault>) -> ! {
     let regs = this_cpu().regs.load(Ordering::Relaxed) as *mut UserRegs;
-    let saved = UserRegs {
-        rax: frame.rax,
-        rbx: frame.rbx,
-        rcx: frame.rcx,
-        rdx: frame.rdx,
-        rsi: frame.rsi,
-        rdi: frame.rdi,
-        rbp: frame.rbp,
-        rsp: frame.rsp,
-        r8: frame.r8,
-        r9: frame.r9,
-        r10: frame.r10,
-        r11: frame.r11,
-        r12: frame.r12,
-        r13: frame.r13,
-        r14: frame.r14,
-        r15: frame.r15,
-        rip: frame.rip,
-        rflags: frame.rflags,
-    };
+    let mut saved = frame.regs.clone();
+    [saved.rsp, saved.rip, saved.rflags] = [frame.rsp, frame.rip, frame.rflags];
     // SAFETY: `regs` is the pointer the last `enter_user` on this CPU ran,
     // which the portable side keeps valid and unaliased until this entry
     // has saved into it (the contract of `enter_user`); user mode only
@@ -679,21 +615,24 @@ crate::ktest!(
 
 crate::ktest!(
     fn syscall_msrs_and_per_cpu_block_are_set() {
-        kassert!(read_msr(MSR_EFER) & EFER_SCE != 0);
-        kassert_eq!(read_msr(MSR_LSTAR), keel_syscall_entry as *const () as u64);
-        kassert_eq!(read_msr(MSR_STAR) >> 32, 0x0018_0008);
-        kassert_eq!(read_msr(MSR_FMASK), SYSCALL_FMASK);
-        kassert_eq!(read_msr(MSR_CSTAR), keel_syscall_entry as *const () as u64);
-        kassert_eq!(read_msr(MSR_SYSENTER_CS), 0);
+        let entry = keel_syscall_entry as *const () as u64;
+        kassert!(Efer::read_raw() & EFER_SCE != 0);
+        kassert_eq!(LStar::read().as_u64(), entry);
+        kassert_eq!(Star::read_raw(), (0x18, 0x08));
+        kassert_eq!(SFMask::read().bits(), SYSCALL_FMASK);
+        // SAFETY: reading these MSRs (architectural) has no side effects.
+        let (cstar, sysenter_cs) =
+            unsafe { (Msr::new(MSR_CSTAR).read(), Msr::new(MSR_SYSENTER_CS).read()) };
+        kassert_eq!(cstar, entry);
+        kassert_eq!(sysenter_cs, 0);
         let cpu = this_cpu();
-        kassert_eq!(cpu as *const PerCpu, &raw const BOOT_CPU);
-        kassert_eq!(read_msr(MSR_GS_BASE), &raw const BOOT_CPU as u64);
-        kassert_eq!(
-            cpu.kernel_stack_top.load(Ordering::Relaxed),
-            boot_stack().top
-        );
-        kassert!(boot_stack().top.is_multiple_of(16));
-        kassert_eq!(super::cpu::rsp0(), boot_stack().top);
+        kassert_eq!(cpu as *const PerCpu, &raw const PER_CPU[0]);
+        kassert_eq!(GsBase::read().as_u64(), &raw const PER_CPU[0] as u64);
+        kassert_eq!(cpu_index(), 0);
+        let top = super::boot::cpu_stacks(0)[0].top;
+        kassert_eq!(kernel_stack_top(), top);
+        kassert!(top.is_multiple_of(16));
+        kassert_eq!(super::cpu::rsp0(), top);
         // User code cannot write the FS/GS bases (CR4.FSGSBASE, bit 16).
         let cr4: u64;
         // SAFETY: reading CR4 at CPL 0 has no side effects.

@@ -119,6 +119,8 @@ impl Machine for Host {
     fn flush_space(_asid: u16) {
         with(|s| s.space_flushes += 1);
     }
+    fn shootdown(_cpus: u64) {}
+
     fn release_root(_root: u64) {}
     fn is_loaded(_root: u64) -> bool {
         true

@@ -41,10 +41,8 @@ impl PteFormat for X86 {
             (Attr::GLOBAL, x86::G),
             (Attr::DEVICE, x86::PCD | x86::PWT),
         ];
-        for (a, b) in bits {
-            if attr.contains(a) {
-                e |= b;
-            }
+        for (_, b) in bits.into_iter().filter(|&(a, _)| attr.contains(a)) {
+            e |= b;
         }
         if !attr.contains(Attr::EXEC) {
             e |= x86::NX;
@@ -69,11 +67,7 @@ impl PteFormat for X86 {
         attr.set(Attr::DEVICE, pte & x86::PCD != 0);
         attr.set(Attr::EXEC, pte & x86::NX == 0);
         // Large pages keep their PAT bit at bit 12; the address is aligned.
-        let mask = if level > 0 {
-            ADDR_MASK & !0x1fff
-        } else {
-            ADDR_MASK
-        };
+        let mask = ADDR_MASK & !(u64::from(level > 0) << 12);
         Entry::Leaf {
             pa: pte & mask,
             attr,
@@ -124,23 +118,17 @@ impl PteFormat for Arm {
         if !attr.contains(Attr::GLOBAL) {
             e |= arm::NG;
         }
-        let exec_never = if attr.contains(Attr::USER) {
+        // Never executable by the other level; by its own unless `EXEC`.
+        let (own, other) = if attr.contains(Attr::USER) {
             e |= arm::AP_USER;
-            arm::PXN
-                | if attr.contains(Attr::EXEC) {
-                    0
-                } else {
-                    arm::UXN
-                }
+            (arm::UXN, arm::PXN)
         } else {
-            arm::UXN
-                | if attr.contains(Attr::EXEC) {
-                    0
-                } else {
-                    arm::PXN
-                }
+            (arm::PXN, arm::UXN)
         };
-        e | exec_never
+        if !attr.contains(Attr::EXEC) {
+            e |= own;
+        }
+        e | other
     }
 
     fn decode(pte: u64, level: usize) -> Entry {
@@ -211,10 +199,8 @@ impl PteFormat for RiscV {
             (Attr::USER, rv::U),
             (Attr::GLOBAL, rv::G),
         ];
-        for (a, b) in bits {
-            if attr.contains(a) {
-                e |= b;
-            }
+        for (_, b) in bits.into_iter().filter(|&(a, _)| attr.contains(a)) {
+            e |= b;
         }
         e
     }

@@ -172,10 +172,9 @@ impl<F: PteFormat> PageTable<F> {
     /// A new, empty tree.
     pub fn new(mem: &mut impl TableMemory) -> Result<Self, MapError> {
         let root = mem.alloc_table().ok_or(MapError::OutOfMemory)?;
-        Ok(PageTable {
-            root,
-            _format: core::marker::PhantomData,
-        })
+        // SAFETY: a fresh zeroed table from `mem` is an empty tree that
+        // nothing else uses.
+        Ok(unsafe { Self::from_root(root) })
     }
 
     /// The tree whose root table is at `root`.
@@ -210,13 +209,12 @@ impl<F: PteFormat> PageTable<F> {
     }
 
     /// The table at `level` covering `va`, creating missing tables on the
-    /// way down when `create`.
+    /// way down.
     fn walk(
         &mut self,
         mem: &mut impl TableMemory,
         va: usize,
         level: usize,
-        create: bool,
         user: bool,
     ) -> Result<u64, MapError> {
         let mut table = self.root;
@@ -226,7 +224,7 @@ impl<F: PteFormat> PageTable<F> {
             table = match F::decode(Self::get(mem, table, index(va, l)), l) {
                 Entry::Table(pa) => pa,
                 Entry::Leaf { .. } => return Err(MapError::LargePage),
-                Entry::Empty if create => {
+                Entry::Empty => {
                     let Some(pa) = mem.alloc_table() else {
                         // Undo: the tables made lie on one path below `made`.
                         if let Some((parent, pl, first)) = made {
@@ -239,7 +237,6 @@ impl<F: PteFormat> PageTable<F> {
                     made = made.or(Some((table, l, pa)));
                     pa
                 }
-                Entry::Empty => return Err(MapError::NotMapped),
             };
         }
         Ok(table)
@@ -264,7 +261,7 @@ impl<F: PteFormat> PageTable<F> {
         {
             return Err(MapError::Misaligned);
         }
-        let table = self.walk(mem, va, size.level(), true, attr.contains(Attr::USER))?;
+        let table = self.walk(mem, va, size.level(), attr.contains(Attr::USER))?;
         let i = index(va, size.level());
         match F::decode(Self::get(mem, table, i), size.level()) {
             Entry::Empty => {
@@ -276,13 +273,17 @@ impl<F: PteFormat> PageTable<F> {
         }
     }
 
-    /// The leaf entry mapping `va`, with its level.
-    fn leaf_slot(&self, mem: &impl TableMemory, va: usize) -> Result<(u64, usize), MapError> {
+    /// The leaf entry mapping `va`: the table it is in, its level and what
+    /// it maps (`LargePage` for a leaf in the root).
+    fn leaf(&self, mem: &impl TableMemory, va: usize) -> Result<(u64, usize, Mapping), MapError> {
         let mut table = self.root;
         for l in (0..LEVELS).rev() {
             match F::decode(Self::get(mem, table, index(va, l)), l) {
                 Entry::Table(pa) => table = pa,
-                Entry::Leaf { .. } => return Ok((table, l)),
+                Entry::Leaf { pa, attr } => {
+                    let size = PageSize::at_level(l).ok_or(MapError::LargePage)?;
+                    return Ok((table, l, Mapping { pa, size, attr }));
+                }
                 Entry::Empty => break,
             }
         }
@@ -297,16 +298,11 @@ impl<F: PteFormat> PageTable<F> {
         mem: &mut impl TableMemory,
         va: usize,
     ) -> Result<(u64, PageSize), MapError> {
-        let (table, level) = self.leaf_slot(mem, va)?;
-        let size = PageSize::at_level(level).ok_or(MapError::LargePage)?;
+        let (table, level, Mapping { pa, size, .. }) = self.leaf(mem, va)?;
         if !(va as u64).is_multiple_of(size.bytes()) {
             return Err(MapError::LargePage);
         }
-        let i = index(va, level);
-        let Entry::Leaf { pa, .. } = F::decode(Self::get(mem, table, i), level) else {
-            return Err(MapError::NotMapped);
-        };
-        Self::set(mem, table, i, 0);
+        Self::set(mem, table, index(va, level), 0);
         Ok((pa, size))
     }
 
@@ -346,35 +342,19 @@ impl<F: PteFormat> PageTable<F> {
         if attr.contains(Attr::WRITE | Attr::EXEC) {
             return Err(MapError::WriteExec);
         }
-        let (table, level) = self.leaf_slot(mem, va)?;
-        let size = PageSize::at_level(level).ok_or(MapError::LargePage)?;
-        let i = index(va, level);
-        let Entry::Leaf { pa, .. } = F::decode(Self::get(mem, table, i), level) else {
-            return Err(MapError::NotMapped);
-        };
-        Self::set(mem, table, i, F::leaf(pa, attr, level));
+        let (table, level, Mapping { pa, size, .. }) = self.leaf(mem, va)?;
+        Self::set(mem, table, index(va, level), F::leaf(pa, attr, level));
         Ok(size)
     }
 
     /// How `va` is mapped, if it is.
     pub fn translate(&self, mem: &impl TableMemory, va: usize) -> Option<Mapping> {
-        let mut table = self.root;
-        for l in (0..LEVELS).rev() {
-            match F::decode(Self::get(mem, table, index(va, l)), l) {
-                Entry::Table(pa) => table = pa,
-                Entry::Leaf { pa, attr } => {
-                    let size = PageSize::at_level(l)?;
-                    let offset = va as u64 & (size.bytes() - 1);
-                    return Some(Mapping {
-                        pa: pa + offset,
-                        size,
-                        attr,
-                    });
-                }
-                Entry::Empty => return None,
-            }
-        }
-        None
+        let (.., m) = self.leaf(mem, va).ok()?;
+        let offset = va as u64 & (m.size.bytes() - 1);
+        Some(Mapping {
+            pa: m.pa + offset,
+            ..m
+        })
     }
 
     /// Copies root entries `range` from `other`, so both trees share those

@@ -25,34 +25,42 @@ use crate::sched::{After, Class, Params, Scheduler};
 use keel_abi::Error;
 use keel_abi::syscall::{SchedClass, ThreadInfoKey};
 
-/// This CPU's time-keeping.
+/// The kernel's time-keeping, shared by every CPU.
 #[derive(Default)]
 pub struct Clock {
-    /// What the hardware timer is armed with: it fires no later.
-    armed: Option<u64>,
-    /// Something happened that may want the timer earlier (a deadline, a
-    /// ready thread, a new slice).
-    dirty: bool,
     /// The default round-robin slice in ticks.
     rr_ticks: u64,
-    /// When the running thread's time slice ends.
-    slice_end: u64,
     /// Clock ticks per nanosecond, 32.32 fixed point (0: no clock).
     ticks_per_ns: u64,
     /// Nanoseconds per tick, 32.32 ([`crate::time::mult_for`]).
     ns_per_tick: u64,
-    /// When the running thread (or the idle stretch) started.
-    run_start: u64,
-    /// Since when the CPU idles, if it does.
-    idle_since: Option<u64>,
-    /// Ticks spent idle.
-    pub(super) idle_ticks: u64,
     /// Blocked threads with a deadline, earliest first.
     pub(super) deadlines: SlotHeap<ThreadId>,
     /// Armed timer objects, earliest first.
     timers: SlotHeap<TimerId>,
     /// Threads with an `IpcTimeout` deadline for their next call.
     next_timeouts: usize,
+}
+
+/// One CPU's time-keeping: its timer, slice and idle time. Every CPU arms
+/// its own timer for the earliest shared deadline it knows of and its own
+/// slice end; whichever fires first serves the shared deadlines (a timer
+/// that finds nothing due is just armed again).
+#[derive(Default)]
+pub struct CpuClock {
+    /// What the hardware timer is armed with: it fires no later.
+    armed: Option<u64>,
+    /// Something happened that may want the timer earlier (a deadline, a
+    /// ready thread, a new slice).
+    dirty: bool,
+    /// When the running thread's time slice ends.
+    slice_end: u64,
+    /// When the running thread (or the idle stretch) started.
+    run_start: u64,
+    /// Since when the CPU idles, if it does.
+    idle_since: Option<u64>,
+    /// Ticks spent idle.
+    idle_ticks: u64,
 }
 
 impl Clock {
@@ -68,20 +76,42 @@ impl Clock {
         c
     }
 
-    /// Notes that the running thread's slice end may now matter (a thread
-    /// became ready, or the slice is new): the timer may be wanted
-    /// earlier ([`Kernel::program_timer`]), unless it fires by then anyway.
-    #[inline]
-    pub fn touch(&mut self) {
-        self.dirty |= self.armed.is_none_or(|a| a > self.slice_end);
-    }
-
     /// `ns` in ticks (saturating; never without a clock).
     fn ticks(&self, ns: u64) -> u64 {
         if self.ticks_per_ns == 0 {
             return u64::MAX;
         }
         u64::try_from((u128::from(ns) * u128::from(self.ticks_per_ns)) >> 32).unwrap_or(u64::MAX)
+    }
+
+    /// Charges thread `t` for `ran` ticks on the CPU: its run time and,
+    /// in the normal class, its virtual run time.
+    pub(super) fn charge(&self, sched: &mut Scheduler<ThreadId>, t: &mut Thread, ran: u64) {
+        t.run_ticks += ran;
+        if t.sched.class == Class::Normal {
+            sched.charge(
+                &mut t.sched,
+                crate::time::ticks_to_ns(ran, self.ns_per_tick),
+            );
+        }
+    }
+
+    /// The slice of a thread with `p` in ticks.
+    pub(super) fn slice_ticks(&self, sched: &Scheduler<ThreadId>, p: &Params) -> u64 {
+        if p.class == Class::RoundRobin && p.slice_ns == crate::sched::RR_SLICE_NS {
+            return self.rr_ticks;
+        }
+        self.ticks(sched.slice_ns(p))
+    }
+}
+
+impl CpuClock {
+    /// Notes that the running thread's slice end may now matter (a thread
+    /// became ready, or the slice is new): the timer may be wanted
+    /// earlier ([`Kernel::program_timer`]), unless it fires by then anyway.
+    #[inline]
+    pub fn touch(&mut self) {
+        self.dirty |= self.armed.is_none_or(|a| a > self.slice_end);
     }
 
     /// Whether the CPU idles.
@@ -104,30 +134,16 @@ impl Clock {
         }
     }
 
-    /// Charges thread `t` for `ran` ticks on the CPU: its run time and,
-    /// in the normal class, its virtual run time.
-    pub(super) fn charge(&self, sched: &mut Scheduler<ThreadId>, t: &mut Thread, ran: u64) {
-        t.run_ticks += ran;
-        if t.sched.class == Class::Normal {
-            sched.charge(
-                &mut t.sched,
-                crate::time::ticks_to_ns(ran, self.ns_per_tick),
-            );
-        }
-    }
-
-    /// The slice of a thread with `p` in ticks.
-    pub(super) fn slice_ticks(&self, sched: &Scheduler<ThreadId>, p: &Params) -> u64 {
-        if p.class == Class::RoundRobin && p.slice_ns == crate::sched::RR_SLICE_NS {
-            return self.rr_ticks;
-        }
-        self.ticks(sched.slice_ns(p))
-    }
-
     /// Starts a slice of `ticks` at `now`.
     pub(super) fn set_slice(&mut self, now: u64, ticks: u64) {
         self.slice_end = now.saturating_add(ticks);
         self.touch();
+    }
+
+    /// Disarmed (the timer fired, or the CPU goes offline).
+    pub(super) fn disarm(&mut self) {
+        self.armed = None;
+        self.dirty = true;
     }
 }
 
@@ -136,37 +152,46 @@ impl Kernel {
     /// time and, in the normal class, its virtual run time), or the CPU
     /// for its idle time.
     pub(super) fn charge_current(&mut self, now: u64) {
-        let idle = self.clock.idle();
-        let ran = self.clock.start_run(now);
+        let c = &mut self.cpus[self.this];
+        let idle = c.clock.idle();
+        let ran = c.clock.start_run(now);
         if idle {
             // Still idle: `start_run` counted the stretch so far.
-            self.clock.idle_since = Some(now);
+            c.clock.idle_since = Some(now);
             return;
         }
-        if let Some(t) = self.current().and_then(|c| self.threads.get_mut(c.0)) {
-            self.clock.charge(&mut self.sched, t, ran);
+        if let Some(t) = c.sched.current().and_then(|id| self.threads.get_mut(id.0)) {
+            self.clock.charge(&mut c.sched, t, ran);
         }
     }
 
     /// Starts a slice of thread `id`'s class at `now`.
     pub(super) fn new_slice(&mut self, now: u64, id: ThreadId) {
+        let c = &mut self.cpus[self.this];
         let ticks = self
             .threads
             .get(id.0)
-            .map_or(u64::MAX, |t| self.clock.slice_ticks(&self.sched, &t.sched));
-        self.clock.set_slice(now, ticks);
+            .map_or(u64::MAX, |t| self.clock.slice_ticks(&c.sched, &t.sched));
+        c.clock.set_slice(now, ticks);
     }
 
-    /// The CPU goes idle at `now`.
+    /// This CPU goes idle at `now`: its thread's state is saved (it may
+    /// wake on another CPU).
     pub(super) fn go_idle(&mut self, now: u64) {
         self.charge_current(now);
-        self.clock.idle_since = Some(now);
+        let c = &mut self.cpus[self.this];
+        if let Some(t) = c.sched.current().and_then(|id| self.threads.get_mut(id.0)) {
+            t.save_cpu_state();
+        }
+        c.sched.set_current(None);
+        c.clock.idle_since = Some(now);
     }
 
-    /// Ticks the CPU has idled, up to `now`.
+    /// Ticks this CPU has idled, up to `now`.
     pub fn idle_ticks(&self, now: u64) -> u64 {
-        let open = self.clock.idle_since.map_or(0, |s| now.saturating_sub(s));
-        self.clock.idle_ticks + open
+        let c = &self.cpu().clock;
+        let open = c.idle_since.map_or(0, |s| now.saturating_sub(s));
+        c.idle_ticks + open
     }
 
     /// A statistic of thread `id`.
@@ -188,20 +213,34 @@ impl Kernel {
             }
             ThreadInfoKey::Priority => usize::from(p.prio),
             ThreadInfoKey::Nice => (i16::from(p.nice) + 20) as usize,
+            ThreadInfoKey::Cpu => t.cpu,
         })
     }
 
-    /// When the timer must next fire: the earliest deadline, and the end
-    /// of the running thread's slice if a ready thread takes over then.
+    /// When this CPU's timer must next fire: the end of the running
+    /// thread's slice if a ready thread takes over then, and, on the boot
+    /// CPU (which keeps time: it is never offline), the earliest deadline.
     pub fn next_deadline(&self) -> Option<u64> {
-        let thread = self.clock.deadlines.peek().map(|(_, at)| at);
-        let timer = self.clock.timers.peek().map(|(_, at)| at);
+        let keeper = self.this == 0;
+        let thread = self
+            .clock
+            .deadlines
+            .peek()
+            .filter(|_| keeper)
+            .map(|(_, at)| at);
+        let timer = self
+            .clock
+            .timers
+            .peek()
+            .filter(|_| keeper)
+            .map(|(_, at)| at);
+        let c = self.cpu();
         let contended = self
             .current()
-            .and_then(|c| self.thread(c).ok())
+            .and_then(|id| self.thread(id).ok())
             .filter(|t| t.state() == State::Running)
-            .is_some_and(|t| self.sched.contended(t.sched()));
-        let slice = contended.then_some(self.clock.slice_end);
+            .is_some_and(|t| c.sched.contended(t.sched()));
+        let slice = contended.then_some(c.clock.slice_end);
         [thread, timer, slice].into_iter().flatten().min()
     }
 
@@ -212,15 +251,15 @@ impl Kernel {
     /// not reprogram the hardware.
     #[inline]
     pub fn program_timer(&mut self) {
-        if !self.clock.dirty {
+        if !self.cpu().clock.dirty || !self.online() {
             return;
         }
-        self.clock.dirty = false;
         let want = self.next_deadline();
-        let earlier = want.is_some_and(|w| self.clock.armed.is_none_or(|a| w < a));
-        if earlier {
+        let c = &mut self.cpu_mut().clock;
+        c.dirty = false;
+        if want.is_some_and(|w| c.armed.is_none_or(|a| w < a)) {
             crate::arch::timer_arm(want);
-            self.clock.armed = want;
+            c.armed = want;
         }
     }
 
@@ -228,8 +267,7 @@ impl Kernel {
     /// (a sleeper returns 0, a blocked IPC `TimedOut`) and says whether the
     /// running thread's slice is over.
     pub fn on_timer(&mut self, now: u64) -> After {
-        self.clock.armed = None;
-        self.clock.dirty = true;
+        self.cpu_mut().clock.disarm();
         while let Some((id, at)) = self.clock.deadlines.peek() {
             if at > now {
                 break;
@@ -267,15 +305,17 @@ impl Kernel {
                 let _ = self.clock.timers.push(id, next);
             }
         }
-        if now < self.clock.slice_end || self.clock.idle() {
+        let c = &self.cpu().clock;
+        if now < c.slice_end || c.idle() {
             return After::Continue;
         }
         // Over: a fresh slice, whether it keeps the CPU or the next thread
-        // gets it (then `switch_to` starts another).
+        // gets it (then `switch_to` starts another); time to balance.
         if let Some(cur) = self.current() {
             self.charge_current(now);
             self.new_slice(now, cur);
         }
+        self.balance();
         After::Yield
     }
 
@@ -324,8 +364,18 @@ impl Kernel {
     /// Gives blocked thread `id` a deadline (its room in the heap was made
     /// with the thread, so this cannot fail).
     pub(super) fn set_deadline(&mut self, id: ThreadId, deadline: u64) {
-        self.clock.dirty = true;
         let _ = self.clock.deadlines.push(id, deadline);
+        self.keep_time(deadline);
+    }
+
+    /// A deadline at tick `at` was set: the boot CPU, which keeps time, is
+    /// told if its timer fires later than that.
+    fn keep_time(&mut self, at: u64) {
+        let c = &mut self.cpus[0].clock;
+        if c.armed.is_none_or(|a| a > at) {
+            c.dirty = true;
+            self.kick(0);
+        }
     }
 
     /// Whether the run must wait for time or an interrupt rather than end
@@ -358,10 +408,10 @@ impl Kernel {
     ) -> Result<(), Error> {
         let t = self.timers.get_mut(id.0).ok_or(Error::InvalidState)?;
         t.period = period;
-        self.clock.dirty = true;
         self.clock.timers.remove(id);
         if let Some(d) = deadline {
             self.clock.timers.push(id, d)?;
+            self.keep_time(d);
         }
         Ok(())
     }

@@ -88,7 +88,11 @@ impl Kernel {
             }
             let server = e.queue.head?;
             let s = self.threads.get_mut(server.0)?;
-            if s.ipc.reply_to.is_some() || !self.sched.keeps_cpu(After::Yield, &s.sched) {
+            let here = &self.cpus[self.this];
+            if s.ipc.reply_to.is_some()
+                || s.affinity() & (1 << self.this) == 0
+                || !here.sched.keeps_cpu(After::Yield, &s.sched)
+            {
                 return None;
             }
             // Take it off the front of the queue (usually it is alone).
@@ -119,9 +123,11 @@ impl Kernel {
         }
         let alone = e.queue.is_empty();
         let c = self.threads.get_mut(caller.0)?;
+        let here = &self.cpus[self.this];
         if !matches!(c.ipc.blocked, Some(Blocked::Reply { server }) if server == cur)
             || c.ipc.fault.is_some()
-            || !self.sched.keeps_cpu(After::Yield, &c.sched)
+            || c.affinity() & (1 << self.this) == 0
+            || !here.sched.keeps_cpu(After::Yield, &c.sched)
         {
             return None;
         }

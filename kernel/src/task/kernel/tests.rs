@@ -385,7 +385,7 @@ proptest! {
         let mut w = world();
         // The world's own thread is left out: suspend it so it never runs.
         w.k.suspend(w.me).unwrap();
-        w.k.sched.set_current(None);
+        w.k.cpu_mut().sched.set_current(None);
         let mut m = Model::default();
         let pick = |m: &Model, i: usize| (!m.threads.is_empty()).then(|| m.threads[i % m.threads.len()].0);
         for op in ops {

@@ -16,6 +16,7 @@ mod leaks;
 mod memory;
 mod ownership;
 mod page_tables;
+mod smp;
 mod threads;
 mod time;
 mod zero_copy;
@@ -160,6 +161,14 @@ pub const ALL: &[Test] = &[
     test!(devices::io_ports_are_x86_only_and_checked),
     test!(devices::mem_from_device_refuses_ram_and_the_interrupt_controller),
     test!(devices::interrupts_reach_user_space_until_acknowledged),
+    test!(smp::every_cpu_is_online),
+    test!(smp::busy_threads_spread_over_every_cpu),
+    test!(smp::a_pinned_thread_never_migrates),
+    test!(smp::affinity_rejects_cpus_that_are_not_there),
+    test!(smp::ipc_between_threads_on_different_cpus),
+    test!(smp::unmapping_a_page_faults_a_reader_on_another_cpu),
+    test!(smp::cpus_go_offline_and_come_back),
+    test!(smp::a_thousand_threads_wake_each_other_across_cpus),
     test!(leaks::everything_was_returned),
 ];
 

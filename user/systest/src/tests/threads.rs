@@ -94,7 +94,10 @@ pub fn thread_writes_mapped_memory() -> TestResult {
 
 pub fn yield_switches_between_threads() -> TestResult {
     reset();
-    let t = Thread::spawn(count_with_yields, 10).ctx("spawn")?;
+    // With the root thread on its CPU: yields take turns there.
+    let t = Thread::create(count_with_yields, 10).ctx("create")?;
+    thread_set_affinity(t.token(), 1).ctx("affinity")?;
+    t.resume().ctx("resume")?;
     let mut seen = Vec::new();
     for _ in 0..100 {
         if t.finished().is_some() {
@@ -235,6 +238,8 @@ pub fn lower_priority_thread_waits() -> TestResult {
     reset();
     thread_set_priority(r.thread, ROOT_PRIORITY).ctx("root priority")?;
     let t = Thread::create(set_flag, 0x66).ctx("create")?;
+    // On the root thread's CPU (another CPU would run it at once).
+    thread_set_affinity(t.token(), 1).ctx("affinity")?;
     thread_set_priority(t.token(), ROOT_PRIORITY - 5).ctx("set priority")?;
     t.resume().ctx("resume")?;
     // Yield only gives way to equal or higher priorities.
@@ -379,20 +384,24 @@ pub fn runs_in_another_address_space() -> TestResult {
         text.contains(&keel_rt::entry_address()),
         "text {text:#x?} holds _start"
     );
+    // On the root thread's CPU: the steps below count on yields taking
+    // turns with it.
     let spawn = |entry, arg| {
-        mirror
+        let p = mirror
             .spawn(r.pool, entry, arg, ROOT_PRIORITY)
-            .ctx("spawn in the other space")
+            .ctx("spawn in the other space")?;
+        thread_set_affinity(p.thread(), 1).ctx("affinity")?;
+        Ok::<_, alloc::string::String>(p)
     };
 
-    // Each of our yields runs the other thread for at least one of its
-    // yields (more if the timer ends our slice in between): it has exited
-    // after at most ALTERNATIONS + 1 of ours.
+    // Each of our yields runs the other thread for one of its yields,
+    // unless the timer ended its slice first (on a slow emulated machine,
+    // often): it has exited after a few times ALTERNATIONS of ours.
     let mut p = spawn(probe::yield_then_exit_address(), ALTERNATIONS)?;
     ensure_eq!(p.alive(), Ok(true), "a new thread");
     p.resume().ctx("resume")?;
     let mut ours = 0;
-    while p.alive() == Ok(true) && ours <= ALTERNATIONS {
+    while p.alive() == Ok(true) && ours <= 20 * ALTERNATIONS {
         yield_now().ctx("yield")?;
         ours += 1;
     }

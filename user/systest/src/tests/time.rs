@@ -13,7 +13,8 @@ use keel_abi::syscall::{SchedClass, SystemInfoKey, ThreadInfoKey};
 use keel_rt::ipc;
 use keel_rt::syscall::{
     cap_delete, cap_derive, now_ns, sleep_ns, sleep_until, system_info, thread_info, thread_resume,
-    thread_set_priority, thread_set_sched, thread_suspend, timer_create, timer_set, yield_now,
+    thread_set_affinity, thread_set_priority, thread_set_sched, thread_suspend, timer_create,
+    timer_set, yield_now,
 };
 use keel_rt::thread::Thread;
 
@@ -32,8 +33,16 @@ fn hog(i: usize) -> i32 {
     }
 }
 
-fn spawn_at(prio: usize, func: fn(usize) -> i32, arg: usize) -> Result<Thread, String> {
+/// A new thread on CPU 0 only, with the root thread (the harness keeps
+/// it there): these tests measure how threads share one CPU.
+fn create_here(func: fn(usize) -> i32, arg: usize) -> Result<Thread, String> {
     let t = Thread::create(func, arg).ctx("create")?;
+    thread_set_affinity(t.token(), 1).ctx("affinity")?;
+    Ok(t)
+}
+
+fn spawn_at(prio: usize, func: fn(usize) -> i32, arg: usize) -> Result<Thread, String> {
+    let t = create_here(func, arg)?;
     thread_set_priority(t.token(), prio).ctx("priority")?;
     t.resume().ctx("resume")?;
     Ok(t)
@@ -86,12 +95,14 @@ pub fn sleepers_wake_in_deadline_order() -> TestResult {
     let start = now_ns();
     let ms = |n: u64| start + n * 1_000_000;
     let mut threads = alloc::vec::Vec::new();
-    for (i, at) in [(0usize, ms(6)), (1, ms(2)), (2, ms(4))] {
+    // Far enough apart that making the threads (slow under emulation
+    // without -icount) does not take longer.
+    for (i, at) in [(0usize, ms(150)), (1, ms(50)), (2, ms(100))] {
         threads.push(Thread::spawn(sleeper, ((at as usize) << 2) | i).ctx("spawn")?);
     }
     sleep_until(ms(10)).ctx("sleep")?;
     for t in &threads {
-        ensure_eq!(t.join(100), Some(0));
+        ensure_eq!(t.join(super::WAIT_YIELDS), Some(0));
     }
     let order = ORDER.each_ref().map(|o| o.load(Ordering::Relaxed));
     ensure_eq!(order, [1, 2, 0], "wake-up order");
@@ -109,7 +120,10 @@ pub fn a_hog_cannot_starve_an_equal_priority_thread() -> TestResult {
         yield_now().ctx("yield")?;
         ensure!(
             COUNTS[0].load(Ordering::Relaxed) > before,
-            "the hog did not run during yield {i}"
+            "the hog did not run during yield {i} (root on CPU {}, hog on CPU {:?}, switched in {:?} times)",
+            keel_rt::syscall::current_cpu(),
+            thread_info(h.token(), ThreadInfoKey::Cpu),
+            thread_info(h.token(), ThreadInfoKey::Switches)
         );
     }
     h.kill().ctx("kill")?;
@@ -171,7 +185,7 @@ pub fn sleepers_can_be_suspended_and_killed() -> TestResult {
     thread_suspend(t.token()).ctx("suspend")?;
     thread_resume(t.token()).ctx("resume")?;
     ensure_eq!(
-        t.join(10),
+        t.join(super::WAIT_YIELDS),
         Some(Error::InvalidState as i32),
         "a suspended sleep fails"
     );
@@ -185,7 +199,7 @@ pub fn sleepers_can_be_suspended_and_killed() -> TestResult {
 /// A hog in `class` with `param` (priority or nice), counting in
 /// `COUNTS[i]`.
 fn hog_in(class: SchedClass, param: isize, i: usize) -> Result<Thread, String> {
-    let t = Thread::create(hog, i).ctx("create")?;
+    let t = create_here(hog, i)?;
     thread_set_sched(t.token(), class, param, 0).ctx("set class")?;
     t.resume().ctx("resume")?;
     Ok(t)
@@ -314,7 +328,7 @@ pub fn thread_set_sched_rejects_bad_arguments() -> TestResult {
         keel_rt::syscall::syscall2(
             keel_abi::Syscall::ThreadInfo as usize,
             tok.raw() as usize,
-            5,
+            6,
         )
     };
     ensure_eq!(bad_key, Err(Error::InvalidArgument));

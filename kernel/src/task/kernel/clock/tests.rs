@@ -115,13 +115,12 @@ fn make_current(k: &mut Kernel, t: ThreadId) {
         return;
     }
     assert_eq!(th.state(), State::Ready, "thread {t} cannot run");
-    let params = *th.sched();
     if let Some(cur) = k.current()
         && k.thread(cur).is_ok_and(|c| c.state() == State::Running)
     {
         k.make_ready(cur, false).unwrap();
     }
-    k.sched.dequeue(t, &params);
+    k.dequeue(t);
     k.switch_to(t);
 }
 
@@ -159,7 +158,7 @@ fn sleepers_wake_in_deadline_order_and_the_timer_is_armed_for_the_earliest() {
         assert!(sleeping(&w.k, t));
     }
     assert_eq!(w.k.clock.deadlines.len(), 3);
-    assert!(w.k.clock.idle(), "nothing left to run");
+    assert!(w.k.cpu().clock.idle(), "nothing left to run");
     w.k.program_timer();
     assert_eq!(timer(), Some(BASE + 100));
 
@@ -184,7 +183,7 @@ fn sleepers_wake_in_deadline_order_and_the_timer_is_armed_for_the_earliest() {
     while let Next::Run(t) = w.k.schedule(After::Continue) {
         if order.is_empty() {
             w.k.program_timer();
-            assert_eq!(timer(), Some(w.k.clock.slice_end), "contended");
+            assert_eq!(timer(), Some(w.k.cpu().clock.slice_end), "contended");
         }
         order.push(t);
         w.k.kill(t).unwrap();
@@ -258,7 +257,7 @@ fn a_slice_ends_only_when_an_equal_waits_for_the_cpu() {
     // A sleeper's deadline counts whatever the slice.
     let (c, _) = w.thread(rr(10));
     w.k.block(c, Blocked::Sleep);
-    w.k.sched.dequeue(c, &rr(10));
+    w.k.dequeue(c);
     w.k.set_deadline(c, BASE);
     assert_eq!(w.k.next_deadline(), Some(BASE));
 }
@@ -281,10 +280,14 @@ fn the_timer_ends_a_slice_at_its_end_and_not_before() {
     let (a, _) = w.thread(rr(10));
     let (b, _) = w.thread(rr(10));
     make_current(&mut w.k, a);
-    let end = w.k.clock.slice_end;
+    let end = w.k.cpu().clock.slice_end;
     assert_eq!(w.k.on_timer(end - 1), After::Continue);
     assert_eq!(w.k.on_timer(end), After::Yield);
-    assert_eq!(w.k.clock.slice_end, end + RR_SLICE_NS, "a fresh slice");
+    assert_eq!(
+        w.k.cpu().clock.slice_end,
+        end + RR_SLICE_NS,
+        "a fresh slice"
+    );
     assert_eq!(info(&w.k, a, ThreadInfoKey::RunNs), RR_SLICE_NS as usize);
     assert_eq!(w.k.schedule(After::Yield), Next::Run(b));
     assert_eq!(w.k.on_timer(end + 1), After::Continue, "b's new slice");
@@ -325,7 +328,7 @@ fn switches_and_idle_time_are_counted() {
     assert_eq!(w.k.on_timer(t0 + 600), After::Continue);
     assert_eq!(w.k.schedule(After::Continue), Next::Run(a));
     assert_eq!(info(&w.k, a, ThreadInfoKey::Switches), 3, "back from idle");
-    assert!(!w.k.clock.idle());
+    assert!(!w.k.cpu().clock.idle());
     let after = w.k.idle_ticks(t0 + 10_000);
     assert_eq!(w.k.idle_ticks(t0 + 20_000), after, "no longer idle");
 }

@@ -206,14 +206,13 @@ impl World {
             return;
         }
         assert_eq!(th.state(), State::Ready, "thread {t} cannot run");
-        let params = *th.sched();
         if let Some(cur) = k.current()
             && let Ok(c) = k.thread(cur)
             && c.state() == State::Running
         {
             k.make_ready(cur, false).unwrap();
         }
-        k.sched.dequeue(t, &params);
+        k.dequeue(t);
         k.switch_to(t);
     }
 

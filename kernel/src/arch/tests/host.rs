@@ -158,6 +158,42 @@ pub fn port_io(_port: u16, _width: u8, _value: Option<u32>) -> Option<u32> {
     None
 }
 
+std::thread_local! {
+    /// The CPU index this test thread plays ([`cpu_index`]), set by tests.
+    pub static CPU: Cell<usize> = const { Cell::new(0) };
+    /// IPIs sent on this test thread, by target CPU (bit per CPU).
+    pub static IPIS: Cell<u64> = const { Cell::new(0) };
+}
+
+/// The CPU this test thread plays ([`CPU`]).
+pub fn cpu_index() -> usize {
+    CPU.with(Cell::get)
+}
+
+/// The hardware id of CPU `n` is `n` on the host.
+pub fn cpu_hw_id() -> u64 {
+    cpu_index() as u64
+}
+
+/// The host has no other CPUs to start.
+pub fn cpu_start(
+    _info: &crate::bootinfo::BootInfo<'_>,
+    _index: usize,
+    _hw_id: u64,
+) -> Result<(), &'static str> {
+    Err("no CPUs to start on the host")
+}
+
+/// A spin-loop hint.
+pub fn spin_wait() {
+    core::hint::spin_loop();
+}
+
+/// Records the IPI in [`IPIS`].
+pub fn send_ipi(index: usize) {
+    IPIS.with(|i| i.set(i.get() | 1u64.checked_shl(index as u32).unwrap_or(0)));
+}
+
 /// Panics: a test ends where the CPU would wait for an interrupt.
 pub fn idle() -> ! {
     panic!("arch::idle()")
