@@ -32,8 +32,8 @@
 use super::BootInfoError::{self, Malformed, Missing, Truncated};
 use super::numa::{self, NumaMap, NumaRange};
 use super::{
-    BootInfo, Controller, InterruptHw, Line, MAX_REGIONS, MemoryMap, MemoryRegion, PhysReader,
-    Psci, RegionKind, Trigger, Window, push,
+    BootInfo, Controller, InterruptHw, Line, MAX_CPUS, MAX_REGIONS, MemoryMap, MemoryRegion,
+    PhysReader, Psci, RegionKind, Trigger, Window, push,
 };
 use arrayvec::ArrayVec;
 use core::ffi::CStr;
@@ -197,6 +197,8 @@ struct Node<'a> {
     numa_node: Option<u32>,
     /// The PSCI node's `method`.
     method: Option<&'a str>,
+    /// A CPU's interrupt controller's phandle (RISC-V: its child node).
+    intc: Option<u32>,
     dev: Dev<'a>,
 }
 
@@ -210,6 +212,7 @@ impl Node<'_> {
             reg: None,
             numa_node: None,
             method: None,
+            intc: None,
             dev: Dev::default(),
         }
     }
@@ -235,6 +238,7 @@ const GIC_V2: &[&str] = &[
 ];
 const GIC_V3: &[&str] = &["arm,gic-v3"];
 const PLIC: &[&str] = &["riscv,plic0", "sifive,plic-1.0.0"];
+const CPU_INTC: &[&str] = &["riscv,cpu-intc"];
 const TIMER: &[&str] = &["arm,armv8-timer", "arm,armv7-timer"];
 const UART: &[&str] = &["arm,pl011", "ns16550a", "ns16550"];
 /// RISC-V supervisor external interrupt (in `interrupts-extended`).
@@ -354,6 +358,7 @@ impl<'a> IrqScan<'a> {
                 regs,
                 sources,
                 context,
+                contexts: [None; MAX_CPUS],
             }))
         } else {
             None
@@ -369,8 +374,9 @@ impl<'a> IrqScan<'a> {
         }
     }
 
-    fn finish(self, dt: Blob<'a>) -> InterruptHw {
-        let Some(ctl) = self.controller else {
+    /// `intcs`: each CPU's interrupt controller, to find its PLIC context.
+    fn finish(self, dt: Blob<'a>, intcs: &[Option<u32>]) -> InterruptHw {
+        let Some(mut ctl) = self.controller else {
             if self.bad {
                 log::warn!("device tree: malformed interrupt controller; ignored");
             }
@@ -387,6 +393,15 @@ impl<'a> IrqScan<'a> {
         let (timer, uart) = (line(self.timer, 2), line(uart, 0));
         if self.bad || timer.is_none() || uart.is_none() {
             log::warn!("device tree: malformed interrupt information; partly ignored");
+        }
+        if let Controller::Plic { contexts, .. } = &mut ctl.hw {
+            let ext = ctl.dev.interrupts_extended.unwrap_or_default();
+            let entry = |i: usize| (be32(ext, 8 * i), be32(ext, 8 * i + 4));
+            for (slot, intc) in contexts.iter_mut().zip(intcs) {
+                let of =
+                    |p| (0..ext.len() / 8).position(|i| entry(i) == (Some(p), Some(IRQ_S_EXT)));
+                *slot = intc.and_then(of).and_then(|c| u32::try_from(c).ok());
+            }
         }
         InterruptHw {
             timer: timer.flatten(),
@@ -550,6 +565,7 @@ pub fn parse<'a>(
     let mut cmdline = "";
     let (mut initrd_start, mut initrd_end) = (None, None);
     let (mut cpus, mut cpu_ids, mut psci) = (0usize, ArrayVec::new(), None);
+    let mut cpu_intcs: ArrayVec<Option<u32>, MAX_CPUS> = ArrayVec::new();
     let mut timebase_hz = None;
     // `None` once there were too many NUMA ranges to keep.
     let mut numa_raw: Option<ArrayVec<NumaRange, { numa::MAX_RAW_NUMA_RANGES }>> =
@@ -577,6 +593,11 @@ pub fn parse<'a>(
             }
             Tok::End => {
                 let node = stack.pop().ok_or(Malformed("unbalanced end of node"))?;
+                if let Some(cpu) = stack.last_mut().filter(|p| p.role == Role::Cpu)
+                    && node.dev.is(CPU_INTC)
+                {
+                    cpu.intc = node.dev.phandle;
+                }
                 let parent_cells = stack.last().map_or((2, 1), |p| p.child_cells);
                 let kind = match node.role {
                     Role::TopLevel if node.is_memory_type => Some(RegionKind::Usable),
@@ -602,8 +623,9 @@ pub fn parse<'a>(
                     let one = reg_len(parent_cells);
                     if let Some(reg) = node.reg.filter(|r| Some(r.len()) == one)
                         && let Some((id, _)) = reg_entry(reg, parent_cells, 0)
+                        && cpu_ids.try_push(id).is_ok()
                     {
-                        let _ = cpu_ids.try_push(id);
+                        let _ = cpu_intcs.try_push(node.intc);
                     }
                 }
                 let mut compatible = node.dev.compatible.split(|&b| b == 0);
@@ -681,7 +703,7 @@ pub fn parse<'a>(
         psci,
         numa,
         timebase_hz,
-        irq: irq.finish(dt),
+        irq: irq.finish(dt, &cpu_intcs),
     })
 }
 
@@ -851,10 +873,14 @@ mod tests {
         assert_eq!((v3.timer, v3.uart), (v2.timer, v2.uart));
         // `-M virt -m 128M -smp 2`: the UART is /soc/serial@10000000.
         let rv = irq_of(QEMU_RISCV);
+        // Each hart's S-mode context: 2 hart + 1, found by its phandle.
+        let mut contexts = [None; MAX_CPUS];
+        contexts[..2].copy_from_slice(&[Some(1), Some(3)]);
         let plic = Controller::Plic {
             regs: (0xc00_0000, 0x60_0000),
             sources: 96,
             context: 1,
+            contexts,
         };
         assert_eq!(rv.controller, Some(plic));
         assert_eq!(rv.timer, None);

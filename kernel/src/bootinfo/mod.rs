@@ -337,8 +337,12 @@ pub enum Controller {
         regs: Window,
         /// Number of interrupt sources (`riscv,ndev`).
         sources: u32,
-        /// The context of the boot hart's supervisor external interrupt.
+        /// The first supervisor external interrupt context (the boot
+        /// hart's, unless the tree says otherwise: `contexts`).
         context: u32,
+        /// Each CPU's supervisor external context, in `cpu_ids` order
+        /// (OpenSBI boots on any hart).
+        contexts: [Option<u32>; MAX_CPUS],
     },
 }
 

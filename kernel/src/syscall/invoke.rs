@@ -218,14 +218,11 @@ fn system_info(k: &Kernel, key: SystemInfoKey) -> usize {
         SystemInfoKey::CpuCount => k.cpu_count(),
         SystemInfoKey::TotalFrames => stats().0 as usize,
         SystemInfoKey::FreeFrames => stats().1 as usize,
-        SystemInfoKey::Cycles => crate::arch::cycle_counter() as usize,
-        SystemInfoKey::PageSize => crate::mm::object::PAGE,
-        SystemInfoKey::MonotonicNs => crate::time::now_ns() as usize,
         SystemInfoKey::IdleNs => {
             let idle = k.idle_ticks(crate::arch::clock_ticks());
             crate::time::ticks_to_ns(idle, crate::time::mult_for(crate::time::hz())) as usize
         }
         SystemInfoKey::OnlineCpus => k.online_mask() as usize,
-        SystemInfoKey::CurrentCpu => k.this_cpu(),
+        _ => super::light_info(key).unwrap_or(0),
     }
 }

@@ -68,11 +68,16 @@ pub fn light(number: usize, args: [usize; 6]) -> Option<isize> {
     if number != Syscall::SystemInfo as usize {
         return None;
     }
-    match SystemInfoKey::try_from(args[0]).ok()? {
-        SystemInfoKey::PageSize => Some(crate::mm::object::PAGE as isize),
-        SystemInfoKey::Cycles => Some(crate::arch::cycle_counter() as isize),
-        SystemInfoKey::MonotonicNs => Some(crate::time::now_ns() as isize),
-        SystemInfoKey::CurrentCpu => Some(crate::arch::cpu_index() as isize),
+    light_info(SystemInfoKey::try_from(args[0]).ok()?).map(|v| v as isize)
+}
+
+/// The `SystemInfo` keys [`light`] answers.
+fn light_info(key: SystemInfoKey) -> Option<usize> {
+    match key {
+        SystemInfoKey::PageSize => Some(crate::mm::object::PAGE),
+        SystemInfoKey::Cycles => Some(crate::arch::cycle_counter() as usize),
+        SystemInfoKey::MonotonicNs => Some(crate::time::now_ns() as usize),
+        SystemInfoKey::CurrentCpu => Some(crate::arch::cpu_index()),
         _ => None,
     }
 }

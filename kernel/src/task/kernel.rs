@@ -276,6 +276,10 @@ impl Kernel {
         if value >= crate::mm::aspace::USER_END {
             return Err(Error::InvalidArgument);
         }
+        // Another CPU holds its TLS register, and would save over a new value.
+        if self.running_elsewhere(id) {
+            return Err(Error::InvalidState);
+        }
         let running = self.current() == Some(id);
         self.thread_mut(id)?.set_tls(value);
         if running {
@@ -483,7 +487,8 @@ impl Kernel {
         }
     }
 
-    /// Leaves no user address space loaded on this CPU (the run is over).
+    /// Leaves no user address space loaded on this CPU (it idles, or the
+    /// run is over).
     pub fn unload(&mut self) {
         crate::mm::user::unload();
         self.cpu_mut().loaded = None;

@@ -221,10 +221,13 @@ impl Thread {
     /// Waits until the thread has finished: yields at most `max_yields`
     /// times, then (it may be running on another CPU) sleeps in 1 ms steps
     /// for up to `max_yields` ms more; the function's return value, or
-    /// `None` if it has not finished.
+    /// `None` if it has not finished. A finished thread is gone (with
+    /// what it held) when this returns: it may still have been on its way
+    /// out on another CPU, so it is killed.
     pub fn join(&self, max_yields: usize) -> Option<i32> {
         for i in 0..2 * max_yields {
             if let Some(code) = self.finished() {
+                let _ = thread_kill(self.token);
                 return Some(code);
             }
             let _ = if i < max_yields {
@@ -233,7 +236,11 @@ impl Thread {
                 syscall::sleep_ns(1_000_000)
             };
         }
-        self.finished()
+        let code = self.finished();
+        if code.is_some() {
+            let _ = thread_kill(self.token);
+        }
+        code
     }
 
     /// Kills the thread if it still exists. Afterwards it cannot run, so
@@ -255,15 +262,11 @@ impl Thread {
 
 impl Drop for Thread {
     fn drop(&mut self) {
-        if self.finished().is_some() {
-            if let Some(slot) = self.slot.take() {
-                release_stack(slot);
-            }
-        } else if self.slot.is_some() {
-            // If the kill fails the slot stays taken (leaked): the thread
-            // might still run on it.
-            let _ = self.kill();
-        }
+        // Finished or not, the thread is made to be gone before its
+        // capability is (a finished one may still be on its way out on
+        // another CPU). If the kill fails the slot stays taken (leaked):
+        // the thread might still run on it.
+        let _ = self.kill();
         let _ = cap_delete(self.token);
     }
 }

@@ -9,9 +9,10 @@
 //!   server pinned to another CPU / the same one;
 //! - `wakeup_latency_cross_cpu`: from a signal on CPU 0 to the first
 //!   reading of the thread it wakes on CPU 1;
-//! - `map_unmap_with_remote_reader` / `_local`: mapping and unmapping a
-//!   page while another thread of the space runs on another CPU (each
-//!   unmap shoots down its TLB) / with no other CPU involved;
+//! - `map_unmap_with_remote_reader` / `_local`: mapping, touching (the
+//!   first touch makes the entry) and unmapping a page while another
+//!   thread of the space runs on another CPU (each unmap shoots down its
+//!   TLB) / with no other CPU involved; the difference is the shootdown;
 //! - `null_syscall_throughput_<n>cpu`: `n` threads on `n` CPUs making the
 //!   register-only `SystemInfo(PageSize)`, wall time per call of all;
 //!   `locked_syscall_throughput_<n>cpu` the same with `CapIdentify`, which
@@ -168,8 +169,14 @@ fn map_unmap(remote: bool, iters: u64) -> Result<(u64, u64), Error> {
             let t0 = now_ns();
             for _ in 0..n {
                 map(r.aspace, mem.0, va, 0, 1, PROT_WRITE)?;
-                // SAFETY: nothing uses the page.
-                unsafe { unmap(r.aspace, va, 1) }?;
+                // Pages are mapped on first touch: a write makes the
+                // entry (and a TLB entry) for the unmap to remove.
+                // SAFETY: the page was just mapped writable; nothing else
+                // uses it, and nothing uses it after the unmap.
+                unsafe {
+                    (va as *mut u8).write_volatile(1);
+                    unmap(r.aspace, va, 1)
+                }?;
             }
             Ok(now_ns() - t0)
         });

@@ -123,7 +123,12 @@ pub fn run_all(tests: &[Test]) -> usize {
     if !single {
         println!("systest: {} timing tests run on one CPU only", TIMING.len());
     }
-    for (name, func) in tests.iter().filter(|(n, _)| single || !TIMING.contains(n)) {
+    // A development aid: `SYSTEST_ONLY=prefix,prefix...` at build time
+    // runs only the tests whose names start with one of them.
+    let only = option_env!("SYSTEST_ONLY").unwrap_or("");
+    let picked = |n: &str| only.split(',').any(|p| n.starts_with(p));
+    let chosen = |n: &&str| picked(n) && (single || !TIMING.contains(n));
+    for (name, func) in tests.iter().filter(|(n, _)| chosen(n)) {
         // Tests that sequence threads by yields and priorities run with
         // the root thread on CPU 0, and so the threads it makes (they
         // inherit its affinity) unless they move them; the rest run on

@@ -109,16 +109,14 @@ pub fn cpu_start(info: &BootInfo<'_>, index: usize, hw_id: u64) -> Result<(), &'
             options(nostack, preserves_flags),
         );
     }
+    // PSCI's codes: -1 not supported, -2 invalid parameters, -3 denied,
+    // -4 already on, -5 on pending, -6 internal failure, -9 bad address.
     match psci_call(conduit, args) as i64 {
         0 => Ok(()),
-        -1 => Err("PSCI CPU_ON: NOT_SUPPORTED"),
-        -2 => Err("PSCI CPU_ON: INVALID_PARAMETERS"),
-        -3 => Err("PSCI CPU_ON: DENIED"),
-        -4 => Err("PSCI CPU_ON: ALREADY_ON"),
-        -5 => Err("PSCI CPU_ON: ON_PENDING"),
-        -6 => Err("PSCI CPU_ON: INTERNAL_FAILURE"),
-        -9 => Err("PSCI CPU_ON: INVALID_ADDRESS"),
-        _ => Err("PSCI CPU_ON: unknown error"),
+        e => {
+            kprintln!("smp: PSCI CPU_ON of {hw_id:#x} returned {e}");
+            Err("PSCI CPU_ON failed")
+        }
     }
 }
 

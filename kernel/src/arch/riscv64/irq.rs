@@ -83,11 +83,14 @@ pub fn init(info: &crate::bootinfo::BootInfo<'_>) -> Result<(), &'static str> {
         regs,
         sources,
         context,
+        contexts,
     }) = &info.irq.controller
     {
+        let me = info.cpu_ids.iter().position(|&h| h == super::cpu_hw_id());
+        let mine = me.and_then(|i| contexts.get(i).copied().flatten());
         PLIC.store(phys_to_virt(regs.0), Ordering::Relaxed);
         SOURCES.store((*sources).min(1023), Ordering::Relaxed);
-        CONTEXT.store(*context, Ordering::Relaxed);
+        CONTEXT.store(mine.unwrap_or(*context), Ordering::Relaxed);
         for line in 1..=SOURCES.load(Ordering::Relaxed) {
             line_mask(line, true);
         }

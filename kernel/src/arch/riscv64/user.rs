@@ -135,30 +135,42 @@ pub struct FpuState {
     pub fcsr: u64,
 }
 
+/// `f0`..`f31` and `fcsr` moved between the CPU and the `FpuState` at
+/// `p` by `$each` (`fsd`/`fld` f\n) and `$csr` (the `fcsr` word at 256),
+/// with FS on for the FP instructions and back to Off (module invariant).
+macro_rules! fp_regs {
+    ($p:expr, $each:literal, $csr:literal, $($opt:ident),*) => {
+        asm!(
+            ".option push",
+            ".option arch, +d",
+            "csrs sstatus, {fs}",
+            ".irp n, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31",
+            $each,
+            ".endr",
+            $csr,
+            "csrc sstatus, {fs_mask}",
+            ".option pop",
+            p = in(reg) $p,
+            fs = in(reg) SSTATUS_FS_INITIAL,
+            fs_mask = in(reg) SSTATUS_FS_MASK,
+            t = out(reg) _,
+            options($($opt),*),
+        )
+    };
+}
+
 impl FpuState {
     /// Saves this CPU's FP registers and `fcsr` into `self`.
     pub fn save(&mut self) {
         // SAFETY: the stores write exactly `self.f` (32 × 8 bytes from
-        // offset 0) and `self.fcsr` (offset 256), which `&mut self` owns.
-        // FS is turned on for the FP instructions and back to Off, the
-        // kernel's setting (module invariant); nothing else changes.
+        // offset 0) and `self.fcsr` (offset 256), which `&mut self` owns;
+        // nothing else changes.
         unsafe {
-            asm!(
-                ".option push",
-                ".option arch, +d",
-                "csrs sstatus, {fs}",
-                ".irp n, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31",
+            fp_regs!(
+                self as *mut FpuState,
                 "fsd f\\n, \\n * 8({p})",
-                ".endr",
-                "frcsr {t}",
-                "sd {t}, 32 * 8({p})",
-                "csrc sstatus, {fs_mask}",
-                ".option pop",
-                p = in(reg) self as *mut FpuState,
-                fs = in(reg) SSTATUS_FS_INITIAL,
-                fs_mask = in(reg) SSTATUS_FS_MASK,
-                t = out(reg) _,
-                options(nostack),
+                "frcsr {t}\nsd {t}, 32 * 8({p})",
+                nostack
             )
         };
     }
@@ -167,25 +179,14 @@ impl FpuState {
     pub fn restore(&self) {
         // SAFETY: the loads read exactly `self.f` and `self.fcsr`; the FP
         // registers belong to the user thread about to run (the kernel
-        // never uses them, module invariant). FS is turned on for the FP
-        // instructions and back to Off.
+        // never uses them, module invariant).
         unsafe {
-            asm!(
-                ".option push",
-                ".option arch, +d",
-                "csrs sstatus, {fs}",
-                ".irp n, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31",
+            fp_regs!(
+                self as *const FpuState,
                 "fld f\\n, \\n * 8({p})",
-                ".endr",
-                "ld {t}, 32 * 8({p})",
-                "fscsr {t}",
-                "csrc sstatus, {fs_mask}",
-                ".option pop",
-                p = in(reg) self as *const FpuState,
-                fs = in(reg) SSTATUS_FS_INITIAL,
-                fs_mask = in(reg) SSTATUS_FS_MASK,
-                t = out(reg) _,
-                options(nostack, readonly),
+                "ld {t}, 32 * 8({p})\nfscsr {t}",
+                nostack,
+                readonly
             )
         };
     }

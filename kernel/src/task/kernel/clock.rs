@@ -176,7 +176,8 @@ impl Kernel {
     }
 
     /// This CPU goes idle at `now`: its thread's state is saved (it may
-    /// wake on another CPU).
+    /// wake on another CPU), and its address space let go (it may be a
+    /// dead process's, which an idle CPU would keep from being freed).
     pub(super) fn go_idle(&mut self, now: u64) {
         self.charge_current(now);
         let c = &mut self.cpus[self.this];
@@ -185,6 +186,7 @@ impl Kernel {
         }
         c.sched.set_current(None);
         c.clock.idle_since = Some(now);
+        self.unload();
     }
 
     /// Ticks this CPU has idled, up to `now`.

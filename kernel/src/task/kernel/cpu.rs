@@ -66,11 +66,6 @@ impl Kernel {
         self.cpu_mut().kicked = false;
     }
 
-    /// This CPU's index.
-    pub fn this_cpu(&self) -> usize {
-        self.this
-    }
-
     /// Bit mask of the online CPUs.
     pub fn online_mask(&self) -> u64 {
         (self.cpus.iter().enumerate())
@@ -132,14 +127,11 @@ impl Kernel {
     /// `Ready`; a thread still running on a CPU (suspended and resumed
     /// before that CPU switched away) just goes on running there.
     pub(crate) fn make_ready(&mut self, id: ThreadId, waking: bool) -> Result<(), Error> {
-        let t = self.threads.get(id.0).ok_or(Error::InvalidState)?;
-        let on = t.cpu;
-        if self.cpus.get(on).and_then(|c| c.sched.current()) == Some(id) && on != self.this {
-            if let Some(t) = self.threads.get_mut(id.0) {
-                t.state = State::Running;
-            }
+        if self.running_elsewhere(id) {
+            self.thread_mut(id)?.state = State::Running;
             return Ok(());
         }
+        let t = self.threads.get(id.0).ok_or(Error::InvalidState)?;
         let here = t.affinity() & (1 << self.this) != 0 && self.online();
         let cpu = if t.state == State::Running && here {
             // Preempted: back into its own CPU's queue.
@@ -192,20 +184,14 @@ impl Kernel {
         true
     }
 
-    /// The other online CPU with the fewest threads, if any.
-    fn least_loaded(&self) -> Option<usize> {
-        (0..self.cpus.len())
-            .filter(|&i| i != self.this && self.cpus[i].online)
-            .min_by_key(|&i| load(&self.cpus[i]))
-    }
-
     /// Periodic balancing, at the end of a time slice (so on a CPU with
-    /// threads waiting): pushes one to the least loaded CPU if that has
-    /// at least two fewer.
+    /// threads waiting): pushes one to the least loaded other online CPU
+    /// if that has at least two fewer.
     pub(super) fn balance(&mut self) {
-        let mine = load(self.cpu());
-        if let Some(to) = self.least_loaded()
-            && self.cpus.get(to).is_some_and(|c| load(c) + 2 <= mine)
+        let (mine, cpus) = (load(self.cpu()), &self.cpus);
+        let others = (0..cpus.len()).filter(|&i| i != self.this && cpus[i].online);
+        if let Some(to) = others.min_by_key(|&i| load(&cpus[i]))
+            && load(&cpus[to]) + 2 <= mine
         {
             self.migrate(self.this, to);
         }
@@ -272,14 +258,21 @@ impl Kernel {
     /// Tells the CPU running thread `id` (if another one) to look again at
     /// what it runs (it was suspended, or its parameters changed).
     pub(super) fn recheck(&mut self, id: ThreadId) {
-        if let Some(cpu) = self.threads.get(id.0).map(|t| t.cpu)
-            && self
-                .cpus
-                .get(cpu)
-                .is_some_and(|c| c.sched.current() == Some(id))
-        {
+        if let Some(cpu) = self.running_on(id) {
             self.kick(cpu);
         }
+    }
+
+    /// The CPU thread `id` runs on, if it runs.
+    fn running_on(&self, id: ThreadId) -> Option<usize> {
+        let cpu = self.threads.get(id.0)?.cpu;
+        (self.cpus.get(cpu)?.sched.current() == Some(id)).then_some(cpu)
+    }
+
+    /// Whether thread `id` runs on another CPU (its registers are live
+    /// there).
+    pub(super) fn running_elsewhere(&self, id: ThreadId) -> bool {
+        self.running_on(id).is_some_and(|c| c != self.this)
     }
 
     /// Takes CPU `cpu` offline (`online` false) or brings it back:
@@ -328,6 +321,7 @@ impl Kernel {
         }
         crate::arch::timer_arm(None);
         self.cpu_mut().clock.disarm();
+        self.unload();
     }
 
     /// Sets the CPUs thread `id` may run on (the caller checked that the

@@ -318,6 +318,9 @@ impl Kernel {
             c.state = State::Blocked;
             c.ipc.blocked = Some(Blocked::Reply { server });
         }
+        // A call that found its receiver waiting has no deadline armed yet
+        // (one that waited to be received keeps the one it had).
+        self.arm_timeout(caller);
     }
 
     // ---- Delivery -----------------------------------------------------

@@ -18,7 +18,7 @@
 //! returning, and declares them after what they use, so they are dropped —
 //! killed — first), and report through the statics below.
 
-use super::{PAGE, Root, WAIT_YIELDS, next_va, root, yield_n};
+use super::{PAGE, Root, WAIT_YIELDS, next_va, root, wait_until, yield_n};
 use crate::harness::{Ctx, TestResult};
 use core::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use keel_abi::Error;
@@ -444,7 +444,7 @@ pub fn channel_back_pressure_blocks_the_producer_until_drained() -> TestResult {
     reset_helper();
     let side = ch.side(0, ch.producer_wakeup(), N, 1);
     let t = Thread::spawn(producer_thread, side.arg()).ctx("spawn producer")?;
-    yield_n(3);
+    wait_until(|| HELPER_SENT.load(Ordering::Acquire) == 4);
     ensure_eq!(
         HELPER_SENT.load(Ordering::Acquire),
         4,
@@ -459,7 +459,7 @@ pub fn channel_back_pressure_blocks_the_producer_until_drained() -> TestResult {
     ensure_eq!(HELPER_SENT.load(Ordering::Acquire), 4, "one slot free");
     // Half the ring free: woken, it fills the ring again and sleeps.
     ensure_eq!(c.try_recv(&mut out), Ok(msg_len(1)));
-    yield_n(5);
+    wait_until(|| HELPER_SENT.load(Ordering::Acquire) == 6);
     ensure_eq!(HELPER_SENT.load(Ordering::Acquire), 6, "two slots free");
     ensure_eq!(c.stats().wakeups_sent, 1);
     // Drain the rest, sleeping when it is empty: everything arrives.

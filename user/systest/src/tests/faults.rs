@@ -7,15 +7,15 @@
 //! would record that it survived if it did. Disabled (each test passes
 //! without running) when [`super::FAULT_TESTS`] is false.
 
-use super::{FAULT_TESTS, WAIT_YIELDS, next_va, root, yield_n};
+use super::{FAULT_TESTS, next_va, root, wait_until};
 use crate::harness::{Ctx, TestResult};
 use core::sync::atomic::{AtomicUsize, Ordering};
 use keel_abi::Error;
 use keel_abi::boot::ROOT_INFO_ADDR;
-use keel_abi::syscall::PROT_WRITE;
+use keel_abi::syscall::{PROT_WRITE, ThreadInfoKey};
 use keel_rt::probe;
 use keel_rt::syscall::{
-    cap_delete, cap_space_create, map, mem_create, protect, thread_resume, unmap,
+    cap_delete, cap_space_create, map, mem_create, protect, thread_info, thread_resume, unmap,
 };
 use keel_rt::thread::Thread;
 
@@ -70,13 +70,9 @@ fn expect_killed(kind: Kind, target: usize) -> TestResult {
     let cs = cap_space_create(r.pool, 8).ctx("cap_space_create")?;
     let t = Thread::create_in(cs, fault, kind as usize).ctx("create")?;
     t.resume().ctx("resume")?;
-    for _ in 0..WAIT_YIELDS {
-        if REACHED.load(Ordering::Acquire) != 0 {
-            break;
-        }
-        let _ = keel_rt::syscall::yield_now();
-    }
-    yield_n(10);
+    // It faults right after it gets there, and is then gone.
+    wait_until(|| REACHED.load(Ordering::Acquire) != 0);
+    wait_until(|| thread_info(t.token(), ThreadInfoKey::Cpu).is_err());
     ensure_eq!(
         REACHED.load(Ordering::Acquire),
         kind as usize,

@@ -220,6 +220,23 @@ pub fn yield_n(n: usize) {
     }
 }
 
+/// How long [`wait_until`] waits, in ns of the clock.
+const WAIT_NS: u64 = 2_000_000_000;
+
+/// Yields until `done()`, for at most [`WAIT_NS`]; whether `done()`. For
+/// waiting on another thread, which may run on another CPU and, under
+/// emulation, be held up by the host.
+pub fn wait_until(mut done: impl FnMut() -> bool) -> bool {
+    let end = keel_rt::syscall::now_ns().saturating_add(WAIT_NS);
+    while !done() {
+        if keel_rt::syscall::now_ns() > end {
+            return done();
+        }
+        let _ = yield_now();
+    }
+    true
+}
+
 /// A token that differs from `t` only in its generation.
 pub fn stale(t: CapToken) -> CapToken {
     CapToken::from_raw(t.raw() ^ (1 << keel_abi::cap::GENERATION_SHIFT))

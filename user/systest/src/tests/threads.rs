@@ -5,7 +5,7 @@
 //! Threads share statics with the root thread; each test resets the ones it
 //! uses first. There is no preemption, so every wait yields.
 
-use super::{FAULT_TESTS, WAIT_YIELDS, next_va, root, stale, yield_n};
+use super::{FAULT_TESTS, WAIT_YIELDS, next_va, root, stale, wait_until, yield_n};
 use crate::harness::{Ctx, TestResult};
 use crate::mirror::TextMirror;
 use alloc::vec::Vec;
@@ -120,16 +120,17 @@ pub fn yield_switches_between_threads() -> TestResult {
 pub fn suspend_and_resume() -> TestResult {
     reset();
     let t = Thread::spawn(count_until_stopped, 0).ctx("spawn")?;
-    yield_n(5);
-    ensure!(counter() > 0, "the thread never ran");
+    ensure!(wait_until(|| counter() > 0), "the thread never ran");
     thread_suspend(t.token()).ctx("suspend")?;
     let frozen = counter();
     yield_n(10);
     ensure_eq!(counter(), frozen, "a suspended thread ran");
     ensure_eq!(thread_suspend(t.token()), Err(Error::InvalidState));
     thread_resume(t.token()).ctx("resume")?;
-    yield_n(10);
-    ensure!(counter() > frozen, "the resumed thread did not run");
+    ensure!(
+        wait_until(|| counter() > frozen),
+        "the resumed thread did not run"
+    );
     ensure_eq!(thread_resume(t.token()), Err(Error::InvalidState));
     STOP.store(true, Ordering::Release);
     ensure_eq!(t.join(WAIT_YIELDS), Some(0));
@@ -139,8 +140,7 @@ pub fn suspend_and_resume() -> TestResult {
 pub fn kill_stops_a_thread() -> TestResult {
     reset();
     let mut t = Thread::spawn(count_until_stopped, 0).ctx("spawn")?;
-    yield_n(3);
-    ensure!(counter() > 0, "the thread never ran");
+    ensure!(wait_until(|| counter() > 0), "the thread never ran");
     thread_kill(t.token()).ctx("kill")?;
     let frozen = counter();
     yield_n(10);
@@ -401,10 +401,10 @@ pub fn runs_in_another_address_space() -> TestResult {
     ensure_eq!(p.alive(), Ok(true), "a new thread");
     p.resume().ctx("resume")?;
     let mut ours = 0;
-    while p.alive() == Ok(true) && ours <= 20 * ALTERNATIONS {
-        yield_now().ctx("yield")?;
+    wait_until(|| {
         ours += 1;
-    }
+        p.alive() != Ok(true)
+    });
     ensure_eq!(
         p.alive(),
         Ok(false),

@@ -190,3 +190,42 @@ fn a_cpu_with_threads_waiting_pushes_one_to_a_cpu_with_two_fewer() {
     w.k.balance();
     assert_eq!(w.cpu_of(b), 0, "2 against 2: balanced");
 }
+
+#[test]
+fn the_tls_of_a_thread_running_on_another_cpu_is_refused_until_it_stops() {
+    let mut w = smp(2);
+    let (a, b) = (w.thread(), w.thread());
+    w.on(0).resume(a).unwrap();
+    w.k.resume(b).unwrap();
+    assert_eq!(w.k.schedule(After::Continue), Next::Run(a));
+    assert_eq!(w.on(1).schedule(After::Continue), Next::Run(b));
+    assert_eq!(w.on(0).set_tls(b, 0x5000), Err(Error::InvalidState));
+    assert_eq!(w.k.set_tls(a, 0x5000), Ok(()), "its own CPU's thread");
+    w.k.suspend(b).unwrap();
+    assert_eq!(w.on(1).schedule(After::Continue), Next::Idle);
+    assert_eq!(w.on(0).set_tls(b, 0x6000), Ok(()), "stopped");
+}
+
+#[test]
+fn an_idle_cpu_does_not_keep_a_dead_process_address_space() {
+    let mut w = smp(2);
+    let busy = w.thread();
+    w.on(0).resume(busy).unwrap();
+    assert_eq!(w.k.schedule(After::Continue), Next::Run(busy));
+    let before = w.pool.available();
+    let space = AddressSpaceObject::new(0, Some(w.pool.clone())).unwrap();
+    let t =
+        w.k.create_thread(space.clone(), w.home.clone(), 0x1000, 0x8000, 0)
+            .unwrap();
+    w.on(1).resume(t).unwrap();
+    assert_eq!(
+        w.k.schedule(After::Continue),
+        Next::Run(t),
+        "its space loaded"
+    );
+    w.k.suspend(t).unwrap();
+    assert_eq!(w.k.schedule(After::Block), Next::Idle);
+    w.on(0).kill(t).unwrap();
+    drop(space);
+    assert_eq!(w.pool.available(), before, "its page tables came back");
+}

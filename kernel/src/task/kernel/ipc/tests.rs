@@ -1773,3 +1773,40 @@ fn fault_kill_of_the_handlers_own_process_in_reply_recv_disconnects_its_next_cal
         assert_eq!(w.result(c), Some(Err(Error::Disconnected)), "never a hang");
     }
 }
+
+#[test]
+fn a_call_gives_up_at_its_deadline_whether_or_not_the_server_waited() {
+    for server_first in [false, true] {
+        let mut w = world(true);
+        let ep = w.endpoint();
+        let (client, server) = (w.thread(10), w.thread(10));
+        if server_first {
+            assert_eq!(w.sys(server, Syscall::Recv, recv(ep)), None);
+        }
+        w.k.arm_next_timeout(client, Some(1_000)).unwrap();
+        assert_eq!(
+            w.sys(client, Syscall::Call, msg(ep, info(1, &[]), &[])),
+            None
+        );
+        if !server_first {
+            assert_eq!(
+                w.sys(server, Syscall::Recv, recv(ep)),
+                Some(Ok(info(1, &[]).0 as usize))
+            );
+        }
+        assert_eq!(w.blocked(client), Some(Blocked::Reply { server }));
+        assert_eq!(
+            w.fast_hits, 0,
+            "a call with a deadline takes the general path"
+        );
+        // The server never replies.
+        w.k.on_timer(999);
+        assert_eq!(w.result(client), None, "not yet");
+        w.k.on_timer(1_000);
+        assert_eq!(
+            w.result(client),
+            Some(Err(Error::TimedOut)),
+            "server first: {server_first}"
+        );
+    }
+}
