@@ -12,7 +12,10 @@
 //! - `map_unmap_with_remote_reader` / `_local`: mapping, touching (the
 //!   first touch makes the entry) and unmapping a page while another
 //!   thread of the space runs on another CPU (each unmap shoots down its
-//!   TLB) / with no other CPU involved; the difference is the shootdown;
+//!   TLB, answered at once by a CPU in user mode) / with no other thread
+//!   running: the CPUs that ran the space before (earlier benchmarks) are
+//!   still asked, since they may hold its TLB entries, and answer from
+//!   idle, which under TCG is slower;
 //! - `null_syscall_throughput_<n>cpu`: `n` threads on `n` CPUs making the
 //!   register-only `SystemInfo(PageSize)`, wall time per call of all;
 //!   `locked_syscall_throughput_<n>cpu` the same with `CapIdentify`, which
