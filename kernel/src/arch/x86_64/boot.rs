@@ -98,9 +98,7 @@ core::arch::global_asm!(
     ".section .rodata.keel_boot, \"a\"",
     ".balign 16",
     "keel_boot_gdt:",
-    ".quad 0",
-    ".quad 0x00AF9B000000FFFF",                 // 0x08: 64-bit code, ring 0
-    ".quad 0x00CF93000000FFFF",                 // 0x10: data, ring 0
+    trampoline_gdt!(),
     "keel_boot_gdt_end:",
     ".balign 8",
     ".short 0",

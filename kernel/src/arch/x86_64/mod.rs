@@ -26,6 +26,16 @@
 //! enabled: the local APIC's one-shot timer and device lines (`apic`; the
 //! legacy PICs are masked).
 
+/// The three descriptors both start-up trampolines load (the boot one
+/// and the other CPUs' one, which is copied below 1 MiB and so cannot use
+/// the boot one's): null, 64-bit ring-0 code at 0x08, ring-0 data at 0x10,
+/// accessed bits preset so the CPU never writes them.
+macro_rules! trampoline_gdt {
+    () => {
+        ".quad 0\n.quad 0x00AF9B000000FFFF\n.quad 0x00CF93000000FFFF"
+    };
+}
+
 mod acpi;
 mod apic;
 mod boot;

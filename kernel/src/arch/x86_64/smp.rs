@@ -77,9 +77,7 @@ core::arch::global_asm!(
     "keel_ap_start:",
     "jmp 2f",
     ".org {gdt_at}",
-    ".quad 0",
-    ".quad 0x00AF9B000000FFFF",                 // 0x08: 64-bit code, ring 0
-    ".quad 0x00CF93000000FFFF",                 // 0x10: data, ring 0
+    trampoline_gdt!(),
     ".org {data_at}",
     ".skip {data_size}",
     "2:",
