@@ -44,6 +44,8 @@ pub mod ipc;
 pub mod probe;
 pub mod registry;
 #[cfg(target_os = "none")]
+pub mod sync;
+#[cfg(target_os = "none")]
 pub mod syscall;
 #[cfg(target_os = "none")]
 pub mod thread;

@@ -17,6 +17,7 @@ mod memory;
 mod ownership;
 mod page_tables;
 mod smp;
+mod sync;
 mod threads;
 mod time;
 mod zero_copy;
@@ -161,6 +162,10 @@ pub const ALL: &[Test] = &[
     test!(devices::io_ports_are_x86_only_and_checked),
     test!(devices::mem_from_device_refuses_ram_and_the_interrupt_controller),
     test!(devices::interrupts_reach_user_space_until_acknowledged),
+    test!(sync::a_mutex_excludes_threads_on_every_cpu),
+    test!(sync::a_semaphore_bounds_how_many_are_inside),
+    test!(sync::a_semaphore_hands_permits_to_waiting_threads),
+    test!(sync::locks_need_a_pool_and_give_back_their_memory),
     test!(smp::every_cpu_is_online),
     test!(smp::busy_threads_spread_over_every_cpu),
     test!(smp::a_pinned_thread_never_migrates),
