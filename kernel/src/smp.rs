@@ -21,8 +21,9 @@ use spin::{Mutex, MutexGuard};
 /// The big kernel lock: test-and-test-and-set. Not a ticket lock: when
 /// CPUs are virtual and outnumber the host's, a ticket lock hands the lock
 /// to a waiter the host has descheduled and every CPU waits for the host
-/// to run it again (lock-waiter preemption; a 1,000-thread IPC ring ran
-/// 500 times slower at `-smp 3` on two host cores). Linux falls back to
+/// to run it again (lock-waiter preemption: a 1,000-thread IPC ring did
+/// not finish in 5 minutes at `-smp 3` on two host cores; it takes under a
+/// second with this lock). Linux falls back to
 /// the same kind of lock as a guest for the same reason. A CPU waiting for
 /// it keeps answering IPI requests ([`lock_wait`]).
 pub struct BigLock<T>(Mutex<T>);
