@@ -24,10 +24,11 @@
 //!   for the next map there until another block takes its place.
 //! - Dropping an address space frees its page tables and its references to
 //!   objects; objects free their frames when the last reference goes.
-//! - After a page's entry changes, no TLB holds the old one: the page is
-//!   flushed if the space is loaded; if not, the space drops its
-//!   address-space id, so it gets a fresh one (with no TLB entries) when
-//!   next loaded.
+//! - When a call that changed entries returns, no TLB holds an old one:
+//!   on this CPU each page is flushed if the space is loaded; if not, the
+//!   space drops its address-space id, so it gets a fresh one (with no TLB
+//!   entries) when next loaded. The other CPUs that loaded it are shot
+//!   down once per call (unmap: per region, before its frames can go).
 //!
 //! [`fault`]: AddressSpace::fault
 
@@ -371,10 +372,15 @@ impl<M: Machine> AddressSpace<M> {
         Ok(())
     }
 
-    fn unmap_page(&mut self, va: usize) {
-        if self.table.unmap(&mut M::tables(), va).is_ok() {
-            Self::flush(&mut self.tag, self.cpus, self.table.root(), Some(va));
+    /// Clears the entry of `va` and flushes it on this CPU; whether there
+    /// was one. The caller shoots down the other CPUs once for all its
+    /// pages, before their frames or tables can be freed.
+    fn unmap_page(&mut self, va: usize) -> bool {
+        let gone = self.table.unmap(&mut M::tables(), va).is_ok();
+        if gone {
+            Self::flush(&mut self.tag, 0, self.table.root(), Some(va));
         }
+        gone
     }
 
     /// Splits the region containing `at` so that a region starts there.
@@ -409,8 +415,9 @@ impl<M: Machine> AddressSpace<M> {
         let mut freed = false;
         for _ in lo..hi {
             let r = self.regions.remove(lo);
-            for page in (r.start..r.end).step_by(PAGE) {
-                self.unmap_page(page);
+            let pages = (r.start..r.end).step_by(PAGE);
+            if pages.fold(false, |gone, page| self.unmap_page(page) | gone) {
+                M::shootdown(self.cpus);
             }
             freed |= self.free_tables(r.start, r.end);
             if !self.maps_object(&r.object) {
@@ -491,6 +498,7 @@ impl<M: Machine> AddressSpace<M> {
         let lo = self.regions.partition_point(|r| r.start < va);
         let hi = self.regions.partition_point(|r| r.start < end);
         let mut t = M::tables();
+        let mut changed = false;
         for i in lo..hi {
             self.regions[i].attr = attr;
             let r = &self.regions[i];
@@ -498,10 +506,15 @@ impl<M: Machine> AddressSpace<M> {
                 if self.table.translate(&t, page).is_some() {
                     let a = r.leaf_attr(r.object.is_shared(r.object_page(page)));
                     if self.table.protect(&mut t, page, a).is_ok() {
-                        Self::flush(&mut self.tag, self.cpus, self.table.root(), Some(page));
+                        Self::flush(&mut self.tag, 0, self.table.root(), Some(page));
+                        changed = true;
                     }
                 }
             }
+        }
+        // The other CPUs once for the whole range.
+        if changed {
+            M::shootdown(self.cpus);
         }
         Ok(())
     }
@@ -545,8 +558,11 @@ impl<M: Machine> AddressSpace<M> {
             .map(|r| r.start + (page - r.offset) * PAGE)
             .filter(|&va| va != except)
             .collect();
-        for va in views {
-            self.unmap_page(va);
+        if views
+            .into_iter()
+            .fold(false, |gone, va| self.unmap_page(va) | gone)
+        {
+            M::shootdown(self.cpus);
         }
     }
 
