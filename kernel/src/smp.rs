@@ -123,8 +123,12 @@ fn wait_for(done: impl Fn() -> bool) -> bool {
 /// in scheduling.
 pub fn start_running() {
     RUNNING.store(true, Ordering::Release);
-    let me = crate::arch::cpu_index();
-    for i in (0..count()).filter(|&i| i != me) {
+    send_ipis(started_mask() & !(1 << crate::arch::cpu_index()));
+}
+
+/// Sends an IPI to each CPU of `mask` (bit per index).
+fn send_ipis(mask: u64) {
+    for i in (0..MAX_CPUS).filter(|&i| mask & (1 << i) != 0) {
         crate::arch::send_ipi(i);
     }
 }
@@ -186,11 +190,7 @@ pub fn shootdown(cpus: u64) {
         return;
     }
     FLUSH.fetch_or(targets, Ordering::AcqRel);
-    for i in 0..MAX_CPUS {
-        if targets & (1 << i) != 0 {
-            crate::arch::send_ipi(i);
-        }
-    }
+    send_ipis(targets);
     while FLUSH.load(Ordering::Acquire) & targets != 0 {
         if PANICKING.load(Ordering::Acquire) {
             crate::arch::halt();
@@ -206,11 +206,7 @@ pub fn stop_others() -> bool {
     if PANICKING.swap(true, Ordering::AcqRel) {
         return false;
     }
-    let me = crate::arch::cpu_index();
-    let started = started_mask();
-    for i in (0..MAX_CPUS).filter(|&i| i != me && started & (1 << i) != 0) {
-        crate::arch::send_ipi(i);
-    }
+    send_ipis(started_mask() & !(1 << crate::arch::cpu_index()));
     true
 }
 

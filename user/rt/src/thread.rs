@@ -226,9 +226,8 @@ impl Thread {
     /// out on another CPU, so it is killed.
     pub fn join(&self, max_yields: usize) -> Option<i32> {
         for i in 0..2 * max_yields {
-            if let Some(code) = self.finished() {
-                let _ = thread_kill(self.token);
-                return Some(code);
+            if self.finished().is_some() {
+                break;
             }
             let _ = if i < max_yields {
                 yield_now()

@@ -118,8 +118,9 @@ pub fn run_all(tests: &[Test]) -> usize {
         keel_rt::ARCH
     );
     let (mut passed, mut failed) = (0, 0);
-    let me = keel_rt::root_info().map(|i| keel_abi::cap::CapToken::from_raw(i.thread));
-    let single = keel_rt::root_info().is_some_and(|i| i.cpu_count == 1);
+    let info = keel_rt::root_info();
+    let me = info.map(|i| keel_abi::cap::CapToken::from_raw(i.thread));
+    let single = info.is_some_and(|i| i.cpu_count == 1);
     if !single {
         println!("systest: {} timing tests run on one CPU only", TIMING.len());
     }

@@ -126,10 +126,10 @@ fn redistributor(aff: u64) -> Option<usize> {
     let mut rd = REDIST.load(Ordering::Relaxed);
     let end = REDIST_END.load(Ordering::Relaxed);
     while rd < end {
-        // SAFETY: `rd` is a redistributor's control frame inside the
-        // region `init` recorded, which the kernel page tables map as
-        // device memory.
         let (typer, typer_aff): (u32, u32) =
+            // SAFETY: `rd` is a redistributor's control frame inside the
+            // region `init` recorded, which the kernel page tables map as
+            // device memory.
             unsafe { (read(rd, GICR_TYPER), read(rd, GICR_TYPER + 4)) };
         if u64::from(typer_aff) == want {
             return Some(rd);

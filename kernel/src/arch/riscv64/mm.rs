@@ -566,8 +566,8 @@ mod checks {
             with_user_page(USER_VA, 1, |_, _| {
                 let mut back = [0u8; 16];
                 kassert!(sum_is_clear());
-                // SAFETY: a local array and a user address.
                 let r =
+                    // SAFETY: a local array and a user address.
                     unsafe { crate::arch::user_copy(back.as_mut_ptr(), USER_VA as *const u8, 8) };
                 kassert_eq!(r, Ok(()));
                 kassert!(sum_is_clear());

@@ -339,9 +339,9 @@ mod tests {
                     )
                 };
                 let mut back = [0u8; 4];
-                // SAFETY: a user address (faults are returned) and a kernel
-                // buffer of 4 bytes.
                 let r =
+                    // SAFETY: a user address (faults are returned) and a kernel
+                    // buffer of 4 bytes.
                     unsafe { crate::arch::user_copy(back.as_mut_ptr(), USER_VA as *const u8, 4) };
                 kassert_eq!(r, Ok(()));
                 kassert_eq!(back, pattern);

@@ -620,8 +620,8 @@ crate::ktest!(
         kassert_eq!(LStar::read().as_u64(), entry);
         kassert_eq!(Star::read_raw(), (0x18, 0x08));
         kassert_eq!(SFMask::read().bits(), SYSCALL_FMASK);
-        // SAFETY: reading these MSRs (architectural) has no side effects.
         let (cstar, sysenter_cs) =
+            // SAFETY: reading these MSRs (architectural) has no side effects.
             unsafe { (Msr::new(MSR_CSTAR).read(), Msr::new(MSR_SYSENTER_CS).read()) };
         kassert_eq!(cstar, entry);
         kassert_eq!(sysenter_cs, 0);

@@ -43,9 +43,10 @@ pub struct Clock {
 }
 
 /// One CPU's time-keeping: its timer, slice and idle time. Every CPU arms
-/// its own timer for the earliest shared deadline it knows of and its own
-/// slice end; whichever fires first serves the shared deadlines (a timer
-/// that finds nothing due is just armed again).
+/// its own timer for its slice end; the boot CPU's also for the earliest
+/// shared deadline ([`Kernel::next_deadline`]). A CPU whose timer fires
+/// serves the shared deadlines that are due (one that finds nothing due
+/// is just armed again).
 #[derive(Default)]
 pub struct CpuClock {
     /// What the hardware timer is armed with: it fires no later.

@@ -218,13 +218,9 @@ impl Kernel {
         if self.cpu().sched.queued() == 0 {
             return;
         }
-        let idle = (0..self.cpus.len()).find(|&i| {
-            i != self.this
-                && self
-                    .cpus
-                    .get(i)
-                    .is_some_and(|c| c.online && load(c) == 0 && !c.kicked)
-        });
+        let idle = (self.cpus.iter().enumerate())
+            .find(|&(i, c)| i != self.this && c.online && load(c) == 0 && !c.kicked)
+            .map(|(i, _)| i);
         if let Some(i) = idle {
             self.kick(i);
         }
@@ -304,24 +300,21 @@ impl Kernel {
         Ok(())
     }
 
-    /// This CPU is offline: its thread goes elsewhere, its timer stops.
+    /// This CPU is offline: it idles (`go_idle`), its thread goes
+    /// elsewhere, its timer stops.
     pub(super) fn park(&mut self) {
-        if let Some(cur) = self.current() {
-            self.charge_current(crate::arch::clock_ticks());
-            if let Some(t) = self.threads.get_mut(cur.0) {
-                t.save_cpu_state();
-            }
-            self.cpu_mut().sched.set_current(None);
-            if let Some(t) = self.threads.get_mut(cur.0)
-                && t.state == State::Running
-            {
-                t.state = State::Ready;
-                let _ = self.make_ready(cur, true);
-            }
+        let cur = self.current();
+        self.go_idle(crate::arch::clock_ticks());
+        if let Some(cur) = cur
+            && self
+                .threads
+                .get(cur.0)
+                .is_some_and(|t| t.state == State::Running)
+        {
+            let _ = self.make_ready(cur, true);
         }
         crate::arch::timer_arm(None);
         self.cpu_mut().clock.disarm();
-        self.unload();
     }
 
     /// Sets the CPUs thread `id` may run on (the caller checked that the
