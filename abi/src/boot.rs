@@ -14,6 +14,8 @@ pub const ROOT_INFO_ADDR: usize = 0x20_0000;
 /// Lowest address a user ELF image may load at (below it: the null page
 /// and the information page).
 pub const USER_IMAGE_MIN: usize = 0x40_0000;
+/// End (exclusive) of user space: user addresses are `[0x1000, USER_END)`.
+pub const USER_END: usize = 1 << 47;
 /// Top of the root task's first stack; it grows down, demand-zero, for
 /// [`ROOT_STACK_PAGES`] pages.
 pub const ROOT_STACK_TOP: usize = 0x7fff_ffff_0000;

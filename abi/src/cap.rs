@@ -36,7 +36,7 @@ pub const GENERATION_SHIFT: u32 = 32;
 pub const NO_BADGE: u64 = 0;
 
 /// A user-visible capability handle. See the module documentation.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[repr(transparent)]
 pub struct CapToken(u64);
 
@@ -175,8 +175,11 @@ impl Rights {
     pub const GRANT: Rights = Rights(1 << 3);
     /// Revoke: the holder may destroy all descendants of this capability.
     pub const REVOKE: Rights = Rights(1 << 4);
+    /// Inherit: copied into a forked child's capability space
+    /// (`CapSpaceInherit`).
+    pub const INHERIT: Rights = Rights(1 << 5);
     /// Every right.
-    pub const ALL: Rights = Rights(0x1f);
+    pub const ALL: Rights = Rights(0x3f);
 
     /// Rights from a raw value; `None` if an undefined bit is set.
     pub const fn from_bits(bits: u32) -> Option<Rights> {
@@ -254,8 +257,8 @@ mod tests {
 
     #[test]
     fn rights_algebra() {
-        assert_eq!(Rights::from_bits(0x1f), Some(Rights::ALL));
-        assert_eq!(Rights::from_bits(0x20), None);
+        assert_eq!(Rights::from_bits(0x3f), Some(Rights::ALL));
+        assert_eq!(Rights::from_bits(0x40), None);
         let rw = Rights::READ | Rights::WRITE;
         assert!(rw.contains(Rights::READ));
         assert!(!rw.contains(Rights::GRANT));

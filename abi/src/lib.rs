@@ -11,6 +11,7 @@ pub mod cap;
 pub mod error;
 pub mod harness;
 pub mod ipc;
+pub mod process;
 pub mod syscall;
 
 pub use cap::{CapToken, ObjectType, Rights};

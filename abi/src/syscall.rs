@@ -11,7 +11,7 @@
 //! | 0x20–0x2f | threads and scheduling |
 //! | 0x30–0x3f | address spaces and memory objects |
 //! | 0x40–0x4f | IPC: endpoints, notifications, IPC buffers, fault handlers |
-//! | 0x50–0x5f | processes (reserved) |
+//! | 0x50–0x5f | processes: pools, fork of spaces, inheritance, thread copies |
 //! | 0x60–0x6f | interrupts and time |
 
 /// A system call, identified by the number user space puts in the
@@ -186,6 +186,26 @@ pub enum Syscall {
     /// the device interrupts, so it is never offline) or a CPU that did
     /// not come up, `InvalidState` if it already is. Needs `WRITE`.
     CpuSetOnline = 0x6a,
+
+    /// `(pool, pages)`: a new pool of `pages` pages carved out of `pool`
+    /// (charged `pages` until the new pool's last capability goes): the
+    /// memory limit of a process. Needs `WRITE` on `pool`.
+    PoolCreate = 0x50,
+    /// `(aspace, pool)`: a copy-on-write copy of `aspace` for fork (its
+    /// private memory charged to `pool` in full, as `MemFromRange` does,
+    /// and its page tables as they are made). Needs `WRITE` on both.
+    AspaceFork = 0x51,
+    /// `(src cspace, dst cspace, start)`: copies every capability of
+    /// `src` in slots `start..start + 256` that has [`crate::cap::Rights::INHERIT`]
+    /// into the same slot of `dst`, with the same token; returns the next
+    /// slot to continue from, or 0 when done. Needs `READ` on `src`,
+    /// `WRITE` on `dst`.
+    CapSpaceInherit = 0x52,
+    /// `(src thread, dst thread)`: `dst` (suspended) gets `src`'s
+    /// registers, FP state and TLS base, except that its system call
+    /// returns 0 (fork's child). `src` must not be running. Needs `READ`
+    /// on `src`, `WRITE` on `dst`.
+    ThreadCopy = 0x53,
 }
 
 /// Modes of [`Syscall::MemFromRange`].
@@ -315,14 +335,13 @@ impl TryFrom<usize> for SystemInfoKey {
     }
 }
 
-/// Numbers reserved for processes, and the rest of interrupts and time,
-/// which arrive with their subsystems; today they answer
-/// [`crate::Error::NoSuchSyscall`].
-pub const RESERVED: [core::ops::Range<usize>; 2] = [0x50..0x60, 0x6b..0x70];
+/// Numbers reserved for the rest of processes and of interrupts and time;
+/// today they answer [`crate::Error::NoSuchSyscall`].
+pub const RESERVED: [core::ops::Range<usize>; 2] = [0x54..0x60, 0x6b..0x70];
 
 impl Syscall {
     /// Every assigned system call.
-    pub const ALL: [Syscall; 52] = [
+    pub const ALL: [Syscall; 56] = [
         Syscall::DebugWrite,
         Syscall::SystemInfo,
         Syscall::CapIdentify,
@@ -375,6 +394,10 @@ impl Syscall {
         Syscall::TimerCreate,
         Syscall::TimerSet,
         Syscall::CpuSetOnline,
+        Syscall::PoolCreate,
+        Syscall::AspaceFork,
+        Syscall::CapSpaceInherit,
+        Syscall::ThreadCopy,
     ];
 }
 

@@ -20,6 +20,8 @@
 //!   rights; needs [`Rights::GRANT`].
 //! - **delegate**: moves a capability to another slot or space, keeping its
 //!   place in the tree; crossing spaces needs [`Rights::GRANT`].
+//! - **inherit**: fork's copy of every capability with [`Rights::INHERIT`]
+//!   into the same slot of another space with the same token, as children.
 //! - **delete**: removes one capability. Its children survive, re-parented
 //!   to its parent (seL4-style): deleting your copy never destroys what
 //!   others hold; revoke does.
@@ -245,7 +247,9 @@ impl<O> CapSystem<O> {
 
     /// Mints a child of `src` in the same space with `rights` (a subset of
     /// `src`'s) and, if `badge != NO_BADGE`, that badge (only on an
-    /// unbadged `src`; otherwise the child keeps `src`'s badge).
+    /// unbadged `src`; otherwise the child keeps `src`'s badge). (System
+    /// calls go through [`Self::copy`].)
+    #[cfg(any(test, feature = "bench"))]
     pub fn derive(
         &mut self,
         id: CSpaceId,
@@ -358,6 +362,49 @@ impl<O> CapSystem<O> {
             self.attach(parent, slot_ref(space, index));
         }
         Ok(token)
+    }
+
+    /// Copies each capability of space `from` in slots `start..start + n`
+    /// that has [`Rights::INHERIT`] and that `allow` lets go into `to` into
+    /// the same slot of `to` with the same token, as a child of the
+    /// original. A slot of `to` that is occupied or past that generation is
+    /// `AlreadyExists` (with the slots before it copied). Returns where to
+    /// go on, `None` at the end of `from`.
+    pub fn inherit(
+        &mut self,
+        from: CSpaceId,
+        to: CSpaceId,
+        start: u32,
+        n: u32,
+        allow: impl Fn(&O) -> bool,
+    ) -> Result<Option<u32>, Error>
+    where
+        O: Clone,
+    {
+        let max = self.space(from)?.max_slots();
+        let end = max.min(start.saturating_add(n));
+        for index in start..end {
+            let Some((tag, cap)) = self.space(from)?.slot(index).and_then(|s| {
+                let c = s
+                    .cap
+                    .as_ref()
+                    .filter(|c| c.rights.contains(Rights::INHERIT));
+                Some((s.tag, c.filter(|c| !c.revoking && allow(&c.object))?))
+            }) else {
+                continue;
+            };
+            let child = Cap::new(cap.object.clone(), cap.ty, cap.rights, cap.badge);
+            let dst = self.space_mut(to.index())?;
+            let old = dst.slot(index).map_or(0, |s| s.tag);
+            ensure(old >> 32 <= tag >> 32, Error::AlreadyExists)?;
+            dst.take(Dest::At(index))?;
+            if let Some(s) = dst.slot_mut(index) {
+                s.tag = tag; // the generation only moves forward
+            }
+            dst.fill(index, child, Links::NONE);
+            self.attach(slot_ref(from.index(), index), slot_ref(to.index(), index));
+        }
+        Ok((end < max).then_some(end))
     }
 
     /// Moves `src` to space `to` (or another slot of its own space); its

@@ -992,3 +992,54 @@ fn checks_and_reservations_predict_the_operations() {
     assert!(s.space(predicted).is_ok());
     s.check();
 }
+
+#[test]
+fn inherit_copies_marked_capabilities_with_their_tokens_as_children() {
+    let (mut s, a, b) = sys();
+    let keep = s.insert(a, Dest::Any, 1, EP, ALL, 7).unwrap();
+    let no = s
+        .insert(a, Dest::Any, 2, EP, ALL.without(Rights::INHERIT), 0)
+        .unwrap();
+    // An older generation in slot 2: the copy must keep the new one.
+    let gone = s.insert(a, Dest::Any, 3, EP, ALL, 0).unwrap();
+    s.delete(a, gone).unwrap();
+    let later = s.insert(a, Dest::Any, 4, EP, ALL, 0).unwrap();
+    let refused = s.insert(a, Dest::Any, 5, EP, ALL, 0).unwrap();
+    assert_eq!(
+        s.inherit(a, b, 0, 2, |_| true),
+        Ok(Some(2)),
+        "a window, then on"
+    );
+    assert_eq!(s.inherit(a, b, 2, 256, |&o| o != 5), Ok(None));
+    assert_eq!(
+        *s.lookup(b, keep).unwrap().object(),
+        1,
+        "same token in the child"
+    );
+    assert_eq!(s.lookup(b, keep).unwrap().badge(), 7);
+    assert_eq!(s.lookup(b, later).map(|c| *c.object()), Ok(4));
+    assert_eq!(later.generation(), gone.generation() + 1);
+    assert_eq!(
+        s.lookup(b, no).err(),
+        Some(Error::InvalidCapability),
+        "not inheritable"
+    );
+    assert_eq!(
+        s.lookup(b, refused).err(),
+        Some(Error::InvalidCapability),
+        "not allowed"
+    );
+    // A capability in the way.
+    assert_eq!(s.inherit(a, b, 0, 256, |_| true), Err(Error::AlreadyExists));
+    // Revoking the parent's capability takes the child's copy too.
+    assert_eq!(revoke_all(&mut s, a, keep, 8), vec![1]);
+    assert!(s.lookup(b, keep).is_err() && s.lookup(a, keep).is_ok());
+    let root_copy = s.derive(a, later, Dest::Any, ALL, 0).unwrap();
+    assert_eq!(
+        revoke_all(&mut s, a, later, 8).len(),
+        2,
+        "the derived one and the child's"
+    );
+    assert!(s.lookup(b, later).is_err() && s.lookup(a, root_copy).is_err());
+    s.check();
+}

@@ -44,7 +44,7 @@ use keel_abi::Error;
 /// pointers fault.
 pub const USER_BASE: usize = PAGE;
 /// End of the user half (47-bit user addresses on every architecture).
-pub const USER_END: usize = 1 << 47;
+pub use keel_abi::boot::USER_END;
 
 /// A user virtual address as user space passed it: unchecked until a copy
 /// helper (`mm::user`) or an address-space operation resolves it, and
@@ -632,11 +632,16 @@ impl<M: Machine> AddressSpace<M> {
         }
     }
 
-    /// A copy of this space for fork: private anonymous memory becomes
-    /// copy-on-write in both (this space's writable pages are
-    /// write-protected), shared memory stays shared.
-    pub fn clone_cow(&mut self, asid: u16) -> Result<AddressSpace<M>, Error> {
-        let mut child = AddressSpace::new(asid, self.pool.clone())?;
+    /// A copy of this space for fork, its tables and private memory
+    /// charged to `pool`: private anonymous memory becomes copy-on-write
+    /// in both (this space's writable pages are write-protected), shared
+    /// memory stays shared.
+    pub fn clone_cow(
+        &mut self,
+        asid: u16,
+        pool: Option<KArc<MemoryPool>>,
+    ) -> Result<AddressSpace<M>, Error> {
+        let mut child = AddressSpace::new(asid, pool.clone())?;
         child.regions.try_reserve(self.regions.len()).map_err(oom)?;
         // Objects already cloned: (original, copy).
         let mut cloned: Vec<[KArc<MemObject<M>>; 2]> = Vec::new();
@@ -649,7 +654,7 @@ impl<M: Machine> AddressSpace<M> {
             {
                 copy.clone()
             } else {
-                let copy = r.object.cow_clone()?;
+                let copy = r.object.cow_clone(pool.clone())?;
                 cloned.try_reserve(1).map_err(oom)?;
                 cloned.push([r.object.clone(), copy.clone()]);
                 copy

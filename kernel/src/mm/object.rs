@@ -194,14 +194,19 @@ impl<M: Machine> MemObject<M> {
     }
 
     /// A new anonymous object with the same contents, sharing every
-    /// present frame copy-on-write. Both objects become `cow`.
-    pub fn cow_clone(&self) -> Result<KArc<Self>, Error> {
+    /// present frame copy-on-write, charged its pages to `pool`. Both
+    /// objects become `cow`.
+    pub fn cow_clone(&self, pool: Option<KArc<MemoryPool>>) -> Result<KArc<Self>, Error> {
         ensure(self.backing == Backing::Anonymous, Error::InvalidState)?;
         let mut frames = alloc::vec::Vec::new();
         frames.try_reserve_exact(self.pages).map_err(oom)?;
+        if let Some(q) = &pool {
+            q.charge(self.pages as u64)?;
+        }
         let mut st = self.state.lock();
         frames.extend_from_slice(&st.frames);
-        let copy = Self::make(Backing::Anonymous, self.pages, None, frames, true)?;
+        // On failure the dropped value credits the pool back.
+        let copy = Self::make(Backing::Anonymous, self.pages, pool, frames, true)?;
         st.cow = true;
         for &f in st.frames.iter().filter(|&&f| f != ABSENT) {
             M::share_frame(f);

@@ -3,18 +3,30 @@
 //! spaces and their page tables, capability spaces, threads), so one
 //! process cannot exhaust kernel memory.
 //!
+//! A pool can be carved out of another (`PoolCreate`): its whole limit is
+//! charged to the parent until the child goes, so the limits nest (a
+//! process's pool inside its parent's), at most [`MAX_DEPTH`] deep (so
+//! dropping a chain of them cannot overflow the kernel stack).
+//!
 //! Invariant: `used <= limit`; every charge is credited back exactly once,
 //! by the object it was charged for, when that object is destroyed.
 
+use super::kref::KArc;
 use core::sync::atomic::{AtomicU64, Ordering};
 use keel_abi::Error;
 
+/// Most pools a pool may be nested in.
+pub const MAX_DEPTH: u32 = 16;
+
 /// A page budget: charges fail with `OutOfMemory` once `limit` pages are
 /// in use. Thread-safe (atomic counter).
-#[derive(Debug)]
 pub struct MemoryPool {
     limit: u64,
     used: AtomicU64,
+    /// The pool this one's limit is charged to, if carved from one, and
+    /// how many pools this one is nested in.
+    parent: Option<KArc<MemoryPool>>,
+    depth: u32,
 }
 
 impl MemoryPool {
@@ -23,7 +35,24 @@ impl MemoryPool {
         MemoryPool {
             limit: limit_pages,
             used: AtomicU64::new(0),
+            parent: None,
+            depth: 0,
         }
+    }
+
+    /// A pool of `pages` pages charged to `parent` for as long as it lives.
+    /// `InvalidArgument` if `parent` is [`MAX_DEPTH`] deep.
+    pub fn carve(parent: &KArc<MemoryPool>, pages: u64) -> Result<KArc<MemoryPool>, Error> {
+        let depth = parent.depth + 1;
+        super::kref::ensure(depth <= MAX_DEPTH, Error::InvalidArgument)?;
+        parent.charge(pages)?;
+        // On failure the dropped value credits the parent back.
+        KArc::try_new(MemoryPool {
+            limit: pages,
+            used: AtomicU64::new(0),
+            parent: Some(parent.clone()),
+            depth,
+        })
     }
 
     /// Takes `pages` from the pool, or `OutOfMemory` if it has fewer left.
@@ -57,6 +86,14 @@ impl MemoryPool {
     }
 }
 
+impl Drop for MemoryPool {
+    fn drop(&mut self) {
+        if let Some(parent) = &self.parent {
+            parent.credit(self.limit);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -71,5 +108,24 @@ mod tests {
         q.credit(6);
         assert_eq!(q.available(), 10);
         assert_eq!(q.charge(10), Ok(()));
+    }
+
+    #[test]
+    fn a_carved_pool_holds_its_limit_of_the_parent_until_it_goes() {
+        let root = KArc::try_new(MemoryPool::new(100)).unwrap();
+        let child = MemoryPool::carve(&root, 60).unwrap();
+        assert_eq!(root.available(), 40);
+        assert_eq!(MemoryPool::carve(&root, 41).err(), Some(Error::OutOfMemory));
+        assert_eq!(child.charge(61), Err(Error::OutOfMemory));
+        let mut chain = child.clone();
+        for _ in 1..MAX_DEPTH {
+            chain = MemoryPool::carve(&chain, 1).unwrap();
+        }
+        assert_eq!(
+            MemoryPool::carve(&chain, 1).err(),
+            Some(Error::InvalidArgument)
+        );
+        drop((child, chain));
+        assert_eq!(root.available(), 100, "the whole chain gave back");
     }
 }

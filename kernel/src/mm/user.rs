@@ -490,7 +490,7 @@ crate::ktest!(
                 Ok(())
             );
             let free = free_frames_now();
-            let mut child = kexpect!(parent.clone_cow(0), "cloning");
+            let mut child = kexpect!(parent.clone_cow(0, None), "cloning");
             // The clone copies no data frames (only page tables).
             kassert!(free - free_frames_now() < 8);
             load(&mut child);
@@ -608,7 +608,7 @@ crate::kbench!(
         let _ = copy_to_user(&mut parent, UserAddr::new(BASE), b"x");
         let mut ticks = 0;
         for _ in 0..iters {
-            let Ok(mut child) = parent.clone_cow(0) else {
+            let Ok(mut child) = parent.clone_cow(0, None) else {
                 return 0;
             };
             load(&mut child);

@@ -21,8 +21,13 @@ impl AddressSpaceObject {
         pool: Option<KArc<MemoryPool>>,
     ) -> Result<KArc<AddressSpaceObject>, Error> {
         // On failure the dropped space credits its charge back.
+        Self::from_space(UserSpace::new(asid, pool)?)
+    }
+
+    /// `space` as an object.
+    pub fn from_space(space: UserSpace) -> Result<KArc<AddressSpaceObject>, Error> {
         KArc::try_new(AddressSpaceObject {
-            space: Mutex::new(UserSpace::new(asid, pool)?),
+            space: Mutex::new(space),
         })
     }
 

@@ -235,6 +235,18 @@ impl Thread {
         self.regs.set_tls(value);
     }
 
+    /// Its registers, FP/SIMD state and TLS base (saved: not running).
+    pub fn cpu_state(&self) -> (UserRegs, FpuState, usize) {
+        (self.regs.clone(), self.fpu.clone(), self.tls)
+    }
+
+    /// Takes another thread's [`Self::cpu_state`], except that the system
+    /// call it was in returns 0 here (fork's child).
+    pub fn set_cpu_state(&mut self, (regs, fpu, tls): (UserRegs, FpuState, usize)) {
+        (self.regs, self.fpu, self.tls) = (regs, fpu, tls);
+        self.regs.set_result(0);
+    }
+
     /// Saves the CPU's FP/SIMD and TLS state into the TCB (switching away).
     pub fn save_cpu_state(&mut self) {
         self.fpu.save();

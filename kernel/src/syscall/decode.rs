@@ -58,12 +58,7 @@ pub(super) enum Call {
     /// A new object's original capability into a reserved slot (a new
     /// endpoint or notification has its table room reserved and its pool
     /// charged).
-    Insert {
-        cspace: CSpaceId,
-        slot: u32,
-        object: KObject,
-        ty: ObjectType,
-    },
+    Insert(CSpaceId, u32, KObject, ObjectType),
     CSpaceCreate {
         cspace: CSpaceId,
         slot: u32,
@@ -105,15 +100,17 @@ pub(super) enum Call {
     Bind(ThreadId, Option<KArc<NotificationRef>>),
     SetIpcBuffer(ThreadId, usize),
     SetFaultHandler(ThreadId, Option<(KArc<EndpointRef>, u64)>),
-    FromRange {
-        cspace: CSpaceId,
-        slot: u32,
-        space: KArc<AddressSpaceObject>,
-        pool: KArc<MemoryPool>,
-        va: UserAddr,
-        pages: usize,
-        take: bool,
-    },
+    /// A memory object (charged to `.3`) of `.5` pages at `.4` of `.2`,
+    /// taken if `.6`, its capability into slot `.1` of `.0`.
+    FromRange(
+        CSpaceId,
+        u32,
+        KArc<AddressSpaceObject>,
+        KArc<MemoryPool>,
+        UserAddr,
+        usize,
+        bool,
+    ),
     Map {
         space: KArc<AddressSpaceObject>,
         object: KArc<MemoryObject>,
@@ -347,8 +344,14 @@ pub(super) fn decode(
             let slot = k.caps.reserve_slot(cs)?;
             k.reserve_thread()?;
             let mut thread = try_box(Thread::new(space, home, entry, stack, arg)?)?;
-            // It may run where its creator may (as Linux's threads inherit).
-            thread.set_affinity(k.thread(caller)?.affinity());
+            // It may run where its creator may (as Linux's threads inherit),
+            // and in its creator's process its faults go where the
+            // creator's do (to the process server, say).
+            let creator = k.thread(caller)?;
+            thread.set_affinity(creator.affinity());
+            if creator.home().id() == thread.home().id() {
+                thread.ipc.fault_handler = creator.ipc.fault_handler.clone();
+            }
             // Names the thread `invoke` will add (the kernel lock is held
             // from here to there, so no other thread can take its slot).
             let reference = ThreadRef::new(k.orphans(), k.next_thread_id())?;
@@ -401,23 +404,18 @@ pub(super) fn decode(
             ensure(valid, Error::InvalidArgument)?;
             let slot = k.caps.reserve_slot(cs)?;
             let obj = MemoryObject::anonymous_charged(pages, flags & MEM_EAGER != 0, Some(pool))?;
-            Call::Insert {
-                cspace: cs,
-                slot,
-                object: KObject::Memory(obj),
-                ty: ObjectType::MemoryObject,
-            }
+            Call::Insert(cs, slot, KObject::Memory(obj), ObjectType::MemoryObject)
         }
         Syscall::AspaceCreate => {
             let pool = cap::<KArc<MemoryPool>>(k, cs, a[0], Rights::WRITE)?;
             let slot = k.caps.reserve_slot(cs)?;
             let space = AddressSpaceObject::new(0, Some(pool))?;
-            Call::Insert {
-                cspace: cs,
+            Call::Insert(
+                cs,
                 slot,
-                object: KObject::AddressSpace(space),
-                ty: ObjectType::AddressSpace,
-            }
+                KObject::AddressSpace(space),
+                ObjectType::AddressSpace,
+            )
         }
         Syscall::Map => {
             let [aspace, mem, va, offset, pages, prot_bits] = a;
@@ -458,15 +456,8 @@ pub(super) fn decode(
             };
             let space = cap(k, cs, aspace, Rights::WRITE)?;
             let pool = cap(k, cs, pool, Rights::WRITE)?;
-            Call::FromRange {
-                cspace: cs,
-                slot: k.caps.reserve_slot(cs)?,
-                space,
-                pool,
-                va: UserAddr::new(va),
-                pages,
-                take,
-            }
+            let slot = k.caps.reserve_slot(cs)?;
+            Call::FromRange(cs, slot, space, pool, UserAddr::new(va), pages, take)
         }
         Syscall::MemSize => {
             Call::Value(cap::<KArc<MemoryObject>>(k, cs, a[0], Rights::NONE)?.pages())
@@ -489,12 +480,7 @@ pub(super) fn decode(
                 let r = NotificationRef::new(k.orphans(), id, Some(pool))?;
                 (KObject::Notification(r), ObjectType::Notification)
             };
-            Call::Insert {
-                cspace: cs,
-                slot,
-                object,
-                ty,
-            }
+            Call::Insert(cs, slot, object, ty)
         }
         Syscall::Send | Syscall::Call => {
             let [ep_raw, info_raw, ..] = a;

@@ -75,12 +75,7 @@ pub(super) fn invoke(k: &mut Kernel, caller: ThreadId, call: Call) -> Outcome {
             }
             r.map(|p| usize::from(p == Progress::More))
         }
-        Call::Insert {
-            cspace,
-            slot,
-            object,
-            ty,
-        } => match &object {
+        Call::Insert(cspace, slot, object, ty) => match &object {
             // A new endpoint or notification first takes the table entry
             // decode reserved (cannot fail: it also predicted the id).
             KObject::Endpoint(r) if k.add_endpoint() != Ok(r.id()) => Err(Error::InvalidState),
@@ -167,15 +162,7 @@ pub(super) fn invoke(k: &mut Kernel, caller: ThreadId, call: Call) -> Outcome {
             .lock()
             .map(va.get(), object, offset, pages, attr)
             .map(|()| 0),
-        Call::FromRange {
-            cspace,
-            slot,
-            space,
-            pool,
-            va,
-            pages,
-            take,
-        } => {
+        Call::FromRange(cspace, slot, space, pool, va, pages, take) => {
             let obj = space.lock().split_off(va.get(), pages, take, Some(pool));
             let ty = ObjectType::MemoryObject;
             obj.and_then(|o| insert(k, cspace, slot, KObject::Memory(o), ty))

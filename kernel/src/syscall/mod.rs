@@ -24,6 +24,7 @@
 
 mod decode;
 mod invoke;
+mod process;
 mod time;
 
 use decode::{Args, decode};
@@ -97,6 +98,8 @@ pub fn dispatch(
     // common calls' stays small.
     let outcome = if time::handles(number) {
         time::dispatch(k, caller, cspace, number, Args(args))
+    } else if process::handles(number) {
+        process::dispatch(k, cspace, number, Args(args))
     } else {
         match decode(k, caller, cspace, number, Args(args)) {
             Ok(call) => invoke(k, caller, call),

@@ -97,12 +97,7 @@ pub(super) enum TimeCall {
     /// Read (`None`) or write an I/O port.
     Port(u16, u8, Option<u32>),
     /// A new capability to `object` in the reserved slot.
-    Insert {
-        cspace: CSpaceId,
-        slot: u32,
-        object: KObject,
-        ty: ObjectType,
-    },
+    Insert(CSpaceId, u32, KObject, ObjectType),
 }
 
 /// Checks a call of the block (see `decode`).
@@ -190,12 +185,12 @@ pub(super) fn decode(
                 count: u16::try_from(count).map_err(|_| Error::InvalidArgument)?,
             };
             let slot = k.caps.reserve_slot(cs)?;
-            TimeCall::Insert {
-                cspace: cs,
+            TimeCall::Insert(
+                cs,
                 slot,
-                object: KObject::IoPorts(KArc::try_new(ports)?),
-                ty: ObjectType::IoPortRange,
-            }
+                KObject::IoPorts(KArc::try_new(ports)?),
+                ObjectType::IoPortRange,
+            )
         }
         Syscall::IoPortIn | Syscall::IoPortOut => {
             let [ports, port, width, value, ..] = a;
@@ -221,12 +216,12 @@ pub(super) fn decode(
                 return Err(Error::InvalidArgument);
             }
             let slot = k.caps.reserve_slot(cs)?;
-            TimeCall::Insert {
-                cspace: cs,
+            TimeCall::Insert(
+                cs,
                 slot,
-                object: KObject::Memory(MemoryObject::physical(phys as u64, pages, true)?),
-                ty: ObjectType::MemoryObject,
-            }
+                KObject::Memory(MemoryObject::physical(phys as u64, pages, true)?),
+                ObjectType::MemoryObject,
+            )
         }
         Syscall::CpuSetOnline => {
             let [dc, cpu, online, ..] = a;
@@ -344,12 +339,7 @@ pub(super) fn invoke(k: &mut Kernel, caller: ThreadId, call: TimeCall) -> Outcom
         TimeCall::SetSched(t, params) => k.set_sched(t, params).map(|()| 0),
         TimeCall::SetOnline(cpu, online) => k.set_online(cpu, online).map(|()| 0),
         TimeCall::ThreadInfo(t, key) => k.thread_info(t, key),
-        TimeCall::Insert {
-            cspace,
-            slot,
-            object,
-            ty,
-        } => insert(k, cspace, slot, object, ty),
+        TimeCall::Insert(cspace, slot, object, ty) => insert(k, cspace, slot, object, ty),
     };
     Outcome::value(value)
 }

@@ -1,8 +1,7 @@
 //! Threads and processes: the kernel state and the thread lifecycle
-//! ([`Kernel`]), loading the root task ([`root`]) and validating its ELF
-//! image ([`elf`], portable and host-tested).
+//! ([`Kernel`]) and loading the root task ([`root`]; its ELF image is
+//! validated by the `keel-elf` crate, shared with user space).
 
-pub mod elf;
 #[cfg(any(test, target_os = "none"))]
 mod kernel;
 #[cfg(target_os = "none")]

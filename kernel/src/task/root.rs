@@ -1,6 +1,6 @@
 //! Building the root task: the first user process, from the boot module.
 //!
-//! The kernel validates the ELF file ([`super::elf`]), loads each segment
+//! The kernel validates the ELF file (the `keel-elf` crate), loads each segment
 //! into its own eagerly allocated memory object (W^X as the file says),
 //! gives the task a demand-zero stack and a read-only information page
 //! (`keel_abi::boot::RootInfo`), and a capability space holding: a memory
@@ -8,7 +8,6 @@
 //! only), and its own address space, capability space and thread.
 
 use super::Kernel;
-use super::elf;
 use crate::arch;
 use crate::bootinfo::{BootInfo, RegionKind};
 use crate::cap::Dest;
@@ -24,6 +23,7 @@ use keel_abi::boot::{
     ROOT_STACK_TOP, RootInfo,
 };
 use keel_abi::cap::{CapToken, NO_BADGE, ObjectType, Rights};
+use keel_elf as elf;
 
 /// Frames the kernel keeps for itself (page tables, thread control blocks,
 /// capability tables) out of the root task's pool.

@@ -19,7 +19,6 @@
 #![cfg_attr(target_os = "none", no_std)]
 #![cfg_attr(target_os = "none", deny(clippy::unwrap_used, clippy::expect_used))]
 
-#[cfg(target_os = "none")]
 extern crate alloc;
 
 #[cfg(target_os = "none")]
@@ -42,6 +41,7 @@ mod heap;
 pub mod ipc;
 #[cfg(target_os = "none")]
 pub mod probe;
+pub mod process;
 pub mod registry;
 #[cfg(target_os = "none")]
 pub mod sync;

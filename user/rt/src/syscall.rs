@@ -512,3 +512,41 @@ pub fn pool_available(pool: CapToken) -> SysResult {
     // SAFETY: does not touch user memory.
     unsafe { syscall1(Syscall::PoolAvailable as usize, tok(pool)) }
 }
+
+// ---- processes (the kernel's part; `process` is the rest) ----
+
+/// A new pool of `pages` pages carved out of `pool` (which is charged
+/// them until the new pool's last capability goes).
+pub fn pool_create(pool: CapToken, pages: usize) -> Result<CapToken, Error> {
+    // SAFETY: does not touch user memory.
+    unsafe { syscall2(Syscall::PoolCreate as usize, tok(pool), pages) }.map(token)
+}
+
+/// A copy-on-write copy of `aspace` (fork), charged to `pool`.
+pub fn aspace_fork(aspace: CapToken, pool: CapToken) -> Result<CapToken, Error> {
+    // SAFETY: write-protecting private pages until they are written does
+    // not change what the program sees.
+    unsafe { syscall2(Syscall::AspaceFork as usize, tok(aspace), tok(pool)) }.map(token)
+}
+
+/// Copies the capabilities of `src` with `Rights::INHERIT` into the same
+/// slots of `dst`, all of them (the kernel does a window per call).
+pub fn cap_space_inherit(src: CapToken, dst: CapToken) -> Result<(), Error> {
+    let mut start = 0;
+    loop {
+        // SAFETY: capability calls do not touch user memory.
+        let next =
+            unsafe { syscall3(Syscall::CapSpaceInherit as usize, tok(src), tok(dst), start) }?;
+        if next == 0 {
+            return Ok(());
+        }
+        start = next;
+    }
+}
+
+/// Gives the suspended thread `dst` the registers, FP state and TLS base of
+/// the stopped thread `src`, its system call returning 0 (fork's child).
+pub fn thread_copy(src: CapToken, dst: CapToken) -> Result<(), Error> {
+    // SAFETY: changes only `dst`'s saved state, which is not running.
+    unit(unsafe { syscall2(Syscall::ThreadCopy as usize, tok(src), tok(dst)) })
+}

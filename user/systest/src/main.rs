@@ -34,10 +34,14 @@ mod mirror;
 mod tests;
 
 #[cfg(target_os = "none")]
-keel_rt::entry!(root_main);
+keel_rt::entry!(root_main, tests::processes::child_main);
 
 #[cfg(target_os = "none")]
 fn root_main(info: &'static keel_abi::boot::RootInfo) -> i32 {
+    // Processes are started through it (tests::processes, the benchmarks).
+    if let Err(e) = keel_rt::process::server::start(info) {
+        keel_rt::println!("process server did not start: {e:?}");
+    }
     if info.flags & keel_abi::boot::ROOT_FLAG_BENCH != 0 {
         // One CPU: the instruction-count rows; several: the SMP rows.
         if info.cpu_count > 1 {

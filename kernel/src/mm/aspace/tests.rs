@@ -339,7 +339,7 @@ fn copy_on_write_break() {
     write(&mut parent, BASE, 11).unwrap();
     write(&mut parent, BASE + PAGE, 22).unwrap();
     let shared_pa = parent.translate(BASE).unwrap().pa;
-    let mut child = parent.clone_cow(2).unwrap();
+    let mut child = parent.clone_cow(2, None).unwrap();
     assert!(
         !parent.translate(BASE).unwrap().attr.contains(Attr::WRITE),
         "write-protected"
@@ -374,7 +374,7 @@ fn shared_objects_stay_shared_across_clone() {
     b.map(BASE + PAGE, obj.clone(), 0, 1, RW).unwrap();
     write(&mut a, BASE, 5).unwrap();
     assert_eq!(read(&mut b, BASE + PAGE), Ok(5));
-    let mut c = a.clone_cow(3).unwrap();
+    let mut c = a.clone_cow(3, None).unwrap();
     write(&mut c, BASE, 6).unwrap();
     assert_eq!(
         read(&mut a, BASE),
@@ -395,7 +395,7 @@ fn same_object_twice_in_one_space() {
     drop(obj);
     write(&mut s, BASE, 1).unwrap();
     assert_eq!(read(&mut s, BASE + PAGE), Ok(1));
-    let mut child = s.clone_cow(2).unwrap();
+    let mut child = s.clone_cow(2, None).unwrap();
     // Breaking the share through one view drops the other view's stale
     // mapping, so both still agree.
     write(&mut s, BASE + PAGE, 2).unwrap();
@@ -630,7 +630,7 @@ proptest! {
                     let asid = spaces.len() as u16;
                     if let Some(Some((s, model))) = spaces.get_mut(space) {
                         let model = model.clone();
-                        let c = s.clone_cow(asid).unwrap();
+                        let c = s.clone_cow(asid, None).unwrap();
                         spaces.push(Some((c, model)));
                     }
                 }

@@ -144,7 +144,7 @@ fn written_objects_are_seen_by_every_mapping_and_cow_children_split() {
     );
     assert_eq!(&b, b"span");
     drop(obj);
-    let mut child = parent.clone_cow(0).unwrap();
+    let mut child = parent.clone_cow(0, None).unwrap();
     assert_eq!(
         copy_to_user(&mut child, UserAddr::new(BASE), b"kid!"),
         Ok(())

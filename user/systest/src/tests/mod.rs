@@ -16,6 +16,7 @@ mod leaks;
 mod memory;
 mod ownership;
 mod page_tables;
+pub mod processes;
 mod smp;
 mod sync;
 mod threads;
@@ -177,6 +178,17 @@ pub const ALL: &[Test] = &[
     test!(smp::unmapping_a_page_faults_a_reader_on_another_cpu),
     test!(smp::cpus_go_offline_and_come_back),
     test!(smp::a_thousand_threads_wake_each_other_across_cpus),
+    test!(processes::spawn_passes_arguments_and_reports_the_exit_status),
+    test!(processes::passed_capabilities_arrive),
+    test!(processes::a_fault_ends_only_its_process),
+    test!(processes::wait_without_hang_and_for_nobody),
+    test!(processes::killing_a_server_in_ipc_fails_its_caller),
+    test!(processes::terminate_is_a_request_the_process_handles),
+    test!(processes::fork_copies_on_write),
+    test!(processes::exec_replaces_the_image),
+    test!(processes::bad_images_are_refused),
+    test!(processes::a_fork_bomb_is_held_by_its_pool),
+    test!(processes::many_processes_give_everything_back),
     test!(leaks::everything_was_returned),
 ];
 

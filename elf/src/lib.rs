@@ -1,8 +1,10 @@
-//! Validation of static ELF64 executables (the root task and, later,
-//! programs it spawns). Portable and host-tested.
+//! Validation of static ELF64 executables, shared by the kernel (the root
+//! task) and user space (`keel_rt::process` loads the programs it spawns).
+//! Portable and host-tested; `no_std`, no allocation.
 //!
 //! Only what loading a static, non-relocatable executable needs is read:
-//! the file header and the `PT_LOAD` program headers. Written by hand
+//! the file header and the `PT_LOAD` and `PT_TLS` program headers (and
+//! where the headers lie, for the auxiliary vector). Written by hand
 //! rather than with an ELF crate because this subset is small and every
 //! field is untrusted: each one is range-checked here, so the loader can
 //! trust an [`Image`].
@@ -11,6 +13,7 @@
 //! USER_END)`, its file bytes lie inside the file, `file_size <= mem_size`,
 //! no segment is both writable and executable, segments do not share a
 //! page, and the entry point lies in an executable segment.
+#![no_std]
 #![forbid(unsafe_code)]
 
 use arrayvec::ArrayVec;
@@ -19,7 +22,7 @@ use keel_abi::boot::USER_IMAGE_MIN;
 /// Most loadable segments accepted.
 pub const MAX_SEGMENTS: usize = 8;
 const PAGE: usize = 4096;
-const USER_END: usize = crate::mm::aspace::USER_END;
+use keel_abi::boot::USER_END;
 
 /// One loadable segment.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,6 +61,23 @@ pub struct Image {
     /// The `PT_LOAD` segments, at least one, sorted by `vaddr`, no two
     /// sharing a page.
     pub segments: ArrayVec<Segment, MAX_SEGMENTS>,
+    /// The thread-local storage template (`PT_TLS`), if any: its bytes
+    /// lie inside a loaded segment.
+    pub tls: Option<Tls>,
+    /// File offset, entry size and count of the program headers (for the
+    /// auxiliary vector's `AT_PHDR`/`AT_PHENT`/`AT_PHNUM`).
+    pub phdrs: (usize, usize, usize),
+}
+
+/// A thread-local storage template: each thread's block starts as
+/// `file_size` bytes from `vaddr`, then zeros up to `mem_size`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tls {
+    pub vaddr: usize,
+    pub file_size: usize,
+    pub mem_size: usize,
+    /// Alignment of the block (a power of two, at least 1).
+    pub align: usize,
 }
 
 /// Why a file is not a loadable executable.
@@ -78,6 +98,10 @@ pub enum ElfError {
     SegmentCount,
     /// The entry point is not in an executable segment.
     BadEntry,
+    /// A `PT_TLS` template outside the loaded segments, with its file part
+    /// larger than its memory part, or with an alignment that is not a
+    /// power of two; or two of them.
+    BadTls,
 }
 
 fn read<const N: usize>(data: &[u8], at: usize) -> Result<[u8; N], ElfError> {
@@ -99,6 +123,7 @@ fn usize_at(data: &[u8], at: usize) -> Result<usize, ElfError> {
 }
 
 const PT_LOAD: u32 = 1;
+const PT_TLS: u32 = 7;
 const PF_X: u32 = 1;
 const PF_W: u32 = 2;
 const ET_EXEC: u16 = 2;
@@ -119,13 +144,24 @@ pub fn parse(data: &[u8], machine: u16) -> Result<Image, ElfError> {
     if phentsize < 56 {
         return Err(ElfError::Truncated);
     }
-    let mut segments = ArrayVec::<Segment, MAX_SEGMENTS>::new();
+    let (mut segments, mut tls) = (ArrayVec::<Segment, MAX_SEGMENTS>::new(), None);
     for i in 0..phnum {
         let at = i
             .checked_mul(phentsize)
             .and_then(|o| o.checked_add(phoff))
             .ok_or(ElfError::Truncated)?;
-        if u32_at(data, at)? != PT_LOAD {
+        let kind = u32_at(data, at)?;
+        if kind == PT_TLS {
+            let t = Tls {
+                vaddr: usize_at(data, at + 16)?,
+                file_size: usize_at(data, at + 32)?,
+                mem_size: usize_at(data, at + 40)?,
+                align: usize_at(data, at + 48)?.max(1),
+            };
+            let ok = tls.is_none() && t.file_size <= t.mem_size && t.align.is_power_of_two();
+            tls = Some(t).filter(|_| ok).ok_or(ElfError::BadTls).map(Some)?;
+        }
+        if kind != PT_LOAD {
             continue;
         }
         let flags = u32_at(data, at + 4)?;
@@ -158,7 +194,22 @@ pub fn parse(data: &[u8], machine: u16) -> Result<Image, ElfError> {
     {
         return Err(ElfError::BadEntry);
     }
-    Ok(Image { entry, segments })
+    if let Some(t) = tls {
+        let inside = |s: &Segment| {
+            let end = t.vaddr.checked_add(t.file_size);
+            t.vaddr >= s.vaddr && end.is_some_and(|e| e <= s.vaddr + s.file_size)
+        };
+        if !segments.iter().any(inside) {
+            return Err(ElfError::BadTls);
+        }
+    }
+    let phdrs = (phoff, phentsize, phnum);
+    Ok(Image {
+        entry,
+        segments,
+        tls,
+        phdrs,
+    })
 }
 
 fn check_segment(s: &Segment, file_len: usize) -> Result<(), ElfError> {
@@ -189,8 +240,10 @@ fn check_segment(s: &Segment, file_len: usize) -> Result<(), ElfError> {
 
 #[cfg(test)]
 mod tests {
+    extern crate std;
     use super::*;
     use proptest::prelude::*;
+    use std::{vec, vec::Vec};
 
     /// A minimal executable: header, `n` program headers, then data.
     fn build(machine: u16, entry: u64, phdrs: &[(u32, u32, u64, u64, u64, u64)]) -> Vec<u8> {
@@ -289,6 +342,49 @@ mod tests {
         );
         assert_eq!(ok(&[], 0x40_1000), Err(ElfError::SegmentCount));
         assert_eq!(ok(&[TEXT; 9], 0x40_1000), Err(ElfError::SegmentCount));
+    }
+
+    #[test]
+    fn reads_the_tls_template_and_refuses_a_bad_one() {
+        let tls = |vaddr, filesz, memsz, align: u64| {
+            let mut f = build(
+                62,
+                0x40_1010,
+                &[TEXT, (PT_TLS, 4, 0x2000, vaddr, filesz, memsz), DATA],
+            );
+            f[64 + 56 + 48..64 + 56 + 56].copy_from_slice(&align.to_le_bytes());
+            parse(&f, 62).map(|i| i.tls)
+        };
+        let t = tls(0x40_2010, 0x10, 0x30, 8u64).unwrap().unwrap();
+        assert_eq!(
+            (t.vaddr, t.file_size, t.mem_size, t.align),
+            (0x40_2010, 0x10, 0x30, 8)
+        );
+        assert_eq!(
+            parse(&build(62, 0x40_1010, &[TEXT]), 62).unwrap().phdrs,
+            (64, 56, 1)
+        );
+        assert_eq!(
+            tls(0x40_2010, 0x40, 0x30, 8),
+            Err(ElfError::BadTls),
+            "file > mem"
+        );
+        assert_eq!(
+            tls(0x40_2010, 0x10, 0x30, 6),
+            Err(ElfError::BadTls),
+            "alignment"
+        );
+        assert_eq!(
+            tls(0x40_20f8, 0x10, 0x30, 8),
+            Err(ElfError::BadTls),
+            "past the file part"
+        );
+        assert_eq!(tls(0x10, 0x10, 0x30, 8), Err(ElfError::BadTls), "outside");
+        assert_eq!(
+            tls(u64::MAX - 4, 0x10, 0x30, 8),
+            Err(ElfError::BadTls),
+            "wraps"
+        );
     }
 
     proptest! {
