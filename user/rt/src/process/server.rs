@@ -40,7 +40,7 @@ use keel_abi::process::{
     PROC_INFO_VERSION, PROC_IPC_BUFFER, PROC_PASSED_CAPS, PROC_STACK_PAGES, PROC_STACK_TOP,
     ProcInfo, ROOT_PID, label,
 };
-use keel_abi::syscall::{PROT_EXEC, PROT_WRITE};
+use keel_abi::syscall::{MEM_EAGER, PROT_EXEC, PROT_WRITE};
 
 /// Slots of every process's capability space.
 pub const PROCESS_SLOTS: usize = 256;
@@ -58,12 +58,14 @@ const INFO_WINDOWS: usize = 0x2f_0000_0000;
 fn info_window(pid: Pid) -> usize {
     INFO_WINDOWS + ((pid as u32 as usize).saturating_sub(1) % super::table::MAX_PROCESSES) * PAGE
 }
+
 /// The root task's first thread's IPC buffer (for its requests), the
-/// server thread's, and its stack (the page after the root task's
-/// information page stays unmapped).
+/// server thread's, and its stack: all in one 2 MiB block, with unmapped
+/// guard pages between (the page after the root task's information page
+/// stays unmapped).
 const ROOT_BUFFER: usize = 0x2d_0000_0000;
 const SERVER_BUFFER: usize = ROOT_BUFFER + 2 * PAGE;
-const SERVER_STACK: usize = 0x2e_0000_0000;
+const SERVER_STACK: usize = ROOT_BUFFER + 4 * PAGE;
 const SERVER_STACK_PAGES: usize = 16;
 
 /// What the server keeps of a live process: one capability to each of
@@ -128,7 +130,10 @@ pub fn start(root: &RootInfo) -> Result<(), Error> {
         (SERVER_BUFFER, 1),
         (SERVER_STACK, SERVER_STACK_PAGES),
     ] {
-        let mem = mem_create(pool, pages, 0)?;
+        // Eager: mapping then builds the page tables now, so that none is
+        // charged to the root pool later, when the server first touches
+        // its pages (the root task's leak checks compare against now).
+        let mem = mem_create(pool, pages, MEM_EAGER)?;
         map(aspace, mem, va, 0, pages, PROT_WRITE)?;
         cap_delete(mem)?;
     }

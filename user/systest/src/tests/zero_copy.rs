@@ -125,9 +125,16 @@ pub fn page_ranges_move_and_share_through_ipc() -> TestResult {
 
 pub fn page_range_transfer_refuses_bad_arguments() -> TestResult {
     let r = root()?;
-    let before = pool_available(r.pool).ctx("pool")?;
-    let mem = Owned(mem_create(r.pool, 2, 0).ctx("mem")?);
     let va = next_va(4);
+    let mem = Owned(mem_create(r.pool, 2, 0).ctx("mem")?);
+    // Unmapping makes `va`'s 2 MiB block the one whose page tables the
+    // root space keeps (and frees the tables of the block kept before,
+    // wherever earlier tests left it); from here on unmapping there
+    // frees and keeps nothing more, so the pool level below is exact.
+    map(r.aspace, mem.0, va, 0, 2, PROT_WRITE).ctx("map")?;
+    // SAFETY: the test's own mapping, not used.
+    unsafe { unmap(r.aspace, va, 2) }.ctx("unmap")?;
+    let before = pool_available(r.pool).ctx("pool")?;
     map(r.aspace, mem.0, va, 0, 2, PROT_WRITE).ctx("map")?;
     let weak_pool = Owned(cap_derive(r.pool, Rights::READ, NO_BADGE).ctx("derive")?);
     let try_ = |aspace: CapToken, va: usize, pages: usize, mode: usize, pool: CapToken| {
@@ -184,7 +191,8 @@ pub fn page_range_transfer_refuses_bad_arguments() -> TestResult {
     );
     // SAFETY: the test's own mapping.
     let _ = unsafe { unmap(r.aspace, va, 2) };
-    drop((other, mem, weak_pool));
+    drop((other, weak_pool));
     ensure_eq!(pool_available(r.pool), Ok(before), "nothing was charged");
+    drop(mem);
     Ok(())
 }
