@@ -285,13 +285,15 @@ pub fn many_processes_give_everything_back() -> TestResult {
         ensure_eq!(status_of(p)?, ExitStatus::Exited(0));
     }
     ensure_eq!(pool_available(r.pool).ctx("pool")?, pool, "pool pages");
-    // Per-CPU frame caches and the kernel heap's slabs may hand frames
-    // back to the allocator meanwhile, never keep more.
-    ensure!(
-        frames() >= free,
-        "free frames {} < {} before",
-        frames(),
-        free
-    );
+    // On one CPU the count is exact. With several, the kernel heap's
+    // per-CPU slab caches and frame hot lists may keep a few frames on
+    // the CPUs the processes ran on (as in ownership's test); a leak of
+    // anything per process would keep over 200.
+    let now = frames();
+    if system_info(SystemInfoKey::CpuCount).unwrap_or(1) == 1 {
+        ensure_eq!(now, free, "free frames");
+    } else {
+        ensure!(now + 32 >= free, "free frames {now}, before {free}");
+    }
     Ok(())
 }
