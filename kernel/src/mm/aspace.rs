@@ -323,12 +323,19 @@ impl<M: Machine> AddressSpace<M> {
         };
         // Map what already has frames, so device and eager memory need no
         // faults.
+        // New entries: flushed here page by page where the hardware may
+        // cache missing ones, and on the other CPUs once for all.
+        let mut any = false;
         let result = (0..pages)
             .filter_map(|p| Some((p, region.object.present(offset + p)?)))
             .try_for_each(|(p, pa)| {
                 let a = region.leaf_attr(region.object.is_shared(offset + p));
-                self.install(va + p * PAGE, pa, a)
+                any = true;
+                self.install(va + p * PAGE, pa, a, 0)
             });
+        if M::FLUSH_NEW_ENTRIES && any {
+            M::shootdown(self.cpus);
+        }
         self.regions.insert(at, region);
         if result.is_err() {
             // Undone completely: no new table kept.
@@ -353,12 +360,13 @@ impl<M: Machine> AddressSpace<M> {
         Self::flush(&mut self.tag, self.cpus, self.table.root(), None);
     }
 
-    /// Points the page at `va` to `pa` with `attr`, replacing any mapping.
-    fn install(&mut self, va: usize, pa: u64, attr: Attr) -> Result<(), Error> {
+    /// Points the page at `va` to `pa` with `attr`, replacing any mapping;
+    /// flushes this CPU's TLB and shoots down those of `cpus`.
+    fn install(&mut self, va: usize, pa: u64, attr: Attr, cpus: u64) -> Result<(), Error> {
         let mut t = charged::<M>(&self.pool);
         let replaced = self.table.unmap(&mut t, va).is_ok();
         if replaced {
-            Self::flush(&mut self.tag, self.cpus, self.table.root(), Some(va));
+            Self::flush(&mut self.tag, cpus, self.table.root(), Some(va));
         }
         if let Err(e) = self.table.map(&mut t, va, pa, PageSize::Size4K, attr) {
             // The walk may have linked new tables before it ran out and
@@ -367,7 +375,7 @@ impl<M: Machine> AddressSpace<M> {
             return Err(map_err(e));
         }
         if M::FLUSH_NEW_ENTRIES && !replaced {
-            Self::flush(&mut self.tag, self.cpus, self.table.root(), Some(va));
+            Self::flush(&mut self.tag, cpus, self.table.root(), Some(va));
         }
         Ok(())
     }
@@ -543,7 +551,7 @@ impl<M: Machine> AddressSpace<M> {
             (object.frame(page)?, object.is_shared(page))
         };
         let attr = self.region(va)?.leaf_attr(shared);
-        self.install(page_va, pa, attr)?;
+        self.install(page_va, pa, attr, self.cpus)?;
         Ok(pa)
     }
 

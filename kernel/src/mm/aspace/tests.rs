@@ -16,6 +16,8 @@ struct Store {
     kernel_root: Option<u64>,
     flushes: usize,
     space_flushes: usize,
+    /// Shootdowns that named another CPU.
+    shootdowns: usize,
 }
 
 thread_local! {
@@ -119,7 +121,11 @@ impl Machine for Host {
     fn flush_space(_asid: u16) {
         with(|s| s.space_flushes += 1);
     }
-    fn shootdown(_cpus: u64) {}
+    fn shootdown(cpus: u64) {
+        if cpus != 0 {
+            with(|s| s.shootdowns += 1);
+        }
+    }
 
     fn release_root(_root: u64) {}
     fn is_loaded(_root: u64) -> bool {
@@ -187,6 +193,25 @@ fn eager_and_physical_objects_are_mapped_at_once() {
     assert!(m.attr.contains(Attr::DEVICE | Attr::USER | Attr::WRITE));
     drop(s);
     assert_eq!(frames_in_use(), before, "physical frames are not owned");
+}
+
+#[test]
+fn mapping_present_pages_shoots_the_other_cpus_down_once() {
+    let mut s = Space::new(1, None).unwrap();
+    s.loaded_on(0b110);
+    let shootdowns = || with(|st| st.shootdowns);
+    let (start, flushes) = (shootdowns(), with(|st| st.flushes));
+    let obj = Object::anonymous(64, true).unwrap();
+    s.map(BASE, obj, 0, 64, RW).unwrap();
+    assert_eq!(shootdowns() - start, 1, "one round for 64 new entries");
+    assert_eq!(with(|st| st.flushes) - flushes, 64, "each flushed here");
+    let lazy = Object::anonymous(4, false).unwrap();
+    s.map(BASE + 0x10_0000, lazy, 0, 4, RW).unwrap();
+    assert_eq!(
+        shootdowns() - start,
+        1,
+        "nothing present, nothing to shoot down"
+    );
 }
 
 #[test]
