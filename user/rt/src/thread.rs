@@ -136,9 +136,7 @@ unsafe fn start_on(
 /// The stack below `top` is the new thread's alone until it can no longer
 /// run.
 pub unsafe fn spawn_on(top: usize, func: fn(usize) -> i32, arg: usize) -> Result<CapToken, Error> {
-    let aspace = crate::process::own_aspace_and_pool()
-        .map(|(a, _)| a)
-        .ok_or(Error::InvalidState)?;
+    let aspace = crate::process::own_aspace().ok_or(Error::InvalidState)?;
     // SAFETY: the caller's promise.
     let (token, _) = unsafe { start_on(aspace, CapToken::NULL, top, func, arg) }?;
     if let Err(e) = thread_resume(token) {
@@ -172,9 +170,7 @@ impl Thread {
         func: fn(usize) -> i32,
         arg: usize,
     ) -> Result<Thread, Error> {
-        let aspace = crate::process::own_aspace_and_pool()
-            .map(|(a, _)| a)
-            .ok_or(Error::InvalidState)?;
+        let aspace = crate::process::own_aspace().ok_or(Error::InvalidState)?;
         let slot = take_stack().ok_or(Error::OutOfMemory)?;
         let stack = POOL.stacks.get(slot).ok_or(Error::InvalidState)?;
         let top = stack.0.get() as usize + STACK_BYTES;

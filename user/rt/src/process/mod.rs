@@ -75,15 +75,15 @@ mod client {
         CapToken::from_raw(LINK.get(i).map_or(0, |l| l.load(Ordering::Acquire)))
     }
 
-    /// The process's own address space and pool (the root task's, or this
+    /// The process's own address space (the root task's, or this
     /// process's), for the runtime's own use.
-    pub fn own_aspace_and_pool() -> Option<(CapToken, CapToken)> {
-        let (a, p) = match (info(), crate::root_info()) {
-            (Some(i), _) => (i.aspace, i.pool),
-            (None, Some(r)) => (r.aspace, r.pool),
+    pub fn own_aspace() -> Option<CapToken> {
+        let a = match (info(), crate::root_info()) {
+            (Some(i), _) => i.aspace,
+            (None, Some(r)) => r.aspace,
             (None, None) => return None,
         };
-        Some((CapToken::from_raw(a), CapToken::from_raw(p)))
+        Some(CapToken::from_raw(a))
     }
 
     /// The arguments this process was started with, then its environment

@@ -37,6 +37,12 @@ fn status_of(pid: Pid) -> Result<ExitStatus, String> {
     Ok(status)
 }
 
+/// The `i`th capability this process was passed (null if none).
+fn passed(i: usize) -> CapToken {
+    let raw = keel_rt::process::info().and_then(|info| info.passed.get(i).copied());
+    CapToken::from_raw(raw.unwrap_or(0))
+}
+
 /// What a child does, by its first argument.
 pub fn child_main(_info: &'static ProcInfo) -> i32 {
     let mut a = args();
@@ -57,8 +63,7 @@ pub fn child_main(_info: &'static ProcInfo) -> i32 {
         }
         "serve" => {
             // Takes one call on the passed endpoint and never answers.
-            let ep = keel_rt::process::info()
-                .map_or(CapToken::NULL, |i| CapToken::from_raw(i.passed[0]));
+            let ep = passed(0);
             let _ = recv(ep, 0);
             let _ = sleep_ns(60_000_000_000);
             1
@@ -68,14 +73,12 @@ pub fn child_main(_info: &'static ProcInfo) -> i32 {
             Err(_) => 1,
         },
         "signal" => {
-            let n = keel_rt::process::info()
-                .map_or(CapToken::NULL, |i| CapToken::from_raw(i.passed[0]));
+            let n = passed(0);
             i32::from(signal(n, 4).is_err())
         }
         "fork" => fork_child(),
         "exec" => {
-            let image = keel_rt::process::info()
-                .map_or(CapToken::NULL, |i| CapToken::from_raw(i.passed[0]));
+            let image = passed(0);
             let e = exec(image, &["exit", "77"], &[], &[]);
             keel_rt::println!("exec failed: {e:?}");
             1
