@@ -130,6 +130,22 @@ const ET_EXEC: u16 = 2;
 
 /// Validates `data` as a static executable for `machine` (`e_machine`).
 pub fn parse(data: &[u8], machine: u16) -> Result<Image, ElfError> {
+    parse_headers(data, data.len(), machine)
+}
+
+/// Bytes from the start of the file that hold its file header and program
+/// headers (what [`parse_headers`] reads), if the file header is there.
+pub fn headers_len(head: &[u8]) -> Result<usize, ElfError> {
+    let phoff = usize_at(head, 32)?;
+    let table = usize::from(u16_at(head, 54)?) * usize::from(u16_at(head, 56)?);
+    let end = phoff.checked_add(table).ok_or(ElfError::Truncated)?;
+    Ok(end.max(64))
+}
+
+/// [`parse`] of a file of `file_len` bytes of which only the first
+/// `head.len()` are at hand (at least [`headers_len`] of them): a loader
+/// need not map more of the file than the headers to check it.
+pub fn parse_headers(data: &[u8], file_len: usize, machine: u16) -> Result<Image, ElfError> {
     // e_ident: magic, ELFCLASS64, ELFDATA2LSB, EV_CURRENT.
     if read::<7>(data, 0)? != [0x7f, b'E', b'L', b'F', 2, 1, 1] {
         return Err(ElfError::NotElf64);
@@ -173,7 +189,7 @@ pub fn parse(data: &[u8], machine: u16) -> Result<Image, ElfError> {
             write: flags & PF_W != 0,
             exec: flags & PF_X != 0,
         };
-        check_segment(&seg, data.len())?;
+        check_segment(&seg, file_len)?;
         segments.try_push(seg).map_err(|_| ElfError::SegmentCount)?;
     }
     if segments.is_empty() {
@@ -271,6 +287,24 @@ mod tests {
 
     const TEXT: (u32, u32, u64, u64, u64, u64) = (PT_LOAD, 5, 0x1000, 0x40_1000, 0x800, 0x800);
     const DATA: (u32, u32, u64, u64, u64, u64) = (PT_LOAD, 6, 0x2000, 0x40_2000, 0x100, 0x5000);
+
+    #[test]
+    fn the_headers_alone_check_a_file() {
+        let f = build(62, 0x40_1010, &[TEXT, DATA]);
+        let n = headers_len(&f).unwrap();
+        assert_eq!(n, 64 + 2 * 56);
+        assert_eq!(parse_headers(&f[..n], f.len(), 62), parse(&f, 62));
+        assert_eq!(
+            parse_headers(&f[..n], 0x2000, 62),
+            Err(ElfError::Truncated),
+            "a segment past the file's end"
+        );
+        assert_eq!(
+            parse_headers(&f[..n - 16], f.len(), 62),
+            Err(ElfError::Truncated)
+        );
+        assert_eq!(headers_len(&f[..32]), Err(ElfError::Truncated));
+    }
 
     #[test]
     fn accepts_a_static_executable() {

@@ -155,6 +155,21 @@ const BENCHES: &[Bench] = &[
         iters: 20,
         func: crate::bench_time::preemption_switch,
     },
+    Bench {
+        name: "thread_create_join",
+        iters: 50,
+        func: thread_create_join,
+    },
+    Bench {
+        name: "process_spawn_exit_wait",
+        iters: 5,
+        func: crate::tests::processes::spawn_exit_wait,
+    },
+    Bench {
+        name: "process_fork_exit_wait",
+        iters: 5,
+        func: crate::tests::processes::fork_exit_wait,
+    },
 ];
 
 /// Runs every benchmark and prints one line each.
@@ -195,6 +210,18 @@ fn pool() -> Result<CapToken, Error> {
     keel_rt::root_info()
         .map(|i| CapToken::from_raw(i.pool))
         .ok_or(Error::InvalidState)
+}
+
+/// A thread of this process made, run to its end and joined (its
+/// capability deleted): `Thread::spawn` + `join`.
+fn thread_create_join(iters: u64) -> Result<Option<u64>, Error> {
+    for _ in 0..iters {
+        let t = Thread::spawn(|_| 0, 0)?;
+        if t.join(crate::tests::WAIT_YIELDS) != Some(0) {
+            return Err(Error::InvalidState);
+        }
+    }
+    Ok(None)
 }
 
 /// The cheapest system call: `SystemInfo(PageSize)`.

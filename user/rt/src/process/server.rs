@@ -12,9 +12,11 @@
 //! thread in it, and everything else goes with its last capability.
 //!
 //! ELF images are checked by `keel-elf` (the kernel's checker for the root
-//! task). Segments that are neither writable nor longer in memory than in
-//! the file are mapped straight from the image's memory object (shared by
-//! every process running it); the others are copied into fresh memory.
+//! task) from their headers, the only part mapped here for it. Segments
+//! that are neither writable nor longer in memory than in the file are
+//! mapped straight from the image's memory object (shared by every process
+//! running it); the others are copied into fresh memory (their file part
+//! alone mapped here).
 //!
 //! Invariants: the scratch windows of the root task's address space are
 //! unmapped whenever a request is done; a capability received with a
@@ -469,10 +471,22 @@ impl Server {
         pool: CapToken,
     ) -> Result<ProcInfo, Error> {
         let pages = mem_size(image)?;
-        let _window = Window::map(self.aspace, image, IMAGE_WINDOW, pages, 0)?;
-        // SAFETY: the window maps `pages` readable pages while it lives.
-        let file = unsafe { core::slice::from_raw_parts(IMAGE_WINDOW as *const u8, pages * PAGE) };
-        let img = keel_elf::parse(file, crate::ELF_MACHINE).map_err(|_| Error::InvalidArgument)?;
+        let bad = |_| Error::InvalidArgument;
+        // Only the headers are mapped to check the file (its first page,
+        // or as many as its program headers need), then only the file
+        // part of each segment that is copied.
+        let mut head = 1;
+        let img = loop {
+            let w = Window::map(self.aspace, (image, 0), IMAGE_WINDOW, head, 0)?;
+            // SAFETY: the window maps `head` readable pages while it lives.
+            let bytes = unsafe { core::slice::from_raw_parts(w.va as *const u8, head * PAGE) };
+            let need = keel_elf::headers_len(bytes).map_err(bad)?.div_ceil(PAGE);
+            if need <= head || need > pages {
+                break keel_elf::parse_headers(bytes, pages * PAGE, crate::ELF_MACHINE)
+                    .map_err(bad)?;
+            }
+            head = need;
+        };
         for s in &img.segments {
             let (first, n) = s.pages();
             let prot = if s.exec {
@@ -487,16 +501,7 @@ impl Server {
                 continue;
             }
             let mem = mem_create(pool, n, 0)?;
-            let copied = Window::map(self.aspace, mem, SEGMENT_WINDOW, n, PROT_WRITE).map(|w| {
-                let src = file.get(s.offset..s.offset + s.file_size).unwrap_or(&[]);
-                // SAFETY: the window maps `n` writable pages covering the
-                // segment, which starts `vaddr - first` bytes in.
-                unsafe {
-                    let dst = (SEGMENT_WINDOW + (s.vaddr - first)) as *mut u8;
-                    core::ptr::copy_nonoverlapping(src.as_ptr(), dst, src.len());
-                }
-                drop(w);
-            });
+            let copied = self.copy_in(image, s, mem, n);
             let mapped = copied.and_then(|()| map(aspace, mem, first, 0, n, prot));
             cap_delete(mem)?;
             mapped?;
@@ -522,6 +527,32 @@ impl Server {
             ..ProcInfo::default()
         })
     }
+
+    /// Copies segment `s`'s bytes from `image` into the fresh `n`-page
+    /// object `mem` (the rest stays zero).
+    fn copy_in(
+        &self,
+        image: CapToken,
+        s: &keel_elf::Segment,
+        mem: CapToken,
+        n: usize,
+    ) -> Result<(), Error> {
+        if s.file_size == 0 {
+            return Ok(());
+        }
+        let from = s.offset / PAGE;
+        let file_pages = (s.offset + s.file_size).div_ceil(PAGE) - from;
+        let src = Window::map(self.aspace, (image, from), IMAGE_WINDOW, file_pages, 0)?;
+        let dst = Window::map(self.aspace, (mem, 0), SEGMENT_WINDOW, n, PROT_WRITE)?;
+        // SAFETY: the windows map the segment's file pages (readable) and
+        // `n` writable pages covering it, which starts `vaddr % PAGE`
+        // bytes into its first page as in the file.
+        unsafe {
+            let from = (src.va + s.offset % PAGE) as *const u8;
+            core::ptr::copy_nonoverlapping(from, (dst.va + s.vaddr % PAGE) as *mut u8, s.file_size);
+        }
+        Ok(())
+    }
 }
 
 /// Arguments of a request: `argc` + `envc` NUL-terminated strings.
@@ -540,14 +571,15 @@ struct Window {
 }
 
 impl Window {
+    /// `pages` pages of `mem` from its page `offset`, at `va`.
     fn map(
         aspace: CapToken,
-        mem: CapToken,
+        (mem, offset): (CapToken, usize),
         va: usize,
         pages: usize,
         prot: usize,
     ) -> Result<Window, Error> {
-        map(aspace, mem, va, 0, pages, prot)?;
+        map(aspace, mem, va, offset, pages, prot)?;
         Ok(Window { aspace, va, pages })
     }
 }

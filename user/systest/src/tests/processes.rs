@@ -84,7 +84,54 @@ pub fn child_main(_info: &'static ProcInfo) -> i32 {
             1
         }
         "bomb" => bomb(),
+        "forks" => forks(a.next().and_then(|s| s.parse().ok()).unwrap_or(1)),
         _ => 2,
+    }
+}
+
+/// Forks `n` children that exit at once, reaping each: exits with the
+/// cycle-counter ticks per fork + exit + wait (the benchmark's figure).
+fn forks(n: u64) -> i32 {
+    let t0 = keel_rt::syscall::cycles();
+    for _ in 0..n {
+        match fork(FORK_PAGES) {
+            Ok(None) => keel_rt::process::exit(0),
+            Ok(Some(pid)) => {
+                if wait(Some(pid), true).is_err() {
+                    return -1;
+                }
+            }
+            Err(_) => return -2,
+        }
+    }
+    let per = keel_rt::syscall::cycles().wrapping_sub(t0) / n.max(1);
+    i32::try_from(per).unwrap_or(i32::MAX)
+}
+
+/// Pool pages of a benchmark's forked child (the image's data, bss and
+/// stack copied copy-on-write are charged in full).
+const FORK_PAGES: usize = 1024;
+
+/// Benchmark: spawn of this program as a process that exits at once, and
+/// its reaping; `iters` times.
+pub fn spawn_exit_wait(iters: u64) -> Result<Option<u64>, Error> {
+    let r = root().map_err(|_| Error::InvalidState)?;
+    for _ in 0..iters {
+        let p = spawn(r.boot_image, CHILD_PAGES, &["exit", "0"], &[], &[])?;
+        wait(Some(p), true)?;
+    }
+    Ok(None)
+}
+
+/// Benchmark: fork + exit + wait, measured inside a process (the root
+/// task is not forked): the child reports ticks per round as its status.
+pub fn fork_exit_wait(iters: u64) -> Result<Option<u64>, Error> {
+    let r = root().map_err(|_| Error::InvalidState)?;
+    let n = alloc::format!("{iters}");
+    let p = spawn(r.boot_image, 2 * FORK_PAGES, &["forks", &n], &[], &[])?;
+    match wait(Some(p), true)? {
+        (_, ExitStatus::Exited(per)) if per >= 0 => Ok(Some(per as u64 * iters)),
+        _ => Err(Error::InvalidState),
     }
 }
 
