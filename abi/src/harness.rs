@@ -22,6 +22,9 @@ pub const EXIT_BOOT_ERROR: i32 = 39;
 /// are cycle-counter ticks per operation (guest instructions under
 /// `-icount shift=0`).
 pub const BENCH_PREFIX: &str = "bench ";
+/// Prefix of a benchmark figure that is not ticks per operation (memory,
+/// totals): `bench-note <free text>`, shown and recorded as it is.
+pub const BENCH_NOTE_PREFIX: &str = "bench-note ";
 /// Prefix of a test result line: `test <path> ... ok` or `... FAILED`.
 pub const TEST_PREFIX: &str = "test ";
 /// Prefix of each backtrace frame line: `  frame #<i> <hex address>`; the host

@@ -18,6 +18,10 @@ pub const PROC_IPC_BUFFER: usize = 0x20_1000;
 /// Top of the first thread's stack, and its size in pages (demand-zero).
 pub const PROC_STACK_TOP: usize = 0x3f_0000;
 pub const PROC_STACK_PAGES: usize = 64;
+/// The most stack pages a spawn may ask for ([`Limits::stack_pages`]).
+pub const PROC_STACK_MAX_PAGES: usize = 256;
+/// Slots of a process's capability space unless its spawn asks otherwise.
+pub const PROC_SLOTS: usize = 256;
 /// Where the arguments start in the information page (bytes), and the
 /// most bytes they may take.
 pub const PROC_ARGS_OFFSET: usize = 512;
@@ -68,8 +72,10 @@ pub struct ProcInfo {
 /// on [`ProcInfo::server`]; the reply's label is 0 or an
 /// [`crate::Error`] code.
 pub mod label {
-    /// caps `[image, passed…]`, words `[pool pages, argc, envc, bytes,
-    /// argument bytes…]`: a new child from an ELF image; replies its pid.
+    /// caps `[image, passed…]`, words `[limits, argc, envc, bytes,
+    /// argument bytes…]` (`limits`: [`super::Limits`]): a new child from
+    /// an ELF image; replies its pid. `InvalidArgument` for a stack larger
+    /// than [`super::PROC_STACK_MAX_PAGES`].
     pub const SPAWN: u64 = 1;
     /// words `[status]`: the caller's process ends (no reply).
     pub const EXIT: u64 = 2;
@@ -90,6 +96,62 @@ pub mod label {
     /// as `SPAWN`, but the caller's process takes the new image (same
     /// pid, parent and children; only inheritable capabilities stay).
     pub const EXEC: u64 = 7;
+}
+
+/// The first word of a `SPAWN` or `EXEC` request: the sizes of the new
+/// process's pool, stack and capability space, packed as `pages |
+/// stack_pages << 32 | slots << 48`. A capability space of `slots` slots
+/// is the process's limit on capabilities; its pool, on memory and kernel
+/// objects (threads included), each charged in pages.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Limits {
+    /// Pages of its pool, carved from its parent's (`EXEC` keeps the pool
+    /// and ignores this).
+    pub pages: u32,
+    /// Pages of its first thread's stack (0: [`PROC_STACK_PAGES`]; at most
+    /// [`PROC_STACK_MAX_PAGES`]).
+    pub stack_pages: u16,
+    /// Slots of its capability space (0: [`PROC_SLOTS`]).
+    pub slots: u16,
+}
+
+impl Limits {
+    /// A pool of `pages` pages and the default stack and slots.
+    pub const fn pages(pages: u32) -> Limits {
+        Limits {
+            pages,
+            stack_pages: 0,
+            slots: 0,
+        }
+    }
+
+    pub const fn encode(self) -> u64 {
+        self.pages as u64 | (self.stack_pages as u64) << 32 | (self.slots as u64) << 48
+    }
+
+    pub const fn decode(word: u64) -> Limits {
+        Limits {
+            pages: word as u32,
+            stack_pages: (word >> 32) as u16,
+            slots: (word >> 48) as u16,
+        }
+    }
+
+    /// The stack's pages, the default put in.
+    pub const fn stack(self) -> usize {
+        match self.stack_pages {
+            0 => PROC_STACK_PAGES,
+            n => n as usize,
+        }
+    }
+
+    /// The capability space's slots, the default put in.
+    pub const fn slot_count(self) -> usize {
+        match self.slots {
+            0 => PROC_SLOTS,
+            n => n as usize,
+        }
+    }
 }
 
 /// How a process ended, as `WAIT` reports it: `kind << 32 | code`.
@@ -142,9 +204,26 @@ mod tests {
         assert_eq!(ExitStatus::decode((1 << 32) | 5), None);
     }
 
+    #[test]
+    fn limits_round_trip_and_zero_means_the_defaults() {
+        let l = Limits {
+            pages: u32::MAX,
+            stack_pages: 3,
+            slots: u16::MAX,
+        };
+        assert_eq!(Limits::decode(l.encode()), l);
+        assert_eq!((l.stack(), l.slot_count()), (3, u16::MAX as usize));
+        let d = Limits::decode(Limits::pages(7).encode());
+        assert_eq!(
+            (d.pages, d.stack(), d.slot_count()),
+            (7, PROC_STACK_PAGES, PROC_SLOTS)
+        );
+    }
+
     const _: () = {
         assert!(core::mem::size_of::<ProcInfo>() <= PROC_ARGS_OFFSET);
-        assert!(PROC_IPC_BUFFER + 4096 <= PROC_STACK_TOP - PROC_STACK_PAGES * 4096);
+        assert!(PROC_IPC_BUFFER + 2 * 4096 <= PROC_STACK_TOP - PROC_STACK_MAX_PAGES * 4096);
+        assert!(PROC_STACK_PAGES <= PROC_STACK_MAX_PAGES);
         assert!(PROC_STACK_TOP <= crate::boot::USER_IMAGE_MIN);
     };
 }

@@ -8,9 +8,13 @@ use crate::arch::Arch;
 use crate::qemu::{self, Boot};
 use crate::toolchain::{self, Flavor};
 use anyhow::{Result, bail};
-use keel_abi::harness::{BENCH_PREFIX, EXIT_PASS};
+use keel_abi::harness::{BENCH_NOTE_PREFIX, BENCH_PREFIX, EXIT_PASS};
 use serde_json::json;
 use std::time::Duration;
+
+/// Guest memory of the benchmark runs: the scale run keeps 10,000
+/// processes alive at once in it (the 1 GiB).
+const BENCH_MEMORY: &str = "1G";
 
 struct Row {
     name: String,
@@ -54,12 +58,17 @@ pub fn run(arches: &[Arch]) -> Result<()> {
         let root = toolchain::build_root_task(arch)?;
         let boot = Boot {
             icount: true,
-            ..Boot::headless(arch, &image, 1, "256M", "").with_initrd(Some(&root))
+            ..Boot::headless(arch, &image, 1, BENCH_MEMORY, "").with_initrd(Some(&root))
         };
         let start = std::time::Instant::now();
         let outcome = qemu::run_captured(&boot, Duration::from_secs(600), false)?;
         let wall = start.elapsed();
         let rows: Vec<Row> = outcome.lines.iter().filter_map(|l| parse_line(l)).collect();
+        let notes: Vec<&str> = outcome
+            .lines
+            .iter()
+            .filter_map(|l| l.strip_prefix(BENCH_NOTE_PREFIX))
+            .collect();
         if outcome.status != Some(EXIT_PASS) || rows.is_empty() {
             for l in &outcome.lines {
                 println!("{l}");
@@ -82,9 +91,12 @@ pub fn run(arches: &[Arch]) -> Result<()> {
                 r.name, r.median, r.min, r.iters
             );
         }
+        for n in &notes {
+            println!("{n}");
+        }
         // Several CPUs: -icount runs them in turn on one clock, so these
         // rows are multi-threaded TCG wall time.
-        let smp = Boot::headless(arch, &image, 4, "256M", "").with_initrd(Some(&root));
+        let smp = Boot::headless(arch, &image, 4, BENCH_MEMORY, "").with_initrd(Some(&root));
         let outcome = qemu::run_captured(&smp, Duration::from_secs(600), false)?;
         let smp_rows: Vec<Row> = outcome.lines.iter().filter_map(|l| parse_line(l)).collect();
         if outcome.status != Some(EXIT_PASS) || smp_rows.is_empty() {
@@ -119,6 +131,7 @@ pub fn run(arches: &[Arch]) -> Result<()> {
             "method": "QEMU TCG -icount shift=0,sleep=off; median and min over batches",
             "qemu_args": format!("{:?}", boot.command()),
             "benchmarks": table(&rows),
+            "notes": notes,
             "smp": {
                 "unit": "TCG wall-clock ns per operation",
                 "method": "QEMU multi-threaded TCG, -smp 4, no -icount; median and min over batches",

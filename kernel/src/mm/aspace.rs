@@ -248,17 +248,20 @@ impl<M: Machine> AddressSpace<M> {
         self.tag = tag;
     }
 
-    /// Notes that the CPUs of mask `cpus` loaded the space.
-    pub fn loaded_on(&mut self, cpus: u64) {
-        self.cpus |= cpus;
+    /// Notes that the CPU of mask `cpu` loaded the space; whether it was
+    /// not in the mask (it flushes the space's id: see `M::shootdown`).
+    pub fn loaded_on(&mut self, cpu: u64) -> bool {
+        let new = self.cpus & cpu == 0;
+        self.cpus |= cpu;
+        new
     }
 
     /// Makes sure no TLB keeps the old translation of `va` (see the module
     /// invariants), or with `None` any walk cached through freed tables. A
     /// free function over the fields it needs, so callers can hold borrows
     /// of the regions.
-    fn flush(tag: &mut u64, cpus: u64, root: u64, va: Option<usize>) {
-        M::shootdown(cpus);
+    fn flush(tag: &mut u64, cpus: &mut u64, root: u64, va: Option<usize>) {
+        *cpus = M::shootdown(*cpus, root);
         match (M::is_loaded(root), va) {
             (true, Some(va)) => M::flush_page(*tag as u16, va),
             (true, None) => M::flush_space(*tag as u16),
@@ -331,10 +334,10 @@ impl<M: Machine> AddressSpace<M> {
             .try_for_each(|(p, pa)| {
                 let a = region.leaf_attr(region.object.is_shared(offset + p));
                 any = true;
-                self.install(va + p * PAGE, pa, a, 0)
+                self.install(va + p * PAGE, pa, a, false)
             });
         if M::FLUSH_NEW_ENTRIES && any {
-            M::shootdown(self.cpus);
+            self.cpus = M::shootdown(self.cpus, self.table.root());
         }
         self.regions.insert(at, region);
         if result.is_err() {
@@ -357,14 +360,15 @@ impl<M: Machine> AddressSpace<M> {
     /// After tables were unlinked from the tree: no TLB may keep a cached
     /// walk through them.
     fn flush_walks(&mut self) {
-        Self::flush(&mut self.tag, self.cpus, self.table.root(), None);
+        Self::flush(&mut self.tag, &mut self.cpus, self.table.root(), None);
     }
 
     /// Points the page at `va` to `pa` with `attr`, replacing any mapping;
-    /// flushes this CPU's TLB and shoots down those of `cpus`.
-    fn install(&mut self, va: usize, pa: u64, attr: Attr, cpus: u64) -> Result<(), Error> {
+    /// flushes this CPU's TLB and, with `shoot`, the other CPUs'.
+    fn install(&mut self, va: usize, pa: u64, attr: Attr, shoot: bool) -> Result<(), Error> {
         let mut t = charged::<M>(&self.pool);
         let replaced = self.table.unmap(&mut t, va).is_ok();
+        let cpus = &mut if shoot { self.cpus } else { 0 };
         if replaced {
             Self::flush(&mut self.tag, cpus, self.table.root(), Some(va));
         }
@@ -377,6 +381,7 @@ impl<M: Machine> AddressSpace<M> {
         if M::FLUSH_NEW_ENTRIES && !replaced {
             Self::flush(&mut self.tag, cpus, self.table.root(), Some(va));
         }
+        self.cpus = if shoot { *cpus } else { self.cpus };
         Ok(())
     }
 
@@ -386,7 +391,7 @@ impl<M: Machine> AddressSpace<M> {
     fn unmap_page(&mut self, va: usize) -> bool {
         let gone = self.table.unmap(&mut M::tables(), va).is_ok();
         if gone {
-            Self::flush(&mut self.tag, 0, self.table.root(), Some(va));
+            Self::flush(&mut self.tag, &mut 0, self.table.root(), Some(va));
         }
         gone
     }
@@ -425,7 +430,7 @@ impl<M: Machine> AddressSpace<M> {
             let r = self.regions.remove(lo);
             let pages = (r.start..r.end).step_by(PAGE);
             if pages.fold(false, |gone, page| self.unmap_page(page) | gone) {
-                M::shootdown(self.cpus);
+                self.cpus = M::shootdown(self.cpus, self.table.root());
             }
             freed |= self.free_tables(r.start, r.end);
             if !self.maps_object(&r.object) {
@@ -514,7 +519,7 @@ impl<M: Machine> AddressSpace<M> {
                 if self.table.translate(&t, page).is_some() {
                     let a = r.leaf_attr(r.object.is_shared(r.object_page(page)));
                     if self.table.protect(&mut t, page, a).is_ok() {
-                        Self::flush(&mut self.tag, 0, self.table.root(), Some(page));
+                        Self::flush(&mut self.tag, &mut 0, self.table.root(), Some(page));
                         changed = true;
                     }
                 }
@@ -522,7 +527,7 @@ impl<M: Machine> AddressSpace<M> {
         }
         // The other CPUs once for the whole range.
         if changed {
-            M::shootdown(self.cpus);
+            self.cpus = M::shootdown(self.cpus, self.table.root());
         }
         Ok(())
     }
@@ -551,7 +556,7 @@ impl<M: Machine> AddressSpace<M> {
             (object.frame(page)?, object.is_shared(page))
         };
         let attr = self.region(va)?.leaf_attr(shared);
-        self.install(page_va, pa, attr, self.cpus)?;
+        self.install(page_va, pa, attr, true)?;
         Ok(pa)
     }
 
@@ -570,7 +575,7 @@ impl<M: Machine> AddressSpace<M> {
             .into_iter()
             .fold(false, |gone, va| self.unmap_page(va) | gone)
         {
-            M::shootdown(self.cpus);
+            self.cpus = M::shootdown(self.cpus, self.table.root());
         }
     }
 
@@ -635,7 +640,7 @@ impl<M: Machine> AddressSpace<M> {
         for page in (start..end).step_by(PAGE) {
             // Unmapped pages are left alone (`protect` refuses them).
             if self.table.protect(&mut t, page, attr).is_ok() {
-                Self::flush(&mut self.tag, self.cpus, self.table.root(), Some(page));
+                Self::flush(&mut self.tag, &mut self.cpus, self.table.root(), Some(page));
             }
         }
     }

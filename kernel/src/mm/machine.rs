@@ -49,8 +49,11 @@ pub trait Machine: 'static + Sized {
     /// some of its tables were freed).
     fn flush_space(asid: u16);
     /// Invalidates the TLBs of the CPUs of mask `cpus` (bit per CPU) other
-    /// than this one, and waits until they have (SMP shootdown).
-    fn shootdown(cpus: u64);
+    /// than this one that have the tree at `root` loaded, and waits until
+    /// they have (SMP shootdown); returns the CPUs of `cpus` that have it
+    /// loaded. The caller keeps only those in the space's mask: the others
+    /// flush its id when they next load it.
+    fn shootdown(cpus: u64, root: u64) -> u64;
     /// Called before the tree at `root` is freed: the kernel stops using
     /// it (switches away if it is loaded).
     fn release_root(root: u64);

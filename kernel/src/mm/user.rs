@@ -22,7 +22,7 @@ use super::aspace::{Access, AddressSpace, USER_BASE, USER_END};
 use super::frame::ZoneRequest;
 use super::machine::Machine;
 use super::object::{MemObject, PAGE};
-use super::{KernelTables, alloc_frames, frame_refs, release_frame, share_frame};
+use super::{KernelTables, alloc_frames, frame_refs, kref::ensure, release_frame, share_frame};
 use crate::arch;
 use crate::bootinfo::MAX_CPUS;
 use core::sync::atomic::{AtomicU64, Ordering};
@@ -92,8 +92,14 @@ impl Machine for KernelMachine {
         arch::flush_page(asid, va);
     }
 
-    fn shootdown(cpus: u64) {
-        crate::smp::shootdown(cpus);
+    fn shootdown(cpus: u64, root: u64) -> u64 {
+        let on = LOADED
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.load(Ordering::Relaxed) == root);
+        let on = on.fold(0, |m, (c, _)| m | 1 << c) & cpus;
+        crate::smp::shootdown(on);
+        on
     }
 
     fn flush_space(_asid: u16) {
@@ -139,7 +145,7 @@ pub fn init() {
 pub fn load(space: &mut UserSpace) {
     let (tag, flush) = ASIDS.lock().assign(space.tag());
     space.set_tag(tag);
-    space.loaded_on(1 << (arch::cpu_index() % MAX_CPUS));
+    let new = space.loaded_on(1 << (arch::cpu_index() % MAX_CPUS));
     // A new generation (begun here or on another CPU) hands out ids that
     // this CPU's TLB may still hold entries of.
     let fresh = this_cpu(&GENERATION).swap(tag >> 16, Ordering::Relaxed) != tag >> 16;
@@ -149,7 +155,7 @@ pub fn load(space: &mut UserSpace) {
     // SAFETY: `space` shares the kernel half of the current kernel root
     // (or the kernel has a root of its own), and before its tables are
     // freed `release_root` unloads it.
-    unsafe { arch::load_user_root(space.root(), space.asid(), flush == Flush::Asid) };
+    unsafe { arch::load_user_root(space.root(), space.asid(), flush == Flush::Asid || new) };
     loaded().store(space.root(), Ordering::Relaxed);
 }
 
@@ -173,9 +179,7 @@ fn chunks(
     if len == 0 {
         return Ok(());
     }
-    if addr < USER_BASE || end > USER_END {
-        return Err(Error::BadAddress);
-    }
+    ensure(addr >= USER_BASE && end <= USER_END, Error::BadAddress)?;
     let mut at = addr;
     while at < end {
         let n = (end.min((at | (PAGE - 1)) + 1)) - at;

@@ -11,7 +11,7 @@ use super::Outcome;
 use super::decode::{Args, cap, thread, token};
 use super::invoke::insert;
 use crate::cap::CSpaceId;
-use crate::mm::kref::KArc;
+use crate::mm::kref::{KArc, ensure};
 use crate::mm::pool::MemoryPool;
 use crate::mm::user::MemoryObject;
 use crate::object::device::{IrqBinding, IrqId};
@@ -160,12 +160,9 @@ pub(super) fn decode(
         Syscall::TimerSet => {
             let [timer_raw, deadline, period, ..] = a;
             let id = cap::<KArc<TimerRef>>(k, cs, timer_raw, Rights::WRITE)?.id();
-            if crate::time::hz() == 0 {
-                return Err(Error::NotSupported);
-            }
-            if period != 0 && (period as u64) < crate::sched::MIN_SLICE_NS {
-                return Err(Error::InvalidArgument);
-            }
+            ensure(crate::time::hz() != 0, Error::NotSupported)?;
+            let period_ok = period == 0 || period as u64 >= crate::sched::MIN_SLICE_NS;
+            ensure(period_ok, Error::InvalidArgument)?;
             let deadline = (deadline != 0).then(|| crate::time::ns_to_ticks(deadline as u64));
             TimeCall::SetTimer(id, deadline, crate::time::ns_to_ticks(period as u64))
         }
@@ -197,9 +194,8 @@ pub(super) fn decode(
             let write = call == Syscall::IoPortOut;
             let rights = if write { Rights::WRITE } else { Rights::READ };
             let p = cap::<KArc<IoPorts>>(k, cs, ports, rights)?;
-            if !matches!(width, 1 | 2 | 4) || !p.covers(port, width) {
-                return Err(Error::InvalidArgument);
-            }
+            let ok = matches!(width, 1 | 2 | 4) && p.covers(port, width);
+            ensure(ok, Error::InvalidArgument)?;
             let value = match write {
                 true => Some(u32::try_from(value).map_err(|_| Error::InvalidArgument)?),
                 false => None,
@@ -212,9 +208,9 @@ pub(super) fn decode(
             let len = pages
                 .checked_mul(crate::mm::object::PAGE)
                 .ok_or(Error::InvalidArgument)?;
-            if phys % crate::mm::object::PAGE != 0 || !k.device_range_ok(phys as u64, len as u64) {
-                return Err(Error::InvalidArgument);
-            }
+            let ok =
+                phys % crate::mm::object::PAGE == 0 && k.device_range_ok(phys as u64, len as u64);
+            ensure(ok, Error::InvalidArgument)?;
             let slot = k.caps.reserve_slot(cs)?;
             TimeCall::Insert(
                 cs,

@@ -28,8 +28,8 @@ use keel_elf as elf;
 /// Frames the kernel keeps for itself (page tables, thread control blocks,
 /// capability tables) out of the root task's pool.
 const KERNEL_RESERVE_FRAMES: u64 = 1024;
-/// Capability slots of the root task.
-const ROOT_SLOTS: u32 = 4096;
+/// Capability slots of the root task (its process server keeps 8 per process).
+const ROOT_SLOTS: u32 = 1 << 17;
 
 /// Why the root task could not be made.
 #[derive(Debug)]

@@ -21,7 +21,7 @@ use crate::tests::ipc::{Owned, ServerMode, ServerProcess, Session};
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use keel_abi::Error;
 use keel_abi::cap::{CapToken, NO_BADGE, Rights};
-use keel_abi::harness::BENCH_PREFIX;
+use keel_abi::harness::{BENCH_NOTE_PREFIX, BENCH_PREFIX};
 use keel_abi::syscall::SystemInfoKey;
 use keel_rt::ipc::{
     MAX_WORDS, MsgInfo, call, endpoint_create, notification_create, poll, recv, send, signal, wait,
@@ -166,6 +166,11 @@ const BENCHES: &[Bench] = &[
         func: crate::tests::processes::spawn_exit_wait,
     },
     Bench {
+        name: "process_minimal_spawn_exit_wait",
+        iters: 20,
+        func: crate::tests::processes::minimal_spawn_exit_wait,
+    },
+    Bench {
         name: "process_fork_exit_wait",
         iters: 5,
         func: crate::tests::processes::fork_exit_wait,
@@ -188,6 +193,42 @@ pub fn run_all() {
             ),
             Err(e) => println!("systest: benchmark user::{} failed: {e:?}", b.name),
         }
+    }
+    scale();
+}
+
+/// Minimal processes alive at once in the scale run.
+const SCALE: usize = 10_000;
+
+/// The scale run, once (it is too long to batch): [`SCALE`] minimal
+/// processes spawned and alive at once, then asked to terminate and
+/// reaped. Prints ticks per process for each half, and the memory they
+/// took while alive (free frames, so kernel objects, page tables, the
+/// information page each and the server's share).
+fn scale() {
+    let row = |name: &str, ticks: u64| {
+        let tenths = ticks * 10 / SCALE as u64;
+        let (whole, frac) = (tenths / 10, tenths % 10);
+        println!(
+            "{BENCH_PREFIX}user::{name} median={whole}.{frac} min={whole}.{frac} iters={SCALE} batches=1"
+        );
+    };
+    let mut pids = alloc::vec::Vec::new();
+    if pids.try_reserve_exact(SCALE).is_err() {
+        println!("systest: benchmark user::processes_10000 failed: no heap");
+        return;
+    }
+    match crate::tests::processes::many_alive(&mut pids) {
+        Ok((spawn, end, frames)) => {
+            row("processes_10000_spawn_all", spawn);
+            row("processes_10000_terminate_and_reap_all", end);
+            println!(
+                "{BENCH_NOTE_PREFIX}{SCALE} minimal processes alive at once: {frames} frames, {} bytes each; {} M instructions for all",
+                frames * 4096 / SCALE,
+                (spawn + end) / 1_000_000,
+            );
+        }
+        Err(e) => println!("systest: benchmark user::processes_10000 failed: {e:?}"),
     }
 }
 

@@ -184,8 +184,8 @@ pub unsafe fn load_kernel_root(root: u64) {
 }
 
 /// Makes the user tree `root` current in TTBR0_EL1 with ASID `asid`; if
-/// `flush`, drops every TLB entry tagged `asid` (after the switch, so no
-/// entry of an older tree with that ASID survives).
+/// `flush`, drops every entry of this CPU's TLB tagged `asid` (after the
+/// switch, so no entry of an older tree with that ASID survives).
 ///
 /// # Safety
 /// `root` must be a valid level-0 table that stays valid (and is not
@@ -209,8 +209,8 @@ pub unsafe fn load_user_root(root: u64, asid: u16, flush: bool) {
         // SAFETY: invalidating TLB entries only drops cached translations.
         unsafe {
             asm!(
-                "tlbi aside1is, {a}",
-                "dsb ish",
+                "tlbi aside1, {a}",
+                "dsb nsh",
                 "isb",
                 a = in(reg) u64::from(asid) << ASID_SHIFT,
                 options(nostack, preserves_flags),

@@ -18,6 +18,8 @@ struct Store {
     space_flushes: usize,
     /// Shootdowns that named another CPU.
     shootdowns: usize,
+    /// CPUs that have some space loaded (`None`: every CPU asked).
+    running: Option<u64>,
 }
 
 thread_local! {
@@ -121,10 +123,12 @@ impl Machine for Host {
     fn flush_space(_asid: u16) {
         with(|s| s.space_flushes += 1);
     }
-    fn shootdown(cpus: u64) {
-        if cpus != 0 {
+    fn shootdown(cpus: u64, _root: u64) -> u64 {
+        let on = cpus & with(|s| s.running).unwrap_or(u64::MAX);
+        if on != 0 {
             with(|s| s.shootdowns += 1);
         }
+        on
     }
 
     fn release_root(_root: u64) {}
@@ -212,6 +216,26 @@ fn mapping_present_pages_shoots_the_other_cpus_down_once() {
         1,
         "nothing present, nothing to shoot down"
     );
+}
+
+#[test]
+fn cpus_not_running_the_space_are_not_interrupted_but_flush_at_their_next_load() {
+    let mut s = Space::new(1, None).unwrap();
+    assert!(s.loaded_on(0b110), "new to CPU 1 and 2");
+    assert!(!s.loaded_on(0b010), "CPU 1 has it already");
+    let obj = Object::anonymous(2, true).unwrap();
+    s.map(BASE, obj, 0, 2, RW).unwrap();
+    // CPU 2 has gone on to another space; only CPU 1 runs this one.
+    with(|st| st.running = Some(0b010));
+    let start = with(|st| st.shootdowns);
+    s.unmap(BASE, 1).unwrap();
+    assert_eq!(with(|st| st.shootdowns) - start, 1, "CPU 1 interrupted");
+    with(|st| st.running = Some(0));
+    s.unmap(BASE + PAGE, 1).unwrap();
+    assert_eq!(with(|st| st.shootdowns) - start, 1, "nobody runs it now");
+    // So both flush the space's id when they load it again.
+    assert!(s.loaded_on(0b010) && s.loaded_on(0b100));
+    assert!(!s.loaded_on(0b100));
 }
 
 #[test]

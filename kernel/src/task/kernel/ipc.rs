@@ -33,7 +33,7 @@
 
 use super::Kernel;
 use crate::cap::{CSpaceId, Dest};
-use crate::mm::kref::KArc;
+use crate::mm::kref::{KArc, ensure};
 use crate::mm::user::{CopyFault, UserAddr, copy_between, copy_from_user, copy_to_user};
 use crate::object::endpoint::{Side, Waiting};
 use crate::object::thread::{Blocked, FaultMsg, State};
@@ -363,12 +363,8 @@ impl Kernel {
                 (Ok(st), Ok(rt)) => (st.ipc.buffer, rt.ipc.buffer),
                 _ => return Err(Fail::Sender(Error::InvalidState)),
             };
-            if sb == 0 {
-                return Err(Fail::Sender(Error::InvalidArgument));
-            }
-            if rb == 0 {
-                return Err(Fail::Receiver(Error::InvalidArgument));
-            }
+            ensure(sb != 0, Fail::Sender(Error::InvalidArgument))?;
+            ensure(rb != 0, Fail::Receiver(Error::InvalidArgument))?;
             self.copy_words(s, sb, r, rb, len)?;
             if ncaps > 0 {
                 received = self.transfer_caps(s, r, rb, ncaps, msg.grant)?;

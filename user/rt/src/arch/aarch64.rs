@@ -310,6 +310,47 @@ global_asm!(
     mask_48 = const super::ECHO_REPLY_MASK >> 48,
 );
 
+// The minimal program (`crate::process::minimal_elf` wraps it in an ELF
+// file): position-independent, no stack, no memory but its information
+// page, whose address is its argument, kept in a callee-saved register.
+// With no arguments it exits at once with status 0; with `argc` of them,
+// it first waits for its terminate notification, then exits with `argc`.
+// Data, not text: only its bytes are used, copied into an image.
+global_asm!(
+    ".pushsection .rodata.__keel_minimal, \"a\", %progbits",
+    ".globl __keel_minimal_start",
+    ".hidden __keel_minimal_start",
+    ".globl __keel_minimal_end",
+    ".hidden __keel_minimal_end",
+    ".balign 4",
+    "__keel_minimal_start:",
+    "    mov x19, x0",
+    "    ldr x9, [x19, #{argc}]",
+    "    cbz x9, 1f",
+    "    ldr x0, [x19, #{terminate}]",
+    "    mov x8, #{nr_wait}",
+    "    svc #0",
+    "1:  ldr x0, [x19, #{server}]",
+    "    mov x1, #{info_lo}",
+    "    movk x1, #{info_hi}, lsl #32",
+    "    ldr x2, [x19, #{argc}]",
+    "    mov x8, #{nr_call}",
+    "    svc #0",
+    "    mov x8, #{nr_exit}",
+    "    svc #0",
+    "2:  b 2b",
+    "__keel_minimal_end:",
+    ".popsection",
+    argc = const super::minimal::ARGC,
+    terminate = const super::minimal::TERMINATE,
+    server = const super::minimal::SERVER,
+    info_lo = const super::minimal::EXIT_INFO & 0xffff,
+    info_hi = const super::minimal::EXIT_INFO >> 32,
+    nr_wait = const Syscall::Wait as usize,
+    nr_call = const Syscall::Call as usize,
+    nr_exit = const Syscall::ThreadExit as usize,
+);
+
 unsafe extern "C" {
     /// See the assembly above; `patterns` has [`PROBE_PATTERNS`] entries,
     /// `out` has `PROBE_REG_NAMES.len()`.

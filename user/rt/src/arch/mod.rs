@@ -21,7 +21,9 @@
 //! - `raw_ipc`: the system-call instruction for IPC calls, returning the
 //!   result register and argument registers 1–5 ([`crate::ipc`]);
 //! - `__keel_ipc_echo_forever` and `__keel_ipc_load_server`: stackless
-//!   IPC server loops for such threads (see [`crate::probe`]).
+//!   IPC server loops for such threads (see [`crate::probe`]);
+//! - the minimal program's code between `__keel_minimal_start` and
+//!   `__keel_minimal_end` (read-only data; [`minimal_program`]).
 
 #[cfg(target_arch = "aarch64")]
 mod aarch64;
@@ -48,3 +50,31 @@ pub const fn pattern(i: usize) -> u64 {
 /// for its reply: label and length (no capabilities, no flags).
 pub const ECHO_REPLY_MASK: u64 =
     keel_abi::ipc::MsgInfo::new(keel_abi::ipc::MsgInfo::MAX_LABEL, 0x3ff, 0).0;
+
+/// What the minimal program's assembly reads and sends: offsets in its
+/// information page, and the message info of its `EXIT` call.
+pub(crate) mod minimal {
+    use keel_abi::ipc::MsgInfo;
+    use keel_abi::process::{ProcInfo, label};
+
+    pub const ARGC: usize = core::mem::offset_of!(ProcInfo, argc);
+    pub const SERVER: usize = core::mem::offset_of!(ProcInfo, server);
+    pub const TERMINATE: usize = core::mem::offset_of!(ProcInfo, terminate);
+    pub const EXIT_INFO: u64 = MsgInfo::new(label::EXIT, 1, 0).0;
+    const _: () = assert!(EXIT_INFO & 0xffff_0000 == 0 && EXIT_INFO >> 48 == 0);
+}
+
+unsafe extern "C" {
+    static __keel_minimal_start: u8;
+    static __keel_minimal_end: u8;
+}
+
+/// The minimal program's machine code (position-independent; see the
+/// assembly in the architecture's module).
+pub fn minimal_program() -> &'static [u8] {
+    let start = &raw const __keel_minimal_start;
+    let len = (&raw const __keel_minimal_end as usize).saturating_sub(start as usize);
+    // SAFETY: the bytes between the two symbols are the code, in
+    // read-only data for the life of the program.
+    unsafe { core::slice::from_raw_parts(start, len) }
+}

@@ -352,6 +352,48 @@ global_asm!(
     echo_mask = const super::ECHO_REPLY_MASK,
 );
 
+// The minimal program (`crate::process::minimal_elf` wraps it in an ELF
+// file): position-independent, no stack, no memory but its information
+// page, whose address is its argument, kept in a callee-saved register.
+// With no arguments it exits at once with status 0; with `argc` of them,
+// it first waits for its terminate notification, then exits with `argc`.
+// Data, not text: only its bytes are used, copied into an image.
+global_asm!(
+    ".pushsection .rodata.__keel_minimal, \"a\", @progbits",
+    ".globl __keel_minimal_start",
+    ".hidden __keel_minimal_start",
+    ".globl __keel_minimal_end",
+    ".hidden __keel_minimal_end",
+    ".option push",
+    ".option norelax",
+    ".balign 4",
+    "__keel_minimal_start:",
+    "    mv s1, a0",
+    "    ld t0, {argc}(s1)",
+    "    beqz t0, 1f",
+    "    ld a0, {terminate}(s1)",
+    "    li a7, {nr_wait}",
+    "    ecall",
+    "1:  ld a0, {server}(s1)",
+    "    li a1, {exit_info}",
+    "    ld a2, {argc}(s1)",
+    "    li a7, {nr_call}",
+    "    ecall",
+    "    li a7, {nr_exit}",
+    "    ecall",
+    "2:  j 2b",
+    "__keel_minimal_end:",
+    ".option pop",
+    ".popsection",
+    argc = const super::minimal::ARGC,
+    terminate = const super::minimal::TERMINATE,
+    server = const super::minimal::SERVER,
+    exit_info = const super::minimal::EXIT_INFO,
+    nr_wait = const Syscall::Wait as usize,
+    nr_call = const Syscall::Call as usize,
+    nr_exit = const Syscall::ThreadExit as usize,
+);
+
 unsafe extern "C" {
     /// See the assembly above; `patterns` has [`PROBE_PATTERNS`] entries,
     /// `out` has `PROBE_REG_NAMES.len()`.

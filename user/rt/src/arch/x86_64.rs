@@ -302,6 +302,44 @@ global_asm!(
     echo_mask = const super::ECHO_REPLY_MASK,
 );
 
+// The minimal program (`crate::process::minimal_elf` wraps it in an ELF
+// file): position-independent, no stack, no memory but its information
+// page, whose address is its argument, kept in a callee-saved register.
+// With no arguments it exits at once with status 0; with `argc` of them,
+// it first waits for its terminate notification, then exits with `argc`.
+// Data, not text: only its bytes are used, copied into an image.
+global_asm!(
+    ".pushsection .rodata.__keel_minimal, \"a\", @progbits",
+    ".globl __keel_minimal_start",
+    ".hidden __keel_minimal_start",
+    ".globl __keel_minimal_end",
+    ".hidden __keel_minimal_end",
+    "__keel_minimal_start:",
+    "    mov rbx, rdi",
+    "    cmp qword ptr [rbx + {argc}], 0",
+    "    je 1f",
+    "    mov rdi, qword ptr [rbx + {terminate}]",
+    "    mov eax, {nr_wait}",
+    "    syscall",
+    "1:  mov rdi, qword ptr [rbx + {server}]",
+    "    movabs rsi, {exit_info}",
+    "    mov rdx, qword ptr [rbx + {argc}]",
+    "    mov eax, {nr_call}",
+    "    syscall",
+    "    mov eax, {nr_exit}",
+    "    syscall",
+    "2:  jmp 2b",
+    "__keel_minimal_end:",
+    ".popsection",
+    argc = const super::minimal::ARGC,
+    terminate = const super::minimal::TERMINATE,
+    server = const super::minimal::SERVER,
+    exit_info = const super::minimal::EXIT_INFO,
+    nr_wait = const Syscall::Wait as usize,
+    nr_call = const Syscall::Call as usize,
+    nr_exit = const Syscall::ThreadExit as usize,
+);
+
 unsafe extern "C" {
     /// See the assembly above; `patterns` has [`PROBE_PATTERNS`] entries,
     /// `out` has `PROBE_REG_NAMES.len()`.

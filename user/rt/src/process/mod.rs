@@ -13,6 +13,7 @@
 //! read-only for the life of the process; `LINK` is set once (by
 //! [`set_info`] or [`server::start`]) before any request is made.
 
+pub mod minimal;
 pub mod table;
 
 #[cfg(target_os = "none")]
@@ -35,6 +36,7 @@ mod client {
     };
 
     pub use super::table::Pid;
+    pub use keel_abi::process::Limits;
 
     static INFO: AtomicUsize = AtomicUsize::new(0);
     /// Server endpoint, child-event notification, first thread, IPC buffer.
@@ -78,12 +80,17 @@ mod client {
     /// The process's own address space (the root task's, or this
     /// process's), for the runtime's own use.
     pub fn own_aspace() -> Option<CapToken> {
-        let a = match (info(), crate::root_info()) {
-            (Some(i), _) => i.aspace,
-            (None, Some(r)) => r.aspace,
+        own_spaces().map(|(aspace, _)| aspace)
+    }
+
+    /// The process's own address space and memory pool.
+    pub(crate) fn own_spaces() -> Option<(CapToken, CapToken)> {
+        let (a, p) = match (info(), crate::root_info()) {
+            (Some(i), _) => (i.aspace, i.pool),
+            (None, Some(r)) => (r.aspace, r.pool),
             (None, None) => return None,
         };
-        Some(CapToken::from_raw(a))
+        Some((CapToken::from_raw(a), CapToken::from_raw(p)))
     }
 
     /// The arguments this process was started with, then its environment
@@ -130,9 +137,9 @@ mod client {
     }
 
     /// Packs `args` then `env` as NUL-terminated strings after the four
-    /// header words `[pages, argc, envc, bytes]`.
+    /// header words `[limits, argc, envc, bytes]`.
     fn pack(
-        pages: usize,
+        limits: Limits,
         args: &[&str],
         env: &[&str],
         out: &mut [u64; 4 + PROC_ARGS_MAX / 8],
@@ -147,7 +154,12 @@ mod client {
             bytes[at..end].copy_from_slice(s.as_bytes());
             at = end + 1;
         }
-        out[..4].copy_from_slice(&[pages as u64, args.len() as u64, env.len() as u64, at as u64]);
+        out[..4].copy_from_slice(&[
+            limits.encode(),
+            args.len() as u64,
+            env.len() as u64,
+            at as u64,
+        ]);
         for (w, chunk) in out[4..].iter_mut().zip(bytes[..at].chunks(8)) {
             let mut b = [0u8; 8];
             b[..chunk.len()].copy_from_slice(chunk);
@@ -159,7 +171,7 @@ mod client {
     fn image_request(
         lab: u64,
         image: CapToken,
-        pages: usize,
+        limits: Limits,
         args: &[&str],
         env: &[&str],
         pass: &[CapToken],
@@ -168,7 +180,7 @@ mod client {
             return Err(Error::InvalidArgument);
         }
         let mut words = [0u64; 4 + PROC_ARGS_MAX / 8];
-        let n = pack(pages, args, env, &mut words)?;
+        let n = pack(limits, args, env, &mut words)?;
         let mut caps = [image; 1 + PROC_PASSED_CAPS];
         caps[1..=pass.len()].copy_from_slice(pass);
         request(lab, &words[..n], &caps[..=pass.len()])
@@ -179,7 +191,8 @@ mod client {
     /// `pages` pages carved from this process's, the arguments `args`,
     /// the environment `env` and the capabilities `pass` (at most two,
     /// each with `GRANT`; found in its `ProcInfo::passed`). Returns its pid.
-    /// Call from the first thread.
+    /// Call from the first thread. (More than `u32::MAX` pages asks for
+    /// more than any pool has: `OutOfMemory`.)
     pub fn spawn(
         image: CapToken,
         pages: usize,
@@ -187,14 +200,27 @@ mod client {
         env: &[&str],
         pass: &[CapToken],
     ) -> Result<Pid, Error> {
-        image_request(label::SPAWN, image, pages, args, env, pass).map(|m| m.words[0])
+        let pages = Limits::pages(u32::try_from(pages).unwrap_or(u32::MAX));
+        spawn_with(image, pages, args, env, pass)
+    }
+
+    /// As [`spawn`], with the child's stack and capability-space sizes as
+    /// well as its pool's set by `limits`.
+    pub fn spawn_with(
+        image: CapToken,
+        limits: Limits,
+        args: &[&str],
+        env: &[&str],
+        pass: &[CapToken],
+    ) -> Result<Pid, Error> {
+        image_request(label::SPAWN, image, limits, args, env, pass).map(|m| m.words[0])
     }
 
     /// Replaces this process's program with the ELF executable `image`
     /// (same pid, parent and children; only capabilities with
     /// `Rights::INHERIT` stay, at the same tokens); returns only on failure.
     pub fn exec(image: CapToken, args: &[&str], env: &[&str], pass: &[CapToken]) -> Error {
-        match image_request(label::EXEC, image, 0, args, env, pass) {
+        match image_request(label::EXEC, image, Limits::default(), args, env, pass) {
             Ok(_) => Error::InvalidState,
             Err(e) => e,
         }

@@ -3,8 +3,8 @@
 //! hand (the policy half of processes; the kernel has the mechanism).
 //!
 //! Each process is made of objects charged to its own pool, carved from
-//! its parent's: an address space, a capability space of
-//! [`PROCESS_SLOTS`] slots, a first thread whose faults come here, two
+//! its parent's: an address space, a capability space and a stack of the
+//! sizes its spawn asked for ([`Limits`]), a first thread whose faults come here, two
 //! notifications (its children ended; someone asks it to terminate), an
 //! information page and an endpoint capability badged with its pid. The
 //! server keeps one capability to each ([`Proc`]); ending a process
@@ -38,14 +38,12 @@ use keel_abi::boot::RootInfo;
 use keel_abi::cap::{CapToken, Rights};
 use keel_abi::ipc::MsgInfo;
 use keel_abi::process::{
-    ExitStatus, PROC_ARGS_MAX, PROC_ARGS_OFFSET, PROC_INFO_ADDR, PROC_INFO_MAGIC,
-    PROC_INFO_VERSION, PROC_IPC_BUFFER, PROC_PASSED_CAPS, PROC_STACK_PAGES, PROC_STACK_TOP,
+    ExitStatus, Limits, PROC_ARGS_MAX, PROC_ARGS_OFFSET, PROC_INFO_ADDR, PROC_INFO_MAGIC,
+    PROC_INFO_VERSION, PROC_IPC_BUFFER, PROC_PASSED_CAPS, PROC_STACK_MAX_PAGES, PROC_STACK_TOP,
     ProcInfo, ROOT_PID, label,
 };
 use keel_abi::syscall::{MEM_EAGER, PROT_EXEC, PROT_WRITE};
 
-/// Slots of every process's capability space.
-pub const PROCESS_SLOTS: usize = 256;
 const PAGE: usize = 4096;
 /// Windows of the root task's address space the server maps through:
 /// an image, a segment being filled; and where it keeps every process's
@@ -70,6 +68,12 @@ const SERVER_BUFFER: usize = ROOT_BUFFER + 2 * PAGE;
 const SERVER_STACK: usize = ROOT_BUFFER + 4 * PAGE;
 const SERVER_STACK_PAGES: usize = 16;
 
+/// Processes the table has room for from the start (about 3 MiB, taken
+/// from the heap now, where it grows past the runtime's arena; the table
+/// grows beyond this if needed): the root task's pool does not change
+/// when many processes come and go.
+const TABLE_RESERVE: usize = 16 * 1024;
+
 /// What the server keeps of a live process: one capability to each of
 /// its objects (`CapToken::NULL`: none).
 #[derive(Clone, Copy, Default)]
@@ -85,6 +89,8 @@ struct Proc {
     /// Its information page, and where it is mapped here (0: not).
     info: CapToken,
     window: usize,
+    /// Its stack and capability-space sizes (its fork children's too).
+    limits: Limits,
 }
 
 impl Proc {
@@ -149,12 +155,13 @@ pub fn start(root: &RootInfo) -> Result<(), Error> {
         ep: cap_derive(ep, Rights::WRITE | Rights::GRANT, ROOT_PID)?,
         info: CapToken::NULL,
         window: 0,
+        limits: Limits::default(),
     };
     super::set_link(me.ep.raw(), me.events.raw(), thread.raw(), ROOT_BUFFER);
     let server = alloc::boxed::Box::new(Server {
         ep,
         aspace,
-        table: Table::new(me, 64),
+        table: Table::new(me, TABLE_RESERVE),
         // SAFETY: mapped above, writable, this thread's alone from here.
         buffer: unsafe { Buffer::at(SERVER_BUFFER) },
     });
@@ -271,10 +278,10 @@ impl Server {
         msg: &Message,
         caps: &[CapToken; 3],
     ) -> Result<Pid, Error> {
-        let (pages, args) = self.arguments(msg)?;
+        let (limits, args) = self.arguments(msg)?;
         let new = self.table.next_pid()?;
-        let pool = pool_create(me.pool, pages)?;
-        let p = self.build(new, pid, pool, None, caps, &args);
+        let pool = pool_create(me.pool, limits.pages as usize)?;
+        let p = self.build(new, pid, pool, None, caps, &args, limits);
         let p = p.inspect_err(|_| {
             let _ = cap_delete(pool);
         })?;
@@ -291,12 +298,12 @@ impl Server {
         msg: &Message,
         caps: &[CapToken; 3],
     ) -> Result<(), Error> {
-        let (_, args) = self.arguments(msg)?;
+        let (limits, args) = self.arguments(msg)?;
         let parent = self.table.get(pid).map_or(ROOT_PID, |e| e.parent);
         // The new information page takes the old one's window.
         // SAFETY: the window is the server's.
         unsafe { unmap(self.aspace, me.window, 1) }?;
-        let built = self.build(pid, parent, me.pool, Some(me.cspace), caps, &args);
+        let built = self.build(pid, parent, me.pool, Some(me.cspace), caps, &args, limits);
         let mut p = built.inspect_err(|_| {
             let _ = map(self.aspace, me.info, me.window, 0, 1, PROT_WRITE);
         })?;
@@ -327,11 +334,12 @@ impl Server {
         let (mut info, args) = read_info(me.window);
         let mut p = Proc {
             pool: pool_create(me.pool, pages)?,
+            limits: me.limits,
             ..Proc::default()
         };
         let made = (|| {
             p.aspace = aspace_fork(me.aspace, p.pool)?;
-            p.cspace = cap_space_create(p.pool, PROCESS_SLOTS)?;
+            p.cspace = cap_space_create(p.pool, me.limits.slot_count())?;
             cap_space_inherit(me.cspace, p.cspace)?;
             // SAFETY: the child's space, not this one.
             unsafe { unmap(p.aspace, PROC_INFO_ADDR, 1) }?;
@@ -346,13 +354,14 @@ impl Server {
         thread_resume(p.thread).map(|()| new)
     }
 
-    /// The pool size and argument bytes of a `SPAWN`/`EXEC` request.
-    fn arguments(&self, msg: &Message) -> Result<(usize, Args), Error> {
+    /// The limits and argument bytes of a `SPAWN`/`EXEC` request.
+    fn arguments(&self, msg: &Message) -> Result<(Limits, Args), Error> {
         let len = msg.info.len();
-        let [pages, argc, envc, bytes] = msg.words;
-        let bytes = bytes as usize;
+        let [limits, argc, envc, bytes] = msg.words;
+        let (limits, bytes) = (Limits::decode(limits), bytes as usize);
         let fits = bytes <= PROC_ARGS_MAX && len >= 4 && bytes.div_ceil(8) <= len - 4;
-        if !fits || argc.saturating_add(envc) > bytes as u64 {
+        let bad_args = !fits || argc.saturating_add(envc) > bytes as u64;
+        if bad_args || limits.stack() > PROC_STACK_MAX_PAGES {
             return Err(Error::InvalidArgument);
         }
         let mut a = Args {
@@ -365,12 +374,13 @@ impl Server {
             let b = self.buffer.word(4 + i).to_le_bytes();
             chunk.copy_from_slice(&b[..chunk.len()]);
         }
-        Ok((pages as usize, a))
+        Ok((limits, a))
     }
 
     /// A new process `pid` (child of `parent`) running the image in
     /// `caps[0]`, its objects charged to `pool`, with the inheritable
     /// capabilities of `inherit` and the rest of `caps` passed on.
+    #[allow(clippy::too_many_arguments)]
     fn build(
         &mut self,
         pid: Pid,
@@ -379,21 +389,24 @@ impl Server {
         inherit: Option<CapToken>,
         caps: &[CapToken; 3],
         args: &Args,
+        limits: Limits,
     ) -> Result<Proc, Error> {
         let mut p = Proc {
             pool,
+            limits,
             ..Proc::default()
         };
         let made = (|| {
             p.aspace = aspace_create(pool)?;
-            p.cspace = cap_space_create(pool, PROCESS_SLOTS)?;
+            p.cspace = cap_space_create(pool, limits.slot_count())?;
             if let Some(old) = inherit {
                 cap_space_inherit(old, p.cspace)?;
             }
             let mut info = self.load(caps[0], p.aspace, pool)?;
-            let stack = mem_create(pool, PROC_STACK_PAGES, 0)?;
-            let at = PROC_STACK_TOP - PROC_STACK_PAGES * PAGE;
-            let mapped = map(p.aspace, stack, at, 0, PROC_STACK_PAGES, PROT_WRITE);
+            let pages = limits.stack();
+            let stack = mem_create(pool, pages, 0)?;
+            let at = PROC_STACK_TOP - pages * PAGE;
+            let mapped = map(p.aspace, stack, at, 0, pages, PROT_WRITE);
             cap_delete(stack)?;
             mapped?;
             let buffer = mem_create(pool, 1, 0)?;
