@@ -204,15 +204,6 @@ impl<T> Arena<T> {
         slots.filter_map(|(s, i)| Some((s.id(i), s.value.as_ref()?)))
     }
 
-    /// The first live value's id at slot `index` or above: a walk that
-    /// allows removing values as it goes.
-    pub fn next_live_from(&self, index: u32) -> Option<Id> {
-        let slots = self.slots.get(index as usize..)?.iter();
-        slots
-            .zip(index..)
-            .find_map(|(s, i)| Some(s.id(i)).filter(|_| s.value.is_some()))
-    }
-
     /// A test hook: sets the generation of empty slot `index` (to reach
     /// the wrap-around without 2^32 insertions).
     #[cfg(test)]
@@ -262,22 +253,6 @@ mod tests {
         assert_ne!(predicted, x);
         a.reserve().unwrap();
         assert_eq!(a.insert(()).unwrap(), predicted);
-    }
-
-    #[test]
-    fn a_walk_may_remove_as_it_goes() {
-        let mut a = Arena::new();
-        let ids: Vec<Id> = (0..5).map(|i| a.insert(i).unwrap()).collect();
-        a.remove(ids[1]);
-        let mut seen = Vec::new();
-        let mut at = 0;
-        while let Some(id) = a.next_live_from(at) {
-            at = id.index() + 1;
-            seen.push(*a.get(id).unwrap());
-            a.remove(id);
-        }
-        assert_eq!(seen, [0, 2, 3, 4]);
-        assert!(a.is_empty());
     }
 
     #[test]

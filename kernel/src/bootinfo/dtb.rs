@@ -35,6 +35,7 @@ use super::{
     BootInfo, Controller, InterruptHw, Line, MAX_CPUS, MAX_REGIONS, MemoryMap, MemoryRegion,
     PhysReader, Psci, RegionKind, Trigger, Window, push,
 };
+use crate::mm::kref::ensure;
 use arrayvec::ArrayVec;
 use core::ffi::CStr;
 
@@ -64,9 +65,7 @@ fn be64(data: &[u8], off: usize) -> Option<u64> {
 /// returns the blob's total size, so the caller knows how much memory to
 /// hand to [`parse`].
 pub fn total_size(header: &[u8]) -> Result<usize, BootInfoError> {
-    if header.len() < HEADER_LEN {
-        return Err(Truncated("device tree header"));
-    }
+    ensure(header.len() >= HEADER_LEN, Truncated("device tree header"))?;
     if be32(header, 0) != Some(MAGIC) {
         return Err(Missing("device tree (bad magic)"));
     }
@@ -525,9 +524,7 @@ pub fn parse_at<'a>(
     }
     let header = mem.bytes(phys, HEADER_LEN as u64).ok_or(MISSING)?;
     let size = total_size(header)? as u64;
-    if size > MAX_SIZE {
-        return Err(Malformed("device tree larger than 2 MiB"));
-    }
+    ensure(size <= MAX_SIZE, Malformed("device tree larger than 2 MiB"))?;
     let blob = mem
         .bytes(phys, size)
         .ok_or(Truncated("device tree runs into unreadable memory"))?;
@@ -674,9 +671,7 @@ pub fn parse<'a>(
             }
         }
     }
-    if !stack.is_empty() {
-        return Err(Malformed("FDT_END inside a node"));
-    }
+    ensure(stack.is_empty(), Malformed("FDT_END inside a node"))?;
     if let (Some(start), Some(end)) = (initrd_start, initrd_end)
         && start < end
     {

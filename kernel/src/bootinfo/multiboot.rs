@@ -14,6 +14,7 @@
 
 use super::BootInfoError::{self, Malformed, Missing, Truncated};
 use super::{MAX_REGIONS, MemoryMap, MemoryRegion, PhysReader, RegionKind, push, u32_at, u64_at};
+use crate::mm::kref::ensure;
 use arrayvec::ArrayVec;
 use core::ffi::CStr;
 
@@ -168,9 +169,7 @@ fn parse_mb1<'a>(
 
     if flags & MB1_MODS != 0 {
         let (count, addr) = (field(20)?, field(24)?);
-        if count > MAX_MODULES as u64 {
-            return Err(BootInfoError::TooManyRegions);
-        }
+        ensure(count <= MAX_MODULES as u64, BootInfoError::TooManyRegions)?;
         let list = mem
             .bytes(addr, count * 16)
             .ok_or(Truncated("Multiboot 1 module list"))?;
@@ -211,9 +210,7 @@ fn push_meminfo(raw: &mut RawRegions, lower_kib: u64, upper_kib: u64) -> Result<
 }
 
 fn push_module(raw: &mut RawRegions, start: u64, end: u64) -> Result<(), BootInfoError> {
-    if end < start {
-        return Err(Malformed("module ends before it starts"));
-    }
+    ensure(end >= start, Malformed("module ends before it starts"))?;
     let kind = RegionKind::BootModule;
     push(raw, MemoryRegion { start, end, kind })
 }
@@ -234,9 +231,7 @@ fn mb1_mmap<'a>(
     while off < map.len() {
         let size = u32_at(map, off).ok_or(Truncated("Multiboot 1 memory-map entry header"))?;
         let size = size as usize;
-        if size < 20 {
-            return Err(Malformed("Multiboot 1 memory-map entry size"));
-        }
+        ensure(size >= 20, Malformed("Multiboot 1 memory-map entry size"))?;
         let entry = off
             .checked_add(4)
             .and_then(|s| map.get(s..s.checked_add(size)?))
@@ -311,9 +306,7 @@ fn parse_mb2<'a>(
             }
             MB2_TAG_MODULE => {
                 modules += 1;
-                if modules > MAX_MODULES {
-                    return Err(BootInfoError::TooManyRegions);
-                }
+                ensure(modules <= MAX_MODULES, BootInfoError::TooManyRegions)?;
                 let (start, end) = u32_at(tag, 8)
                     .zip(u32_at(tag, 12))
                     .ok_or(Malformed("Multiboot 2 module tag too short"))?;

@@ -204,6 +204,14 @@ impl<O> CapSystem<O> {
         self.spaces.get(id.0).ok_or(Error::InvalidArgument)
     }
 
+    /// The first thread of space `id`'s list (see `Kernel::add_thread`).
+    pub fn members(&mut self, id: CSpaceId) -> Result<&mut Option<crate::arena::Id>, Error> {
+        self.spaces
+            .get_mut(id.0)
+            .map(|s| &mut s.members)
+            .ok_or(Error::InvalidArgument)
+    }
+
     fn space_mut(&mut self, index: u32) -> Result<&mut CapSpace<O>, Error> {
         self.spaces
             .at_mut(index)

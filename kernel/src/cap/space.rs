@@ -60,6 +60,8 @@ pub struct CapSpace<O> {
     /// `Some(next page to empty)` once destruction has started; a dying
     /// space accepts no new capabilities.
     pub(super) dying: Option<u32>,
+    /// The first thread of the kernel's list of the threads running in it.
+    pub(super) members: Option<crate::arena::Id>,
 }
 
 /// The low `n` bits set.
@@ -120,6 +122,7 @@ impl<O> CapSpace<O> {
             max_slots,
             live: 0,
             dying: None,
+            members: None,
         })
     }
 

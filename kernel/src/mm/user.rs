@@ -270,12 +270,8 @@ pub fn copy_between(
     if len == 0 {
         return Ok(());
     }
-    if !in_user(dst) {
-        return Err(CopyFault::Destination(Error::BadAddress));
-    }
-    if !in_user(src) {
-        return Err(CopyFault::Source(Error::BadAddress));
-    }
+    ensure(in_user(dst), CopyFault::Destination(Error::BadAddress))?;
+    ensure(in_user(src), CopyFault::Source(Error::BadAddress))?;
     let mut at = 0;
     while at < len {
         let (s, d) = (src + at, dst + at);

@@ -149,6 +149,8 @@ pub struct Thread {
     affinity: u64,
     space: KArc<AddressSpaceObject>,
     home: Home,
+    /// The threads before and after it in its home space's list.
+    pub(crate) peers: [Option<ThreadId>; 2],
     /// IPC state.
     pub ipc: Ipc,
 }
@@ -179,6 +181,7 @@ impl Thread {
             affinity: u64::MAX,
             space,
             home,
+            peers: [None; 2],
             ipc: Ipc::default(),
         })
     }

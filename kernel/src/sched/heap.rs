@@ -12,6 +12,7 @@
 //! `heap[i]` holds the item with slot `s`.
 
 use super::runq::Slot;
+use crate::mm::kref::ensure;
 use alloc::vec::Vec;
 use keel_abi::Error;
 
@@ -53,9 +54,7 @@ impl<T: Copy + Slot> SlotHeap<T> {
 
     /// Makes room for an item with table index `slot`.
     pub fn reserve_slot(&mut self, slot: usize) -> Result<(), Error> {
-        if slot >= u32::MAX as usize {
-            return Err(Error::OutOfMemory);
-        }
+        ensure(slot < u32::MAX as usize, Error::OutOfMemory)?;
         let more = (slot + 1).saturating_sub(self.pos.len());
         self.pos.try_reserve(more).map_err(|_| Error::OutOfMemory)?;
         self.pos.resize(self.pos.len() + more, None);
@@ -97,9 +96,7 @@ impl<T: Copy + Slot> SlotHeap<T> {
             Some(Some(_)) => return Err(Error::InvalidState),
             Some(None) => {}
         }
-        if self.heap.len() == self.heap.capacity() {
-            return Err(Error::OutOfMemory);
-        }
+        ensure(self.heap.len() != self.heap.capacity(), Error::OutOfMemory)?;
         self.seq += 1;
         let i = self.heap.len();
         self.heap.push(Entry {

@@ -152,14 +152,27 @@ impl Kernel {
         ThreadId(self.threads.next_id())
     }
 
-    /// Puts a new (suspended) thread into the table.
+    /// Puts a new (suspended) thread into the table, first in its home
+    /// space's list (which `kill_process` walks).
     pub fn add_thread(&mut self, mut thread: Box<Thread>) -> Result<ThreadId, Error> {
-        let root = Some(thread.home().id()) == self.root;
-        thread.cpu = self.this;
+        let home = thread.home().id();
+        let root = Some(home) == self.root;
+        (thread.cpu, thread.peers) = (self.this, [None, self.caps.members(home)?.map(ThreadId)]);
         self.reserve_thread()?;
+        let next = thread.peers[1];
         let id = self.threads.insert(thread).map(ThreadId)?;
+        *self.caps.members(home)? = Some(id.0);
+        self.set_peer(next, 0, Some(id));
         self.root_threads += usize::from(root);
         Ok(id)
+    }
+
+    /// Sets peer `side` (0: previous, 1: next) of thread `id`, if any.
+    fn set_peer(&mut self, id: Option<ThreadId>, side: usize, to: Option<ThreadId>) {
+        let t = id.and_then(|id| self.threads.get_mut(id.0));
+        if let Some(p) = t.and_then(|t| t.peers.get_mut(side)) {
+            *p = to;
+        }
     }
 
     /// A new, suspended thread in `space` and capability space `home`.
@@ -291,7 +304,12 @@ impl Kernel {
     /// Removes a thread for good.
     pub fn kill(&mut self, id: ThreadId) -> Result<(), Error> {
         let t = self.thread(id)?;
-        let (state, cspace) = (t.state(), t.home().id());
+        let (state, cspace, [prev, next]) = (t.state(), t.home().id(), t.peers);
+        match (prev, self.caps.members(cspace)) {
+            (None, Ok(first)) => *first = next.map(|n| n.0),
+            _ => self.set_peer(prev, 1, next),
+        }
+        self.set_peer(next, 0, prev);
         if state == State::Ready {
             self.dequeue(id);
         }
@@ -311,13 +329,10 @@ impl Kernel {
     /// Kills every thread of the process of capability space `cspace` and
     /// destroys that space.
     pub fn kill_process(&mut self, cspace: CSpaceId) {
-        // In place, without allocating: this runs when memory may be short.
-        let mut index = 0;
-        while let Some(id) = self.threads.next_live_from(index) {
-            index = id.index() + 1;
-            let id = ThreadId(id);
-            if self.thread(id).is_ok_and(|t| t.home().id() == cspace) {
-                let _ = self.kill(id);
+        // Through its list, without allocating: memory may be short.
+        while let Some(Some(first)) = self.caps.members(cspace).ok().map(|m| *m) {
+            if self.kill(ThreadId(first)).is_err() {
+                break;
             }
         }
         // Bounded steps; a preemption point once the kernel has preemption.

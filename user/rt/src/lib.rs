@@ -56,7 +56,7 @@ pub use entry::root_info;
 
 /// The architecture this program runs on: its name and ELF `e_machine`.
 #[cfg(target_os = "none")]
-pub use arch::{ELF_MACHINE, NAME as ARCH, minimal_program};
+pub use arch::{ELF_MACHINE, NAME as ARCH, minimal_pie_program, minimal_program};
 
 /// Address of the program entry (`_start`), which the ELF header's
 /// `e_entry` names.

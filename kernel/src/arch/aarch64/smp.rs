@@ -16,6 +16,7 @@
 
 use super::entry::{self, KERNEL_STACK_SHIFT};
 use crate::bootinfo::{BootInfo, MAX_CPUS, Psci};
+use crate::mm::kref::ensure;
 use crate::mm::paging::{Attr, PageSize, PageTable};
 use crate::mm::{KernelTables, alloc_frames, frame::ZoneRequest};
 use core::arch::asm;
@@ -86,9 +87,7 @@ fn map_stacks(index: usize) -> Result<(), &'static str> {
 /// Starts the CPU whose MPIDR affinity is `hw_id` as CPU `index` through
 /// PSCI `CPU_ON`; does not wait for it.
 pub fn cpu_start(info: &BootInfo<'_>, index: usize, hw_id: u64) -> Result<(), &'static str> {
-    if !(1..MAX_CPUS).contains(&index) {
-        return Err("CPU index out of range");
-    }
+    ensure((1..MAX_CPUS).contains(&index), "CPU index out of range")?;
     let conduit = info.psci.ok_or("the device tree names no PSCI conduit")?;
     map_stacks(index)?;
     KEEL_AP_TTBR1.store(super::kernel_root(), Ordering::Relaxed);

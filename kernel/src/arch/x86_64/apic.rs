@@ -19,6 +19,7 @@
 
 use super::{clock_ticks, phys_to_virt};
 use crate::bootinfo::{BootInfo, Controller, Line, MAX_CPUS, Trigger};
+use crate::mm::kref::ensure;
 use core::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use x86_64::instructions::port::Port;
 
@@ -228,9 +229,7 @@ pub fn init(info: &BootInfo<'_>) -> Result<(), &'static str> {
     let counted = u64::from(u32::MAX - read(REG_TIMER_CURRENT));
     let ticks = clock_ticks().wrapping_sub(start).max(1);
     write(REG_TIMER_INIT, 0);
-    if counted == 0 {
-        return Err("the APIC timer does not count");
-    }
+    ensure(counted != 0, "the APIC timer does not count")?;
     COUNTS_PER_TICK.store((counted << 32) / ticks, Ordering::Relaxed);
     let mhz = counted / 1000;
     log::info!("interrupts: local APIC at {phys:#x}, timer {mhz} MHz");

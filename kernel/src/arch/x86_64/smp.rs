@@ -34,6 +34,7 @@ use super::mm::kernel_root;
 use super::phys_to_virt;
 use crate::bootinfo::{BootInfo, BootInfoError, MAX_CPUS, MemoryMap, MemoryRegion, RegionKind};
 use crate::mm::KernelTables;
+use crate::mm::kref::ensure;
 use crate::mm::paging::{Attr, MapError, PageSize, PageTable};
 use core::mem::offset_of;
 use core::sync::atomic::{AtomicU64, Ordering};
@@ -167,9 +168,7 @@ pub fn reserve_start_page(mut info: BootInfo<'static>) -> Result<BootInfo<'stati
 /// module documentation); does not wait for it.
 pub fn cpu_start(_info: &BootInfo<'_>, index: usize, hw_id: u64) -> Result<(), &'static str> {
     let page = START_PAGE.load(Ordering::Relaxed);
-    if page == 0 {
-        return Err("no free page below 1 MiB for the start-up code");
-    }
+    ensure(page != 0, "no free page below 1 MiB for the start-up code")?;
     let apic_id = u32::try_from(hw_id)
         .ok()
         .filter(|&id| id < 0xff && (1..MAX_CPUS).contains(&index))

@@ -420,9 +420,7 @@ impl Kernel {
         n: usize,
         grant: bool,
     ) -> Result<ArrayVec<u64, MAX_CAPS>, Fail> {
-        if !grant {
-            return Err(Fail::Sender(Error::AccessDenied));
-        }
+        ensure(grant, Fail::Sender(Error::AccessDenied))?;
         let (Ok(st), Ok(rt)) = (self.thread(s), self.thread(r)) else {
             return Err(Fail::Sender(Error::InvalidState));
         };
@@ -618,9 +616,7 @@ impl Kernel {
         let Some(c) = caller else {
             return Err(Error::InvalidState);
         };
-        if !self.waits_reply_of(c, cur) {
-            return Err(Error::Disconnected);
-        }
+        ensure(self.waits_reply_of(c, cur), Error::Disconnected)?;
         let msg = self.message_of(cur)?;
         if self.thread(c)?.ipc.fault.is_some() {
             if msg.info.label() == FAULT_KILL {

@@ -306,6 +306,40 @@ fn capability_spaces_cannot_hold_each_other() {
 }
 
 #[test]
+fn a_process_dies_with_exactly_its_own_threads() {
+    let mut w = world();
+    let spaces = [(); 2].map(|_| {
+        let cs = w.k.caps.create_space(16).unwrap();
+        let r = CSpaceRef::new(w.k.orphans(), cs, 1, None).unwrap();
+        (cs, r.home())
+    });
+    // Interleaved, so that each space's list runs through the other's.
+    let mut made = [Vec::new(), Vec::new()];
+    for i in 0..6 {
+        let (_, home) = &spaces[i % 2];
+        let t =
+            w.k.create_thread(w.space.clone(), home.clone(), 0x1000, 0x8000, 0);
+        made[i % 2].push(t.unwrap());
+    }
+    // One from the middle of the second list first, by itself.
+    w.k.kill(made[1][1]).unwrap();
+    w.k.kill_process(spaces[0].0);
+    let alive = |k: &Kernel, t: &ThreadId| k.thread(*t).is_ok();
+    assert!(
+        !made[0].iter().any(|t| alive(&w.k, t)),
+        "the first space's all gone"
+    );
+    assert!(
+        alive(&w.k, &made[1][0]) && alive(&w.k, &made[1][2]),
+        "the others stay"
+    );
+    assert!(alive(&w.k, &w.me));
+    w.k.kill_process(spaces[1].0);
+    assert!(!made[1].iter().any(|t| alive(&w.k, t)));
+    assert_eq!(w.k.threads.len(), 1, "only the root thread is left");
+}
+
+#[test]
 fn exit_of_the_last_root_thread_ends_the_run() {
     let mut w = world();
     assert_eq!(

@@ -351,6 +351,41 @@ global_asm!(
     nr_exit = const Syscall::ThreadExit as usize,
 );
 
+// The minimal position-independent program (`crate::process::minimal::
+// minimal_pie_elf` wraps it): it finds its data word from its own address
+// (the code starts at `PIE_CODE`, the word at `PIE_DATA`), and exits with
+// 0 if the loader's relocation made the word point at itself, else 1.
+global_asm!(
+    ".pushsection .rodata.__keel_minimal_pie, \"a\", %progbits",
+    ".globl __keel_minimal_pie_start",
+    ".hidden __keel_minimal_pie_start",
+    ".globl __keel_minimal_pie_end",
+    ".hidden __keel_minimal_pie_end",
+    ".balign 4",
+    "__keel_minimal_pie_start:",
+    "    adr x9, .",
+    "    add x9, x9, #{delta}",
+    "    ldr x10, [x9]",
+    "    cmp x9, x10",
+    "    cset x2, ne",
+    "    ldr x0, [x0, #{server}]",
+    "    mov x1, #{info_lo}",
+    "    movk x1, #{info_hi}, lsl #32",
+    "    mov x8, #{nr_call}",
+    "    svc #0",
+    "    mov x8, #{nr_exit}",
+    "    svc #0",
+    "2:  b 2b",
+    "__keel_minimal_pie_end:",
+    ".popsection",
+    delta = const super::minimal::PIE_DELTA,
+    server = const super::minimal::SERVER,
+    info_lo = const super::minimal::EXIT_INFO & 0xffff,
+    info_hi = const super::minimal::EXIT_INFO >> 32,
+    nr_call = const Syscall::Call as usize,
+    nr_exit = const Syscall::ThreadExit as usize,
+);
+
 unsafe extern "C" {
     /// See the assembly above; `patterns` has [`PROBE_PATTERNS`] entries,
     /// `out` has `PROBE_REG_NAMES.len()`.

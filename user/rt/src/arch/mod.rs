@@ -23,7 +23,9 @@
 //! - `__keel_ipc_echo_forever` and `__keel_ipc_load_server`: stackless
 //!   IPC server loops for such threads (see [`crate::probe`]);
 //! - the minimal program's code between `__keel_minimal_start` and
-//!   `__keel_minimal_end` (read-only data; [`minimal_program`]).
+//!   `__keel_minimal_end`, and the position-independent one's between
+//!   `__keel_minimal_pie_start` and `__keel_minimal_pie_end` (read-only
+//!   data; [`minimal_program`], [`minimal_pie_program`]).
 
 #[cfg(target_arch = "aarch64")]
 mod aarch64;
@@ -61,20 +63,49 @@ pub(crate) mod minimal {
     pub const SERVER: usize = core::mem::offset_of!(ProcInfo, server);
     pub const TERMINATE: usize = core::mem::offset_of!(ProcInfo, terminate);
     pub const EXIT_INFO: u64 = MsgInfo::new(label::EXIT, 1, 0).0;
+    /// From the position-independent code's start to its data word.
+    pub const PIE_DELTA: usize =
+        crate::process::minimal::PIE_DATA - crate::process::minimal::PIE_CODE;
     const _: () = assert!(EXIT_INFO & 0xffff_0000 == 0 && EXIT_INFO >> 48 == 0);
 }
 
 unsafe extern "C" {
     static __keel_minimal_start: u8;
     static __keel_minimal_end: u8;
+    static __keel_minimal_pie_start: u8;
+    static __keel_minimal_pie_end: u8;
+}
+
+/// The bytes from `start` to `end`.
+///
+/// # Safety
+/// The two are symbols around bytes of read-only data, there for the
+/// life of the program.
+unsafe fn between(start: *const u8, end: *const u8) -> &'static [u8] {
+    let len = (end as usize).saturating_sub(start as usize);
+    // SAFETY: the caller's promise.
+    unsafe { core::slice::from_raw_parts(start, len) }
 }
 
 /// The minimal program's machine code (position-independent; see the
 /// assembly in the architecture's module).
 pub fn minimal_program() -> &'static [u8] {
-    let start = &raw const __keel_minimal_start;
-    let len = (&raw const __keel_minimal_end as usize).saturating_sub(start as usize);
-    // SAFETY: the bytes between the two symbols are the code, in
-    // read-only data for the life of the program.
-    unsafe { core::slice::from_raw_parts(start, len) }
+    // SAFETY: the symbols surround the code, in read-only data.
+    unsafe {
+        between(
+            &raw const __keel_minimal_start,
+            &raw const __keel_minimal_end,
+        )
+    }
+}
+
+/// The minimal position-independent program's machine code.
+pub fn minimal_pie_program() -> &'static [u8] {
+    // SAFETY: the symbols surround the code, in read-only data.
+    unsafe {
+        between(
+            &raw const __keel_minimal_pie_start,
+            &raw const __keel_minimal_pie_end,
+        )
+    }
 }

@@ -394,6 +394,43 @@ global_asm!(
     nr_exit = const Syscall::ThreadExit as usize,
 );
 
+// The minimal position-independent program (`crate::process::minimal::
+// minimal_pie_elf` wraps it): it finds its data word from its own address
+// (the code starts at `PIE_CODE`, the word at `PIE_DATA`), and exits with
+// 0 if the loader's relocation made the word point at itself, else 1.
+global_asm!(
+    ".pushsection .rodata.__keel_minimal_pie, \"a\", @progbits",
+    ".globl __keel_minimal_pie_start",
+    ".hidden __keel_minimal_pie_start",
+    ".globl __keel_minimal_pie_end",
+    ".hidden __keel_minimal_pie_end",
+    ".option push",
+    ".option norelax",
+    ".balign 4",
+    "__keel_minimal_pie_start:",
+    "    auipc t1, 0",
+    "    li t2, {delta}",
+    "    add t1, t1, t2",
+    "    ld t3, 0(t1)",
+    "    sub t3, t3, t1",
+    "    snez a2, t3",
+    "    ld a0, {server}(a0)",
+    "    li a1, {exit_info}",
+    "    li a7, {nr_call}",
+    "    ecall",
+    "    li a7, {nr_exit}",
+    "    ecall",
+    "2:  j 2b",
+    "__keel_minimal_pie_end:",
+    ".option pop",
+    ".popsection",
+    delta = const super::minimal::PIE_DELTA,
+    server = const super::minimal::SERVER,
+    exit_info = const super::minimal::EXIT_INFO,
+    nr_call = const Syscall::Call as usize,
+    nr_exit = const Syscall::ThreadExit as usize,
+);
+
 unsafe extern "C" {
     /// See the assembly above; `patterns` has [`PROBE_PATTERNS`] entries,
     /// `out` has `PROBE_REG_NAMES.len()`.

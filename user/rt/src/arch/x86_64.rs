@@ -340,6 +340,38 @@ global_asm!(
     nr_exit = const Syscall::ThreadExit as usize,
 );
 
+// The minimal position-independent program (`crate::process::minimal::
+// minimal_pie_elf` wraps it): it finds its data word from its own address
+// (the code starts at `PIE_CODE`, the word at `PIE_DATA`), and exits with
+// 0 if the loader's relocation made the word point at itself, else 1.
+global_asm!(
+    ".pushsection .rodata.__keel_minimal_pie, \"a\", @progbits",
+    ".globl __keel_minimal_pie_start",
+    ".hidden __keel_minimal_pie_start",
+    ".globl __keel_minimal_pie_end",
+    ".hidden __keel_minimal_pie_end",
+    "__keel_minimal_pie_start:",
+    "    lea rcx, [rip - 7]",
+    "    add rcx, {delta}",
+    "    xor edx, edx",
+    "    cmp rcx, qword ptr [rcx]",
+    "    setne dl",
+    "    mov rdi, qword ptr [rdi + {server}]",
+    "    movabs rsi, {exit_info}",
+    "    mov eax, {nr_call}",
+    "    syscall",
+    "    mov eax, {nr_exit}",
+    "    syscall",
+    "2:  jmp 2b",
+    "__keel_minimal_pie_end:",
+    ".popsection",
+    delta = const super::minimal::PIE_DELTA,
+    server = const super::minimal::SERVER,
+    exit_info = const super::minimal::EXIT_INFO,
+    nr_call = const Syscall::Call as usize,
+    nr_exit = const Syscall::ThreadExit as usize,
+);
+
 unsafe extern "C" {
     /// See the assembly above; `patterns` has [`PROBE_PATTERNS`] entries,
     /// `out` has `PROBE_REG_NAMES.len()`.

@@ -3,6 +3,11 @@
 //! header, one program header and position-independent code (the
 //! runtime's `minimal_program`, whose assembly is in `arch/`). The process
 //! tests and benchmarks spawn it to measure what a process itself costs.
+//!
+//! And the smallest position-independent executable ([`minimal_pie_elf`],
+//! around `minimal_pie_program`): text at 0, a writable word at
+//! [`PIE_DATA`] with one relative relocation that makes it point at
+//! itself, which the code checks.
 
 use keel_abi::boot::USER_IMAGE_MIN;
 
@@ -44,6 +49,68 @@ pub fn minimal_elf(code: &[u8], machine: u16, out: &mut [u8]) -> Option<usize> {
     Some(len)
 }
 
+/// Where the position-independent file has its code and its data word
+/// (file offsets and unbiased addresses alike).
+pub const PIE_CODE: usize = 0x100;
+pub const PIE_DATA: usize = 0x1000;
+/// Its dynamic section and relocation table, after the word.
+const PIE_DYNAMIC: usize = PIE_DATA + 0x10;
+const PIE_RELA: usize = PIE_DYNAMIC + 0x40;
+/// Its length.
+pub const PIE_LEN: usize = PIE_RELA + 24;
+
+/// Writes the position-independent executable running `code` (at most
+/// `PIE_DATA - PIE_CODE` bytes) on `machine` into `out`; its length, or
+/// `None` if `out` is too small, the code too long or the machine unknown.
+pub fn minimal_pie_elf(code: &[u8], machine: u16, out: &mut [u8]) -> Option<usize> {
+    let relative = keel_elf::relative_type(machine)? as u64;
+    let file = out.get_mut(..PIE_LEN)?;
+    if code.len() > PIE_DATA - PIE_CODE {
+        return None;
+    }
+    file.fill(0);
+    let mut put = |at: usize, words: &[u64]| {
+        for (i, w) in words.iter().enumerate() {
+            if let Some(d) = file.get_mut(at + 8 * i..at + 8 * i + 8) {
+                d.copy_from_slice(&w.to_le_bytes());
+            }
+        }
+    };
+    // File header: as `minimal_elf`'s, but ET_DYN (3) with three program
+    // headers (the little-endian fields packed into words).
+    put(0, &[0x0001_0102_464c_457f, 0]);
+    put(
+        16,
+        &[
+            (1 << 32) | u64::from(machine) << 16 | 3,
+            PIE_CODE as u64,
+            64,
+            0,
+        ],
+    );
+    put(48, &[(56 << 48) | (64 << 32), 3]);
+    let (data_len, code_end) = ((PIE_LEN - PIE_DATA) as u64, (PIE_CODE + code.len()) as u64);
+    // PT_LOAD R+X: headers and code; PT_LOAD R+W: the word, the dynamic
+    // section and the table; PT_DYNAMIC.
+    put(64, &[(5 << 32) | 1, 0, 0, 0, code_end, code_end, 4096]);
+    let data = PIE_DATA as u64;
+    put(
+        120,
+        &[(6 << 32) | 1, data, data, data, data_len, data_len, 4096],
+    );
+    let dynamic = PIE_DYNAMIC as u64;
+    put(
+        176,
+        &[(6 << 32) | 2, dynamic, dynamic, dynamic, 0x40, 0x40, 8],
+    );
+    // DT_RELA, DT_RELASZ, DT_RELAENT, DT_NULL; the word points at itself.
+    put(PIE_DYNAMIC, &[7, PIE_RELA as u64, 8, 24, 9, 24, 0, 0]);
+    put(PIE_RELA, &[data, relative, data]);
+    file.get_mut(PIE_CODE..PIE_CODE + code.len())?
+        .copy_from_slice(code);
+    Some(PIE_LEN)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -64,5 +131,29 @@ mod tests {
         // Another machine's loader refuses it; a short buffer is refused.
         assert!(keel_elf::parse(&out[..len], 183).is_err());
         assert_eq!(minimal_elf(&code, 62, &mut out[..100]), None);
+    }
+
+    #[test]
+    fn the_position_independent_file_has_one_relative_relocation() {
+        let code = [0x90u8; 40];
+        let mut out = std::vec![0xffu8; PIE_LEN];
+        assert_eq!(minimal_pie_elf(&code, 62, &mut out), Some(PIE_LEN));
+        assert!(keel_elf::parse(&out, 62).is_err(), "not static");
+        let base = USER_IMAGE_MIN;
+        let img = keel_elf::parse_headers_at(&out, out.len(), 62, base).unwrap();
+        assert_eq!((img.bias, img.entry), (base, base + PIE_CODE));
+        assert_eq!(img.segments.len(), 2);
+        assert!(img.segments[0].exec && img.segments[1].write);
+        let (at, len) = img.dynamic.unwrap();
+        assert_eq!((at, len), (base + PIE_DYNAMIC, 0x40));
+        let dynamic = &out[PIE_DYNAMIC..PIE_DYNAMIC + len];
+        assert_eq!(keel_elf::rela_table(dynamic), Ok(Some((PIE_RELA, 1))));
+        let rela = &out[PIE_RELA..PIE_RELA + 24];
+        assert_eq!(keel_elf::relative(rela, 62), Ok((PIE_DATA, PIE_DATA)));
+        assert_eq!(&out[PIE_CODE..PIE_CODE + 40], &code);
+        // Too small a buffer, too much code, an unknown machine.
+        assert_eq!(minimal_pie_elf(&code, 62, &mut out[..PIE_LEN - 1]), None);
+        assert_eq!(minimal_pie_elf(&[0; 0xf01], 62, &mut out), None);
+        assert_eq!(minimal_pie_elf(&code, 40, &mut out), None);
     }
 }

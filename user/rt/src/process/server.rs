@@ -16,7 +16,10 @@
 //! that are neither writable nor longer in memory than in the file are
 //! mapped straight from the image's memory object (shared by every process
 //! running it); the others are copied into fresh memory (their file part
-//! alone mapped here).
+//! alone mapped here). A position-independent executable is loaded at
+//! [`PIE_BASE`]; its segments other than text are copied, and its
+//! relative relocations (the only kind accepted) applied to the copies;
+//! one that lands in no copied segment fails the load.
 //!
 //! Invariants: the scratch windows of the root task's address space are
 //! unmapped whenever a request is done; a capability received with a
@@ -52,6 +55,13 @@ const PAGE: usize = 4096;
 /// (a copy-on-write page could not be mapped here any more).
 const IMAGE_WINDOW: usize = 0x30_0000_0000;
 const SEGMENT_WINDOW: usize = 0x38_0000_0000;
+/// The relocation table (and the dynamic section before it) of a
+/// position-independent image.
+const RELA_WINDOW: usize = 0x34_0000_0000;
+/// Where a position-independent executable is loaded (its bias).
+const PIE_BASE: usize = keel_abi::boot::USER_IMAGE_MIN;
+/// The largest dynamic section and relocation table accepted (pages).
+const DYNAMIC_MAX_PAGES: usize = 64;
 const INFO_WINDOWS: usize = 0x2f_0000_0000;
 
 /// Where process `pid`'s information page is kept mapped.
@@ -495,11 +505,18 @@ impl Server {
             let bytes = unsafe { core::slice::from_raw_parts(w.va as *const u8, head * PAGE) };
             let need = keel_elf::headers_len(bytes).map_err(bad)?.div_ceil(PAGE);
             if need <= head || need > pages {
-                break keel_elf::parse_headers(bytes, pages * PAGE, crate::ELF_MACHINE)
-                    .map_err(bad)?;
+                break keel_elf::parse_headers_at(
+                    bytes,
+                    pages * PAGE,
+                    crate::ELF_MACHINE,
+                    PIE_BASE,
+                )
+                .map_err(bad)?;
             }
             head = need;
         };
+        let relocs = self.relocations(image, &img)?;
+        let mut applied = 0;
         for s in &img.segments {
             let (first, n) = s.pages();
             let prot = if s.exec {
@@ -509,15 +526,19 @@ impl Server {
             } else {
                 0
             };
-            if !s.write && s.file_size == s.mem_size {
+            let relocated = relocs.is_some() && !s.exec;
+            if !s.write && s.file_size == s.mem_size && !relocated {
                 map(aspace, image, first, s.offset / PAGE, n, prot)?;
                 continue;
             }
             let mem = mem_create(pool, n, 0)?;
-            let copied = self.copy_in(image, s, mem, n);
-            let mapped = copied.and_then(|()| map(aspace, mem, first, 0, n, prot));
+            let copied = self.copy_in(image, s, mem, n, relocs.as_ref().filter(|_| relocated));
+            let mapped = copied.and_then(|k| map(aspace, mem, first, 0, n, prot).map(|()| k));
             cap_delete(mem)?;
-            mapped?;
+            applied += mapped?;
+        }
+        if relocs.is_some_and(|r| r.count != applied) {
+            return Err(Error::InvalidArgument);
         }
         let phdr = img.segments.iter().find_map(|s| {
             let off = img.phdrs.0.checked_sub(s.offset)?;
@@ -542,29 +563,126 @@ impl Server {
     }
 
     /// Copies segment `s`'s bytes from `image` into the fresh `n`-page
-    /// object `mem` (the rest stays zero).
+    /// object `mem` (the rest stays zero), then applies the relocations of
+    /// `relocs` that land in it; how many did.
     fn copy_in(
         &self,
         image: CapToken,
         s: &keel_elf::Segment,
         mem: CapToken,
         n: usize,
-    ) -> Result<(), Error> {
-        if s.file_size == 0 {
-            return Ok(());
+        relocs: Option<&Relocs>,
+    ) -> Result<usize, Error> {
+        if s.file_size == 0 && relocs.is_none() {
+            return Ok(0);
         }
-        let from = s.offset / PAGE;
-        let file_pages = (s.offset + s.file_size).div_ceil(PAGE) - from;
-        let src = Window::map(self.aspace, (image, from), IMAGE_WINDOW, file_pages, 0)?;
         let dst = Window::map(self.aspace, (mem, 0), SEGMENT_WINDOW, n, PROT_WRITE)?;
-        // SAFETY: the windows map the segment's file pages (readable) and
-        // `n` writable pages covering it, which starts `vaddr % PAGE`
-        // bytes into its first page as in the file.
-        unsafe {
-            let from = (src.va + s.offset % PAGE) as *const u8;
-            core::ptr::copy_nonoverlapping(from, (dst.va + s.vaddr % PAGE) as *mut u8, s.file_size);
+        if s.file_size > 0 {
+            let from = s.offset / PAGE;
+            let file_pages = (s.offset + s.file_size).div_ceil(PAGE) - from;
+            let src = Window::map(self.aspace, (image, from), IMAGE_WINDOW, file_pages, 0)?;
+            // SAFETY: the windows map the segment's file pages (readable)
+            // and `n` writable pages covering it, which starts `vaddr %
+            // PAGE` bytes into its first page as in the file.
+            unsafe {
+                let from = (src.va + s.offset % PAGE) as *const u8;
+                let to = (dst.va + s.vaddr % PAGE) as *mut u8;
+                core::ptr::copy_nonoverlapping(from, to, s.file_size);
+            }
         }
-        Ok(())
+        let Some(r) = relocs else { return Ok(0) };
+        let mut applied = 0;
+        for e in r.table().chunks_exact(24) {
+            let (offset, addend) =
+                keel_elf::relative(e, crate::ELF_MACHINE).map_err(|_| Error::InvalidArgument)?;
+            let at = r.bias.checked_add(offset).ok_or(Error::InvalidArgument)?;
+            let inside =
+                at >= s.vaddr && at.checked_add(8).is_some_and(|e| e <= s.vaddr + s.mem_size);
+            if inside {
+                let value = r.bias.wrapping_add(addend) as u64;
+                // SAFETY: the word lies in the segment, all of which the
+                // writable window maps (its first page at `dst.va`).
+                unsafe {
+                    ((dst.va + at - (s.vaddr & !(PAGE - 1))) as *mut u64).write_unaligned(value)
+                };
+                applied += 1;
+            }
+        }
+        Ok(applied)
+    }
+
+    /// The relocation table of a position-independent `img` (from the
+    /// file in `image`), mapped for the load; `None` for a static image or
+    /// one without relocations.
+    fn relocations(&self, image: CapToken, img: &keel_elf::Image) -> Result<Option<Relocs>, Error> {
+        let bad = |_| Error::InvalidArgument;
+        let Some((at, len)) = img.dynamic else {
+            return Ok(None);
+        };
+        let (window, va) = self.file_window(image, img, at, len)?;
+        // SAFETY: `file_window` maps the `len` bytes at `va` readable.
+        let bytes = unsafe { core::slice::from_raw_parts(va as *const u8, len) };
+        let table = keel_elf::rela_table(bytes).map_err(bad)?;
+        drop(window);
+        let Some((at, count)) = table else {
+            return Ok(None);
+        };
+        let len = count.checked_mul(24).ok_or(Error::InvalidArgument)?;
+        let at = img.bias.checked_add(at).ok_or(Error::InvalidArgument)?;
+        let (window, va) = self.file_window(image, img, at, len)?;
+        Ok(Some(Relocs {
+            _window: window,
+            va,
+            count,
+            bias: img.bias,
+        }))
+    }
+
+    /// Maps the `len` file bytes that `img` loads at `addr` (which must lie
+    /// in a segment's file part) at `RELA_WINDOW`; the window, and where
+    /// the bytes start in it.
+    fn file_window(
+        &self,
+        image: CapToken,
+        img: &keel_elf::Image,
+        addr: usize,
+        len: usize,
+    ) -> Result<(Window, usize), Error> {
+        let inside = |s: &&keel_elf::Segment| {
+            addr >= s.vaddr
+                && addr
+                    .checked_add(len)
+                    .is_some_and(|e| e <= s.vaddr + s.file_size)
+        };
+        let s = img
+            .segments
+            .iter()
+            .find(inside)
+            .ok_or(Error::InvalidArgument)?;
+        let off = s.offset + (addr - s.vaddr);
+        let pages = (off % PAGE + len).div_ceil(PAGE).max(1);
+        if pages > DYNAMIC_MAX_PAGES {
+            return Err(Error::InvalidArgument);
+        }
+        let w = Window::map(self.aspace, (image, off / PAGE), RELA_WINDOW, pages, 0)?;
+        let va = w.va + off % PAGE;
+        Ok((w, va))
+    }
+}
+
+/// The relocation table of the image being loaded, mapped while it lives.
+struct Relocs {
+    _window: Window,
+    va: usize,
+    count: usize,
+    bias: usize,
+}
+
+impl Relocs {
+    fn table(&self) -> &[u8] {
+        // SAFETY: the window maps the `count` entries at `va`, readable,
+        // as long as `self` lives.
+        unsafe { core::slice::from_raw_parts(self.va as *const u8, self.count * 24) }
     }
 }
 

@@ -253,15 +253,19 @@ impl<T> Table<T> {
     /// Reaps an ended child of `parent` (`which`, or any): its pid and
     /// status. `WouldBlock` if the children asked for live on,
     /// `InvalidArgument` if there is no such child.
+    /// A given child is found by its pid; any child, by a walk of them.
     pub fn reap(&mut self, parent: Pid, which: Option<Pid>) -> Result<(Pid, u64), Error> {
         let mut any = false;
-        let found = self
-            .children(parent)
-            .filter(|&c| which.is_none_or(|w| w == c))
-            .find(|&c| {
+        let found = match which {
+            Some(w) => self.get(w).filter(|e| e.parent == parent).and_then(|e| {
+                any = true;
+                e.ended.map(|_| w)
+            }),
+            None => self.children(parent).find(|&c| {
                 any = true;
                 self.get(c).is_some_and(|e| e.ended.is_some())
-            });
+            }),
+        };
         let Some(pid) = found else {
             return Err(if any {
                 Error::WouldBlock

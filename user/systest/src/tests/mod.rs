@@ -190,6 +190,7 @@ pub const ALL: &[Test] = &[
     test!(processes::a_fork_bomb_is_held_by_its_pool),
     test!(processes::many_processes_give_everything_back),
     test!(processes::a_minimal_program_runs_in_a_small_process),
+    test!(processes::a_position_independent_program_is_relocated),
     test!(processes::thousands_alive_at_once_give_everything_back),
     test!(leaks::everything_was_returned),
 ];

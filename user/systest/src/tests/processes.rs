@@ -17,7 +17,7 @@ use keel_abi::ipc::MsgInfo;
 use keel_abi::process::{ExitStatus, PROC_STACK_MAX_PAGES, ProcInfo};
 use keel_abi::syscall::{PROT_WRITE, SystemInfoKey};
 use keel_rt::ipc::{call, endpoint_create, notification_create, poll, recv, signal};
-use keel_rt::process::minimal::minimal_elf;
+use keel_rt::process::minimal::{PIE_CODE, PIE_LEN, minimal_elf, minimal_pie_elf};
 use keel_rt::process::{
     Limits, Pid, args, exec, fork, kill, spawn, spawn_with, terminate, wait, wait_for_terminate,
 };
@@ -369,17 +369,27 @@ pub const MINIMAL: Limits = Limits {
 /// fresh one-page memory object, which the caller deletes (the processes
 /// running it keep it).
 pub fn minimal_image() -> Result<CapToken, Error> {
+    image_of(1, |page| {
+        minimal_elf(keel_rt::minimal_program(), keel_rt::ELF_MACHINE, page)
+    })
+}
+
+/// An image of `pages` pages in a fresh memory object, written by `write`
+/// (its length, or `None` if it could not).
+fn image_of(
+    pages: usize,
+    write: impl FnOnce(&mut [u8]) -> Option<usize>,
+) -> Result<CapToken, Error> {
     let r = root().map_err(|_| Error::InvalidState)?;
-    let mem = mem_create(r.pool, 1, 0)?;
-    let va = next_va(1);
-    let written = map(r.aspace, mem, va, 0, 1, PROT_WRITE).and_then(|()| {
-        // SAFETY: the page was mapped writable at `va` just now, for this
-        // function alone.
-        let page = unsafe { core::slice::from_raw_parts_mut(va as *mut u8, PAGE) };
-        let code = keel_rt::minimal_program();
-        let len = minimal_elf(code, keel_rt::ELF_MACHINE, page);
-        // SAFETY: nothing refers to the page any more.
-        unsafe { unmap(r.aspace, va, 1) }?;
+    let mem = mem_create(r.pool, pages, 0)?;
+    let va = next_va(pages);
+    let written = map(r.aspace, mem, va, 0, pages, PROT_WRITE).and_then(|()| {
+        // SAFETY: the pages were mapped writable at `va` just now, for
+        // this function alone.
+        let file = unsafe { core::slice::from_raw_parts_mut(va as *mut u8, pages * PAGE) };
+        let len = write(file);
+        // SAFETY: nothing refers to the pages any more.
+        unsafe { unmap(r.aspace, va, pages) }?;
         len.map(|_| ()).ok_or(Error::InvalidState)
     });
     written.inspect_err(|_| {
@@ -449,6 +459,48 @@ pub fn a_minimal_program_runs_in_a_small_process() -> TestResult {
     ensure_eq!(stack, Some(Error::InvalidArgument), "stack");
     ensure_eq!(pool, Some(Error::OutOfMemory), "pool");
     ensure!(slots.is_some(), "a 3-slot capability space was accepted");
+    ensure_eq!(pool_available(r.pool).ctx("pool")?, before, "pool pages");
+    Ok(())
+}
+
+pub fn a_position_independent_program_is_relocated() -> TestResult {
+    let r = root()?;
+    let before = pool_available(r.pool).ctx("pool")?;
+    let machine = keel_rt::ELF_MACHINE;
+    let code = keel_rt::minimal_pie_program();
+    // The relocation's `r_offset`, then its `r_info`, as the file has them.
+    let rela = PIE_LEN - 24;
+    let patch = |at: usize, word: u64| {
+        move |file: &mut [u8]| {
+            let len = minimal_pie_elf(code, machine, file)?;
+            file.get_mut(at..at + 8)?
+                .copy_from_slice(&word.to_le_bytes());
+            Some(len)
+        }
+    };
+    let limits = Limits {
+        pages: MINIMAL_PAGES + 4,
+        ..MINIMAL
+    };
+    let run = |write: &dyn Fn(&mut [u8]) -> Option<usize>| {
+        let image = image_of(2, write)?;
+        let p = spawn_with(image, limits, &[], &[], &[]);
+        cap_delete(image)?;
+        wait(Some(p?), true).map(|(_, s)| s)
+    };
+    let good = run(&|f| minimal_pie_elf(code, machine, f));
+    // Refused: a relocation of the text (mapped from the image, never
+    // written), and one of type 1, which is not relative anywhere
+    // (`R_X86_64_64`, `R_RISCV_32`, nothing on AArch64).
+    let text = run(&patch(rela, PIE_CODE as u64));
+    let kind = run(&patch(rela + 8, 1));
+    ensure_eq!(good, Ok(ExitStatus::Exited(0)), "relocated and run");
+    ensure_eq!(text.err(), Some(Error::InvalidArgument), "text relocation");
+    ensure_eq!(
+        kind.err(),
+        Some(Error::InvalidArgument),
+        "absolute relocation"
+    );
     ensure_eq!(pool_available(r.pool).ctx("pool")?, before, "pool pages");
     Ok(())
 }
