@@ -7,6 +7,8 @@
 
 mod arch;
 mod bench;
+mod disk;
+mod firmware;
 mod image;
 mod qemu;
 mod setup;
@@ -60,11 +62,27 @@ enum Command {
         /// Start QEMU halted, waiting for GDB on localhost:1234.
         #[arg(long)]
         gdb: bool,
+        /// How the kernel is booted: QEMU loads it (`direct`), or U-Boot
+        /// boots it from a disk image (`uboot`: AArch64, RISC-V).
+        #[arg(long, value_enum, default_value = "direct")]
+        firmware: firmware::Firmware,
         #[arg(long, value_enum, default_value = "tcg")]
         accel: Accel,
         /// Extra kernel command-line words (after `--`).
         #[arg(last = true)]
         cmdline: Vec<String>,
+    },
+    /// Write a bootable disk image (MBR, one FAT partition) of the kernel
+    /// and the root task, for a board's U-Boot (distro boot reads its
+    /// `extlinux/extlinux.conf`) or a USB stick.
+    Image {
+        #[arg(long, value_enum, default_value = "aarch64")]
+        arch: Arch,
+        #[arg(long, value_enum, default_value = "uboot")]
+        firmware: firmware::Firmware,
+        /// Kernel command line.
+        #[arg(long, default_value = "")]
+        cmdline: String,
     },
     /// Check formatting and lints, run host tests, and boot every
     /// architecture's test kernel; prints `N passed, N failed` last.
@@ -106,6 +124,7 @@ fn real_main() -> Result<()> {
             smp,
             mem,
             gdb,
+            firmware,
             accel,
             cmdline,
         } => {
@@ -113,11 +132,35 @@ fn real_main() -> Result<()> {
             let image = toolchain::build_kernel(arch, toolchain::Flavor::Run, release)?;
             let root = toolchain::build_root_task(arch)?;
             let cmdline = cmdline.join(" ");
+            let boot = qemu::Boot::headless(arch, &image, smp, &mem, &cmdline);
+            let disk = match firmware {
+                firmware::Firmware::Direct => None,
+                firmware::Firmware::Uboot => {
+                    Some(firmware::uboot_disk(arch, &image, &root, &cmdline)?)
+                }
+            };
             qemu::run_interactive(&qemu::Boot {
                 accel,
                 gdb,
-                ..qemu::Boot::headless(arch, &image, smp, &mem, &cmdline).with_initrd(Some(&root))
+                ..boot
+                    .with_initrd(Some(&root))
+                    .with_firmware(firmware, disk.as_deref())
             })
+        }
+        Command::Image {
+            arch,
+            firmware,
+            cmdline,
+        } => {
+            setup::ensure(false)?;
+            if firmware != firmware::Firmware::Uboot {
+                anyhow::bail!("only U-Boot disk images are written so far (--firmware uboot)");
+            }
+            let image = toolchain::build_kernel(arch, toolchain::Flavor::Run, true)?;
+            let root = toolchain::build_root_task(arch)?;
+            let disk = firmware::uboot_disk(arch, &image, &root, &cmdline)?;
+            println!("{}", disk.display());
+            Ok(())
         }
         Command::Test { arch } => {
             setup::ensure(false)?;

@@ -3,6 +3,7 @@
 
 use crate::Accel;
 use crate::arch::Arch;
+use crate::firmware::Firmware;
 use crate::symbolize::Symbolizer;
 use anyhow::{Context, Result, bail};
 use std::io::{BufRead, BufReader, Write};
@@ -26,6 +27,10 @@ pub struct Boot<'a> {
     /// the kernel finds it in the Multiboot module list or the device
     /// tree's `/chosen` `linux,initrd-start/end`.
     pub initrd: Option<&'a Path>,
+    /// How the kernel is booted, and the disk the firmware boots it from
+    /// (`crate::firmware`).
+    pub firmware: Firmware,
+    pub disk: Option<&'a Path>,
 }
 
 impl<'a> Boot<'a> {
@@ -41,6 +46,17 @@ impl<'a> Boot<'a> {
             icount: false,
             gdb: false,
             initrd: None,
+            firmware: Firmware::Direct,
+            disk: None,
+        }
+    }
+
+    /// The same boot through `firmware`, from `disk`.
+    pub fn with_firmware(self, firmware: Firmware, disk: Option<&'a Path>) -> Self {
+        Boot {
+            firmware,
+            disk,
+            ..self
         }
     }
 
@@ -71,6 +87,18 @@ impl<'a> Boot<'a> {
         }
         if self.gdb {
             cmd.args(["-s", "-S"]);
+        }
+        if let (Firmware::Uboot, Some(disk)) = (self.firmware, self.disk) {
+            // U-Boot finds the kernel, the root task and the command line
+            // on the disk. On RISC-V OpenSBI (`-bios default`) starts it.
+            let uboot = crate::firmware::uboot(self.arch).unwrap_or_default();
+            match self.arch {
+                Arch::Riscv64 => cmd.arg("-kernel").arg(uboot),
+                _ => cmd.arg("-bios").arg(uboot),
+            };
+            let drive = format!("if=none,format=raw,id=keel,file={}", disk.display());
+            cmd.args(["-drive", &drive, "-device", "virtio-blk-device,drive=keel"]);
+            return cmd;
         }
         if self.arch.boots_flat_image() {
             cmd.arg("-kernel").arg(crate::image::flat_path(self.image));

@@ -69,6 +69,7 @@ pub fn package_for(program: &str) -> Option<&'static str> {
         "qemu-system-aarch64" => "qemu-system-arm",
         "qemu-system-riscv64" => "qemu-system-misc",
         _ if program == toolchain::RUST_SRC_MARKER => "rust-web-src",
+        _ if let Some((_, p)) = crate::firmware::FILES.iter().find(|f| f.0 == program) => p,
         _ => return None,
     })
 }
@@ -167,6 +168,9 @@ fn missing_now() -> Result<Vec<Missing>> {
         "build-std's library source",
         Path::new(toolchain::RUST_SRC_MARKER).is_file(),
     );
+    for (file, _) in crate::firmware::FILES {
+        need(file, "firmware boot paths", Path::new(file).is_file());
+    }
     for arch in Arch::ALL {
         let q = arch.qemu_binary();
         let used = format!("booting {}", arch.name());

@@ -11,6 +11,7 @@
 //! `N passed, N failed`.
 
 use crate::arch::Arch;
+use crate::firmware::{self, Firmware};
 use crate::qemu::{self, Boot};
 use crate::toolchain::{self, Flavor};
 use anyhow::Result;
@@ -110,11 +111,23 @@ pub fn run(arches: &[Arch]) -> Result<bool> {
         match toolchain::build_kernel(arch, Flavor::Test, false) {
             Ok(image) => {
                 for smp in [1, 2, 4] {
-                    kernel_tests(&mut tally, arch, &image, root, None, smp)?;
+                    kernel_tests(&mut tally, arch, &image, root, None, smp, None)?;
                 }
                 // The other interrupt controller of the same machine.
                 if let Some(m) = arch.alternate_machine() {
-                    kernel_tests(&mut tally, arch, &image, root, Some(m), 4)?;
+                    kernel_tests(&mut tally, arch, &image, root, Some(m), 4, None)?;
+                }
+                // Booted by U-Boot from a disk image, as on a board.
+                if let (Some(_), Some(r)) = (firmware::uboot(arch), root) {
+                    match firmware::uboot_disk(arch, &image, r, "") {
+                        Ok(disk) => {
+                            kernel_tests(&mut tally, arch, &image, root, None, 1, Some(&disk))?
+                        }
+                        Err(e) => {
+                            println!("{e:#}");
+                            tally.record(&format!("{} U-Boot disk image", arch.name()), false);
+                        }
+                    }
                 }
                 bad_cmdline_refused(&mut tally, arch, &image, root)?;
                 stack_overflow_reported(&mut tally, arch, &image, root)?;
@@ -218,10 +231,16 @@ fn kernel_tests(
     root: Option<&Path>,
     machine: Option<&str>,
     smp: u32,
+    uboot_disk: Option<&Path>,
 ) -> Result<()> {
-    let name = match machine {
-        Some(m) => format!("{} ({m}) -smp {smp}", arch.name()),
-        None => format!("{} -smp {smp}", arch.name()),
+    let name = match (machine, uboot_disk) {
+        (Some(m), _) => format!("{} ({m}) -smp {smp}", arch.name()),
+        (None, Some(_)) => format!("{} (U-Boot, distro boot, booti) -smp {smp}", arch.name()),
+        (None, None) => format!("{} -smp {smp}", arch.name()),
+    };
+    let firmware = match uboot_disk {
+        Some(_) => Firmware::Uboot,
+        None => Firmware::Direct,
     };
     let extra: Vec<&str> = machine.map(|m| vec!["-machine", m]).unwrap_or_default();
     // One CPU runs under -icount, where the clock is the instruction
@@ -231,7 +250,9 @@ fn kernel_tests(
     // CPU that spins can keep the others from running at all).
     let boot = Boot {
         icount: smp == 1,
-        ..Boot::headless(arch, image, smp, "256M", "").with_initrd(root)
+        ..Boot::headless(arch, image, smp, "256M", "")
+            .with_initrd(root)
+            .with_firmware(firmware, uboot_disk)
     };
     let outcome = qemu::run_captured_with(&boot, &extra, BOOT_LIMIT, true)?;
     let online = format!("smp: {smp} CPUs online");

@@ -81,8 +81,18 @@ core::arch::global_asm!(
 _start:
     .option push
     .option norelax
+    .option norvc
     .option arch, +a
-    mv      s2, a1                  # device tree (physical)
+    # Linux RISC-V Image header (boot-image-header.rst), for U-Boot's booti
+    # (load at RAM base + text_offset, a0 = hart id, a1 = device tree).
+    j       0f                      # code0 (code1 is 0)
+    .word   0
+    .dword  0x200000, KERNEL_IMAGE_SIZE, 0 # text_offset, image_size, flags
+    .word   2, 0                    # version 0.2, res1
+    .dword  0
+    .ascii  "RISCV\0\0\0RSC\x05"    # magic, magic2
+    .word   0
+0:  mv      s2, a1                  # device tree (physical)
     li      s3, 0                   # CPU index
     j       1f
 
