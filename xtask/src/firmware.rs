@@ -4,7 +4,10 @@
 //! booting the kernel's Image (its Linux Image header: `booti`) and the
 //! root task from a disk image ([`crate::disk`]) through distro boot's
 //! `extlinux/extlinux.conf`, as on a board: on RISC-V U-Boot runs in S-mode
-//! after OpenSBI.
+//! after OpenSBI. `uefi` is Debian's OVMF starting Keel's own loader
+//! (`loader/`, `EFI/BOOT/BOOTX64.EFI` on the disk), which loads the kernel
+//! and the root task from the same partition and enters the kernel's
+//! Multiboot 2 entry (x86_64).
 
 use crate::arch::Arch;
 use anyhow::{Context, Result, bail};
@@ -19,16 +22,26 @@ pub enum Firmware {
     Direct,
     /// U-Boot boots the kernel's Image from a disk (AArch64, RISC-V).
     Uboot,
+    /// UEFI firmware starts Keel's loader from a disk (x86_64).
+    Uefi,
 }
 
 /// Debian's U-Boot builds for QEMU's virt machine.
 const UBOOT_AARCH64: &str = "/usr/lib/u-boot/qemu_arm64/u-boot.bin";
 const UBOOT_RISCV64: &str = "/usr/lib/u-boot/qemu-riscv64_smode/u-boot.bin";
 
+/// Debian's OVMF (x86_64 UEFI): code, and the variables each boot copies.
+pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+/// The UEFI target of the loader on x86_64.
+pub const UEFI_TARGET: &str = "x86_64-unknown-uefi";
+
 /// Every firmware file a boot path uses, with the package that has it.
-pub const FILES: [(&str, &str); 2] = [
+pub const FILES: [(&str, &str); 4] = [
     (UBOOT_AARCH64, "u-boot-qemu"),
     (UBOOT_RISCV64, "u-boot-qemu"),
+    (OVMF_CODE, "ovmf"),
+    (OVMF_VARS, "ovmf"),
 ];
 
 /// The U-Boot image that boots `arch`, if there is one.
@@ -102,6 +115,68 @@ pub fn uboot_disk(arch: Arch, kernel: &Path, root: &Path, cmdline: &str) -> Resu
     let out = kernel.with_extension("uboot.img");
     crate::disk::write(&out, &files)?;
     Ok(out)
+}
+
+/// Writes the UEFI disk of kernel ELF `kernel` and root task `root` with
+/// the loader at `EFI/BOOT/BOOTX64.EFI`, and a fresh copy of OVMF's
+/// variables for the boot to write; the paths of both. Fails in one line
+/// if the firmware or the kernel's Multiboot 2 header is missing.
+pub fn uefi_disk(
+    arch: Arch,
+    kernel: &Path,
+    root: &Path,
+    cmdline: &str,
+) -> Result<(PathBuf, PathBuf)> {
+    if arch != Arch::X86_64 {
+        bail!(
+            "Keel's UEFI loader boots x86_64; {} has no UEFI path yet",
+            arch.name()
+        );
+    }
+    require(OVMF_CODE)?;
+    let loader = crate::toolchain::build_loader(UEFI_TARGET)?;
+    let read = |p: &Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+    let (efi, elf, root) = (read(&loader)?, read(kernel)?, read(root)?);
+    if !elf
+        .windows(4)
+        .take(32 * 1024)
+        .any(|w| w == 0xe852_50d6u32.to_le_bytes())
+    {
+        bail!(
+            "the {} kernel image has no Multiboot 2 header: the UEFI loader would refuse it",
+            arch.name()
+        );
+    }
+    let files: [(&str, &[u8]); 4] = [
+        ("EFI/BOOT/BOOTX64.EFI", &efi),
+        ("keel/kernel.elf", &elf),
+        ("keel/root.elf", &root),
+        ("keel/cmdline", cmdline.as_bytes()),
+    ];
+    let out = kernel.with_extension("uefi.img");
+    crate::disk::write(&out, &files)?;
+    let vars = kernel.with_extension("ovmf-vars.fd");
+    std::fs::copy(require(OVMF_VARS)?, &vars).context("copying OVMF's variables")?;
+    Ok((out, vars))
+}
+
+/// The disk image (and UEFI variables) `firmware` boots `arch` from; none
+/// for the direct path.
+pub fn disk(
+    firmware: Firmware,
+    arch: Arch,
+    kernel: &Path,
+    root: &Path,
+    cmdline: &str,
+) -> Result<(Option<PathBuf>, Option<PathBuf>)> {
+    Ok(match firmware {
+        Firmware::Direct => (None, None),
+        Firmware::Uboot => (Some(uboot_disk(arch, kernel, root, cmdline)?), None),
+        Firmware::Uefi => {
+            let (disk, vars) = uefi_disk(arch, kernel, root, cmdline)?;
+            (Some(disk), Some(vars))
+        }
+    })
 }
 
 /// The firmware file `path`, or one error line saying what is missing.

@@ -62,8 +62,9 @@ enum Command {
         /// Start QEMU halted, waiting for GDB on localhost:1234.
         #[arg(long)]
         gdb: bool,
-        /// How the kernel is booted: QEMU loads it (`direct`), or U-Boot
-        /// boots it from a disk image (`uboot`: AArch64, RISC-V).
+        /// How the kernel is booted: QEMU loads it (`direct`), U-Boot boots
+        /// it from a disk image (`uboot`: AArch64, RISC-V), or UEFI starts
+        /// Keel's loader from one (`uefi`: x86_64).
         #[arg(long, value_enum, default_value = "direct")]
         firmware: firmware::Firmware,
         #[arg(long, value_enum, default_value = "tcg")]
@@ -73,12 +74,13 @@ enum Command {
         cmdline: Vec<String>,
     },
     /// Write a bootable disk image (MBR, one FAT partition) of the kernel
-    /// and the root task, for a board's U-Boot (distro boot reads its
-    /// `extlinux/extlinux.conf`) or a USB stick.
+    /// and the root task: for a PC's UEFI (`EFI/BOOT/BOOTX64.EFI`) or a
+    /// board's U-Boot (`extlinux/extlinux.conf`), on a USB stick.
     Image {
-        #[arg(long, value_enum, default_value = "aarch64")]
+        #[arg(long, value_enum, default_value = "x86_64")]
         arch: Arch,
-        #[arg(long, value_enum, default_value = "uboot")]
+        /// `uefi` (x86_64) or `uboot` (AArch64, RISC-V).
+        #[arg(long, value_enum, default_value = "uefi")]
         firmware: firmware::Firmware,
         /// Kernel command line.
         #[arg(long, default_value = "")]
@@ -133,18 +135,15 @@ fn real_main() -> Result<()> {
             let root = toolchain::build_root_task(arch)?;
             let cmdline = cmdline.join(" ");
             let boot = qemu::Boot::headless(arch, &image, smp, &mem, &cmdline);
-            let disk = match firmware {
-                firmware::Firmware::Direct => None,
-                firmware::Firmware::Uboot => {
-                    Some(firmware::uboot_disk(arch, &image, &root, &cmdline)?)
-                }
-            };
+            let (disk, vars) = firmware::disk(firmware, arch, &image, &root, &cmdline)?;
             qemu::run_interactive(&qemu::Boot {
                 accel,
                 gdb,
-                ..boot
-                    .with_initrd(Some(&root))
-                    .with_firmware(firmware, disk.as_deref())
+                ..boot.with_initrd(Some(&root)).with_firmware(
+                    firmware,
+                    disk.as_deref(),
+                    vars.as_deref(),
+                )
             })
         }
         Command::Image {
@@ -153,13 +152,14 @@ fn real_main() -> Result<()> {
             cmdline,
         } => {
             setup::ensure(false)?;
-            if firmware != firmware::Firmware::Uboot {
-                anyhow::bail!("only U-Boot disk images are written so far (--firmware uboot)");
-            }
             let image = toolchain::build_kernel(arch, toolchain::Flavor::Run, true)?;
             let root = toolchain::build_root_task(arch)?;
-            let disk = firmware::uboot_disk(arch, &image, &root, &cmdline)?;
-            println!("{}", disk.display());
+            match firmware::disk(firmware, arch, &image, &root, &cmdline)? {
+                (Some(disk), _) => println!("{}", disk.display()),
+                (None, _) => {
+                    anyhow::bail!("--firmware direct has no disk image (QEMU loads the kernel)")
+                }
+            }
             Ok(())
         }
         Command::Test { arch } => {

@@ -31,6 +31,8 @@ pub struct Boot<'a> {
     /// (`crate::firmware`).
     pub firmware: Firmware,
     pub disk: Option<&'a Path>,
+    /// UEFI's variable store (a copy the boot may write).
+    pub vars: Option<&'a Path>,
 }
 
 impl<'a> Boot<'a> {
@@ -48,14 +50,22 @@ impl<'a> Boot<'a> {
             initrd: None,
             firmware: Firmware::Direct,
             disk: None,
+            vars: None,
         }
     }
 
-    /// The same boot through `firmware`, from `disk`.
-    pub fn with_firmware(self, firmware: Firmware, disk: Option<&'a Path>) -> Self {
+    /// The same boot through `firmware`, from `disk` (with UEFI's
+    /// variables `vars`).
+    pub fn with_firmware(
+        self,
+        firmware: Firmware,
+        disk: Option<&'a Path>,
+        vars: Option<&'a Path>,
+    ) -> Self {
         Boot {
             firmware,
             disk,
+            vars,
             ..self
         }
     }
@@ -98,6 +108,17 @@ impl<'a> Boot<'a> {
             };
             let drive = format!("if=none,format=raw,id=keel,file={}", disk.display());
             cmd.args(["-drive", &drive, "-device", "virtio-blk-device,drive=keel"]);
+            return cmd;
+        }
+        if let (Firmware::Uefi, Some(disk), Some(vars)) = (self.firmware, self.disk, self.vars) {
+            // OVMF, its variables (a copy per boot) and the disk it boots.
+            let code = format!(
+                "if=pflash,format=raw,readonly=on,file={}",
+                crate::firmware::OVMF_CODE
+            );
+            let vars = format!("if=pflash,format=raw,file={}", vars.display());
+            let disk = format!("format=raw,file={}", disk.display());
+            cmd.args(["-drive", &code, "-drive", &vars, "-drive", &disk]);
             return cmd;
         }
         if self.arch.boots_flat_image() {

@@ -99,6 +99,14 @@ pub fn run(arches: &[Arch]) -> Result<bool> {
             run_status(&mut user_clippy),
         );
 
+        if arch == Arch::X86_64 {
+            let mut loader_clippy = toolchain::loader_cargo("clippy", firmware::UEFI_TARGET);
+            loader_clippy.args(["--quiet", "--", "-D", "warnings"]);
+            tally.record(
+                "clippy UEFI loader (x86_64)",
+                run_status(&mut loader_clippy),
+            );
+        }
         let root = match toolchain::build_root_task(arch) {
             Ok(path) => Some(path),
             Err(e) => {
@@ -117,15 +125,23 @@ pub fn run(arches: &[Arch]) -> Result<bool> {
                 if let Some(m) = arch.alternate_machine() {
                     kernel_tests(&mut tally, arch, &image, root, Some(m), 4, None)?;
                 }
-                // Booted by U-Boot from a disk image, as on a board.
-                if let (Some(_), Some(r)) = (firmware::uboot(arch), root) {
-                    match firmware::uboot_disk(arch, &image, r, "") {
-                        Ok(disk) => {
-                            kernel_tests(&mut tally, arch, &image, root, None, 1, Some(&disk))?
+                // Booted by firmware from a disk image, as on a machine:
+                // U-Boot on AArch64 and RISC-V, UEFI on x86_64.
+                let via = match arch {
+                    Arch::X86_64 => Firmware::Uefi,
+                    _ => Firmware::Uboot,
+                };
+                if let Some(r) = root {
+                    match firmware::disk(via, arch, &image, r, "") {
+                        Ok((Some(disk), vars)) => {
+                            let boot = (via, disk.as_path(), vars.as_deref());
+                            kernel_tests(&mut tally, arch, &image, root, None, 1, Some(boot))?
                         }
-                        Err(e) => {
-                            println!("{e:#}");
-                            tally.record(&format!("{} U-Boot disk image", arch.name()), false);
+                        other => {
+                            if let Err(e) = other {
+                                println!("{e:#}");
+                            }
+                            tally.record(&format!("{} {via:?} disk image", arch.name()), false);
                         }
                     }
                 }
@@ -231,16 +247,22 @@ fn kernel_tests(
     root: Option<&Path>,
     machine: Option<&str>,
     smp: u32,
-    uboot_disk: Option<&Path>,
+    via: Option<(Firmware, &Path, Option<&Path>)>,
 ) -> Result<()> {
-    let name = match (machine, uboot_disk) {
+    let name = match (machine, via) {
         (Some(m), _) => format!("{} ({m}) -smp {smp}", arch.name()),
+        (None, Some((Firmware::Uefi, ..))) => {
+            format!(
+                "{} (UEFI: OVMF, keel-loader, Multiboot 2) -smp {smp}",
+                arch.name()
+            )
+        }
         (None, Some(_)) => format!("{} (U-Boot, distro boot, booti) -smp {smp}", arch.name()),
         (None, None) => format!("{} -smp {smp}", arch.name()),
     };
-    let firmware = match uboot_disk {
-        Some(_) => Firmware::Uboot,
-        None => Firmware::Direct,
+    let (firmware, disk, vars) = match via {
+        Some((f, d, v)) => (f, Some(d), v),
+        None => (Firmware::Direct, None, None),
     };
     let extra: Vec<&str> = machine.map(|m| vec!["-machine", m]).unwrap_or_default();
     // One CPU runs under -icount, where the clock is the instruction
@@ -252,7 +274,7 @@ fn kernel_tests(
         icount: smp == 1,
         ..Boot::headless(arch, image, smp, "256M", "")
             .with_initrd(root)
-            .with_firmware(firmware, uboot_disk)
+            .with_firmware(firmware, disk, vars)
     };
     let outcome = qemu::run_captured_with(&boot, &extra, BOOT_LIMIT, true)?;
     let online = format!("smp: {smp} CPUs online");

@@ -174,6 +174,38 @@ pub fn user_cargo(subcommand: &str, arch: Arch) -> Command {
     cmd
 }
 
+/// `/usr/bin/cargo SUBCOMMAND` for the UEFI boot loader (`loader/`), an
+/// EFI application for `target`: release, build-std, `target/loader`.
+pub fn loader_cargo(subcommand: &str, target: &str) -> Command {
+    let mut cmd = debian_cargo(subcommand);
+    cmd.args([
+        "-p",
+        "keel-loader",
+        "--release",
+        "--target",
+        target,
+        "--target-dir",
+        "target/loader",
+        "-Zbuild-std=core,alloc,compiler_builtins",
+        "-Zbuild-std-features=compiler-builtins-mem",
+    ]);
+    cmd
+}
+
+/// Builds the UEFI boot loader for `target`; the path of the EFI file.
+pub fn build_loader(target: &str) -> Result<PathBuf> {
+    let status = loader_cargo("build", target)
+        .status()
+        .context("starting /usr/bin/cargo")?;
+    if !status.success() {
+        bail!("UEFI loader build for {target} failed ({status})");
+    }
+    Ok(workspace_root()
+        .join("target/loader")
+        .join(target)
+        .join("release/keel-loader.efi"))
+}
+
 /// Builds the root task (`user/systest`) and returns the path of a copy
 /// named for its architecture (`target/keel/<arch>-root.elf`), which QEMU
 /// loads as the boot module.
