@@ -4,10 +4,12 @@
 //! booting the kernel's Image (its Linux Image header: `booti`) and the
 //! root task from a disk image ([`crate::disk`]) through distro boot's
 //! `extlinux/extlinux.conf`, as on a board: on RISC-V U-Boot runs in S-mode
-//! after OpenSBI. `uefi` is Debian's OVMF starting Keel's own loader
-//! (`loader/`, `EFI/BOOT/BOOTX64.EFI` on the disk), which loads the kernel
-//! and the root task from the same partition and enters the kernel's
-//! Multiboot 2 entry (x86_64).
+//! after OpenSBI. `uefi` is Debian's OVMF (x86_64) or AAVMF (AArch64,
+//! `qemu-efi-aarch64`, started with ACPI off so that it hands over the
+//! device tree) starting Keel's own loader (`loader/`, the disk's
+//! `EFI/BOOT/BOOT*.EFI`), which loads the kernel and the root task from
+//! the same partition and enters the kernel: its Multiboot 2 entry on
+//! x86_64, its Image entry with a device tree on AArch64.
 
 use crate::arch::Arch;
 use anyhow::{Context, Result, bail};
@@ -22,7 +24,7 @@ pub enum Firmware {
     Direct,
     /// U-Boot boots the kernel's Image from a disk (AArch64, RISC-V).
     Uboot,
-    /// UEFI firmware starts Keel's loader from a disk (x86_64).
+    /// UEFI firmware starts Keel's loader from a disk (x86_64, AArch64).
     Uefi,
 }
 
@@ -30,19 +32,52 @@ pub enum Firmware {
 const UBOOT_AARCH64: &str = "/usr/lib/u-boot/qemu_arm64/u-boot.bin";
 const UBOOT_RISCV64: &str = "/usr/lib/u-boot/qemu-riscv64_smode/u-boot.bin";
 
-/// Debian's OVMF (x86_64 UEFI): code, and the variables each boot copies.
-pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+/// Debian's UEFI firmware for x86_64 (OVMF) and AArch64 (AAVMF): code,
+/// and the variables each boot copies.
+const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
 const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
-/// The UEFI target of the loader on x86_64.
-pub const UEFI_TARGET: &str = "x86_64-unknown-uefi";
+const AAVMF_CODE: &str = "/usr/share/AAVMF/AAVMF_CODE.fd";
+const AAVMF_VARS: &str = "/usr/share/AAVMF/AAVMF_VARS.fd";
+/// The loader's UEFI targets.
+pub const UEFI_TARGETS: [&str; 2] = ["x86_64-unknown-uefi", "aarch64-unknown-uefi"];
 
 /// Every firmware file a boot path uses, with the package that has it.
-pub const FILES: [(&str, &str); 4] = [
+pub const FILES: [(&str, &str); 6] = [
     (UBOOT_AARCH64, "u-boot-qemu"),
     (UBOOT_RISCV64, "u-boot-qemu"),
     (OVMF_CODE, "ovmf"),
     (OVMF_VARS, "ovmf"),
+    (AAVMF_CODE, "qemu-efi-aarch64"),
+    (AAVMF_VARS, "qemu-efi-aarch64"),
 ];
+
+/// What UEFI needs for an architecture: the loader's target, the
+/// firmware's code and variables, the loader's name on the disk.
+pub struct Uefi {
+    pub target: &'static str,
+    pub code: &'static str,
+    vars: &'static str,
+    boot_file: &'static str,
+}
+
+/// UEFI for `arch`, if Keel boots that way there.
+pub fn uefi(arch: Arch) -> Option<Uefi> {
+    match arch {
+        Arch::X86_64 => Some(Uefi {
+            target: UEFI_TARGETS[0],
+            code: OVMF_CODE,
+            vars: OVMF_VARS,
+            boot_file: "EFI/BOOT/BOOTX64.EFI",
+        }),
+        Arch::Aarch64 => Some(Uefi {
+            target: UEFI_TARGETS[1],
+            code: AAVMF_CODE,
+            vars: AAVMF_VARS,
+            boot_file: "EFI/BOOT/BOOTAA64.EFI",
+        }),
+        Arch::Riscv64 => None,
+    }
+}
 
 /// The U-Boot image that boots `arch`, if there is one.
 pub fn uboot(arch: Arch) -> Option<&'static str> {
@@ -118,45 +153,46 @@ pub fn uboot_disk(arch: Arch, kernel: &Path, root: &Path, cmdline: &str) -> Resu
 }
 
 /// Writes the UEFI disk of kernel ELF `kernel` and root task `root` with
-/// the loader at `EFI/BOOT/BOOTX64.EFI`, and a fresh copy of OVMF's
+/// the loader at `EFI/BOOT/BOOT*.EFI`, and a fresh copy of the firmware's
 /// variables for the boot to write; the paths of both. Fails in one line
-/// if the firmware or the kernel's Multiboot 2 header is missing.
+/// if the firmware is missing or the kernel lacks the header the loader
+/// reads (Multiboot 2 on x86_64, the Image header on AArch64).
 pub fn uefi_disk(
     arch: Arch,
     kernel: &Path,
     root: &Path,
     cmdline: &str,
 ) -> Result<(PathBuf, PathBuf)> {
-    if arch != Arch::X86_64 {
-        bail!(
-            "Keel's UEFI loader boots x86_64; {} has no UEFI path yet",
-            arch.name()
-        );
-    }
-    require(OVMF_CODE)?;
-    let loader = crate::toolchain::build_loader(UEFI_TARGET)?;
+    let name = arch.name();
+    let u = uefi(arch)
+        .with_context(|| format!("Keel's UEFI loader boots x86_64 and AArch64, not {name}"))?;
+    require(u.code)?;
+    let loader = crate::toolchain::build_loader(u.target)?;
     let read = |p: &Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
     let (efi, elf, root) = (read(&loader)?, read(kernel)?, read(root)?);
-    if !elf
-        .windows(4)
-        .take(32 * 1024)
-        .any(|w| w == 0xe852_50d6u32.to_le_bytes())
-    {
-        bail!(
-            "the {} kernel image has no Multiboot 2 header: the UEFI loader would refuse it",
-            arch.name()
-        );
-    }
+    let (kernel_file, kernel_bytes) = if arch == Arch::X86_64 {
+        let magic = 0xe852_50d6u32.to_le_bytes();
+        if !elf.windows(4).take(32 * 1024).any(|w| w == magic) {
+            bail!(
+                "the {name} kernel image has no Multiboot 2 header: the UEFI loader would refuse it"
+            );
+        }
+        ("keel/kernel.elf", elf)
+    } else {
+        let flat = crate::image::flatten(&elf)?;
+        check_image(arch, &flat)?;
+        ("keel/kernel.img", flat)
+    };
     let files: [(&str, &[u8]); 4] = [
-        ("EFI/BOOT/BOOTX64.EFI", &efi),
-        ("keel/kernel.elf", &elf),
+        (u.boot_file, &efi),
+        (kernel_file, &kernel_bytes),
         ("keel/root.elf", &root),
         ("keel/cmdline", cmdline.as_bytes()),
     ];
     let out = kernel.with_extension("uefi.img");
     crate::disk::write(&out, &files)?;
-    let vars = kernel.with_extension("ovmf-vars.fd");
-    std::fs::copy(require(OVMF_VARS)?, &vars).context("copying OVMF's variables")?;
+    let vars = kernel.with_extension("uefi-vars.fd");
+    std::fs::copy(require(u.vars)?, &vars).context("copying the UEFI variables")?;
     Ok((out, vars))
 }
 

@@ -111,14 +111,19 @@ impl<'a> Boot<'a> {
             return cmd;
         }
         if let (Firmware::Uefi, Some(disk), Some(vars)) = (self.firmware, self.disk, self.vars) {
-            // OVMF, its variables (a copy per boot) and the disk it boots.
-            let code = format!(
-                "if=pflash,format=raw,readonly=on,file={}",
-                crate::firmware::OVMF_CODE
-            );
+            // The firmware, its variables (a copy per boot), the disk.
+            let code = crate::firmware::uefi(self.arch).map_or("", |u| u.code);
+            let code = format!("if=pflash,format=raw,readonly=on,file={code}");
             let vars = format!("if=pflash,format=raw,file={}", vars.display());
-            let disk = format!("format=raw,file={}", disk.display());
-            cmd.args(["-drive", &code, "-drive", &vars, "-drive", &disk]);
+            cmd.args(["-drive", &code, "-drive", &vars]);
+            if self.arch == Arch::X86_64 {
+                cmd.args(["-drive", &format!("format=raw,file={}", disk.display())]);
+            } else {
+                // Without ACPI tables AAVMF hands over the device tree.
+                let drive = format!("if=none,format=raw,id=keel,file={}", disk.display());
+                cmd.args(["-machine", "acpi=off", "-drive", &drive]);
+                cmd.args(["-device", "virtio-blk-device,drive=keel"]);
+            }
             return cmd;
         }
         if self.arch.boots_flat_image() {

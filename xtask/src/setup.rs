@@ -213,7 +213,7 @@ fn targets() -> BTreeSet<&'static str> {
     Arch::ALL
         .iter()
         .flat_map(|a| [a.target(), a.user_target()])
-        .chain([crate::firmware::UEFI_TARGET])
+        .chain(crate::firmware::UEFI_TARGETS)
         .collect()
 }
 

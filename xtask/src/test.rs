@@ -99,13 +99,11 @@ pub fn run(arches: &[Arch]) -> Result<bool> {
             run_status(&mut user_clippy),
         );
 
-        if arch == Arch::X86_64 {
-            let mut loader_clippy = toolchain::loader_cargo("clippy", firmware::UEFI_TARGET);
+        if let Some(u) = firmware::uefi(arch) {
+            let mut loader_clippy = toolchain::loader_cargo("clippy", u.target);
             loader_clippy.args(["--quiet", "--", "-D", "warnings"]);
-            tally.record(
-                "clippy UEFI loader (x86_64)",
-                run_status(&mut loader_clippy),
-            );
+            let name = format!("clippy UEFI loader ({})", arch.name());
+            tally.record(&name, run_status(&mut loader_clippy));
         }
         let root = match toolchain::build_root_task(arch) {
             Ok(path) => Some(path),
@@ -126,12 +124,11 @@ pub fn run(arches: &[Arch]) -> Result<bool> {
                     kernel_tests(&mut tally, arch, &image, root, Some(m), 4, None)?;
                 }
                 // Booted by firmware from a disk image, as on a machine:
-                // U-Boot on AArch64 and RISC-V, UEFI on x86_64.
-                let via = match arch {
-                    Arch::X86_64 => Firmware::Uefi,
-                    _ => Firmware::Uboot,
-                };
-                if let Some(r) = root {
+                // U-Boot on AArch64 and RISC-V, UEFI on x86_64 and AArch64.
+                let uboot = firmware::uboot(arch).map(|_| Firmware::Uboot);
+                let uefi = firmware::uefi(arch).map(|_| Firmware::Uefi);
+                for via in [uboot, uefi].into_iter().flatten() {
+                    let Some(r) = root else { break };
                     match firmware::disk(via, arch, &image, r, "") {
                         Ok((Some(disk), vars)) => {
                             let boot = (via, disk.as_path(), vars.as_deref());
@@ -252,10 +249,7 @@ fn kernel_tests(
     let name = match (machine, via) {
         (Some(m), _) => format!("{} ({m}) -smp {smp}", arch.name()),
         (None, Some((Firmware::Uefi, ..))) => {
-            format!(
-                "{} (UEFI: OVMF, keel-loader, Multiboot 2) -smp {smp}",
-                arch.name()
-            )
+            format!("{} (UEFI, keel-loader) -smp {smp}", arch.name())
         }
         (None, Some(_)) => format!("{} (U-Boot, distro boot, booti) -smp {smp}", arch.name()),
         (None, None) => format!("{} -smp {smp}", arch.name()),
