@@ -13,8 +13,10 @@
 //!   sysroot's tool directories, then `PATH` as the build sees it);
 //! - each architecture's QEMU ([`Arch::qemu_binary`]) on `PATH`.
 //!
-//! The bare-metal targets link with `ld.lld-22` (`.cargo/config.toml`),
-//! which the package `lld-22` provides. rustc's default for them,
+//! The bare-metal targets link with `ld.lld-22` and the UEFI loader with
+//! `lld-link-22` (`.cargo/config.toml`), which the package `lld-22`
+//! provides; the firmware of the boot paths comes from `u-boot-qemu`,
+//! `ovmf` and `qemu-efi-aarch64` (`crate::firmware::FILES`). rustc's default for them,
 //! `rust-lld`, is in `rust-web-llvm`, which would also pull in all of
 //! `llvm-22` (about 90 MB) for the same lld.
 //!
@@ -62,7 +64,7 @@ pub fn package_for(program: &str) -> Option<&'static str> {
         "rustc" | "rustdoc" => "rustc-web",
         "clippy-driver" => "rust-web-clippy",
         "rust-lld" => "rust-web-llvm",
-        "ld.lld-22" => "lld-22",
+        "ld.lld-22" | "lld-link-22" => "lld-22",
         "ld.lld" => "lld",
         "cc" | "gcc" => "gcc",
         "qemu-system-x86_64" => "qemu-system-x86",
@@ -583,6 +585,26 @@ mod tests {
         }
         assert!(targets().contains("aarch64-unknown-none-softfloat"));
         assert!(targets().contains("aarch64-unknown-none"));
+        assert!(
+            targets().contains("x86_64-unknown-uefi") && targets().contains("aarch64-unknown-uefi")
+        );
+        for (file, package) in crate::firmware::FILES {
+            assert_eq!(package_for(file), Some(package), "{file}");
+        }
+        // Every linker the workspace configures can be installed (a fresh
+        // machine lacked `lld-link-22` once: no package was known for it).
+        let config =
+            std::fs::read_to_string(toolchain::workspace_root().join(".cargo/config.toml"));
+        let config = config.expect("reading .cargo/config.toml");
+        let linkers: Vec<&str> = config
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("linker = \""))
+            .filter_map(|l| l.strip_suffix('"'))
+            .collect();
+        assert!(linkers.contains(&"lld-link-22"), "{linkers:?}");
+        for linker in linkers {
+            assert!(package_for(linker).is_some(), "no package for {linker}");
+        }
     }
 
     #[test]
