@@ -100,10 +100,9 @@ impl<O> CapSpace<O> {
     /// Bytes the space has allocated now (for tests of the charge).
     #[cfg(test)]
     pub(super) fn footprint(&self) -> usize {
-        let l2 = self.l1.iter().filter(|p| !p.slots.is_empty()).count();
-        l2 * L2_BYTES
-            + self.l1.capacity() * core::mem::size_of::<Page<O>>()
-            + self.summary.capacity() * 8
+        let slot = core::mem::size_of::<Slot<O>>();
+        let l2: usize = self.l1.iter().map(|p| p.slots.capacity() * slot).sum();
+        l2 + self.l1.capacity() * core::mem::size_of::<Page<O>>() + self.summary.capacity() * 8
     }
 
     /// An empty space for up to `max_slots` capabilities.
@@ -260,20 +259,20 @@ impl<O> CapSpace<O> {
                 slots: Vec::new(),
             });
         }
-        let valid = low_bits((self.max_slots - page * Self::L2_SLOTS).min(Self::L2_SLOTS));
+        // The last page holds only the slots left (a small space's one page
+        // is as small as the space).
+        let n = (self.max_slots - page * Self::L2_SLOTS).min(Self::L2_SLOTS);
         let entry = self.l1.get_mut(p).ok_or(Error::OutOfMemory)?;
         if entry.slots.is_empty() {
             let mut slots = Vec::new();
-            slots
-                .try_reserve_exact(Self::L2_SLOTS as usize)
-                .map_err(oom)?;
-            slots.extend((0..Self::L2_SLOTS).map(|i| Slot {
+            slots.try_reserve_exact(n as usize).map_err(oom)?;
+            slots.extend((0..n).map(|i| Slot {
                 tag: u64::from(page * Self::L2_SLOTS + i),
                 cap: None,
                 links: Links::NONE,
             }));
             entry.slots = slots;
-            entry.free = valid;
+            entry.free = low_bits(n);
         }
         Ok(entry.free)
     }
@@ -314,9 +313,11 @@ impl<O> CapSpace<O> {
             let entry = self.l1.get(p as usize);
             let allocated = entry.is_some_and(|e| !e.slots.is_empty());
             if let Some(e) = entry.filter(|_| allocated) {
-                let beyond = !low_bits(Self::L2_SLOTS);
+                let n = (self.max_slots - p * Self::L2_SLOTS).min(Self::L2_SLOTS);
+                assert_eq!(e.slots.len(), n as usize, "slots of page {p}");
+                let beyond = !low_bits(n);
                 assert_eq!((e.free | e.used) & beyond, 0, "bits beyond page {p}");
-                for i in 0..Self::L2_SLOTS {
+                for i in 0..n {
                     let (s, bit) = (&e.slots[i as usize], 1u64 << i);
                     let index = p * Self::L2_SLOTS + i;
                     assert_eq!(s.tag as u32 & keel_abi::cap::MAX_INDEX, index);

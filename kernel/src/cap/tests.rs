@@ -947,6 +947,22 @@ fn charge_covers<O: Default>(slots: u32) {
 }
 
 #[test]
+fn a_small_space_allocates_only_its_slots() {
+    let mut caps = CapSystem::<u64>::new();
+    let s = caps.create_space(16).unwrap();
+    for _ in 0..16 {
+        caps.insert(s, Dest::Any, 0, ObjectType::Thread, Rights::ALL, NO_BADGE)
+            .unwrap();
+    }
+    let full = caps.insert(s, Dest::Any, 0, ObjectType::Thread, Rights::ALL, NO_BADGE);
+    assert_eq!(full.err(), Some(Error::OutOfMemory), "the quota holds");
+    let space = caps.space(s).unwrap();
+    // 16 slots of `u64` objects take a few hundred bytes, not a 4 KiB page.
+    assert!(space.footprint() < 2048, "{} bytes", space.footprint());
+    space.check();
+}
+
+#[test]
 fn a_space_is_charged_for_its_real_slot_size() {
     // Slots of the kernel's size (an 80-byte slot: 51 a page) and others;
     // a charge of 64 slots a page under-charged the first by about 20%.
