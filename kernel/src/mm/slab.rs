@@ -1,5 +1,5 @@
 //! The slab allocator behind the kernel heap: size classes of 32 B to
-//! 2 KiB carved out of 4 KiB pages, written by hand (kernel core
+//! 2,016 B carved out of 4 KiB pages, written by hand (kernel core
 //! competence). Larger requests go straight to the page source (the buddy
 //! allocator in the kernel).
 //!
@@ -33,7 +33,8 @@ pub const PAGE: usize = 4096;
 pub const HEADER: usize = 64;
 /// Object sizes served from slabs; larger requests take whole pages (a
 /// 4 KiB request is one frame from the frame allocator's per-CPU hot list).
-pub const CLASSES: [usize; 7] = [32, 64, 128, 256, 512, 1024, 2048];
+/// The largest is two to a slab after its header (a 2 KiB class held one).
+pub const CLASSES: [usize; 7] = [32, 64, 128, 256, 512, 1024, (PAGE - HEADER) / 2];
 /// CPUs with object caches of their own.
 pub const MAX_CPUS: usize = super::frame::MAX_CPUS;
 /// Objects one CPU caches per class.
@@ -109,12 +110,11 @@ pub fn class_of(size: usize, align: usize) -> Option<usize> {
     if align > PAGE {
         return None;
     }
-    // Objects in a class of size N are N-aligned relative to the page
-    // after the 64-byte header only if N <= 64; for larger classes object
-    // offsets are HEADER + k*N, so alignment above 64 needs a page.
+    // Object offsets in a page are HEADER + k*N: aligned to the largest
+    // power of two dividing both (above that, a whole page).
     let size = size.max(align);
     let class = CLASSES.iter().position(|&c| c >= size)?;
-    if align > HEADER.min(CLASSES[class]) {
+    if align > HEADER.min(1 << CLASSES[class].trailing_zeros()) {
         return None;
     }
     Some(class)
@@ -413,8 +413,10 @@ mod tests {
     fn classes_and_orders() {
         assert_eq!(class_of(1, 1), Some(0));
         assert_eq!(class_of(33, 8), Some(1));
-        assert_eq!(class_of(2048, 8), Some(6));
-        assert_eq!(class_of(2049, 8), None);
+        assert_eq!(class_of(2016, 8), Some(6));
+        assert_eq!(class_of(2017, 8), None);
+        assert_eq!(class_of(2000, 64), None, "2016-byte objects are 32-aligned");
+        assert_eq!(class_of(2000, 32), Some(6));
         assert_eq!(class_of(64, 128), None, "128-byte alignment needs a page");
         assert_eq!(pages_order(1), 0);
         assert_eq!(pages_order(4097), 1);
