@@ -220,10 +220,16 @@ pub const fn relative_type(machine: u16) -> Option<usize> {
 
 /// Whether `[addr, addr + len)` lies in the file part of one of `segments`.
 fn in_file_part(segments: &[Segment], addr: usize, len: usize) -> bool {
+    file_segment(segments, addr, len).is_some()
+}
+
+/// The segment of `segments` whose file part holds `[addr, addr + len)`
+/// (where a loader finds those bytes in the file).
+pub fn file_segment(segments: &[Segment], addr: usize, len: usize) -> Option<&Segment> {
     let end = addr.checked_add(len);
     segments
         .iter()
-        .any(|s| addr >= s.vaddr && end.is_some_and(|e| e <= s.vaddr + s.file_size))
+        .find(|s| addr >= s.vaddr && end.is_some_and(|e| e <= s.vaddr + s.file_size))
 }
 
 /// Bytes from the start of the file that hold its file header and program

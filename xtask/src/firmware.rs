@@ -116,23 +116,32 @@ pub fn check_image(arch: Arch, flat: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// The files of a U-Boot disk: `extlinux/extlinux.conf` naming the
-/// kernel's flat image and the root task, with `cmdline` as bootargs.
-pub fn uboot_files<'a>(
-    kernel: &'a [u8],
-    root: &'a [u8],
-    cmdline: &str,
-) -> Vec<(&'static str, std::borrow::Cow<'a, [u8]>)> {
+/// The bytes of the file at `path`.
+fn read(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("reading {}", path.display()))
+}
+
+/// The flat Image of kernel ELF `elf`, refused without its Linux Image
+/// header (what U-Boot's `booti` and the AArch64 UEFI loader start).
+fn booti_image(arch: Arch, elf: &[u8]) -> Result<Vec<u8>> {
+    let flat = crate::image::flatten(elf)?;
+    check_image(arch, &flat)?;
+    Ok(flat)
+}
+
+/// Where the U-Boot disk holds the kernel's flat image and the root task.
+const UBOOT_KERNEL: &str = "keel/kernel.img";
+const UBOOT_ROOT: &str = "keel/root.elf";
+
+/// `extlinux/extlinux.conf` of a U-Boot disk: the kernel and the root
+/// task, with `cmdline` as bootargs.
+fn extlinux_conf(cmdline: &str) -> String {
     let mut conf = String::from("default keel\ntimeout 0\nlabel keel\n");
-    conf += "    kernel /keel/kernel.img\n    initrd /keel/root.elf\n";
+    conf += &format!("    kernel /{UBOOT_KERNEL}\n    initrd /{UBOOT_ROOT}\n");
     if !cmdline.is_empty() {
         conf += &format!("    append {cmdline}\n");
     }
-    vec![
-        ("extlinux/extlinux.conf", conf.into_bytes().into()),
-        ("keel/kernel.img", kernel.into()),
-        ("keel/root.elf", root.into()),
-    ]
+    conf
 }
 
 /// Writes the U-Boot disk of kernel ELF `kernel` and root task `root`
@@ -141,12 +150,14 @@ pub fn uboot_files<'a>(
 pub fn uboot_disk(arch: Arch, kernel: &Path, root: &Path, cmdline: &str) -> Result<PathBuf> {
     let name = arch.name();
     require(uboot(arch).with_context(|| format!("U-Boot boots AArch64 and RISC-V, not {name}"))?)?;
-    let elf = std::fs::read(kernel).with_context(|| format!("reading {}", kernel.display()))?;
-    let flat = crate::image::flatten(&elf)?;
-    check_image(arch, &flat)?;
-    let root = std::fs::read(root).with_context(|| format!("reading {}", root.display()))?;
-    let files = uboot_files(&flat, &root, cmdline);
-    let files: Vec<(&str, &[u8])> = files.iter().map(|(p, b)| (*p, &b[..])).collect();
+    let flat = booti_image(arch, &read(kernel)?)?;
+    let root = read(root)?;
+    let conf = extlinux_conf(cmdline);
+    let files: [(&str, &[u8]); 3] = [
+        ("extlinux/extlinux.conf", conf.as_bytes()),
+        (UBOOT_KERNEL, &flat),
+        (UBOOT_ROOT, &root),
+    ];
     let out = kernel.with_extension("uboot.img");
     crate::disk::write(&out, &files)?;
     Ok(out)
@@ -168,7 +179,6 @@ pub fn uefi_disk(
         .with_context(|| format!("Keel's UEFI loader boots x86_64 and AArch64, not {name}"))?;
     require(u.code)?;
     let loader = crate::toolchain::build_loader(u.target)?;
-    let read = |p: &Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
     let (efi, elf, root) = (read(&loader)?, read(kernel)?, read(root)?);
     let (kernel_file, kernel_bytes) = if arch == Arch::X86_64 {
         let magic = 0xe852_50d6u32.to_le_bytes();
@@ -179,9 +189,7 @@ pub fn uefi_disk(
         }
         ("keel/kernel.elf", elf)
     } else {
-        let flat = crate::image::flatten(&elf)?;
-        check_image(arch, &flat)?;
-        ("keel/kernel.img", flat)
+        ("keel/kernel.img", booti_image(arch, &elf)?)
     };
     let files: [(&str, &[u8]); 4] = [
         (u.boot_file, &efi),
@@ -246,17 +254,11 @@ mod tests {
 
     #[test]
     fn extlinux_names_the_kernel_the_root_task_and_the_command_line() {
-        let files = uboot_files(b"K", b"R", "log=debug");
-        let conf = String::from_utf8(files[0].1.to_vec()).unwrap();
+        let conf = extlinux_conf("log=debug");
         assert!(conf.contains("kernel /keel/kernel.img"));
         assert!(conf.contains("initrd /keel/root.elf"));
         assert!(conf.contains("append log=debug"));
-        let bare = uboot_files(b"K", b"R", "");
-        assert!(
-            !String::from_utf8(bare[0].1.to_vec())
-                .unwrap()
-                .contains("append")
-        );
+        assert!(!extlinux_conf("").contains("append"));
     }
 
     #[test]

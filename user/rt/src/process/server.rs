@@ -648,17 +648,7 @@ impl Server {
         addr: usize,
         len: usize,
     ) -> Result<(Window, usize), Error> {
-        let inside = |s: &&keel_elf::Segment| {
-            addr >= s.vaddr
-                && addr
-                    .checked_add(len)
-                    .is_some_and(|e| e <= s.vaddr + s.file_size)
-        };
-        let s = img
-            .segments
-            .iter()
-            .find(inside)
-            .ok_or(Error::InvalidArgument)?;
+        let s = keel_elf::file_segment(&img.segments, addr, len).ok_or(Error::InvalidArgument)?;
         let off = s.offset + (addr - s.vaddr);
         let pages = (off % PAGE + len).div_ceil(PAGE).max(1);
         if pages > DYNAMIC_MAX_PAGES {
