@@ -1,5 +1,6 @@
-//! The kernel console: formatted output to the architecture's serial port,
-//! the `kprint!`/`kprintln!` macros, and the `log` facade's backend.
+//! The kernel console: formatted output to the architecture's serial port
+//! and to the firmware's framebuffer if there is one, the
+//! `kprint!`/`kprintln!` macros, and the `log` facade's backend.
 //!
 //! Output is serialised by one spin lock so lines from different CPUs do not
 //! interleave. The fatal paths (panic, unexpected trap) call
@@ -15,8 +16,22 @@ struct Serial;
 impl Write for Serial {
     fn write_str(&mut self, s: &str) -> fmt::Result {
         crate::arch::console_write(s.as_bytes());
+        // Held only by a fault while drawing, which is reported without it.
+        if let Some(mut screen) = SCREEN.try_lock() {
+            screen.write_bytes(s.as_bytes());
+        }
         Ok(())
     }
+}
+
+/// The console on the firmware's framebuffer, once [`attach_screen`] gave
+/// it one (`keel_fb` draws the text).
+static SCREEN: Mutex<keel_fb::Console<'static>> = Mutex::new(keel_fb::Console::new());
+
+/// Draws the console on `fb`, laid out as `mode`, as well, from the next
+/// line on (nothing if the mode does not fit it).
+pub fn attach_screen(fb: &'static mut [u8], mode: keel_fb::Mode) {
+    SCREEN.lock().attach(fb, mode);
 }
 
 static CONSOLE: Mutex<Serial> = Mutex::new(Serial);

@@ -4,8 +4,10 @@
 
 extern crate alloc;
 
+use crate::multiboot::Framebuffer;
 use uefi::boot::{self, AllocateType, MemoryType};
 use uefi::prelude::*;
+use uefi::proto::console::gop::{GraphicsOutput, ModeInfo, PixelFormat};
 use uefi::{CStr16, cstr16, println};
 
 pub const PAGE: usize = 4096;
@@ -57,4 +59,42 @@ pub fn place(bytes: &[u8]) -> Result<*mut u8, &'static str> {
     // SAFETY: the pages were just allocated, at least `bytes.len()` long.
     unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), at, bytes.len()) };
     Ok(at)
+}
+
+/// The largest screen the loader switches to (the kernel's console uses
+/// at most this much, `keel_fb::MAX_COLUMNS` by `MAX_ROWS` cells).
+const SCREEN_MAX: (usize, usize) = (1920, 1200);
+
+/// The graphics output's framebuffer in a direct 32-bit colour mode: the
+/// largest such mode up to [`SCREEN_MAX`] (so the kernel's log has room),
+/// set if it is not the current one. `None` without such a mode.
+pub fn framebuffer() -> Option<Framebuffer> {
+    let handle = boot::get_handle_for_protocol::<GraphicsOutput>().ok()?;
+    let mut gop = boot::open_protocol_exclusive::<GraphicsOutput>(handle).ok()?;
+    let shifts = |m: &ModeInfo| match m.pixel_format() {
+        PixelFormat::Rgb => Some([0, 8, 16]),
+        PixelFormat::Bgr => Some([16, 8, 0]),
+        _ => None,
+    };
+    let fits = |(w, h): (usize, usize)| w <= SCREEN_MAX.0 && h <= SCREEN_MAX.1;
+    let best = gop
+        .modes()
+        .filter(|m| shifts(m.info()).is_some() && fits(m.info().resolution()))
+        .max_by_key(|m| m.info().resolution().0 * m.info().resolution().1);
+    if let Some(m) = best
+        && m.info() != &gop.current_mode_info()
+    {
+        // On failure the current mode stays, and is checked below.
+        let _ = gop.set_mode(&m);
+    }
+    let mode = gop.current_mode_info();
+    let (width, height) = mode.resolution();
+    let addr = gop.frame_buffer().as_mut_ptr() as u64;
+    Some(Framebuffer {
+        addr,
+        pitch: mode.stride() as u32 * 4,
+        width: width as u32,
+        height: height as u32,
+        shifts: shifts(&mode)?,
+    })
 }

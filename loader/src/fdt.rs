@@ -1,7 +1,9 @@
 //! Device-tree editing, the little a loader needs: a copy of the
 //! firmware's flattened device tree with properties set in `/chosen` (the
-//! initrd's range, the command line), as Linux's EFI stub does for its
-//! kernel. Portable and bounds-checked: a malformed tree is an error.
+//! initrd's range, the command line), a child node added to it (the
+//! framebuffer) and memory reservations added, as Linux's EFI stub does
+//! for its kernel. Portable and bounds-checked: a malformed tree is an
+//! error.
 
 const MAGIC: u32 = 0xd00d_feed;
 const BEGIN_NODE: u32 = 1;
@@ -19,10 +21,23 @@ fn be32(b: &[u8], at: usize) -> Option<u32> {
 /// A property to set: name and value.
 pub type Prop<'a> = (&'a str, &'a [u8]);
 
-/// Writes into `out` the tree `dtb` with `props` set in `/chosen` (made if
-/// missing; properties of those names already there are dropped); the new
-/// tree's length.
-pub fn with_chosen(dtb: &[u8], props: &[Prop<'_>], out: &mut [u8]) -> Result<usize, &'static str> {
+/// What [`edit`] changes.
+#[derive(Clone, Copy, Default)]
+pub struct Edit<'a> {
+    /// Properties set in `/chosen` (made if missing; properties of those
+    /// names already there are dropped).
+    pub chosen: &'a [Prop<'a>],
+    /// A node added under `/chosen`: its name and properties.
+    pub child: Option<(&'a str, &'a [Prop<'a>])>,
+    /// `(address, size)` ranges added to the memory reservation block.
+    pub reserve: &'a [(u64, u64)],
+}
+
+/// Writes into `out` the tree `dtb` changed as `edit` says; the new tree's
+/// length.
+pub fn edit(dtb: &[u8], edit: &Edit<'_>, out: &mut [u8]) -> Result<usize, &'static str> {
+    let props = edit.chosen;
+    let child = edit.child.unwrap_or_default();
     let bad = "malformed device tree";
     if be32(dtb, 0) != Some(MAGIC) {
         return Err("not a flattened device tree");
@@ -38,12 +53,17 @@ pub fn with_chosen(dtb: &[u8], props: &[Prop<'_>], out: &mut [u8]) -> Result<usi
         .get(off_rsv as usize..off_struct.min(total) as usize)
         .ok_or(bad)?;
     let mut w = Out { buf: out, at: 40 };
+    for (at, len) in edit.reserve {
+        w.put(&at.to_be_bytes())?;
+        w.put(&len.to_be_bytes())?;
+    }
     w.put(rsv)?;
     let new_struct = w.at;
     // The names of the new properties go after the old strings.
-    let mut name_off = [0u32; 8];
+    let mut name_off = [0u32; 16];
     let mut extra = 0u32;
-    for (i, (name, _)) in props.iter().enumerate() {
+    let names = props.iter().chain(child.1).map(|(name, _)| name);
+    for (i, name) in names.clone().enumerate() {
         *name_off.get_mut(i).ok_or("too many properties")? = size_strings + extra;
         extra += name.len() as u32 + 1;
     }
@@ -52,12 +72,21 @@ pub fn with_chosen(dtb: &[u8], props: &[Prop<'_>], out: &mut [u8]) -> Result<usi
         Some(&s[..s.iter().position(|&c| c == 0)?])
     };
     let emit_props = |w: &mut Out<'_>| -> Result<(), &'static str> {
-        for (i, (_, value)) in props.iter().enumerate() {
+        for (i, (_, value)) in props.iter().chain(child.1).enumerate() {
+            if i == props.len() {
+                w.u32(BEGIN_NODE)?;
+                w.put(child.0.as_bytes())?;
+                w.put(&[0])?;
+                w.pad()?;
+            }
             w.u32(PROP)?;
             w.u32(value.len() as u32)?;
             w.u32(name_off[i])?;
             w.put(value)?;
             w.pad()?;
+        }
+        if !child.1.is_empty() {
+            w.u32(END_NODE)?;
         }
         Ok(())
     };
@@ -109,7 +138,7 @@ pub fn with_chosen(dtb: &[u8], props: &[Prop<'_>], out: &mut [u8]) -> Result<usi
     let struct_len = w.at - new_struct;
     let new_strings = w.at;
     w.put(strings)?;
-    for (name, _) in props {
+    for name in names {
         w.put(name.as_bytes())?;
         w.put(&[0])?;
     }
@@ -220,12 +249,17 @@ mod tests {
 
     /// The properties of `/chosen` in `dtb`, by name.
     fn chosen(dtb: &[u8]) -> Vec<(String, Vec<u8>)> {
+        props_at(dtb, &["chosen"])
+    }
+
+    /// The properties of the node at `path` (names below the root).
+    fn props_at(dtb: &[u8], path: &[&str]) -> Vec<(String, Vec<u8>)> {
         let (off_struct, off_strings) = (
             be32(dtb, 8).unwrap() as usize,
             be32(dtb, 12).unwrap() as usize,
         );
         let mut at = off_struct;
-        let (mut depth, mut here, mut out) = (0, false, Vec::new());
+        let (mut depth, mut on, mut out) = (0, 0, Vec::new());
         loop {
             let t = be32(dtb, at).unwrap();
             at += 4;
@@ -233,10 +267,16 @@ mod tests {
                 BEGIN_NODE => {
                     let n = dtb[at..].iter().position(|&c| c == 0).unwrap();
                     depth += 1;
-                    here = depth == 2 && &dtb[at..at + n] == b"chosen";
+                    let name = &dtb[at..at + n];
+                    if on + 2 == depth && path.get(on).is_some_and(|p| p.as_bytes() == name) {
+                        on += 1;
+                    }
                     at += (n + 1).next_multiple_of(4);
                 }
-                END_NODE => depth -= 1,
+                END_NODE => {
+                    depth -= 1;
+                    on = on.min(depth.max(1) - 1);
+                }
                 PROP => {
                     let (len, off) = (
                         be32(dtb, at).unwrap() as usize,
@@ -246,7 +286,7 @@ mod tests {
                     let name =
                         String::from_utf8(s[..s.iter().position(|&c| c == 0).unwrap()].to_vec())
                             .unwrap();
-                    if here && depth == 2 {
+                    if on == path.len() && depth == on + 1 {
                         out.push((name, dtb[at + 8..at + 8 + len].to_vec()));
                     }
                     at += 8 + len.next_multiple_of(4);
@@ -264,7 +304,11 @@ mod tests {
         for had in [true, false] {
             let dtb = tree(had);
             let mut out = vec![0u8; 4096];
-            let len = with_chosen(&dtb, &props, &mut out).unwrap();
+            let e = Edit {
+                chosen: &props,
+                ..Edit::default()
+            };
+            let len = edit(&dtb, &e, &mut out).unwrap();
             let out = &out[..len];
             assert_eq!(be32(out, 4), Some(len as u32));
             let got = chosen(out);
@@ -272,19 +316,47 @@ mod tests {
             assert_eq!(got[0], ("linux,initrd-start".to_string(), start.to_vec()));
             assert_eq!(got[1], ("bootargs".to_string(), b"log=debug\0".to_vec()));
         }
-        assert!(
-            with_chosen(&[0u8; 64], &props, &mut [0u8; 256]).is_err(),
-            "not a tree"
-        );
-        assert!(
-            with_chosen(&tree(true), &props, &mut [0u8; 64]).is_err(),
-            "too small"
-        );
+        let e = Edit {
+            chosen: &props,
+            ..Edit::default()
+        };
+        assert!(edit(&[0u8; 64], &e, &mut [0u8; 256]).is_err(), "not a tree");
+        assert!(edit(&tree(true), &e, &mut [0u8; 64]).is_err(), "too small");
         let mut cut = tree(true);
         cut.truncate(80);
-        assert!(
-            with_chosen(&cut, &props, &mut [0u8; 4096]).is_err(),
-            "truncated"
-        );
+        assert!(edit(&cut, &e, &mut [0u8; 4096]).is_err(), "truncated");
+    }
+
+    #[test]
+    fn a_child_of_chosen_and_reservations_are_added() {
+        let width = 1024u32.to_be_bytes();
+        let fb: [Prop<'_>; 2] = [("compatible", b"simple-framebuffer\0"), ("width", &width)];
+        let e = Edit {
+            chosen: &[("bootargs", b"x\0")],
+            child: Some(("framebuffer@80000000", &fb)),
+            reserve: &[(0x8000_0000, 0x30_0000)],
+        };
+        for had in [true, false] {
+            let mut out = vec![0u8; 4096];
+            let len = edit(&tree(had), &e, &mut out).unwrap();
+            let out = &out[..len];
+            assert_eq!(chosen(out), vec![("bootargs".into(), b"x\0".to_vec())]);
+            let got = props_at(out, &["chosen", "framebuffer@80000000"]);
+            assert_eq!(got.len(), 2);
+            assert_eq!(
+                got[0],
+                ("compatible".into(), b"simple-framebuffer\0".to_vec())
+            );
+            assert_eq!(got[1], ("width".into(), width.to_vec()));
+            // The memory node after `/chosen` is still there.
+            assert_eq!(props_at(out, &["memory"]).len(), 1);
+            // The new reservation, then the old (empty) block's end.
+            assert_eq!(be32(out, 16), Some(40));
+            assert_eq!(
+                &out[40..56],
+                [0x8000_0000u64.to_be_bytes(), 0x30_0000u64.to_be_bytes()].concat()
+            );
+            assert_eq!(&out[56..72], [0u8; 16]);
+        }
     }
 }

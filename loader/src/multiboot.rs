@@ -108,7 +108,7 @@ pub fn memory_type(efi: u32) -> u32 {
 }
 
 /// A framebuffer (Multiboot 2 tag 8, direct RGB).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Framebuffer {
     pub addr: u64,
     pub pitch: u32,

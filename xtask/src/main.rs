@@ -11,6 +11,7 @@ mod disk;
 mod firmware;
 mod image;
 mod qemu;
+mod screen;
 mod setup;
 mod symbolize;
 mod test;

@@ -119,9 +119,10 @@ impl<'a> Boot<'a> {
             if self.arch == Arch::X86_64 {
                 cmd.args(["-drive", &format!("format=raw,file={}", disk.display())]);
             } else {
-                // Without ACPI tables AAVMF hands over the device tree.
+                // Without ACPI tables AAVMF hands over the device tree;
+                // `ramfb` gives it a framebuffer that needs no driver.
                 let drive = format!("if=none,format=raw,id=keel,file={}", disk.display());
-                cmd.args(["-machine", "acpi=off", "-drive", &drive]);
+                cmd.args(["-machine", "acpi=off", "-device", "ramfb", "-drive", &drive]);
                 cmd.args(["-device", "virtio-blk-device,drive=keel"]);
             }
             return cmd;
@@ -219,6 +220,88 @@ pub struct Conversation {
     pub answered: bool,
 }
 
+/// A running QEMU whose serial output arrives line by line (symbolized),
+/// with its standard input piped to the serial console.
+struct Session {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    rx: std::sync::mpsc::Receiver<String>,
+    reader: std::thread::JoinHandle<()>,
+    err_reader: std::thread::JoinHandle<String>,
+    lines: Vec<String>,
+}
+
+impl Session {
+    fn start(boot: &Boot<'_>, extra: &[&str]) -> Result<Session> {
+        let symbols = Symbolizer::new(boot.image);
+        let mut child = boot
+            .command()
+            .args(extra)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {}", boot.arch.qemu_binary()))?;
+        let stdin = child.stdin.take().context("QEMU stdin")?;
+        let stdout = child.stdout.take().context("QEMU stdout")?;
+        let stderr = child.stderr.take().context("QEMU stderr")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(stdout).split(b'\n').map_while(|l| l.ok()) {
+                let text = String::from_utf8_lossy(&line)
+                    .trim_end_matches('\r')
+                    .to_string();
+                if tx.send(symbols.annotate(&text)).is_err() {
+                    break;
+                }
+            }
+        });
+        let err_reader = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = std::io::Read::read_to_string(&mut BufReader::new(stderr), &mut s);
+            s
+        });
+        Ok(Session {
+            child,
+            stdin,
+            rx,
+            reader,
+            err_reader,
+            lines: Vec::new(),
+        })
+    }
+
+    /// Whether a line containing `text` comes within `limit` (before QEMU
+    /// ends); every line is kept.
+    fn wait_for(&mut self, text: &str, limit: Duration) -> bool {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let Ok(line) = self.rx.recv_timeout(left) else {
+                return false; // time is up, or QEMU ended
+            };
+            let found = line.contains(text);
+            self.lines.push(line);
+            if found {
+                return true;
+            }
+        }
+    }
+
+    /// Kills QEMU; every output line, QEMU's stderr last (`qemu: `).
+    fn end(mut self) -> Vec<String> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        drop(self.stdin);
+        self.lines.extend(self.rx.iter());
+        let _ = self.reader.join();
+        let errors = self.err_reader.join().unwrap_or_default();
+        let errors = errors.lines().filter(|l| !l.trim().is_empty());
+        self.lines.extend(errors.map(|l| format!("qemu: {l}")));
+        self.lines
+    }
+}
+
 /// Boots with QEMU's standard input piped to the serial console: once an
 /// output line contains `trigger` (within `limit`), writes `input` to it,
 /// then waits (at most `reply_limit` more) for a line containing `expect`.
@@ -230,67 +313,69 @@ pub fn run_conversation(
     expect: &str,
     (limit, reply_limit): (Duration, Duration),
 ) -> Result<Conversation> {
-    let symbols = Symbolizer::new(boot.image);
-    let mut child = boot
-        .command()
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("starting {}", boot.arch.qemu_binary()))?;
-    let mut stdin = child.stdin.take().context("QEMU stdin")?;
-    let stdout = child.stdout.take().context("QEMU stdout")?;
-    let stderr = child.stderr.take().context("QEMU stderr")?;
-    let (tx, rx) = std::sync::mpsc::channel();
-    let reader = std::thread::spawn(move || {
-        for line in BufReader::new(stdout).split(b'\n').map_while(|l| l.ok()) {
-            let text = String::from_utf8_lossy(&line)
-                .trim_end_matches('\r')
-                .to_string();
-            if tx.send(symbols.annotate(&text)).is_err() {
-                break;
-            }
-        }
-    });
-    let err_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = std::io::Read::read_to_string(&mut BufReader::new(stderr), &mut s);
-        s
-    });
-    let mut deadline = std::time::Instant::now() + limit;
-    let (mut lines, mut triggered, mut answered) = (Vec::new(), false, false);
-    while !answered {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        let Ok(line) = rx.recv_timeout(left) else {
-            break; // time is up, or QEMU ended
-        };
-        if triggered {
-            answered = line.contains(expect);
-        } else if line.contains(trigger) {
-            stdin.write_all(input)?;
-            stdin.flush()?;
-            triggered = true;
-            deadline = deadline.min(std::time::Instant::now() + reply_limit);
-        }
-        lines.push(line);
+    let mut session = Session::start(boot, &[])?;
+    let triggered = session.wait_for(trigger, limit);
+    let mut answered = false;
+    if triggered {
+        session.stdin.write_all(input)?;
+        session.stdin.flush()?;
+        answered = session.wait_for(expect, reply_limit);
     }
-    let _ = child.kill();
-    let _ = child.wait();
-    drop(stdin);
-    lines.extend(rx.iter());
-    let _ = reader.join();
-    let errors = err_reader.join().unwrap_or_default();
-    lines.extend(
-        errors
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(|l| format!("qemu: {l}")),
-    );
     Ok(Conversation {
-        lines,
+        lines: session.end(),
         triggered,
         answered,
     })
+}
+
+/// Boots with a monitor socket; once an output line contains `trigger`
+/// (within `limit`), saves the screen to `file` (QEMU's `screendump`, a
+/// binary PPM). Whether the trigger came, and every output line.
+pub fn screenshot(
+    boot: &Boot<'_>,
+    trigger: &str,
+    limit: Duration,
+    file: &Path,
+) -> Result<(bool, Vec<String>)> {
+    let socket = file.with_extension("monitor");
+    let _ = std::fs::remove_file(&socket);
+    let _ = std::fs::remove_file(file);
+    let monitor = format!("unix:{},server=on,wait=off", socket.display());
+    let mut session = Session::start(boot, &["-monitor", &monitor])?;
+    let triggered = session.wait_for(trigger, limit);
+    let shot = if triggered {
+        screendump(&socket, file)
+    } else {
+        Ok(())
+    };
+    let lines = session.end();
+    let _ = std::fs::remove_file(&socket);
+    shot.map(|()| (triggered, lines))
+}
+
+/// Asks the QEMU monitor at `socket` to save the screen to `file`.
+fn screendump(socket: &Path, file: &Path) -> Result<()> {
+    let mut monitor = std::os::unix::net::UnixStream::connect(socket)
+        .with_context(|| format!("connecting to QEMU's monitor at {}", socket.display()))?;
+    monitor.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let prompt = |m: &mut std::os::unix::net::UnixStream| -> Result<String> {
+        let (mut seen, mut buf) = (Vec::new(), [0u8; 512]);
+        while !seen.ends_with(b"(qemu) ") {
+            let n = std::io::Read::read(m, &mut buf).context("reading QEMU's monitor")?;
+            if n == 0 {
+                bail!("QEMU's monitor closed");
+            }
+            seen.extend_from_slice(&buf[..n]);
+        }
+        Ok(String::from_utf8_lossy(&seen).into_owned())
+    };
+    prompt(&mut monitor)?;
+    writeln!(monitor, "screendump {}", file.display())?;
+    let reply = prompt(&mut monitor)?;
+    if !file.is_file() {
+        bail!("QEMU saved no screenshot: {}", reply.trim());
+    }
+    Ok(())
 }
 
 /// `cargo xtask run`: QEMU owns the terminal's input; its output passes

@@ -13,8 +13,9 @@
 use crate::arch::Arch;
 use crate::firmware::{self, Firmware};
 use crate::qemu::{self, Boot};
+use crate::screen;
 use crate::toolchain::{self, Flavor};
-use anyhow::Result;
+use anyhow::{Context, Result};
 use keel_abi::harness::{EXIT_BOOT_ERROR, EXIT_CRASH, EXIT_PASS, TEST_PREFIX, describe_exit};
 use std::path::Path;
 use std::process::Command;
@@ -153,6 +154,9 @@ pub fn run(arches: &[Arch]) -> Result<bool> {
             }
         }
         console_echoed(&mut tally, arch, root)?;
+        if firmware::uefi(arch).is_some() {
+            screen_shows_the_banner(&mut tally, arch, root)?;
+        }
     }
 
     section("summary");
@@ -492,6 +496,64 @@ fn numa_nodes_used(tally: &mut Tally, arch: Arch, image: &Path) -> Result<()> {
 /// The normal run (`cargo xtask run`'s kernel and root task): once the
 /// root task's user-space console driver says it is listening, a line typed
 /// on the serial console must come back.
+/// Boots the `run` kernel through UEFI, as `cargo xtask run --firmware
+/// uefi` does, and checks a screenshot taken when the root task starts:
+/// the banner must be on the framebuffer, glyph for glyph. The screenshot
+/// stays in `target/keel/screen-<arch>.ppm`.
+fn screen_shows_the_banner(tally: &mut Tally, arch: Arch, root: Option<&Path>) -> Result<()> {
+    const STARTED: &str = "root task: entry";
+    let banner = format!(
+        "Keel {} ({}) booting",
+        env!("CARGO_PKG_VERSION"),
+        arch.name()
+    );
+    let name = format!("{} UEFI framebuffer shows \"{banner}\"", arch.name());
+    let prepared = (|| -> Result<_> {
+        let root = root.context("no root task")?;
+        let image = toolchain::build_kernel(arch, Flavor::Run, false)?;
+        let (disk, vars) = firmware::disk(Firmware::Uefi, arch, &image, root, "")?;
+        let (disk, vars) = disk.zip(vars).context("no UEFI disk image")?;
+        Ok((image, disk, vars))
+    })();
+    let (image, disk, vars) = match prepared {
+        Ok(p) => p,
+        Err(e) => {
+            println!("{e:#}");
+            tally.record(&name, false);
+            return Ok(());
+        }
+    };
+    let boot = Boot::headless(arch, &image, 1, "256M", "").with_firmware(
+        Firmware::Uefi,
+        Some(&disk),
+        Some(&vars),
+    );
+    let file = toolchain::workspace_root().join(format!("target/keel/screen-{}.ppm", arch.name()));
+    let (started, lines) = qemu::screenshot(&boot, STARTED, ECHO_LIMITS.0, &file)?;
+    let found = match std::fs::read(&file).map_err(anyhow::Error::from) {
+        Ok(ppm) if started => screen::Image::from_ppm(&ppm).map(|shot| shot.find_line(&banner)),
+        Ok(_) => Ok(None),
+        Err(e) => Err(e),
+    };
+    let ok = matches!(found, Ok(Some(_)));
+    if !ok {
+        for line in lines.iter().rev().take(20).rev() {
+            println!("    {line}");
+        }
+        match found {
+            Err(e) => println!("{}: screenshot: {e:#}", arch.name()),
+            _ if !started => println!("{}: the root task did not start", arch.name()),
+            _ => println!(
+                "{}: the banner is not on the screen ({})",
+                arch.name(),
+                file.display()
+            ),
+        }
+    }
+    tally.record(&name, ok);
+    Ok(())
+}
+
 fn console_echoed(tally: &mut Tally, arch: Arch, root: Option<&Path>) -> Result<()> {
     const READY: &str = "uart: echoing console input";
     const TYPED: &str = "keel echo test";

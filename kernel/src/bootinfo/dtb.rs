@@ -38,6 +38,7 @@ use super::{
 use crate::mm::kref::ensure;
 use arrayvec::ArrayVec;
 use core::ffi::CStr;
+use keel_fb::Mode;
 
 const MAGIC: u32 = 0xd00d_feed;
 const HEADER_LEN: usize = 40;
@@ -699,7 +700,33 @@ pub fn parse<'a>(
         numa,
         timebase_hz,
         irq: irq.finish(dt, &cpu_intcs),
+        framebuffer: framebuffer(dt),
     })
+}
+
+/// The `simple-framebuffer` node `/chosen/framebuffer@…` (where keel-loader
+/// and Linux's boot loaders put it): `reg` of two address cells,
+/// `width`, `height`, `stride` and `format` "a8r8g8b8" or "x8r8g8b8". Any
+/// other framebuffer is ignored, not an error.
+fn framebuffer(dt: Blob<'_>) -> Option<(u64, Mode)> {
+    let (mut addr, mut simple, mut xrgb) = (None, false, false);
+    let mut mode = Mode {
+        shifts: [16, 8, 0],
+        ..Mode::default()
+    };
+    node_props(dt, "/chosen/framebuffer", |name, value| {
+        let cell = be32(value, 0).unwrap_or(0);
+        match name {
+            "compatible" => simple = value.split(|&b| b == 0).any(|c| c == b"simple-framebuffer"),
+            "reg" => addr = be64(value, 0),
+            "width" => mode.width = cell,
+            "height" => mode.height = cell,
+            "stride" => mode.pitch = cell,
+            "format" => xrgb = matches!(value, b"a8r8g8b8\0" | b"x8r8g8b8\0"),
+            _ => {}
+        }
+    });
+    (simple && xrgb && mode.is_valid()).then_some((addr?, mode))
 }
 
 #[cfg(test)]
@@ -834,6 +861,53 @@ mod tests {
             w.property_array_u32(prop, cells).unwrap();
         }
         w.end_node(n).unwrap();
+    }
+
+    /// A tree with a framebuffer node at `/<parent>/framebuffer@…`.
+    fn with_framebuffer(parent: &str, compatible: &str, stride: u32, format: &str) -> Vec<u8> {
+        tree(|w| {
+            let p = w.begin_node(parent).unwrap();
+            let fb = w.begin_node("framebuffer@4c430000").unwrap();
+            w.property_string("compatible", compatible).unwrap();
+            w.property_array_u32("reg", &[0, 0x4c43_0000, 0x30_0000])
+                .unwrap();
+            for (name, v) in [("width", 1024), ("height", 768), ("stride", stride)] {
+                w.property_u32(name, v).unwrap();
+            }
+            w.property_string("format", format).unwrap();
+            w.end_node(fb).unwrap();
+            w.end_node(p).unwrap();
+        })
+    }
+
+    #[test]
+    fn a_simple_framebuffer_in_chosen_is_taken() {
+        let fb = |blob: Vec<u8>| parse(&blob, "devicetree", &[]).unwrap().framebuffer;
+        let mode = Mode {
+            width: 1024,
+            height: 768,
+            pitch: 4096,
+            shifts: [16, 8, 0],
+        };
+        let simple = "simple-framebuffer";
+        assert_eq!(
+            fb(with_framebuffer("chosen", simple, 4096, "a8r8g8b8")),
+            Some((0x4c43_0000, mode))
+        );
+        assert_eq!(
+            fb(with_framebuffer("chosen", simple, 4096, "x8r8g8b8")),
+            Some((0x4c43_0000, mode))
+        );
+        // Other pixel formats, bindings or places, and a stride shorter
+        // than a line, are ignored.
+        for blob in [
+            with_framebuffer("chosen", simple, 4096, "r5g6b5"),
+            with_framebuffer("chosen", "vendor,fb", 4096, "a8r8g8b8"),
+            with_framebuffer("soc", simple, 4096, "a8r8g8b8"),
+            with_framebuffer("chosen", simple, 4092, "a8r8g8b8"),
+        ] {
+            assert_eq!(fb(blob), None);
+        }
     }
 
     fn irq_of(blob: &[u8]) -> InterruptHw {

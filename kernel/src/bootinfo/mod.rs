@@ -289,6 +289,10 @@ pub struct BootInfo<'a> {
     /// The interrupt hardware the firmware describes (ACPI MADT, device
     /// tree); `Default` (nothing) when it describes none.
     pub irq: InterruptHw,
+    /// A 32-bit direct-colour framebuffer the firmware set up (Multiboot 2
+    /// tag 8, a device tree's `/chosen/framebuffer`): its physical address
+    /// and layout. The kernel log is drawn on it (`console`).
+    pub framebuffer: Option<(u64, keel_fb::Mode)>,
 }
 
 /// The most CPUs Keel runs on (more are reported and left off).

@@ -17,6 +17,7 @@ use super::{MAX_REGIONS, MemoryMap, MemoryRegion, PhysReader, RegionKind, push, 
 use crate::mm::kref::ensure;
 use arrayvec::ArrayVec;
 use core::ffi::CStr;
+use keel_fb::Mode;
 
 /// `eax` at entry from a Multiboot 1 loader.
 pub const MB1_BOOTLOADER_MAGIC: u32 = 0x2bad_b002;
@@ -44,6 +45,8 @@ pub struct Multiboot<'a> {
     /// Physical address of a copy of the ACPI RSDP (Multiboot 2 tags 14
     /// and 15), if the loader supplied one.
     pub rsdp: Option<u64>,
+    /// A direct-RGB, 32-bit framebuffer (Multiboot 2 tag 8).
+    pub framebuffer: Option<(u64, Mode)>,
 }
 
 type RawRegions = ArrayVec<MemoryRegion, { 2 * MAX_REGIONS }>;
@@ -65,8 +68,8 @@ pub fn parse<'a>(
     }
     let mut raw = RawRegions::new();
     push(&mut raw, kernel)?;
-    let (protocol, (cmdline, rsdp)) = match magic {
-        MB1_BOOTLOADER_MAGIC => ("multiboot1", (parse_mb1(info, mem, &mut raw)?, None)),
+    let (protocol, (cmdline, rsdp, framebuffer)) = match magic {
+        MB1_BOOTLOADER_MAGIC => ("multiboot1", (parse_mb1(info, mem, &mut raw)?, None, None)),
         MB2_BOOTLOADER_MAGIC => ("multiboot2", parse_mb2(info, mem, &mut raw)?),
         _ => return Err(NOT_MULTIBOOT),
     };
@@ -76,6 +79,7 @@ pub fn parse<'a>(
         memory: MemoryMap::build(raw)?,
         cmdline,
         rsdp,
+        framebuffer,
     })
 }
 
@@ -259,10 +263,11 @@ const MB2_TAG_CMDLINE: u32 = 1;
 const MB2_TAG_MODULE: u32 = 3;
 const MB2_TAG_BASIC_MEMINFO: u32 = 4;
 const MB2_TAG_MMAP: u32 = 6;
+const MB2_TAG_FRAMEBUFFER: u32 = 8;
 const MB2_TAG_ACPI_OLD: u32 = 14;
 const MB2_TAG_ACPI_NEW: u32 = 15;
 
-type Mb2Parsed<'a> = (&'a [u8], Option<u64>);
+type Mb2Parsed<'a> = (&'a [u8], Option<u64>, Option<(u64, Mode)>);
 
 fn parse_mb2<'a>(
     info: u64,
@@ -285,7 +290,7 @@ fn parse_mb2<'a>(
     ))?;
     reserve(raw, info, total)?;
 
-    let (mut cmdline, mut rsdp, mut have_mmap) = (&[][..], None, false);
+    let (mut cmdline, mut rsdp, mut have_mmap, mut fb) = (&[][..], None, false, None);
     let mut meminfo = None;
     let mut modules = 0usize;
     let mut off = 8usize;
@@ -323,6 +328,7 @@ fn parse_mb2<'a>(
             {
                 rsdp = Some(info + off as u64 + 8);
             }
+            MB2_TAG_FRAMEBUFFER => fb = mb2_framebuffer(tag),
             _ => {}
         }
         off = off
@@ -334,7 +340,23 @@ fn parse_mb2<'a>(
             meminfo.ok_or(Missing("Multiboot 2 memory map (tags 4 and 6)"))?;
         push_meminfo(raw, lower_kib.into(), upper_kib.into())?;
     }
-    Ok((cmdline, rsdp))
+    Ok((cmdline, rsdp, fb))
+}
+
+/// Multiboot 2 framebuffer tag: `addr: u64` at 8, `pitch`, `width`,
+/// `height: u32`, `bpp: u8` at 28, `type: u8` (1: direct RGB), then the
+/// red, green and blue positions and sizes. Only 32-bit pixels of 8-bit
+/// colours are drawn on; anything else is ignored, not an error.
+fn mb2_framebuffer(tag: &[u8]) -> Option<(u64, Mode)> {
+    let b = |i: usize| tag.get(i).copied();
+    let mode = Mode {
+        pitch: u32_at(tag, 16)?,
+        width: u32_at(tag, 20)?,
+        height: u32_at(tag, 24)?,
+        shifts: [b(32)?, b(34)?, b(36)?],
+    };
+    let direct = (b(28)?, b(29)?, [b(33)?, b(35)?, b(37)?]) == (32, 1, [8, 8, 8]);
+    (direct && mode.is_valid()).then_some((u64_at(tag, 8)?, mode))
 }
 
 /// Multiboot 2 memory-map tag: `entry_size: u32`, `entry_version: u32` at
@@ -739,6 +761,52 @@ mod tests {
         assert_eq!(kind_at(&mb, 0x300_0000), Some(RegionKind::Usable));
         let rsdp = mb.rsdp.unwrap();
         assert_eq!((&b).bytes(rsdp, 20).unwrap(), &[0xaa; 20]);
+    }
+
+    /// A framebuffer tag: `bpp`, type `kind`, 8-bit colours at `shifts`.
+    fn fb_tag(bpp: u8, kind: u8, shifts: [u8; 3]) -> (u32, Vec<u8>) {
+        let mut t = 0x8000_0000u64.to_le_bytes().to_vec();
+        for v in [1280u32 * 4 + 64, 1280, 800] {
+            t.extend(v.to_le_bytes());
+        }
+        t.extend([bpp, kind, 0, 0]);
+        t.extend(shifts.iter().flat_map(|&s| [s, 8]));
+        (MB2_TAG_FRAMEBUFFER, t)
+    }
+
+    #[test]
+    fn mb2_framebuffer_of_32_bit_direct_colour_is_taken() {
+        let mut tags = mb2_good_tags();
+        tags.push(fb_tag(32, 1, [16, 8, 0]));
+        let b = mb2(&tags);
+        let mb = parse_buf(MB2_BOOTLOADER_MAGIC, &b).unwrap();
+        let mode = Mode {
+            width: 1280,
+            height: 800,
+            pitch: 1280 * 4 + 64,
+            shifts: [16, 8, 0],
+        };
+        assert_eq!(mb.framebuffer, Some((0x8000_0000, mode)));
+        // Other depths, indexed or text modes, odd colour layouts and a
+        // short tag are ignored; the rest of the information still counts.
+        let (ty, full) = fb_tag(32, 1, [16, 8, 0]);
+        for other in [
+            fb_tag(24, 1, [16, 8, 0]),
+            fb_tag(32, 0, [16, 8, 0]),
+            fb_tag(32, 2, [16, 8, 0]),
+            fb_tag(32, 1, [16, 8, 4]),
+            (ty, full[..full.len() - 1].to_vec()),
+        ] {
+            let mut tags = mb2_good_tags();
+            tags.push(other);
+            let b = mb2(&tags);
+            let mb = parse_buf(MB2_BOOTLOADER_MAGIC, &b).unwrap();
+            assert_eq!(mb.framebuffer, None);
+            assert_eq!(mb.cmdline, "log=debug");
+        }
+        let b = mb2(&mb2_good_tags());
+        let mb = parse_buf(MB2_BOOTLOADER_MAGIC, &b).unwrap();
+        assert_eq!(mb.framebuffer, None);
     }
 
     #[test]

@@ -17,6 +17,7 @@ use super::paging::{Attr, MapError, PageSize, PageTable};
 use crate::arch::{self, PageFormat};
 use crate::bootinfo::{MemoryMap, RegionKind};
 use alloc::vec::Vec;
+use core::sync::atomic::{AtomicBool, Ordering};
 
 /// What [`init`] mapped.
 #[derive(Clone, Copy, Debug, Default)]
@@ -31,8 +32,12 @@ pub struct KernelMapStats {
 
 /// Builds the kernel page tables and switches to them: the direct map of
 /// RAM, the architecture's device windows and `devices` (the interrupt
-/// controller's registers) as device memory, and the kernel image.
-pub fn init(map: &MemoryMap, devices: &[(u64, u64)]) -> Result<KernelMapStats, MapError> {
+/// controller's registers, the framebuffer) as device memory, and the
+/// kernel image.
+pub fn init(
+    map: &MemoryMap,
+    devices: impl Iterator<Item = (u64, u64)>,
+) -> Result<KernelMapStats, MapError> {
     let mut t = KernelTables;
     let mut k = PageTable::<PageFormat>::new(&mut t)?;
     let mut stats = KernelMapStats::default();
@@ -54,7 +59,7 @@ pub fn init(map: &MemoryMap, devices: &[(u64, u64)]) -> Result<KernelMapStats, M
         map_direct(&mut k, s, e, data, &mut stats)?;
         stats.direct_bytes += e - s;
     }
-    for &(base, len) in arch::device_windows().iter().chain(devices) {
+    for (base, len) in arch::device_windows().iter().copied().chain(devices) {
         let (s, e) = (base & !0xfff, (base + len).next_multiple_of(0x1000));
         map_direct(&mut k, s, e, data | Attr::DEVICE, &mut stats)?;
     }
@@ -70,6 +75,28 @@ pub fn init(map: &MemoryMap, devices: &[(u64, u64)]) -> Result<KernelMapStats, M
     // the device windows and the whole image except the stack guard pages.
     unsafe { arch::load_kernel_root(k.root()) };
     Ok(stats)
+}
+
+/// The framebuffer at physical `[pa, pa + len)` as bytes, the first time
+/// it is asked for: through the direct map, where the boot tables map the
+/// first 4 GiB and [`init`] maps it as a device window. `None` above that,
+/// on memory the map lists as anything but reserved (which the kernel may
+/// use), or when asked again.
+pub fn framebuffer(map: &MemoryMap, pa: u64, len: u64) -> Option<&'static mut [u8]> {
+    static TAKEN: AtomicBool = AtomicBool::new(false);
+    let end = pa
+        .checked_add(len)
+        .filter(|&e| e <= super::DIRECT_MAP_BOOT_LIMIT)?;
+    let mut regions = map.regions().iter();
+    let clash = regions.any(|r| r.kind != RegionKind::Reserved && r.start < end && pa < r.end);
+    if clash || TAKEN.swap(true, Ordering::AcqRel) {
+        return None;
+    }
+    // SAFETY: the range is mapped at its direct-map address (above), is
+    // not memory the kernel allocates from, and this is its only reference.
+    Some(unsafe {
+        core::slice::from_raw_parts_mut(arch::phys_to_virt(pa) as *mut u8, len as usize)
+    })
 }
 
 /// Maps physical `[s, e)` at its direct-map address in the largest pages

@@ -3,9 +3,13 @@
 //! start of RAM plus the header's `text_offset`, with `x0` = a device tree
 //! (the firmware's, with the root task as its initrd and the command line
 //! as `bootargs` in `/chosen`), the MMU and data cache off and what the
-//! kernel reads cleaned to the point of coherency.
+//! kernel reads cleaned to the point of coherency. The graphics output's
+//! framebuffer, if there is one, is a `simple-framebuffer` node in
+//! `/chosen`, reserved in the tree's memory reservation block.
 
-use crate::efi::{PAGE, pages, place};
+use crate::efi::{PAGE, framebuffer, pages, place};
+use crate::fdt::{Edit, Prop};
+use crate::multiboot::Framebuffer;
 use core::arch::global_asm;
 use uefi::boot::{self, MemoryType};
 use uefi::mem::memory_map::MemoryMap;
@@ -72,12 +76,45 @@ pub fn boot(kernel: &[u8], root: &[u8], cmdline: &[u8]) -> Result<Status, &'stat
         initrd.to_be_bytes(),
         (initrd + root.len() as u64).to_be_bytes(),
     );
-    let props: [crate::fdt::Prop<'_>; 3] = [
+    let props: [Prop<'_>; 3] = [
         ("linux,initrd-start", &start),
         ("linux,initrd-end", &end),
         ("bootargs", &args),
     ];
-    let len = crate::fdt::with_chosen(tree, &props, buf)?;
+    // The screen, as a `simple-framebuffer` node and a reservation (so
+    // the kernel keeps it out of its allocator).
+    let fb = framebuffer().filter(|fb| fb.shifts == [16, 8, 0]);
+    let Framebuffer {
+        addr,
+        pitch,
+        width,
+        height,
+        ..
+    } = fb.unwrap_or_default();
+    let len = u64::from(pitch) * u64::from(height);
+    let name = alloc::format!("framebuffer@{addr:x}");
+    // Two address cells and one size cell: `/chosen` sets no others.
+    let reg = [addr.to_be_bytes().as_slice(), &(len as u32).to_be_bytes()].concat();
+    let (w, h, stride) = (
+        width.to_be_bytes(),
+        height.to_be_bytes(),
+        pitch.to_be_bytes(),
+    );
+    let node: [Prop<'_>; 6] = [
+        ("compatible", b"simple-framebuffer\0"),
+        ("reg", &reg),
+        ("width", &w),
+        ("height", &h),
+        ("stride", &stride),
+        ("format", b"a8r8g8b8\0"),
+    ];
+    let reserve = [(addr, len)];
+    let edit = Edit {
+        chosen: &props,
+        child: fb.map(|_| (name.as_str(), node.as_slice())),
+        reserve: &reserve[..usize::from(fb.is_some())],
+    };
+    let len = crate::fdt::edit(tree, &edit, buf)?;
     println!(
         "keel-loader: Image at {at:#x}, device tree at {:#x}; exiting boot services",
         out as u64

@@ -9,13 +9,12 @@
 //! into its 32-bit code segment, turns paging and long mode off, loads the
 //! data segments and jumps to the entry.
 
-use crate::efi::{PAGE, pages, place};
-use crate::multiboot::{self, Framebuffer, Layout, Writer};
+use crate::efi::{PAGE, framebuffer, pages, place};
+use crate::multiboot::{self, Layout, Writer};
 use core::arch::global_asm;
 use uefi::boot::{self, MemoryType};
 use uefi::mem::memory_map::MemoryMap;
 use uefi::prelude::*;
-use uefi::proto::console::gop::{GraphicsOutput, PixelFormat};
 use uefi::table::cfg::{ACPI_GUID, ACPI2_GUID};
 use uefi::{CStr16, cstr16, println};
 
@@ -173,26 +172,5 @@ fn find_rsdp() -> Option<(u64, usize)> {
         find(ACPI2_GUID)
             .map(|a| (a, 36))
             .or_else(|| find(ACPI_GUID).map(|a| (a, 20)))
-    })
-}
-
-/// The GOP framebuffer, if there is one in a direct 32-bit RGB mode.
-fn framebuffer() -> Option<Framebuffer> {
-    let handle = boot::get_handle_for_protocol::<GraphicsOutput>().ok()?;
-    let mut gop = boot::open_protocol_exclusive::<GraphicsOutput>(handle).ok()?;
-    let mode = gop.current_mode_info();
-    let shifts = match mode.pixel_format() {
-        PixelFormat::Rgb => [0, 8, 16],
-        PixelFormat::Bgr => [16, 8, 0],
-        _ => return None,
-    };
-    let (width, height) = mode.resolution();
-    let addr = gop.frame_buffer().as_mut_ptr() as u64;
-    Some(Framebuffer {
-        addr,
-        pitch: mode.stride() as u32 * 4,
-        width: width as u32,
-        height: height as u32,
-        shifts,
     })
 }

@@ -435,5 +435,6 @@ fn boot_info(magic: u32, info: u32) -> Result<BootInfo<'static>, BootInfoError> 
         numa,
         timebase_hz: None,
         irq: super::acpi::interrupt_hw(&DirectMap, mb.rsdp),
+        framebuffer: mb.framebuffer,
     })
 }
