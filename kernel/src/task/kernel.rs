@@ -12,7 +12,7 @@
 use crate::arch::UserRegs;
 use crate::arena::Arena;
 use crate::cap::{CSpaceId, CapSystem, Progress};
-use crate::mm::kref::{KArc, try_box};
+use crate::mm::kref::{KArc, ensure, try_box};
 use crate::object::endpoint::Waiting;
 use crate::object::{
     AddressSpaceObject, Endpoint, EndpointId, Home, KObject, Notification, NotificationId, Orphan,
@@ -286,13 +286,9 @@ impl Kernel {
 
     /// Sets a thread's TLS base (taking effect now if it is running).
     pub fn set_tls(&mut self, id: ThreadId, value: usize) -> Result<(), Error> {
-        if value >= crate::mm::aspace::USER_END {
-            return Err(Error::InvalidArgument);
-        }
+        ensure(value < crate::mm::aspace::USER_END, Error::InvalidArgument)?;
         // Another CPU holds its TLS register, and would save over a new value.
-        if self.running_elsewhere(id) {
-            return Err(Error::InvalidState);
-        }
+        ensure(!self.running_elsewhere(id), Error::InvalidState)?;
         let running = self.current() == Some(id);
         self.thread_mut(id)?.set_tls(value);
         if running {
