@@ -44,9 +44,8 @@ impl Kernel {
     pub fn irq_reserve(&mut self, line: u32) -> Result<u64, Error> {
         ensure(crate::arch::irq_line_ok(line), Error::InvalidArgument)?;
         let (i, irqs) = (line as usize, &mut self.devices.irqs);
-        if irqs.get(i).is_some_and(Option::is_some) {
-            return Err(Error::AlreadyExists);
-        }
+        let taken = irqs.get(i).is_some_and(Option::is_some);
+        ensure(!taken, Error::AlreadyExists)?;
         let more = (i + 1).saturating_sub(irqs.len());
         irqs.try_reserve(more).map_err(|_| Error::OutOfMemory)?;
         irqs.resize_with(irqs.len() + more, || None);

@@ -481,9 +481,8 @@ impl Kernel {
         to_depth: u32,
     ) -> Result<CapToken, Fail> {
         let cap = self.caps.lookup(from, token).map_err(Fail::Sender)?;
-        if !cap.rights().contains(Rights::GRANT) {
-            return Err(Fail::Sender(Error::AccessDenied));
-        }
+        let grant = cap.rights().contains(Rights::GRANT);
+        ensure(grant, Fail::Sender(Error::AccessDenied))?;
         if let KObject::CSpace(c) = cap.object()
             && c.depth() <= to_depth
         {
@@ -812,9 +811,8 @@ impl Kernel {
             .notifications
             .get(r.id().0)
             .ok_or(Error::InvalidState)?;
-        if note.bound.is_some() || self.thread(t)?.ipc.bound.is_some() {
-            return Err(Error::AlreadyExists);
-        }
+        let unbound = note.bound.is_none() && self.thread(t)?.ipc.bound.is_none();
+        ensure(unbound, Error::AlreadyExists)?;
         if let Some(note) = self.notifications.get_mut(r.id().0) {
             note.bound = Some(t);
         }
