@@ -1,8 +1,9 @@
 //! Code every bare-metal architecture shares, reached only from inside
 //! `arch/` (`arch/mod.rs` imports it privately): the exception-fixup
 //! table, the user-copy wrapper around each architecture's
-//! `keel_user_copy`, the console's line endings, the frame-pointer backtrace and the probed direct-map
-//! reader for untrusted boot information.
+//! `keel_user_copy`, the console's line endings, the frame-pointer
+//! backtrace and the probed direct-map reader for untrusted boot
+//! information.
 //!
 //! Invariant: every architecture's linker script bounds `__ex_table` with
 //! `__ex_table_start`/`__ex_table_end`, and every instruction listed there
