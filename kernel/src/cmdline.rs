@@ -90,9 +90,8 @@ impl<'a> Cmdline<'a> {
                     }
                 }
                 "ktest" if !value.is_empty() => out.test_filter = Some(value),
-                "ktest" => return Err(CmdlineError::BadValue { key, value }),
                 "crash" if value == "stack" => out.crash_stack = true,
-                "crash" => return Err(CmdlineError::BadValue { key, value }),
+                "ktest" | "crash" => return Err(CmdlineError::BadValue { key, value }),
                 _ => return Err(CmdlineError::UnknownOption(word)),
             }
         }

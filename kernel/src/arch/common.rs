@@ -1,8 +1,9 @@
 //! Code every bare-metal architecture shares, reached only from inside
 //! `arch/` (`arch/mod.rs` imports it privately): the exception-fixup
 //! table, the user-copy wrapper around each architecture's
-//! `keel_user_copy`, the frame-pointer walk and the probed direct-map
-//! reader for untrusted boot information.
+//! `keel_user_copy`, the console's line endings, the frame-pointer
+//! backtrace and the probed direct-map reader for untrusted boot
+//! information.
 //!
 //! Invariant: every architecture's linker script bounds `__ex_table` with
 //! `__ex_table_start`/`__ex_table_end`, and every instruction listed there
@@ -87,16 +88,30 @@ pub unsafe fn user_copy(dst: *mut u8, src: *const u8, len: usize) -> Result<(), 
     }
 }
 
-/// Walks a frame-pointer chain starting at `fp`, calling `f` with each return
-/// address. `next(fp)` returns `(caller_fp, return_address)` read from the
-/// frame record, or `None` when the record is not readable; the walk stops
-/// after 32 frames, on a null or non-increasing frame pointer.
-pub fn walk_frames(
-    mut fp: usize,
-    next: impl Fn(usize) -> Option<(usize, usize)>,
-    mut f: impl FnMut(usize),
-) {
-    for _ in 0..32 {
+/// Writes `bytes` with `put`, translating `\n` to `\r\n` (QEMU's
+/// `-nographic` puts the terminal in raw mode).
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+pub fn write_crlf(bytes: &[u8], put: impl Fn(u8)) {
+    for &b in bytes {
+        if b == b'\n' {
+            put(b'\r');
+        }
+        put(b);
+    }
+}
+
+/// Prints one backtrace line.
+pub fn print_frame(index: usize, addr: usize) {
+    kprintln!("  {}{index} {addr:#x}", keel_abi::harness::FRAME_PREFIX);
+}
+
+/// Walks a frame-pointer chain starting at `fp`, printing each return
+/// address as a backtrace line numbered from `first`. `next(fp)` returns
+/// `(caller_fp, return_address)` read from the frame record, or `None` when
+/// the record is not readable; the walk stops after 32 frames, on a null or
+/// non-increasing frame pointer.
+pub fn print_frames(mut fp: usize, first: usize, next: impl Fn(usize) -> Option<(usize, usize)>) {
+    for i in first..first + 32 {
         if fp == 0 || !fp.is_multiple_of(core::mem::align_of::<usize>()) {
             return;
         }
@@ -106,7 +121,7 @@ pub fn walk_frames(
         if ret == 0 {
             return;
         }
-        f(ret);
+        print_frame(i, ret);
         if caller_fp <= fp {
             return;
         }

@@ -16,6 +16,7 @@
 
 use super::numa::{self, DomainNumbering, NumaMap, NumaRange};
 use super::{Controller, InterruptHw, IoApic, Line, MAX_CPUS, PhysReader, Trigger, u32_at, u64_at};
+use crate::mm::kref::ensure;
 use arrayvec::ArrayVec;
 
 /// Largest system description table accepted.
@@ -214,9 +215,7 @@ fn memory_affinity(srat: &[u8]) -> Result<NumaMap, &'static str> {
     let mut domains = DomainNumbering::default();
     let mut ranges: ArrayVec<NumaRange, { numa::MAX_RAW_NUMA_RANGES }> = ArrayVec::new();
     let mut off = SRAT_ENTRIES_OFFSET;
-    if srat.len() < off {
-        return Err("SRAT shorter than its header");
-    }
+    ensure(srat.len() >= off, "SRAT shorter than its header")?;
     while off < srat.len() {
         let (Some(&ty), Some(&len)) = (srat.get(off), srat.get(off + 1)) else {
             return Err("SRAT entry header runs past the table");

@@ -23,6 +23,7 @@
 
 use super::heap::SlotHeap;
 use super::runq::Slot;
+use crate::mm::kref::oom;
 use alloc::vec::Vec;
 use keel_abi::Error;
 
@@ -92,9 +93,7 @@ impl<T: PartialEq + Copy + Slot> FairQueue<T> {
     pub fn reserve_slot(&mut self, slot: usize) -> Result<(), Error> {
         self.heap.reserve_slot(slot)?;
         let more = (slot + 1).saturating_sub(self.weights.len());
-        self.weights
-            .try_reserve(more)
-            .map_err(|_| Error::OutOfMemory)?;
+        self.weights.try_reserve(more).map_err(oom)?;
         self.weights.resize(self.weights.len() + more, 0);
         Ok(())
     }

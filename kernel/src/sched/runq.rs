@@ -13,6 +13,7 @@
 //! link is `queued` iff its item is in exactly one FIFO, at the priority
 //! recorded in the link.
 
+use crate::mm::kref::{ensure, oom};
 use alloc::vec::Vec;
 use keel_abi::Error;
 
@@ -56,13 +57,9 @@ impl<T: PartialEq + Copy + Slot> RunQueue<T> {
     /// Makes room for an item with table index `slot` (done when a thread
     /// is made, so that queueing it never needs memory).
     pub fn reserve_slot(&mut self, slot: usize) -> Result<(), Error> {
-        if slot >= NIL as usize {
-            return Err(Error::OutOfMemory);
-        }
+        ensure(slot < NIL as usize, Error::OutOfMemory)?;
         let more = (slot + 1).saturating_sub(self.links.len());
-        self.links
-            .try_reserve(more)
-            .map_err(|_| Error::OutOfMemory)?;
+        self.links.try_reserve(more).map_err(oom)?;
         self.links.resize(
             self.links.len() + more,
             Link {
@@ -83,9 +80,7 @@ impl<T: PartialEq + Copy + Slot> RunQueue<T> {
         let (_, tail) = *self.ends.get(p).ok_or(Error::InvalidArgument)?;
         let s = t.slot();
         let link = self.links.get_mut(s).ok_or(Error::OutOfMemory)?;
-        if link.item.is_some() {
-            return Err(Error::InvalidState);
-        }
+        ensure(link.item.is_none(), Error::InvalidState)?;
         *link = Link {
             item: Some(t),
             prio,

@@ -170,7 +170,7 @@ pub(super) fn cap<T: Object>(
 }
 
 /// Like [`cap`], with the capability itself (for its badge and rights).
-fn cap_and<T: Object>(
+pub(super) fn cap_and<T: Object>(
     k: &Kernel,
     cspace: CSpaceId,
     raw: usize,

@@ -8,7 +8,7 @@
 #![forbid(unsafe_code)]
 
 use super::Outcome;
-use super::decode::{Args, cap, thread, token};
+use super::decode::{Args, cap, cap_and, thread};
 use super::invoke::insert;
 use crate::cap::CSpaceId;
 use crate::mm::kref::{KArc, ensure};
@@ -37,17 +37,12 @@ fn signal_target(
     cs: CSpaceId,
     raw: usize,
 ) -> Result<(KArc<NotificationRef>, u64), Error> {
-    let c = k
-        .caps
-        .lookup_as(cs, token(raw), ObjectType::Notification, Rights::WRITE)?;
-    let KObject::Notification(n) = c.object() else {
-        return Err(Error::WrongObjectType);
-    };
+    let (n, c) = cap_and::<KArc<NotificationRef>>(k, cs, raw, Rights::WRITE)?;
     let bits = match c.badge() {
         NO_BADGE => 1,
         b => b & NOTIFICATION_BITS,
     };
-    Ok((n.clone(), bits))
+    Ok((n, bits))
 }
 
 /// Decodes and invokes a call of the block (kept out of line: the common
@@ -222,10 +217,8 @@ pub(super) fn decode(
         Syscall::CpuSetOnline => {
             let [dc, cpu, online, ..] = a;
             cap::<KArc<DeviceControl>>(k, cs, dc, Rights::WRITE)?;
-            match online {
-                0 | 1 => TimeCall::SetOnline(cpu, online == 1),
-                _ => return Err(Error::InvalidArgument),
-            }
+            ensure(online <= 1, Error::InvalidArgument)?;
+            TimeCall::SetOnline(cpu, online == 1)
         }
         Syscall::ThreadSetSched => {
             let [thread_raw, class, param, slice, ..] = a;

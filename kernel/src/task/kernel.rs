@@ -12,7 +12,7 @@
 use crate::arch::UserRegs;
 use crate::arena::Arena;
 use crate::cap::{CSpaceId, CapSystem, Progress};
-use crate::mm::kref::{KArc, try_box};
+use crate::mm::kref::{KArc, ensure, try_box};
 use crate::object::endpoint::Waiting;
 use crate::object::{
     AddressSpaceObject, Endpoint, EndpointId, Home, KObject, Notification, NotificationId, Orphan,
@@ -221,9 +221,8 @@ impl Kernel {
 
     /// Makes a suspended thread runnable.
     pub fn resume(&mut self, id: ThreadId) -> Result<(), Error> {
-        if self.thread(id)?.state() != State::Suspended {
-            return Err(Error::InvalidState);
-        }
+        let suspended = self.thread(id)?.state() == State::Suspended;
+        ensure(suspended, Error::InvalidState)?;
         self.make_ready(id, true)
     }
 
@@ -256,12 +255,11 @@ impl Kernel {
     /// priority, nice value or slice out of range), re-queueing it if it is
     /// ready or waits in an IPC queue.
     pub fn set_sched(&mut self, id: ThreadId, new: Params) -> Result<(), Error> {
-        if usize::from(new.prio) >= PRIORITIES
-            || !(-20..=19).contains(&new.nice)
-            || !(crate::sched::MIN_SLICE_NS..=crate::sched::MAX_SLICE_NS).contains(&new.slice_ns)
-        {
-            return Err(Error::InvalidArgument);
-        }
+        let slices = crate::sched::MIN_SLICE_NS..=crate::sched::MAX_SLICE_NS;
+        let valid = usize::from(new.prio) < PRIORITIES
+            && (-20..=19).contains(&new.nice)
+            && slices.contains(&new.slice_ns);
+        ensure(valid, Error::InvalidArgument)?;
         let t = self.thread(id)?;
         let (state, old) = (t.state(), *t.sched());
         if state == State::Ready {
@@ -286,13 +284,9 @@ impl Kernel {
 
     /// Sets a thread's TLS base (taking effect now if it is running).
     pub fn set_tls(&mut self, id: ThreadId, value: usize) -> Result<(), Error> {
-        if value >= crate::mm::aspace::USER_END {
-            return Err(Error::InvalidArgument);
-        }
+        ensure(value < crate::mm::aspace::USER_END, Error::InvalidArgument)?;
         // Another CPU holds its TLS register, and would save over a new value.
-        if self.running_elsewhere(id) {
-            return Err(Error::InvalidState);
-        }
+        ensure(!self.running_elsewhere(id), Error::InvalidState)?;
         let running = self.current() == Some(id);
         self.thread_mut(id)?.set_tls(value);
         if running {

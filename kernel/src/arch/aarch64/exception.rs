@@ -36,7 +36,6 @@
 //! `mm`) adds entries, from assembly.
 
 use crate::trap::{TrapCause, TrapRecord};
-use keel_abi::harness::FRAME_PREFIX;
 
 /// Register state saved by the vector stub; laid out for the assembly below
 /// (offsets in bytes are fixed by the `const` operands).
@@ -365,9 +364,10 @@ fn trap_backtrace(frame: &TrapFrame, cause: TrapCause) {
     // its return address is still in the link register.
     let jumped = matches!(cause, TrapCause::PageFault { exec: true, .. });
     if jumped {
-        print_frame(1, frame.x[30] as usize);
+        crate::arch::print_frame(1, frame.x[30] as usize);
     }
-    super::walk_frames_from(frame.x[29] as usize, 1 + usize::from(jumped));
+    let first = 1 + usize::from(jumped);
+    crate::arch::print_frames(frame.x[29] as usize, first, super::read_frame_record);
 }
 
 /// Decodes a synchronous exception taken from EL1. Returns `None` when it
@@ -411,11 +411,6 @@ fn dump_registers(frame: &TrapFrame, group: VectorKind) {
     let (sp, elr, spsr, esr, far) = (frame.sp, frame.elr, frame.spsr, frame.esr, frame.far);
     kprintln!("  sp  {sp:#018x}  elr {elr:#018x}  spsr {spsr:#010x}");
     kprintln!("  esr {esr:#018x}  far {far:#018x}");
-}
-
-/// Prints one backtrace line.
-pub fn print_frame(index: usize, addr: usize) {
-    kprintln!("  {FRAME_PREFIX}{index} {addr:#x}");
 }
 
 // A routine whose undefined instruction is listed in the fixup table, so the

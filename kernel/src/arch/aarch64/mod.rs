@@ -102,7 +102,7 @@ pub fn console_uart() -> (usize, u64) {
 
 /// Polled output on the PL011 UART.
 pub fn console_write(bytes: &[u8]) {
-    pl011::write_bytes(bytes);
+    super::write_crlf(bytes, pl011::put);
 }
 
 /// Semihosting operation SYS_EXIT_EXTENDED.
@@ -223,23 +223,13 @@ fn read_frame_record(fp: usize) -> Option<(usize, usize)> {
     Some(unsafe { (p.read_volatile(), p.add(1).read_volatile()) })
 }
 
-/// Prints the frame chain starting at frame pointer `fp`, numbering the
-/// lines from `first`.
-fn walk_frames_from(fp: usize, first: usize) {
-    let mut i = first;
-    super::walk_frames(fp, read_frame_record, |ret| {
-        exception::print_frame(i, ret);
-        i += 1;
-    });
-}
-
 /// Prints the current call chain (frame-pointer walk).
 #[inline(never)]
 pub fn print_backtrace() {
     let fp: usize;
     // SAFETY: reads x29, the frame pointer (kept by `force-frame-pointers`).
     unsafe { asm!("mov {}, x29", out(reg) fp, options(nomem, nostack, preserves_flags)) };
-    walk_frames_from(fp, 0);
+    super::print_frames(fp, 0, read_frame_record);
 }
 
 crate::ktest!(

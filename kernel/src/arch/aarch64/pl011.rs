@@ -17,19 +17,8 @@ const UARTFR: usize = 0x18;
 /// UARTFR.TXFF: the transmit FIFO is full.
 const FR_TXFF: u32 = 1 << 5;
 
-/// Writes `bytes` to the UART, translating `\n` to `\r\n` (QEMU's
-/// `-nographic` puts the terminal in raw mode).
-pub fn write_bytes(bytes: &[u8]) {
-    for &b in bytes {
-        if b == b'\n' {
-            put(b'\r');
-        }
-        put(b);
-    }
-}
-
 /// Sends one byte, waiting for room in the transmit FIFO.
-fn put(byte: u8) {
+pub(super) fn put(byte: u8) {
     let base = phys_to_virt(PL011_PHYS);
     // SAFETY: the direct map covers GiB 0 as Device-nGnRE memory, where the
     // PL011's registers sit; reading UARTFR and writing UARTDR have no

@@ -210,7 +210,7 @@ fn frame_record(fp: usize) -> Option<(usize, usize)> {
         return None;
     }
     // SAFETY: `[fp - 16, fp)` lies in mapped kernel memory that stays
-    // mapped for the kernel's whole life; `walk_frames` only passes
+    // mapped for the kernel's whole life; `print_frames` only passes
     // 8-byte-aligned values.
     unsafe {
         let caller_fp = (record as *const usize).read_volatile();
@@ -219,22 +219,12 @@ fn frame_record(fp: usize) -> Option<(usize, usize)> {
     }
 }
 
-/// Prints the frames of the chain starting at frame pointer `fp`, numbering
-/// them from `first`.
-fn backtrace_from(fp: usize, first: usize) {
-    let mut i = first;
-    super::walk_frames(fp, frame_record, |ret| {
-        kprintln!("  {}{} {:#x}", keel_abi::harness::FRAME_PREFIX, i, ret);
-        i += 1;
-    });
-}
-
 /// Prints the current call chain.
 pub fn print_backtrace() {
     let fp: usize;
     // SAFETY: reads the frame-pointer register only.
     unsafe { asm!("mv {}, s0", out(reg) fp, options(nomem, nostack, preserves_flags)) };
-    backtrace_from(fp, 0);
+    super::print_frames(fp, 0, frame_record);
 }
 
 crate::ktest!(

@@ -307,7 +307,7 @@ extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
     crate::trap::fatal(
         record,
         || dump_registers(frame),
-        || super::backtrace_from(frame.x[8], 1),
+        || crate::arch::print_frames(frame.x[8], 1, super::frame_record),
     )
 }
 

@@ -213,9 +213,8 @@ pub fn init(info: &BootInfo<'_>) -> Result<(), &'static str> {
     };
     init_ioapics(info);
     let (_, msr) = x86_64::registers::model_specific::ApicBase::read_raw();
-    if msr & (1 << 11) == 0 {
-        return Err("the local APIC is disabled (IA32_APIC_BASE)");
-    }
+    let enabled = msr & (1 << 11) != 0;
+    ensure(enabled, "the local APIC is disabled (IA32_APIC_BASE)")?;
     LAPIC.store(phys_to_virt(phys), Ordering::Relaxed);
     init_local();
     APIC_IDS[0].store(cpu_hw_id() as u32, Ordering::Relaxed);

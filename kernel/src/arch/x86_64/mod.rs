@@ -86,7 +86,7 @@ pub fn console_uart() -> (usize, u64) {
 
 /// Writes bytes to the serial console (polled).
 pub fn console_write(bytes: &[u8]) {
-    serial::write(bytes);
+    super::write_crlf(bytes, serial::put);
 }
 
 /// I/O port of QEMU's `isa-debug-exit` device

@@ -31,7 +31,8 @@ pub fn init() {
     }
 }
 
-fn put(byte: u8) {
+/// Sends one byte, waiting (boundedly) for the transmitter to be empty.
+pub(super) fn put(byte: u8) {
     let mut lsr = Port::<u8>::new(COM1 + 5);
     for _ in 0..MAX_SPINS {
         // SAFETY: reading COM1's line status register has no side effect.
@@ -42,14 +43,4 @@ fn put(byte: u8) {
     }
     // SAFETY: writing COM1's transmit register sends one byte.
     unsafe { Port::<u8>::new(COM1).write(byte) };
-}
-
-/// Sends `bytes`, translating `\n` to `\r\n`.
-pub fn write(bytes: &[u8]) {
-    for &b in bytes {
-        if b == b'\n' {
-            put(b'\r');
-        }
-        put(b);
-    }
 }

@@ -308,7 +308,7 @@ extern "C" fn keel_trap_dispatch(frame: &mut TrapFrame) {
     crate::trap::fatal(
         record,
         || dump_registers(frame, cr2),
-        || backtrace_from(frame.regs.rbp as usize, 1),
+        || super::super::print_frames(frame.regs.rbp as usize, 1, frame_record),
     )
 }
 
@@ -343,27 +343,18 @@ fn on_kernel_stack(addr: usize) -> bool {
         .any(|s| s.bottom <= addr && end.is_some_and(|end| end <= s.top))
 }
 
-/// Prints the frame-pointer chain starting at `fp`, numbering from `first`.
-fn backtrace_from(fp: usize, first: usize) {
-    let mut i = first;
-    super::super::walk_frames(
-        fp,
-        |fp| {
-            if !on_kernel_stack(fp) {
-                return None;
-            }
-            let record = fp as *const usize;
-            // SAFETY: `fp..fp + 16` is inside a kernel stack (checked just
-            // above), which is always mapped and readable; the values read
-            // are only printed, never trusted as pointers without the same
-            // check.
-            Some(unsafe { (record.read(), record.add(1).read()) })
-        },
-        |ret| {
-            kprintln!("  {}{} {:#x}", keel_abi::harness::FRAME_PREFIX, i, ret);
-            i += 1;
-        },
-    );
+/// Reads the frame record `{caller rbp, return address}` at `fp`, if it
+/// lies inside one of this CPU's stacks.
+fn frame_record(fp: usize) -> Option<(usize, usize)> {
+    if !on_kernel_stack(fp) {
+        return None;
+    }
+    let record = fp as *const usize;
+    // SAFETY: `fp..fp + 16` is inside a kernel stack (checked just
+    // above), which is always mapped and readable; the values read
+    // are only printed, never trusted as pointers without the same
+    // check.
+    Some(unsafe { (record.read(), record.add(1).read()) })
 }
 
 /// Prints the current call chain (used by the panic handler).
@@ -373,7 +364,7 @@ pub fn print_backtrace() {
     unsafe {
         core::arch::asm!("mov {}, rbp", out(reg) fp, options(nomem, nostack, preserves_flags))
     };
-    backtrace_from(fp, 0);
+    super::super::print_frames(fp, 0, frame_record);
 }
 
 crate::ktest!(

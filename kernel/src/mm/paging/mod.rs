@@ -28,6 +28,8 @@
 mod formats;
 pub use formats::{Arm, RiscV, X86};
 
+use crate::mm::kref::ensure;
+
 /// Entries per table.
 pub const ENTRIES: usize = 512;
 /// Levels in a 48-bit tree.
@@ -251,16 +253,12 @@ impl<F: PteFormat> PageTable<F> {
         size: PageSize,
         attr: Attr,
     ) -> Result<(), MapError> {
-        if attr.contains(Attr::WRITE | Attr::EXEC) {
-            return Err(MapError::WriteExec);
-        }
+        let write_exec = attr.contains(Attr::WRITE | Attr::EXEC);
+        ensure(!write_exec, MapError::WriteExec)?;
         let align = size.bytes();
-        if size.level() > F::MAX_LEAF_LEVEL
-            || !(va as u64).is_multiple_of(align)
-            || !pa.is_multiple_of(align)
-        {
-            return Err(MapError::Misaligned);
-        }
+        let fits = size.level() <= F::MAX_LEAF_LEVEL;
+        let aligned = (va as u64).is_multiple_of(align) && pa.is_multiple_of(align);
+        ensure(fits && aligned, MapError::Misaligned)?;
         let table = self.walk(mem, va, size.level(), attr.contains(Attr::USER))?;
         let i = index(va, size.level());
         match F::decode(Self::get(mem, table, i), size.level()) {
@@ -299,9 +297,8 @@ impl<F: PteFormat> PageTable<F> {
         va: usize,
     ) -> Result<(u64, PageSize), MapError> {
         let (table, level, Mapping { pa, size, .. }) = self.leaf(mem, va)?;
-        if !(va as u64).is_multiple_of(size.bytes()) {
-            return Err(MapError::LargePage);
-        }
+        let aligned = (va as u64).is_multiple_of(size.bytes());
+        ensure(aligned, MapError::LargePage)?;
         Self::set(mem, table, index(va, level), 0);
         Ok((pa, size))
     }
@@ -339,9 +336,8 @@ impl<F: PteFormat> PageTable<F> {
         va: usize,
         attr: Attr,
     ) -> Result<PageSize, MapError> {
-        if attr.contains(Attr::WRITE | Attr::EXEC) {
-            return Err(MapError::WriteExec);
-        }
+        let write_exec = attr.contains(Attr::WRITE | Attr::EXEC);
+        ensure(!write_exec, MapError::WriteExec)?;
         let (table, level, Mapping { pa, size, .. }) = self.leaf(mem, va)?;
         Self::set(mem, table, index(va, level), F::leaf(pa, attr, level));
         Ok(size)

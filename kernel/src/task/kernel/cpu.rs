@@ -19,7 +19,7 @@
 use super::Kernel;
 use super::clock::CpuClock;
 use crate::bootinfo::MAX_CPUS;
-use crate::mm::kref::KArc;
+use crate::mm::kref::{KArc, ensure};
 use crate::object::thread::State;
 use crate::object::{AddressSpaceObject, Thread, ThreadId};
 use crate::sched::Scheduler;
@@ -277,13 +277,9 @@ impl Kernel {
     /// is. An offline CPU's queued threads move to the others now; its
     /// running thread when it takes the IPI.
     pub fn set_online(&mut self, cpu: usize, online: bool) -> Result<(), Error> {
-        if cpu == 0 || cpu >= self.cpus.len() {
-            return Err(Error::InvalidArgument);
-        }
+        ensure(cpu != 0 && cpu < self.cpus.len(), Error::InvalidArgument)?;
         let c = &mut self.cpus[cpu];
-        if c.online == online {
-            return Err(Error::InvalidState);
-        }
+        ensure(c.online != online, Error::InvalidState)?;
         c.online = online;
         if !online {
             while let Some(id) = self.cpus[cpu].sched.pick() {

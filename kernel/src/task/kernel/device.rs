@@ -8,6 +8,7 @@
 //! acknowledged.
 
 use super::Kernel;
+use crate::mm::kref::ensure;
 use crate::object::device::IrqBinding;
 use alloc::vec::Vec;
 use keel_abi::Error;
@@ -41,13 +42,10 @@ impl Kernel {
     /// line for user space; `AlreadyExists`: it has one) and makes room
     /// for it; returns the new handler's serial.
     pub fn irq_reserve(&mut self, line: u32) -> Result<u64, Error> {
-        if !crate::arch::irq_line_ok(line) {
-            return Err(Error::InvalidArgument);
-        }
+        ensure(crate::arch::irq_line_ok(line), Error::InvalidArgument)?;
         let (i, irqs) = (line as usize, &mut self.devices.irqs);
-        if irqs.get(i).is_some_and(Option::is_some) {
-            return Err(Error::AlreadyExists);
-        }
+        let taken = irqs.get(i).is_some_and(Option::is_some);
+        ensure(!taken, Error::AlreadyExists)?;
         let more = (i + 1).saturating_sub(irqs.len());
         irqs.try_reserve(more).map_err(|_| Error::OutOfMemory)?;
         irqs.resize_with(irqs.len() + more, || None);

@@ -95,8 +95,14 @@ impl Kernel {
         self.thread(id).map_or(0, |t| t.priority())
     }
 
-    /// Links `id` into `q` behind every thread of its priority or higher.
-    fn link(&mut self, q: Queue, id: ThreadId) {
+    /// Links `id` into `q` behind every thread of its priority or higher;
+    /// an endpoint's queue then holds `side`.
+    fn link(&mut self, q: Queue, side: Side, id: ThreadId) {
+        if let Queue::Endpoint(ep) = q
+            && let Some(e) = self.endpoints.get_mut(ep.0)
+        {
+            e.side = side;
+        }
         let prio = self.prio(id);
         let Some(w) = self.waiting(q).copied() else {
             return;
@@ -115,21 +121,15 @@ impl Kernel {
             t.ipc.prev = after;
             t.ipc.next = before;
         }
-        match after.and_then(|a| self.thread_mut(a).ok()) {
-            Some(a) => a.ipc.next = Some(id),
-            None => {
-                if let Some(w) = self.waiting(q) {
-                    w.head = Some(id);
-                }
-            }
+        if let Some(a) = after.and_then(|a| self.thread_mut(a).ok()) {
+            a.ipc.next = Some(id);
+        } else if let Some(w) = self.waiting(q) {
+            w.head = Some(id);
         }
-        match before.and_then(|b| self.thread_mut(b).ok()) {
-            Some(b) => b.ipc.prev = Some(id),
-            None => {
-                if let Some(w) = self.waiting(q) {
-                    w.tail = Some(id);
-                }
-            }
+        if let Some(b) = before.and_then(|b| self.thread_mut(b).ok()) {
+            b.ipc.prev = Some(id);
+        } else if let Some(w) = self.waiting(q) {
+            w.tail = Some(id);
         }
     }
 
@@ -137,21 +137,15 @@ impl Kernel {
     pub(super) fn unlink(&mut self, q: Queue, id: ThreadId) {
         let Ok(t) = self.thread_mut(id) else { return };
         let (prev, next) = (t.ipc.prev.take(), t.ipc.next.take());
-        match prev.and_then(|p| self.thread_mut(p).ok()) {
-            Some(p) => p.ipc.next = next,
-            None => {
-                if let Some(w) = self.waiting(q) {
-                    w.head = next;
-                }
-            }
+        if let Some(p) = prev.and_then(|p| self.thread_mut(p).ok()) {
+            p.ipc.next = next;
+        } else if let Some(w) = self.waiting(q) {
+            w.head = next;
         }
-        match next.and_then(|n| self.thread_mut(n).ok()) {
-            Some(n) => n.ipc.prev = prev,
-            None => {
-                if let Some(w) = self.waiting(q) {
-                    w.tail = prev;
-                }
-            }
+        if let Some(n) = next.and_then(|n| self.thread_mut(n).ok()) {
+            n.ipc.prev = prev;
+        } else if let Some(w) = self.waiting(q) {
+            w.tail = prev;
         }
         if let Queue::Endpoint(ep) = q
             && let Some(e) = self.endpoints.get_mut(ep.0)
@@ -166,6 +160,13 @@ impl Kernel {
         self.waiting(q).and_then(|w| w.head)
     }
 
+    /// The first thread waiting in endpoint `ep`'s queue, if they wait on
+    /// `side`.
+    fn head_on(&mut self, ep: EndpointId, side: Side) -> Option<ThreadId> {
+        self.endpoints.get(ep.0).filter(|e| e.side == side)?;
+        self.head(Queue::Endpoint(ep))
+    }
+
     // ---- Blocking and waking ------------------------------------------
 
     /// Blocks the running thread `id` on `why` (queueing it where `why`
@@ -174,7 +175,7 @@ impl Kernel {
         let Ok(t) = self.thread_mut(id) else { return };
         t.state = State::Blocked;
         t.ipc.blocked = Some(why);
-        let q = match why {
+        let (q, side) = match why {
             Blocked::Send { ep, .. } => (Queue::Endpoint(ep), Side::Send),
             Blocked::Recv { ep } => (Queue::Endpoint(ep), Side::Recv),
             Blocked::Wait { n } => (Queue::Notification(n), Side::Idle),
@@ -182,12 +183,7 @@ impl Kernel {
             Blocked::Reply { .. } => return self.arm_timeout(id),
             Blocked::Sleep => return,
         };
-        if let (Queue::Endpoint(ep), side) = q
-            && let Some(e) = self.endpoints.get_mut(ep.0)
-        {
-            e.side = side;
-        }
-        self.link(q.0, id);
+        self.link(q, side, id);
         self.arm_timeout(id);
     }
 
@@ -485,9 +481,8 @@ impl Kernel {
         to_depth: u32,
     ) -> Result<CapToken, Fail> {
         let cap = self.caps.lookup(from, token).map_err(Fail::Sender)?;
-        if !cap.rights().contains(Rights::GRANT) {
-            return Err(Fail::Sender(Error::AccessDenied));
-        }
+        let grant = cap.rights().contains(Rights::GRANT);
+        ensure(grant, Fail::Sender(Error::AccessDenied))?;
         if let KObject::CSpace(c) = cap.object()
             && c.depth() <= to_depth
         {
@@ -522,12 +517,7 @@ impl Kernel {
             t.ipc.grant = grant;
         }
         let q = Queue::Endpoint(ep);
-        let receiving = self
-            .endpoints
-            .get(ep.0)
-            .is_some_and(|e| e.side == Side::Recv);
-        let r = if receiving { self.head(q) } else { None };
-        let Some(r) = r else {
+        let Some(r) = self.head_on(ep, Side::Recv) else {
             if nonblock {
                 return (Err(Error::WouldBlock), After::Continue);
             }
@@ -543,12 +533,9 @@ impl Kernel {
                 self.unlink(q, r);
                 if call {
                     self.set_reply(r, cur);
-                    self.wake(r);
-                    (Ok(0), After::Block)
-                } else {
-                    self.wake(r);
-                    (Ok(0), After::Continue)
                 }
+                self.wake(r);
+                (Ok(0), if call { After::Block } else { After::Continue })
             }
             Err(Fail::Sender(e)) => (Err(e), After::Continue),
             Err(Fail::Receiver(e)) => {
@@ -565,12 +552,7 @@ impl Kernel {
         }
         let q = Queue::Endpoint(ep);
         loop {
-            let sending = self
-                .endpoints
-                .get(ep.0)
-                .is_some_and(|e| e.side == Side::Send);
-            let s = if sending { self.head(q) } else { None };
-            let Some(s) = s else {
+            let Some(s) = self.head_on(ep, Side::Send) else {
                 if nonblock {
                     return (Err(Error::WouldBlock), After::Continue);
                 }
@@ -613,9 +595,7 @@ impl Kernel {
     /// registers (a fault's answer is its label: resume or kill).
     pub fn reply(&mut self, cur: ThreadId) -> Result<usize, Error> {
         let caller = self.thread_mut(cur)?.ipc.reply_to.take();
-        let Some(c) = caller else {
-            return Err(Error::InvalidState);
-        };
+        let c = caller.ok_or(Error::InvalidState)?;
         ensure(self.waits_reply_of(c, cur), Error::Disconnected)?;
         let msg = self.message_of(cur)?;
         if self.thread(c)?.ipc.fault.is_some() {
@@ -685,23 +665,14 @@ impl Kernel {
     /// Puts a waiting thread whose priority changed at its new place in
     /// its queue.
     pub(super) fn requeue_waiter(&mut self, id: ThreadId) {
-        let q = match self.thread(id).ok().and_then(|t| t.ipc.blocked) {
-            Some(Blocked::Send { ep, .. } | Blocked::Recv { ep }) => Queue::Endpoint(ep),
-            Some(Blocked::Wait { n }) => Queue::Notification(n),
+        let (q, side) = match self.thread(id).ok().and_then(|t| t.ipc.blocked) {
+            Some(Blocked::Send { ep, .. }) => (Queue::Endpoint(ep), Side::Send),
+            Some(Blocked::Recv { ep }) => (Queue::Endpoint(ep), Side::Recv),
+            Some(Blocked::Wait { n }) => (Queue::Notification(n), Side::Idle),
             _ => return,
         };
         self.unlink(q, id);
-        let side = match self.thread(id).ok().and_then(|t| t.ipc.blocked) {
-            Some(Blocked::Send { .. }) => Side::Send,
-            Some(Blocked::Recv { .. }) => Side::Recv,
-            _ => Side::Idle,
-        };
-        if let Queue::Endpoint(ep) = q
-            && let Some(e) = self.endpoints.get_mut(ep.0)
-        {
-            e.side = side;
-        }
-        self.link(q, id);
+        self.link(q, side, id);
     }
 
     /// Ends endpoint `ep` (its last reference went): every waiter gets
@@ -840,9 +811,8 @@ impl Kernel {
             .notifications
             .get(r.id().0)
             .ok_or(Error::InvalidState)?;
-        if note.bound.is_some() || self.thread(t)?.ipc.bound.is_some() {
-            return Err(Error::AlreadyExists);
-        }
+        let unbound = note.bound.is_none() && self.thread(t)?.ipc.bound.is_none();
+        ensure(unbound, Error::AlreadyExists)?;
         if let Some(note) = self.notifications.get_mut(r.id().0) {
             note.bound = Some(t);
         }
