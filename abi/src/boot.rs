@@ -15,10 +15,12 @@ pub const ROOT_INFO_ADDR: usize = 0x20_0000;
 /// and the information page).
 pub const USER_IMAGE_MIN: usize = 0x40_0000;
 /// End (exclusive) of user space: user addresses are `[0x1000, USER_END)`.
-pub const USER_END: usize = 1 << 47;
+/// 256 GiB on every architecture: the lower half of RISC-V's Sv39, the
+/// smallest of the paging modes Keel runs on.
+pub const USER_END: usize = 1 << 38;
 /// Top of the root task's first stack; it grows down, demand-zero, for
 /// [`ROOT_STACK_PAGES`] pages.
-pub const ROOT_STACK_TOP: usize = 0x7fff_ffff_0000;
+pub const ROOT_STACK_TOP: usize = 0x3f_ffff_0000;
 pub const ROOT_STACK_PAGES: usize = 256;
 
 /// The root task's information page. Capability fields are raw tokens in

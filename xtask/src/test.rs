@@ -122,7 +122,8 @@ pub fn run(arches: &[Arch]) -> Result<bool> {
                 }
                 // The other interrupt controller of the same machine.
                 if let Some(m) = arch.alternate_machine() {
-                    kernel_tests(&mut tally, arch, &image, root, Some(m), 4, None)?;
+                    let variant = (m, &["-machine", m][..]);
+                    kernel_tests(&mut tally, arch, &image, root, Some(variant), 4, None)?;
                 }
                 // Booted by firmware from a disk image, as on a machine:
                 // U-Boot on AArch64 and RISC-V, UEFI on x86_64 and AArch64.
@@ -140,6 +141,19 @@ pub fn run(arches: &[Arch]) -> Result<bool> {
                                 println!("{e:#}");
                             }
                             tally.record(&format!("{} {via:?} disk image", arch.name()), false);
+                        }
+                    }
+                }
+                // RISC-V's Sv39 fallback, forced on a CPU that has Sv48.
+                if arch == Arch::Riscv64 {
+                    match toolchain::build_kernel(arch, Flavor::TestSv39, false) {
+                        Ok(sv39) => {
+                            let variant = ("Sv39", &[][..]);
+                            kernel_tests(&mut tally, arch, &sv39, root, Some(variant), 2, None)?
+                        }
+                        Err(e) => {
+                            println!("{e:#}");
+                            tally.record("build Sv39 test kernel (riscv64)", false);
                         }
                     }
                 }
@@ -239,6 +253,7 @@ fn parse_summary(line: &str) -> Option<(usize, usize)> {
 
 /// Boots the test kernel with the root task and counts each test: the
 /// in-kernel tests, then the root task's system tests (same line format).
+/// A `variant` names the boot and adds QEMU arguments.
 /// Each suite ends with its own `N passed, N failed`; those must add up
 /// to the lines counted.
 fn kernel_tests(
@@ -246,12 +261,12 @@ fn kernel_tests(
     arch: Arch,
     image: &Path,
     root: Option<&Path>,
-    machine: Option<&str>,
+    variant: Option<(&str, &[&str])>,
     smp: u32,
     via: Option<(Firmware, &Path, Option<&Path>)>,
 ) -> Result<()> {
-    let name = match (machine, via) {
-        (Some(m), _) => format!("{} ({m}) -smp {smp}", arch.name()),
+    let name = match (variant, via) {
+        (Some((v, _)), _) => format!("{} ({v}) -smp {smp}", arch.name()),
         (None, Some((Firmware::Uefi, ..))) => {
             format!("{} (UEFI, keel-loader) -smp {smp}", arch.name())
         }
@@ -262,7 +277,7 @@ fn kernel_tests(
         Some((f, d, v)) => (f, Some(d), v),
         None => (Firmware::Direct, None, None),
     };
-    let extra: Vec<&str> = machine.map(|m| vec!["-machine", m]).unwrap_or_default();
+    let extra = variant.map_or(&[][..], |v| v.1);
     // One CPU runs under -icount, where the clock is the instruction
     // count: time slices, sleeps and fairness are the same on every run
     // and every host. Several run as multi-threaded TCG, in parallel on
@@ -274,7 +289,7 @@ fn kernel_tests(
             .with_initrd(root)
             .with_firmware(firmware, disk, vars)
     };
-    let outcome = qemu::run_captured_with(&boot, &extra, BOOT_LIMIT, true)?;
+    let outcome = qemu::run_captured_with(&boot, extra, BOOT_LIMIT, true)?;
     let online = format!("smp: {smp} CPUs online");
     tally.record(
         &format!("{name}: every CPU came up"),

@@ -19,6 +19,8 @@ pub enum Flavor {
     Run,
     /// Runs the in-kernel tests at boot and exits.
     Test,
+    /// The test kernel with RISC-V's Sv39 paging even where Sv48 is there.
+    TestSv39,
     /// Runs the in-kernel benchmarks at boot and exits.
     Bench,
 }
@@ -28,6 +30,7 @@ impl Flavor {
         match self {
             Flavor::Run => None,
             Flavor::Test => Some("ktest"),
+            Flavor::TestSv39 => Some("ktest,sv39"),
             Flavor::Bench => Some("bench"),
         }
     }
@@ -36,6 +39,7 @@ impl Flavor {
         match self {
             Flavor::Run => "run",
             Flavor::Test => "test",
+            Flavor::TestSv39 => "test-sv39",
             Flavor::Bench => "bench",
         }
     }

@@ -35,7 +35,9 @@
 use super::kref::{KArc, ensure, oom};
 use super::machine::Machine;
 use super::object::{Backing, MemObject, PAGE};
-use super::paging::{Attr, ENTRIES, LEVELS, MapError, Mapping, PageSize, PageTable, TableMemory};
+use super::paging::{
+    Attr, ENTRIES, MapError, Mapping, PageSize, PageTable, PteFormat, TableMemory,
+};
 use super::pool::MemoryPool;
 use alloc::vec::Vec;
 use keel_abi::Error;
@@ -474,7 +476,7 @@ impl<M: Machine> AddressSpace<M> {
     fn free_tables_in(&mut self, start: usize, end: usize) -> bool {
         let mut freed = false;
         let mut t = charged::<M>(&self.pool);
-        for level in 0..LEVELS - 1 {
+        for level in 0..M::Format::levels() - 1 {
             let block = BLOCK << (9 * level);
             for at in (start & !(block - 1)..end).step_by(block) {
                 let kept = self.kept.is_some_and(|k| k & !(block - 1) == at);

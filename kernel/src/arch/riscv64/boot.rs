@@ -22,10 +22,15 @@
 //!   belong to user threads (see `user`; FP instructions in the kernel
 //!   trap as illegal);
 //! - `.bss` is zero (cleared by the boot hart);
-//! - `satp` is Sv48 over the boot tables: the first 4 GiB of physical
-//!   space at [`super::DIRECT_MAP_BASE`] (RW, global), the 1 GiB holding the
+//! - `satp` is Sv48 over the boot tables, or Sv39 where the Sv48 mode does
+//!   not stick (or the kernel was built with the `sv39` feature, which
+//!   tests that path on CPUs with Sv48): the first 4 GiB of physical space
+//!   at [`super::DIRECT_MAP_BASE`] (RW, global), the 1 GiB holding the
 //!   kernel at `0xFFFF_FFFF_8000_0000` (RWX, global), and the identity map
-//!   of that GiB (not global) used for the switch. The boot tables are
+//!   of that GiB (not global) used for the switch. All three lie in one
+//!   L1 table, which is the Sv39 root and, under Sv48, what root entries 0
+//!   and 511 point to (the layout is Sv39's: the upper half is its top
+//!   256 GiB). The boot tables are
 //!   never changed again, so every hart takes the same way in; each CPU
 //!   then moves to the kernel tree with a full TLB flush (`mm::init` on
 //!   the boot CPU, `keel_riscv_main` on the others), which maps nothing in
@@ -43,9 +48,8 @@
 //! On another CPU it enables that CPU's interrupts and calls
 //! [`crate::smp::cpu_main`].
 //!
-//! A CPU without Sv48 (the `satp` write does not stick) gets a clear
-//! message on the UART and QEMU exits with `EXIT_BOOT_ERROR`; an Sv39
-//! fallback is left to the memory-management work.
+//! A CPU with neither (the `satp` writes do not stick) gets a clear
+//! message on the UART and QEMU exits with `EXIT_BOOT_ERROR`.
 
 use super::{__kernel_end, __kernel_start, KERNEL_VIRT_OFFSET};
 use crate::bootinfo::{BootInfo, BootInfoError, MemoryRegion, RegionKind, dtb};
@@ -122,21 +126,19 @@ keel_ap_entry:
     addi    t0, t0, 8
     j       1b
 2:
-    # Root table: [0] identity L1, [256] direct-map L1, [511] kernel L1.
-    .macro keel_boot_link table, index
-    lla     t1, \table
+    # One L1 table: the Sv39 root, and under Sv48 both halves' L1 (root
+    # entries 0 and 511): [2] identity, [256..259] direct map, [510] kernel.
+    lla     t1, keel_boot_l1
     srli    t1, t1, 12
     slli    t1, t1, 10
     ori     t1, t1, {pte_v}
-    lla     t2, keel_boot_l0 + \index * 8
+    lla     t2, keel_boot_l0
     sd      t1, 0(t2)
-    .endm
-    keel_boot_link keel_boot_identity_l1, 0
-    keel_boot_link keel_boot_direct_l1, 256
-    keel_boot_link keel_boot_kernel_l1, 511
+    lla     t2, keel_boot_l0 + 511 * 8
+    sd      t1, 0(t2)
 
     # Direct map: physical [0, 4 GiB) as four RW gigapages.
-    lla     t0, keel_boot_direct_l1
+    lla     t0, keel_boot_l1 + 256 * 8
     li      t1, {pte_direct}
     li      t2, {gib_pte_step}
     li      t3, 4
@@ -148,27 +150,29 @@ keel_ap_entry:
 
     # Kernel gigapage at 0xFFFF_FFFF_8000_0000 (L1 index 510) and the
     # identity gigapage at the same physical address (L1 index 2).
-    lla     t0, keel_boot_kernel_l1 + 510 * 8
+    lla     t0, keel_boot_l1 + 510 * 8
     li      t1, {pte_kernel}
     sd      t1, 0(t0)
-    lla     t0, keel_boot_identity_l1
+    lla     t0, keel_boot_l1
     li      t1, {pte_identity}
     sd      t1, {id_index} * 8(t0)
 
-    # Order the table stores before the walks, then enable Sv48.
+    # Order the table stores before the walks, then enable Sv48, or Sv39
+    # where the Sv48 mode does not stick (or the `sv39` build asks).
 .Lpaging:
     sfence.vma
+    .if {force_sv39} == 0
     lla     t0, keel_boot_l0
-    srli    t0, t0, 12
-    li      t1, 9 << 60
-    or      t0, t0, t1
-    csrw    satp, t0
-    sfence.vma
-    csrr    t1, satp
-    srli    t1, t1, 60
-    li      t2, 9
-    bne     t1, t2, .Lno_sv48
+    li      t1, 9
+    call    .Lsatp
+    beqz    t2, .Lmapped
+    .endif
+    lla     t0, keel_boot_l1
+    li      t1, 8
+    call    .Lsatp
+    bnez    t2, .Lno_paging
 
+.Lmapped:
     # Jump to the higher-half alias of .Lhigh.
     li      t0, {virt_offset}
     lla     t1, .Lhigh
@@ -193,10 +197,22 @@ keel_ap_entry:
     call    {main}
     j       .Lpark
 
-.Lno_sv48:
+    # satp = mode t1 over the root at t0; t2 = 0 if the mode stuck.
+.Lsatp:
+    srli    t0, t0, 12
+    slli    t2, t1, 60
+    or      t0, t0, t2
+    csrw    satp, t0
+    sfence.vma
+    csrr    t2, satp
+    srli    t2, t2, 60
+    sub     t2, t2, t1
+    ret
+
+.Lno_paging:
     # Still running physical with satp = Bare: UART and test device are
     # reachable at their physical addresses.
-    lla     a0, .Lno_sv48_msg
+    lla     a0, .Lno_paging_msg
     li      t0, {uart_phys}
 4:  lbu     t1, 0(a0)
     beqz    t1, 6f
@@ -217,8 +233,8 @@ keel_ap_entry:
     .option pop
 
     .section .rodata.boot_msg, "a"
-.Lno_sv48_msg:
-    .asciz "\r\nBOOT ERROR: this CPU does not support Sv48 paging (satp mode 9); the Sv39 fallback is not implemented yet.\r\n"
+.Lno_paging_msg:
+    .asciz "\r\nBOOT ERROR: this CPU supports neither Sv48 nor Sv39 paging (satp mode 9 or 8).\r\n"
 
     .section .data.boot_hart, "aw"
     .balign 4
@@ -229,11 +245,7 @@ keel_boot_hart_claimed:
     .balign 4096
 keel_boot_l0:
     .space 4096
-keel_boot_direct_l1:
-    .space 4096
-keel_boot_kernel_l1:
-    .space 4096
-keel_boot_identity_l1:
+keel_boot_l1:
     .space 4096
     "#,
     trap_entry = sym super::traps::keel_trap_entry,
@@ -253,6 +265,7 @@ keel_boot_identity_l1:
     uart_phys = const super::UART_PHYS,
     test_phys = const super::SIFIVE_TEST_PHYS,
     boot_error = const EXIT_BOOT_ERROR,
+    force_sv39 = const cfg!(feature = "sv39") as u8,
 );
 
 /// The first Rust code on every CPU, in the higher half with the

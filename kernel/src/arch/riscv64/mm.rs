@@ -1,4 +1,5 @@
-//! RISC-V memory-management hardware: Sv48 `satp` with ASIDs, `sfence.vma`,
+//! RISC-V memory-management hardware: Sv48 or Sv39 `satp` (whichever the
+//! boot code enabled) with ASIDs, `sfence.vma`,
 //! the kernel image's per-section layout, stack guard pages, and the
 //! user-copy routine that opens user memory with `sstatus.SUM`.
 //!
@@ -23,13 +24,15 @@
 use super::{SIFIVE_TEST_PHYS, UART_PHYS};
 use crate::bootinfo::MAX_CPUS;
 use crate::mm::KernelTables;
-use crate::mm::paging::{Attr, ENTRIES, MapError, PageSize, PageTable, RiscV, TableMemory};
+use crate::mm::paging::{
+    Attr, ENTRIES, MapError, PageSize, PageTable, PteFormat, RiscV, TableMemory,
+};
 use arrayvec::ArrayVec;
 use core::arch::asm;
 use core::ops::Range;
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
-/// The page-table entry format: Sv48.
+/// The page-table entry format: Sv48, or Sv39 ([`RiscV::use_sv39`]).
 pub type PageFormat = RiscV;
 
 /// Root entries for the upper half (the direct map and the kernel image),
@@ -44,7 +47,9 @@ pub const FLUSH_NEW_ENTRIES: bool = true;
 /// `sstatus.SUM`: S-mode may access U-mode pages.
 pub(super) const SSTATUS_SUM: u64 = 1 << 18;
 
-const SATP_MODE_SV48: u64 = 9 << 60;
+const SATP_MODE_SHIFT: u32 = 60;
+/// `satp.MODE` of an Sv39 tree (Sv48: 9).
+const SATP_MODE_SV39: u64 = 8;
 const SATP_ASID_SHIFT: u32 = 44;
 const SATP_ASID_MASK: u64 = 0xffff;
 const SATP_PPN_MASK: u64 = (1 << 44) - 1;
@@ -150,7 +155,7 @@ pub(super) fn image_readable(addr: usize) -> bool {
         && (!ap_stacks().contains(&addr) || own.iter().any(|s| s.contains(&addr)))
 }
 
-/// The largest leaf: Sv48 has gigapages.
+/// The largest leaf: Sv48 and Sv39 have gigapages.
 pub fn max_page_size() -> PageSize {
     PageSize::Size1G
 }
@@ -206,9 +211,10 @@ fn satp_read() -> u64 {
     riscv::register::satp::read().bits() as u64
 }
 
-/// The `satp` value for the Sv48 tree `root` under ASID `asid`.
+/// The `satp` value for the tree `root` under ASID `asid`: Sv39 (mode 8)
+/// for three levels, Sv48 (mode 9) for four.
 fn satp(root: u64, asid: u16) -> u64 {
-    SATP_MODE_SV48
+    (RiscV::levels() as u64 + 5) << SATP_MODE_SHIFT
         | ((u64::from(asid) & SATP_ASID_MASK) << SATP_ASID_SHIFT)
         | ((root >> 12) & SATP_PPN_MASK)
 }
@@ -218,11 +224,12 @@ pub fn kernel_root() -> u64 {
     KERNEL_ROOT.load(Ordering::Relaxed)
 }
 
-/// Makes `root` the kernel's tree (Sv48, ASID 0) and flushes the whole TLB.
+/// Makes `root` the kernel's tree (ASID 0) and flushes the whole TLB.
 ///
 /// # Safety
-/// `root` must be a valid Sv48 root that maps the kernel image, the kernel
-/// stacks and the direct map as the current tree does.
+/// `root` must be a valid root (of the paging mode in use) that maps the
+/// kernel image, the kernel stacks and the direct map as the current tree
+/// does.
 pub unsafe fn load_kernel_root(root: u64) {
     KERNEL_ROOT.store(root, Ordering::Relaxed);
     // SAFETY: the caller's guarantee.
@@ -247,7 +254,7 @@ pub(super) unsafe fn use_kernel_root() {
 /// drops the TLB entries tagged `asid` first.
 ///
 /// # Safety
-/// `root` must be a valid Sv48 root whose entries [`KERNEL_ROOT_ENTRIES`]
+/// `root` must be a valid root (of the mode in use) whose entries [`KERNEL_ROOT_ENTRIES`]
 /// are those of the kernel root, `asid` below [`asid_count`], and without
 /// `flush` the TLB entries tagged `asid` must belong to this tree.
 pub unsafe fn load_user_root(root: u64, asid: u16, flush: bool) {
@@ -389,10 +396,13 @@ unsafe impl TableMemory for BootTables {
     }
 }
 
-/// Boot-time set-up, before [`crate::boot::kernel_main`]: probes the ASID
-/// width and maps the kernel image per section. A failure is a boot error.
+/// Boot-time set-up, before [`crate::boot::kernel_main`]: takes the
+/// paging mode the boot code enabled, probes the ASID width and maps the
+/// kernel image per section. A failure is a boot error.
 pub(super) fn init() {
-    let boot_root = (satp_read() & SATP_PPN_MASK) << 12;
+    if satp_read() >> SATP_MODE_SHIFT == SATP_MODE_SV39 {
+        RiscV::use_sv39();
+    }
     // SAFETY: the kernel mappings are global, so they stay valid under any
     // ASID; the original `satp` is written back at once. The writable ASID
     // bits read back as ones (privileged spec, `satp`).
@@ -404,7 +414,7 @@ pub(super) fn init() {
         ((probed >> SATP_ASID_SHIFT) & SATP_ASID_MASK).count_ones()
     };
     ASID_BITS.store(bits, Ordering::Relaxed);
-    match map_kernel_image(boot_root) {
+    match map_kernel_image() {
         // SAFETY: the new tree maps the whole image (minus the guard pages,
         // which nothing but an overflowing stack touches) at the same
         // addresses, and shares the boot tree's direct map.
@@ -416,17 +426,21 @@ pub(super) fn init() {
     }
 }
 
-/// A new kernel tree: the boot tree's upper-half entries except the one
-/// holding the image, which is mapped page by page from the layout.
-fn map_kernel_image(boot_root: u64) -> Result<u64, MapError> {
+/// A new kernel tree: the boot tree's direct map (4 GiB in gigapages) and
+/// the image page by page from the layout.
+fn map_kernel_image() -> Result<u64, MapError> {
     let mut mem = BootTables { used: 0 };
-    // SAFETY: `boot_root` is the root `_start` built in the image, reachable
-    // through the direct map; it is only read.
-    let boot = unsafe { PageTable::<RiscV>::from_root(boot_root) };
     let mut tree = PageTable::<RiscV>::new(&mut mem)?;
-    let image_slot = (&raw const __text_start as usize >> 39) % ENTRIES;
-    tree.share_root_entries(&mut mem, &boot, KERNEL_ROOT_ENTRIES.start..image_slot);
-    tree.share_root_entries(&mut mem, &boot, image_slot + 1..KERNEL_ROOT_ENTRIES.end);
+    let direct = Attr::WRITE | Attr::GLOBAL;
+    for pa in (0..crate::mm::DIRECT_MAP_BOOT_LIMIT).step_by(1 << 30) {
+        tree.map(
+            &mut mem,
+            super::phys_to_virt(pa),
+            pa,
+            PageSize::Size1G,
+            direct,
+        )?;
+    }
     for (range, attr) in kernel_image_layout() {
         for va in range.step_by(PAGE) {
             let pa = kernel_virt_to_phys(va);
@@ -460,6 +474,30 @@ mod checks {
             exec: false,
         }
     }
+
+    crate::ktest!(
+        fn the_paging_mode_is_sv48_or_the_sv39_fallback() {
+            // The `sv39` build skips Sv48 (QEMU 7.2 cannot turn it off).
+            let (mode, levels) = if cfg!(feature = "sv39") {
+                (8, 3)
+            } else {
+                (9, 4)
+            };
+            kassert_eq!(satp_read() >> SATP_MODE_SHIFT, mode);
+            kassert_eq!(RiscV::levels(), levels);
+            // The kernel half, the direct map included, is in root entries
+            // 256.. in both: a direct-map address translates in the kernel
+            // tree, and Sv39's user half ends at USER_END.
+            // SAFETY: the kernel root's tables are allocator frames,
+            // reachable through the direct map; only read here.
+            let kernel = unsafe { PageTable::<PageFormat>::from_root(kernel_root()) };
+            let pa = kernel_virt_to_phys(&raw const __data_start as usize);
+            let m = kernel.translate(&KernelTables, super::super::phys_to_virt(pa));
+            kassert_eq!(m.map(|m| m.pa), Some(pa));
+            kassert_eq!(keel_abi::boot::USER_END, 1 << 38, "Sv39's lower half");
+            Ok(())
+        }
+    );
 
     crate::ktest!(
         fn every_started_cpu_has_guarded_kernel_and_emergency_stacks() {

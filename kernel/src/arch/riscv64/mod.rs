@@ -1,7 +1,7 @@
 //! The RISC-V (RV64GC, S-mode under OpenSBI, QEMU `virt`) architecture
 //! layer: the items listed in `arch/mod.rs`, implemented with the 16550
 //! UART, the `sifive_test` exit device, `instret`, `ebreak` and a
-//! frame-pointer walker; the memory-management items (Sv48, ASIDs,
+//! frame-pointer walker; the memory-management items (Sv48 or Sv39, ASIDs,
 //! `sfence.vma`, `user_copy`) are in `mm`; user mode (`UserRegs`,
 //! `FpuState`, `enter_user` and the U-mode trap path) in `user` and `traps`;
 //! the timer, IPIs and the idle loop in `irq`; starting the other CPUs in
@@ -41,8 +41,10 @@ use core::arch::asm;
 /// Architecture name printed in the boot banner.
 pub const NAME: &str = "riscv64";
 
-/// Start of the direct map: physical `p` is at `DIRECT_MAP_BASE + p`.
-pub const DIRECT_MAP_BASE: usize = 0xFFFF_8000_0000_0000;
+/// Start of the direct map: physical `p` is at `DIRECT_MAP_BASE + p`. The
+/// bottom of Sv39's upper half, so one layout serves Sv48 and Sv39: the
+/// direct map holds up to 254 GiB, below the kernel image.
+pub const DIRECT_MAP_BASE: usize = 0xFFFF_FFC0_0000_0000;
 /// Virtual minus physical address of every byte of the kernel image
 /// (linked at `0xFFFF_FFFF_8000_0000 + (phys - 0x8000_0000)`).
 pub const KERNEL_VIRT_OFFSET: u64 = 0xFFFF_FFFF_8000_0000 - 0x8000_0000;

@@ -1,11 +1,13 @@
 //! The page-table entry layouts of the three architectures, as pure
 //! functions (host-tested). Each architecture's `arch` module names its
-//! format as `arch::PageFormat`.
+//! format as `arch::PageFormat`. The one state is RISC-V's depth, set once
+//! at boot ([`RiscV::use_sv39`]).
 //!
 //! Every leaf is created with its accessed (and, where writable, dirty) bit
 //! already set, so no architecture needs hardware or software A/D updates.
 
 use super::{Attr, Entry, PteFormat};
+use core::sync::atomic::{AtomicBool, Ordering};
 
 const ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
 
@@ -158,10 +160,21 @@ impl PteFormat for Arm {
     }
 }
 
-/// RISC-V Sv48 (privileged spec §4.5). Without Svpbmt there is no memory
-/// type in the entry: [`Attr::DEVICE`] is carried by the physical memory
-/// attributes of the platform, so it does not round-trip.
+/// RISC-V Sv48, or Sv39 after [`RiscV::use_sv39`] (privileged spec §4.4,
+/// §4.5: the same entries, one level fewer). Without Svpbmt there is no
+/// memory type in the entry: [`Attr::DEVICE`] is carried by the physical
+/// memory attributes of the platform, so it does not round-trip.
 pub struct RiscV;
+
+static SV39: AtomicBool = AtomicBool::new(false);
+
+impl RiscV {
+    /// From now on trees are Sv39 (three levels): the boot code found no
+    /// Sv48, before any tree is built.
+    pub fn use_sv39() {
+        SV39.store(true, Ordering::Relaxed);
+    }
+}
 
 mod rv {
     pub const V: u64 = 1 << 0;
@@ -186,6 +199,10 @@ fn rv_ppn(pa: u64) -> u64 {
 
 impl PteFormat for RiscV {
     const MAX_LEAF_LEVEL: usize = 2;
+
+    fn levels() -> usize {
+        if SV39.load(Ordering::Relaxed) { 3 } else { 4 }
+    }
 
     fn table(pa: u64, _user: bool) -> u64 {
         rv_ppn(pa) | rv::V

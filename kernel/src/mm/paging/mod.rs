@@ -3,15 +3,17 @@
 //!
 //! All three architectures use the same shape: a radix tree of 4 KiB tables
 //! of 512 eight-byte entries, four levels deep for 48-bit virtual addresses
-//! (x86_64 4-level paging, AArch64 4 KiB granule, RISC-V Sv48). What differs
-//! is only the bit layout of an entry, so the walker here is generic over a
-//! [`PteFormat`], and the three formats ([`X86`], [`Arm`], [`RiscV`]) are pure
-//! functions, host-tested. The architecture layer picks one as
+//! (x86_64 4-level paging, AArch64 4 KiB granule, RISC-V Sv48), three for
+//! 39-bit ones (RISC-V Sv39, where a CPU has no Sv48). What differs is only
+//! the bit layout of an entry and the depth ([`PteFormat::levels`]), so the
+//! walker here is generic over a [`PteFormat`], and the three formats
+//! ([`X86`], [`Arm`], [`RiscV`]) are pure functions, host-tested. The architecture layer picks one as
 //! `arch::PageFormat` and provides the hardware operations (loading a root,
 //! TLB invalidation) that the walker does not need.
 //!
 //! Levels are numbered from the leaf: level 0 maps 4 KiB pages, level 1
-//! 2 MiB blocks, level 2 1 GiB blocks, level 3 is the root.
+//! 2 MiB blocks, level 2 1 GiB blocks, level 3 is the root (level 2 in a
+//! three-level tree, whose root entries may then be gigapages).
 //!
 //! Invariants:
 //! - The walker never creates a mapping that is both writable and
@@ -32,8 +34,6 @@ use crate::mm::kref::ensure;
 
 /// Entries per table.
 pub const ENTRIES: usize = 512;
-/// Levels in a 48-bit tree.
-pub const LEVELS: usize = 4;
 
 bitflags::bitflags! {
     /// Architecture-neutral mapping attributes. Every mapping is readable.
@@ -103,6 +103,10 @@ pub enum Entry {
 pub trait PteFormat {
     /// Entries at levels above this one cannot be leaves.
     const MAX_LEAF_LEVEL: usize;
+    /// Levels of a tree: 4 for 48-bit addresses, 3 for 39-bit ones.
+    fn levels() -> usize {
+        4
+    }
     /// An entry pointing to the table at `pa`; `user` if the subtree maps
     /// user pages.
     fn table(pa: u64, user: bool) -> u64;
@@ -222,7 +226,7 @@ impl<F: PteFormat> PageTable<F> {
         let mut table = self.root;
         // The highest entry this walk filled: (table, level, new table).
         let mut made = None;
-        for l in (level + 1..LEVELS).rev() {
+        for l in (level + 1..F::levels()).rev() {
             table = match F::decode(Self::get(mem, table, index(va, l)), l) {
                 Entry::Table(pa) => pa,
                 Entry::Leaf { .. } => return Err(MapError::LargePage),
@@ -275,7 +279,7 @@ impl<F: PteFormat> PageTable<F> {
     /// it maps (`LargePage` for a leaf in the root).
     fn leaf(&self, mem: &impl TableMemory, va: usize) -> Result<(u64, usize, Mapping), MapError> {
         let mut table = self.root;
-        for l in (0..LEVELS).rev() {
+        for l in (0..F::levels()).rev() {
             match F::decode(Self::get(mem, table, index(va, l)), l) {
                 Entry::Table(pa) => table = pa,
                 Entry::Leaf { pa, attr } => {
@@ -310,11 +314,11 @@ impl<F: PteFormat> PageTable<F> {
     /// know this from their regions, without reading the table), and its
     /// lower tables were freed first.
     pub fn free_table(&mut self, mem: &mut impl TableMemory, va: usize, level: usize) -> bool {
-        if level + 1 >= LEVELS {
+        if level + 1 >= F::levels() {
             return false;
         }
         let mut parent = self.root;
-        for l in (level + 1..LEVELS).rev() {
+        for l in (level + 1..F::levels()).rev() {
             let Entry::Table(child) = F::decode(Self::get(mem, parent, index(va, l)), l) else {
                 return false;
             };
@@ -372,8 +376,8 @@ impl<F: PteFormat> PageTable<F> {
     /// they map belong to their memory objects.
     pub fn destroy(self, mem: &mut impl TableMemory, owned: core::ops::Range<usize>) {
         for i in owned {
-            if let Entry::Table(pa) = F::decode(Self::get(mem, self.root, i), LEVELS - 1) {
-                Self::free_subtree(mem, pa, LEVELS - 2);
+            if let Entry::Table(pa) = F::decode(Self::get(mem, self.root, i), F::levels() - 1) {
+                Self::free_subtree(mem, pa, F::levels() - 2);
             }
         }
         mem.free_table(self.root);

@@ -35,6 +35,8 @@ unsafe impl TableMemory for HostTables {
     }
 }
 
+/// Levels of the four-level formats.
+const LEVELS: usize = 4;
 const RW: Attr = Attr::WRITE;
 const USER_RW: Attr = Attr::WRITE.union(Attr::USER);
 
@@ -348,4 +350,67 @@ proptest! {
         pt.destroy(&mut mem, 0..ENTRIES);
         prop_assert!(mem.tables.is_empty(), "every table freed");
     }
+}
+
+/// RISC-V's entries in a three-level tree, as `RiscV` is after
+/// `RiscV::use_sv39` (without touching that global switch).
+struct Sv39;
+
+impl PteFormat for Sv39 {
+    const MAX_LEAF_LEVEL: usize = RiscV::MAX_LEAF_LEVEL;
+    fn levels() -> usize {
+        3
+    }
+    fn table(pa: u64, user: bool) -> u64 {
+        RiscV::table(pa, user)
+    }
+    fn leaf(pa: u64, attr: Attr, level: usize) -> u64 {
+        RiscV::leaf(pa, attr, level)
+    }
+    fn decode(pte: u64, level: usize) -> Entry {
+        RiscV::decode(pte, level)
+    }
+}
+
+#[test]
+fn sv39_trees_are_a_level_shallower_with_gigapages_in_the_root() {
+    let mut mem = HostTables::default();
+    let mut pt = PageTable::<Sv39>::new(&mut mem).unwrap();
+    let (user, kernel) = (0x40_0000usize, 0xffff_ffc0_0000_0000usize);
+    pt.map(&mut mem, user, 0x8_0000, PageSize::Size4K, USER_RW)
+        .unwrap();
+    // The root, a 1 GiB table and a 2 MiB one: one fewer than Sv48.
+    assert_eq!(mem.tables.len(), 3);
+    // The kernel half's 1 GiB pages are root entries (256 and up).
+    let global = RW | Attr::GLOBAL;
+    pt.map(&mut mem, kernel, 0, PageSize::Size1G, global)
+        .unwrap();
+    assert_eq!(mem.tables.len(), 3);
+    let root = *mem.tables[&pt.root()];
+    let leaf = Entry::Leaf {
+        pa: 0,
+        attr: global,
+    };
+    assert_eq!(RiscV::decode(root[256], 2), leaf);
+    assert!(matches!(RiscV::decode(root[0], 2), Entry::Table(_)));
+    let m = pt.translate(&mem, kernel + 0x42).unwrap();
+    assert_eq!((m.pa, m.size), (0x42, PageSize::Size1G));
+    assert_eq!(pt.translate(&mem, user + 5).map(|m| m.pa), Some(0x8_0005));
+    assert!(!pt.free_table(&mut mem, user, 2), "never the root");
+    // Sv48 puts the same two mappings under root entries 0 and 511.
+    let mut mem48 = HostTables::default();
+    let mut pt48 = PageTable::<RiscV>::new(&mut mem48).unwrap();
+    pt48.map(&mut mem48, kernel, 0, PageSize::Size1G, global)
+        .unwrap();
+    let root48 = *mem48.tables[&pt48.root()];
+    assert!(matches!(RiscV::decode(root48[511], 3), Entry::Table(_)));
+    assert_eq!(
+        pt48.translate(&mem48, kernel + 0x42).map(|m| m.pa),
+        Some(0x42)
+    );
+    // Destroying the user half frees its two tables and the root, not the
+    // kernel's gigapage (a leaf).
+    assert_eq!(pt.unmap(&mut mem, user), Ok((0x8_0000, PageSize::Size4K)));
+    pt.destroy(&mut mem, 0..256);
+    assert!(mem.tables.is_empty());
 }

@@ -5,14 +5,12 @@ use super::{PAGE, root};
 use crate::harness::{Ctx, TestResult};
 use keel_abi::Error;
 use keel_abi::boot::{
-    ROOT_FLAG_BENCH, ROOT_FLAG_TEST, ROOT_INFO_ADDR, ROOT_INFO_MAGIC, ROOT_INFO_VERSION,
+    ROOT_FLAG_BENCH, ROOT_FLAG_TEST, ROOT_INFO_ADDR, ROOT_INFO_MAGIC, ROOT_INFO_VERSION, USER_END,
 };
 use keel_abi::cap::ObjectType;
 use keel_abi::syscall::{RESERVED, SystemInfoKey};
 use keel_rt::syscall::{debug_write, debug_write_raw, raw0, system_info, system_info_raw};
 
-/// Where user space ends (47-bit user addresses on every architecture).
-const USER_END: usize = 1 << 47;
 /// Most bytes one `DebugWrite` takes.
 const DEBUG_WRITE_MAX: usize = 64 * 1024;
 

@@ -4,16 +4,13 @@
 use super::{PAGE, next_va, root, stale};
 use crate::harness::{Ctx, TestResult};
 use keel_abi::Error;
-use keel_abi::boot::{ROOT_INFO_ADDR, USER_IMAGE_MIN};
+use keel_abi::boot::{ROOT_INFO_ADDR, USER_END, USER_IMAGE_MIN};
 use keel_abi::cap::{NO_BADGE, ObjectType, Rights};
 use keel_abi::syscall::{MEM_EAGER, PROT_EXEC, PROT_WRITE, SystemInfoKey};
 use keel_rt::syscall::{
     aspace_create, cap_delete, cap_derive, cap_identify, map, mem_create, mem_size, pool_available,
     protect, system_info, unmap,
 };
-
-/// Where user space ends.
-const USER_END: usize = 1 << 47;
 
 /// Writes a word at `va`, which the calling test mapped writable.
 fn write_word(va: usize, value: u64) {
