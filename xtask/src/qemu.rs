@@ -161,51 +161,22 @@ pub fn run_captured_with(
     limit: Duration,
     echo: bool,
 ) -> Result<Outcome> {
-    let symbols = Symbolizer::new(boot.image);
-    let mut child = boot
-        .command()
-        .args(extra)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("starting {}", boot.arch.qemu_binary()))?;
-    let stdout = child.stdout.take().context("QEMU stdout")?;
-    let stderr = child.stderr.take().context("QEMU stderr")?;
-    let reader = std::thread::spawn(move || {
-        let mut lines = Vec::new();
-        for line in BufReader::new(stdout).split(b'\n').map_while(|l| l.ok()) {
-            let text = String::from_utf8_lossy(&line)
-                .trim_end_matches('\r')
-                .to_string();
-            let shown = symbols.annotate(&text);
-            if echo {
-                println!("{shown}");
-            }
-            lines.push(shown);
-        }
-        lines
-    });
-    let err_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = std::io::Read::read_to_string(&mut BufReader::new(stderr), &mut s);
-        s
-    });
-    let status = match child.wait_timeout(limit)? {
-        Some(s) => s.code(),
-        None => {
-            let _ = child.kill();
-            let _ = child.wait();
-            None
-        }
-    };
-    let mut lines = reader.join().unwrap_or_default();
-    let errors = err_reader.join().unwrap_or_default();
-    for l in errors.lines().filter(|l| !l.trim().is_empty()) {
+    let mut session = Session::start(boot, extra)?;
+    let deadline = std::time::Instant::now() + limit;
+    let left = || deadline.saturating_duration_since(std::time::Instant::now());
+    // Lines until QEMU closes its output (it ended) or time is up.
+    while let Ok(line) = session.rx.recv_timeout(left()) {
         if echo {
-            println!("qemu: {l}");
+            println!("{line}");
         }
-        lines.push(format!("qemu: {l}"));
+        session.lines.push(line);
+    }
+    let wait = left().max(Duration::from_secs(1));
+    let status = session.child.wait_timeout(wait)?.and_then(|s| s.code());
+    let shown = session.lines.len();
+    let lines = session.end();
+    if echo {
+        lines.iter().skip(shown).for_each(|l| println!("{l}"));
     }
     Ok(Outcome { status, lines })
 }
