@@ -13,12 +13,14 @@ use keel_abi::harness::{EXIT_BOOT_ERROR, EXIT_FAIL, EXIT_PASS};
 
 /// Called once by the architecture's boot code on the boot CPU.
 pub fn kernel_main(info: Result<BootInfo<'_>, BootInfoError>) -> ! {
-    if let Ok(info) = &info
-        && let Some((pa, mode)) = info.framebuffer
-        && let Some(fb) = crate::mm::kmap::framebuffer(&info.memory, pa, mode.size())
-    {
+    // The screen, if the kernel can use it: its window goes into the
+    // kernel page tables below.
+    let screen = info.as_ref().ok().and_then(|info| {
+        let (pa, mode) = info.framebuffer?;
+        let fb = crate::mm::kmap::framebuffer(&info.memory, pa, mode.size())?;
         crate::console::attach_screen(fb, mode);
-    }
+        Some((pa, mode.size()))
+    });
     kprintln!();
     kprintln!(
         "Keel {} ({}) booting",
@@ -38,7 +40,6 @@ pub fn kernel_main(info: Result<BootInfo<'_>, BootInfoError>) -> ! {
     if let Err(e) = crate::mm::init(&info.memory, &info.numa) {
         boot_error(format_args!("cannot set up the frame allocator: {e:?}"));
     }
-    let screen = info.framebuffer.map(|(pa, mode)| (pa, mode.size()));
     match crate::mm::kmap::init(&info.memory, info.irq.windows().into_iter().chain(screen)) {
         Ok(s) => kprintln!(
             "kernel page tables: direct map {} MiB in {} 1G + {} 2M + {} 4K pages, image {} pages (W^X)",
