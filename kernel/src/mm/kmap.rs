@@ -158,3 +158,30 @@ crate::ktest!(
         Ok(())
     }
 );
+
+crate::ktest!(
+    fn a_framebuffer_on_memory_the_kernel_uses_or_above_4_gib_is_refused() {
+        use crate::bootinfo::MemoryRegion;
+        let region = |start, len, kind| MemoryRegion::from_len(start, len, kind);
+        let (usable, reserved) = (RegionKind::Usable, RegionKind::Reserved);
+        let regions = [
+            region(0x100_0000, 0x100_0000, usable),
+            region(0x300_0000, 0x10_0000, reserved),
+            region(0x1_0000_0000, 0x100_0000, usable),
+        ];
+        let map = kexpect!(
+            MemoryMap::build(regions.into_iter().flatten()),
+            "a memory map"
+        );
+        for (pa, len) in [
+            (0x180_0000, 0x1000),       // inside RAM
+            (0x2ff_f000, 0x2000),       // runs from RAM into the reserved range
+            (0xffff_f000, 0x2000),      // crosses 4 GiB
+            (0x1_8000_0000, 0x1000),    // above 4 GiB
+            (u64::MAX - 0xfff, 0x2000), // wraps
+        ] {
+            kassert!(framebuffer(&map, pa, len).is_none(), "{:#x}+{:#x}", pa, len);
+        }
+        Ok(())
+    }
+);
