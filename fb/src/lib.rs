@@ -66,19 +66,24 @@ impl Mode {
     }
 }
 
-/// Whether pixel (`x`, `y`) of character `c`'s cell is foreground.
-pub fn lit(c: u8, x: usize, y: usize) -> bool {
+/// Character `c`'s 8 × 8 glyph (a character outside ASCII's printable
+/// range shows as `?`); a line's lowest bit is its leftmost pixel.
+fn glyph(c: u8) -> [u8; 8] {
     let c = if c.is_ascii_graphic() || c == b' ' {
         c
     } else {
         REPLACEMENT
     };
-    let glyph = BASIC_LEGACY
+    BASIC_LEGACY
         .get(usize::from(c))
         .copied()
-        .unwrap_or_default();
-    // A glyph line's lowest bit is its leftmost pixel.
-    x < CELL_WIDTH && glyph.get(y / 2).is_some_and(|line| line >> x & 1 == 1)
+        .unwrap_or_default()
+}
+
+/// Whether pixel (`x`, `y`) of character `c`'s cell is foreground.
+pub fn lit(c: u8, x: usize, y: usize) -> bool {
+    let line = glyph(c).get(y / 2).copied().unwrap_or(0);
+    x < CELL_WIDTH && line >> x & 1 == 1
 }
 
 /// A text console on one framebuffer; writes before [`Console::attach`]
@@ -217,14 +222,16 @@ impl<'a> Console<'a> {
             return;
         }
         *cell = c;
-        let pitch = self.mode.pitch as usize;
+        let (pitch, glyph) = (self.mode.pitch as usize, glyph(c));
         for y in 0..CELL_HEIGHT {
             let at = (row * CELL_HEIGHT + y) * pitch + column * CELL_WIDTH * 4;
             let Some(line) = self.fb.get_mut(at..at + CELL_WIDTH * 4) else {
                 return;
             };
+            // Each glyph line is drawn twice.
+            let bits = glyph[y / 2];
             for (x, pixel) in line.chunks_exact_mut(4).enumerate() {
-                pixel.copy_from_slice(&self.pixels[usize::from(lit(c, x, y))]);
+                pixel.copy_from_slice(&self.pixels[usize::from(bits >> x & 1)]);
             }
         }
     }
